@@ -1,0 +1,227 @@
+//! The JSON documents of the results layout: `run.json`, `<stage>.json` and
+//! the paged `runs/index*.json`. Every document carries `"schema": 1`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{FailureKind, RunId, RunStatus, StageName, StageStatus};
+
+/// The version of every document this crate describes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TriggerKind {
+    /// `sentinel run` on a developer's machine.
+    Local,
+    /// The HTTP API.
+    Api,
+    /// A git push webhook.
+    Webhook,
+}
+
+/// Who or what started a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub kind: TriggerKind,
+    /// A user, token name or delivery id, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// The git context of a run, when it was started from a repository.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitContext {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+/// How a stage is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageKind {
+    /// A `run:` script in a Docker container.
+    Container,
+    /// A WebAssembly step.
+    Step,
+    /// A Docker image build.
+    BuildImage,
+}
+
+/// One stage as listed in `run.json`: enough to draw the DAG.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunStageEntry {
+    pub name: StageName,
+    pub kind: StageKind,
+    pub status: StageStatus,
+    /// Direct dependencies (explicit `after:` and implicit ones).
+    pub needs: Vec<StageName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+}
+
+/// `run/<runId>/run.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDoc {
+    pub schema: u32,
+    pub id: RunId,
+    /// The pipeline's name.
+    pub pipeline: String,
+    pub status: RunStatus,
+    /// Why the run ended the way it did, when it did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub trigger: Trigger,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitContext>,
+    pub created: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Stages in a topological order.
+    pub stages: Vec<RunStageEntry>,
+    /// The version of Sentinel that ran it.
+    pub sentinel: String,
+}
+
+/// What a stage was run with, recorded so it can be re-run alone.
+/// Secrets appear only as references (`${secrets.NAME}`), never as values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedInputs {
+    /// The image as written (container stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The image's content id (`sha256:…`), when it was resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The step reference and its digest (step stages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// SHA-256 of the `run:` script.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script_sha256: Option<String>,
+    /// The stage's own environment: literal values, and references for
+    /// secrets and sensitive outputs.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Settings of a step, recorded the same way as `env`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, String>,
+    /// Stages whose files this stage uses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<StageName>,
+    /// Effective limits (timeout, memory, cpus, network, log limit).
+    #[serde(default)]
+    pub limits: BTreeMap<String, String>,
+}
+
+/// `run/<runId>/<stage>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageDoc {
+    pub schema: u32,
+    pub run_id: RunId,
+    pub name: StageName,
+    pub kind: StageKind,
+    pub status: StageStatus,
+    /// Why the stage ended the way it did (failed, skipped, cancelled…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// The `when:` condition (`on_success`, `on_failure`, `always`).
+    pub when: String,
+    pub needs: Vec<StageName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The trimmed stdout, masked; absent for sensitive stages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// Named outputs (`key=value` lines of `$SENTINEL_OUTPUT`), masked.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: BTreeMap<String, String>,
+    /// True when the stage's output is a secret and is kept out of results.
+    #[serde(default)]
+    pub sensitive: bool,
+    /// Key of the stage's log, relative to the run's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// Bytes the stage wrote to its log, before any cut.
+    #[serde(default)]
+    pub log_bytes: u64,
+    /// Bytes cut from the middle of the log by its size limit.
+    #[serde(default)]
+    pub log_cut_bytes: u64,
+    /// Key of the stage's artifacts zip, relative to the run's folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<String>,
+    pub inputs: ResolvedInputs,
+}
+
+/// One run in the paged index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: RunId,
+    pub pipeline: String,
+    pub status: RunStatus,
+    pub created: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitContext>,
+    /// Number of stages by final status name (e.g. `{"succeeded": 4}`).
+    #[serde(default)]
+    pub stages: BTreeMap<String, u32>,
+}
+
+impl RunSummary {
+    /// The summary of a run document.
+    pub fn of(run: &RunDoc) -> Self {
+        let mut stages = BTreeMap::new();
+        for s in &run.stages {
+            *stages.entry(s.status.as_str().to_string()).or_insert(0) += 1;
+        }
+        Self {
+            id: run.id.clone(),
+            pipeline: run.pipeline.clone(),
+            status: run.status,
+            created: run.created,
+            duration_ms: run.duration_ms,
+            git: run.git.clone(),
+            stages,
+        }
+    }
+}
+
+/// `runs/index.json`, `runs/index-1.json`, …: newest-first run summaries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexPage {
+    pub schema: u32,
+    /// This page's number (0 for `index.json`).
+    pub page: u32,
+    /// How many pages there are in all.
+    pub pages: u32,
+    /// Key of the next (older) page, relative to the prefix, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    pub runs: Vec<RunSummary>,
+}

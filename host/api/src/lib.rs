@@ -1,0 +1,17 @@
+//! Shared vocabulary of Sentinel: validated ids, statuses and the versioned
+//! JSON documents (run, stage, index) that the host writes and the web app reads.
+//!
+//! This crate has no heavy dependencies and builds for `wasm32` as well, so the
+//! web app shares these types with the host instead of re-declaring them.
+
+pub mod docs;
+pub mod ids;
+pub mod keys;
+pub mod status;
+
+pub use docs::{
+    GitContext, IndexPage, ResolvedInputs, RunDoc, RunStageEntry, RunSummary, StageDoc, StageKind,
+    Trigger, TriggerKind, SCHEMA_VERSION,
+};
+pub use ids::{IdError, RunId, StageName};
+pub use status::{FailureKind, RunStatus, StageStatus};

@@ -1,0 +1,225 @@
+//! The raw schema of `sentinel.yml` version 1: exactly what the file may say,
+//! before any validation. The JSON Schema published in `docs/` is generated
+//! from these types.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// A pipeline file, version 1.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a pipeline mapping")]
+#[schemars(title = "sentinel.yml (version 1)")]
+pub struct RawPipeline {
+    /// The format version; this Sentinel reads `1`.
+    pub version: u32,
+    /// The pipeline's name; defaults to the name of the folder holding the file.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Default image for container stages and services (wercker's `box`).
+    #[serde(default, rename = "box")]
+    pub box_image: Option<String>,
+    /// Variables for every stage. An empty value (`NAME: ~`) takes the value
+    /// from the environment `sentinel` runs in.
+    #[serde(default)]
+    pub env: BTreeMap<String, Option<String>>,
+    /// Names of secrets. Values come from the host, never from this file; a
+    /// stage sees a secret only when it names it (`${secrets.NAME}`).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Limits for every stage that does not set its own.
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    /// Sidecar containers started before the stages, reachable by name.
+    #[serde(default)]
+    pub services: IndexMap<String, RawService>,
+    /// The stages, by name.
+    pub stages: IndexMap<String, RawStage>,
+}
+
+/// Pipeline-wide limits.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a mapping of limits")]
+pub struct RawDefaults {
+    /// How long a stage may run (`90s`, `20m`, `1h30m`). Default `1h`.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Memory limit of a container stage (`512m`, `2g`, bytes). Default `2g`.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPU limit of a container stage (`0.5`, `2`). Default: no limit.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// Network of container stages: `none`, `bridge` or `run` (the run's own
+    /// network, where services are reachable by name). Default: `run` when
+    /// the pipeline has services, else `bridge`.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Largest log kept per stage (`4m`); the middle of a longer log is cut.
+    #[serde(default)]
+    pub log_limit: Option<String>,
+    /// Most processes a container stage may have. Default 1024.
+    #[serde(default)]
+    pub pids: Option<u32>,
+    /// User (`uid` or `uid:gid`) container stages run as. Default: the user
+    /// running `sentinel`, or `1000:1000` when that is root.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A sidecar container.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a service mapping")]
+pub struct RawService {
+    /// The image; defaults to `box`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Command run by `sh -c` instead of the image's own.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Variables of the service; values may use `${secrets.X}`, `${run.id}`, `${git.*}`.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// A readiness command (`sh -c`) retried until it exits 0.
+    #[serde(default)]
+    pub ready: Option<String>,
+    /// How long to wait for readiness. Default `60s`.
+    #[serde(default)]
+    pub ready_timeout: Option<String>,
+}
+
+/// When a stage runs, given how its dependencies ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RawWhen {
+    /// Every dependency succeeded (the default).
+    #[default]
+    OnSuccess,
+    /// Some dependency failed.
+    OnFailure,
+    /// Whatever happened before.
+    Always,
+}
+
+/// A stage: a container (`run:`) or a WebAssembly step (`step:`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a stage mapping")]
+pub struct RawStage {
+    /// The image of a container stage; defaults to `box`.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// The script of a container stage, run by `sh -e`. Never interpolated:
+    /// it reads `$VARS` from its environment.
+    #[serde(default)]
+    pub run: Option<String>,
+    /// A WebAssembly step (`name@version` or a path to a `.wasm`).
+    #[serde(default)]
+    pub step: Option<String>,
+    /// Settings of a step; each key becomes `SENTINEL_<STEP>_<KEY>`.
+    #[serde(default)]
+    pub with: BTreeMap<String, String>,
+    /// Stages this one runs after.
+    #[serde(default)]
+    pub after: StringList,
+    /// Stages whose files this one uses (an edge, and what a remote executor carries over).
+    #[serde(default)]
+    pub volumes: StringList,
+    /// Variables of this stage; values may use `${…}` references.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `on_success` (default), `on_failure` or `always`.
+    #[serde(default)]
+    pub when: RawWhen,
+    /// The stage's output is a secret: kept out of its log, results and `out/`.
+    #[serde(default)]
+    pub sensitive: bool,
+    /// How long the stage may run.
+    #[serde(default)]
+    pub timeout: Option<String>,
+    /// Memory limit of the container.
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// CPU limit of the container.
+    #[serde(default)]
+    pub cpus: Option<f64>,
+    /// `none`, `bridge` or `run`.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// Largest log kept.
+    #[serde(default)]
+    pub log_limit: Option<String>,
+    /// Most processes the container may have.
+    #[serde(default)]
+    pub pids: Option<u32>,
+    /// User the container runs as (`uid` or `uid:gid`).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// One name or a list of names (`after: build` or `after: [build, test]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StringList {
+    #[default]
+    Empty,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringList {
+    /// The names, in order.
+    pub fn items(&self) -> Vec<&str> {
+        match self {
+            Self::Empty => Vec::new(),
+            Self::One(s) => vec![s.as_str()],
+            Self::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl JsonSchema for StringList {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StringList".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "One name or a list of names",
+            "oneOf": [
+                { "type": "string" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StringList;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a name or a list of names")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<StringList, E> {
+                Ok(StringList::Empty)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StringList, E> {
+                Ok(StringList::One(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StringList, E> {
+                Ok(StringList::One(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StringList, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(StringList::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
