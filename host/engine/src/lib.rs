@@ -1,1 +1,3 @@
-//! placeholder
+//! The engine: runs a [`sentinel_pipeline::Plan`] as a DAG of stages.
+pub mod masker;
+pub mod transition;
