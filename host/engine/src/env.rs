@@ -1,0 +1,131 @@
+//! Builds a stage's environment from the plan: the `SENTINEL_*` context,
+//! the pipeline's `env:`, then the stage's own `env:`, with every `${…}`
+//! resolved. It also records what the stage document may show: values, or
+//! the reference itself for secrets and sensitive outputs.
+
+use std::collections::BTreeMap;
+
+use sentinel_api::{GitContext, RunId, StageName};
+use sentinel_pipeline::{EnvValue, Plan, Ref, StagePlan, Template, When};
+
+use crate::exec::{PRIVATE_MOUNT, WORKSPACE_MOUNT};
+
+/// What a stage's environment is built from.
+#[derive(Debug)]
+pub struct EnvInputs<'a> {
+    pub plan: &'a Plan,
+    pub run_id: &'a RunId,
+    pub git: Option<&'a GitContext>,
+    pub host_env: &'a BTreeMap<String, String>,
+    pub secrets: &'a BTreeMap<String, String>,
+    /// Raw outputs of finished stages: the output and the named outputs.
+    pub outputs: &'a BTreeMap<StageName, (String, BTreeMap<String, String>)>,
+    /// Stages whose outputs are secrets.
+    pub sensitive: &'a [StageName],
+    /// The run's status so far, for `when: always | on_failure` stages.
+    pub run_status: &'a str,
+}
+
+/// The resolved environment and what may be recorded of it.
+#[derive(Debug, Default)]
+pub struct StageEnv {
+    pub vars: Vec<(String, String)>,
+    /// Stage and pipeline variables as they may appear in documents.
+    pub recorded: BTreeMap<String, String>,
+}
+
+/// Resolves one reference; the error names what is missing.
+pub fn resolve(inputs: &EnvInputs<'_>, r: &Ref) -> Result<String, String> {
+    let git = |f: fn(&GitContext) -> &Option<String>| {
+        inputs.git.and_then(|g| f(g).clone()).unwrap_or_default()
+    };
+    match r {
+        Ref::Env(name) => match inputs.plan.env.get(name) {
+            Some(EnvValue::Value(t)) => t.render(|r| resolve(inputs, r)),
+            Some(EnvValue::FromHost) => inputs
+                .host_env
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("environment variable `{name}` is not set")),
+            None => Err(format!("unknown variable `{name}`")),
+        },
+        Ref::Secret(name) => inputs
+            .secrets
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("secret `{name}` is not set")),
+        Ref::StageOutput(s) => inputs
+            .outputs
+            .get(s)
+            .map(|(o, _)| o.clone())
+            .ok_or_else(|| format!("stage `{s}` has no output")),
+        Ref::StageNamedOutput(s, k) => inputs
+            .outputs
+            .get(s)
+            .and_then(|(_, named)| named.get(k).cloned())
+            .ok_or_else(|| format!("stage `{s}` set no output `{k}` (write `{k}=…` to $SENTINEL_OUTPUT)")),
+        Ref::RunId => Ok(inputs.run_id.to_string()),
+        Ref::GitCommit => Ok(git(|g| &g.commit)),
+        Ref::GitBranch => Ok(git(|g| &g.branch)),
+        Ref::GitRepo => Ok(git(|g| &g.repo)),
+    }
+}
+
+/// True when a template's value must be recorded as a reference.
+fn is_secret(inputs: &EnvInputs<'_>, t: &Template) -> bool {
+    t.refs().any(|r| match r {
+        Ref::Secret(_) => true,
+        Ref::StageOutput(s) | Ref::StageNamedOutput(s, _) => inputs.sensitive.contains(s),
+        _ => false,
+    })
+}
+
+/// Builds the environment of `stage`.
+pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, String> {
+    let mut env = StageEnv::default();
+    let set = |vars: &mut Vec<(String, String)>, k: &str, v: String| {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v));
+    };
+    let context = [
+        ("SENTINEL_RUN_ID", inputs.run_id.to_string()),
+        ("SENTINEL_PIPELINE", inputs.plan.name.clone()),
+        ("SENTINEL_STAGE", stage.name.to_string()),
+        ("SENTINEL_WORKSPACE", WORKSPACE_MOUNT.to_string()),
+        ("SENTINEL_ARTIFACTS", format!("{PRIVATE_MOUNT}/artifacts")),
+        ("SENTINEL_OUTPUT", format!("{PRIVATE_MOUNT}/output")),
+    ];
+    for (k, v) in context {
+        set(&mut env.vars, k, v);
+    }
+    if stage.when != When::OnSuccess {
+        set(&mut env.vars, "SENTINEL_RUN_STATUS", inputs.run_status.to_string());
+    }
+    if let Some(g) = inputs.git {
+        for (k, v) in [
+            ("SENTINEL_COMMIT", &g.commit),
+            ("SENTINEL_BRANCH", &g.branch),
+            ("SENTINEL_REPO", &g.repo),
+        ] {
+            if let Some(v) = v {
+                set(&mut env.vars, k, v.clone());
+            }
+        }
+    }
+    for (k, v) in &inputs.plan.env {
+        let value = resolve(inputs, &Ref::Env(k.clone()))?;
+        let shown = match v {
+            EnvValue::Value(t) if is_secret(inputs, t) => t.to_string(),
+            _ => value.clone(),
+        };
+        env.recorded.insert(k.clone(), shown);
+        set(&mut env.vars, k, value);
+    }
+    for (k, t) in &stage.env {
+        let value = t.render(|r| resolve(inputs, r))?;
+        let shown = if is_secret(inputs, t) { t.to_string() } else { value.clone() };
+        env.recorded.insert(k.clone(), shown);
+        set(&mut env.vars, k, value);
+    }
+    Ok(env)
+}

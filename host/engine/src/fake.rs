@@ -1,0 +1,238 @@
+//! Test doubles for the scheduler's tests: an executor that interprets a tiny
+//! command language instead of starting processes, and in-memory store and
+//! results sink. They stand in for the real parts only in engine tests;
+//! Docker, sled and the results folder have tests of their own.
+//!
+//! The fake executor reads the stage's `run:` script, one command a line:
+//! `echo TEXT`, `err TEXT` (stderr), `env NAME` (prints a variable),
+//! `sleep MS`, `exit CODE`, `oom`, `fail-start MESSAGE`, `output KEY=VALUE`,
+//! `artifact NAME TEXT`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName, keys};
+use tokio_util::sync::CancellationToken;
+
+use crate::exec::{Chunk, Executor, Outcome, RunContext, StageJob, StageReport, StartRunError, Stream};
+use crate::lease::Lease;
+use crate::ports::{Event, ResultsSink, StorageError, Store};
+
+/// An executor that interprets the fake command language.
+#[derive(Debug, Default)]
+pub struct FakeExecutor {
+    running: AtomicUsize,
+    /// The most stages that ran at once.
+    pub max_running: AtomicUsize,
+    /// Stage names in the order they started.
+    pub started: Mutex<Vec<String>>,
+    /// Runs whose resources were removed.
+    pub ended: Mutex<Vec<RunId>>,
+    /// When set, `start_run` fails with this message.
+    pub fail_start_run: Mutex<Option<String>>,
+}
+
+#[async_trait]
+impl Executor for FakeExecutor {
+    async fn start_run(&self, _ctx: &RunContext) -> Result<(), StartRunError> {
+        match self.fail_start_run.lock().unwrap().clone() {
+            Some(m) => Err(StartRunError(m)),
+            None => Ok(()),
+        }
+    }
+
+    async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        self.started.lock().unwrap().push(job.stage.to_string());
+        let outcome = interpret(&job, &stop).await;
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        StageReport { outcome, image_id: Some("sha256:fake".into()) }
+    }
+
+    async fn end_run(&self, run_id: &RunId) {
+        self.ended.lock().unwrap().push(run_id.clone());
+    }
+
+    async fn reap(&self) -> usize {
+        0
+    }
+}
+
+async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
+    let send = |stream, text: String| {
+        let log = job.log.clone();
+        async move {
+            let _ = log.send(Chunk { stream, bytes: text.into_bytes() }).await;
+        }
+    };
+    for line in job.script.lines() {
+        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        match cmd {
+            "" => {}
+            "echo" => send(Stream::Stdout, format!("{arg}\n")).await,
+            "err" => send(Stream::Stderr, format!("{arg}\n")).await,
+            "env" => {
+                let v = job.env.iter().rev().find(|(k, _)| k == arg).map(|(_, v)| v.clone()).unwrap_or_default();
+                send(Stream::Stdout, format!("{v}\n")).await;
+            }
+            "sleep" => {
+                let ms = arg.parse().unwrap_or(0);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+                    _ = stop.cancelled() => return Outcome::Stopped,
+                }
+            }
+            "exit" => return Outcome::Exited { code: arg.parse().unwrap_or(1) },
+            "oom" => return Outcome::OomKilled,
+            "fail-start" => return Outcome::StartFailed(arg.to_string()),
+            "output" => {
+                let path = job.private_dir.join("output");
+                let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+                text.push_str(arg);
+                text.push('\n');
+                if std::fs::write(&path, text).is_err() {
+                    return Outcome::Error("cannot write the output file".into());
+                }
+            }
+            "artifact" => {
+                let (name, text) = arg.split_once(' ').unwrap_or((arg, ""));
+                if std::fs::write(job.private_dir.join("artifacts").join(name), text).is_err() {
+                    return Outcome::Error("cannot write an artifact".into());
+                }
+            }
+            other => return Outcome::StartFailed(format!("fake executor: unknown command `{other}`")),
+        }
+        if stop.is_cancelled() {
+            return Outcome::Stopped;
+        }
+    }
+    Outcome::Exited { code: 0 }
+}
+
+/// An in-memory store.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    runs: Mutex<BTreeMap<RunId, RunDoc>>,
+    stages: Mutex<BTreeMap<(RunId, StageName), StageDoc>>,
+    events: Mutex<BTreeMap<RunId, Vec<Event>>>,
+    leases: Mutex<BTreeMap<RunId, Lease>>,
+}
+
+#[async_trait]
+impl Store for MemStore {
+    async fn put_run(&self, run: &RunDoc, _durable: bool) -> Result<(), StorageError> {
+        self.runs.lock().unwrap().insert(run.id.clone(), run.clone());
+        Ok(())
+    }
+    async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError> {
+        self.stages.lock().unwrap().insert((stage.run_id.clone(), stage.name.clone()), stage.clone());
+        Ok(())
+    }
+    async fn append_event(&self, run: &RunId, event: &Event) -> Result<(), StorageError> {
+        self.events.lock().unwrap().entry(run.clone()).or_default().push(event.clone());
+        Ok(())
+    }
+    async fn get_run(&self, id: &RunId) -> Result<Option<RunDoc>, StorageError> {
+        Ok(self.runs.lock().unwrap().get(id).cloned())
+    }
+    async fn get_stages(&self, id: &RunId) -> Result<Vec<StageDoc>, StorageError> {
+        Ok(self.stages.lock().unwrap().iter().filter(|((r, _), _)| r == id).map(|(_, s)| s.clone()).collect())
+    }
+    async fn get_events(&self, id: &RunId) -> Result<Vec<Event>, StorageError> {
+        Ok(self.events.lock().unwrap().get(id).cloned().unwrap_or_default())
+    }
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError> {
+        Ok(self.runs.lock().unwrap().values().rev().take(limit).cloned().collect())
+    }
+    async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        self.leases.lock().unwrap().insert(lease.run_id.clone(), lease.clone());
+        Ok(())
+    }
+    async fn remove_lease(&self, run: &RunId) -> Result<(), StorageError> {
+        self.leases.lock().unwrap().remove(run);
+        Ok(())
+    }
+    async fn leases(&self) -> Result<Vec<Lease>, StorageError> {
+        Ok(self.leases.lock().unwrap().values().cloned().collect())
+    }
+}
+
+/// An in-memory results sink that remembers the order of its writes.
+#[derive(Debug, Default)]
+pub struct MemSink {
+    pub objects: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// Keys in the order they were written.
+    pub writes: Mutex<Vec<String>>,
+    index: Mutex<Vec<RunSummary>>,
+}
+
+impl MemSink {
+    fn put(&self, key: String, bytes: Vec<u8>) {
+        self.writes.lock().unwrap().push(key.clone());
+        self.objects.lock().unwrap().insert(key, bytes);
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.objects.lock().unwrap().get(key).and_then(|b| serde_json::from_slice(b).ok())
+    }
+}
+
+#[async_trait]
+impl ResultsSink for MemSink {
+    async fn put_log(&self, run: &RunId, stage: &StageName, file: &Path) -> Result<String, StorageError> {
+        let bytes = std::fs::read(file).map_err(|e| StorageError::new("read log", e))?;
+        let key = keys::stage_log(run, stage);
+        self.put(key.clone(), bytes);
+        Ok(format!("{stage}.log"))
+    }
+    async fn put_artifacts(&self, run: &RunId, stage: &StageName, dir: &Path) -> Result<Option<String>, StorageError> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| StorageError::new("read artifacts", e))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        if names.is_empty() {
+            return Ok(None);
+        }
+        names.sort();
+        self.put(keys::stage_artifacts(run, stage), names.join("\n").into_bytes());
+        Ok(Some(format!("{stage}.zip")))
+    }
+    async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError> {
+        self.put(keys::stage_doc(&doc.run_id, &doc.name), serde_json::to_vec(doc).unwrap_or_default());
+        Ok(())
+    }
+    async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError> {
+        self.put(keys::run_doc(&doc.id), serde_json::to_vec(doc).unwrap_or_default());
+        Ok(())
+    }
+    async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
+        let mut index = self.index.lock().unwrap();
+        index.retain(|s| s.id != summary.id);
+        index.push(summary.clone());
+        index.sort_by(|a, b| b.id.cmp(&a.id));
+        let page = IndexPage { schema: 1, page: 0, pages: 1, next: None, runs: index.clone() };
+        drop(index);
+        self.put(keys::index_page(0), serde_json::to_vec(&page).unwrap_or_default());
+        Ok(())
+    }
+    async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
+        Ok(self.get(&keys::run_doc(run)))
+    }
+    async fn get_stage(&self, run: &RunId, stage: &StageName) -> Result<Option<StageDoc>, StorageError> {
+        Ok(self.get(&keys::stage_doc(run, stage)))
+    }
+    async fn get_log(&self, run: &RunId, stage: &StageName) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.objects.lock().unwrap().get(&keys::stage_log(run, stage)).cloned())
+    }
+    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
+        Ok(self.get(&keys::index_page(page)))
+    }
+    fn location(&self) -> String {
+        "memory".into()
+    }
+}

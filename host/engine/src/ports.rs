@@ -1,0 +1,91 @@
+//! The narrow interfaces the engine needs from its storage: [`Store`] for
+//! durable run state, [`ResultsSink`] for the published results layout.
+//! Implementations live in their own crates (sled, local folder, S3).
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName, StageStatus};
+
+use crate::lease::Lease;
+
+/// A failure of the store or the sink, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {message}")]
+pub struct StorageError {
+    pub context: String,
+    pub message: String,
+}
+
+impl StorageError {
+    /// An error with context.
+    pub fn new(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        Self {
+            context: context.into(),
+            message: err.to_string(),
+        }
+    }
+}
+
+/// One status change, kept as the run's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: DateTime<Utc>,
+    /// The stage, or none for the run itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<StageName>,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Durable run state. Writes that acknowledge something (a run accepted, a
+/// run finished) are durable when they return; stage updates may be batched.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Saves a run document; `durable` waits until it is on disk.
+    async fn put_run(&self, run: &RunDoc, durable: bool) -> Result<(), StorageError>;
+    /// Saves a stage document.
+    async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError>;
+    /// Appends to the run's history.
+    async fn append_event(&self, run: &RunId, event: &Event) -> Result<(), StorageError>;
+    async fn get_run(&self, id: &RunId) -> Result<Option<RunDoc>, StorageError>;
+    async fn get_stages(&self, id: &RunId) -> Result<Vec<StageDoc>, StorageError>;
+    async fn get_events(&self, id: &RunId) -> Result<Vec<Event>, StorageError>;
+    /// Runs, newest first.
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError>;
+    /// Takes or renews a lease (durable).
+    async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError>;
+    async fn remove_lease(&self, run: &RunId) -> Result<(), StorageError>;
+    async fn leases(&self) -> Result<Vec<Lease>, StorageError>;
+}
+
+/// Where results are published, in the layout of `results-layout.md`.
+/// The engine calls it in the prescribed order: a stage's log and artifacts,
+/// then its document, then `run.json`, then the index.
+#[async_trait]
+pub trait ResultsSink: Send + Sync + std::fmt::Debug {
+    /// Publishes a stage's log from a local file; returns its key.
+    async fn put_log(&self, run: &RunId, stage: &StageName, file: &Path) -> Result<String, StorageError>;
+    /// Zips and publishes a folder of artifacts; returns the key, or `None`
+    /// when the folder is empty.
+    async fn put_artifacts(&self, run: &RunId, stage: &StageName, dir: &Path) -> Result<Option<String>, StorageError>;
+    async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError>;
+    async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError>;
+    /// Inserts or replaces a run in the paged index.
+    async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError>;
+    async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError>;
+    async fn get_stage(&self, run: &RunId, stage: &StageName) -> Result<Option<StageDoc>, StorageError>;
+    async fn get_log(&self, run: &RunId, stage: &StageName) -> Result<Option<Vec<u8>>, StorageError>;
+    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError>;
+    /// A human-readable location of the results (a folder or a URL).
+    fn location(&self) -> String;
+}
+
+/// True for statuses a recovered run's stage must leave.
+pub fn needs_recovery(s: StageStatus) -> bool {
+    !s.is_final()
+}

@@ -1,0 +1,203 @@
+//! Engine scenarios: each `tests/scenarios/NAME.yaml` is a pipeline run by
+//! the real scheduler against the fake executor, with its expectations in
+//! an `x-expect:` block (statuses, reasons, order, outputs, masking…).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sentinel_api::{StageDoc, Trigger, TriggerKind, keys};
+use sentinel_engine::fake::{FakeExecutor, MemSink, MemStore};
+use sentinel_engine::{Engine, EngineConfig, ProgressFn, RunRequest, Signals};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    run: String,
+    #[serde(default)]
+    run_reason: Option<String>,
+    stages: BTreeMap<String, String>,
+    #[serde(default)]
+    reasons: BTreeMap<String, String>,
+    #[serde(default)]
+    failures: BTreeMap<String, String>,
+    #[serde(default)]
+    exit_codes: BTreeMap<String, i64>,
+    #[serde(default)]
+    jobs: Option<usize>,
+    #[serde(default)]
+    max_running: Option<usize>,
+    #[serde(default)]
+    order: Vec<(String, String)>,
+    #[serde(default)]
+    outputs: BTreeMap<String, String>,
+    #[serde(default)]
+    named_outputs: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    cancel_after_ms: Option<u64>,
+    #[serde(default)]
+    abort_after_ms: Option<u64>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+    #[serde(default)]
+    host_env: BTreeMap<String, String>,
+    #[serde(default)]
+    log_contains: BTreeMap<String, String>,
+    /// Values that must appear in no published object.
+    #[serde(default)]
+    nowhere: Vec<String>,
+    #[serde(default)]
+    recorded_env: BTreeMap<String, BTreeMap<String, String>>,
+    #[serde(default)]
+    fail_start_run: Option<String>,
+    #[serde(default)]
+    artifacts: Vec<String>,
+}
+
+fn expectations(src: &str) -> Expect {
+    let root = sentinel_pipeline::yaml::parse(src, Default::default()).unwrap();
+    let node = root.get("x-expect").expect("a scenario needs an `x-expect:` block");
+    sentinel_pipeline::de::from_node(node).unwrap_or_else(|e| panic!("bad x-expect: {e} at {:?}", e.pos))
+}
+
+async fn run_scenario(path: &Path) -> Result<(), String> {
+    let src = std::fs::read_to_string(path).unwrap();
+    let expect = expectations(&src);
+    let plan = sentinel_pipeline::parse_str(&src, &path.display().to_string(), "scenario").map_err(|e| e.to_string())?;
+    let state = tempfile::tempdir().unwrap();
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("file.txt"), "source").unwrap();
+    let exec = Arc::new(FakeExecutor::default());
+    *exec.fail_start_run.lock().unwrap() = expect.fail_start_run.clone();
+    let sink = Arc::new(MemSink::default());
+    let engine = Engine {
+        exec: exec.clone(),
+        store: Arc::new(MemStore::default()),
+        sink: sink.clone(),
+        config: EngineConfig { jobs: expect.jobs.unwrap_or(4), state_dir: state.path().to_path_buf(), keep_workspace: false },
+    };
+    let signals = Signals::default();
+    for (after, token) in [(expect.cancel_after_ms, signals.cancel.clone()), (expect.abort_after_ms, signals.abort.clone())] {
+        if let Some(ms) = after {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                token.cancel();
+            });
+        }
+    }
+    let progress: ProgressFn = Arc::new(|_| {});
+    let req = RunRequest {
+        plan,
+        source: source.path().to_path_buf(),
+        skip: vec![],
+        trigger: Trigger { kind: TriggerKind::Local, by: None },
+        git: None,
+        host_env: expect.host_env.clone(),
+        secrets: expect.secrets.clone(),
+    };
+    let run = tokio::time::timeout(Duration::from_secs(20), engine.run(req, progress, signals))
+        .await
+        .map_err(|_| "the run did not finish within 20 s".to_string())?
+        .map_err(|e| e.to_string())?;
+
+    let mut errors = Vec::new();
+    let mut check = |ok: bool, msg: String| {
+        if !ok {
+            errors.push(msg);
+        }
+    };
+    check(run.status.as_str() == expect.run, format!("run: expected {}, got {} ({:?})", expect.run, run.status, run.reason));
+    if let Some(r) = &expect.run_reason {
+        check(run.reason.as_deref() == Some(r.as_str()), format!("run reason: expected {r:?}, got {:?}", run.reason));
+    }
+    let stage = |name: &str| -> Option<StageDoc> {
+        let key = keys::stage_doc(&run.id, &name.parse().unwrap());
+        sink.objects.lock().unwrap().get(&key).map(|b| serde_json::from_slice(b).unwrap())
+    };
+    check(run.stages.len() == expect.stages.len(), format!("expected {} stages, run has {}", expect.stages.len(), run.stages.len()));
+    for (name, status) in &expect.stages {
+        let doc = stage(name);
+        let got = doc.as_ref().map(|d| d.status.as_str().to_string());
+        check(got.as_deref() == Some(status.as_str()), format!("{name}: expected {status}, got {got:?} ({:?})", doc.and_then(|d| d.reason)));
+        let entry = run.stages.iter().find(|e| e.name.as_str() == name).map(|e| e.status.as_str());
+        check(entry == Some(status.as_str()), format!("{name}: run.json says {entry:?}, expected {status}"));
+    }
+    for (name, reason) in &expect.reasons {
+        let got = stage(name).and_then(|d| d.reason).unwrap_or_default();
+        check(got.contains(reason.as_str()), format!("{name}: reason {got:?} lacks {reason:?}"));
+    }
+    for (name, failure) in &expect.failures {
+        let got = stage(name).and_then(|d| d.failure).map(|f| serde_json::to_string(&f).unwrap());
+        check(got.as_deref() == Some(format!("\"{failure}\"").as_str()), format!("{name}: failure {got:?}, expected {failure}"));
+    }
+    for (name, code) in &expect.exit_codes {
+        let got = stage(name).and_then(|d| d.exit_code);
+        check(got == Some(*code) || got.is_none(), format!("{name}: exit code {got:?}, expected {code}"));
+    }
+    if let Some(max) = expect.max_running {
+        let got = exec.max_running.load(Ordering::SeqCst);
+        check(got == max, format!("at most {max} stages should run at once; {got} did"));
+    }
+    let started = exec.started.lock().unwrap().clone();
+    for (a, b) in &expect.order {
+        let pa = started.iter().position(|s| s == a);
+        let pb = started.iter().position(|s| s == b);
+        check(pa.is_some() && pb.is_some() && pa < pb, format!("{a} should start before {b}: {started:?}"));
+    }
+    for (name, out) in &expect.outputs {
+        let got = stage(name).and_then(|d| d.output);
+        check(got.as_deref() == Some(out.as_str()), format!("{name}: output {got:?}, expected {out:?}"));
+    }
+    for (name, outs) in &expect.named_outputs {
+        let got = stage(name).map(|d| d.outputs).unwrap_or_default();
+        check(&got == outs, format!("{name}: outputs {got:?}, expected {outs:?}"));
+    }
+    for (name, text) in &expect.log_contains {
+        let log = sink.objects.lock().unwrap().get(&keys::stage_log(&run.id, &name.parse().unwrap())).cloned().unwrap_or_default();
+        let log = String::from_utf8_lossy(&log).replace('\n', "=");
+        check(log.contains(text.as_str()), format!("{name}: log {log:?} lacks {text:?}"));
+    }
+    for secret in &expect.nowhere {
+        for (key, bytes) in sink.objects.lock().unwrap().iter() {
+            check(!String::from_utf8_lossy(bytes).contains(secret.as_str()), format!("{key} holds {secret:?}"));
+        }
+        let ws = state.path().join("runs").join(run.id.as_str()).join("workspace/out");
+        check(!ws.exists(), "the run folder should be removed after the run".into());
+    }
+    for (name, env) in &expect.recorded_env {
+        let got = stage(name).map(|d| d.inputs.env).unwrap_or_default();
+        for (k, v) in env {
+            check(got.get(k) == Some(v), format!("{name}: recorded env {k} = {:?}, expected {v:?}", got.get(k)));
+        }
+    }
+    for name in &expect.artifacts {
+        let got = stage(name).and_then(|d| d.artifacts);
+        check(got.as_deref() == Some(format!("{name}.zip").as_str()), format!("{name}: artifacts {got:?}"));
+    }
+    for (name, _) in expect.stages.iter().filter(|(n, _)| !expect.artifacts.contains(n)) {
+        check(stage(name).and_then(|d| d.artifacts).is_none(), format!("{name}: unexpected artifacts"));
+    }
+    check(exec.ended.lock().unwrap().contains(&run.id), "end_run was not called".into());
+    // Publishing order: the index is written last, after the final run.json.
+    let writes = sink.writes.lock().unwrap().clone();
+    check(writes.last().map(String::as_str) == Some(keys::index_page(0).as_str()), format!("the index should be written last: {writes:?}"));
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("\n  ")) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
+    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 15, "expected at least 15 scenarios, found {}", files.len());
+    let mut failures = Vec::new();
+    for f in &files {
+        if let Err(e) = run_scenario(f).await {
+            failures.push(format!("{}:\n  {e}", f.file_name().unwrap().to_string_lossy()));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), files.len(), failures.join("\n"));
+}
