@@ -1,1 +1,12 @@
-//! placeholder
+//! Results sinks. [`LocalSink`] writes the results layout into a folder (the
+//! embedded default); the S3 sink will implement the same interface.
+//!
+//! Every file is written atomically (a temporary file, then a rename), so a
+//! reader never sees half a document; the paged index is updated under a
+//! file lock, so several processes may share one results folder.
+
+mod local;
+mod zipdir;
+
+pub use local::LocalSink;
+pub use zipdir::zip_dir;

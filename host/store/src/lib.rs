@@ -1,1 +1,240 @@
-//! placeholder
+//! Durable run state in sled, behind the engine's [`Store`] interface.
+//!
+//! One process opens a database at a time: [`SledStore::try_open`] takes an
+//! exclusive lock without waiting and says [`OpenError::Locked`] when another
+//! process holds it. Values are JSON in a versioned envelope
+//! (`{"v":1,"doc":…}`), so later versions can read what earlier ones wrote.
+//! Trees: `runs` (by run id, which sorts by time), `stages` (`run/stage`),
+//! `events` (`run` + sequence number), `leases` (by run id).
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use sentinel_api::{RunDoc, RunId, StageDoc};
+use sentinel_engine::lease::Lease;
+use sentinel_engine::ports::{Event, StorageError, Store};
+
+/// The version of the stored values' envelope.
+pub const VALUE_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    doc: T,
+}
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("another sentinel process is using {0}")]
+    Locked(PathBuf),
+    #[error("cannot open the state database {path}: {message}")]
+    Other { path: PathBuf, message: String },
+}
+
+/// The sled-backed store.
+#[derive(Debug, Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    runs: sled::Tree,
+    stages: sled::Tree,
+    events: sled::Tree,
+    leases: sled::Tree,
+    _lock: std::sync::Arc<std::fs::File>,
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(context, e)
+}
+
+fn encode<T: Serialize>(doc: &T) -> Result<Vec<u8>, StorageError> {
+    serde_json::to_vec(&Envelope { v: VALUE_VERSION, doc }).map_err(|e| err("encode", e))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: u32,
+    }
+    let version: Version = serde_json::from_slice(bytes).map_err(|e| err("decode", e))?;
+    if version.v != VALUE_VERSION {
+        return Err(err("decode", format!("stored value has version {}; this Sentinel reads {VALUE_VERSION}", version.v)));
+    }
+    let env: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| err("decode", e))?;
+    Ok(env.doc)
+}
+
+impl SledStore {
+    /// Opens (creating) the database in `dir`, without waiting for a lock.
+    pub fn try_open(dir: &Path) -> Result<Self, OpenError> {
+        let other = |e: &dyn std::fmt::Display| OpenError::Other { path: dir.to_path_buf(), message: e.to_string() };
+        std::fs::create_dir_all(dir).map_err(|e| other(&e))?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("sentinel.lock"))
+            .map_err(|e| other(&e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::Error(e)) => return Err(other(&e)),
+        }
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(Some(200))
+            .open()
+            .map_err(|e| other(&e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| other(&e));
+        Ok(Self {
+            runs: tree("runs")?,
+            stages: tree("stages")?,
+            events: tree("events")?,
+            leases: tree("leases")?,
+            db,
+            _lock: std::sync::Arc::new(lock),
+        })
+    }
+
+    async fn flush(&self) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| err("flush", e))?
+            .map_err(|e| err("flush", e))?;
+        Ok(())
+    }
+
+    fn stage_key(run: &RunId, stage: &str) -> Vec<u8> {
+        format!("{run}/{stage}").into_bytes()
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn put_run(&self, run: &RunDoc, durable: bool) -> Result<(), StorageError> {
+        self.runs.insert(run.id.as_str(), encode(run)?).map_err(|e| err("put run", e))?;
+        if durable {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError> {
+        self.stages
+            .insert(Self::stage_key(&stage.run_id, stage.name.as_str()), encode(stage)?)
+            .map_err(|e| err("put stage", e))?;
+        Ok(())
+    }
+
+    async fn append_event(&self, run: &RunId, event: &Event) -> Result<(), StorageError> {
+        let seq = self.db.generate_id().map_err(|e| err("event id", e))?;
+        let mut key = format!("{run}/").into_bytes();
+        key.extend_from_slice(&seq.to_be_bytes());
+        self.events.insert(key, encode(event)?).map_err(|e| err("append event", e))?;
+        Ok(())
+    }
+
+    async fn get_run(&self, id: &RunId) -> Result<Option<RunDoc>, StorageError> {
+        self.runs.get(id.as_str()).map_err(|e| err("get run", e))?.map(|v| decode(&v)).transpose()
+    }
+
+    async fn get_stages(&self, id: &RunId) -> Result<Vec<StageDoc>, StorageError> {
+        self.stages
+            .scan_prefix(format!("{id}/"))
+            .map(|kv| kv.map_err(|e| err("get stages", e)).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    async fn get_events(&self, id: &RunId) -> Result<Vec<Event>, StorageError> {
+        self.events
+            .scan_prefix(format!("{id}/"))
+            .map(|kv| kv.map_err(|e| err("get events", e)).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError> {
+        self.runs
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|kv| kv.map_err(|e| err("list runs", e)).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+
+    async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        self.leases.insert(lease.run_id.as_str(), encode(lease)?).map_err(|e| err("put lease", e))?;
+        self.flush().await
+    }
+
+    async fn remove_lease(&self, run: &RunId) -> Result<(), StorageError> {
+        self.leases.remove(run.as_str()).map_err(|e| err("remove lease", e))?;
+        self.flush().await
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, StorageError> {
+        self.leases
+            .iter()
+            .map(|kv| kv.map_err(|e| err("leases", e)).and_then(|(_, v)| decode(&v)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use sentinel_api::{RunStatus, Trigger, TriggerKind};
+    use sentinel_engine::lease::Owner;
+
+    fn run(id: &str) -> RunDoc {
+        RunDoc {
+            schema: 1,
+            id: id.parse().unwrap(),
+            pipeline: "p".into(),
+            status: RunStatus::Running,
+            reason: None,
+            trigger: Trigger { kind: TriggerKind::Local, by: None },
+            git: None,
+            created: Utc::now(),
+            started: None,
+            finished: None,
+            duration_ms: None,
+            stages: vec![],
+            sentinel: "0".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn round_trip_and_exclusive_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::try_open(dir.path()).unwrap();
+        assert!(matches!(SledStore::try_open(dir.path()), Err(OpenError::Locked(_))));
+        let a = run("01JDX3K6Q2T8W9V5M4N3P2R1S0");
+        let b = run("01JDX3K6Q2T8W9V5M4N3P2R1S1");
+        store.put_run(&a, true).await.unwrap();
+        store.put_run(&b, false).await.unwrap();
+        let listed = store.list_runs(10).await.unwrap();
+        assert_eq!(listed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![b.id.clone(), a.id.clone()]);
+        store
+            .put_lease(&Lease { run_id: a.id.clone(), owner: Owner::current(), heartbeat: Utc::now() })
+            .await
+            .unwrap();
+        assert_eq!(store.leases().await.unwrap().len(), 1);
+        store.remove_lease(&a.id).await.unwrap();
+        assert!(store.leases().await.unwrap().is_empty());
+        drop(store);
+        let reopened = SledStore::try_open(dir.path()).unwrap();
+        assert_eq!(reopened.get_run(&a.id).await.unwrap().unwrap().id, a.id);
+    }
+
+    #[test]
+    fn refuses_unknown_versions() {
+        let e = decode::<u32>(br#"{"v":2,"doc":1}"#).unwrap_err();
+        assert!(e.to_string().contains("version 2"), "{e}");
+        assert_eq!(decode::<u32>(br#"{"v":1,"doc":7}"#).unwrap(), 7);
+    }
+}

@@ -1,0 +1,260 @@
+//! The local results folder: the layout of `docs/results-layout.md` on disk.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use sentinel_api::keys::{self, INDEX_PAGE_SIZE};
+use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, SCHEMA_VERSION, StageDoc, StageName};
+use sentinel_engine::ports::{ResultsSink, StorageError};
+
+use crate::zipdir::zip_dir;
+
+/// A results folder.
+#[derive(Debug, Clone)]
+pub struct LocalSink {
+    root: PathBuf,
+}
+
+fn err(context: impl Into<String>, e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(context, e)
+}
+
+/// Writes `bytes` to `path` atomically.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{:?}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StorageError> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| err(format!("read {}", path.display()), e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(format!("read {}", path.display()), e)),
+    }
+}
+
+impl LocalSink {
+    /// A sink writing under `root` (created as needed).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    async fn put_json<T: Serialize + Sync>(&self, key: String, doc: &T) -> Result<(), StorageError> {
+        let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| err("encode", e))?;
+        bytes.push(b'\n');
+        let path = self.path(&key);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(|e| err(&key, e))?
+            .map_err(|e| err(format!("write {key}"), e))
+    }
+
+    /// Reads every index page, newest first.
+    fn read_index(&self) -> Result<Vec<RunSummary>, StorageError> {
+        let mut runs = Vec::new();
+        let mut page = 0;
+        while let Some(p) = read_json::<IndexPage>(&self.path(&keys::index_page(page)))? {
+            runs.extend(p.runs);
+            page += 1;
+            if p.next.is_none() {
+                break;
+            }
+        }
+        Ok(runs)
+    }
+
+    fn write_index(&self, mut runs: Vec<RunSummary>) -> Result<(), StorageError> {
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs.dedup_by(|a, b| a.id == b.id);
+        let chunks: Vec<&[RunSummary]> = if runs.is_empty() { vec![&[]] } else { runs.chunks(INDEX_PAGE_SIZE).collect() };
+        let pages = chunks.len() as u32;
+        // Older pages first, so page 0 never points at a page not yet written.
+        for (i, chunk) in chunks.iter().enumerate().rev() {
+            let page = IndexPage {
+                schema: SCHEMA_VERSION,
+                page: i as u32,
+                pages,
+                next: (i as u32 + 1 < pages).then(|| keys::index_page(i as u32 + 1)),
+                runs: chunk.to_vec(),
+            };
+            let mut bytes = serde_json::to_vec_pretty(&page).map_err(|e| err("encode index", e))?;
+            bytes.push(b'\n');
+            write_atomic(&self.path(&keys::index_page(i as u32)), &bytes).map_err(|e| err("write index", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ResultsSink for LocalSink {
+    async fn put_log(&self, run: &RunId, stage: &StageName, file: &Path) -> Result<String, StorageError> {
+        let key = keys::stage_log(run, stage);
+        let (src, dst) = (file.to_path_buf(), self.path(&key));
+        tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&src)?;
+            write_atomic(&dst, &bytes)
+        })
+        .await
+        .map_err(|e| err(&key, e))?
+        .map_err(|e| err(format!("write {key}"), e))?;
+        Ok(format!("{stage}.log"))
+    }
+
+    async fn put_artifacts(&self, run: &RunId, stage: &StageName, dir: &Path) -> Result<Option<String>, StorageError> {
+        let key = keys::stage_artifacts(run, stage);
+        let (src, dst) = (dir.to_path_buf(), self.path(&key));
+        let n = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
+            let has_files = walkdir::WalkDir::new(&src).follow_links(false).into_iter().flatten().any(|e| e.file_type().is_file());
+            if !has_files {
+                return Ok(0);
+            }
+            std::fs::create_dir_all(dst.parent().unwrap_or(Path::new(".")))?;
+            let tmp = dst.with_extension(format!("zip.tmp-{}", std::process::id()));
+            let n = zip_dir(&src, &tmp)?;
+            std::fs::rename(&tmp, &dst)?;
+            Ok(n)
+        })
+        .await
+        .map_err(|e| err(&key, e))?
+        .map_err(|e| err(format!("write {key}"), e))?;
+        Ok((n > 0).then(|| format!("{stage}.zip")))
+    }
+
+    async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError> {
+        self.put_json(keys::stage_doc(&doc.run_id, &doc.name), doc).await
+    }
+
+    async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError> {
+        self.put_json(keys::run_doc(&doc.id), doc).await
+    }
+
+    async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
+        let this = self.clone();
+        let summary = summary.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(this.path("runs")).map_err(|e| err("create runs/", e))?;
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(this.path("runs/.index.lock"))
+                .map_err(|e| err("index lock", e))?;
+            lock.lock().map_err(|e| err("index lock", e))?;
+            let mut runs = this.read_index()?;
+            runs.retain(|r| r.id != summary.id);
+            runs.push(summary);
+            let result = this.write_index(runs);
+            let _ = lock.unlock();
+            result
+        })
+        .await
+        .map_err(|e| err("index", e))?
+    }
+
+    async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
+        read_json(&self.path(&keys::run_doc(run)))
+    }
+
+    async fn get_stage(&self, run: &RunId, stage: &StageName) -> Result<Option<StageDoc>, StorageError> {
+        read_json(&self.path(&keys::stage_doc(run, stage)))
+    }
+
+    async fn get_log(&self, run: &RunId, stage: &StageName) -> Result<Option<Vec<u8>>, StorageError> {
+        match tokio::fs::read(self.path(&keys::stage_log(run, stage))).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err("read log", e)),
+        }
+    }
+
+    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
+        read_json(&self.path(&keys::index_page(page)))
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use sentinel_api::{RunStatus, TriggerKind};
+    use std::collections::BTreeMap;
+
+    fn summary(i: u32) -> RunSummary {
+        let id = format!("01JDX3K6Q2T8W9V5M4N3P{:05}", i);
+        RunSummary {
+            id: id.parse().unwrap(),
+            pipeline: "p".into(),
+            status: RunStatus::Succeeded,
+            created: Utc::now(),
+            duration_ms: Some(1),
+            git: None,
+            stages: BTreeMap::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn index_is_paged_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalSink::new(dir.path());
+        for i in 0..250 {
+            sink.update_index(&summary(i)).await.unwrap();
+        }
+        // Updating a run replaces it instead of adding it twice.
+        let mut again = summary(7);
+        again.status = RunStatus::Failed;
+        sink.update_index(&again).await.unwrap();
+        let p0 = sink.get_index_page(0).await.unwrap().unwrap();
+        assert_eq!((p0.page, p0.pages, p0.runs.len()), (0, 3, 100));
+        assert_eq!(p0.next.as_deref(), Some("runs/index-1.json"));
+        assert_eq!(p0.runs[0].id, summary(249).id);
+        let p2 = sink.get_index_page(2).await.unwrap().unwrap();
+        assert_eq!(p2.runs.len(), 50);
+        assert!(p2.next.is_none());
+        let all = sink.read_index().unwrap();
+        assert_eq!(all.len(), 250);
+        assert_eq!(all.iter().find(|r| r.id == again.id).unwrap().status, RunStatus::Failed);
+        let _ = TriggerKind::Local;
+    }
+
+    #[tokio::test]
+    async fn artifacts_zip_only_when_there_are_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = LocalSink::new(dir.path().join("results"));
+        let art = dir.path().join("art");
+        std::fs::create_dir_all(art.join("sub")).unwrap();
+        let run: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
+        let stage: StageName = "build".parse().unwrap();
+        assert_eq!(sink.put_artifacts(&run, &stage, &art).await.unwrap(), None);
+        std::fs::write(art.join("sub/app.bin"), b"binary").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", art.join("passwd")).unwrap();
+        assert_eq!(sink.put_artifacts(&run, &stage, &art).await.unwrap().as_deref(), Some("build.zip"));
+        let zip = std::fs::File::open(dir.path().join("results/run/01JDX3K6Q2T8W9V5M4N3P2R1S0/build.zip")).unwrap();
+        let mut archive = zip::ZipArchive::new(zip).unwrap();
+        let names: Vec<String> = (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().unwrap().to_string()).collect();
+        assert_eq!(names, vec!["sub/", "sub/app.bin"], "the symlink is not followed");
+    }
+}
