@@ -1,1 +1,105 @@
-fn main() {}
+//! `sentinel`: run a pipeline locally, validate it, print its JSON Schema,
+//! and read back runs, stages and logs.
+
+mod context;
+mod progress;
+mod read;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Sentinel: a self-hosted CI/CD step host.
+#[derive(Debug, Parser)]
+#[command(name = "sentinel", version, about)]
+struct Cli {
+    #[command(flatten)]
+    paths: Paths,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where things are. Each has a default derived from the project folder.
+#[derive(Debug, Clone, Args)]
+pub struct Paths {
+    /// The project folder (holding `sentinel.yml`).
+    #[arg(short = 'C', long = "dir", global = true, default_value = ".", env = "SENTINEL_DIR")]
+    pub dir: PathBuf,
+    /// The state folder (database, run folders). Default: `<dir>/.sentinel`.
+    #[arg(long, global = true, env = "SENTINEL_STATE")]
+    pub state: Option<PathBuf>,
+    /// The results folder. Default: `<state>/results`.
+    #[arg(long, global = true, env = "SENTINEL_RESULTS")]
+    pub results: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline in Docker containers.
+    Run(run::RunArgs),
+    /// Check a pipeline file and print its plan.
+    Validate {
+        /// The pipeline file. Default: `<dir>/sentinel.yml`.
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        /// Print the resolved plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the JSON Schema of `sentinel.yml`.
+    Schema,
+    /// List runs, newest first.
+    Runs {
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a run and its stages (`last`, an id or a unique prefix).
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a stage's log.
+    Logs { run: String, stage: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SENTINEL_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(&cli.paths, args).await,
+            Command::Validate { file, json } => run::validate(&cli.paths, file, json),
+            Command::Schema => {
+                println!("{}", serde_json::to_string_pretty(&sentinel_pipeline::json_schema())?);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Runs { limit, json } => read::runs(&cli.paths, limit, json).await,
+            Command::Show { run, json } => read::show(&cli.paths, &run, json).await,
+            Command::Logs { run, stage } => read::logs(&cli.paths, &run, &stage).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,1 +1,149 @@
-//! placeholder
+//! Container stages and services through the Docker Engine API (bollard).
+//!
+//! Every container and network carries labels: the run, the stage or
+//! service, and the owning process ([`sentinel_engine::lease::Owner`]), so
+//! [`DockerExecutor::end_run`] removes a run's resources and
+//! [`DockerExecutor::reap`] removes those of dead processes. Stages run
+//! unprivileged: never `--privileged`, `no-new-privileges`, every capability
+//! dropped, a pids limit, memory (without extra swap) and CPU limits.
+
+mod container;
+mod services;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, RemoveContainerOptions};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use sentinel_api::RunId;
+use sentinel_engine::exec::{Executor, RunContext, StageJob, StageReport, StartRunError};
+use sentinel_engine::lease::Owner;
+
+/// Label naming the run a resource belongs to.
+pub const LABEL_RUN: &str = "dev.sentinel.run";
+/// Label naming the stage (or service) a container runs.
+pub const LABEL_STAGE: &str = "dev.sentinel.stage";
+/// Label naming the owning process (`boot_id:pid:start_ticks`).
+pub const LABEL_OWNER: &str = "dev.sentinel.owner";
+/// `stage`, `service` or `network`.
+pub const LABEL_KIND: &str = "dev.sentinel.kind";
+
+/// Why Docker could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the Docker engine: {0} (is dockerd running? see the README's set-up command)")]
+pub struct ConnectError(String);
+
+/// The Docker executor.
+#[derive(Debug, Clone)]
+pub struct DockerExecutor {
+    docker: Docker,
+    /// The per-run network, created on first use.
+    networks: std::sync::Arc<Mutex<HashMap<RunId, String>>>,
+}
+
+/// Lower-case names for Docker objects of a run.
+pub(crate) fn object_name(run: &RunId, suffix: &str) -> String {
+    format!("sentinel-{}-{suffix}", run.as_str().to_ascii_lowercase())
+}
+
+pub(crate) fn labels(run: &RunId, owner: &Owner, kind: &str, stage: Option<&str>) -> HashMap<String, String> {
+    let mut l = HashMap::from([
+        (LABEL_RUN.to_string(), run.to_string()),
+        (LABEL_OWNER.to_string(), owner.label()),
+        (LABEL_KIND.to_string(), kind.to_string()),
+    ]);
+    if let Some(s) = stage {
+        l.insert(LABEL_STAGE.to_string(), s.to_string());
+    }
+    l
+}
+
+fn label_filter(label: &str) -> Option<HashMap<String, Vec<String>>> {
+    Some(HashMap::from([("label".to_string(), vec![label.to_string()])]))
+}
+
+impl DockerExecutor {
+    /// Connects to the local Docker engine and negotiates the API version
+    /// (the Debian daemon speaks 1.41).
+    pub async fn connect() -> Result<Self, ConnectError> {
+        let docker = Docker::connect_with_local_defaults().map_err(|e| ConnectError(e.to_string()))?;
+        let docker = docker.negotiate_version().await.map_err(|e| ConnectError(e.to_string()))?;
+        docker.ping().await.map_err(|e| ConnectError(e.to_string()))?;
+        Ok(Self { docker, networks: Default::default() })
+    }
+
+    /// The underlying client (for tests and tools).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Removes every container and network matching `label` (`key=value`)
+    /// for which `keep` is false; returns how many were removed.
+    async fn remove_labelled(&self, label: &str, keep: impl Fn(&HashMap<String, String>) -> bool) -> usize {
+        let mut removed = 0;
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions { all: true, filters: label_filter(label), ..Default::default() }))
+            .await
+            .unwrap_or_default();
+        for c in containers {
+            if keep(&c.labels.clone().unwrap_or_default()) {
+                continue;
+            }
+            let Some(id) = c.id else { continue };
+            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            match self.docker.remove_container(&id, Some(opts)).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => tracing::warn!("cannot remove container {id}: {e}"),
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: label_filter(label) }))
+            .await
+            .unwrap_or_default();
+        for n in networks {
+            if keep(&n.labels.clone().unwrap_or_default()) {
+                continue;
+            }
+            let Some(id) = n.id else { continue };
+            match self.docker.remove_network(&id).await {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => tracing::warn!("cannot remove network {id}: {e}"),
+            }
+        }
+        removed
+    }
+}
+
+pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+#[async_trait]
+impl Executor for DockerExecutor {
+    async fn start_run(&self, ctx: &RunContext) -> Result<(), StartRunError> {
+        services::start(self, ctx).await
+    }
+
+    async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
+        container::run(self, job, stop).await
+    }
+
+    async fn end_run(&self, run_id: &RunId) {
+        self.networks.lock().await.remove(run_id);
+        self.remove_labelled(&format!("{LABEL_RUN}={run_id}"), |_| false).await;
+    }
+
+    async fn reap(&self) -> usize {
+        self.remove_labelled(LABEL_OWNER, |labels| {
+            labels.get(LABEL_OWNER).and_then(|o| Owner::from_label(o)).is_some_and(|o| o.is_alive())
+        })
+        .await
+    }
+}

@@ -1,0 +1,125 @@
+//! Paths, the state database, the executor and the results folder a command
+//! works with, plus the host inputs of a run (git context, secrets).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use sentinel_api::GitContext;
+use sentinel_docker::DockerExecutor;
+use sentinel_engine::exec::Executor;
+use sentinel_engine::{Engine, EngineConfig};
+use sentinel_results::LocalSink;
+use sentinel_store::{OpenError, SledStore};
+
+use crate::Paths;
+
+/// Resolved folders.
+#[derive(Debug, Clone)]
+pub struct Dirs {
+    pub project: PathBuf,
+    pub state: PathBuf,
+    pub results: PathBuf,
+}
+
+impl Dirs {
+    pub fn new(p: &Paths) -> anyhow::Result<Self> {
+        let project = std::fs::canonicalize(&p.dir).with_context(|| format!("project folder {}", p.dir.display()))?;
+        let state = p.state.clone().unwrap_or_else(|| project.join(".sentinel"));
+        let results = p.results.clone().unwrap_or_else(|| state.join("results"));
+        Ok(Self { project, state, results })
+    }
+}
+
+/// Opens the state database without waiting; `None` when another process holds it.
+pub fn try_open_store(state: &Path) -> anyhow::Result<Option<SledStore>> {
+    match SledStore::try_open(state) {
+        Ok(s) => Ok(Some(s)),
+        Err(OpenError::Locked(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An executor that cannot run anything: used by read-only commands when
+/// Docker is unreachable, so recovery still marks dead runs.
+#[derive(Debug)]
+pub struct Unavailable;
+
+#[async_trait::async_trait]
+impl Executor for Unavailable {
+    async fn start_run(&self, _: &sentinel_engine::exec::RunContext) -> Result<(), sentinel_engine::exec::StartRunError> {
+        Err(sentinel_engine::exec::StartRunError("Docker is not reachable".into()))
+    }
+    async fn run_stage(&self, _: sentinel_engine::StageJob, _: tokio_util::sync::CancellationToken) -> sentinel_engine::StageReport {
+        sentinel_engine::StageReport { outcome: sentinel_engine::Outcome::StartFailed("Docker is not reachable".into()), image_id: None }
+    }
+    async fn end_run(&self, _: &sentinel_api::RunId) {}
+    async fn reap(&self) -> usize {
+        0
+    }
+}
+
+/// Builds an engine over the store, Docker (or [`Unavailable`]) and the results folder.
+pub fn engine(dirs: &Dirs, store: SledStore, exec: Arc<dyn Executor>, jobs: usize, keep_workspace: bool) -> Engine {
+    Engine {
+        exec,
+        store: Arc::new(store),
+        sink: Arc::new(LocalSink::new(&dirs.results)),
+        config: EngineConfig { jobs, state_dir: dirs.state.clone(), keep_workspace },
+    }
+}
+
+/// Docker, or `Unavailable` with a warning.
+pub async fn docker_or_unavailable() -> Arc<dyn Executor> {
+    match DockerExecutor::connect().await {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            tracing::warn!("{e}; containers of dead runs cannot be removed now");
+            Arc::new(Unavailable)
+        }
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The git context of the project folder, when it is a repository.
+pub fn git_context(dir: &Path) -> Option<GitContext> {
+    let commit = git(dir, &["rev-parse", "HEAD"])?;
+    Some(GitContext {
+        commit: Some(commit),
+        branch: git(dir, &["rev-parse", "--abbrev-ref", "HEAD"]).filter(|b| b != "HEAD"),
+        repo: git(dir, &["config", "--get", "remote.origin.url"]),
+    })
+}
+
+/// Secret values: `NAME=value` lines of `file` (if any), then the environment.
+pub fn secrets(names: &[String], file: Option<&Path>) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("secrets file {}", f.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .with_context(|| format!("{}:{}: expected NAME=value", f.display(), i + 1))?;
+            if names.iter().any(|n| n == k.trim()) {
+                out.insert(k.trim().to_string(), v.to_string());
+            }
+        }
+    }
+    for n in names {
+        if !out.contains_key(n) {
+            if let Ok(v) = std::env::var(n) {
+                out.insert(n.clone(), v);
+            }
+        }
+    }
+    Ok(out)
+}

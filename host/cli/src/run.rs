@@ -1,0 +1,179 @@
+//! `sentinel run` and `sentinel validate`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Args;
+use sentinel_api::{RunStatus, Trigger, TriggerKind};
+use sentinel_docker::DockerExecutor;
+use sentinel_engine::{RunRequest, Signals};
+use sentinel_pipeline::{EnvValue, LoadError};
+
+use crate::context::{self, Dirs};
+use crate::Paths;
+use crate::progress::{Mode, reporter};
+
+/// Options of `sentinel run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file. Default: `<dir>/sentinel.yml`.
+    #[arg(short, long)]
+    file: Option<PathBuf>,
+    /// Most stages running at once.
+    #[arg(short, long, default_value_t = 4)]
+    jobs: usize,
+    /// Print progress as JSON lines on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Print the stages' logs as they run.
+    #[arg(short = 'v', long)]
+    follow: bool,
+    /// Keep the run's workspace copy under the state folder.
+    #[arg(long)]
+    keep_workspace: bool,
+    /// A file of `NAME=value` lines with secret values (else they come from the environment).
+    #[arg(long)]
+    secrets_file: Option<PathBuf>,
+}
+
+fn pipeline_file(dirs: &Dirs, file: Option<PathBuf>) -> PathBuf {
+    file.unwrap_or_else(|| dirs.project.join("sentinel.yml"))
+}
+
+fn load(file: &Path) -> Result<sentinel_pipeline::Plan, ExitCode> {
+    match sentinel_pipeline::load(file) {
+        Ok(p) => Ok(p),
+        Err(LoadError::Invalid(d)) => {
+            for diag in &d.0 {
+                eprintln!("error: {diag}");
+            }
+            Err(ExitCode::from(2))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+/// `sentinel validate`.
+pub fn validate(paths: &Paths, file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let dirs = Dirs::new(paths)?;
+    let file = pipeline_file(&dirs, file);
+    let plan = match load(&file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        println!("{}: pipeline `{}` is valid: {} stages", file.display(), plan.name, plan.stages.len());
+        for s in &plan.stages {
+            let needs = if s.needs.is_empty() { String::new() } else { format!(" after {}", s.needs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")) };
+            println!("  {} ({}){needs}", s.name, s.when.as_str());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Top-level names of `inner` below `outer`, to leave out of the workspace copy.
+fn skip_name(outer: &Path, inner: &Path) -> Option<String> {
+    let rel = inner.strip_prefix(outer).ok()?;
+    rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
+}
+
+/// `sentinel run`.
+pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let dirs = Dirs::new(paths)?;
+    let file = pipeline_file(&dirs, args.file.clone());
+    let plan = match load(&file) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
+    };
+    let Some(store) = context::try_open_store(&dirs.state)? else {
+        anyhow::bail!(
+            "another sentinel process is running a pipeline with the state folder {}; wait for it, or pass --state",
+            dirs.state.display()
+        );
+    };
+    let docker = DockerExecutor::connect().await?;
+    let engine = context::engine(&dirs, store, Arc::new(docker), args.jobs, args.keep_workspace);
+    let reaped = engine.exec.reap().await;
+    if reaped > 0 {
+        eprintln!("removed {reaped} container(s) or network(s) left by dead sentinel processes");
+    }
+    for id in engine.recover().await.context("recovering dead runs")? {
+        eprintln!("run {id} was interrupted (its sentinel process died); marked `interrupted`");
+    }
+
+    let secrets = context::secrets(&plan.secrets, args.secrets_file.as_deref())?;
+    // Only the variables the pipeline asks for leave the host's environment.
+    let host_env: BTreeMap<String, String> = plan
+        .env
+        .iter()
+        .filter(|(_, v)| matches!(v, EnvValue::FromHost))
+        .filter_map(|(k, _)| std::env::var(k).ok().map(|v| (k.clone(), v)))
+        .collect();
+    let mut skip = vec![".sentinel".to_string()];
+    skip.extend(skip_name(&dirs.project, &dirs.state));
+    skip.extend(skip_name(&dirs.project, &dirs.results));
+
+    let signals = Signals::default();
+    {
+        let signals = signals.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut presses = 0;
+            loop {
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => { if r.is_err() { return; } }
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                }
+                presses += 1;
+                if presses == 1 {
+                    eprintln!("cancelling: stopping running stages, then running `always` stages (press Ctrl-C again to stop those too)");
+                    signals.cancel.cancel();
+                } else {
+                    eprintln!("aborting: stopping every stage");
+                    signals.abort.cancel();
+                    return;
+                }
+            }
+        });
+    }
+
+    let mode = Mode::detect(args.json);
+    let req = RunRequest {
+        plan,
+        source: dirs.project.clone(),
+        skip,
+        trigger: Trigger { kind: TriggerKind::Local, by: std::env::var("USER").ok() },
+        git: context::git_context(&dirs.project),
+        host_env,
+        secrets,
+    };
+    let run = match engine.run(req, reporter(mode, args.follow), signals).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let folder = dirs.results.join(sentinel_api::keys::run_dir(&run.id));
+    if mode == Mode::Json {
+        println!("{}", serde_json::to_string(&run)?);
+    } else {
+        let took = run.duration_ms.map(|ms| format!(" in {:.1}s", ms as f64 / 1000.0)).unwrap_or_default();
+        let why = run.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+        eprintln!("run {} {}{took}{why}", run.id, run.status);
+        eprintln!("results: {}", folder.display());
+    }
+    Ok(match run.status {
+        RunStatus::Succeeded => ExitCode::SUCCESS,
+        RunStatus::Cancelled => ExitCode::from(130),
+        _ => ExitCode::from(1),
+    })
+}

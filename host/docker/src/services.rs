@@ -1,0 +1,148 @@
+//! The run's network and its services (wercker's sidecars): containers
+//! started before the stages on a per-run network, reachable by their name,
+//! with an optional readiness command retried until it succeeds.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
+use bollard::query_parameters::CreateContainerOptions;
+use futures_util::StreamExt;
+
+use sentinel_api::RunId;
+use sentinel_engine::exec::{RunContext, StartRunError};
+use sentinel_engine::lease::Owner;
+use sentinel_pipeline::ServicePlan;
+
+use crate::container::image_id;
+use crate::{DockerExecutor, labels, object_name};
+
+/// The run's network, created on first use.
+pub(crate) async fn ensure_network(ex: &DockerExecutor, run: &RunId, owner: &Owner) -> Result<String, String> {
+    let mut networks = ex.networks.lock().await;
+    if let Some(n) = networks.get(run) {
+        return Ok(n.clone());
+    }
+    let name = object_name(run, "net");
+    let req = NetworkCreateRequest {
+        name: name.clone(),
+        driver: Some("bridge".into()),
+        labels: Some(labels(run, owner, "network", None)),
+        ..Default::default()
+    };
+    ex.docker.create_network(req).await.map_err(|e| format!("cannot create the run's network: {e}"))?;
+    networks.insert(run.clone(), name.clone());
+    Ok(name)
+}
+
+/// Starts every service and waits until each is ready.
+pub(crate) async fn start(ex: &DockerExecutor, ctx: &RunContext) -> Result<(), StartRunError> {
+    if ctx.services.is_empty() {
+        return Ok(());
+    }
+    let network = ensure_network(ex, &ctx.run_id, &ctx.owner).await.map_err(StartRunError)?;
+    let mut started = Vec::new();
+    for (svc, env) in &ctx.services {
+        let id = start_one(ex, ctx, &network, svc, env).await.map_err(|e| StartRunError(format!("service `{}`: {e}", svc.name)))?;
+        started.push((svc, id));
+    }
+    for (svc, id) in started {
+        if let Some(cmd) = &svc.ready {
+            wait_ready(ex, &id, cmd, svc.ready_timeout)
+                .await
+                .map_err(|e| StartRunError(format!("service `{}` {e}", svc.name)))?;
+        }
+    }
+    Ok(())
+}
+
+async fn start_one(
+    ex: &DockerExecutor,
+    ctx: &RunContext,
+    network: &str,
+    svc: &ServicePlan,
+    env: &[(String, String)],
+) -> Result<String, String> {
+    image_id(ex, &svc.image).await?;
+    let (entrypoint, cmd) = match &svc.command {
+        Some(c) => (Some(vec!["sh".to_string(), "-c".to_string()]), Some(vec![c.clone()])),
+        None => (None, None),
+    };
+    let body = ContainerCreateBody {
+        image: Some(svc.image.clone()),
+        entrypoint,
+        cmd,
+        env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        labels: Some(labels(&ctx.run_id, &ctx.owner, "service", Some(&svc.name))),
+        hostname: Some(svc.name.clone()),
+        host_config: Some(HostConfig {
+            network_mode: Some(network.to_string()),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            privileged: Some(false),
+            pids_limit: Some(1024),
+            ..Default::default()
+        }),
+        networking_config: Some(NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(
+                network.to_string(),
+                EndpointSettings { aliases: Some(vec![svc.name.clone()]), ..Default::default() },
+            )])),
+        }),
+        ..Default::default()
+    };
+    let name = object_name(&ctx.run_id, &format!("svc-{}", svc.name));
+    let created = ex
+        .docker
+        .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
+        .await
+        .map_err(|e| format!("cannot create the container: {e}"))?;
+    ex.docker.start_container(&created.id, None).await.map_err(|e| format!("cannot start: {e}"))?;
+    Ok(created.id)
+}
+
+/// Runs `cmd` in the service until it exits 0, or fails after `timeout`.
+async fn wait_ready(ex: &DockerExecutor, id: &str, cmd: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let info = ex.docker.inspect_container(id, None).await.map_err(|e| format!("cannot be inspected: {e}"))?;
+        let state = info.state.unwrap_or_default();
+        if state.running != Some(true) {
+            return Err(format!("exited (code {}) before it was ready", state.exit_code.unwrap_or(-1)));
+        }
+        let exec = ex
+            .docker
+            .create_exec(
+                id,
+                CreateExecOptions {
+                    cmd: Some(vec!["sh", "-c", cmd]),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| format!("readiness check cannot run: {e}"))?;
+        if let Ok(StartExecResults::Attached { mut output, .. }) = ex.docker.start_exec(&exec.id, None).await {
+            let mut text = Vec::new();
+            while let Some(Ok(chunk)) = output.next().await {
+                text.extend_from_slice(&chunk.into_bytes());
+            }
+            last = String::from_utf8_lossy(&text).trim().chars().take(500).collect();
+        }
+        let code = ex.docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.exit_code);
+        if code == Some(0) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let detail = if last.is_empty() { String::new() } else { format!(": {last}") };
+            return Err(format!(
+                "did not become ready within {} (`{cmd}` exited {}){detail}",
+                humantime::format_duration(timeout),
+                code.map_or("abnormally".to_string(), |c| c.to_string())
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
