@@ -271,7 +271,8 @@ impl Recorder {
         if let Err(err) = self.store.append_event(&self.run_id, &e).await {
             tracing::warn!("cannot record an event: {err}");
         }
-        self.publish_run(false).await;
+        // The index shows the run's status too: refresh it when the run starts.
+        self.publish_run(true).await;
     }
 
     /// Applies a stage transition, records and publishes it.

@@ -147,6 +147,9 @@ pub async fn run_stage(
         result.failure = Some(failure);
         result.reason = Some(reason);
     };
+    if let Outcome::Exited { code } = report.outcome {
+        result.exit_code = Some(code);
+    }
     match report.outcome {
         Outcome::Exited { code: 0 } => {}
         Outcome::Exited { code } => fail(StageStatus::Failed, FailureKind::ExitCode, format!("exit code {code}")),
