@@ -126,7 +126,17 @@ mod tests {
         for good in ["build", "a", "aws_access_key_id", "deploy-prod", "9lives"] {
             assert!(good.parse::<StageName>().is_ok(), "{good}");
         }
-        for bad in ["", "-x", "_x", "a b", "a/b", "..", "a.b", &"x".repeat(64), "ü"] {
+        for bad in [
+            "",
+            "-x",
+            "_x",
+            "a b",
+            "a/b",
+            "..",
+            "a.b",
+            &"x".repeat(64),
+            "ü",
+        ] {
             assert!(bad.parse::<StageName>().is_err(), "{bad}");
         }
         assert_eq!(

@@ -10,8 +10,8 @@ pub mod keys;
 pub mod status;
 
 pub use docs::{
-    GitContext, IndexPage, ResolvedInputs, RunDoc, RunStageEntry, RunSummary, StageDoc, StageKind,
-    Trigger, TriggerKind, SCHEMA_VERSION,
+    GitContext, IndexPage, ResolvedInputs, RunDoc, RunStageEntry, RunSummary, SCHEMA_VERSION,
+    StageDoc, StageKind, Trigger, TriggerKind,
 };
 pub use ids::{IdError, RunId, StageName};
 pub use status::{FailureKind, RunStatus, StageStatus};

@@ -25,10 +25,15 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new(p: &Paths) -> anyhow::Result<Self> {
-        let project = std::fs::canonicalize(&p.dir).with_context(|| format!("project folder {}", p.dir.display()))?;
+        let project = std::fs::canonicalize(&p.dir)
+            .with_context(|| format!("project folder {}", p.dir.display()))?;
         let state = p.state.clone().unwrap_or_else(|| project.join(".sentinel"));
         let results = p.results.clone().unwrap_or_else(|| state.join("results"));
-        Ok(Self { project, state, results })
+        Ok(Self {
+            project,
+            state,
+            results,
+        })
     }
 }
 
@@ -48,11 +53,23 @@ pub struct Unavailable;
 
 #[async_trait::async_trait]
 impl Executor for Unavailable {
-    async fn start_run(&self, _: &sentinel_engine::exec::RunContext) -> Result<(), sentinel_engine::exec::StartRunError> {
-        Err(sentinel_engine::exec::StartRunError("Docker is not reachable".into()))
+    async fn start_run(
+        &self,
+        _: &sentinel_engine::exec::RunContext,
+    ) -> Result<(), sentinel_engine::exec::StartRunError> {
+        Err(sentinel_engine::exec::StartRunError(
+            "Docker is not reachable".into(),
+        ))
     }
-    async fn run_stage(&self, _: sentinel_engine::StageJob, _: tokio_util::sync::CancellationToken) -> sentinel_engine::StageReport {
-        sentinel_engine::StageReport { outcome: sentinel_engine::Outcome::StartFailed("Docker is not reachable".into()), image_id: None }
+    async fn run_stage(
+        &self,
+        _: sentinel_engine::StageJob,
+        _: tokio_util::sync::CancellationToken,
+    ) -> sentinel_engine::StageReport {
+        sentinel_engine::StageReport {
+            outcome: sentinel_engine::Outcome::StartFailed("Docker is not reachable".into()),
+            image_id: None,
+        }
     }
     async fn end_run(&self, _: &sentinel_api::RunId) {}
     async fn reap(&self) -> usize {
@@ -61,12 +78,22 @@ impl Executor for Unavailable {
 }
 
 /// Builds an engine over the store, Docker (or [`Unavailable`]) and the results folder.
-pub fn engine(dirs: &Dirs, store: SledStore, exec: Arc<dyn Executor>, jobs: usize, keep_workspace: bool) -> Engine {
+pub fn engine(
+    dirs: &Dirs,
+    store: SledStore,
+    exec: Arc<dyn Executor>,
+    jobs: usize,
+    keep_workspace: bool,
+) -> Engine {
     Engine {
         exec,
         store: Arc::new(store),
         sink: Arc::new(LocalSink::new(&dirs.results)),
-        config: EngineConfig { jobs, state_dir: dirs.state.clone(), keep_workspace },
+        config: EngineConfig {
+            jobs,
+            state_dir: dirs.state.clone(),
+            keep_workspace,
+        },
     }
 }
 
@@ -82,8 +109,16 @@ pub async fn docker_or_unavailable() -> Arc<dyn Executor> {
 }
 
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new("git").arg("-C").arg(dir).args(args).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string()).filter(|s| !s.is_empty())
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// The git context of the project folder, when it is a repository.
@@ -100,7 +135,8 @@ pub fn git_context(dir: &Path) -> Option<GitContext> {
 pub fn secrets(names: &[String], file: Option<&Path>) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     if let Some(f) = file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("secrets file {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("secrets file {}", f.display()))?;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -115,10 +151,10 @@ pub fn secrets(names: &[String], file: Option<&Path>) -> anyhow::Result<BTreeMap
         }
     }
     for n in names {
-        if !out.contains_key(n) {
-            if let Ok(v) = std::env::var(n) {
-                out.insert(n.clone(), v);
-            }
+        if !out.contains_key(n)
+            && let Ok(v) = std::env::var(n)
+        {
+            out.insert(n.clone(), v);
         }
     }
     Ok(out)

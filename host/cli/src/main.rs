@@ -25,7 +25,13 @@ struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct Paths {
     /// The project folder (holding `sentinel.yml`).
-    #[arg(short = 'C', long = "dir", global = true, default_value = ".", env = "SENTINEL_DIR")]
+    #[arg(
+        short = 'C',
+        long = "dir",
+        global = true,
+        default_value = ".",
+        env = "SENTINEL_DIR"
+    )]
     pub dir: PathBuf,
     /// The state folder (database, run folders). Default: `<dir>/.sentinel`.
     #[arg(long, global = true, env = "SENTINEL_STATE")]
@@ -71,11 +77,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SENTINEL_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SENTINEL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -87,7 +97,10 @@ fn main() -> ExitCode {
             Command::Run(args) => run::run(&cli.paths, args).await,
             Command::Validate { file, json } => run::validate(&cli.paths, file, json),
             Command::Schema => {
-                println!("{}", serde_json::to_string_pretty(&sentinel_pipeline::json_schema())?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&sentinel_pipeline::json_schema())?
+                );
                 Ok(ExitCode::SUCCESS)
             }
             Command::Runs { limit, json } => read::runs(&cli.paths, limit, json).await,

@@ -78,10 +78,21 @@ impl State {
     fn handle(&mut self, p: Progress) {
         if self.mode == Mode::Json {
             let v = match &p {
-                Progress::RunStarted { run_id, stages } => serde_json::json!({"event": "run_started", "run": run_id, "stages": stages}),
-                Progress::Stage { name, status, reason, duration_ms } => serde_json::json!({"event": "stage", "stage": name, "status": status, "reason": reason, "duration_ms": duration_ms}),
+                Progress::RunStarted { run_id, stages } => {
+                    serde_json::json!({"event": "run_started", "run": run_id, "stages": stages})
+                }
+                Progress::Stage {
+                    name,
+                    status,
+                    reason,
+                    duration_ms,
+                } => {
+                    serde_json::json!({"event": "stage", "stage": name, "status": status, "reason": reason, "duration_ms": duration_ms})
+                }
                 Progress::Log { .. } => return,
-                Progress::RunFinished { run_id, status } => serde_json::json!({"event": "run_finished", "run": run_id, "status": status}),
+                Progress::RunFinished { run_id, status } => {
+                    serde_json::json!({"event": "run_finished", "run": run_id, "status": status})
+                }
             };
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{v}");
@@ -97,14 +108,22 @@ impl State {
                     self.log(&name, &bytes, false);
                 }
             }
-            Progress::Stage { name, status, reason, duration_ms } => {
+            Progress::Stage {
+                name,
+                status,
+                reason,
+                duration_ms,
+            } => {
                 if status == StageStatus::Pending || status == StageStatus::Queued {
                     return;
                 }
                 if status == StageStatus::Running {
                     if self.mode == Mode::Fancy {
                         let bar = self.multi.add(ProgressBar::new_spinner());
-                        bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
                         bar.set_message(format!("{:<w$} running", name.as_str(), w = self.width));
                         bar.enable_steady_tick(Duration::from_millis(120));
                         self.bars.insert(name, bar);
@@ -116,9 +135,16 @@ impl State {
                 if self.follow {
                     self.log(&name, b"", true);
                 }
-                let took = duration_ms.map(|ms| format!(" ({:.1}s)", ms as f64 / 1000.0)).unwrap_or_default();
+                let took = duration_ms
+                    .map(|ms| format!(" ({:.1}s)", ms as f64 / 1000.0))
+                    .unwrap_or_default();
                 let why = reason.map(|r| format!(": {r}")).unwrap_or_default();
-                let text = format!("{} {:<w$} {status}{took}{why}", symbol(status), name.as_str(), w = self.width);
+                let text = format!(
+                    "{} {:<w$} {status}{took}{why}",
+                    symbol(status),
+                    name.as_str(),
+                    w = self.width
+                );
                 match self.bars.remove(&name) {
                     Some(bar) => {
                         bar.finish_and_clear();

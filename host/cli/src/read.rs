@@ -41,10 +41,16 @@ async fn all_runs(sink: &LocalSink) -> anyhow::Result<Vec<RunSummary>> {
 async fn resolve(sink: &LocalSink, query: &str) -> anyhow::Result<RunId> {
     let runs = all_runs(sink).await?;
     if query == "last" {
-        return runs.first().map(|r| r.id.clone()).context("there are no runs yet");
+        return runs
+            .first()
+            .map(|r| r.id.clone())
+            .context("there are no runs yet");
     }
     let q = query.to_ascii_uppercase();
-    let hits: Vec<&RunSummary> = runs.iter().filter(|r| r.id.as_str().starts_with(&q)).collect();
+    let hits: Vec<&RunSummary> = runs
+        .iter()
+        .filter(|r| r.id.as_str().starts_with(&q))
+        .collect();
     match hits.as_slice() {
         [one] => Ok(one.id.clone()),
         [] => anyhow::bail!("no run matches `{query}` in {}", sink.location()),
@@ -66,8 +72,15 @@ pub async fn runs(paths: &Paths, limit: usize, json: bool) -> anyhow::Result<Exi
         println!("no runs yet in {}", sink.location());
     }
     for r in runs {
-        let took = r.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-        let branch = r.git.as_ref().and_then(|g| g.branch.clone()).unwrap_or_default();
+        let took = r
+            .duration_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let branch = r
+            .git
+            .as_ref()
+            .and_then(|g| g.branch.clone())
+            .unwrap_or_default();
         println!(
             "{}  {:<11} {:>8}  {}  {}  {}",
             r.id,
@@ -87,28 +100,68 @@ pub async fn show(paths: &Paths, query: &str, json: bool) -> anyhow::Result<Exit
     recover_if_free(&dirs).await?;
     let sink = LocalSink::new(&dirs.results);
     let id = resolve(&sink, query).await?;
-    let run = sink.get_run(&id).await?.with_context(|| format!("run {id} has no run.json"))?;
+    let run = sink
+        .get_run(&id)
+        .await?
+        .with_context(|| format!("run {id} has no run.json"))?;
     if json {
         let mut stages = Vec::new();
         for s in &run.stages {
             stages.extend(sink.get_stage(&id, &s.name).await?);
         }
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"run": run, "stages": stages}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"run": run, "stages": stages}))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!("run {}  {}  pipeline {}", run.id, run.status, run.pipeline);
     if let Some(r) = &run.reason {
         println!("reason: {r}");
     }
-    let w = run.stages.iter().map(|s| s.name.as_str().len()).max().unwrap_or(5);
+    let w = run
+        .stages
+        .iter()
+        .map(|s| s.name.as_str().len())
+        .max()
+        .unwrap_or(5);
     for entry in &run.stages {
         let doc = sink.get_stage(&id, &entry.name).await?;
-        let took = entry.duration_ms.map(|ms| format!("{:.1}s", ms as f64 / 1000.0)).unwrap_or_else(|| "-".into());
-        let reason = doc.as_ref().and_then(|d| d.reason.clone()).map(|r| format!("  {r}")).unwrap_or_default();
-        let needs = if entry.needs.is_empty() { String::new() } else { format!("  after {}", entry.needs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(",")) };
-        println!("  {:<w$}  {:<11} {:>7}{needs}{reason}", entry.name.as_str(), entry.status.as_str(), took);
+        let took = entry
+            .duration_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let reason = doc
+            .as_ref()
+            .and_then(|d| d.reason.clone())
+            .map(|r| format!("  {r}"))
+            .unwrap_or_default();
+        let needs = if entry.needs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  after {}",
+                entry
+                    .needs
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        };
+        println!(
+            "  {:<w$}  {:<11} {:>7}{needs}{reason}",
+            entry.name.as_str(),
+            entry.status.as_str(),
+            took
+        );
     }
-    println!("results: {}", dirs.results.join(sentinel_api::keys::run_dir(&id)).display());
+    println!(
+        "results: {}",
+        dirs.results
+            .join(sentinel_api::keys::run_dir(&id))
+            .display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -123,7 +176,8 @@ pub async fn logs(paths: &Paths, query: &str, stage: &str) -> anyhow::Result<Exi
         None => {
             // A running stage's log lives in the run folder until it ends.
             let live = sentinel_engine::workspace::RunDirs::new(&dirs.state, &id).log(&stage);
-            std::fs::read(&live).with_context(|| format!("stage `{stage}` of run {id} has no log (yet)"))?
+            std::fs::read(&live)
+                .with_context(|| format!("stage `{stage}` of run {id} has no log (yet)"))?
         }
     };
     std::io::stdout().write_all(&bytes)?;

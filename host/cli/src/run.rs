@@ -12,8 +12,8 @@ use sentinel_docker::DockerExecutor;
 use sentinel_engine::{RunRequest, Signals};
 use sentinel_pipeline::{EnvValue, LoadError};
 
-use crate::context::{self, Dirs};
 use crate::Paths;
+use crate::context::{self, Dirs};
 use crate::progress::{Mode, reporter};
 
 /// Options of `sentinel run`.
@@ -70,9 +70,25 @@ pub fn validate(paths: &Paths, file: Option<PathBuf>, json: bool) -> anyhow::Res
     if json {
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else {
-        println!("{}: pipeline `{}` is valid: {} stages", file.display(), plan.name, plan.stages.len());
+        println!(
+            "{}: pipeline `{}` is valid: {} stages",
+            file.display(),
+            plan.name,
+            plan.stages.len()
+        );
         for s in &plan.stages {
-            let needs = if s.needs.is_empty() { String::new() } else { format!(" after {}", s.needs.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")) };
+            let needs = if s.needs.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " after {}",
+                    s.needs
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
             println!("  {} ({}){needs}", s.name, s.when.as_str());
         }
     }
@@ -82,7 +98,9 @@ pub fn validate(paths: &Paths, file: Option<PathBuf>, json: bool) -> anyhow::Res
 /// Top-level names of `inner` below `outer`, to leave out of the workspace copy.
 fn skip_name(outer: &Path, inner: &Path) -> Option<String> {
     let rel = inner.strip_prefix(outer).ok()?;
-    rel.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned())
+    rel.components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
 }
 
 /// `sentinel run`.
@@ -100,7 +118,13 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let docker = DockerExecutor::connect().await?;
-    let engine = context::engine(&dirs, store, Arc::new(docker), args.jobs, args.keep_workspace);
+    let engine = context::engine(
+        &dirs,
+        store,
+        Arc::new(docker),
+        args.jobs,
+        args.keep_workspace,
+    );
     let reaped = engine.exec.reap().await;
     if reaped > 0 {
         eprintln!("removed {reaped} container(s) or network(s) left by dead sentinel processes");
@@ -125,7 +149,8 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     {
         let signals = signals.clone();
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             let mut presses = 0;
             loop {
                 tokio::select! {
@@ -134,7 +159,9 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
                 }
                 presses += 1;
                 if presses == 1 {
-                    eprintln!("cancelling: stopping running stages, then running `always` stages (press Ctrl-C again to stop those too)");
+                    eprintln!(
+                        "cancelling: stopping running stages, then running `always` stages (press Ctrl-C again to stop those too)"
+                    );
                     signals.cancel.cancel();
                 } else {
                     eprintln!("aborting: stopping every stage");
@@ -150,7 +177,10 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         plan,
         source: dirs.project.clone(),
         skip,
-        trigger: Trigger { kind: TriggerKind::Local, by: std::env::var("USER").ok() },
+        trigger: Trigger {
+            kind: TriggerKind::Local,
+            by: std::env::var("USER").ok(),
+        },
         git: context::git_context(&dirs.project),
         host_env,
         secrets,
@@ -166,8 +196,15 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     if mode == Mode::Json {
         println!("{}", serde_json::to_string(&run)?);
     } else {
-        let took = run.duration_ms.map(|ms| format!(" in {:.1}s", ms as f64 / 1000.0)).unwrap_or_default();
-        let why = run.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default();
+        let took = run
+            .duration_ms
+            .map(|ms| format!(" in {:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        let why = run
+            .reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default();
         eprintln!("run {} {}{took}{why}", run.id, run.status);
         eprintln!("results: {}", folder.display());
     }

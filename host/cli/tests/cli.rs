@@ -12,7 +12,11 @@ use common::{Project, leftovers, pipeline};
 
 fn sentinel(project: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_sentinel"));
-    c.arg("-C").arg(project).args(args).env_remove("SENTINEL_STATE").env_remove("SENTINEL_RESULTS");
+    c.arg("-C")
+        .arg(project)
+        .args(args)
+        .env_remove("SENTINEL_STATE")
+        .env_remove("SENTINEL_RESULTS");
     c
 }
 
@@ -39,7 +43,9 @@ fn wait_running(project: &Path, stage: &str) -> String {
         if let Ok(dirs) = std::fs::read_dir(&results) {
             for d in dirs.flatten() {
                 let doc = d.path().join(format!("{stage}.json"));
-                if std::fs::read_to_string(&doc).is_ok_and(|t| t.contains("\"status\": \"running\"")) {
+                if std::fs::read_to_string(&doc)
+                    .is_ok_and(|t| t.contains("\"status\": \"running\""))
+                {
                     return d.file_name().to_string_lossy().into_owned();
                 }
             }
@@ -52,36 +58,107 @@ fn wait_running(project: &Path, stage: &str) -> String {
 #[tokio::test]
 async fn kill_9_leaves_an_interrupted_run_and_no_container() {
     common::docker().await;
-    let p = Project::new(&pipeline("  first: {run: 'echo first'}\n  long: {after: first, run: 'echo waiting; sleep 120'}\n"));
-    let mut child = sentinel(&p.source, &["run"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let p = Project::new(&pipeline(
+        "  first: {run: 'echo first'}\n  long: {after: first, run: 'echo waiting; sleep 120'}\n",
+    ));
+    let mut child = sentinel(&p.source, &["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let run_id = wait_running(&p.source, "long");
     // The container is up: now kill the host process without warning.
     let deadline = Instant::now() + Duration::from_secs(30);
     while leftovers(Some(&run_id)).await.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(!leftovers(Some(&run_id)).await.is_empty(), "the stage's container should be running");
-    Command::new("kill").args(["-9", &child.id().to_string()]).status().unwrap();
+    assert!(
+        !leftovers(Some(&run_id)).await.is_empty(),
+        "the stage's container should be running"
+    );
+    Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
     child.wait().unwrap();
 
     let runs = runs_json(&p.source);
-    let run = runs.as_array().unwrap().iter().find(|r| r["id"] == run_id.as_str()).expect("the run is listed");
+    let run = runs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == run_id.as_str())
+        .expect("the run is listed");
     assert_eq!(run["status"], "interrupted", "{run}");
     let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.source.join(format!(".sentinel/results/run/{run_id}/run.json"))).unwrap(),
+        &std::fs::read_to_string(
+            p.source
+                .join(format!(".sentinel/results/run/{run_id}/run.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(doc["status"], "interrupted");
     assert!(doc["reason"].as_str().unwrap().contains("died"), "{doc}");
     let long: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(p.source.join(format!(".sentinel/results/run/{run_id}/long.json"))).unwrap(),
+        &std::fs::read_to_string(
+            p.source
+                .join(format!(".sentinel/results/run/{run_id}/long.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(long["status"], "interrupted");
     assert_eq!(long["failure"], "host_died");
-    assert!(leftovers(Some(&run_id)).await.is_empty(), "containers of the dead run remain: {:?}", leftovers(Some(&run_id)).await);
+    assert!(
+        leftovers(Some(&run_id)).await.is_empty(),
+        "containers of the dead run remain: {:?}",
+        leftovers(Some(&run_id)).await
+    );
     let show = String::from_utf8(run_ok(&p.source, &["show", "last"]).stdout).unwrap();
     assert!(show.contains("interrupted"), "{show}");
+}
+
+#[tokio::test]
+async fn ctrl_c_cancels_and_still_runs_always_stages() {
+    common::docker().await;
+    let p = Project::new(&pipeline(
+        "  long: {run: 'sleep 60'}\n  cleanup: {when: always, run: 'echo cleanup ran after $SENTINEL_RUN_STATUS'}\n",
+    ));
+    let mut child = sentinel(&p.source, &["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run_id = wait_running(&p.source, "long");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let t = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "cancel took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "exit code of a cancelled run");
+    let out = String::from_utf8(run_ok(&p.source, &["show", &run_id, "--json"]).stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["run"]["status"], "cancelled");
+    let stages = v["stages"].as_array().unwrap();
+    let status_of = |n: &str| stages.iter().find(|s| s["name"] == n).unwrap()["status"].clone();
+    assert_eq!(status_of("long"), "cancelled");
+    assert_eq!(status_of("cleanup"), "succeeded");
+    let log = run_ok(&p.source, &["logs", &run_id, "cleanup"]);
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "cleanup ran after cancelled\n"
+    );
+    assert!(
+        leftovers(Some(&run_id)).await.is_empty(),
+        "containers remain after cancel"
+    );
 }
 
 #[tokio::test]
@@ -89,8 +166,16 @@ async fn parallel_runs_and_reading_while_running() {
     common::docker().await;
     let slow = Project::new(&pipeline("  wait: {run: 'sleep 3; echo slow done'}\n"));
     let quick = Project::new(&pipeline("  hello: {run: 'echo quick done'}\n"));
-    let mut a = sentinel(&slow.source, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut b = sentinel(&quick.source, &["run"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut a = sentinel(&slow.source, &["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut b = sentinel(&quick.source, &["run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let run_id = wait_running(&slow.source, "wait");
     // The running process holds the database: reads fall back to the results folder.
     let runs = runs_json(&slow.source);
@@ -107,13 +192,24 @@ async fn parallel_runs_and_reading_while_running() {
     for (p, text) in [(&slow, "slow done"), (&quick, "quick done")] {
         let runs = runs_json(&p.source);
         assert_eq!(runs[0]["status"], "succeeded");
-        let log = run_ok(&p.source, &["logs", "last", if text == "slow done" { "wait" } else { "hello" }]);
+        let log = run_ok(
+            &p.source,
+            &[
+                "logs",
+                "last",
+                if text == "slow done" { "wait" } else { "hello" },
+            ],
+        );
         assert_eq!(String::from_utf8_lossy(&log.stdout), format!("{text}\n"));
     }
     // The index lists runs and every document carries the schema version.
-    for entry in walkdir::WalkDir::new(slow.source.join(".sentinel/results")).into_iter().flatten() {
+    for entry in walkdir::WalkDir::new(slow.source.join(".sentinel/results"))
+        .into_iter()
+        .flatten()
+    {
         if entry.path().extension().is_some_and(|e| e == "json") {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
             assert_eq!(v["schema"], 1, "{}", entry.path().display());
         }
     }
@@ -122,20 +218,46 @@ async fn parallel_runs_and_reading_while_running() {
 #[test]
 fn invalid_pipelines_fail_with_line_and_column_and_run_nothing() {
     let cases = [
-        ("unknown stage in after", "  a: {run: 'true'}\n  b: {after: [c], run: 'true'}\n", "sentinel.yml:8:15: unknown stage `c` in `after`"),
-        ("cycle", "  a: {after: b, run: 'true'}\n  b: {after: a, run: 'true'}\n", "dependency cycle: "),
-        ("unknown reference", "  a: {env: {X: '${stages.nope.output}'}, run: 'true'}\n", "sentinel.yml:7:16: unknown stage `nope`"),
+        (
+            "unknown stage in after",
+            "  a: {run: 'true'}\n  b: {after: [c], run: 'true'}\n",
+            "sentinel.yml:8:15: unknown stage `c` in `after`",
+        ),
+        (
+            "cycle",
+            "  a: {after: b, run: 'true'}\n  b: {after: a, run: 'true'}\n",
+            "dependency cycle: ",
+        ),
+        (
+            "unknown reference",
+            "  a: {env: {X: '${stages.nope.output}'}, run: 'true'}\n",
+            "sentinel.yml:7:16: unknown stage `nope`",
+        ),
         ("bad YAML", "  a: {run: 'true'\n", "sentinel.yml:"),
-        ("duplicate key", "  a: {run: 'true'}\n  a: {run: 'false'}\n", "sentinel.yml:8:3: duplicate key `a`"),
+        (
+            "duplicate key",
+            "  a: {run: 'true'}\n  a: {run: 'false'}\n",
+            "sentinel.yml:8:3: duplicate key `a`",
+        ),
     ];
     for (name, stages, expected) in cases {
         let p = Project::new(&pipeline(stages));
         let out = sentinel(&p.source, &["run"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{name}: {err}");
-        assert!(err.contains(expected), "{name}: expected {expected:?} in {err:?}");
-        assert_eq!(err.matches("error:").count(), 1, "{name}: one clear error, got {err}");
-        assert!(!p.source.join(".sentinel").exists(), "{name}: nothing may run or be created");
+        assert!(
+            err.contains(expected),
+            "{name}: expected {expected:?} in {err:?}"
+        );
+        assert_eq!(
+            err.matches("error:").count(),
+            1,
+            "{name}: one clear error, got {err}"
+        );
+        assert!(
+            !p.source.join(".sentinel").exists(),
+            "{name}: nothing may run or be created"
+        );
         let out = sentinel(&p.source, &["validate"]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{name}: validate");
     }
@@ -143,12 +265,21 @@ fn invalid_pipelines_fail_with_line_and_column_and_run_nothing() {
     let p = Project::new("version: 1\nstages:\n  a:\n    run: 'true'\n");
     let out = sentinel(&p.source, &["validate"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("sentinel.yml:4:5: stage `a` has no `image` and the pipeline has no `box`"), "{err}");
+    assert!(
+        err.contains("sentinel.yml:4:5: stage `a` has no `image` and the pipeline has no `box`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn schema_command_matches_committed_schema() {
     let out = run_ok(Path::new("."), &["schema"]);
-    let committed = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/sentinel.schema.json")).unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), committed.trim());
+    let committed = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/sentinel.schema.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        committed.trim()
+    );
 }

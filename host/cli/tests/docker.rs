@@ -32,12 +32,32 @@ async fn exit_codes_and_skips() -> Result<(), String> {
     let r = run(&p, Opts::default()).await;
     ensure!(r.status == RunStatus::Failed, "run {:?}", r.status);
     let bad = p.stage(&r, "bad").await;
-    ensure!(bad.status == StageStatus::Failed && bad.exit_code == Some(3), "bad: {:?} {:?}", bad.status, bad.exit_code);
-    ensure!(bad.failure == Some(FailureKind::ExitCode) && bad.reason.as_deref() == Some("exit code 3"), "bad: {:?}", bad.reason);
-    ensure!(p.log(&r, "bad").contains("about to fail"), "log of bad: {:?}", p.log(&r, "bad"));
+    ensure!(
+        bad.status == StageStatus::Failed && bad.exit_code == Some(3),
+        "bad: {:?} {:?}",
+        bad.status,
+        bad.exit_code
+    );
+    ensure!(
+        bad.failure == Some(FailureKind::ExitCode) && bad.reason.as_deref() == Some("exit code 3"),
+        "bad: {:?}",
+        bad.reason
+    );
+    ensure!(
+        p.log(&r, "bad").contains("about to fail"),
+        "log of bad: {:?}",
+        p.log(&r, "bad")
+    );
     let skipped = p.stage(&r, "after-bad").await;
-    ensure!(skipped.status == StageStatus::Skipped, "after-bad: {:?}", skipped.status);
-    ensure!(p.stage(&r, "ok").await.exit_code == Some(0), "ok has exit code 0");
+    ensure!(
+        skipped.status == StageStatus::Skipped,
+        "after-bad: {:?}",
+        skipped.status
+    );
+    ensure!(
+        p.stage(&r, "ok").await.exit_code == Some(0),
+        "ok has exit code 0"
+    );
     Ok(())
 }
 
@@ -62,18 +82,45 @@ async fn outputs_env_and_workspace() -> Result<(), String> {
 "#,
     ));
     let r = run(&p, Opts::default()).await;
-    ensure!(r.status == RunStatus::Succeeded, "run {:?} {:?}", r.status, r.reason);
-    ensure!(p.stage(&r, "version").await.output.as_deref() == Some("2.0.1"), "output is trimmed stdout");
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
+    ensure!(
+        p.stage(&r, "version").await.output.as_deref() == Some("2.0.1"),
+        "output is trimmed stdout"
+    );
     let meta = p.stage(&r, "meta").await;
-    ensure!(meta.outputs.get("note").map(String::as_str) == Some("line one\nline two"), "named outputs: {:?}", meta.outputs);
+    ensure!(
+        meta.outputs.get("note").map(String::as_str) == Some("line one\nline two"),
+        "named outputs: {:?}",
+        meta.outputs
+    );
     let out = p.stage(&r, "read").await.output.unwrap_or_default();
     ensure!(out.contains("v=2.0.1 c=abc123"), "env from outputs: {out}");
-    ensure!(out.contains("shared=made-by-write out=2.0.1 readme=source file"), "shared workspace: {out}");
-    ensure!(out.contains("stage=read ws=/workspace pwd=/workspace"), "context: {out}");
-    ensure!(!out.contains("uid=0"), "stages must not run as root by default: {out}");
+    ensure!(
+        out.contains("shared=made-by-write out=2.0.1 readme=source file"),
+        "shared workspace: {out}"
+    );
+    ensure!(
+        out.contains("stage=read ws=/workspace pwd=/workspace"),
+        "context: {out}"
+    );
+    ensure!(
+        !out.contains("uid=0"),
+        "stages must not run as root by default: {out}"
+    );
     // The user's checkout is never written to.
-    let names: Vec<String> = std::fs::read_dir(&p.source).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    ensure!(!names.iter().any(|n| n == "shared.txt" || n == "out"), "the source folder was modified: {names:?}");
+    let names: Vec<String> = std::fs::read_dir(&p.source)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    ensure!(
+        !names.iter().any(|n| n == "shared.txt" || n == "out"),
+        "the source folder was modified: {names:?}"
+    );
     Ok(())
 }
 
@@ -83,17 +130,42 @@ async fn secrets_masked_in_env_and_log() -> Result<(), String> {
         common::IMAGE
     ));
     let secret = "sk-live-0123456789abcdef";
-    let opts = Opts { secrets: BTreeMap::from([("API_KEY".to_string(), secret.to_string())]), ..Default::default() };
+    let opts = Opts {
+        secrets: BTreeMap::from([("API_KEY".to_string(), secret.to_string())]),
+        ..Default::default()
+    };
     let r = run(&p, opts).await;
-    ensure!(r.status == RunStatus::Succeeded, "run {:?} {:?}", r.status, r.reason);
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
     let log = p.log(&r, "use");
-    ensure!(log.contains("greeting=hi key=***"), "masked in the log: {log}");
-    ensure!(!log.contains(secret) && !log.contains(&STANDARD.encode(secret)[..30]), "secret or its base64 leaked: {log}");
+    ensure!(
+        log.contains("greeting=hi key=***"),
+        "masked in the log: {log}"
+    );
+    ensure!(
+        !log.contains(secret) && !log.contains(&STANDARD.encode(secret)[..30]),
+        "secret or its base64 leaked: {log}"
+    );
     let doc = p.stage(&r, "use").await;
-    ensure!(doc.inputs.env.get("KEY").map(String::as_str) == Some("${secrets.API_KEY}"), "recorded as a reference: {:?}", doc.inputs.env);
-    ensure!(p.log(&r, "blind").contains("key=[]"), "a stage that does not name the secret does not get it");
+    ensure!(
+        doc.inputs.env.get("KEY").map(String::as_str) == Some("${secrets.API_KEY}"),
+        "recorded as a reference: {:?}",
+        doc.inputs.env
+    );
+    ensure!(
+        p.log(&r, "blind").contains("key=[]"),
+        "a stage that does not name the secret does not get it"
+    );
     for (path, bytes) in p.all_files() {
-        ensure!(!contains(&bytes, secret.as_bytes()), "{} holds the secret", path.display());
+        ensure!(
+            !contains(&bytes, secret.as_bytes()),
+            "{} holds the secret",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -107,20 +179,41 @@ async fn long_line_straddling_docker_split() -> Result<(), String> {
         "version: 1\nbox: {}\nsecrets: [TOK]\ndefaults: {{network: none}}\nstages:\n  long:\n    env: {{TOK: '${{secrets.TOK}}'}}\n    run: |\n      pad=$(head -c 16380 /dev/zero | tr '\\0' a)\n      tail=$(head -c 4068 /dev/zero | tr '\\0' b)\n      printf '%s%s%s\\n' \"$pad\" \"$TOK\" \"$tail\"\n      printf '%s%s%s\\n' \"$pad\" \"$(printf '%s' \"$TOK\" | base64)\" \"$tail\"\n      esc=$(printf '%s' \"$TOK\" | sed 's/\\\\/\\\\\\\\/g; s/\"/\\\\\"/g')\n      printf '%s{{\"token\":\"%s\"}}%s\\n' \"$pad\" \"$esc\" \"$tail\"\n",
         common::IMAGE
     ));
-    let opts = Opts { secrets: BTreeMap::from([("TOK".to_string(), secret.to_string())]), ..Default::default() };
+    let opts = Opts {
+        secrets: BTreeMap::from([("TOK".to_string(), secret.to_string())]),
+        ..Default::default()
+    };
     let r = run(&p, opts).await;
-    ensure!(r.status == RunStatus::Succeeded, "run {:?} {:?}", r.status, r.reason);
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
     let log = p.log(&r, "long");
     let lines: Vec<&str> = log.lines().collect();
     ensure!(lines.len() == 3, "expected 3 lines, got {}", lines.len());
-    ensure!(lines[0].len() == 16380 + 3 + 4068, "line 1 is {} bytes", lines[0].len());
-    ensure!(lines[0][16380..].starts_with("***b"), "line 1 masked at the boundary");
+    ensure!(
+        lines[0].len() == 16380 + 3 + 4068,
+        "line 1 is {} bytes",
+        lines[0].len()
+    );
+    ensure!(
+        lines[0][16380..].starts_with("***b"),
+        "line 1 masked at the boundary"
+    );
     let b64 = STANDARD.encode(secret);
     let json = serde_json::to_string(secret).unwrap();
     ensure!(!log.contains(secret), "raw secret leaked");
     ensure!(!log.contains(&b64[..42]), "base64 form leaked");
-    ensure!(!log.contains(&json[1..json.len() - 1]), "JSON-escaped form leaked");
-    ensure!(lines.iter().all(|l| l.contains("***")), "every form was masked");
+    ensure!(
+        !log.contains(&json[1..json.len() - 1]),
+        "JSON-escaped form leaked"
+    );
+    ensure!(
+        lines.iter().all(|l| l.contains("***")),
+        "every form was masked"
+    );
     Ok(())
 }
 
@@ -129,35 +222,81 @@ async fn artifacts_zipped() -> Result<(), String> {
         "  build: {run: 'mkdir -p \"$SENTINEL_ARTIFACTS/bin\"; echo binary > \"$SENTINEL_ARTIFACTS/bin/app\"; echo report > \"$SENTINEL_ARTIFACTS/report.txt\"'}\n  none: {run: 'true'}\n",
     ));
     let r = run(&p, Opts::default()).await;
-    ensure!(r.status == RunStatus::Succeeded, "run {:?} {:?}", r.status, r.reason);
-    ensure!(p.stage(&r, "build").await.artifacts.as_deref() == Some("build.zip"), "artifact key");
-    ensure!(p.stage(&r, "none").await.artifacts.is_none(), "no zip without artifacts");
-    let zip = std::fs::File::open(p.results.join(format!("run/{}/build.zip", r.id))).map_err(|e| e.to_string())?;
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
+    ensure!(
+        p.stage(&r, "build").await.artifacts.as_deref() == Some("build.zip"),
+        "artifact key"
+    );
+    ensure!(
+        p.stage(&r, "none").await.artifacts.is_none(),
+        "no zip without artifacts"
+    );
+    let zip = std::fs::File::open(p.results.join(format!("run/{}/build.zip", r.id)))
+        .map_err(|e| e.to_string())?;
     let mut archive = zip::ZipArchive::new(zip).map_err(|e| e.to_string())?;
     let mut app = String::new();
-    std::io::Read::read_to_string(&mut archive.by_name("bin/app").map_err(|e| e.to_string())?, &mut app).map_err(|e| e.to_string())?;
+    std::io::Read::read_to_string(
+        &mut archive.by_name("bin/app").map_err(|e| e.to_string())?,
+        &mut app,
+    )
+    .map_err(|e| e.to_string())?;
     ensure!(app == "binary\n", "artifact content {app:?}");
     Ok(())
 }
 
 async fn oom_is_named() -> Result<(), String> {
-    let p = Project::new(&pipeline("  hog: {memory: 16m, run: 'dd if=/dev/zero of=/dev/null bs=128M count=1'}\n"));
+    let p = Project::new(&pipeline(
+        "  hog: {memory: 16m, run: 'dd if=/dev/zero of=/dev/null bs=128M count=1'}\n",
+    ));
     let r = run(&p, Opts::default()).await;
     let hog = p.stage(&r, "hog").await;
-    ensure!(hog.status == StageStatus::Failed && hog.failure == Some(FailureKind::OomKilled), "hog: {:?} {:?} {:?}", hog.status, hog.failure, hog.reason);
-    ensure!(hog.reason.as_deref().unwrap_or_default().contains("out of memory (limit 16 MiB)"), "reason {:?}", hog.reason);
+    ensure!(
+        hog.status == StageStatus::Failed && hog.failure == Some(FailureKind::OomKilled),
+        "hog: {:?} {:?} {:?}",
+        hog.status,
+        hog.failure,
+        hog.reason
+    );
+    ensure!(
+        hog.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("out of memory (limit 16 MiB)"),
+        "reason {:?}",
+        hog.reason
+    );
     Ok(())
 }
 
 async fn timeout_is_named() -> Result<(), String> {
-    let p = Project::new(&pipeline("  slow: {timeout: 1s, run: 'echo starting; sleep 30'}\n  next: {after: slow, run: 'true'}\n"));
+    let p = Project::new(&pipeline(
+        "  slow: {timeout: 1s, run: 'echo starting; sleep 30'}\n  next: {after: slow, run: 'true'}\n",
+    ));
     let t = Instant::now();
     let r = run(&p, Opts::default()).await;
-    ensure!(t.elapsed() < Duration::from_secs(15), "the timeout took {:?}", t.elapsed());
+    ensure!(
+        t.elapsed() < Duration::from_secs(15),
+        "the timeout took {:?}",
+        t.elapsed()
+    );
     let slow = p.stage(&r, "slow").await;
-    ensure!(slow.status == StageStatus::TimedOut && slow.reason.as_deref() == Some("timed out after 1s"), "slow: {:?} {:?}", slow.status, slow.reason);
+    ensure!(
+        slow.status == StageStatus::TimedOut
+            && slow.reason.as_deref() == Some("timed out after 1s"),
+        "slow: {:?} {:?}",
+        slow.status,
+        slow.reason
+    );
     ensure!(p.log(&r, "slow").contains("starting"), "log kept");
-    ensure!(p.stage(&r, "next").await.status == StageStatus::Skipped, "next skipped");
+    ensure!(
+        p.stage(&r, "next").await.status == StageStatus::Skipped,
+        "next skipped"
+    );
     Ok(())
 }
 
@@ -172,14 +311,40 @@ async fn cancel_still_runs_always() -> Result<(), String> {
         cancel.cancel();
     });
     let t = Instant::now();
-    let r = run(&p, Opts { signals, ..Default::default() }).await;
-    ensure!(t.elapsed() < Duration::from_secs(20), "cancel took {:?}", t.elapsed());
+    let r = run(
+        &p,
+        Opts {
+            signals,
+            ..Default::default()
+        },
+    )
+    .await;
+    ensure!(
+        t.elapsed() < Duration::from_secs(20),
+        "cancel took {:?}",
+        t.elapsed()
+    );
     ensure!(r.status == RunStatus::Cancelled, "run {:?}", r.status);
-    ensure!(p.stage(&r, "long").await.status == StageStatus::Cancelled, "long cancelled");
-    ensure!(p.stage(&r, "later").await.status == StageStatus::Cancelled, "later cancelled");
+    ensure!(
+        p.stage(&r, "long").await.status == StageStatus::Cancelled,
+        "long cancelled"
+    );
+    ensure!(
+        p.stage(&r, "later").await.status == StageStatus::Cancelled,
+        "later cancelled"
+    );
     let cleanup = p.stage(&r, "cleanup").await;
-    ensure!(cleanup.status == StageStatus::Succeeded, "cleanup {:?} {:?}", cleanup.status, cleanup.reason);
-    ensure!(p.log(&r, "cleanup").contains("cleaning up after cancelled"), "cleanup log {:?}", p.log(&r, "cleanup"));
+    ensure!(
+        cleanup.status == StageStatus::Succeeded,
+        "cleanup {:?} {:?}",
+        cleanup.status,
+        cleanup.reason
+    );
+    ensure!(
+        p.log(&r, "cleanup").contains("cleaning up after cancelled"),
+        "cleanup log {:?}",
+        p.log(&r, "cleanup")
+    );
     Ok(())
 }
 
@@ -189,10 +354,23 @@ async fn service_reached_by_name() -> Result<(), String> {
         common::IMAGE
     ));
     let r = run(&p, Opts::default()).await;
-    ensure!(r.status == RunStatus::Succeeded, "run {:?} {:?}", r.status, r.reason);
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
     let call = p.stage(&r, "call").await;
-    ensure!(call.output.as_deref() == Some("pong"), "reply {:?}", call.output);
-    ensure!(leftovers(Some(r.id.as_str())).await.is_empty(), "service or network left: {:?}", leftovers(Some(r.id.as_str())).await);
+    ensure!(
+        call.output.as_deref() == Some("pong"),
+        "reply {:?}",
+        call.output
+    );
+    ensure!(
+        leftovers(Some(r.id.as_str())).await.is_empty(),
+        "service or network left: {:?}",
+        leftovers(Some(r.id.as_str())).await
+    );
     Ok(())
 }
 
@@ -203,57 +381,114 @@ async fn service_never_ready_fails_the_run() -> Result<(), String> {
     ));
     let r = run(&p, Opts::default()).await;
     ensure!(r.status == RunStatus::Failed, "run {:?}", r.status);
-    ensure!(r.reason.as_deref().unwrap_or_default().contains("service `db` did not become ready within 1s"), "reason {:?}", r.reason);
-    ensure!(p.stage(&r, "a").await.status == StageStatus::Skipped, "a skipped");
+    ensure!(
+        r.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("service `db` did not become ready within 1s"),
+        "reason {:?}",
+        r.reason
+    );
+    ensure!(
+        p.stage(&r, "a").await.status == StageStatus::Skipped,
+        "a skipped"
+    );
     Ok(())
 }
 
 async fn sensitive_value_in_no_file() -> Result<(), String> {
     let value = "AKIAQ7SENSITIVE42";
-    let p = Project::new(&pipeline(&format!(
-        "  creds: {{sensitive: true, run: 'echo {{\"Credentials\":{{\"AccessKeyId\":\"AKIA$(echo Q7SENSITIVE42)\"}}}}'}}\n  use:\n    env: {{C: '${{stages.creds.output}}'}}\n    run: 'echo \"got $C\"; echo \"$C\" > leaked.txt'\n"
-    )));
+    let p = Project::new(&pipeline(
+        "  creds: {sensitive: true, run: 'echo {\"Credentials\":{\"AccessKeyId\":\"AKIA$(echo Q7SENSITIVE42)\"}}'}\n  use:\n    env: {C: '${stages.creds.output}'}\n    run: 'echo \"got $C\"; echo \"$C\" > leaked.txt'\n",
+    ));
     let r = run(&p, Opts::default()).await;
-    ensure!(r.status == RunStatus::Succeeded, "run {:?} {:?}", r.status, r.reason);
-    ensure!(p.log(&r, "use").contains("got ***"), "masked in the consumer's log: {}", p.log(&r, "use"));
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
+    ensure!(
+        p.log(&r, "use").contains("got ***"),
+        "masked in the consumer's log: {}",
+        p.log(&r, "use")
+    );
     let creds = p.stage(&r, "creds").await;
-    ensure!(creds.sensitive && creds.output.is_none(), "no output in the document");
+    ensure!(
+        creds.sensitive && creds.output.is_none(),
+        "no output in the document"
+    );
     for (path, bytes) in p.all_files() {
-        ensure!(!contains(&bytes, value.as_bytes()), "{} holds the sensitive value", path.display());
+        ensure!(
+            !contains(&bytes, value.as_bytes()),
+            "{} holds the sensitive value",
+            path.display()
+        );
     }
     Ok(())
 }
 
 async fn missing_image_says_so() -> Result<(), String> {
-    let p = Project::new(&pipeline("  a: {image: 'sentinel/not-built:local', run: 'true'}\n"));
+    let p = Project::new(&pipeline(
+        "  a: {image: 'sentinel/not-built:local', run: 'true'}\n",
+    ));
     let r = run(&p, Opts::default()).await;
     let a = p.stage(&r, "a").await;
-    ensure!(a.status == StageStatus::Failed && a.failure == Some(FailureKind::StartError), "a: {:?}", a.status);
+    ensure!(
+        a.status == StageStatus::Failed && a.failure == Some(FailureKind::StartError),
+        "a: {:?}",
+        a.status
+    );
     let reason = a.reason.unwrap_or_default();
-    ensure!(reason.contains("`sentinel/not-built:local` is not present") && reason.contains("could not be pulled"), "reason {reason}");
+    ensure!(
+        reason.contains("`sentinel/not-built:local` is not present")
+            && reason.contains("could not be pulled"),
+        "reason {reason}"
+    );
     Ok(())
 }
 
 async fn log_limit_keeps_head_and_tail() -> Result<(), String> {
-    let p = Project::new(&pipeline("  chatty: {log_limit: 8k, run: 'i=0; while [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i+1)); done'}\n"));
+    let p = Project::new(&pipeline(
+        "  chatty: {log_limit: 8k, run: 'i=0; while [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i+1)); done'}\n",
+    ));
     let r = run(&p, Opts::default()).await;
     let log = p.log(&r, "chatty");
-    ensure!(log.starts_with("line 0\n") && log.ends_with("line 2999\n"), "head and tail kept");
-    ensure!(log.contains("bytes cut from the middle of this log"), "cut marker");
+    ensure!(
+        log.starts_with("line 0\n") && log.ends_with("line 2999\n"),
+        "head and tail kept"
+    );
+    ensure!(
+        log.contains("bytes cut from the middle of this log"),
+        "cut marker"
+    );
     ensure!(log.len() < 9 * 1024, "log is {} bytes", log.len());
     let doc = p.stage(&r, "chatty").await;
-    ensure!(doc.log_cut_bytes > 0 && doc.log_bytes > 20_000, "counts {} {}", doc.log_bytes, doc.log_cut_bytes);
+    ensure!(
+        doc.log_cut_bytes > 0 && doc.log_bytes > 20_000,
+        "counts {} {}",
+        doc.log_bytes,
+        doc.log_cut_bytes
+    );
     Ok(())
 }
 
 async fn hardened_container() -> Result<(), String> {
-    let p = Project::new(&pipeline("  look: {pids: 64, run: 'cat /proc/self/status | grep -E \"^(CapEff|NoNewPrivs)\"; id -u; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max'}\n"));
+    let p = Project::new(&pipeline(
+        "  look: {pids: 64, run: 'cat /proc/self/status | grep -E \"^(CapEff|NoNewPrivs)\"; id -u; cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max'}\n",
+    ));
     let r = run(&p, Opts::default()).await;
     let out = p.stage(&r, "look").await.output.unwrap_or_default();
-    ensure!(out.contains("CapEff:\t0000000000000000"), "capabilities dropped: {out}");
+    ensure!(
+        out.contains("CapEff:\t0000000000000000"),
+        "capabilities dropped: {out}"
+    );
     ensure!(out.contains("NoNewPrivs:\t1"), "no-new-privileges: {out}");
     ensure!(out.lines().any(|l| l.trim() == "64"), "pids limit: {out}");
-    ensure!(out.lines().any(|l| l.trim() == "1000"), "unprivileged user: {out}");
+    ensure!(
+        out.lines().any(|l| l.trim() == "1000"),
+        "unprivileged user: {out}"
+    );
     Ok(())
 }
 
@@ -262,22 +497,47 @@ async fn docker_suite() {
     common::docker().await;
     let cases: Vec<(&str, Case)> = vec![
         ("exit_codes_and_skips", Box::pin(exit_codes_and_skips())),
-        ("outputs_env_and_workspace", Box::pin(outputs_env_and_workspace())),
-        ("secrets_masked_in_env_and_log", Box::pin(secrets_masked_in_env_and_log())),
-        ("long_line_straddling_docker_split", Box::pin(long_line_straddling_docker_split())),
+        (
+            "outputs_env_and_workspace",
+            Box::pin(outputs_env_and_workspace()),
+        ),
+        (
+            "secrets_masked_in_env_and_log",
+            Box::pin(secrets_masked_in_env_and_log()),
+        ),
+        (
+            "long_line_straddling_docker_split",
+            Box::pin(long_line_straddling_docker_split()),
+        ),
         ("artifacts_zipped", Box::pin(artifacts_zipped())),
         ("oom_is_named", Box::pin(oom_is_named())),
         ("timeout_is_named", Box::pin(timeout_is_named())),
-        ("cancel_still_runs_always", Box::pin(cancel_still_runs_always())),
-        ("service_reached_by_name", Box::pin(service_reached_by_name())),
-        ("service_never_ready_fails_the_run", Box::pin(service_never_ready_fails_the_run())),
-        ("sensitive_value_in_no_file", Box::pin(sensitive_value_in_no_file())),
+        (
+            "cancel_still_runs_always",
+            Box::pin(cancel_still_runs_always()),
+        ),
+        (
+            "service_reached_by_name",
+            Box::pin(service_reached_by_name()),
+        ),
+        (
+            "service_never_ready_fails_the_run",
+            Box::pin(service_never_ready_fails_the_run()),
+        ),
+        (
+            "sensitive_value_in_no_file",
+            Box::pin(sensitive_value_in_no_file()),
+        ),
         ("missing_image_says_so", Box::pin(missing_image_says_so())),
-        ("log_limit_keeps_head_and_tail", Box::pin(log_limit_keeps_head_and_tail())),
+        (
+            "log_limit_keeps_head_and_tail",
+            Box::pin(log_limit_keeps_head_and_tail()),
+        ),
         ("hardened_container", Box::pin(hardened_container())),
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
-    let results = futures_util::future::join_all(cases.into_iter().map(|(_, c)| tokio::spawn(c))).await;
+    let results =
+        futures_util::future::join_all(cases.into_iter().map(|(_, c)| tokio::spawn(c))).await;
     let mut failures = Vec::new();
     for (name, r) in names.iter().zip(results) {
         match r {
@@ -287,6 +547,15 @@ async fn docker_suite() {
         }
     }
     let left = leftovers(None).await;
-    assert!(failures.is_empty(), "{} of {} Docker cases failed:\n{}", failures.len(), names.len(), failures.join("\n"));
-    assert!(left.is_empty(), "containers or networks with the project's labels remain: {left:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {} Docker cases failed:\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n")
+    );
+    assert!(
+        left.is_empty(),
+        "containers or networks with the project's labels remain: {left:?}"
+    );
 }

@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions, RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
+    RemoveContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use sentinel_engine::exec::{Chunk, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, WORKSPACE_MOUNT};
+use sentinel_engine::exec::{
+    Chunk, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, WORKSPACE_MOUNT,
+};
 use sentinel_pipeline::Network;
 
 use crate::{DockerExecutor, is_not_found, labels, object_name};
@@ -25,7 +28,10 @@ pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String,
         Err(e) if is_not_found(&e) => {}
         Err(e) => return Err(format!("cannot inspect image `{image}`: {e}")),
     }
-    let opts = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+    let opts = CreateImageOptions {
+        from_image: Some(image.to_string()),
+        ..Default::default()
+    };
     let pull = async {
         let mut stream = ex.docker.create_image(Some(opts), None, None);
         while let Some(item) = stream.next().await {
@@ -59,15 +65,29 @@ fn network_mode(ex_network: Option<&str>, wanted: Network) -> String {
 }
 
 /// Runs one container stage to its end.
-pub(crate) async fn run(ex: &DockerExecutor, job: StageJob, stop: CancellationToken) -> StageReport {
+pub(crate) async fn run(
+    ex: &DockerExecutor,
+    job: StageJob,
+    stop: CancellationToken,
+) -> StageReport {
     let image_id = match image_id(ex, &job.image).await {
         Ok(id) => id,
-        Err(e) => return StageReport { outcome: Outcome::StartFailed(e), image_id: None },
+        Err(e) => {
+            return StageReport {
+                outcome: Outcome::StartFailed(e),
+                image_id: None,
+            };
+        }
     };
     let network = if job.limits.network == Network::Run {
         match crate::services::ensure_network(ex, &job.run_id, &job.owner).await {
             Ok(n) => Some(n),
-            Err(e) => return StageReport { outcome: Outcome::StartFailed(e), image_id: Some(image_id) },
+            Err(e) => {
+                return StageReport {
+                    outcome: Outcome::StartFailed(e),
+                    image_id: Some(image_id),
+                };
+            }
         }
     } else {
         None
@@ -84,7 +104,12 @@ pub(crate) async fn run(ex: &DockerExecutor, job: StageJob, stop: CancellationTo
         env: Some(env),
         user: Some(job.user.clone()),
         working_dir: Some(WORKSPACE_MOUNT.into()),
-        labels: Some(labels(&job.run_id, &job.owner, "stage", Some(job.stage.as_str()))),
+        labels: Some(labels(
+            &job.run_id,
+            &job.owner,
+            "stage",
+            Some(job.stage.as_str()),
+        )),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         tty: Some(false),
@@ -101,14 +126,23 @@ pub(crate) async fn run(ex: &DockerExecutor, job: StageJob, stop: CancellationTo
             security_opt: Some(vec!["no-new-privileges".into()]),
             privileged: Some(false),
             network_mode: Some(network_mode(network.as_deref(), job.limits.network)),
-            tmpfs: Some(HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,size=256m".to_string())])),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_string(),
+                "rw,nosuid,nodev,size=256m".to_string(),
+            )])),
             ..Default::default()
         }),
         ..Default::default()
     };
     let created = ex
         .docker
-        .create_container(Some(CreateContainerOptions { name: Some(name.clone()), ..Default::default() }), body)
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
         .await;
     let id = match created {
         Ok(c) => c.id,
@@ -120,17 +154,40 @@ pub(crate) async fn run(ex: &DockerExecutor, job: StageJob, stop: CancellationTo
         }
     };
     let outcome = run_created(ex, &id, job, stop).await;
-    let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-    if let Err(e) = ex.docker.remove_container(&id, Some(opts)).await {
-        if !is_not_found(&e) {
+    // Removal is off the stage's critical path; `end_run` waits for it.
+    let docker = ex.docker.clone();
+    let removal = tokio::spawn(async move {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        if let Err(e) = docker.remove_container(&id, Some(opts)).await
+            && !is_not_found(&e)
+        {
             tracing::warn!("cannot remove container {name}: {e}");
         }
+    });
+    ex.removals.lock().await.push(removal);
+    StageReport {
+        outcome,
+        image_id: Some(image_id),
     }
-    StageReport { outcome, image_id: Some(image_id) }
 }
 
-async fn run_created(ex: &DockerExecutor, id: &str, job: StageJob, stop: CancellationToken) -> Outcome {
-    let attach = AttachContainerOptions { stream: true, stdout: true, stderr: true, logs: false, ..Default::default() };
+async fn run_created(
+    ex: &DockerExecutor,
+    id: &str,
+    job: StageJob,
+    stop: CancellationToken,
+) -> Outcome {
+    let attach = AttachContainerOptions {
+        stream: true,
+        stdout: true,
+        stderr: true,
+        logs: false,
+        ..Default::default()
+    };
     let mut output = match ex.docker.attach_container(id, Some(attach)).await {
         Ok(a) => a.output,
         Err(e) => return Outcome::StartFailed(format!("cannot attach to the container: {e}")),
@@ -140,9 +197,18 @@ async fn run_created(ex: &DockerExecutor, id: &str, job: StageJob, stop: Cancell
     let pump = tokio::spawn(async move {
         while let Some(item) = output.next().await {
             let chunk = match item {
-                Ok(bollard::container::LogOutput::StdOut { message }) => Chunk { stream: Stream::Stdout, bytes: message.to_vec() },
-                Ok(bollard::container::LogOutput::StdErr { message }) => Chunk { stream: Stream::Stderr, bytes: message.to_vec() },
-                Ok(bollard::container::LogOutput::Console { message }) => Chunk { stream: Stream::Stdout, bytes: message.to_vec() },
+                Ok(bollard::container::LogOutput::StdOut { message }) => Chunk {
+                    stream: Stream::Stdout,
+                    bytes: message.to_vec(),
+                },
+                Ok(bollard::container::LogOutput::StdErr { message }) => Chunk {
+                    stream: Stream::Stderr,
+                    bytes: message.to_vec(),
+                },
+                Ok(bollard::container::LogOutput::Console { message }) => Chunk {
+                    stream: Stream::Stdout,
+                    bytes: message.to_vec(),
+                },
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!("container output stream ended: {e}");
@@ -164,7 +230,9 @@ async fn run_created(ex: &DockerExecutor, id: &str, job: StageJob, stop: Cancell
         _ = stop.cancelled() => true,
     };
     if stopped {
-        let kill = KillContainerOptions { signal: "KILL".into() };
+        let kill = KillContainerOptions {
+            signal: "KILL".into(),
+        };
         if let Err(e) = ex.docker.kill_container(id, Some(kill)).await {
             tracing::debug!("kill: {e}");
         }
@@ -172,7 +240,10 @@ async fn run_created(ex: &DockerExecutor, id: &str, job: StageJob, stop: Cancell
         let _ = tokio::time::timeout(Duration::from_secs(10), wait.next()).await;
     }
     // The output stream closes when the container's streams do.
-    if tokio::time::timeout(Duration::from_secs(10), pump).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), pump)
+        .await
+        .is_err()
+    {
         tracing::warn!("container output did not close within 10 s of exit");
     }
     if stopped {
@@ -184,7 +255,9 @@ async fn run_created(ex: &DockerExecutor, id: &str, job: StageJob, stop: Cancell
             if state.oom_killed == Some(true) {
                 Outcome::OomKilled
             } else {
-                Outcome::Exited { code: state.exit_code.unwrap_or(-1) }
+                Outcome::Exited {
+                    code: state.exit_code.unwrap_or(-1),
+                }
             }
         }
         Err(e) => Outcome::Error(format!("cannot inspect the finished container: {e}")),

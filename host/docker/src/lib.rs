@@ -14,7 +14,9 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions, RemoveContainerOptions};
+use bollard::query_parameters::{
+    ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -33,7 +35,9 @@ pub const LABEL_KIND: &str = "dev.sentinel.kind";
 
 /// Why Docker could not be reached.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach the Docker engine: {0} (is dockerd running? see the README's set-up command)")]
+#[error(
+    "cannot reach the Docker engine: {0} (is dockerd running? see the README's set-up command)"
+)]
 pub struct ConnectError(String);
 
 /// The Docker executor.
@@ -42,6 +46,8 @@ pub struct DockerExecutor {
     docker: Docker,
     /// The per-run network, created on first use.
     networks: std::sync::Arc<Mutex<HashMap<RunId, String>>>,
+    /// Container removals still under way.
+    removals: std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Lower-case names for Docker objects of a run.
@@ -49,7 +55,12 @@ pub(crate) fn object_name(run: &RunId, suffix: &str) -> String {
     format!("sentinel-{}-{suffix}", run.as_str().to_ascii_lowercase())
 }
 
-pub(crate) fn labels(run: &RunId, owner: &Owner, kind: &str, stage: Option<&str>) -> HashMap<String, String> {
+pub(crate) fn labels(
+    run: &RunId,
+    owner: &Owner,
+    kind: &str,
+    stage: Option<&str>,
+) -> HashMap<String, String> {
     let mut l = HashMap::from([
         (LABEL_RUN.to_string(), run.to_string()),
         (LABEL_OWNER.to_string(), owner.label()),
@@ -62,17 +73,31 @@ pub(crate) fn labels(run: &RunId, owner: &Owner, kind: &str, stage: Option<&str>
 }
 
 fn label_filter(label: &str) -> Option<HashMap<String, Vec<String>>> {
-    Some(HashMap::from([("label".to_string(), vec![label.to_string()])]))
+    Some(HashMap::from([(
+        "label".to_string(),
+        vec![label.to_string()],
+    )]))
 }
 
 impl DockerExecutor {
     /// Connects to the local Docker engine and negotiates the API version
     /// (the Debian daemon speaks 1.41).
     pub async fn connect() -> Result<Self, ConnectError> {
-        let docker = Docker::connect_with_local_defaults().map_err(|e| ConnectError(e.to_string()))?;
-        let docker = docker.negotiate_version().await.map_err(|e| ConnectError(e.to_string()))?;
-        docker.ping().await.map_err(|e| ConnectError(e.to_string()))?;
-        Ok(Self { docker, networks: Default::default() })
+        let docker =
+            Docker::connect_with_local_defaults().map_err(|e| ConnectError(e.to_string()))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| ConnectError(e.to_string()))?;
+        docker
+            .ping()
+            .await
+            .map_err(|e| ConnectError(e.to_string()))?;
+        Ok(Self {
+            docker,
+            networks: Default::default(),
+            removals: Default::default(),
+        })
     }
 
     /// The underlying client (for tests and tools).
@@ -82,11 +107,19 @@ impl DockerExecutor {
 
     /// Removes every container and network matching `label` (`key=value`)
     /// for which `keep` is false; returns how many were removed.
-    async fn remove_labelled(&self, label: &str, keep: impl Fn(&HashMap<String, String>) -> bool) -> usize {
+    async fn remove_labelled(
+        &self,
+        label: &str,
+        keep: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> usize {
         let mut removed = 0;
         let containers = self
             .docker
-            .list_containers(Some(ListContainersOptions { all: true, filters: label_filter(label), ..Default::default() }))
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: label_filter(label),
+                ..Default::default()
+            }))
             .await
             .unwrap_or_default();
         for c in containers {
@@ -94,7 +127,11 @@ impl DockerExecutor {
                 continue;
             }
             let Some(id) = c.id else { continue };
-            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let opts = RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            };
             match self.docker.remove_container(&id, Some(opts)).await {
                 Ok(()) => removed += 1,
                 Err(e) if is_not_found(&e) => {}
@@ -103,7 +140,9 @@ impl DockerExecutor {
         }
         let networks = self
             .docker
-            .list_networks(Some(ListNetworksOptions { filters: label_filter(label) }))
+            .list_networks(Some(ListNetworksOptions {
+                filters: label_filter(label),
+            }))
             .await
             .unwrap_or_default();
         for n in networks {
@@ -122,7 +161,13 @@ impl DockerExecutor {
 }
 
 pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 #[async_trait]
@@ -136,13 +181,21 @@ impl Executor for DockerExecutor {
     }
 
     async fn end_run(&self, run_id: &RunId) {
+        let pending: Vec<_> = self.removals.lock().await.drain(..).collect();
+        for removal in pending {
+            let _ = removal.await;
+        }
         self.networks.lock().await.remove(run_id);
-        self.remove_labelled(&format!("{LABEL_RUN}={run_id}"), |_| false).await;
+        self.remove_labelled(&format!("{LABEL_RUN}={run_id}"), |_| false)
+            .await;
     }
 
     async fn reap(&self) -> usize {
         self.remove_labelled(LABEL_OWNER, |labels| {
-            labels.get(LABEL_OWNER).and_then(|o| Owner::from_label(o)).is_some_and(|o| o.is_alive())
+            labels
+                .get(LABEL_OWNER)
+                .and_then(|o| Owner::from_label(o))
+                .is_some_and(|o| o.is_alive())
         })
         .await
     }

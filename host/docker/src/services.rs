@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig};
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, NetworkCreateRequest, NetworkingConfig,
+};
 use bollard::query_parameters::CreateContainerOptions;
 use futures_util::StreamExt;
 
@@ -19,7 +21,11 @@ use crate::container::image_id;
 use crate::{DockerExecutor, labels, object_name};
 
 /// The run's network, created on first use.
-pub(crate) async fn ensure_network(ex: &DockerExecutor, run: &RunId, owner: &Owner) -> Result<String, String> {
+pub(crate) async fn ensure_network(
+    ex: &DockerExecutor,
+    run: &RunId,
+    owner: &Owner,
+) -> Result<String, String> {
     let mut networks = ex.networks.lock().await;
     if let Some(n) = networks.get(run) {
         return Ok(n.clone());
@@ -31,7 +37,10 @@ pub(crate) async fn ensure_network(ex: &DockerExecutor, run: &RunId, owner: &Own
         labels: Some(labels(run, owner, "network", None)),
         ..Default::default()
     };
-    ex.docker.create_network(req).await.map_err(|e| format!("cannot create the run's network: {e}"))?;
+    ex.docker
+        .create_network(req)
+        .await
+        .map_err(|e| format!("cannot create the run's network: {e}"))?;
     networks.insert(run.clone(), name.clone());
     Ok(name)
 }
@@ -41,10 +50,14 @@ pub(crate) async fn start(ex: &DockerExecutor, ctx: &RunContext) -> Result<(), S
     if ctx.services.is_empty() {
         return Ok(());
     }
-    let network = ensure_network(ex, &ctx.run_id, &ctx.owner).await.map_err(StartRunError)?;
+    let network = ensure_network(ex, &ctx.run_id, &ctx.owner)
+        .await
+        .map_err(StartRunError)?;
     let mut started = Vec::new();
     for (svc, env) in &ctx.services {
-        let id = start_one(ex, ctx, &network, svc, env).await.map_err(|e| StartRunError(format!("service `{}`: {e}", svc.name)))?;
+        let id = start_one(ex, ctx, &network, svc, env)
+            .await
+            .map_err(|e| StartRunError(format!("service `{}`: {e}", svc.name)))?;
         started.push((svc, id));
     }
     for (svc, id) in started {
@@ -66,7 +79,10 @@ async fn start_one(
 ) -> Result<String, String> {
     image_id(ex, &svc.image).await?;
     let (entrypoint, cmd) = match &svc.command {
-        Some(c) => (Some(vec!["sh".to_string(), "-c".to_string()]), Some(vec![c.clone()])),
+        Some(c) => (
+            Some(vec!["sh".to_string(), "-c".to_string()]),
+            Some(vec![c.clone()]),
+        ),
         None => (None, None),
     };
     let body = ContainerCreateBody {
@@ -86,7 +102,10 @@ async fn start_one(
         networking_config: Some(NetworkingConfig {
             endpoints_config: Some(HashMap::from([(
                 network.to_string(),
-                EndpointSettings { aliases: Some(vec![svc.name.clone()]), ..Default::default() },
+                EndpointSettings {
+                    aliases: Some(vec![svc.name.clone()]),
+                    ..Default::default()
+                },
             )])),
         }),
         ..Default::default()
@@ -94,22 +113,43 @@ async fn start_one(
     let name = object_name(&ctx.run_id, &format!("svc-{}", svc.name));
     let created = ex
         .docker
-        .create_container(Some(CreateContainerOptions { name: Some(name), ..Default::default() }), body)
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name),
+                ..Default::default()
+            }),
+            body,
+        )
         .await
         .map_err(|e| format!("cannot create the container: {e}"))?;
-    ex.docker.start_container(&created.id, None).await.map_err(|e| format!("cannot start: {e}"))?;
+    ex.docker
+        .start_container(&created.id, None)
+        .await
+        .map_err(|e| format!("cannot start: {e}"))?;
     Ok(created.id)
 }
 
 /// Runs `cmd` in the service until it exits 0, or fails after `timeout`.
-async fn wait_ready(ex: &DockerExecutor, id: &str, cmd: &str, timeout: Duration) -> Result<(), String> {
+async fn wait_ready(
+    ex: &DockerExecutor,
+    id: &str,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
-        let info = ex.docker.inspect_container(id, None).await.map_err(|e| format!("cannot be inspected: {e}"))?;
+        let info = ex
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| format!("cannot be inspected: {e}"))?;
         let state = info.state.unwrap_or_default();
         if state.running != Some(true) {
-            return Err(format!("exited (code {}) before it was ready", state.exit_code.unwrap_or(-1)));
+            return Err(format!(
+                "exited (code {}) before it was ready",
+                state.exit_code.unwrap_or(-1)
+            ));
         }
         let exec = ex
             .docker
@@ -124,19 +164,34 @@ async fn wait_ready(ex: &DockerExecutor, id: &str, cmd: &str, timeout: Duration)
             )
             .await
             .map_err(|e| format!("readiness check cannot run: {e}"))?;
-        if let Ok(StartExecResults::Attached { mut output, .. }) = ex.docker.start_exec(&exec.id, None).await {
+        if let Ok(StartExecResults::Attached { mut output, .. }) =
+            ex.docker.start_exec(&exec.id, None).await
+        {
             let mut text = Vec::new();
             while let Some(Ok(chunk)) = output.next().await {
                 text.extend_from_slice(&chunk.into_bytes());
             }
-            last = String::from_utf8_lossy(&text).trim().chars().take(500).collect();
+            last = String::from_utf8_lossy(&text)
+                .trim()
+                .chars()
+                .take(500)
+                .collect();
         }
-        let code = ex.docker.inspect_exec(&exec.id).await.ok().and_then(|i| i.exit_code);
+        let code = ex
+            .docker
+            .inspect_exec(&exec.id)
+            .await
+            .ok()
+            .and_then(|i| i.exit_code);
         if code == Some(0) {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let detail = if last.is_empty() { String::new() } else { format!(": {last}") };
+            let detail = if last.is_empty() {
+                String::new()
+            } else {
+                format!(": {last}")
+            };
             return Err(format!(
                 "did not become ready within {} (`{cmd}` exited {}){detail}",
                 humantime::format_duration(timeout),

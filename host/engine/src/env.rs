@@ -63,7 +63,9 @@ pub fn resolve(inputs: &EnvInputs<'_>, r: &Ref) -> Result<String, String> {
             .outputs
             .get(s)
             .and_then(|(_, named)| named.get(k).cloned())
-            .ok_or_else(|| format!("stage `{s}` set no output `{k}` (write `{k}=…` to $SENTINEL_OUTPUT)")),
+            .ok_or_else(|| {
+                format!("stage `{s}` set no output `{k}` (write `{k}=…` to $SENTINEL_OUTPUT)")
+            }),
         Ref::RunId => Ok(inputs.run_id.to_string()),
         Ref::GitCommit => Ok(git(|g| &g.commit)),
         Ref::GitBranch => Ok(git(|g| &g.branch)),
@@ -99,7 +101,11 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
         set(&mut env.vars, k, v);
     }
     if stage.when != When::OnSuccess {
-        set(&mut env.vars, "SENTINEL_RUN_STATUS", inputs.run_status.to_string());
+        set(
+            &mut env.vars,
+            "SENTINEL_RUN_STATUS",
+            inputs.run_status.to_string(),
+        );
     }
     if let Some(g) = inputs.git {
         for (k, v) in [
@@ -123,7 +129,11 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
     }
     for (k, t) in &stage.env {
         let value = t.render(|r| resolve(inputs, r))?;
-        let shown = if is_secret(inputs, t) { t.to_string() } else { value.clone() };
+        let shown = if is_secret(inputs, t) {
+            t.to_string()
+        } else {
+            value.clone()
+        };
         env.recorded.insert(k.clone(), shown);
         set(&mut env.vars, k, value);
     }

@@ -18,7 +18,9 @@ use async_trait::async_trait;
 use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName, keys};
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Chunk, Executor, Outcome, RunContext, StageJob, StageReport, StartRunError, Stream};
+use crate::exec::{
+    Chunk, Executor, Outcome, RunContext, StageJob, StageReport, StartRunError, Stream,
+};
 use crate::lease::Lease;
 use crate::ports::{Event, ResultsSink, StorageError, Store};
 
@@ -51,7 +53,10 @@ impl Executor for FakeExecutor {
         self.started.lock().unwrap().push(job.stage.to_string());
         let outcome = interpret(&job, &stop).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
-        StageReport { outcome, image_id: Some("sha256:fake".into()) }
+        StageReport {
+            outcome,
+            image_id: Some("sha256:fake".into()),
+        }
     }
 
     async fn end_run(&self, run_id: &RunId) {
@@ -67,7 +72,12 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
     let send = |stream, text: String| {
         let log = job.log.clone();
         async move {
-            let _ = log.send(Chunk { stream, bytes: text.into_bytes() }).await;
+            let _ = log
+                .send(Chunk {
+                    stream,
+                    bytes: text.into_bytes(),
+                })
+                .await;
         }
     };
     for line in job.script.lines() {
@@ -77,7 +87,13 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
             "echo" => send(Stream::Stdout, format!("{arg}\n")).await,
             "err" => send(Stream::Stderr, format!("{arg}\n")).await,
             "env" => {
-                let v = job.env.iter().rev().find(|(k, _)| k == arg).map(|(_, v)| v.clone()).unwrap_or_default();
+                let v = job
+                    .env
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| k == arg)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
                 send(Stream::Stdout, format!("{v}\n")).await;
             }
             "sleep" => {
@@ -87,7 +103,11 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
                     _ = stop.cancelled() => return Outcome::Stopped,
                 }
             }
-            "exit" => return Outcome::Exited { code: arg.parse().unwrap_or(1) },
+            "exit" => {
+                return Outcome::Exited {
+                    code: arg.parse().unwrap_or(1),
+                };
+            }
             "oom" => return Outcome::OomKilled,
             "fail-start" => return Outcome::StartFailed(arg.to_string()),
             "output" => {
@@ -105,7 +125,9 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
                     return Outcome::Error("cannot write an artifact".into());
                 }
             }
-            other => return Outcome::StartFailed(format!("fake executor: unknown command `{other}`")),
+            other => {
+                return Outcome::StartFailed(format!("fake executor: unknown command `{other}`"));
+            }
         }
         if stop.is_cancelled() {
             return Outcome::Stopped;
@@ -126,31 +148,66 @@ pub struct MemStore {
 #[async_trait]
 impl Store for MemStore {
     async fn put_run(&self, run: &RunDoc, _durable: bool) -> Result<(), StorageError> {
-        self.runs.lock().unwrap().insert(run.id.clone(), run.clone());
+        self.runs
+            .lock()
+            .unwrap()
+            .insert(run.id.clone(), run.clone());
         Ok(())
     }
     async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError> {
-        self.stages.lock().unwrap().insert((stage.run_id.clone(), stage.name.clone()), stage.clone());
+        self.stages
+            .lock()
+            .unwrap()
+            .insert((stage.run_id.clone(), stage.name.clone()), stage.clone());
         Ok(())
     }
     async fn append_event(&self, run: &RunId, event: &Event) -> Result<(), StorageError> {
-        self.events.lock().unwrap().entry(run.clone()).or_default().push(event.clone());
+        self.events
+            .lock()
+            .unwrap()
+            .entry(run.clone())
+            .or_default()
+            .push(event.clone());
         Ok(())
     }
     async fn get_run(&self, id: &RunId) -> Result<Option<RunDoc>, StorageError> {
         Ok(self.runs.lock().unwrap().get(id).cloned())
     }
     async fn get_stages(&self, id: &RunId) -> Result<Vec<StageDoc>, StorageError> {
-        Ok(self.stages.lock().unwrap().iter().filter(|((r, _), _)| r == id).map(|(_, s)| s.clone()).collect())
+        Ok(self
+            .stages
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((r, _), _)| r == id)
+            .map(|(_, s)| s.clone())
+            .collect())
     }
     async fn get_events(&self, id: &RunId) -> Result<Vec<Event>, StorageError> {
-        Ok(self.events.lock().unwrap().get(id).cloned().unwrap_or_default())
+        Ok(self
+            .events
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default())
     }
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError> {
-        Ok(self.runs.lock().unwrap().values().rev().take(limit).cloned().collect())
+        Ok(self
+            .runs
+            .lock()
+            .unwrap()
+            .values()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect())
     }
     async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        self.leases.lock().unwrap().insert(lease.run_id.clone(), lease.clone());
+        self.leases
+            .lock()
+            .unwrap()
+            .insert(lease.run_id.clone(), lease.clone());
         Ok(())
     }
     async fn remove_lease(&self, run: &RunId) -> Result<(), StorageError> {
@@ -178,19 +235,33 @@ impl MemSink {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        self.objects.lock().unwrap().get(key).and_then(|b| serde_json::from_slice(b).ok())
+        self.objects
+            .lock()
+            .unwrap()
+            .get(key)
+            .and_then(|b| serde_json::from_slice(b).ok())
     }
 }
 
 #[async_trait]
 impl ResultsSink for MemSink {
-    async fn put_log(&self, run: &RunId, stage: &StageName, file: &Path) -> Result<String, StorageError> {
+    async fn put_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        file: &Path,
+    ) -> Result<String, StorageError> {
         let bytes = std::fs::read(file).map_err(|e| StorageError::new("read log", e))?;
         let key = keys::stage_log(run, stage);
         self.put(key.clone(), bytes);
         Ok(format!("{stage}.log"))
     }
-    async fn put_artifacts(&self, run: &RunId, stage: &StageName, dir: &Path) -> Result<Option<String>, StorageError> {
+    async fn put_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        dir: &Path,
+    ) -> Result<Option<String>, StorageError> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .map_err(|e| StorageError::new("read artifacts", e))?
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -199,15 +270,24 @@ impl ResultsSink for MemSink {
             return Ok(None);
         }
         names.sort();
-        self.put(keys::stage_artifacts(run, stage), names.join("\n").into_bytes());
+        self.put(
+            keys::stage_artifacts(run, stage),
+            names.join("\n").into_bytes(),
+        );
         Ok(Some(format!("{stage}.zip")))
     }
     async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError> {
-        self.put(keys::stage_doc(&doc.run_id, &doc.name), serde_json::to_vec(doc).unwrap_or_default());
+        self.put(
+            keys::stage_doc(&doc.run_id, &doc.name),
+            serde_json::to_vec(doc).unwrap_or_default(),
+        );
         Ok(())
     }
     async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError> {
-        self.put(keys::run_doc(&doc.id), serde_json::to_vec(doc).unwrap_or_default());
+        self.put(
+            keys::run_doc(&doc.id),
+            serde_json::to_vec(doc).unwrap_or_default(),
+        );
         Ok(())
     }
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
@@ -215,19 +295,41 @@ impl ResultsSink for MemSink {
         index.retain(|s| s.id != summary.id);
         index.push(summary.clone());
         index.sort_by(|a, b| b.id.cmp(&a.id));
-        let page = IndexPage { schema: 1, page: 0, pages: 1, next: None, runs: index.clone() };
+        let page = IndexPage {
+            schema: 1,
+            page: 0,
+            pages: 1,
+            next: None,
+            runs: index.clone(),
+        };
         drop(index);
-        self.put(keys::index_page(0), serde_json::to_vec(&page).unwrap_or_default());
+        self.put(
+            keys::index_page(0),
+            serde_json::to_vec(&page).unwrap_or_default(),
+        );
         Ok(())
     }
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
         Ok(self.get(&keys::run_doc(run)))
     }
-    async fn get_stage(&self, run: &RunId, stage: &StageName) -> Result<Option<StageDoc>, StorageError> {
+    async fn get_stage(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<StageDoc>, StorageError> {
         Ok(self.get(&keys::stage_doc(run, stage)))
     }
-    async fn get_log(&self, run: &RunId, stage: &StageName) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.objects.lock().unwrap().get(&keys::stage_log(run, stage)).cloned())
+    async fn get_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(&keys::stage_log(run, stage))
+            .cloned())
     }
     async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
         Ok(self.get(&keys::index_page(page)))

@@ -115,7 +115,10 @@ impl Capped {
 }
 
 /// Starts the log pipeline; it ends when every sender of `rx` is dropped.
-pub fn spawn_log_writer(mut cfg: LogConfig, mut rx: mpsc::Receiver<Chunk>) -> JoinHandle<LogSummary> {
+pub fn spawn_log_writer(
+    mut cfg: LogConfig,
+    mut rx: mpsc::Receiver<Chunk>,
+) -> JoinHandle<LogSummary> {
     tokio::task::spawn_blocking(move || {
         let mut summary = LogSummary::default();
         let file = match File::create(&cfg.path) {
@@ -144,7 +147,8 @@ pub fn spawn_log_writer(mut cfg: LogConfig, mut rx: mpsc::Receiver<Chunk>) -> Jo
         let mut out = Vec::new();
         let mut result = Ok(());
         if cfg.sensitive {
-            result = capped.write(b"[sentinel: this stage is sensitive; its stdout is not logged]\n");
+            result =
+                capped.write(b"[sentinel: this stage is sensitive; its stdout is not logged]\n");
         }
         while let Some(chunk) = rx.blocking_recv() {
             capture(&mut summary, &chunk);
@@ -231,7 +235,10 @@ mod tests {
     async fn masks_and_captures() {
         let (log, s) = run(1 << 20, false, vec![out("key: s3cr"), out("3t-value\n")]).await;
         assert_eq!(log, "key: ***\n");
-        assert_eq!(s.stdout, b"key: s3cr3t-value\n", "the output keeps the raw value, in memory only");
+        assert_eq!(
+            s.stdout, b"key: s3cr3t-value\n",
+            "the output keeps the raw value, in memory only"
+        );
     }
 
     #[tokio::test]

@@ -21,7 +21,9 @@ pub const MIN_SECRET_LEN: usize = 4;
 /// Why a secret was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MaskError {
-    #[error("a secret must be at least {MIN_SECRET_LEN} bytes long to be masked reliably (got {0} bytes)")]
+    #[error(
+        "a secret must be at least {MIN_SECRET_LEN} bytes long to be masked reliably (got {0} bytes)"
+    )]
     TooShort(usize),
 }
 
@@ -269,7 +271,10 @@ mod tests {
         let s = set(&["hunter2!", "p@ss word/é"]);
         assert_eq!(s.mask_str("pw=hunter2! ok"), "pw=*** ok");
         let b64 = STANDARD.encode("xhunter2!y");
-        assert!(!s.mask_str(&b64).contains(&STANDARD.encode("hunter2!")[2..8]));
+        assert!(
+            !s.mask_str(&b64)
+                .contains(&STANDARD.encode("hunter2!")[2..8])
+        );
         assert_eq!(s.mask_str("p%40ss%20word%2F%C3%A9"), "***");
         assert_eq!(s.mask_str("p%40ss+word%2F%C3%A9"), "***");
         assert_eq!(s.mask_str(r#"{"v":"p@ss word\/é"}"#), r#"{"v":"***"}"#);
@@ -285,7 +290,10 @@ mod tests {
 
     #[test]
     fn refuses_short_secrets() {
-        assert_eq!(SecretSet::new().with([b"abc".as_slice()]).unwrap_err(), MaskError::TooShort(3));
+        assert_eq!(
+            SecretSet::new().with([b"abc".as_slice()]).unwrap_err(),
+            MaskError::TooShort(3)
+        );
     }
 
     #[test]

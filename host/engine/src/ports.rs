@@ -59,6 +59,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError>;
     /// Takes or renews a lease (durable).
     async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError>;
+    /// Releases a lease; durable with the next durable write.
     async fn remove_lease(&self, run: &RunId) -> Result<(), StorageError>;
     async fn leases(&self) -> Result<Vec<Lease>, StorageError>;
 }
@@ -69,17 +70,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 #[async_trait]
 pub trait ResultsSink: Send + Sync + std::fmt::Debug {
     /// Publishes a stage's log from a local file; returns its key.
-    async fn put_log(&self, run: &RunId, stage: &StageName, file: &Path) -> Result<String, StorageError>;
+    async fn put_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        file: &Path,
+    ) -> Result<String, StorageError>;
     /// Zips and publishes a folder of artifacts; returns the key, or `None`
     /// when the folder is empty.
-    async fn put_artifacts(&self, run: &RunId, stage: &StageName, dir: &Path) -> Result<Option<String>, StorageError>;
+    async fn put_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        dir: &Path,
+    ) -> Result<Option<String>, StorageError>;
     async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError>;
     async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError>;
     /// Inserts or replaces a run in the paged index.
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError>;
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError>;
-    async fn get_stage(&self, run: &RunId, stage: &StageName) -> Result<Option<StageDoc>, StorageError>;
-    async fn get_log(&self, run: &RunId, stage: &StageName) -> Result<Option<Vec<u8>>, StorageError>;
+    async fn get_stage(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<StageDoc>, StorageError>;
+    async fn get_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError>;
     async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError>;
     /// A human-readable location of the results (a folder or a URL).
     fn location(&self) -> String;

@@ -8,15 +8,18 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sentinel_api::{
-    FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStageEntry, RunStatus, SCHEMA_VERSION, StageDoc,
-    StageKind, StageName, StageStatus, Trigger,
+    FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStageEntry, RunStatus,
+    SCHEMA_VERSION, StageDoc, StageKind, StageName, StageStatus, Trigger,
 };
 use sentinel_pipeline::{Action, Plan};
 use sha2::Digest;
 
 use crate::masker::SecretSet;
 use crate::ports::{ResultsSink, Store};
-use crate::run::{Progress, ProgressFn, apply_run_event, apply_stage_event, event, new_run_doc, run_entries, summary};
+use crate::run::{
+    Progress, ProgressFn, apply_run_event, apply_stage_event, event, new_run_doc, run_entries,
+    summary,
+};
 use crate::stage::StageResult;
 use crate::transition::{RunEvent, StageEvent};
 use crate::workspace::RunDirs;
@@ -70,7 +73,10 @@ impl StageState {
         } else {
             (
                 self.output.as_ref().map(|o| secrets.mask_str(o)),
-                self.outputs.iter().map(|(k, v)| (k.clone(), secrets.mask_str(v))).collect(),
+                self.outputs
+                    .iter()
+                    .map(|(k, v)| (k.clone(), secrets.mask_str(v)))
+                    .collect(),
             )
         };
         StageDoc {
@@ -168,9 +174,23 @@ impl Recorder {
                 }
             })
             .collect();
-        let index = stages.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        let index = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         let run = new_run_doc(run_id.clone(), &plan, trigger, git, run_entries(&stages));
-        Self { store, sink, secrets, run_id, plan, run, stages, index, dirs }
+        Self {
+            store,
+            sink,
+            secrets,
+            run_id,
+            plan,
+            run,
+            stages,
+            index,
+            dirs,
+        }
     }
 
     /// The current run document.
@@ -216,13 +236,22 @@ impl Recorder {
         self.stages
             .iter()
             .filter(|s| s.status == StageStatus::Succeeded)
-            .map(|s| (s.name.clone(), (s.output.clone().unwrap_or_default(), s.outputs.clone())))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    (s.output.clone().unwrap_or_default(), s.outputs.clone()),
+                )
+            })
             .collect()
     }
 
     /// Stages whose output is secret.
     pub fn sensitive(&self) -> Vec<StageName> {
-        self.stages.iter().filter(|s| s.sensitive).map(|s| s.name.clone()).collect()
+        self.stages
+            .iter()
+            .filter(|s| s.sensitive)
+            .map(|s| s.name.clone())
+            .collect()
     }
 
     /// `succeeded`, `failed` or `cancelled`: the run so far.
@@ -238,7 +267,11 @@ impl Recorder {
 
     /// The first failed stage, as a reason for the run.
     pub fn first_failure(&self) -> Option<String> {
-        let failed: Vec<&StageState> = self.stages.iter().filter(|s| s.status.is_failure()).collect();
+        let failed: Vec<&StageState> = self
+            .stages
+            .iter()
+            .filter(|s| s.status.is_failure())
+            .collect();
         let first = failed.first()?;
         let more = match failed.len() {
             1 => String::new(),
@@ -257,7 +290,10 @@ impl Recorder {
     }
 
     pub fn set_inputs(&mut self, name: &StageName, env: BTreeMap<String, String>) {
-        let masked = env.into_iter().map(|(k, v)| (k, self.secrets.mask_str(&v))).collect();
+        let masked = env
+            .into_iter()
+            .map(|(k, v)| (k, self.secrets.mask_str(&v)))
+            .collect();
         self.state_mut(name).inputs.env = masked;
     }
 
@@ -276,7 +312,13 @@ impl Recorder {
     }
 
     /// Applies a stage transition, records and publishes it.
-    pub async fn stage_event(&mut self, name: &StageName, ev: StageEvent, reason: Option<String>, progress: &ProgressFn) {
+    pub async fn stage_event(
+        &mut self,
+        name: &StageName,
+        ev: StageEvent,
+        reason: Option<String>,
+        progress: &ProgressFn,
+    ) {
         let now = Utc::now();
         let state = self.state_mut(name);
         if !apply_stage_event(state, ev) {
@@ -290,7 +332,12 @@ impl Recorder {
                 state.reason = reason.clone();
                 state.failure = match ev {
                     StageEvent::Cancel => Some(FailureKind::Cancelled),
-                    StageEvent::Skip if state.reason.as_deref().is_some_and(|r| r.starts_with("dependency")) => {
+                    StageEvent::Skip
+                        if state
+                            .reason
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with("dependency")) =>
+                    {
                         Some(FailureKind::DependencyFailed)
                     }
                     _ => None,
@@ -299,11 +346,17 @@ impl Recorder {
         }
         let status = state.status;
         let duration = duration_ms(state.started, state.finished);
-        self.after_stage_change(name, status, reason, duration, progress).await;
+        self.after_stage_change(name, status, reason, duration, progress)
+            .await;
     }
 
     /// Fails a started stage without running it (its environment could not be built).
-    pub async fn finish_stage_early(&mut self, name: &StageName, reason: String, progress: &ProgressFn) {
+    pub async fn finish_stage_early(
+        &mut self,
+        name: &StageName,
+        reason: String,
+        progress: &ProgressFn,
+    ) {
         let now = Utc::now();
         let state = self.state_mut(name);
         if state.status == StageStatus::Pending {
@@ -317,7 +370,8 @@ impl Recorder {
         state.failure = Some(FailureKind::StartError);
         state.reason = Some(reason.clone());
         let duration = duration_ms(state.started, state.finished);
-        self.after_stage_change(name, StageStatus::Failed, Some(reason), duration, progress).await;
+        self.after_stage_change(name, StageStatus::Failed, Some(reason), duration, progress)
+            .await;
     }
 
     /// Records a finished stage: outputs, `out/<stage>`, secrets from a
@@ -358,7 +412,8 @@ impl Recorder {
         state.output = Some(r.output);
         state.outputs = r.outputs;
         let duration = duration_ms(state.started, state.finished);
-        self.after_stage_change(&r.name, r.status, r.reason, duration, progress).await;
+        self.after_stage_change(&r.name, r.status, r.reason, duration, progress)
+            .await;
     }
 
     async fn after_stage_change(
@@ -379,7 +434,12 @@ impl Recorder {
         }
         self.publish_stage(name).await;
         self.publish_run(false).await;
-        progress(Progress::Stage { name: name.clone(), status, reason, duration_ms });
+        progress(Progress::Stage {
+            name: name.clone(),
+            status,
+            reason,
+            duration_ms,
+        });
     }
 
     async fn publish_files(&mut self, name: &StageName) {
@@ -396,7 +456,11 @@ impl Recorder {
         }
         let artifacts = self.dirs.private(name).join("artifacts");
         if artifacts.is_dir() {
-            match self.sink.put_artifacts(&self.run_id, name, &artifacts).await {
+            match self
+                .sink
+                .put_artifacts(&self.run_id, name, &artifacts)
+                .await
+            {
                 Ok(key) => self.state_mut(name).artifacts = key,
                 Err(e) => tracing::warn!("cannot publish the artifacts of `{name}`: {e}"),
             }
@@ -408,10 +472,10 @@ impl Recorder {
         if let Err(e) = self.store.put_stage(&doc).await {
             tracing::warn!("cannot store stage `{name}`: {e}");
         }
-        if self.swept(&doc, &format!("the document of `{name}`")) {
-            if let Err(e) = self.sink.put_stage(&doc).await {
-                tracing::warn!("cannot publish stage `{name}`: {e}");
-            }
+        if self.swept(&doc, &format!("the document of `{name}`"))
+            && let Err(e) = self.sink.put_stage(&doc).await
+        {
+            tracing::warn!("cannot publish stage `{name}`: {e}");
         }
     }
 
@@ -436,10 +500,8 @@ impl Recorder {
         if let Err(e) = self.sink.put_run(&doc).await {
             tracing::warn!("cannot publish run.json: {e}");
         }
-        if index {
-            if let Err(e) = self.sink.update_index(&summary(&doc)).await {
-                tracing::warn!("cannot update the runs index: {e}");
-            }
+        if index && let Err(e) = self.sink.update_index(&summary(&doc)).await {
+            tracing::warn!("cannot update the runs index: {e}");
         }
     }
 
@@ -453,12 +515,18 @@ impl Recorder {
 
     /// Ends the run: final status, published and durable.
     pub async fn finish(&mut self, status: RunStatus) {
-        if self.run.status == RunStatus::Queued && status != RunStatus::Failed && status != RunStatus::Cancelled {
+        if self.run.status == RunStatus::Queued
+            && status != RunStatus::Failed
+            && status != RunStatus::Cancelled
+        {
             apply_run_event(&mut self.run, RunEvent::Start);
         }
         apply_run_event(&mut self.run, RunEvent::Finish(status));
         self.run.finished = Some(Utc::now());
-        self.run.duration_ms = duration_ms(self.run.started.or(Some(self.run.created)), self.run.finished);
+        self.run.duration_ms = duration_ms(
+            self.run.started.or(Some(self.run.created)),
+            self.run.finished,
+        );
         let e = event(None, self.run.status.as_str(), self.run.reason.clone());
         if let Err(err) = self.store.append_event(&self.run_id, &e).await {
             tracing::warn!("cannot record an event: {err}");

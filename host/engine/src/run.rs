@@ -24,8 +24,13 @@ use crate::masker::SecretSet;
 use crate::ports::{Event, ResultsSink, Store};
 use crate::record::{Recorder, StageState};
 use crate::stage::{StageResult, StageRun, run_stage};
-use crate::transition::{Decision, RunEvent, StageEvent, decide, run_outcome, run_transition, transition};
+use crate::transition::{
+    Decision, RunEvent, StageEvent, decide, run_outcome, run_transition, transition,
+};
 use crate::workspace::{RunDirs, copy_source, default_user, hand_over};
+
+/// A service and its resolved environment.
+type ServiceWithEnv = (sentinel_pipeline::ServicePlan, Vec<(String, String)>);
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -57,11 +62,25 @@ pub struct RunRequest {
 /// What the engine reports as a run goes.
 #[derive(Debug, Clone)]
 pub enum Progress {
-    RunStarted { run_id: RunId, stages: Vec<StageName> },
-    Stage { name: StageName, status: StageStatus, reason: Option<String>, duration_ms: Option<u64> },
+    RunStarted {
+        run_id: RunId,
+        stages: Vec<StageName>,
+    },
+    Stage {
+        name: StageName,
+        status: StageStatus,
+        reason: Option<String>,
+        duration_ms: Option<u64>,
+    },
     /// Masked log bytes of a running stage.
-    Log { name: StageName, bytes: Vec<u8> },
-    RunFinished { run_id: RunId, status: RunStatus },
+    Log {
+        name: StageName,
+        bytes: Vec<u8>,
+    },
+    RunFinished {
+        run_id: RunId,
+        status: RunStatus,
+    },
 }
 
 /// Receives progress events.
@@ -105,7 +124,9 @@ impl Engine {
     fn preflight(req: &RunRequest) -> Result<Arc<SecretSet>, PreflightError> {
         let plan = &req.plan;
         for (name, v) in &plan.env {
-            if matches!(v, sentinel_pipeline::EnvValue::FromHost) && !req.host_env.contains_key(name) {
+            if matches!(v, sentinel_pipeline::EnvValue::FromHost)
+                && !req.host_env.contains_key(name)
+            {
                 return Err(PreflightError::Missing(format!(
                     "environment variable `{name}` is not set (the pipeline's `env:` takes it from the environment sentinel runs in)"
                 )));
@@ -133,14 +154,22 @@ impl Engine {
             if let Some(v) = req.secrets.get(name) {
                 set = set
                     .with([v.as_bytes()])
-                    .map_err(|source| PreflightError::Secret { name: name.clone(), source })?;
+                    .map_err(|source| PreflightError::Secret {
+                        name: name.clone(),
+                        source,
+                    })?;
             }
         }
         Ok(Arc::new(set))
     }
 
     /// Runs a plan to its end and returns the final run document.
-    pub async fn run(&self, req: RunRequest, progress: ProgressFn, signals: Signals) -> Result<RunDoc, PreflightError> {
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        progress: ProgressFn,
+        signals: Signals,
+    ) -> Result<RunDoc, PreflightError> {
         let secrets = Self::preflight(&req)?;
         let run_id: RunId = ulid::Ulid::new()
             .to_string()
@@ -163,19 +192,33 @@ impl Engine {
         // Accepted: durable before anything runs.
         self.store.put_run(&rec.run_doc(), true).await?;
         self.store
-            .put_lease(&Lease { run_id: run_id.clone(), owner: owner.clone(), heartbeat: Utc::now() })
+            .put_lease(&Lease {
+                run_id: run_id.clone(),
+                owner: owner.clone(),
+                heartbeat: Utc::now(),
+            })
             .await?;
         rec.publish_all(true).await;
-        progress(Progress::RunStarted { run_id: run_id.clone(), stages: plan.stages.iter().map(|s| s.name.clone()).collect() });
+        progress(Progress::RunStarted {
+            run_id: run_id.clone(),
+            stages: plan.stages.iter().map(|s| s.name.clone()).collect(),
+        });
 
         let heartbeat = {
             let store = self.store.clone();
-            let lease = Lease { run_id: run_id.clone(), owner: owner.clone(), heartbeat: Utc::now() };
+            let lease = Lease {
+                run_id: run_id.clone(),
+                owner: owner.clone(),
+                heartbeat: Utc::now(),
+            };
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
                 loop {
                     tick.tick().await;
-                    let lease = Lease { heartbeat: Utc::now(), ..lease.clone() };
+                    let lease = Lease {
+                        heartbeat: Utc::now(),
+                        ..lease.clone()
+                    };
                     if let Err(e) = store.put_lease(&lease).await {
                         tracing::warn!("cannot renew the run's lease: {e}");
                     }
@@ -183,19 +226,25 @@ impl Engine {
             })
         };
 
-        let status = self.drive(&req, &mut rec, &owner, &dirs, &progress, &signals).await;
+        let status = self
+            .drive(&req, &mut rec, &owner, &dirs, &progress, &signals)
+            .await;
 
         self.exec.end_run(&run_id).await;
         heartbeat.abort();
-        rec.finish(status).await;
+        // Released before the final, durable write, which makes both durable.
         if let Err(e) = self.store.remove_lease(&run_id).await {
             tracing::warn!("cannot release the run's lease: {e}");
         }
+        rec.finish(status).await;
         if !self.config.keep_workspace {
             let root = dirs.root.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(root)).await;
         }
-        progress(Progress::RunFinished { run_id: run_id.clone(), status: rec.run.status });
+        progress(Progress::RunFinished {
+            run_id: run_id.clone(),
+            status: rec.run.status,
+        });
         Ok(rec.run_doc())
     }
 
@@ -211,14 +260,24 @@ impl Engine {
         signals: &Signals,
     ) -> RunStatus {
         let plan = rec.plan.clone();
-        let user = plan.stages.first().and_then(|s| s.limits.user.clone()).unwrap_or_else(default_user);
+        let user = plan
+            .stages
+            .first()
+            .and_then(|s| s.limits.user.clone())
+            .unwrap_or_else(default_user);
         rec.run_event(RunEvent::Start, None).await;
         for s in &plan.stages {
-            rec.stage_event(&s.name, StageEvent::Schedule, None, progress).await;
+            rec.stage_event(&s.name, StageEvent::Schedule, None, progress)
+                .await;
         }
 
         // The workspace: a copy of the source, owned by the stages' user.
-        let (source, ws, skip, u) = (req.source.clone(), dirs.workspace.clone(), req.skip.clone(), user.clone());
+        let (source, ws, skip, u) = (
+            req.source.clone(),
+            dirs.workspace.clone(),
+            req.skip.clone(),
+            user.clone(),
+        );
         let logs = dirs.logs.clone();
         let copied = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&logs)?;
@@ -237,7 +296,11 @@ impl Engine {
                     Ok(s) => s,
                     Err(e) => return self.fail_all(rec, e, progress).await,
                 };
-                let ctx = RunContext { run_id: rec.run_id.clone(), owner: owner.clone(), services };
+                let ctx = RunContext {
+                    run_id: rec.run_id.clone(),
+                    owner: owner.clone(),
+                    services,
+                };
                 tokio::select! {
                     r = self.exec.start_run(&ctx) => r.err().map(|e| e.0),
                     _ = signals.cancel.cancelled() => Some("cancelled while starting services".into()),
@@ -245,7 +308,9 @@ impl Engine {
             }
         };
         if let Some(e) = start_error {
-            return self.fail_all(rec, format!("the run could not start: {e}"), progress).await;
+            return self
+                .fail_all(rec, format!("the run could not start: {e}"), progress)
+                .await;
         }
 
         let mut running = JoinSet::new();
@@ -259,13 +324,22 @@ impl Engine {
                 if rec.state(&s.name).status != StageStatus::Pending {
                     continue;
                 }
-                let deps: Vec<(&str, StageStatus)> =
-                    s.needs.iter().map(|n| (n.as_str(), rec.state(n).status)).collect();
+                let deps: Vec<(&str, StageStatus)> = s
+                    .needs
+                    .iter()
+                    .map(|n| (n.as_str(), rec.state(n).status))
+                    .collect();
                 let upstream_failed = rec.upstream_failed(&s.name);
-                match decide(s.when, &deps, upstream_failed, cancelled && (aborted || true)) {
+                match decide(s.when, &deps, upstream_failed, cancelled) {
                     Decision::Wait => {}
                     Decision::Run if aborted => {
-                        rec.stage_event(&s.name, StageEvent::Cancel, Some("the run was aborted".into()), progress).await;
+                        rec.stage_event(
+                            &s.name,
+                            StageEvent::Cancel,
+                            Some("the run was aborted".into()),
+                            progress,
+                        )
+                        .await;
                         changed = true;
                     }
                     Decision::Run => {
@@ -289,17 +363,26 @@ impl Engine {
                             };
                             stage_env(&inputs, s)
                         };
-                        rec.stage_event(&s.name, StageEvent::Start, None, progress).await;
+                        rec.stage_event(&s.name, StageEvent::Start, None, progress)
+                            .await;
                         let env = match env {
                             Ok(env) => env,
                             Err(e) => {
-                                rec.finish_stage_early(&s.name, format!("cannot build the stage's environment: {e}"), progress).await;
+                                rec.finish_stage_early(
+                                    &s.name,
+                                    format!("cannot build the stage's environment: {e}"),
+                                    progress,
+                                )
+                                .await;
                                 continue;
                             }
                         };
                         rec.set_inputs(&s.name, env.recorded.clone());
                         let token = CancellationToken::new();
-                        tokens.insert(s.name.clone(), (token.clone(), s.when == sentinel_pipeline::When::Always));
+                        tokens.insert(
+                            s.name.clone(),
+                            (token.clone(), s.when == sentinel_pipeline::When::Always),
+                        );
                         let job = StageRun {
                             plan: s.clone(),
                             run_id: rec.run_id.clone(),
@@ -314,18 +397,28 @@ impl Engine {
                             let name = s.name.clone();
                             Some(Box::new(move |bytes: &[u8]| {
                                 if !bytes.is_empty() {
-                                    progress(Progress::Log { name: name.clone(), bytes: bytes.to_vec() });
+                                    progress(Progress::Log {
+                                        name: name.clone(),
+                                        bytes: bytes.to_vec(),
+                                    });
                                 }
                             }))
                         };
                         running.spawn(run_stage(self.exec.clone(), job, token, live));
                     }
                     Decision::Skip(reason) => {
-                        rec.stage_event(&s.name, StageEvent::Skip, Some(reason), progress).await;
+                        rec.stage_event(&s.name, StageEvent::Skip, Some(reason), progress)
+                            .await;
                         changed = true;
                     }
                     Decision::Cancel => {
-                        rec.stage_event(&s.name, StageEvent::Cancel, Some("the run was cancelled".into()), progress).await;
+                        rec.stage_event(
+                            &s.name,
+                            StageEvent::Cancel,
+                            Some("the run was cancelled".into()),
+                            progress,
+                        )
+                        .await;
                         changed = true;
                     }
                 }
@@ -367,10 +460,18 @@ impl Engine {
         // A stage task that panicked leaves its stage running: close it.
         for s in plan.stages.iter() {
             if !rec.state(&s.name).status.is_final() {
-                rec.finish_stage_early(&s.name, "the stage's task ended unexpectedly".into(), progress).await;
+                rec.finish_stage_early(
+                    &s.name,
+                    "the stage's task ended unexpectedly".into(),
+                    progress,
+                )
+                .await;
             }
         }
-        let status = run_outcome(plan.stages.iter().map(|s| rec.state(&s.name).status), cancelled);
+        let status = run_outcome(
+            plan.stages.iter().map(|s| rec.state(&s.name).status),
+            cancelled,
+        );
         rec.set_reason(match status {
             RunStatus::Cancelled => Some("the run was cancelled".to_string()),
             RunStatus::Failed => rec.first_failure(),
@@ -379,7 +480,7 @@ impl Engine {
         status
     }
 
-    fn service_env(&self, req: &RunRequest, rec: &Recorder) -> Result<Vec<(sentinel_pipeline::ServicePlan, Vec<(String, String)>)>, String> {
+    fn service_env(&self, req: &RunRequest, rec: &Recorder) -> Result<Vec<ServiceWithEnv>, String> {
         let empty = BTreeMap::new();
         let inputs = EnvInputs {
             plan: &req.plan,
@@ -407,9 +508,15 @@ impl Engine {
     }
 
     /// Ends a run that could not start: every stage is skipped with the reason.
-    async fn fail_all(&self, rec: &mut Recorder, reason: String, progress: &ProgressFn) -> RunStatus {
+    async fn fail_all(
+        &self,
+        rec: &mut Recorder,
+        reason: String,
+        progress: &ProgressFn,
+    ) -> RunStatus {
         for s in rec.plan.clone().stages.iter() {
-            rec.stage_event(&s.name, StageEvent::Skip, Some(reason.clone()), progress).await;
+            rec.stage_event(&s.name, StageEvent::Skip, Some(reason.clone()), progress)
+                .await;
         }
         rec.set_reason(Some(reason));
         RunStatus::Failed
@@ -437,7 +544,13 @@ pub(crate) fn summary(run: &RunDoc) -> RunSummary {
 }
 
 /// A new run document.
-pub(crate) fn new_run_doc(run_id: RunId, plan: &Plan, trigger: Trigger, git: Option<GitContext>, stages: Vec<RunStageEntry>) -> RunDoc {
+pub(crate) fn new_run_doc(
+    run_id: RunId,
+    plan: &Plan,
+    trigger: Trigger,
+    git: Option<GitContext>,
+    stages: Vec<RunStageEntry>,
+) -> RunDoc {
     RunDoc {
         schema: SCHEMA_VERSION,
         id: run_id,
@@ -479,5 +592,10 @@ pub(crate) fn apply_stage_event(state: &mut StageState, ev: StageEvent) -> bool 
 
 /// An event for the store's history.
 pub(crate) fn event(stage: Option<&StageName>, status: &str, reason: Option<String>) -> Event {
-    Event { at: Utc::now(), stage: stage.cloned(), status: status.to_string(), reason }
+    Event {
+        at: Utc::now(),
+        stage: stage.cloned(),
+        status: status.to_string(),
+        reason,
+    }
 }

@@ -78,8 +78,12 @@ pub async fn run_stage(
         rx,
     );
 
-    let prepared = prepare_private(&private, &s.user)
-        .map_err(|e| format!("cannot prepare the stage's folder {}: {e}", private.display()));
+    let prepared = prepare_private(&private, &s.user).map_err(|e| {
+        format!(
+            "cannot prepare the stage's folder {}: {e}",
+            private.display()
+        )
+    });
     let (image, script) = match &s.plan.action {
         Action::Container { image, script } => (image.clone(), script.clone()),
         Action::Step { step, .. } => (String::new(), step.clone()),
@@ -152,7 +156,11 @@ pub async fn run_stage(
     }
     match report.outcome {
         Outcome::Exited { code: 0 } => {}
-        Outcome::Exited { code } => fail(StageStatus::Failed, FailureKind::ExitCode, format!("exit code {code}")),
+        Outcome::Exited { code } => fail(
+            StageStatus::Failed,
+            FailureKind::ExitCode,
+            format!("exit code {code}"),
+        ),
         Outcome::OomKilled => fail(
             StageStatus::Failed,
             FailureKind::OomKilled,
@@ -164,9 +172,16 @@ pub async fn run_stage(
         Outcome::Stopped if timed_out.load(Ordering::SeqCst) => fail(
             StageStatus::TimedOut,
             FailureKind::Timeout,
-            format!("timed out after {}", humantime::format_duration(s.plan.limits.timeout)),
+            format!(
+                "timed out after {}",
+                humantime::format_duration(s.plan.limits.timeout)
+            ),
         ),
-        Outcome::Stopped => fail(StageStatus::Cancelled, FailureKind::Cancelled, "cancelled".into()),
+        Outcome::Stopped => fail(
+            StageStatus::Cancelled,
+            FailureKind::Cancelled,
+            "cancelled".into(),
+        ),
         Outcome::StartFailed(m) => fail(StageStatus::Failed, FailureKind::StartError, m),
         Outcome::Error(m) => fail(StageStatus::Failed, FailureKind::RuntimeError, m),
     }
@@ -181,8 +196,8 @@ pub async fn run_stage(
     if result.log.stdout_truncated && result.status == StageStatus::Succeeded {
         tracing::warn!(stage = %result.name, "stdout is longer than 1 MiB; the output keeps the first 1 MiB");
     }
-    match std::fs::read_to_string(private.join("output")) {
-        Ok(text) => match parse_outputs(&text) {
+    if let Ok(text) = std::fs::read_to_string(private.join("output")) {
+        match parse_outputs(&text) {
             Ok(o) => result.outputs = o,
             Err(e) if result.status == StageStatus::Succeeded => {
                 result.status = StageStatus::Failed;
@@ -190,8 +205,7 @@ pub async fn run_stage(
                 result.reason = Some(format!("invalid $SENTINEL_OUTPUT: {e}"));
             }
             Err(_) => {}
-        },
-        Err(_) => {}
+        }
     }
     result
 }

@@ -184,14 +184,21 @@ mod tests {
         let mut checked = 0;
         for from in ALL {
             for ev in &events {
-                assert_eq!(transition(from, *ev).ok(), expected(from, *ev), "{from:?} on {ev:?}");
+                assert_eq!(
+                    transition(from, *ev).ok(),
+                    expected(from, *ev),
+                    "{from:?} on {ev:?}"
+                );
                 checked += 1;
             }
         }
         assert_eq!(checked, 9 * 14);
         for from in ALL.into_iter().filter(|s| s.is_final()) {
             for ev in &events {
-                assert!(transition(from, *ev).is_err(), "final {from:?} moved on {ev:?}");
+                assert!(
+                    transition(from, *ev).is_err(),
+                    "final {from:?} moved on {ev:?}"
+                );
             }
         }
     }
@@ -199,9 +206,19 @@ mod tests {
     #[test]
     fn run_transition_table() {
         use RunStatus as R;
-        let all = [R::Queued, R::Running, R::Succeeded, R::Failed, R::Cancelled, R::Interrupted];
+        let all = [
+            R::Queued,
+            R::Running,
+            R::Succeeded,
+            R::Failed,
+            R::Cancelled,
+            R::Interrupted,
+        ];
         for from in all {
-            assert_eq!(run_transition(from, RunEvent::Start), (from == R::Queued).then_some(R::Running));
+            assert_eq!(
+                run_transition(from, RunEvent::Start),
+                (from == R::Queued).then_some(R::Running)
+            );
             assert_eq!(
                 run_transition(from, RunEvent::Interrupt),
                 (!from.is_final()).then_some(R::Interrupted)
@@ -223,7 +240,10 @@ mod tests {
         let ok = [("a", S::Succeeded), ("b", S::Succeeded)];
         let failed = [("a", S::Succeeded), ("b", S::Failed)];
         let waiting = [("a", S::Running)];
-        assert_eq!(decide(When::OnSuccess, &waiting, false, false), Decision::Wait);
+        assert_eq!(
+            decide(When::OnSuccess, &waiting, false, false),
+            Decision::Wait
+        );
         assert_eq!(decide(When::Always, &waiting, false, true), Decision::Wait);
         assert_eq!(decide(When::OnSuccess, &ok, false, false), Decision::Run);
         assert_eq!(decide(When::OnSuccess, &[], false, false), Decision::Run);
@@ -239,13 +259,22 @@ mod tests {
         assert_eq!(decide(When::Always, &failed, true, false), Decision::Run);
         assert_eq!(decide(When::Always, &ok, false, true), Decision::Run);
         assert_eq!(decide(When::OnSuccess, &ok, false, true), Decision::Cancel);
-        assert_eq!(decide(When::OnFailure, &failed, true, true), Decision::Cancel);
+        assert_eq!(
+            decide(When::OnFailure, &failed, true, true),
+            Decision::Cancel
+        );
     }
 
     #[test]
     fn outcome() {
-        assert_eq!(run_outcome([S::Succeeded, S::Skipped], false), RunStatus::Succeeded);
-        assert_eq!(run_outcome([S::Succeeded, S::TimedOut], false), RunStatus::Failed);
+        assert_eq!(
+            run_outcome([S::Succeeded, S::Skipped], false),
+            RunStatus::Succeeded
+        );
+        assert_eq!(
+            run_outcome([S::Succeeded, S::TimedOut], false),
+            RunStatus::Failed
+        );
         assert_eq!(run_outcome([S::Failed], true), RunStatus::Cancelled);
     }
 }

@@ -44,12 +44,16 @@ impl RunDirs {
 
 /// The uid of this process.
 pub fn current_uid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
 }
 
 /// The gid of this process.
 pub fn current_gid() -> u32 {
-    std::fs::metadata("/proc/self").map(|m| m.gid()).unwrap_or(0)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.gid())
+        .unwrap_or(0)
 }
 
 /// The user stages run as when the pipeline sets none: the user running
@@ -74,9 +78,9 @@ pub fn copy_source(src: &Path, dst: &Path, skip: &[&str]) -> io::Result<u64> {
     std::fs::create_dir_all(dst)?;
     let mut files = 0;
     let walker = walkdir::WalkDir::new(src).follow_links(false).into_iter();
-    for entry in walker.filter_entry(|e| {
-        e.depth() != 1 || !skip.iter().any(|s| e.file_name() == *s)
-    }) {
+    for entry in
+        walker.filter_entry(|e| e.depth() != 1 || !skip.iter().any(|s| e.file_name() == *s))
+    {
         let entry = entry.map_err(io::Error::other)?;
         let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
         if rel.as_os_str().is_empty() {
@@ -132,29 +136,39 @@ pub fn parse_outputs(text: &str) -> Result<BTreeMap<String, String>, String> {
                 && k.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
-        if let Some((key, delim)) = line.split_once("<<") {
-            if valid_key(key) && !delim.is_empty() && !line.contains('=') {
-                let mut value = Vec::new();
-                let mut closed = false;
-                for (_, l) in lines.by_ref() {
-                    if l == delim {
-                        closed = true;
-                        break;
-                    }
-                    value.push(l);
+        if let Some((key, delim)) = line.split_once("<<")
+            && valid_key(key)
+            && !delim.is_empty()
+            && !line.contains('=')
+        {
+            let mut value = Vec::new();
+            let mut closed = false;
+            for (_, l) in lines.by_ref() {
+                if l == delim {
+                    closed = true;
+                    break;
                 }
-                if !closed {
-                    return Err(format!("line {}: `{key}<<{delim}` is never closed by `{delim}`", n + 1));
-                }
-                out.insert(key.to_string(), value.join("\n"));
-                continue;
+                value.push(l);
             }
+            if !closed {
+                return Err(format!(
+                    "line {}: `{key}<<{delim}` is never closed by `{delim}`",
+                    n + 1
+                ));
+            }
+            out.insert(key.to_string(), value.join("\n"));
+            continue;
         }
         match line.split_once('=') {
             Some((key, value)) if valid_key(key) => {
                 out.insert(key.to_string(), value.to_string());
             }
-            _ => return Err(format!("line {}: expected `key=value` or `key<<DELIMITER`", n + 1)),
+            _ => {
+                return Err(format!(
+                    "line {}: expected `key=value` or `key<<DELIMITER`",
+                    n + 1
+                ));
+            }
         }
     }
     Ok(out)
@@ -171,7 +185,11 @@ mod tests {
         assert_eq!(o["url"], "http://x?y=z");
         assert_eq!(o["multi"], "l1\nl2");
         assert!(parse_outputs("oops").unwrap_err().contains("line 1"));
-        assert!(parse_outputs("m<<X\nnever").unwrap_err().contains("never closed"));
+        assert!(
+            parse_outputs("m<<X\nnever")
+                .unwrap_err()
+                .contains("never closed")
+        );
     }
 
     #[test]
@@ -186,6 +204,13 @@ mod tests {
         assert_eq!(n, 1);
         assert!(dst.path().join("ws/a/b/f.txt").exists());
         assert!(!dst.path().join("ws/.sentinel").exists());
-        assert!(dst.path().join("ws/link").symlink_metadata().unwrap().file_type().is_symlink());
+        assert!(
+            dst.path()
+                .join("ws/link")
+                .symlink_metadata()
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 }

@@ -53,7 +53,10 @@ fn secret_strategy() -> impl Strategy<Value = Vec<u8>> {
 fn form_strategy() -> impl Strategy<Value = Form> {
     prop_oneof![
         Just(Form::Raw),
-        (proptest::collection::vec(any::<u8>(), 0..3), proptest::collection::vec(any::<u8>(), 0..3))
+        (
+            proptest::collection::vec(any::<u8>(), 0..3),
+            proptest::collection::vec(any::<u8>(), 0..3)
+        )
             .prop_map(|(before, after)| Form::Base64 { before, after }),
         Just(Form::Json),
         Just(Form::Url),
@@ -82,7 +85,7 @@ fn encode(secret: &[u8], form: &Form) -> (Vec<u8>, Vec<u8>) {
         Form::Json => {
             let s = String::from_utf8_lossy(secret).into_owned();
             let q = serde_json::to_string(&s).unwrap();
-            let inner = q[1..q.len() - 1].as_bytes().to_vec();
+            let inner = q.as_bytes()[1..q.len() - 1].to_vec();
             (q.into_bytes(), inner)
         }
         Form::Url => {
@@ -97,7 +100,10 @@ fn encode(secret: &[u8], form: &Form) -> (Vec<u8>, Vec<u8>) {
             (out.clone(), out)
         }
         Form::Line(i) => {
-            let lines: Vec<&[u8]> = secret.split(|b| *b == b'\n').filter(|l| l.len() >= 4).collect();
+            let lines: Vec<&[u8]> = secret
+                .split(|b| *b == b'\n')
+                .filter(|l| l.len() >= 4)
+                .collect();
             let line = lines[i % lines.len()].to_vec();
             (line.clone(), line)
         }

@@ -59,14 +59,18 @@ struct Expect {
 
 fn expectations(src: &str) -> Expect {
     let root = sentinel_pipeline::yaml::parse(src, Default::default()).unwrap();
-    let node = root.get("x-expect").expect("a scenario needs an `x-expect:` block");
-    sentinel_pipeline::de::from_node(node).unwrap_or_else(|e| panic!("bad x-expect: {e} at {:?}", e.pos))
+    let node = root
+        .get("x-expect")
+        .expect("a scenario needs an `x-expect:` block");
+    sentinel_pipeline::de::from_node(node)
+        .unwrap_or_else(|e| panic!("bad x-expect: {e} at {:?}", e.pos))
 }
 
 async fn run_scenario(path: &Path) -> Result<(), String> {
     let src = std::fs::read_to_string(path).unwrap();
     let expect = expectations(&src);
-    let plan = sentinel_pipeline::parse_str(&src, &path.display().to_string(), "scenario").map_err(|e| e.to_string())?;
+    let plan = sentinel_pipeline::parse_str(&src, &path.display().to_string(), "scenario")
+        .map_err(|e| e.to_string())?;
     let state = tempfile::tempdir().unwrap();
     let source = tempfile::tempdir().unwrap();
     std::fs::write(source.path().join("file.txt"), "source").unwrap();
@@ -77,10 +81,17 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
         exec: exec.clone(),
         store: Arc::new(MemStore::default()),
         sink: sink.clone(),
-        config: EngineConfig { jobs: expect.jobs.unwrap_or(4), state_dir: state.path().to_path_buf(), keep_workspace: false },
+        config: EngineConfig {
+            jobs: expect.jobs.unwrap_or(4),
+            state_dir: state.path().to_path_buf(),
+            keep_workspace: false,
+        },
     };
     let signals = Signals::default();
-    for (after, token) in [(expect.cancel_after_ms, signals.cancel.clone()), (expect.abort_after_ms, signals.abort.clone())] {
+    for (after, token) in [
+        (expect.cancel_after_ms, signals.cancel.clone()),
+        (expect.abort_after_ms, signals.abort.clone()),
+    ] {
         if let Some(ms) = after {
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -93,7 +104,10 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
         plan,
         source: source.path().to_path_buf(),
         skip: vec![],
-        trigger: Trigger { kind: TriggerKind::Local, by: None },
+        trigger: Trigger {
+            kind: TriggerKind::Local,
+            by: None,
+        },
         git: None,
         host_env: expect.host_env.clone(),
         secrets: expect.secrets.clone(),
@@ -109,95 +123,212 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
             errors.push(msg);
         }
     };
-    check(run.status.as_str() == expect.run, format!("run: expected {}, got {} ({:?})", expect.run, run.status, run.reason));
+    check(
+        run.status.as_str() == expect.run,
+        format!(
+            "run: expected {}, got {} ({:?})",
+            expect.run, run.status, run.reason
+        ),
+    );
     if let Some(r) = &expect.run_reason {
-        check(run.reason.as_deref() == Some(r.as_str()), format!("run reason: expected {r:?}, got {:?}", run.reason));
+        check(
+            run.reason.as_deref() == Some(r.as_str()),
+            format!("run reason: expected {r:?}, got {:?}", run.reason),
+        );
     }
     let stage = |name: &str| -> Option<StageDoc> {
         let key = keys::stage_doc(&run.id, &name.parse().unwrap());
-        sink.objects.lock().unwrap().get(&key).map(|b| serde_json::from_slice(b).unwrap())
+        sink.objects
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map(|b| serde_json::from_slice(b).unwrap())
     };
-    check(run.stages.len() == expect.stages.len(), format!("expected {} stages, run has {}", expect.stages.len(), run.stages.len()));
+    check(
+        run.stages.len() == expect.stages.len(),
+        format!(
+            "expected {} stages, run has {}",
+            expect.stages.len(),
+            run.stages.len()
+        ),
+    );
     for (name, status) in &expect.stages {
         let doc = stage(name);
         let got = doc.as_ref().map(|d| d.status.as_str().to_string());
-        check(got.as_deref() == Some(status.as_str()), format!("{name}: expected {status}, got {got:?} ({:?})", doc.and_then(|d| d.reason)));
-        let entry = run.stages.iter().find(|e| e.name.as_str() == name).map(|e| e.status.as_str());
-        check(entry == Some(status.as_str()), format!("{name}: run.json says {entry:?}, expected {status}"));
+        check(
+            got.as_deref() == Some(status.as_str()),
+            format!(
+                "{name}: expected {status}, got {got:?} ({:?})",
+                doc.and_then(|d| d.reason)
+            ),
+        );
+        let entry = run
+            .stages
+            .iter()
+            .find(|e| e.name.as_str() == name)
+            .map(|e| e.status.as_str());
+        check(
+            entry == Some(status.as_str()),
+            format!("{name}: run.json says {entry:?}, expected {status}"),
+        );
     }
     for (name, reason) in &expect.reasons {
         let got = stage(name).and_then(|d| d.reason).unwrap_or_default();
-        check(got.contains(reason.as_str()), format!("{name}: reason {got:?} lacks {reason:?}"));
+        check(
+            got.contains(reason.as_str()),
+            format!("{name}: reason {got:?} lacks {reason:?}"),
+        );
     }
     for (name, failure) in &expect.failures {
-        let got = stage(name).and_then(|d| d.failure).map(|f| serde_json::to_string(&f).unwrap());
-        check(got.as_deref() == Some(format!("\"{failure}\"").as_str()), format!("{name}: failure {got:?}, expected {failure}"));
+        let got = stage(name)
+            .and_then(|d| d.failure)
+            .map(|f| serde_json::to_string(&f).unwrap());
+        check(
+            got.as_deref() == Some(format!("\"{failure}\"").as_str()),
+            format!("{name}: failure {got:?}, expected {failure}"),
+        );
     }
     for (name, code) in &expect.exit_codes {
         let got = stage(name).and_then(|d| d.exit_code);
-        check(got == Some(*code) || got.is_none(), format!("{name}: exit code {got:?}, expected {code}"));
+        check(
+            got == Some(*code) || got.is_none(),
+            format!("{name}: exit code {got:?}, expected {code}"),
+        );
     }
     if let Some(max) = expect.max_running {
         let got = exec.max_running.load(Ordering::SeqCst);
-        check(got == max, format!("at most {max} stages should run at once; {got} did"));
+        check(
+            got == max,
+            format!("at most {max} stages should run at once; {got} did"),
+        );
     }
     let started = exec.started.lock().unwrap().clone();
     for (a, b) in &expect.order {
         let pa = started.iter().position(|s| s == a);
         let pb = started.iter().position(|s| s == b);
-        check(pa.is_some() && pb.is_some() && pa < pb, format!("{a} should start before {b}: {started:?}"));
+        check(
+            pa.is_some() && pb.is_some() && pa < pb,
+            format!("{a} should start before {b}: {started:?}"),
+        );
     }
     for (name, out) in &expect.outputs {
         let got = stage(name).and_then(|d| d.output);
-        check(got.as_deref() == Some(out.as_str()), format!("{name}: output {got:?}, expected {out:?}"));
+        check(
+            got.as_deref() == Some(out.as_str()),
+            format!("{name}: output {got:?}, expected {out:?}"),
+        );
     }
     for (name, outs) in &expect.named_outputs {
         let got = stage(name).map(|d| d.outputs).unwrap_or_default();
-        check(&got == outs, format!("{name}: outputs {got:?}, expected {outs:?}"));
+        check(
+            &got == outs,
+            format!("{name}: outputs {got:?}, expected {outs:?}"),
+        );
     }
     for (name, text) in &expect.log_contains {
-        let log = sink.objects.lock().unwrap().get(&keys::stage_log(&run.id, &name.parse().unwrap())).cloned().unwrap_or_default();
+        let log = sink
+            .objects
+            .lock()
+            .unwrap()
+            .get(&keys::stage_log(&run.id, &name.parse().unwrap()))
+            .cloned()
+            .unwrap_or_default();
         let log = String::from_utf8_lossy(&log).replace('\n', "=");
-        check(log.contains(text.as_str()), format!("{name}: log {log:?} lacks {text:?}"));
+        check(
+            log.contains(text.as_str()),
+            format!("{name}: log {log:?} lacks {text:?}"),
+        );
     }
     for secret in &expect.nowhere {
         for (key, bytes) in sink.objects.lock().unwrap().iter() {
-            check(!String::from_utf8_lossy(bytes).contains(secret.as_str()), format!("{key} holds {secret:?}"));
+            check(
+                !String::from_utf8_lossy(bytes).contains(secret.as_str()),
+                format!("{key} holds {secret:?}"),
+            );
         }
-        let ws = state.path().join("runs").join(run.id.as_str()).join("workspace/out");
-        check(!ws.exists(), "the run folder should be removed after the run".into());
+        let ws = state
+            .path()
+            .join("runs")
+            .join(run.id.as_str())
+            .join("workspace/out");
+        check(
+            !ws.exists(),
+            "the run folder should be removed after the run".into(),
+        );
     }
     for (name, env) in &expect.recorded_env {
         let got = stage(name).map(|d| d.inputs.env).unwrap_or_default();
         for (k, v) in env {
-            check(got.get(k) == Some(v), format!("{name}: recorded env {k} = {:?}, expected {v:?}", got.get(k)));
+            check(
+                got.get(k) == Some(v),
+                format!(
+                    "{name}: recorded env {k} = {:?}, expected {v:?}",
+                    got.get(k)
+                ),
+            );
         }
     }
     for name in &expect.artifacts {
         let got = stage(name).and_then(|d| d.artifacts);
-        check(got.as_deref() == Some(format!("{name}.zip").as_str()), format!("{name}: artifacts {got:?}"));
+        check(
+            got.as_deref() == Some(format!("{name}.zip").as_str()),
+            format!("{name}: artifacts {got:?}"),
+        );
     }
-    for (name, _) in expect.stages.iter().filter(|(n, _)| !expect.artifacts.contains(n)) {
-        check(stage(name).and_then(|d| d.artifacts).is_none(), format!("{name}: unexpected artifacts"));
+    for (name, _) in expect
+        .stages
+        .iter()
+        .filter(|(n, _)| !expect.artifacts.contains(n))
+    {
+        check(
+            stage(name).and_then(|d| d.artifacts).is_none(),
+            format!("{name}: unexpected artifacts"),
+        );
     }
-    check(exec.ended.lock().unwrap().contains(&run.id), "end_run was not called".into());
+    check(
+        exec.ended.lock().unwrap().contains(&run.id),
+        "end_run was not called".into(),
+    );
     // Publishing order: the index is written last, after the final run.json.
     let writes = sink.writes.lock().unwrap().clone();
-    check(writes.last().map(String::as_str) == Some(keys::index_page(0).as_str()), format!("the index should be written last: {writes:?}"));
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("\n  ")) }
+    check(
+        writes.last().map(String::as_str) == Some(keys::index_page(0).as_str()),
+        format!("the index should be written last: {writes:?}"),
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n  "))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenarios() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    assert!(files.len() >= 15, "expected at least 15 scenarios, found {}", files.len());
+    assert!(
+        files.len() >= 15,
+        "expected at least 15 scenarios, found {}",
+        files.len()
+    );
     let mut failures = Vec::new();
     for f in &files {
         if let Err(e) = run_scenario(f).await {
-            failures.push(format!("{}:\n  {e}", f.file_name().unwrap().to_string_lossy()));
+            failures.push(format!(
+                "{}:\n  {e}",
+                f.file_name().unwrap().to_string_lossy()
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} scenarios failed:\n{}", failures.len(), files.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} scenarios failed:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
 }

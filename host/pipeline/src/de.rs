@@ -32,7 +32,10 @@ impl fmt::Display for DeError {
 impl std::error::Error for DeError {}
 
 /// The candidate closest to `word`, if it is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     candidates
         .into_iter()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -103,10 +106,7 @@ impl<'a> NodeDe<'a> {
         }
     }
 
-    fn plain_number<T: std::str::FromStr, V: Visitor<'a>>(
-        self,
-        visitor: &V,
-    ) -> Result<T, DeError> {
+    fn plain_number<T: std::str::FromStr, V: Visitor<'a>>(self, visitor: &V) -> Result<T, DeError> {
         match self.scalar() {
             Some((s, _)) => s
                 .trim()
@@ -233,7 +233,11 @@ impl<'a> de::Deserializer<'a> for NodeDe<'a> {
         }
     }
 
-    fn deserialize_tuple<V: Visitor<'a>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'a>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -320,7 +324,10 @@ struct MapAccess<'a> {
 impl<'a> de::MapAccess<'a> for MapAccess<'a> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'a>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             Some((key, value)) => {
                 self.value = Some(value);

@@ -80,7 +80,11 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
         return Err(Diagnostics(vec![Diagnostic {
             file,
             pos: Pos { line: 1, col: 1 },
-            message: format!("the file is {} bytes; the limit is {} bytes", meta.len(), caps.max_bytes),
+            message: format!(
+                "the file is {} bytes; the limit is {} bytes",
+                meta.len(),
+                caps.max_bytes
+            ),
             hint: None,
         }])
         .into());
@@ -92,7 +96,11 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
     let folder = path
         .canonicalize()
         .ok()
-        .and_then(|p| p.parent().and_then(|d| d.file_name()).map(|n| n.to_string_lossy().into_owned()))
+        .and_then(|p| {
+            p.parent()
+                .and_then(|d| d.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+        })
         .unwrap_or_else(|| "pipeline".to_string());
     Ok(parse_str(&src, &file, &folder)?)
 }
@@ -105,7 +113,8 @@ pub fn parse_str(src: &str, file: &str, default_name: &str) -> Result<Plan, Diag
         message,
         hint,
     };
-    let root = yaml::parse(src, Caps::default()).map_err(|e| Diagnostics(vec![diag(e.pos, e.message, None)]))?;
+    let root = yaml::parse(src, Caps::default())
+        .map_err(|e| Diagnostics(vec![diag(e.pos, e.message, None)]))?;
 
     // Detect the version before reading anything else.
     match (&root.value, root.get("version")) {
@@ -119,7 +128,11 @@ pub fn parse_str(src: &str, file: &str, default_name: &str) -> Result<Plan, Diag
                 )]));
             }
             _ => {
-                return Err(Diagnostics(vec![diag(v.pos, "`version` must be a number".into(), None)]));
+                return Err(Diagnostics(vec![diag(
+                    v.pos,
+                    "`version` must be a number".into(),
+                    None,
+                )]));
             }
         },
         (Value::Map(_), None) => {
@@ -143,9 +156,8 @@ pub fn parse_str(src: &str, file: &str, default_name: &str) -> Result<Plan, Diag
     if let Value::Map(entries) = &mut root.value {
         entries.retain(|(k, _)| !matches!(&k.value, Value::Scalar(s, _) if s.starts_with("x-")));
     }
-    let raw: raw::RawPipeline = de::from_node(&root).map_err(|e| {
-        Diagnostics(vec![diag(e.pos.unwrap_or(root.pos), e.message, e.hint)])
-    })?;
+    let raw: raw::RawPipeline = de::from_node(&root)
+        .map_err(|e| Diagnostics(vec![diag(e.pos.unwrap_or(root.pos), e.message, e.hint)]))?;
     validate::validate(&raw, default_name).map_err(|issues| {
         let mut ds: Vec<Diagnostic> = issues
             .into_iter()

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Serialize, Serializer};
 use sentinel_api::{StageKind, StageName};
+use serde::{Serialize, Serializer};
 
 use crate::template::Template;
 
@@ -119,7 +119,10 @@ impl Limits {
     /// The limits as strings, for the stage document.
     pub fn describe(&self) -> BTreeMap<String, String> {
         let mut m = BTreeMap::new();
-        m.insert("timeout".into(), humantime::format_duration(self.timeout).to_string());
+        m.insert(
+            "timeout".into(),
+            humantime::format_duration(self.timeout).to_string(),
+        );
         m.insert("memory".into(), self.memory.to_string());
         if let Some(c) = self.cpus {
             m.insert("cpus".into(), c.to_string());

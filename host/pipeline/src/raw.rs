@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 use schemars::JsonSchema;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 /// A pipeline file, version 1.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -3,8 +3,8 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
 use sentinel_api::StageName;
+use serde::{Serialize, Serializer};
 
 /// What a `${…}` may name. Nothing else is accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,7 +78,10 @@ impl Template {
     }
 
     /// Builds the value, asking `resolve` for each reference.
-    pub fn render<E>(&self, mut resolve: impl FnMut(&Ref) -> Result<String, E>) -> Result<String, E> {
+    pub fn render<E>(
+        &self,
+        mut resolve: impl FnMut(&Ref) -> Result<String, E>,
+    ) -> Result<String, E> {
         let mut out = String::new();
         for p in &self.0 {
             match p {
@@ -135,9 +138,9 @@ pub fn parse(value: &str) -> Result<Template, TemplateError> {
     while let Some(i) = rest.find('$') {
         lit.push_str(&rest[..i]);
         let after = &rest[i..];
-        if after.starts_with("$${") {
+        if let Some(after_escape) = after.strip_prefix("$${") {
             lit.push_str("${");
-            rest = &after[3..];
+            rest = after_escape;
             offset += i + 3;
         } else if let Some(body_start) = after.strip_prefix("${") {
             let Some(end) = body_start.find('}') else {
@@ -189,7 +192,8 @@ fn parse_ref(body: &str) -> Result<Ref, (String, Option<&'static str>)> {
 }
 
 fn stage_name(s: &str) -> Result<StageName, (String, Option<&'static str>)> {
-    s.parse().map_err(|e: sentinel_api::IdError| (e.to_string(), None))
+    s.parse()
+        .map_err(|e: sentinel_api::IdError| (e.to_string(), None))
 }
 
 #[cfg(test)]

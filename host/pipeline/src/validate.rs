@@ -68,7 +68,7 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
         _ => (t, 1),
     };
     let n: f64 = num.trim().parse().ok()?;
-    (n.is_finite() && n >= 0.0).then(|| (n * mult as f64) as u64)
+    (n.is_finite() && n >= 0.0).then_some((n * mult as f64) as u64)
 }
 
 fn parse_duration(s: &str) -> Option<Duration> {
@@ -88,7 +88,10 @@ pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue
     if raw.version != 1 {
         cx.issue(
             vec![key("version")],
-            format!("unsupported version {}; this Sentinel reads version 1", raw.version),
+            format!(
+                "unsupported version {}; this Sentinel reads version 1",
+                raw.version
+            ),
             None,
         );
         return Err(cx.issues);
@@ -126,7 +129,10 @@ pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue
             Some(v) => {
                 if let Some(t) = parse_template(&mut cx, path.clone(), v) {
                     for r in t.refs() {
-                        if !matches!(r, Ref::RunId | Ref::GitCommit | Ref::GitBranch | Ref::GitRepo) {
+                        if !matches!(
+                            r,
+                            Ref::RunId | Ref::GitCommit | Ref::GitBranch | Ref::GitRepo
+                        ) {
                             cx.issue(
                                 path.clone(),
                                 format!("`{r}` cannot be used in the pipeline's `env:`"),
@@ -141,14 +147,22 @@ pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue
     }
 
     let defaults = &raw.defaults;
-    let default_limits = limits(&mut cx, vec![key("defaults")], defaults, None, !raw.services.is_empty());
+    let default_limits = limits(
+        &mut cx,
+        vec![key("defaults")],
+        defaults,
+        None,
+        !raw.services.is_empty(),
+    );
 
     // Services.
     let mut services = Vec::new();
     for (name, svc) in &raw.services {
         let path = vec![key("services"), key(name)];
         let dns_ok = name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && name.as_bytes().first().is_some_and(u8::is_ascii_lowercase);
         if !dns_ok {
             cx.issue(
@@ -167,12 +181,20 @@ pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue
         }
         let mut svc_env = BTreeMap::new();
         for (k, v) in &svc.env {
-            check_env_name(&mut cx, vec![key("services"), key(name), key("env"), key_name(k)], k);
+            check_env_name(
+                &mut cx,
+                vec![key("services"), key(name), key("env"), key_name(k)],
+                k,
+            );
             let vpath = vec![key("services"), key(name), key("env"), key(k)];
             if let Some(t) = parse_template(&mut cx, vpath.clone(), v) {
                 check_refs(&mut cx, &vpath, &t, None, &secrets);
                 if let Some(r) = t.refs().find(|r| r.stage().is_some()) {
-                    cx.issue(vpath, format!("a service cannot use `{r}`: services start before the stages"), None);
+                    cx.issue(
+                        vpath,
+                        format!("a service cannot use `{r}`: services start before the stages"),
+                        None,
+                    );
                 }
                 svc_env.insert(k.clone(), t);
             }
@@ -204,7 +226,10 @@ pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue
     if raw.stages.len() > MAX_STAGES {
         cx.issue(
             vec![key("stages")],
-            format!("the pipeline has {} stages; the limit is {MAX_STAGES}", raw.stages.len()),
+            format!(
+                "the pipeline has {} stages; the limit is {MAX_STAGES}",
+                raw.stages.len()
+            ),
             None,
         );
         return Err(cx.issues);
@@ -232,11 +257,18 @@ pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue
     let stages = match topo_sort(stages) {
         Ok(s) => s,
         Err((cycle, first)) => {
-            let path = cycle.iter().map(StageName::as_str).collect::<Vec<_>>().join(" → ");
+            let path = cycle
+                .iter()
+                .map(StageName::as_str)
+                .collect::<Vec<_>>()
+                .join(" → ");
             cx.issue(
                 vec![key("stages"), key_name(first.as_str())],
                 format!("dependency cycle: {path}"),
-                Some("remove one of these edges (`after:`, a `${stages…}` reference or `volumes:`)".into()),
+                Some(
+                    "remove one of these edges (`after:`, a `${stages…}` reference or `volumes:`)"
+                        .into(),
+                ),
             );
             return Err(cx.issues);
         }
@@ -254,9 +286,17 @@ pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue
 
 fn check_env_name(cx: &mut Ctx<'_>, path: Vec<PathSeg>, name: &str) {
     if !env_name_ok(name) {
-        cx.issue(path, format!("`{name}` is not a valid variable name"), Some("use letters, digits and `_`, not starting with a digit".into()));
+        cx.issue(
+            path,
+            format!("`{name}` is not a valid variable name"),
+            Some("use letters, digits and `_`, not starting with a digit".into()),
+        );
     } else if name.starts_with("SENTINEL_") {
-        cx.issue(path, format!("`{name}`: names starting with `SENTINEL_` are reserved for Sentinel"), None);
+        cx.issue(
+            path,
+            format!("`{name}`: names starting with `SENTINEL_` are reserved for Sentinel"),
+            None,
+        );
     }
 }
 
@@ -271,12 +311,21 @@ fn parse_template(cx: &mut Ctx<'_>, path: Vec<PathSeg>, value: &str) -> Option<T
 }
 
 /// Checks that every reference of `t` names something that exists.
-fn check_refs(cx: &mut Ctx<'_>, path: &[PathSeg], t: &Template, this: Option<&StageName>, secrets: &[String]) {
+fn check_refs(
+    cx: &mut Ctx<'_>,
+    path: &[PathSeg],
+    t: &Template,
+    this: Option<&StageName>,
+    secrets: &[String],
+) {
     for r in t.refs() {
         match r {
             Ref::Env(n) if !cx.raw.env.contains_key(n) => {
-                let hint = did_you_mean(n, cx.raw.env.keys().map(String::as_str))
-                    .or_else(|| Some(format!("declare it in the pipeline's `env:` (`{n}: ~` takes it from the host)")));
+                let hint = did_you_mean(n, cx.raw.env.keys().map(String::as_str)).or_else(|| {
+                    Some(format!(
+                        "declare it in the pipeline's `env:` (`{n}: ~` takes it from the host)"
+                    ))
+                });
                 cx.issue(path.to_vec(), format!("unknown variable `{r}`"), hint);
             }
             Ref::Secret(n) if !secrets.contains(n) => {
@@ -286,7 +335,11 @@ fn check_refs(cx: &mut Ctx<'_>, path: &[PathSeg], t: &Template, this: Option<&St
             }
             Ref::StageOutput(s) | Ref::StageNamedOutput(s, _) => {
                 if Some(s) == this {
-                    cx.issue(path.to_vec(), format!("stage `{s}` cannot use its own output"), None);
+                    cx.issue(
+                        path.to_vec(),
+                        format!("stage `{s}` cannot use its own output"),
+                        None,
+                    );
                 } else if !cx.raw.stages.contains_key(s.as_str()) {
                     let hint = did_you_mean(s.as_str(), cx.raw.stages.keys().map(String::as_str));
                     cx.issue(path.to_vec(), format!("unknown stage `{s}` in `{r}`"), hint);
@@ -307,7 +360,11 @@ fn limits(
     let at = |k: &str| [path.clone(), vec![key(k)]].concat();
     let timeout = match &d.timeout {
         Some(s) => parse_duration(s).unwrap_or_else(|| {
-            cx.issue(at("timeout"), format!("`{s}` is not a duration"), Some("write it like `90s`, `20m` or `1h30m`".into()));
+            cx.issue(
+                at("timeout"),
+                format!("`{s}` is not a duration"),
+                Some("write it like `90s`, `20m` or `1h30m`".into()),
+            );
             Limits::DEFAULT_TIMEOUT
         }),
         None => base.map_or(Limits::DEFAULT_TIMEOUT, |b| b.timeout),
@@ -316,21 +373,43 @@ fn limits(
         Some(s) => match parse_bytes(s) {
             Some(n) if n >= min => n,
             Some(_) => {
-                cx.issue(at(field), format!("`{s}` is too small; the least is {min} bytes"), None);
+                cx.issue(
+                    at(field),
+                    format!("`{s}` is too small; the least is {min} bytes"),
+                    None,
+                );
                 default
             }
             None => {
-                cx.issue(at(field), format!("`{s}` is not a size"), Some("write it like `512m`, `2g` or a number of bytes".into()));
+                cx.issue(
+                    at(field),
+                    format!("`{s}` is not a size"),
+                    Some("write it like `512m`, `2g` or a number of bytes".into()),
+                );
                 default
             }
         },
         None => default,
     };
-    let memory = bytes("memory", &d.memory, base.map_or(Limits::DEFAULT_MEMORY, |b| b.memory), 6 << 20);
-    let log_limit = bytes("log_limit", &d.log_limit, base.map_or(Limits::DEFAULT_LOG_LIMIT, |b| b.log_limit), 1024);
+    let memory = bytes(
+        "memory",
+        &d.memory,
+        base.map_or(Limits::DEFAULT_MEMORY, |b| b.memory),
+        6 << 20,
+    );
+    let log_limit = bytes(
+        "log_limit",
+        &d.log_limit,
+        base.map_or(Limits::DEFAULT_LOG_LIMIT, |b| b.log_limit),
+        1024,
+    );
     let cpus = match d.cpus {
         Some(c) if !(c > 0.0 && c <= 1024.0) => {
-            cx.issue(at("cpus"), format!("`{c}` CPUs is not a usable limit"), Some("use a positive number such as `0.5` or `2`".into()));
+            cx.issue(
+                at("cpus"),
+                format!("`{c}` CPUs is not a usable limit"),
+                Some("use a positive number such as `0.5` or `2`".into()),
+            );
             None
         }
         Some(c) => Some(c),
@@ -341,11 +420,19 @@ fn limits(
         Some("bridge") => Network::Bridge,
         Some("run") => Network::Run,
         Some(other) => {
-            let hint = did_you_mean(other, ["none", "bridge", "run"]).or_else(|| Some("use `none`, `bridge` or `run`".into()));
+            let hint = did_you_mean(other, ["none", "bridge", "run"])
+                .or_else(|| Some("use `none`, `bridge` or `run`".into()));
             cx.issue(at("network"), format!("unknown network `{other}`"), hint);
             Network::None
         }
-        None => base.map_or(if has_services { Network::Run } else { Network::Bridge }, |b| b.network),
+        None => base.map_or(
+            if has_services {
+                Network::Run
+            } else {
+                Network::Bridge
+            },
+            |b| b.network,
+        ),
     };
     let pids = match d.pids {
         Some(0) => {
@@ -357,15 +444,29 @@ fn limits(
     };
     let user = match &d.user {
         Some(u) => {
-            let ok = u.split(':').count() <= 2 && u.split(':').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            let ok = u.split(':').count() <= 2
+                && u.split(':')
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
             if !ok {
-                cx.issue(at("user"), format!("user `{u}` must be numeric: `uid` or `uid:gid`"), None);
+                cx.issue(
+                    at("user"),
+                    format!("user `{u}` must be numeric: `uid` or `uid:gid`"),
+                    None,
+                );
             }
             Some(u.clone())
         }
         None => base.and_then(|b| b.user.clone()),
     };
-    Limits { timeout, memory, cpus, network, log_limit, pids, user }
+    Limits {
+        timeout,
+        memory,
+        cpus,
+        network,
+        log_limit,
+        pids,
+        user,
+    }
 }
 
 fn stage_plan(
@@ -382,28 +483,53 @@ fn stage_plan(
 
     let action = match (&s.run, &s.step) {
         (Some(_), Some(_)) => {
-            cx.issue(at("step"), format!("stage `{name}` has both `run` and `step`; a stage is one or the other"), None);
+            cx.issue(
+                at("step"),
+                format!("stage `{name}` has both `run` and `step`; a stage is one or the other"),
+                None,
+            );
             None
         }
         (None, None) => {
-            cx.issue(base.clone(), format!("stage `{name}` has neither `run` (a container) nor `step` (a WebAssembly step)"), None);
+            cx.issue(
+                base.clone(),
+                format!(
+                    "stage `{name}` has neither `run` (a container) nor `step` (a WebAssembly step)"
+                ),
+                None,
+            );
             None
         }
         (Some(script), None) => {
             if !s.with.is_empty() {
-                cx.issue(at("with"), "`with:` sets a step's settings; container stages use `env:`", None);
+                cx.issue(
+                    at("with"),
+                    "`with:` sets a step's settings; container stages use `env:`",
+                    None,
+                );
             }
             match s.image.clone().or_else(|| cx.raw.box_image.clone()) {
-                Some(image) if !image.trim().is_empty() => Some(Action::Container { image, script: script.clone() }),
+                Some(image) if !image.trim().is_empty() => Some(Action::Container {
+                    image,
+                    script: script.clone(),
+                }),
                 _ => {
-                    cx.issue(base.clone(), format!("stage `{name}` has no `image` and the pipeline has no `box`"), Some("set `image:` on the stage or `box:` at the top of the file".into()));
+                    cx.issue(
+                        base.clone(),
+                        format!("stage `{name}` has no `image` and the pipeline has no `box`"),
+                        Some("set `image:` on the stage or `box:` at the top of the file".into()),
+                    );
                     None
                 }
             }
         }
         (None, Some(step)) => {
             if s.image.is_some() {
-                cx.issue(at("image"), "a step stage has no image; remove `image:`", None);
+                cx.issue(
+                    at("image"),
+                    "a step stage has no image; remove `image:`",
+                    None,
+                );
             }
             let mut with = BTreeMap::new();
             for (k, v) in &s.with {
@@ -418,7 +544,10 @@ fn stage_plan(
                 format!("stage `{name}` uses the WebAssembly step `{step}`, but this build has no step runtime yet"),
                 Some("run this part as a container stage (`run:`) for now".into()),
             );
-            Some(Action::Step { step: step.clone(), with })
+            Some(Action::Step {
+                step: step.clone(),
+                with,
+            })
         }
     };
 
@@ -445,7 +574,11 @@ fn stage_plan(
 
     let mut env = BTreeMap::new();
     for (k, v) in &s.env {
-        check_env_name(cx, [base.clone(), vec![key("env"), key_name(k)]].concat(), k);
+        check_env_name(
+            cx,
+            [base.clone(), vec![key("env"), key_name(k)]].concat(),
+            k,
+        );
         let p = [base.clone(), vec![key("env"), key(k)]].concat();
         if let Some(t) = parse_template(cx, p.clone(), v) {
             check_refs(cx, &p, &t, Some(&name), secrets);
@@ -500,7 +633,11 @@ fn stage_plan(
 /// A finalizer (a `when: always | on_failure` stage with no dependencies of
 /// its own) comes after every stage that is not itself a finalizer.
 fn add_finalizer_edges(stages: &mut [StagePlan]) {
-    let regular: Vec<StageName> = stages.iter().filter(|s| !s.finalizer).map(|s| s.name.clone()).collect();
+    let regular: Vec<StageName> = stages
+        .iter()
+        .filter(|s| !s.finalizer)
+        .map(|s| s.name.clone())
+        .collect();
     for s in stages.iter_mut().filter(|s| s.finalizer) {
         s.needs = regular.clone();
         s.needs.sort();

@@ -151,7 +151,13 @@ impl YamlError {
 
 enum Frame {
     Seq(Pos, Option<usize>, Vec<Node>),
-    Map(Pos, Option<usize>, Vec<(Node, Node)>, Option<Node>, Vec<String>),
+    Map(
+        Pos,
+        Option<usize>,
+        Vec<(Node, Node)>,
+        Option<Node>,
+        Vec<String>,
+    ),
 }
 
 /// Parses one YAML document into a tree, enforcing `caps`.
@@ -187,7 +193,8 @@ pub fn parse(src: &str, caps: Caps) -> Result<Node, YamlError> {
         })?;
         b.event(event, &span)?;
     }
-    b.root.ok_or_else(|| YamlError::at(Pos { line: 1, col: 1 }, "the file is empty"))
+    b.root
+        .ok_or_else(|| YamlError::at(Pos { line: 1, col: 1 }, "the file is empty"))
 }
 
 struct Builder {

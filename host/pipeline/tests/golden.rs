@@ -14,15 +14,20 @@ fn golden_files() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 30, "expected at least 30 golden cases, found {}", cases.len());
+    assert!(
+        cases.len() >= 30,
+        "expected at least 30 golden cases, found {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_stem().unwrap().to_string_lossy().into_owned();
         let src = std::fs::read_to_string(case).unwrap();
-        let (actual, ext) = match sentinel_pipeline::parse_str(&src, &format!("{name}.yaml"), "golden") {
-            Ok(plan) => (serde_json::to_string_pretty(&plan).unwrap() + "\n", "json"),
-            Err(d) => (d.to_string() + "\n", "err"),
-        };
+        let (actual, ext) =
+            match sentinel_pipeline::parse_str(&src, &format!("{name}.yaml"), "golden") {
+                Ok(plan) => (serde_json::to_string_pretty(&plan).unwrap() + "\n", "json"),
+                Err(d) => (d.to_string() + "\n", "err"),
+            };
         let expected_path = case.with_extension(ext);
         let other = case.with_extension(if ext == "json" { "err" } else { "json" });
         if bless {
@@ -31,16 +36,31 @@ fn golden_files() {
             continue;
         }
         if name.starts_with("ok_") != (ext == "json") {
-            failures.push(format!("{name}: expected {} but got:\n{actual}", if name.starts_with("ok_") { "a plan" } else { "an error" }));
+            failures.push(format!(
+                "{name}: expected {} but got:\n{actual}",
+                if name.starts_with("ok_") {
+                    "a plan"
+                } else {
+                    "an error"
+                }
+            ));
             continue;
         }
         match std::fs::read_to_string(&expected_path) {
             Ok(expected) if expected == actual => {}
             Ok(expected) => failures.push(format!("{name}: expected\n{expected}\ngot\n{actual}")),
-            Err(_) => failures.push(format!("{name}: no {} file; got\n{actual}", expected_path.display())),
+            Err(_) => failures.push(format!(
+                "{name}: no {} file; got\n{actual}",
+                expected_path.display()
+            )),
         }
     }
-    assert!(failures.is_empty(), "{} golden case(s) differ:\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} golden case(s) differ:\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[test]
@@ -50,7 +70,14 @@ fn json_schema_is_committed_and_current() {
     if std::env::var_os("SENTINEL_BLESS").is_some() {
         std::fs::write(&committed, &current).unwrap();
     }
-    let on_disk = std::fs::read_to_string(&committed)
-        .unwrap_or_else(|_| panic!("{} is missing: run `sentinel schema > docs/sentinel.schema.json`", committed.display()));
-    assert_eq!(on_disk, current, "docs/sentinel.schema.json is stale: run `sentinel schema > docs/sentinel.schema.json`");
+    let on_disk = std::fs::read_to_string(&committed).unwrap_or_else(|_| {
+        panic!(
+            "{} is missing: run `sentinel schema > docs/sentinel.schema.json`",
+            committed.display()
+        )
+    });
+    assert_eq!(
+        on_disk, current,
+        "docs/sentinel.schema.json is stale: run `sentinel schema > docs/sentinel.schema.json`"
+    );
 }

@@ -28,7 +28,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{:?}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
         std::process::id(),
         std::thread::current().id()
     ));
@@ -38,7 +40,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StorageError> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| err(format!("read {}", path.display()), e)),
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| err(format!("read {}", path.display()), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err(format!("read {}", path.display()), e)),
     }
@@ -59,7 +63,11 @@ impl LocalSink {
         self.root.join(key)
     }
 
-    async fn put_json<T: Serialize + Sync>(&self, key: String, doc: &T) -> Result<(), StorageError> {
+    async fn put_json<T: Serialize + Sync>(
+        &self,
+        key: String,
+        doc: &T,
+    ) -> Result<(), StorageError> {
         let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| err("encode", e))?;
         bytes.push(b'\n');
         let path = self.path(&key);
@@ -86,7 +94,11 @@ impl LocalSink {
     fn write_index(&self, mut runs: Vec<RunSummary>) -> Result<(), StorageError> {
         runs.sort_by(|a, b| b.id.cmp(&a.id));
         runs.dedup_by(|a, b| a.id == b.id);
-        let chunks: Vec<&[RunSummary]> = if runs.is_empty() { vec![&[]] } else { runs.chunks(INDEX_PAGE_SIZE).collect() };
+        let chunks: Vec<&[RunSummary]> = if runs.is_empty() {
+            vec![&[]]
+        } else {
+            runs.chunks(INDEX_PAGE_SIZE).collect()
+        };
         let pages = chunks.len() as u32;
         // Older pages first, so page 0 never points at a page not yet written.
         for (i, chunk) in chunks.iter().enumerate().rev() {
@@ -99,7 +111,8 @@ impl LocalSink {
             };
             let mut bytes = serde_json::to_vec_pretty(&page).map_err(|e| err("encode index", e))?;
             bytes.push(b'\n');
-            write_atomic(&self.path(&keys::index_page(i as u32)), &bytes).map_err(|e| err("write index", e))?;
+            write_atomic(&self.path(&keys::index_page(i as u32)), &bytes)
+                .map_err(|e| err("write index", e))?;
         }
         Ok(())
     }
@@ -107,7 +120,12 @@ impl LocalSink {
 
 #[async_trait]
 impl ResultsSink for LocalSink {
-    async fn put_log(&self, run: &RunId, stage: &StageName, file: &Path) -> Result<String, StorageError> {
+    async fn put_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        file: &Path,
+    ) -> Result<String, StorageError> {
         let key = keys::stage_log(run, stage);
         let (src, dst) = (file.to_path_buf(), self.path(&key));
         tokio::task::spawn_blocking(move || {
@@ -120,11 +138,20 @@ impl ResultsSink for LocalSink {
         Ok(format!("{stage}.log"))
     }
 
-    async fn put_artifacts(&self, run: &RunId, stage: &StageName, dir: &Path) -> Result<Option<String>, StorageError> {
+    async fn put_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        dir: &Path,
+    ) -> Result<Option<String>, StorageError> {
         let key = keys::stage_artifacts(run, stage);
         let (src, dst) = (dir.to_path_buf(), self.path(&key));
         let n = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
-            let has_files = walkdir::WalkDir::new(&src).follow_links(false).into_iter().flatten().any(|e| e.file_type().is_file());
+            let has_files = walkdir::WalkDir::new(&src)
+                .follow_links(false)
+                .into_iter()
+                .flatten()
+                .any(|e| e.file_type().is_file());
             if !has_files {
                 return Ok(0);
             }
@@ -141,7 +168,8 @@ impl ResultsSink for LocalSink {
     }
 
     async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError> {
-        self.put_json(keys::stage_doc(&doc.run_id, &doc.name), doc).await
+        self.put_json(keys::stage_doc(&doc.run_id, &doc.name), doc)
+            .await
     }
 
     async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError> {
@@ -175,11 +203,19 @@ impl ResultsSink for LocalSink {
         read_json(&self.path(&keys::run_doc(run)))
     }
 
-    async fn get_stage(&self, run: &RunId, stage: &StageName) -> Result<Option<StageDoc>, StorageError> {
+    async fn get_stage(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<StageDoc>, StorageError> {
         read_json(&self.path(&keys::stage_doc(run, stage)))
     }
 
-    async fn get_log(&self, run: &RunId, stage: &StageName) -> Result<Option<Vec<u8>>, StorageError> {
+    async fn get_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
         match tokio::fs::read(self.path(&keys::stage_log(run, stage))).await {
             Ok(b) => Ok(Some(b)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -236,7 +272,10 @@ mod tests {
         assert!(p2.next.is_none());
         let all = sink.read_index().unwrap();
         assert_eq!(all.len(), 250);
-        assert_eq!(all.iter().find(|r| r.id == again.id).unwrap().status, RunStatus::Failed);
+        assert_eq!(
+            all.iter().find(|r| r.id == again.id).unwrap().status,
+            RunStatus::Failed
+        );
         let _ = TriggerKind::Local;
     }
 
@@ -251,10 +290,26 @@ mod tests {
         assert_eq!(sink.put_artifacts(&run, &stage, &art).await.unwrap(), None);
         std::fs::write(art.join("sub/app.bin"), b"binary").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", art.join("passwd")).unwrap();
-        assert_eq!(sink.put_artifacts(&run, &stage, &art).await.unwrap().as_deref(), Some("build.zip"));
-        let zip = std::fs::File::open(dir.path().join("results/run/01JDX3K6Q2T8W9V5M4N3P2R1S0/build.zip")).unwrap();
+        assert_eq!(
+            sink.put_artifacts(&run, &stage, &art)
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("build.zip")
+        );
+        let zip = std::fs::File::open(
+            dir.path()
+                .join("results/run/01JDX3K6Q2T8W9V5M4N3P2R1S0/build.zip"),
+        )
+        .unwrap();
         let mut archive = zip::ZipArchive::new(zip).unwrap();
-        let names: Vec<String> = (0..archive.len()).map(|i| archive.by_index(i).unwrap().name().unwrap().to_string()).collect();
-        assert_eq!(names, vec!["sub/", "sub/app.bin"], "the symlink is not followed");
+        let names: Vec<String> = (0..archive.len())
+            .map(|i| archive.by_index(i).unwrap().name().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["sub/", "sub/app.bin"],
+            "the symlink is not followed"
+        );
     }
 }

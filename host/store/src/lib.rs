@@ -51,7 +51,11 @@ fn err(context: &str, e: impl std::fmt::Display) -> StorageError {
 }
 
 fn encode<T: Serialize>(doc: &T) -> Result<Vec<u8>, StorageError> {
-    serde_json::to_vec(&Envelope { v: VALUE_VERSION, doc }).map_err(|e| err("encode", e))
+    serde_json::to_vec(&Envelope {
+        v: VALUE_VERSION,
+        doc,
+    })
+    .map_err(|e| err("encode", e))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
@@ -61,7 +65,13 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     }
     let version: Version = serde_json::from_slice(bytes).map_err(|e| err("decode", e))?;
     if version.v != VALUE_VERSION {
-        return Err(err("decode", format!("stored value has version {}; this Sentinel reads {VALUE_VERSION}", version.v)));
+        return Err(err(
+            "decode",
+            format!(
+                "stored value has version {}; this Sentinel reads {VALUE_VERSION}",
+                version.v
+            ),
+        ));
     }
     let env: Envelope<T> = serde_json::from_slice(bytes).map_err(|e| err("decode", e))?;
     Ok(env.doc)
@@ -70,7 +80,10 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
 impl SledStore {
     /// Opens (creating) the database in `dir`, without waiting for a lock.
     pub fn try_open(dir: &Path) -> Result<Self, OpenError> {
-        let other = |e: &dyn std::fmt::Display| OpenError::Other { path: dir.to_path_buf(), message: e.to_string() };
+        let other = |e: &dyn std::fmt::Display| OpenError::Other {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        };
         std::fs::create_dir_all(dir).map_err(|e| other(&e))?;
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -80,7 +93,9 @@ impl SledStore {
             .map_err(|e| other(&e))?;
         match lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::Locked(dir.to_path_buf())),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked(dir.to_path_buf()));
+            }
             Err(std::fs::TryLockError::Error(e)) => return Err(other(&e)),
         }
         let db = sled::Config::new()
@@ -116,7 +131,9 @@ impl SledStore {
 #[async_trait]
 impl Store for SledStore {
     async fn put_run(&self, run: &RunDoc, durable: bool) -> Result<(), StorageError> {
-        self.runs.insert(run.id.as_str(), encode(run)?).map_err(|e| err("put run", e))?;
+        self.runs
+            .insert(run.id.as_str(), encode(run)?)
+            .map_err(|e| err("put run", e))?;
         if durable {
             self.flush().await?;
         }
@@ -125,7 +142,10 @@ impl Store for SledStore {
 
     async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError> {
         self.stages
-            .insert(Self::stage_key(&stage.run_id, stage.name.as_str()), encode(stage)?)
+            .insert(
+                Self::stage_key(&stage.run_id, stage.name.as_str()),
+                encode(stage)?,
+            )
             .map_err(|e| err("put stage", e))?;
         Ok(())
     }
@@ -134,25 +154,37 @@ impl Store for SledStore {
         let seq = self.db.generate_id().map_err(|e| err("event id", e))?;
         let mut key = format!("{run}/").into_bytes();
         key.extend_from_slice(&seq.to_be_bytes());
-        self.events.insert(key, encode(event)?).map_err(|e| err("append event", e))?;
+        self.events
+            .insert(key, encode(event)?)
+            .map_err(|e| err("append event", e))?;
         Ok(())
     }
 
     async fn get_run(&self, id: &RunId) -> Result<Option<RunDoc>, StorageError> {
-        self.runs.get(id.as_str()).map_err(|e| err("get run", e))?.map(|v| decode(&v)).transpose()
+        self.runs
+            .get(id.as_str())
+            .map_err(|e| err("get run", e))?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     async fn get_stages(&self, id: &RunId) -> Result<Vec<StageDoc>, StorageError> {
         self.stages
             .scan_prefix(format!("{id}/"))
-            .map(|kv| kv.map_err(|e| err("get stages", e)).and_then(|(_, v)| decode(&v)))
+            .map(|kv| {
+                kv.map_err(|e| err("get stages", e))
+                    .and_then(|(_, v)| decode(&v))
+            })
             .collect()
     }
 
     async fn get_events(&self, id: &RunId) -> Result<Vec<Event>, StorageError> {
         self.events
             .scan_prefix(format!("{id}/"))
-            .map(|kv| kv.map_err(|e| err("get events", e)).and_then(|(_, v)| decode(&v)))
+            .map(|kv| {
+                kv.map_err(|e| err("get events", e))
+                    .and_then(|(_, v)| decode(&v))
+            })
             .collect()
     }
 
@@ -161,24 +193,34 @@ impl Store for SledStore {
             .iter()
             .rev()
             .take(limit)
-            .map(|kv| kv.map_err(|e| err("list runs", e)).and_then(|(_, v)| decode(&v)))
+            .map(|kv| {
+                kv.map_err(|e| err("list runs", e))
+                    .and_then(|(_, v)| decode(&v))
+            })
             .collect()
     }
 
     async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        self.leases.insert(lease.run_id.as_str(), encode(lease)?).map_err(|e| err("put lease", e))?;
+        self.leases
+            .insert(lease.run_id.as_str(), encode(lease)?)
+            .map_err(|e| err("put lease", e))?;
         self.flush().await
     }
 
     async fn remove_lease(&self, run: &RunId) -> Result<(), StorageError> {
-        self.leases.remove(run.as_str()).map_err(|e| err("remove lease", e))?;
-        self.flush().await
+        self.leases
+            .remove(run.as_str())
+            .map_err(|e| err("remove lease", e))?;
+        Ok(())
     }
 
     async fn leases(&self) -> Result<Vec<Lease>, StorageError> {
         self.leases
             .iter()
-            .map(|kv| kv.map_err(|e| err("leases", e)).and_then(|(_, v)| decode(&v)))
+            .map(|kv| {
+                kv.map_err(|e| err("leases", e))
+                    .and_then(|(_, v)| decode(&v))
+            })
             .collect()
     }
 }
@@ -197,7 +239,10 @@ mod tests {
             pipeline: "p".into(),
             status: RunStatus::Running,
             reason: None,
-            trigger: Trigger { kind: TriggerKind::Local, by: None },
+            trigger: Trigger {
+                kind: TriggerKind::Local,
+                by: None,
+            },
             git: None,
             created: Utc::now(),
             started: None,
@@ -212,15 +257,25 @@ mod tests {
     async fn round_trip_and_exclusive_lock() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::try_open(dir.path()).unwrap();
-        assert!(matches!(SledStore::try_open(dir.path()), Err(OpenError::Locked(_))));
+        assert!(matches!(
+            SledStore::try_open(dir.path()),
+            Err(OpenError::Locked(_))
+        ));
         let a = run("01JDX3K6Q2T8W9V5M4N3P2R1S0");
         let b = run("01JDX3K6Q2T8W9V5M4N3P2R1S1");
         store.put_run(&a, true).await.unwrap();
         store.put_run(&b, false).await.unwrap();
         let listed = store.list_runs(10).await.unwrap();
-        assert_eq!(listed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), vec![b.id.clone(), a.id.clone()]);
+        assert_eq!(
+            listed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+            vec![b.id.clone(), a.id.clone()]
+        );
         store
-            .put_lease(&Lease { run_id: a.id.clone(), owner: Owner::current(), heartbeat: Utc::now() })
+            .put_lease(&Lease {
+                run_id: a.id.clone(),
+                owner: Owner::current(),
+                heartbeat: Utc::now(),
+            })
             .await
             .unwrap();
         assert_eq!(store.leases().await.unwrap().len(), 1);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sentinel_api::{RunDoc, StageDoc, Trigger, TriggerKind};
 use sentinel_docker::DockerExecutor;
-use sentinel_engine::{Engine, EngineConfig, ProgressFn, RunRequest, Signals, ResultsSink};
+use sentinel_engine::{Engine, EngineConfig, ProgressFn, ResultsSink, RunRequest, Signals};
 use sentinel_results::LocalSink;
 use sentinel_store::SledStore;
 
@@ -42,7 +42,12 @@ impl Project {
         std::fs::create_dir_all(&source).unwrap();
         std::fs::write(source.join("sentinel.yml"), pipeline).unwrap();
         std::fs::write(source.join("README.txt"), "source file\n").unwrap();
-        Self { state: tmp.path().join("state"), results: tmp.path().join("results"), source, tmp }
+        Self {
+            state: tmp.path().join("state"),
+            results: tmp.path().join("results"),
+            source,
+            tmp,
+        }
     }
 
     pub fn sink(&self) -> LocalSink {
@@ -50,11 +55,16 @@ impl Project {
     }
 
     pub async fn stage(&self, run: &RunDoc, name: &str) -> StageDoc {
-        self.sink().get_stage(&run.id, &name.parse().unwrap()).await.unwrap().unwrap_or_else(|| panic!("no document for stage {name}"))
+        self.sink()
+            .get_stage(&run.id, &name.parse().unwrap())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no document for stage {name}"))
     }
 
     pub fn log(&self, run: &RunDoc, name: &str) -> String {
-        std::fs::read_to_string(self.results.join(format!("run/{}/{name}.log", run.id))).unwrap_or_default()
+        std::fs::read_to_string(self.results.join(format!("run/{}/{name}.log", run.id)))
+            .unwrap_or_default()
     }
 
     /// Every file under the project's folders, as bytes.
@@ -63,7 +73,12 @@ impl Project {
             .into_iter()
             .flatten()
             .filter(|e| e.file_type().is_file())
-            .map(|e| (e.path().to_path_buf(), std::fs::read(e.path()).unwrap_or_default()))
+            .map(|e| {
+                (
+                    e.path().to_path_buf(),
+                    std::fs::read(e.path()).unwrap_or_default(),
+                )
+            })
             .collect()
     }
 }
@@ -78,24 +93,35 @@ pub struct Opts {
 
 /// Runs the project's pipeline with the real Docker executor, sled and results folder.
 pub async fn run(project: &Project, opts: Opts) -> RunDoc {
-    let plan = sentinel_pipeline::load(&project.source.join("sentinel.yml")).unwrap_or_else(|e| panic!("{e}"));
+    let plan = sentinel_pipeline::load(&project.source.join("sentinel.yml"))
+        .unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine {
         exec: Arc::new(docker().await),
         store: Arc::new(SledStore::try_open(&project.state).unwrap()),
         sink: Arc::new(project.sink()),
-        config: EngineConfig { jobs: opts.jobs.max(1), state_dir: project.state.clone(), keep_workspace: false },
+        config: EngineConfig {
+            jobs: opts.jobs.max(1),
+            state_dir: project.state.clone(),
+            keep_workspace: false,
+        },
     };
     let progress: ProgressFn = Arc::new(|_| {});
     let req = RunRequest {
         plan,
         source: project.source.clone(),
         skip: vec![],
-        trigger: Trigger { kind: TriggerKind::Local, by: None },
+        trigger: Trigger {
+            kind: TriggerKind::Local,
+            by: None,
+        },
         git: None,
         host_env: BTreeMap::new(),
         secrets: opts.secrets,
     };
-    engine.run(req, progress, opts.signals).await.unwrap_or_else(|e| panic!("{e}"))
+    engine
+        .run(req, progress, opts.signals)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Containers and networks that carry the project's labels, optionally of one run.
@@ -108,7 +134,8 @@ pub async fn leftovers(run: Option<&str>) -> Vec<String> {
         .args(["network", "ls", "--format", "{{.Name}} {{.Labels}}"])
         .output()
         .expect("docker CLI");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&nets.stdout);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&nets.stdout);
     text.lines()
         .filter(|l| l.contains("dev.sentinel.run="))
         .filter(|l| run.is_none_or(|r| l.contains(&format!("dev.sentinel.run={r}"))))
@@ -118,7 +145,9 @@ pub async fn leftovers(run: Option<&str>) -> Vec<String> {
 
 /// A pipeline header for tests: the busybox box, no network.
 pub fn pipeline(stages: &str) -> String {
-    format!("version: 1\nbox: {IMAGE}\ndefaults:\n  network: none\n  timeout: 60s\nstages:\n{stages}")
+    format!(
+        "version: 1\nbox: {IMAGE}\ndefaults:\n  network: none\n  timeout: 60s\nstages:\n{stages}"
+    )
 }
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {

@@ -1,0 +1,118 @@
+//! Benchmark (not a test): the cost of one container stage through the
+//! engine against `docker run --rm` of the same image and command, measured
+//! in the same run, and the wall time of a 50-stage container DAG with
+//! `--jobs 4`. Run with `cargo bench -p sentinel --bench containers`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sentinel_api::{RunStatus, Trigger, TriggerKind};
+use sentinel_docker::DockerExecutor;
+use sentinel_engine::{Engine, EngineConfig, ProgressFn, RunRequest, Signals};
+use sentinel_results::LocalSink;
+use sentinel_store::SledStore;
+
+const IMAGE: &str = "sentinel/busybox:local";
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+async fn engine_run(
+    dir: &Path,
+    yaml: &str,
+    jobs: usize,
+    docker: &DockerExecutor,
+    store: &SledStore,
+) -> Duration {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("sentinel.yml"), yaml).unwrap();
+    let plan = sentinel_pipeline::parse_str(yaml, "sentinel.yml", "bench").unwrap();
+    let engine = Engine {
+        exec: Arc::new(docker.clone()),
+        store: Arc::new(store.clone()),
+        sink: Arc::new(LocalSink::new(dir.join("results"))),
+        config: EngineConfig {
+            jobs,
+            state_dir: dir.join("state"),
+            keep_workspace: false,
+        },
+    };
+    let progress: ProgressFn = Arc::new(|_| {});
+    let req = RunRequest {
+        plan,
+        source: src,
+        skip: vec![],
+        trigger: Trigger {
+            kind: TriggerKind::Local,
+            by: None,
+        },
+        git: None,
+        host_env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+    };
+    let t = Instant::now();
+    let run = engine.run(req, progress, Signals::default()).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.reason);
+    took
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let docker = DockerExecutor::connect().await.expect("Docker (run scripts/setup.sh)");
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SledStore::try_open(&tmp.path().join("db")).unwrap();
+        let iterations = 15;
+
+        let one = format!("version: 1\nbox: {IMAGE}\ndefaults: {{network: none}}\nstages:\n  one: {{run: 'true'}}\n");
+        // Warm up both paths (image cache, page cache).
+        engine_run(tmp.path(), &one, 1, &docker, &store).await;
+        Command::new("docker").args(["run", "--rm", "--network", "none", IMAGE, "true"]).output().unwrap();
+
+        let docker_run = |args: &[&str]| {
+            let t = Instant::now();
+            let s = Command::new("docker").args(args).status().unwrap();
+            assert!(s.success());
+            t.elapsed()
+        };
+        let (mut plain, mut none, mut eng) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..iterations {
+            // Interleaved so that drift on the machine affects all three alike.
+            plain.push(docker_run(&["run", "--rm", IMAGE, "true"]));
+            none.push(docker_run(&["run", "--rm", "--network", "none", IMAGE, "true"]));
+            eng.push(engine_run(&tmp.path().join(format!("one-{i}")), &one, 1, &docker, &store).await);
+        }
+        let (plain_m, cli_m, eng_m) = (median(plain), median(none), median(eng));
+        println!("one container stage (`true`, network none), median of {iterations}:");
+        println!("  docker run --rm {IMAGE} true (baseline)      : {:>7.1} ms", plain_m.as_secs_f64() * 1e3);
+        println!("  docker run --rm --network none … true            : {:>7.1} ms", cli_m.as_secs_f64() * 1e3);
+        println!("  sentinel engine, whole one-stage run             : {:>7.1} ms", eng_m.as_secs_f64() * 1e3);
+        println!("  ratio engine / docker run --rm (goal <= 0.80)    : {:>7.2}", eng_m.as_secs_f64() / plain_m.as_secs_f64());
+        println!("  ratio engine / docker run --rm --network none    : {:>7.2}", eng_m.as_secs_f64() / cli_m.as_secs_f64());
+
+        // 50 stages: 5 layers of 10, each stage after two of the layer before.
+        let mut dag = format!("version: 1\nbox: {IMAGE}\ndefaults: {{network: none}}\nstages:\n");
+        for layer in 0..5 {
+            for i in 0..10 {
+                let after = if layer == 0 { String::new() } else { format!(", after: [s{}-{}, s{}-{}]", layer - 1, i, layer - 1, (i + 1) % 10) };
+                dag.push_str(&format!("  s{layer}-{i}: {{run: 'true'{after}}}\n"));
+            }
+        }
+        let mut walls = Vec::new();
+        for i in 0..3 {
+            walls.push(engine_run(&tmp.path().join(format!("dag-{i}")), &dag, 4, &docker, &store).await);
+        }
+        let wall = median(walls);
+        println!("50-stage container DAG, --jobs 4, median of 3:");
+        println!("  wall time                                      : {:>7.2} s", wall.as_secs_f64());
+        println!("  per stage (wall / 50 * 4 jobs)                 : {:>7.1} ms", wall.as_secs_f64() * 1e3 / 50.0 * 4.0);
+        println!("  vs 50 sequential `docker run --rm` (estimated) : {:>7.2}x faster", (cli_m.as_secs_f64() * 50.0) / wall.as_secs_f64());
+    });
+}
