@@ -495,45 +495,26 @@ async fn hardened_container() -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_suite() {
     common::docker().await;
-    let cases: Vec<(&str, Case)> = vec![
-        ("exit_codes_and_skips", Box::pin(exit_codes_and_skips())),
-        (
-            "outputs_env_and_workspace",
-            Box::pin(outputs_env_and_workspace()),
-        ),
-        (
-            "secrets_masked_in_env_and_log",
-            Box::pin(secrets_masked_in_env_and_log()),
-        ),
-        (
-            "long_line_straddling_docker_split",
-            Box::pin(long_line_straddling_docker_split()),
-        ),
-        ("artifacts_zipped", Box::pin(artifacts_zipped())),
-        ("oom_is_named", Box::pin(oom_is_named())),
-        ("timeout_is_named", Box::pin(timeout_is_named())),
-        (
-            "cancel_still_runs_always",
-            Box::pin(cancel_still_runs_always()),
-        ),
-        (
-            "service_reached_by_name",
-            Box::pin(service_reached_by_name()),
-        ),
-        (
-            "service_never_ready_fails_the_run",
-            Box::pin(service_never_ready_fails_the_run()),
-        ),
-        (
-            "sensitive_value_in_no_file",
-            Box::pin(sensitive_value_in_no_file()),
-        ),
-        ("missing_image_says_so", Box::pin(missing_image_says_so())),
-        (
-            "log_limit_keeps_head_and_tail",
-            Box::pin(log_limit_keeps_head_and_tail()),
-        ),
-        ("hardened_container", Box::pin(hardened_container())),
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {
+            vec![$((stringify!($case), Box::pin($case()) as Case)),*]
+        };
+    }
+    let cases: Vec<(&str, Case)> = cases![
+        exit_codes_and_skips,
+        outputs_env_and_workspace,
+        secrets_masked_in_env_and_log,
+        long_line_straddling_docker_split,
+        artifacts_zipped,
+        oom_is_named,
+        timeout_is_named,
+        cancel_still_runs_always,
+        service_reached_by_name,
+        service_never_ready_fails_the_run,
+        sensitive_value_in_no_file,
+        missing_image_says_so,
+        log_limit_keeps_head_and_tail,
+        hardened_container,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =
