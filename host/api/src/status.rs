@@ -102,6 +102,8 @@ pub enum FailureKind {
     ExitCode,
     /// The kernel killed the process for exceeding its memory limit.
     OomKilled,
+    /// A WebAssembly step tried to grow its memory past its limit.
+    MemoryLimit,
     /// The stage ran past its timeout.
     Timeout,
     /// The stage could not start (missing image, bad configuration…).

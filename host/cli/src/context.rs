@@ -97,6 +97,36 @@ pub fn engine(
     }
 }
 
+/// Where bundled and installed steps are looked up: `SENTINEL_STEPS_PATH`
+/// (colon-separated), then `steps/` beside the binary, then the nearest
+/// `steps/dist` above it (a source checkout).
+pub fn step_catalog() -> sentinel_pipeline::DirCatalog {
+    let mut dirs: Vec<PathBuf> = std::env::var("SENTINEL_STEPS_PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            dirs.push(dir.join("steps"));
+        }
+        if let Some(found) = exe.ancestors().map(|a| a.join("steps/dist")).find(|p| p.is_dir()) {
+            dirs.push(found);
+        }
+    }
+    dirs.retain(|d| d.is_dir());
+    sentinel_pipeline::DirCatalog { dirs }
+}
+
+/// The executor for a plan: Docker for container stages (only connected
+/// when the plan has any), the WebAssembly runtime for steps.
+pub async fn executor_for(plan: &sentinel_pipeline::Plan, dirs: &Dirs) -> anyhow::Result<Arc<dyn Executor>> {
+    let needs_docker = !plan.services.is_empty()
+        || plan.stages.iter().any(|s| matches!(s.action, sentinel_pipeline::Action::Container { .. }));
+    let containers: Arc<dyn Executor> =
+        if needs_docker { Arc::new(DockerExecutor::connect().await?) } else { docker_or_unavailable().await };
+    let steps = sentinel_wasm::WasmExecutor::new(&dirs.state.join("cache/wasm"))?;
+    Ok(Arc::new(sentinel_engine::exec::Dispatch { containers, steps: Arc::new(steps) }))
+}
+
 /// Docker, or `Unavailable` with a warning.
 pub async fn docker_or_unavailable() -> Arc<dyn Executor> {
     match DockerExecutor::connect().await {

@@ -3,12 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 use sentinel_api::{RunStatus, Trigger, TriggerKind};
-use sentinel_docker::DockerExecutor;
 use sentinel_engine::{RunRequest, Signals};
 use sentinel_pipeline::{EnvValue, LoadError};
 
@@ -44,7 +42,7 @@ fn pipeline_file(dirs: &Dirs, file: Option<PathBuf>) -> PathBuf {
 }
 
 fn load(file: &Path) -> Result<sentinel_pipeline::Plan, ExitCode> {
-    match sentinel_pipeline::load(file) {
+    match sentinel_pipeline::load_with(file, &context::step_catalog()) {
         Ok(p) => Ok(p),
         Err(LoadError::Invalid(d)) => {
             for diag in &d.0 {
@@ -117,14 +115,8 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
             dirs.state.display()
         );
     };
-    let docker = DockerExecutor::connect().await?;
-    let engine = context::engine(
-        &dirs,
-        store,
-        Arc::new(docker),
-        args.jobs,
-        args.keep_workspace,
-    );
+    let exec = context::executor_for(&plan, &dirs).await?;
+    let engine = context::engine(&dirs, store, exec, args.jobs, args.keep_workspace);
     let reaped = engine.exec.reap().await;
     if reaped > 0 {
         eprintln!("removed {reaped} container(s) or network(s) left by dead sentinel processes");

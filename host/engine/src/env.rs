@@ -32,6 +32,19 @@ pub struct StageEnv {
     pub vars: Vec<(String, String)>,
     /// Stage and pipeline variables as they may appear in documents.
     pub recorded: BTreeMap<String, String>,
+    /// A step's settings as they may appear in documents.
+    pub settings: BTreeMap<String, String>,
+    /// Values of a step's secret settings: they join the masker.
+    pub secret_values: Vec<String>,
+    /// A step's allowed HTTP hosts, settings substituted.
+    pub http: Vec<String>,
+}
+
+/// The host (and port) of a URL-like value: `https://h:9000/x` → `h:9000`.
+pub fn host_of(value: &str) -> String {
+    let rest = value.split_once("://").map_or(value, |(_, r)| r);
+    let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    host.rsplit_once('@').map_or(host, |(_, h)| h).to_ascii_lowercase()
 }
 
 /// Resolves one reference; the error names what is missing.
@@ -117,6 +130,37 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
                 set(&mut env.vars, k, v.clone());
             }
         }
+    }
+    if let sentinel_pipeline::Action::Step { with, resolved, .. } = &stage.action {
+        let manifest = &resolved.manifest;
+        let mut values = BTreeMap::new();
+        for (k, t) in with {
+            let value = t.render(|r| resolve(inputs, r))?;
+            let secret = manifest.settings.get(k).is_some_and(|s| s.secret);
+            let shown = if is_secret(inputs, t) {
+                t.to_string()
+            } else if secret {
+                "***".to_string()
+            } else {
+                value.clone()
+            };
+            if secret && !value.is_empty() {
+                env.secret_values.push(value.clone());
+            }
+            env.settings.insert(k.clone(), shown);
+            set(&mut env.vars, &sentinel_pipeline::step::setting_env_name(&manifest.name, k), value.clone());
+            values.insert(k.clone(), value);
+        }
+        for entry in &manifest.capabilities.http {
+            let mut host = entry.clone();
+            for (k, v) in &values {
+                host = host.replace(&format!("{{{k}}}"), &host_of(v));
+            }
+            if !host.contains('{') && !host.is_empty() {
+                env.http.push(host.to_ascii_lowercase());
+            }
+        }
+        return Ok(env);
     }
     for (k, v) in &inputs.plan.env {
         let value = resolve(inputs, &Ref::Env(k.clone()))?;

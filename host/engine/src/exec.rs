@@ -56,6 +56,19 @@ pub struct RunContext {
     pub services: Vec<(ServicePlan, Vec<(String, String)>)>,
 }
 
+/// What a WebAssembly step stage runs, and what it is granted.
+#[derive(Debug, Clone)]
+pub struct StepJob {
+    /// The step's name (its settings' namespace).
+    pub name: String,
+    pub wasm: PathBuf,
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    pub workspace: sentinel_pipeline::WorkspaceAccess,
+    /// Hosts it may reach over HTTP (settings already substituted).
+    pub http: Vec<String>,
+}
+
 /// One stage to run.
 #[derive(Debug, Clone)]
 pub struct StageJob {
@@ -75,6 +88,8 @@ pub struct StageJob {
     pub private_dir: PathBuf,
     /// Where output goes; the engine masks, caps and stores it.
     pub log: mpsc::Sender<Chunk>,
+    /// Set for WebAssembly steps (then `image` and `script` are empty).
+    pub step: Option<StepJob>,
 }
 
 /// How a stage's process ended. Outcomes are named, never guessed from flags.
@@ -84,6 +99,10 @@ pub enum Outcome {
     Exited { code: i64 },
     /// The kernel killed it for exceeding its memory limit.
     OomKilled,
+    /// A WebAssembly step tried to grow its memory past its limit.
+    MemoryLimit,
+    /// A WebAssembly step trapped (the message says why).
+    Trap(String),
     /// It was stopped because `stop` fired.
     Stopped,
     /// It could not start (image missing, invalid configuration…).
@@ -116,4 +135,36 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     async fn end_run(&self, run_id: &RunId);
     /// Removes resources whose owner process is dead; returns how many.
     async fn reap(&self) -> usize;
+}
+
+/// Sends container stages to one executor and WebAssembly steps to another.
+#[derive(Debug)]
+pub struct Dispatch {
+    pub containers: std::sync::Arc<dyn Executor>,
+    pub steps: std::sync::Arc<dyn Executor>,
+}
+
+#[async_trait]
+impl Executor for Dispatch {
+    async fn start_run(&self, ctx: &RunContext) -> Result<(), StartRunError> {
+        self.containers.start_run(ctx).await?;
+        self.steps.start_run(ctx).await
+    }
+
+    async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
+        if job.step.is_some() {
+            self.steps.run_stage(job, stop).await
+        } else {
+            self.containers.run_stage(job, stop).await
+        }
+    }
+
+    async fn end_run(&self, run_id: &RunId) {
+        self.steps.end_run(run_id).await;
+        self.containers.end_run(run_id).await;
+    }
+
+    async fn reap(&self) -> usize {
+        self.containers.reap().await + self.steps.reap().await
+    }
 }

@@ -141,7 +141,7 @@ impl Recorder {
                         Some(hex::encode(sha2::Sha256::digest(script.as_bytes()))),
                         None,
                     ),
-                    Action::Step { step, .. } => (None, None, Some(step.clone())),
+                    Action::Step { step, resolved, .. } => (None, None, Some(format!("{step} ({})", resolved.digest))),
                 };
                 StageState {
                     name: s.name.clone(),
@@ -287,6 +287,24 @@ impl Recorder {
 
     pub fn set_reason(&mut self, reason: Option<String>) {
         self.run.reason = reason.map(|r| self.secrets.mask_str(&r));
+    }
+
+    /// Adds values to mask from now on (a step's secret settings).
+    pub fn add_secrets(&mut self, values: &[String]) {
+        let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).filter(|v| v.len() >= crate::masker::MIN_SECRET_LEN).collect();
+        if values.is_empty() {
+            return;
+        }
+        match self.secrets.with(values) {
+            Ok(set) => self.secrets = Arc::new(set),
+            Err(e) => tracing::error!("cannot mask a secret setting: {e}"),
+        }
+    }
+
+    /// Records a step's settings (secrets as references).
+    pub fn set_settings(&mut self, name: &StageName, settings: BTreeMap<String, String>) {
+        let masked = settings.into_iter().map(|(k, v)| (k, self.secrets.mask_str(&v))).collect();
+        self.state_mut(name).inputs.settings = masked;
     }
 
     pub fn set_inputs(&mut self, name: &StageName, env: BTreeMap<String, String>) {

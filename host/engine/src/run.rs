@@ -377,7 +377,9 @@ impl Engine {
                                 continue;
                             }
                         };
+                        rec.add_secrets(&env.secret_values);
                         rec.set_inputs(&s.name, env.recorded.clone());
+                        rec.set_settings(&s.name, env.settings.clone());
                         let token = CancellationToken::new();
                         tokens.insert(
                             s.name.clone(),
@@ -391,6 +393,7 @@ impl Engine {
                             env: env.vars,
                             user: s.limits.user.clone().unwrap_or_else(|| user.clone()),
                             secrets: rec.secrets(),
+                            http: env.http.clone(),
                         };
                         let live: Option<LiveLog> = {
                             let progress = progress.clone();

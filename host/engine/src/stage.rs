@@ -12,7 +12,7 @@ use sentinel_pipeline::{Action, StagePlan};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Executor, Outcome, StageJob};
+use crate::exec::{Executor, Outcome, StageJob, StepJob};
 use crate::lease::Owner;
 use crate::log::{LiveLog, LogConfig, LogSummary, spawn_log_writer};
 use crate::masker::SecretSet;
@@ -28,6 +28,8 @@ pub struct StageRun {
     pub env: Vec<(String, String)>,
     pub user: String,
     pub secrets: Arc<SecretSet>,
+    /// A step's allowed HTTP hosts.
+    pub http: Vec<String>,
 }
 
 /// How a stage ended, before it is recorded.
@@ -84,9 +86,19 @@ pub async fn run_stage(
             private.display()
         )
     });
-    let (image, script) = match &s.plan.action {
-        Action::Container { image, script } => (image.clone(), script.clone()),
-        Action::Step { step, .. } => (String::new(), step.clone()),
+    let (image, script, step) = match &s.plan.action {
+        Action::Container { image, script } => (image.clone(), script.clone(), None),
+        Action::Step { resolved, .. } => (
+            String::new(),
+            String::new(),
+            Some(StepJob {
+                name: resolved.manifest.name.clone(),
+                wasm: resolved.wasm.clone(),
+                digest: resolved.digest.clone(),
+                workspace: resolved.manifest.capabilities.workspace,
+                http: s.http.clone(),
+            }),
+        ),
     };
     let timed_out = Arc::new(AtomicBool::new(false));
     let report = match prepared {
@@ -110,6 +122,7 @@ pub async fn run_stage(
                 workspace: s.dirs.workspace.clone(),
                 private_dir: private.clone(),
                 log: tx,
+                step,
             };
             let deadline = s.plan.limits.timeout;
             let stage_stop = stop.child_token();
@@ -169,6 +182,12 @@ pub async fn run_stage(
                 human_bytes(s.plan.limits.memory)
             ),
         ),
+        Outcome::MemoryLimit => fail(
+            StageStatus::Failed,
+            FailureKind::MemoryLimit,
+            format!("memory limit: the step tried to grow past {}", human_bytes(s.plan.limits.memory)),
+        ),
+        Outcome::Trap(m) => fail(StageStatus::Failed, FailureKind::RuntimeError, format!("trap: {m}")),
         Outcome::Stopped if timed_out.load(Ordering::SeqCst) => fail(
             StageStatus::TimedOut,
             FailureKind::Timeout,

@@ -7,6 +7,7 @@
 pub mod de;
 pub mod plan;
 pub mod raw;
+pub mod step;
 pub mod template;
 pub mod validate;
 pub mod yaml;
@@ -15,6 +16,7 @@ use std::fmt;
 use std::path::Path;
 
 pub use plan::{Action, EnvValue, Limits, Network, Plan, ServicePlan, StagePlan, When};
+pub use step::{DirCatalog, NoSteps, ResolvedStep, StepCatalog, StepManifest, WorkspaceAccess};
 pub use template::{Part, Ref, Template};
 
 use yaml::{Caps, Pos, Value};
@@ -70,6 +72,11 @@ pub enum LoadError {
 /// Reads and validates the pipeline file at `path`. The pipeline's default
 /// name is the name of the folder holding it.
 pub fn load(path: &Path) -> Result<Plan, LoadError> {
+    load_with(path, &NoSteps)
+}
+
+/// Reads and validates the pipeline file at `path`, resolving steps with `catalog`.
+pub fn load_with(path: &Path, catalog: &dyn StepCatalog) -> Result<Plan, LoadError> {
     let meta = std::fs::metadata(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,
@@ -102,11 +109,24 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
                 .map(|n| n.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "pipeline".to_string());
-    Ok(parse_str(&src, &file, &folder)?)
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(parse_str_with(&src, &file, &folder, catalog, &base)?)
 }
 
 /// Parses and validates pipeline source text; `file` is used in messages.
 pub fn parse_str(src: &str, file: &str, default_name: &str) -> Result<Plan, Diagnostics> {
+    parse_str_with(src, file, default_name, &NoSteps, Path::new("."))
+}
+
+/// Like [`parse_str`], resolving `step:` references with `catalog`
+/// (relative paths against `base`) before the pure validation.
+pub fn parse_str_with(
+    src: &str,
+    file: &str,
+    default_name: &str,
+    catalog: &dyn StepCatalog,
+    base: &Path,
+) -> Result<Plan, Diagnostics> {
     let diag = |pos: Pos, message: String, hint: Option<String>| Diagnostic {
         file: file.to_string(),
         pos,
@@ -158,7 +178,17 @@ pub fn parse_str(src: &str, file: &str, default_name: &str) -> Result<Plan, Diag
     }
     let raw: raw::RawPipeline = de::from_node(&root)
         .map_err(|e| Diagnostics(vec![diag(e.pos.unwrap_or(root.pos), e.message, e.hint)]))?;
-    validate::validate(&raw, default_name).map_err(|issues| {
+    let steps: step::StepAnswers = raw
+        .stages
+        .values()
+        .filter_map(|s| s.step.clone())
+        .map(|r| {
+            let answer = catalog.resolve(&r, base);
+            (r, answer)
+        })
+        .collect();
+    let names = catalog.names();
+    validate::validate(&raw, default_name, &steps, &names).map_err(|issues| {
         let mut ds: Vec<Diagnostic> = issues
             .into_iter()
             .map(|i| diag(root.locate(&i.path), i.message, i.hint))

@@ -143,10 +143,12 @@ impl Limits {
 pub enum Action {
     /// A `run:` script in a container.
     Container { image: String, script: String },
-    /// A WebAssembly step with its settings.
+    /// A WebAssembly step with its settings (every setting of the manifest:
+    /// the value from `with:`, else the manifest's default).
     Step {
         step: String,
         with: BTreeMap<String, Template>,
+        resolved: crate::step::ResolvedStep,
     },
 }
 

@@ -10,6 +10,7 @@ use sentinel_api::StageName;
 use crate::de::did_you_mean;
 use crate::plan::{Action, EnvValue, Limits, Network, Plan, ServicePlan, StagePlan, When};
 use crate::raw::{RawDefaults, RawPipeline, RawStage, RawWhen};
+use crate::step::StepAnswers;
 use crate::template::{self, Ref, Template};
 use crate::yaml::PathSeg;
 
@@ -35,6 +36,8 @@ fn key_name(s: &str) -> PathSeg {
 struct Ctx<'a> {
     raw: &'a RawPipeline,
     issues: Vec<Issue>,
+    steps: &'a StepAnswers,
+    step_names: &'a [String],
 }
 
 impl Ctx<'_> {
@@ -79,10 +82,12 @@ fn parse_duration(s: &str) -> Option<Duration> {
 
 /// Validates a raw pipeline. `default_name` names the pipeline when the file
 /// does not (the folder's name).
-pub fn validate(raw: &RawPipeline, default_name: &str) -> Result<Plan, Vec<Issue>> {
+pub fn validate(raw: &RawPipeline, default_name: &str, steps: &StepAnswers, step_names: &[String]) -> Result<Plan, Vec<Issue>> {
     let mut cx = Ctx {
         raw,
         issues: Vec::new(),
+        steps,
+        step_names,
     };
 
     if raw.version != 1 {
@@ -525,9 +530,12 @@ fn stage_plan(
         }
         (None, Some(step)) => {
             if s.image.is_some() {
+                cx.issue(at("image"), "a step stage has no image; remove `image:`", None);
+            }
+            if !s.env.is_empty() {
                 cx.issue(
-                    at("image"),
-                    "a step stage has no image; remove `image:`",
+                    at("env"),
+                    "a step gets only its `with:` settings; `env:` is for container stages",
                     None,
                 );
             }
@@ -539,15 +547,54 @@ fn stage_plan(
                     with.insert(k.clone(), t);
                 }
             }
-            cx.issue(
-                at("step"),
-                format!("stage `{name}` uses the WebAssembly step `{step}`, but this build has no step runtime yet"),
-                Some("run this part as a container stage (`run:`) for now".into()),
-            );
-            Some(Action::Step {
-                step: step.clone(),
-                with,
-            })
+            match cx.steps.get(step) {
+                Some(Ok(resolved)) => {
+                    let manifest = &resolved.manifest;
+                    for k in s.with.keys() {
+                        if !manifest.settings.contains_key(k) {
+                            let hint = did_you_mean(k, manifest.settings.keys().map(String::as_str)).or_else(|| {
+                                Some(format!(
+                                    "`{}` has the settings: {}",
+                                    manifest.name,
+                                    manifest.settings.keys().cloned().collect::<Vec<_>>().join(", ")
+                                ))
+                            });
+                            cx.issue(
+                                [base.clone(), vec![key("with"), key_name(k)]].concat(),
+                                format!("step `{}` has no setting `{k}`", manifest.name),
+                                hint,
+                            );
+                        }
+                    }
+                    for (k, spec) in &manifest.settings {
+                        if with.contains_key(k) {
+                            continue;
+                        }
+                        match &spec.default {
+                            Some(d) => {
+                                with.insert(k.clone(), Template::literal(d.clone()));
+                            }
+                            None if spec.required => cx.issue(
+                                if s.with.is_empty() { base.clone() } else { at("with") },
+                                format!("step `{}` needs the setting `{k}`", manifest.name),
+                                Some(format!("add `{k}: …` under `with:`")),
+                            ),
+                            None => {}
+                        }
+                    }
+                    Some(Action::Step { step: step.clone(), with, resolved: resolved.clone() })
+                }
+                Some(Err(e)) => {
+                    let bare = step.split('@').next().unwrap_or(step);
+                    let hint = did_you_mean(bare, cx.step_names.iter().map(String::as_str));
+                    cx.issue(at("step"), e.clone(), hint);
+                    None
+                }
+                None => {
+                    cx.issue(at("step"), format!("step `{step}` was not resolved"), None);
+                    None
+                }
+            }
         }
     };
 

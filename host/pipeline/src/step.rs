@@ -1,0 +1,243 @@
+//! WebAssembly steps as validation sees them: the manifest (`step.toml`),
+//! references (`name@1`, `name@1.2.0`, `./path/step.wasm`), and the catalog
+//! that resolves a reference to a manifest and a `.wasm` before the pure
+//! validation runs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// What a step may touch in the run's workspace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkspaceAccess {
+    #[default]
+    None,
+    Read,
+    Write,
+}
+
+/// What a step is granted; nothing else is reachable.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub workspace: WorkspaceAccess,
+    /// Outgoing HTTP hosts (`host`, `host:port`, `*.suffix`, or `{setting}`
+    /// replaced by the host of that setting's value).
+    #[serde(default)]
+    pub http: Vec<String>,
+}
+
+/// One setting of a step.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingSpec {
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub default: Option<String>,
+    /// Masked in logs; recorded only as a reference.
+    #[serde(default)]
+    pub secret: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `step.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepManifest {
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub settings: IndexMap<String, SettingSpec>,
+    #[serde(default)]
+    pub capabilities: Capabilities,
+}
+
+/// Context variable names a step's namespace must not collide with.
+const RESERVED: &[&str] = &[
+    "RUN", "RUN_ID", "RUN_STATUS", "STAGE", "WORKSPACE", "ARTIFACTS", "OUTPUT", "COMMIT", "BRANCH", "REPO",
+    "PIPELINE",
+];
+
+/// The environment variable of a setting: `SENTINEL_<STEP>_<KEY>`.
+pub fn setting_env_name(step: &str, key: &str) -> String {
+    format!("SENTINEL_{}_{}", step.to_ascii_uppercase().replace('-', "_"), key.to_ascii_uppercase().replace('-', "_"))
+}
+
+fn name_ok(s: &str) -> bool {
+    s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.len() <= 40
+}
+
+impl StepManifest {
+    /// Parses and checks a manifest; errors name the file, line and column.
+    pub fn parse(text: &str, file: &str) -> Result<Self, String> {
+        let m: StepManifest = toml::from_str(text).map_err(|e| {
+            let pos = e.span().map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!("{line}:{col}: ")
+            });
+            format!("{file}:{}{}", pos.unwrap_or_default(), e.message())
+        })?;
+        if !name_ok(&m.name) {
+            return Err(format!("{file}: step name `{}` must be lower-case letters, digits, `-` or `_`", m.name));
+        }
+        let upper = m.name.to_ascii_uppercase().replace('-', "_");
+        if RESERVED.iter().any(|r| upper == *r || upper.starts_with(&format!("{r}_"))) {
+            return Err(format!(
+                "{file}: step name `{}` would collide with Sentinel's context variables (SENTINEL_{upper}…)",
+                m.name
+            ));
+        }
+        if m.version.split('.').count() != 3 || !m.version.split('.').all(|p| p.parse::<u64>().is_ok()) {
+            return Err(format!("{file}: version `{}` must be MAJOR.MINOR.PATCH", m.version));
+        }
+        for (k, s) in &m.settings {
+            if !name_ok(k) {
+                return Err(format!("{file}: setting `{k}` must be lower-case letters, digits, `-` or `_`"));
+            }
+            if s.required && s.default.is_some() {
+                return Err(format!("{file}: setting `{k}` is required and has a default; choose one"));
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// A step resolved to its manifest and component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResolvedStep {
+    pub manifest: StepManifest,
+    /// The component file.
+    pub wasm: PathBuf,
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+}
+
+/// Resolves step references. Implementations do I/O; they run before the
+/// pure validation, which only sees their answers.
+pub trait StepCatalog: std::fmt::Debug {
+    /// Resolves `reference` (relative paths are relative to `base`).
+    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, String>;
+    /// Names of the steps it knows, for "did you mean" hints.
+    fn names(&self) -> Vec<String>;
+}
+
+/// A catalog with no steps.
+#[derive(Debug, Default)]
+pub struct NoSteps;
+
+impl StepCatalog for NoSteps {
+    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, String> {
+        if reference.ends_with(".wasm") {
+            return load_local(&base.join(reference));
+        }
+        Err(format!("unknown step `{reference}`"))
+    }
+    fn names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// Loads `dir/step.wasm` + `dir/step.toml`-style pairs: a `.wasm` with a
+/// `step.toml` beside it.
+pub fn load_local(wasm: &Path) -> Result<ResolvedStep, String> {
+    let toml_path = wasm.with_file_name("step.toml");
+    let text = std::fs::read_to_string(&toml_path)
+        .map_err(|e| format!("cannot read {}: {e} (a step needs a step.toml beside its .wasm)", toml_path.display()))?;
+    let manifest = StepManifest::parse(&text, &toml_path.display().to_string())?;
+    let bytes = std::fs::read(wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
+    Ok(ResolvedStep {
+        manifest,
+        wasm: wasm.to_path_buf(),
+        digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+    })
+}
+
+/// Steps found in folders laid out as `<dir>/<name>/step.{wasm,toml}`
+/// (the bundled steps) plus local paths.
+#[derive(Debug, Clone, Default)]
+pub struct DirCatalog {
+    pub dirs: Vec<PathBuf>,
+}
+
+impl StepCatalog for DirCatalog {
+    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, String> {
+        if reference.ends_with(".wasm") {
+            return load_local(&base.join(reference));
+        }
+        let (name, want) = reference.split_once('@').unwrap_or((reference, ""));
+        for dir in &self.dirs {
+            let wasm = dir.join(name).join("step.wasm");
+            if wasm.is_file() {
+                let step = load_local(&wasm)?;
+                let have = &step.manifest.version;
+                let matches = want.is_empty()
+                    || have == want
+                    || (want.split('.').count() < 3 && have.starts_with(&format!("{want}.")));
+                if !matches {
+                    return Err(format!("step `{name}` is version {have}; `{reference}` asks for {want}"));
+                }
+                return Ok(step);
+            }
+        }
+        let mut err = format!("unknown step `{reference}`");
+        if self.dirs.is_empty() {
+            err.push_str(" (no step folders are configured)");
+        }
+        Err(err)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for dir in &self.dirs {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                names.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().join("step.wasm").is_file())
+                        .map(|e| e.file_name().to_string_lossy().into_owned()),
+                );
+            }
+        }
+        names.sort();
+        names
+    }
+}
+
+/// The answers of a catalog for every `step:` of a pipeline.
+pub type StepAnswers = BTreeMap<String, Result<ResolvedStep, String>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests() {
+        let m = StepManifest::parse(
+            "name = \"s3sync\"\nversion = \"1.0.0\"\n[settings.bucket]\nrequired = true\n[settings.key_id]\nrequired = true\nsecret = true\n[capabilities]\nworkspace = \"read\"\nhttp = [\"{endpoint}\"]\n",
+            "step.toml",
+        )
+        .unwrap();
+        assert_eq!(m.capabilities.workspace, WorkspaceAccess::Read);
+        assert!(m.settings["key_id"].secret);
+        assert_eq!(setting_env_name("jq-pluck", "key-id"), "SENTINEL_JQ_PLUCK_KEY_ID");
+        let e = StepManifest::parse("name = \"x\"\nversion = \"1.0.0\"\nbogus = 1\n", "step.toml").unwrap_err();
+        assert!(e.starts_with("step.toml:3:1: unknown field `bogus`"), "{e}");
+        for reserved in ["run", "stage", "workspace", "output", "commit", "run-id"] {
+            let e = StepManifest::parse(&format!("name = \"{reserved}\"\nversion = \"1.0.0\"\n"), "s").unwrap_err();
+            assert!(e.contains("collide"), "{reserved}: {e}");
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The WebAssembly step runtime: WASI 0.2 command components in wasmtime,
+//! sandboxed deny-by-default.
+//!
+//! A step gets exactly what its manifest declares and nothing else: an
+//! environment of its namespaced settings and the `SENTINEL_*` context (never
+//! the host's variables), the run workspace at `/workspace` read-only or
+//! read-write (or not at all), a private `/sentinel` folder for its output
+//! file and artifacts, and outgoing HTTP through `wasi:http` to the allowed
+//! hosts only; no sockets. Its wall time is bounded by epoch interruption,
+//! its memory by store limits, its output by a cap.
+//!
+//! One [`wasmtime::Engine`] serves every step; components are compiled once
+//! and cached on disk by their SHA-256 and the engine's compatibility hash,
+//! and their `InstancePre` is kept in memory, so a cached step starts in
+//! tens of microseconds.
+
+mod http;
+mod output;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sha2::Digest;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use sentinel_api::RunId;
+use sentinel_engine::exec::{
+    Chunk, Executor, Outcome, PRIVATE_MOUNT, RunContext, StageJob, StageReport, StartRunError, StepJob, Stream,
+    WORKSPACE_MOUNT,
+};
+use sentinel_pipeline::WorkspaceAccess;
+
+pub use http::allowed as http_allowed;
+
+/// How often the epoch advances (the granularity of deadlines and cancel).
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Why the runtime could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set up the WebAssembly runtime: {0}")]
+pub struct SetupError(String);
+
+struct Limiter {
+    memory: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let ok = desired <= self.memory;
+        self.hit |= !ok;
+        Ok(ok)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+struct Host {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    limits: Limiter,
+    policy: http::Policy,
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.policy }
+    }
+}
+
+/// The step runtime; cheap to clone.
+#[derive(Clone)]
+pub struct WasmExecutor {
+    engine: Engine,
+    linker: Arc<Linker<Host>>,
+    cache_dir: PathBuf,
+    compat: String,
+    pres: Arc<Mutex<HashMap<String, CommandPre<Host>>>>,
+}
+
+impl std::fmt::Debug for WasmExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WasmExecutor").field("cache_dir", &self.cache_dir).finish()
+    }
+}
+
+impl WasmExecutor {
+    /// A runtime caching compiled components in `cache_dir`.
+    pub fn new(cache_dir: &Path) -> Result<Self, SetupError> {
+        let err = |e: &dyn std::fmt::Display| SetupError(e.to_string());
+        let mut config = Config::new();
+        config.epoch_interruption(true).wasm_component_model(true);
+        let engine = Engine::new(&config).map_err(|e| err(&e))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| err(&e))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(|e| err(&e))?;
+        std::fs::create_dir_all(cache_dir).map_err(|e| err(&e))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let compat = format!("{:016x}", h.finish());
+        // The epoch ticker: deadlines and cancellation are checked at each tick.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("sentinel-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| err(&e))?;
+        Ok(Self { engine, linker: Arc::new(linker), cache_dir: cache_dir.to_path_buf(), compat, pres: Default::default() })
+    }
+
+    /// Compiles (or loads from the cache) and pre-instantiates a step.
+    pub async fn prepare(&self, wasm: &Path, digest: &str) -> Result<CommandPreHandle, String> {
+        if let Some(pre) = self.pres.lock().map_err(|e| e.to_string())?.get(digest) {
+            return Ok(CommandPreHandle(pre.clone()));
+        }
+        let this = self.clone();
+        let (wasm, digest) = (wasm.to_path_buf(), digest.to_string());
+        tokio::task::spawn_blocking(move || this.prepare_blocking(&wasm, &digest))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    fn prepare_blocking(&self, wasm: &Path, digest: &str) -> Result<CommandPreHandle, String> {
+        let bytes = std::fs::read(wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
+        let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        if actual != digest {
+            return Err(format!("{} changed since the pipeline was validated (digest {actual}, expected {digest})", wasm.display()));
+        }
+        let hexd = digest.trim_start_matches("sha256:");
+        let cached = self.cache_dir.join(format!("{hexd}-{}.cwasm", self.compat));
+        let component = match load_cached(&self.engine, &cached) {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, &bytes).map_err(|e| format!("{} is not a valid component: {e:#}", wasm.display()))?;
+                if let Ok(ser) = c.serialize() {
+                    let tmp = cached.with_extension(format!("tmp-{}", std::process::id()));
+                    if std::fs::write(&tmp, ser).is_ok() {
+                        let _ = std::fs::rename(&tmp, &cached);
+                    }
+                }
+                c
+            }
+        };
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("the step imports something Sentinel does not provide: {e:#}"))?;
+        let pre = CommandPre::new(pre).map_err(|e| format!("the component is not a WASI command: {e:#}"))?;
+        self.pres.lock().map_err(|e| e.to_string())?.insert(digest.to_string(), pre.clone());
+        Ok(CommandPreHandle(pre))
+    }
+
+    /// Runs a prepared step with a job's sandbox.
+    async fn run_prepared(&self, pre: CommandPreHandle, job: &StageJob, step: &StepJob, stop: CancellationToken) -> Outcome {
+        let cap = job.limits.log_limit;
+        let stdout = output::LogStream::new(job.log.clone(), Stream::Stdout, cap);
+        let stderr = output::LogStream::new(job.log.clone(), Stream::Stderr, cap);
+        let mut b = WasiCtx::builder();
+        b.envs(&job.env).args(&[step.name.as_str()]).stdout(stdout.clone()).stderr(stderr.clone());
+        let ws = match step.workspace {
+            WorkspaceAccess::None => None,
+            WorkspaceAccess::Read => Some(FsPerms::ReadOnly),
+            WorkspaceAccess::Write => Some(FsPerms::ReadWrite),
+        };
+        if let Some(perms) = ws
+            && let Err(e) = b.preopened_dir(&job.workspace, WORKSPACE_MOUNT, perms)
+        {
+            return Outcome::StartFailed(format!("cannot open the workspace for the step: {e:#}"));
+        }
+        if let Err(e) = b.preopened_dir(&job.private_dir, PRIVATE_MOUNT, FsPerms::ReadWrite) {
+            return Outcome::StartFailed(format!("cannot open the step's private folder: {e:#}"));
+        }
+        let policy = http::Policy { allow: step.http.clone(), refused: Default::default() };
+        let refused = policy.refused.clone();
+        let host = Host {
+            wasi: b.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limits: Limiter { memory: job.limits.memory as usize, hit: false },
+            policy,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limits);
+        store.set_epoch_deadline(1);
+        let watch = stop.clone();
+        store.epoch_deadline_callback(move |_| {
+            Ok(if watch.is_cancelled() { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        let result = async {
+            let command = pre.0.instantiate_async(&mut store).await?;
+            command.wasi_cli_run().call_run(&mut store).await
+        }
+        .await;
+        let memory_hit = store.data().limits.hit;
+        drop(store);
+        for host in refused.lock().map(|r| r.clone()).unwrap_or_default() {
+            let line = format!("[sentinel: HTTP request to {host} refused: not among the step's allowed hosts]\n");
+            let _ = job.log.send(Chunk { stream: Stream::Stderr, bytes: line.into_bytes() }).await;
+        }
+        for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
+            let dropped = s.counters.dropped.load(Ordering::Relaxed);
+            if dropped > 0 {
+                let line = format!("\n[sentinel: {name} cut at {cap} bytes; {dropped} bytes dropped]\n");
+                let _ = job.log.send(Chunk { stream: Stream::Stderr, bytes: line.into_bytes() }).await;
+            }
+        }
+        match result {
+            Ok(Ok(())) => Outcome::Exited { code: 0 },
+            Ok(Err(())) => Outcome::Exited { code: 1 },
+            Err(e) => {
+                if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                    Outcome::Exited { code: i64::from(exit.0) }
+                } else if stop.is_cancelled() {
+                    Outcome::Stopped
+                } else if memory_hit {
+                    Outcome::MemoryLimit
+                } else {
+                    Outcome::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_string())
+                }
+            }
+        }
+    }
+}
+
+/// A pre-instantiated step.
+#[derive(Clone)]
+pub struct CommandPreHandle(CommandPre<Host>);
+
+impl std::fmt::Debug for CommandPreHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandPreHandle")
+    }
+}
+
+#[allow(unsafe_code)]
+fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
+    if !path.is_file() {
+        return None;
+    }
+    // SAFETY: the file was written by `Component::serialize` of this engine
+    // configuration (its name carries the component's digest and the
+    // engine's compatibility hash) into Sentinel's own cache folder; wasmtime
+    // additionally checks the header and refuses a mismatching engine.
+    unsafe { Component::deserialize_file(engine, path) }.ok()
+}
+
+#[async_trait]
+impl Executor for WasmExecutor {
+    async fn start_run(&self, _ctx: &RunContext) -> Result<(), StartRunError> {
+        Ok(())
+    }
+
+    async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
+        let Some(step) = job.step.clone() else {
+            return StageReport { outcome: Outcome::StartFailed("not a WebAssembly step".into()), image_id: None };
+        };
+        let outcome = match self.prepare(&step.wasm, &step.digest).await {
+            Ok(pre) => self.run_prepared(pre, &job, &step, stop).await,
+            Err(e) => Outcome::StartFailed(e),
+        };
+        StageReport { outcome, image_id: Some(step.digest) }
+    }
+
+    async fn end_run(&self, _run_id: &RunId) {}
+
+    async fn reap(&self) -> usize {
+        0
+    }
+}
