@@ -14,4 +14,8 @@ echo
 echo
 "$bin" -C examples/demo show last
 echo
-echo "Open the results: $(pwd)/examples/demo/.sentinel/results (runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"
+# Containers and WebAssembly steps together (jq-pluck plucks a key that stays masked).
+"$bin" -C examples/steps run -v
+echo
+echo "Open the results: $(pwd)/examples/demo/.sentinel/results and $(pwd)/examples/steps/.sentinel/results"
+echo "(runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs and starts what Sentinel needs on a fresh Debian machine, idempotently:
-# Docker (docker.io), Debian's static busybox, a running dockerd, and the local
-# stage image sentinel/busybox:local (built FROM scratch; nothing is pulled).
+# Docker (docker.io), Debian's static busybox, jq (the reference the jq-pluck
+# step is compared with), a running dockerd, the local stage image
+# sentinel/busybox:local (built FROM scratch; nothing is pulled), and the
+# WebAssembly steps (the wasm32-wasip2 target, then scripts/build-steps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,7 +16,7 @@ need_root() {
 }
 
 missing=()
-for pkg in docker.io busybox-static; do
+for pkg in docker.io busybox-static jq; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -39,3 +41,5 @@ log=$(mktemp)
 docker build -q -t sentinel/busybox:local images/busybox >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
 rm -f "$log"
 echo "setup: docker $(docker version --format '{{.Server.Version}}') (API $(docker version --format '{{.Server.APIVersion}}')), image sentinel/busybox:local ready"
+
+scripts/build-steps.sh

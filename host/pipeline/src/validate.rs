@@ -279,6 +279,7 @@ pub fn validate(raw: &RawPipeline, default_name: &str, steps: &StepAnswers, step
         }
     };
 
+    let stages = derive_sensitivity(stages);
     Ok(Plan {
         version: raw.version,
         name: raw.name.clone().unwrap_or_else(|| default_name.to_string()),
@@ -736,4 +737,21 @@ fn find_cycle(left: &[StagePlan]) -> (Vec<StageName>, StageName) {
         }
         path.push(next.clone());
     }
+}
+
+/// A step's output is a value taken from its inputs: a step that reads a
+/// sensitive stage's output is itself sensitive (a plucked key is a secret).
+/// Stages are in topological order, so one pass sees every source first.
+fn derive_sensitivity(mut stages: Vec<StagePlan>) -> Vec<StagePlan> {
+    let mut sensitive: BTreeSet<StageName> = BTreeSet::new();
+    for s in stages.iter_mut() {
+        let reads_sensitive = s.templates().flat_map(|t| t.refs()).filter_map(Ref::stage).any(|n| sensitive.contains(n));
+        if matches!(s.action, Action::Step { .. }) && reads_sensitive {
+            s.sensitive = true;
+        }
+        if s.sensitive {
+            sensitive.insert(s.name.clone());
+        }
+    }
+    stages
 }

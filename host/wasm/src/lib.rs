@@ -282,7 +282,8 @@ impl Executor for WasmExecutor {
             Ok(pre) => self.run_prepared(pre, &job, &step, stop).await,
             Err(e) => Outcome::StartFailed(e),
         };
-        StageReport { outcome, image_id: Some(step.digest) }
+        // The digest is recorded with the step reference; there is no image.
+        StageReport { outcome, image_id: None }
     }
 
     async fn end_run(&self, _run_id: &RunId) {}
