@@ -1,0 +1,179 @@
+//! Benchmark (not a test) of WebAssembly steps, in one run: the raw
+//! instantiate-and-run of a cached component, a cached jq-pluck stage end to
+//! end inside the engine (log, state and result documents included) against
+//! the same work as a container stage, the first-run compile time, and the
+//! wall time of a 100-stage wasm-only DAG.
+//! Run with `cargo bench -p sentinel --bench steps` after `scripts/build-steps.sh`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sentinel_api::{RunStatus, StageStatus, Trigger, TriggerKind};
+use sentinel_docker::DockerExecutor;
+use sentinel_engine::exec::{Dispatch, Executor, StageJob, StepJob};
+use sentinel_engine::lease::Owner;
+use sentinel_engine::{Engine, EngineConfig, Progress, ProgressFn, RunRequest, Signals};
+use sentinel_pipeline::{DirCatalog, Limits, Network, WorkspaceAccess};
+use sentinel_results::LocalSink;
+use sentinel_store::SledStore;
+use sentinel_wasm::WasmExecutor;
+use tokio_util::sync::CancellationToken;
+
+fn dist() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../steps/dist")
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// Runs a pipeline; returns the wall time and each stage's running→final time.
+async fn run(engine: &Engine, dir: &Path, yaml: &str) -> (Duration, Vec<Duration>) {
+    let src = dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let catalog = DirCatalog { dirs: vec![dist()] };
+    let plan = sentinel_pipeline::parse_str_with(yaml, "sentinel.yml", "bench", &catalog, &src).unwrap();
+    let starts: Arc<Mutex<BTreeMap<String, Instant>>> = Default::default();
+    let spans: Arc<Mutex<Vec<Duration>>> = Default::default();
+    let progress: ProgressFn = {
+        let (starts, spans) = (starts.clone(), spans.clone());
+        Arc::new(move |p| {
+            if let Progress::Stage { name, status, .. } = p {
+                if status == StageStatus::Running {
+                    starts.lock().unwrap().insert(name.to_string(), Instant::now());
+                } else if status.is_final() {
+                    if let Some(t) = starts.lock().unwrap().get(name.as_str()) {
+                        spans.lock().unwrap().push(t.elapsed());
+                    }
+                }
+            }
+        })
+    };
+    let req = RunRequest {
+        plan,
+        source: src,
+        skip: vec![],
+        trigger: Trigger { kind: TriggerKind::Local, by: None },
+        git: None,
+        host_env: BTreeMap::new(),
+        secrets: BTreeMap::new(),
+    };
+    let t = Instant::now();
+    let doc = engine.run(req, progress, Signals::default()).await.unwrap();
+    let wall = t.elapsed();
+    assert_eq!(doc.status, RunStatus::Succeeded, "{:?}", doc.reason);
+    let spans = spans.lock().unwrap().clone();
+    (wall, spans)
+}
+
+fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let wasm = WasmExecutor::new(&tmp.path().join("cache")).unwrap();
+
+        // First-run compile of jq-pluck (empty cache), then a cached load.
+        let jq = sentinel_pipeline::step::load_local(&dist().join("jq-pluck/step.wasm")).expect("run scripts/build-steps.sh");
+        let t = Instant::now();
+        wasm.prepare(&jq.wasm, &jq.digest).await.unwrap();
+        let compile = t.elapsed();
+        let fresh = WasmExecutor::new(&tmp.path().join("cache")).unwrap();
+        let t = Instant::now();
+        fresh.prepare(&jq.wasm, &jq.digest).await.unwrap();
+        let from_disk = t.elapsed();
+
+        // Raw instantiate-and-run of a cached component (a no-op command).
+        let noop = sentinel_pipeline::step::load_local(&dist().join("guests/noop/step.wasm")).unwrap();
+        let ws = tmp.path().join("ws");
+        let private = tmp.path().join("private");
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(&private).unwrap();
+        let exec: Arc<dyn Executor> = Arc::new(wasm.clone());
+        let mut raw = Vec::new();
+        for i in 0..2000 {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+            let job = StageJob {
+                run_id: "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap(),
+                stage: "noop".parse().unwrap(),
+                owner: Owner::current(),
+                image: String::new(),
+                script: String::new(),
+                env: vec![],
+                limits: Limits { timeout: Duration::from_secs(10), memory: 64 << 20, cpus: None, network: Network::None, log_limit: 1 << 20, pids: 1, user: None },
+                user: String::new(),
+                workspace: ws.clone(),
+                private_dir: private.clone(),
+                log: tx,
+                step: Some(StepJob { name: "probe".into(), wasm: noop.wasm.clone(), digest: noop.digest.clone(), workspace: WorkspaceAccess::Read, http: vec![] }),
+            };
+            let t = Instant::now();
+            exec.run_stage(job, CancellationToken::new()).await;
+            if i >= 100 {
+                raw.push(t.elapsed());
+            }
+            while rx.try_recv().is_ok() {}
+        }
+        let raw_p50 = pct(&mut raw, 0.5);
+
+        // Engines: steps only, and containers + steps.
+        let store = SledStore::try_open(&tmp.path().join("db")).unwrap();
+        let docker = DockerExecutor::connect().await.expect("Docker (run scripts/setup.sh)");
+        let engine = |jobs: usize, root: &str| Engine {
+            exec: Arc::new(Dispatch { containers: Arc::new(docker.clone()), steps: Arc::new(wasm.clone()) }),
+            store: Arc::new(store.clone()),
+            sink: Arc::new(LocalSink::new(tmp.path().join(root).join("results"))),
+            config: EngineConfig { jobs, state_dir: tmp.path().join(root).join("state"), keep_workspace: false },
+        };
+        let input = r#"{"Credentials":{"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"x"}}"#;
+        let mut pluck = String::from("version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n");
+        for i in 0..50 {
+            pluck.push_str(&format!("  p{i}:\n    step: jq-pluck@1\n    with: {{input: '{input}', filter: .Credentials.AccessKeyId, raw: 'true'}}\n"));
+        }
+        let e1 = engine(1, "pluck");
+        let _ = run(&e1, &tmp.path().join("warm"), &pluck).await;
+        let mut stage_spans = Vec::new();
+        for i in 0..6 {
+            stage_spans.extend(run(&e1, &tmp.path().join(format!("pluck-{i}")), &pluck).await.1);
+        }
+        let (p50, p99) = (pct(&mut stage_spans.clone(), 0.5), pct(&mut stage_spans, 0.99));
+
+        let container = format!(
+            "version: 1\nbox: sentinel/busybox:local\ndefaults: {{network: none}}\nstages:\n  c:\n    run: echo '{input}' | sed -e 's/.*AccessKeyId\":\"//' -e 's/\".*//'\n"
+        );
+        let mut cspans = Vec::new();
+        for i in 0..10 {
+            cspans.extend(run(&e1, &tmp.path().join(format!("c-{i}")), &container).await.1);
+        }
+        let c50 = pct(&mut cspans, 0.5);
+
+        let mut dag = String::from("version: 1\nstages:\n");
+        for i in 0..100 {
+            let after = if i < 10 { String::new() } else { format!(", after: [s{}]", i - 10) };
+            dag.push_str(&format!("  s{i}: {{step: jq-pluck@1, with: {{input: '{{\"v\": {i}}}', filter: .v}}{after}}}\n"));
+        }
+        let e8 = engine(8, "dag");
+        let _ = run(&e8, &tmp.path().join("dag-warm"), &dag).await;
+        let mut walls = Vec::new();
+        for i in 0..5 {
+            walls.push(run(&e8, &tmp.path().join(format!("dag-{i}")), &dag).await.0);
+        }
+        let wall = pct(&mut walls, 0.5);
+
+        println!("WebAssembly steps (wasmtime 48), this machine:");
+        println!("  first-run compile of jq-pluck ({} KiB)           : {:>9.1} ms", std::fs::metadata(&jq.wasm).unwrap().len() / 1024, compile.as_secs_f64() * 1e3);
+        println!("  load of the cached compiled jq-pluck             : {:>9.1} ms", from_disk.as_secs_f64() * 1e3);
+        println!("  instantiate + run of a cached no-op step, p50    : {:>9.1} µs  (goal <= 100 µs)", us(raw_p50));
+        println!("  jq-pluck stage in the engine, p50                : {:>9.1} µs  (goal <= 1000 µs)", us(p50));
+        println!("  jq-pluck stage in the engine, p99                : {:>9.1} µs", us(p99));
+        println!("  the same pluck as a container stage, p50         : {:>9.1} µs", us(c50));
+        println!("  ratio container / step (goal >= 300x)            : {:>9.0}x", c50.as_secs_f64() / p50.as_secs_f64());
+        println!("  100-stage wasm-only DAG, --jobs 8, median of 5   : {:>9.1} ms  (goal < 150 ms)", wall.as_secs_f64() * 1e3);
+    });
+}

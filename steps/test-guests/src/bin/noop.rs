@@ -1,0 +1,2 @@
+//! Does nothing: measures the cost of starting a step.
+fn main() {}
