@@ -39,7 +39,8 @@ async fn run(engine: &Engine, dir: &Path, yaml: &str) -> (Duration, Vec<Duration
     let src = dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
     let catalog = DirCatalog { dirs: vec![dist()] };
-    let plan = sentinel_pipeline::parse_str_with(yaml, "sentinel.yml", "bench", &catalog, &src).unwrap();
+    let plan =
+        sentinel_pipeline::parse_str_with(yaml, "sentinel.yml", "bench", &catalog, &src).unwrap();
     let starts: Arc<Mutex<BTreeMap<String, Instant>>> = Default::default();
     let spans: Arc<Mutex<Vec<Duration>>> = Default::default();
     let progress: ProgressFn = {
@@ -47,7 +48,10 @@ async fn run(engine: &Engine, dir: &Path, yaml: &str) -> (Duration, Vec<Duration
         Arc::new(move |p| {
             if let Progress::Stage { name, status, .. } = p {
                 if status == StageStatus::Running {
-                    starts.lock().unwrap().insert(name.to_string(), Instant::now());
+                    starts
+                        .lock()
+                        .unwrap()
+                        .insert(name.to_string(), Instant::now());
                 } else if status.is_final() {
                     if let Some(t) = starts.lock().unwrap().get(name.as_str()) {
                         spans.lock().unwrap().push(t.elapsed());
@@ -60,7 +64,10 @@ async fn run(engine: &Engine, dir: &Path, yaml: &str) -> (Duration, Vec<Duration
         plan,
         source: src,
         skip: vec![],
-        trigger: Trigger { kind: TriggerKind::Local, by: None },
+        trigger: Trigger {
+            kind: TriggerKind::Local,
+            by: None,
+        },
         git: None,
         host_env: BTreeMap::new(),
         secrets: BTreeMap::new(),

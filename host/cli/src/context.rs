@@ -108,7 +108,11 @@ pub fn step_catalog() -> sentinel_pipeline::DirCatalog {
         if let Some(dir) = exe.parent() {
             dirs.push(dir.join("steps"));
         }
-        if let Some(found) = exe.ancestors().map(|a| a.join("steps/dist")).find(|p| p.is_dir()) {
+        if let Some(found) = exe
+            .ancestors()
+            .map(|a| a.join("steps/dist"))
+            .find(|p| p.is_dir())
+        {
             dirs.push(found);
         }
     }
@@ -118,13 +122,25 @@ pub fn step_catalog() -> sentinel_pipeline::DirCatalog {
 
 /// The executor for a plan: Docker for container stages (only connected
 /// when the plan has any), the WebAssembly runtime for steps.
-pub async fn executor_for(plan: &sentinel_pipeline::Plan, dirs: &Dirs) -> anyhow::Result<Arc<dyn Executor>> {
+pub async fn executor_for(
+    plan: &sentinel_pipeline::Plan,
+    dirs: &Dirs,
+) -> anyhow::Result<Arc<dyn Executor>> {
     let needs_docker = !plan.services.is_empty()
-        || plan.stages.iter().any(|s| matches!(s.action, sentinel_pipeline::Action::Container { .. }));
-    let containers: Arc<dyn Executor> =
-        if needs_docker { Arc::new(DockerExecutor::connect().await?) } else { docker_or_unavailable().await };
+        || plan
+            .stages
+            .iter()
+            .any(|s| matches!(s.action, sentinel_pipeline::Action::Container { .. }));
+    let containers: Arc<dyn Executor> = if needs_docker {
+        Arc::new(DockerExecutor::connect().await?)
+    } else {
+        docker_or_unavailable().await
+    };
     let steps = sentinel_wasm::WasmExecutor::new(&dirs.state.join("cache/wasm"))?;
-    Ok(Arc::new(sentinel_engine::exec::Dispatch { containers, steps: Arc::new(steps) }))
+    Ok(Arc::new(sentinel_engine::exec::Dispatch {
+        containers,
+        steps: Arc::new(steps),
+    }))
 }
 
 /// Docker, or `Unavailable` with a warning.

@@ -291,39 +291,91 @@ async fn steps_and_containers_in_one_pipeline() {
     let p = Project::new(&std::fs::read_to_string(example.join("sentinel.yml")).unwrap());
     std::fs::copy(example.join("package.json"), p.source.join("package.json")).unwrap();
     let out = sentinel(&p.source, &["run", "--json"]).output().unwrap();
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let last = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().to_string();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
     let run: serde_json::Value = serde_json::from_str(&last).unwrap();
     assert_eq!(run["status"], "succeeded");
     let id = run["id"].as_str().unwrap();
     let deploy = run_ok(&p.source, &["logs", id, "deploy"]);
-    assert_eq!(String::from_utf8_lossy(&deploy.stdout), "deploying 2.3.4 with key ***\n");
-    let show: serde_json::Value = serde_json::from_slice(&run_ok(&p.source, &["show", id, "--json"]).stdout).unwrap();
-    let pluck = show["stages"].as_array().unwrap().iter().find(|s| s["name"] == "access-key-id").unwrap().clone();
+    assert_eq!(
+        String::from_utf8_lossy(&deploy.stdout),
+        "deploying 2.3.4 with key ***\n"
+    );
+    let show: serde_json::Value =
+        serde_json::from_slice(&run_ok(&p.source, &["show", id, "--json"]).stdout).unwrap();
+    let pluck = show["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "access-key-id")
+        .unwrap()
+        .clone();
     assert_eq!(pluck["kind"], "step");
-    assert_eq!(pluck["sensitive"], true, "a value taken from a sensitive stage is sensitive");
+    assert_eq!(
+        pluck["sensitive"], true,
+        "a value taken from a sensitive stage is sensitive"
+    );
     assert!(pluck.get("output").is_none());
-    for entry in walkdir::WalkDir::new(p.tmp.path()).into_iter().flatten().filter(|e| e.file_type().is_file()) {
+    for entry in walkdir::WalkDir::new(p.tmp.path())
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+    {
         let bytes = std::fs::read(entry.path()).unwrap();
-        assert!(!common::contains(&bytes, b"DEMO\""), "{} holds the plucked key", entry.path().display());
+        assert!(
+            !common::contains(&bytes, b"DEMO\""),
+            "{} holds the plucked key",
+            entry.path().display()
+        );
     }
 }
 
 #[test]
 fn step_mistakes_are_validation_errors() {
     let cases = [
-        ("  p: {step: jq-plukc@1, with: {filter: .a, input: '{}'}}\n", "unknown step `jq-plukc@1` (did you mean `jq-pluck`?)"),
-        ("  p: {step: jq-pluck@1, with: {input: '{}'}}\n", "step `jq-pluck` needs the setting `filter`"),
-        ("  p: {step: jq-pluck@1, with: {filter: .a, fitler: .b}}\n", "step `jq-pluck` has no setting `fitler` (did you mean `filter`?)"),
-        ("  p: {step: jq-pluck@2, with: {filter: .a}}\n", "step `jq-pluck` is version 1.0.0; `jq-pluck@2` asks for 2"),
-        ("  p: {step: ./missing/step.wasm}\n", "a step needs a step.toml beside its .wasm"),
+        (
+            "  p: {step: jq-plukc@1, with: {filter: .a, input: '{}'}}\n",
+            "unknown step `jq-plukc@1` (did you mean `jq-pluck`?)",
+        ),
+        (
+            "  p: {step: jq-pluck@1, with: {input: '{}'}}\n",
+            "step `jq-pluck` needs the setting `filter`",
+        ),
+        (
+            "  p: {step: jq-pluck@1, with: {filter: .a, fitler: .b}}\n",
+            "step `jq-pluck` has no setting `fitler` (did you mean `filter`?)",
+        ),
+        (
+            "  p: {step: jq-pluck@2, with: {filter: .a}}\n",
+            "step `jq-pluck` is version 1.0.0; `jq-pluck@2` asks for 2",
+        ),
+        (
+            "  p: {step: ./missing/step.wasm}\n",
+            "a step needs a step.toml beside its .wasm",
+        ),
     ];
     for (stages, expected) in cases {
         let p = Project::new(&pipeline(stages));
         let out = sentinel(&p.source, &["validate"]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stages}: {err}");
-        assert!(err.contains("sentinel.yml:7:"), "{stages}: a line and column: {err}");
-        assert!(err.contains(expected), "{stages}: expected {expected:?} in {err:?}");
+        assert!(
+            err.contains("sentinel.yml:7:"),
+            "{stages}: a line and column: {err}"
+        );
+        assert!(
+            err.contains(expected),
+            "{stages}: expected {expected:?} in {err:?}"
+        );
     }
 }

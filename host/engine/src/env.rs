@@ -24,6 +24,8 @@ pub struct EnvInputs<'a> {
     pub sensitive: &'a [StageName],
     /// The run's status so far, for `when: always | on_failure` stages.
     pub run_status: &'a str,
+    /// Stages that failed so far (comma-separated), for the same stages.
+    pub failed_stages: String,
 }
 
 /// The resolved environment and what may be recorded of it.
@@ -44,7 +46,9 @@ pub struct StageEnv {
 pub fn host_of(value: &str) -> String {
     let rest = value.split_once("://").map_or(value, |(_, r)| r);
     let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    host.rsplit_once('@').map_or(host, |(_, h)| h).to_ascii_lowercase()
+    host.rsplit_once('@')
+        .map_or(host, |(_, h)| h)
+        .to_ascii_lowercase()
 }
 
 /// Resolves one reference; the error names what is missing.
@@ -119,6 +123,11 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
             "SENTINEL_RUN_STATUS",
             inputs.run_status.to_string(),
         );
+        set(
+            &mut env.vars,
+            "SENTINEL_FAILED_STAGES",
+            inputs.failed_stages.clone(),
+        );
     }
     if let Some(g) = inputs.git {
         for (k, v) in [
@@ -148,7 +157,11 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
                 env.secret_values.push(value.clone());
             }
             env.settings.insert(k.clone(), shown);
-            set(&mut env.vars, &sentinel_pipeline::step::setting_env_name(&manifest.name, k), value.clone());
+            set(
+                &mut env.vars,
+                &sentinel_pipeline::step::setting_env_name(&manifest.name, k),
+                value.clone(),
+            );
             values.insert(k.clone(), value);
         }
         for entry in &manifest.capabilities.http {

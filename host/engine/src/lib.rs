@@ -13,6 +13,7 @@ pub mod lease;
 pub mod log;
 pub mod masker;
 pub mod ports;
+pub mod publish;
 pub mod record;
 pub mod recover;
 pub mod run;

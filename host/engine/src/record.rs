@@ -109,7 +109,6 @@ impl StageState {
 #[derive(Debug)]
 pub struct Recorder {
     store: Arc<dyn Store>,
-    sink: Arc<dyn ResultsSink>,
     secrets: Arc<SecretSet>,
     pub run_id: RunId,
     pub plan: Arc<Plan>,
@@ -117,6 +116,7 @@ pub struct Recorder {
     stages: Vec<StageState>,
     index: BTreeMap<StageName, usize>,
     dirs: RunDirs,
+    publisher: crate::publish::Publisher,
 }
 
 impl Recorder {
@@ -141,7 +141,9 @@ impl Recorder {
                         Some(hex::encode(sha2::Sha256::digest(script.as_bytes()))),
                         None,
                     ),
-                    Action::Step { step, resolved, .. } => (None, None, Some(format!("{step} ({})", resolved.digest))),
+                    Action::Step { step, resolved, .. } => {
+                        (None, None, Some(format!("{step} ({})", resolved.digest)))
+                    }
                 };
                 StageState {
                     name: s.name.clone(),
@@ -180,9 +182,9 @@ impl Recorder {
             .map(|(i, s)| (s.name.clone(), i))
             .collect();
         let run = new_run_doc(run_id.clone(), &plan, trigger, git, run_entries(&stages));
+        let publisher = crate::publish::Publisher::start(sink);
         Self {
             store,
-            sink,
             secrets,
             run_id,
             plan,
@@ -190,6 +192,7 @@ impl Recorder {
             stages,
             index,
             dirs,
+            publisher,
         }
     }
 
@@ -265,6 +268,17 @@ impl Recorder {
         }
     }
 
+    /// Stages that failed so far, comma-separated.
+    pub fn failed_stages(&self) -> String {
+        let failed: Vec<&str> = self
+            .stages
+            .iter()
+            .filter(|s| s.status.is_failure())
+            .map(|s| s.name.as_str())
+            .collect();
+        failed.join(",")
+    }
+
     /// The first failed stage, as a reason for the run.
     pub fn first_failure(&self) -> Option<String> {
         let failed: Vec<&StageState> = self
@@ -291,7 +305,11 @@ impl Recorder {
 
     /// Adds values to mask from now on (a step's secret settings).
     pub fn add_secrets(&mut self, values: &[String]) {
-        let values: Vec<&[u8]> = values.iter().map(|v| v.as_bytes()).filter(|v| v.len() >= crate::masker::MIN_SECRET_LEN).collect();
+        let values: Vec<&[u8]> = values
+            .iter()
+            .map(|v| v.as_bytes())
+            .filter(|v| v.len() >= crate::masker::MIN_SECRET_LEN)
+            .collect();
         if values.is_empty() {
             return;
         }
@@ -303,7 +321,10 @@ impl Recorder {
 
     /// Records a step's settings (secrets as references).
     pub fn set_settings(&mut self, name: &StageName, settings: BTreeMap<String, String>) {
-        let masked = settings.into_iter().map(|(k, v)| (k, self.secrets.mask_str(&v))).collect();
+        let masked = settings
+            .into_iter()
+            .map(|(k, v)| (k, self.secrets.mask_str(&v)))
+            .collect();
         self.state_mut(name).inputs.settings = masked;
     }
 
@@ -460,28 +481,26 @@ impl Recorder {
         });
     }
 
+    /// Hands a finished stage's log and artifacts to the publisher; their
+    /// keys are known now, so the stage document can name them.
     async fn publish_files(&mut self, name: &StageName) {
         let log_path = self.dirs.log(name);
-        if let Ok(bytes) = tokio::fs::read(&log_path).await {
-            if self.secrets.leaks(&bytes) {
-                tracing::error!("refusing to publish the log of `{name}`: it still holds a secret");
-            } else {
-                match self.sink.put_log(&self.run_id, name, &log_path).await {
-                    Ok(key) => self.state_mut(name).log = Some(key),
-                    Err(e) => tracing::warn!("cannot publish the log of `{name}`: {e}"),
-                }
-            }
-        }
         let artifacts = self.dirs.private(name).join("artifacts");
-        if artifacts.is_dir() {
-            match self
-                .sink
-                .put_artifacts(&self.run_id, name, &artifacts)
-                .await
-            {
-                Ok(key) => self.state_mut(name).artifacts = key,
-                Err(e) => tracing::warn!("cannot publish the artifacts of `{name}`: {e}"),
-            }
+        let has_log = log_path.is_file();
+        let has_artifacts = walkdir::WalkDir::new(&artifacts)
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+            .any(|e| e.file_type().is_file());
+        let state = self.state_mut(name);
+        state.log = has_log.then(|| format!("{name}.log"));
+        state.artifacts = has_artifacts.then(|| format!("{name}.zip"));
+        let doc = self.state(name).doc(&self.run_id, &self.secrets);
+        if has_log {
+            self.publisher.log(&doc, log_path, self.secrets.clone());
+        }
+        if has_artifacts {
+            self.publisher.artifacts(&doc, artifacts);
         }
     }
 
@@ -490,10 +509,8 @@ impl Recorder {
         if let Err(e) = self.store.put_stage(&doc).await {
             tracing::warn!("cannot store stage `{name}`: {e}");
         }
-        if self.swept(&doc, &format!("the document of `{name}`"))
-            && let Err(e) = self.sink.put_stage(&doc).await
-        {
-            tracing::warn!("cannot publish stage `{name}`: {e}");
+        if self.swept(&doc, &format!("the document of `{name}`")) {
+            self.publisher.stage(doc);
         }
     }
 
@@ -515,11 +532,10 @@ impl Recorder {
         if let Err(e) = self.store.put_run(&doc, false).await {
             tracing::warn!("cannot store the run: {e}");
         }
-        if let Err(e) = self.sink.put_run(&doc).await {
-            tracing::warn!("cannot publish run.json: {e}");
-        }
-        if index && let Err(e) = self.sink.update_index(&summary(&doc)).await {
-            tracing::warn!("cannot update the runs index: {e}");
+        let summary = index.then(|| summary(&doc));
+        self.publisher.run(doc);
+        if let Some(s) = summary {
+            self.publisher.index(s);
         }
     }
 
@@ -550,6 +566,7 @@ impl Recorder {
             tracing::warn!("cannot record an event: {err}");
         }
         self.publish_run(true).await;
+        self.publisher.flush().await;
         if let Err(e) = self.store.put_run(&self.run_doc(), true).await {
             tracing::error!("cannot store the finished run: {e}");
         }

@@ -360,6 +360,7 @@ impl Engine {
                                 outputs: &outputs,
                                 sensitive: &sensitive,
                                 run_status,
+                                failed_stages: rec.failed_stages(),
                             };
                             stage_env(&inputs, s)
                         };
@@ -494,6 +495,7 @@ impl Engine {
             outputs: &empty,
             sensitive: &[],
             run_status: "running",
+            failed_stages: String::new(),
         };
         req.plan
             .services

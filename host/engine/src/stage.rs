@@ -80,7 +80,13 @@ pub async fn run_stage(
         rx,
     );
 
-    let prepared = prepare_private(&private, &s.user).map_err(|e| {
+    // A step's files are written by this process: no hand-over needed.
+    let owner = if matches!(s.plan.action, Action::Step { .. }) {
+        ""
+    } else {
+        s.user.as_str()
+    };
+    let prepared = prepare_private(&private, owner).map_err(|e| {
         format!(
             "cannot prepare the stage's folder {}: {e}",
             private.display()
@@ -185,9 +191,16 @@ pub async fn run_stage(
         Outcome::MemoryLimit => fail(
             StageStatus::Failed,
             FailureKind::MemoryLimit,
-            format!("memory limit: the step tried to grow past {}", human_bytes(s.plan.limits.memory)),
+            format!(
+                "memory limit: the step tried to grow past {}",
+                human_bytes(s.plan.limits.memory)
+            ),
         ),
-        Outcome::Trap(m) => fail(StageStatus::Failed, FailureKind::RuntimeError, format!("trap: {m}")),
+        Outcome::Trap(m) => fail(
+            StageStatus::Failed,
+            FailureKind::RuntimeError,
+            format!("trap: {m}"),
+        ),
         Outcome::Stopped if timed_out.load(Ordering::SeqCst) => fail(
             StageStatus::TimedOut,
             FailureKind::Timeout,

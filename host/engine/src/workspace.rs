@@ -105,7 +105,7 @@ pub fn copy_source(src: &Path, dst: &Path, skip: &[&str]) -> io::Result<u64> {
 /// process may (it is root) and needs to (the user differs).
 pub fn hand_over(path: &Path, user: &str) -> io::Result<()> {
     let (uid, gid) = parse_user(user);
-    if current_uid() != 0 || uid == 0 {
+    if user.is_empty() || current_uid() != 0 || uid == 0 {
         return Ok(());
     }
     for entry in walkdir::WalkDir::new(path).follow_links(false) {

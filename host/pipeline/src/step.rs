@@ -63,18 +63,32 @@ pub struct StepManifest {
 
 /// Context variable names a step's namespace must not collide with.
 const RESERVED: &[&str] = &[
-    "RUN", "RUN_ID", "RUN_STATUS", "STAGE", "WORKSPACE", "ARTIFACTS", "OUTPUT", "COMMIT", "BRANCH", "REPO",
+    "RUN",
+    "RUN_ID",
+    "RUN_STATUS",
+    "STAGE",
+    "WORKSPACE",
+    "ARTIFACTS",
+    "OUTPUT",
+    "COMMIT",
+    "BRANCH",
+    "REPO",
     "PIPELINE",
 ];
 
 /// The environment variable of a setting: `SENTINEL_<STEP>_<KEY>`.
 pub fn setting_env_name(step: &str, key: &str) -> String {
-    format!("SENTINEL_{}_{}", step.to_ascii_uppercase().replace('-', "_"), key.to_ascii_uppercase().replace('-', "_"))
+    format!(
+        "SENTINEL_{}_{}",
+        step.to_ascii_uppercase().replace('-', "_"),
+        key.to_ascii_uppercase().replace('-', "_")
+    )
 }
 
 fn name_ok(s: &str) -> bool {
     s.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && s.len() <= 40
 }
 
@@ -91,24 +105,39 @@ impl StepManifest {
             format!("{file}:{}{}", pos.unwrap_or_default(), e.message())
         })?;
         if !name_ok(&m.name) {
-            return Err(format!("{file}: step name `{}` must be lower-case letters, digits, `-` or `_`", m.name));
+            return Err(format!(
+                "{file}: step name `{}` must be lower-case letters, digits, `-` or `_`",
+                m.name
+            ));
         }
         let upper = m.name.to_ascii_uppercase().replace('-', "_");
-        if RESERVED.iter().any(|r| upper == *r || upper.starts_with(&format!("{r}_"))) {
+        if RESERVED
+            .iter()
+            .any(|r| upper == *r || upper.starts_with(&format!("{r}_")))
+        {
             return Err(format!(
                 "{file}: step name `{}` would collide with Sentinel's context variables (SENTINEL_{upper}…)",
                 m.name
             ));
         }
-        if m.version.split('.').count() != 3 || !m.version.split('.').all(|p| p.parse::<u64>().is_ok()) {
-            return Err(format!("{file}: version `{}` must be MAJOR.MINOR.PATCH", m.version));
+        if m.version.split('.').count() != 3
+            || !m.version.split('.').all(|p| p.parse::<u64>().is_ok())
+        {
+            return Err(format!(
+                "{file}: version `{}` must be MAJOR.MINOR.PATCH",
+                m.version
+            ));
         }
         for (k, s) in &m.settings {
             if !name_ok(k) {
-                return Err(format!("{file}: setting `{k}` must be lower-case letters, digits, `-` or `_`"));
+                return Err(format!(
+                    "{file}: setting `{k}` must be lower-case letters, digits, `-` or `_`"
+                ));
             }
             if s.required && s.default.is_some() {
-                return Err(format!("{file}: setting `{k}` is required and has a default; choose one"));
+                return Err(format!(
+                    "{file}: setting `{k}` is required and has a default; choose one"
+                ));
             }
         }
         Ok(m)
@@ -154,8 +183,12 @@ impl StepCatalog for NoSteps {
 /// `step.toml` beside it.
 pub fn load_local(wasm: &Path) -> Result<ResolvedStep, String> {
     let toml_path = wasm.with_file_name("step.toml");
-    let text = std::fs::read_to_string(&toml_path)
-        .map_err(|e| format!("cannot read {}: {e} (a step needs a step.toml beside its .wasm)", toml_path.display()))?;
+    let text = std::fs::read_to_string(&toml_path).map_err(|e| {
+        format!(
+            "cannot read {}: {e} (a step needs a step.toml beside its .wasm)",
+            toml_path.display()
+        )
+    })?;
     let manifest = StepManifest::parse(&text, &toml_path.display().to_string())?;
     let bytes = std::fs::read(wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
     Ok(ResolvedStep {
@@ -187,7 +220,9 @@ impl StepCatalog for DirCatalog {
                     || have == want
                     || (want.split('.').count() < 3 && have.starts_with(&format!("{want}.")));
                 if !matches {
-                    return Err(format!("step `{name}` is version {have}; `{reference}` asks for {want}"));
+                    return Err(format!(
+                        "step `{name}` is version {have}; `{reference}` asks for {want}"
+                    ));
                 }
                 return Ok(step);
             }
@@ -232,11 +267,22 @@ mod tests {
         .unwrap();
         assert_eq!(m.capabilities.workspace, WorkspaceAccess::Read);
         assert!(m.settings["key_id"].secret);
-        assert_eq!(setting_env_name("jq-pluck", "key-id"), "SENTINEL_JQ_PLUCK_KEY_ID");
-        let e = StepManifest::parse("name = \"x\"\nversion = \"1.0.0\"\nbogus = 1\n", "step.toml").unwrap_err();
+        assert_eq!(
+            setting_env_name("jq-pluck", "key-id"),
+            "SENTINEL_JQ_PLUCK_KEY_ID"
+        );
+        let e = StepManifest::parse(
+            "name = \"x\"\nversion = \"1.0.0\"\nbogus = 1\n",
+            "step.toml",
+        )
+        .unwrap_err();
         assert!(e.starts_with("step.toml:3:1: unknown field `bogus`"), "{e}");
         for reserved in ["run", "stage", "workspace", "output", "commit", "run-id"] {
-            let e = StepManifest::parse(&format!("name = \"{reserved}\"\nversion = \"1.0.0\"\n"), "s").unwrap_err();
+            let e = StepManifest::parse(
+                &format!("name = \"{reserved}\"\nversion = \"1.0.0\"\n"),
+                "s",
+            )
+            .unwrap_err();
             assert!(e.contains("collide"), "{reserved}: {e}");
         }
     }

@@ -82,7 +82,12 @@ fn parse_duration(s: &str) -> Option<Duration> {
 
 /// Validates a raw pipeline. `default_name` names the pipeline when the file
 /// does not (the folder's name).
-pub fn validate(raw: &RawPipeline, default_name: &str, steps: &StepAnswers, step_names: &[String]) -> Result<Plan, Vec<Issue>> {
+pub fn validate(
+    raw: &RawPipeline,
+    default_name: &str,
+    steps: &StepAnswers,
+    step_names: &[String],
+) -> Result<Plan, Vec<Issue>> {
     let mut cx = Ctx {
         raw,
         issues: Vec::new(),
@@ -531,7 +536,11 @@ fn stage_plan(
         }
         (None, Some(step)) => {
             if s.image.is_some() {
-                cx.issue(at("image"), "a step stage has no image; remove `image:`", None);
+                cx.issue(
+                    at("image"),
+                    "a step stage has no image; remove `image:`",
+                    None,
+                );
             }
             if !s.env.is_empty() {
                 cx.issue(
@@ -553,13 +562,20 @@ fn stage_plan(
                     let manifest = &resolved.manifest;
                     for k in s.with.keys() {
                         if !manifest.settings.contains_key(k) {
-                            let hint = did_you_mean(k, manifest.settings.keys().map(String::as_str)).or_else(|| {
-                                Some(format!(
-                                    "`{}` has the settings: {}",
-                                    manifest.name,
-                                    manifest.settings.keys().cloned().collect::<Vec<_>>().join(", ")
-                                ))
-                            });
+                            let hint =
+                                did_you_mean(k, manifest.settings.keys().map(String::as_str))
+                                    .or_else(|| {
+                                        Some(format!(
+                                            "`{}` has the settings: {}",
+                                            manifest.name,
+                                            manifest
+                                                .settings
+                                                .keys()
+                                                .cloned()
+                                                .collect::<Vec<_>>()
+                                                .join(", ")
+                                        ))
+                                    });
                             cx.issue(
                                 [base.clone(), vec![key("with"), key_name(k)]].concat(),
                                 format!("step `{}` has no setting `{k}`", manifest.name),
@@ -576,14 +592,22 @@ fn stage_plan(
                                 with.insert(k.clone(), Template::literal(d.clone()));
                             }
                             None if spec.required => cx.issue(
-                                if s.with.is_empty() { base.clone() } else { at("with") },
+                                if s.with.is_empty() {
+                                    base.clone()
+                                } else {
+                                    at("with")
+                                },
                                 format!("step `{}` needs the setting `{k}`", manifest.name),
                                 Some(format!("add `{k}: …` under `with:`")),
                             ),
                             None => {}
                         }
                     }
-                    Some(Action::Step { step: step.clone(), with, resolved: resolved.clone() })
+                    Some(Action::Step {
+                        step: step.clone(),
+                        with,
+                        resolved: resolved.clone(),
+                    })
                 }
                 Some(Err(e)) => {
                     let bare = step.split('@').next().unwrap_or(step);
@@ -745,7 +769,11 @@ fn find_cycle(left: &[StagePlan]) -> (Vec<StageName>, StageName) {
 fn derive_sensitivity(mut stages: Vec<StagePlan>) -> Vec<StagePlan> {
     let mut sensitive: BTreeSet<StageName> = BTreeSet::new();
     for s in stages.iter_mut() {
-        let reads_sensitive = s.templates().flat_map(|t| t.refs()).filter_map(Ref::stage).any(|n| sensitive.contains(n));
+        let reads_sensitive = s
+            .templates()
+            .flat_map(|t| t.refs())
+            .filter_map(Ref::stage)
+            .any(|n| sensitive.contains(n));
         if matches!(s.action, Action::Step { .. }) && reads_sensitive {
             s.sensitive = true;
         }

@@ -63,7 +63,10 @@ impl WasiHttpHooks for Policy {
         Box::new(async move {
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((res.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            Ok((
+                res.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
         })
     }
 }
@@ -74,7 +77,11 @@ mod tests {
 
     #[test]
     fn allowlist() {
-        let allow = vec!["hooks.example.com".to_string(), "*.amazonaws.com".to_string(), "127.0.0.1:9000".to_string()];
+        let allow = vec![
+            "hooks.example.com".to_string(),
+            "*.amazonaws.com".to_string(),
+            "127.0.0.1:9000".to_string(),
+        ];
         assert!(allowed(&allow, "hooks.example.com", Some(443)));
         assert!(allowed(&allow, "s3.eu-west-1.amazonaws.com", Some(443)));
         assert!(!allowed(&allow, "amazonaws.com.evil.net", Some(443)));

@@ -35,8 +35,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use sentinel_api::RunId;
 use sentinel_engine::exec::{
-    Chunk, Executor, Outcome, PRIVATE_MOUNT, RunContext, StageJob, StageReport, StartRunError, StepJob, Stream,
-    WORKSPACE_MOUNT,
+    Chunk, Executor, Outcome, PRIVATE_MOUNT, RunContext, StageJob, StageReport, StartRunError,
+    StepJob, Stream, WORKSPACE_MOUNT,
 };
 use sentinel_pipeline::WorkspaceAccess;
 
@@ -56,13 +56,23 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let ok = desired <= self.memory;
         self.hit |= !ok;
         Ok(ok)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 1_000_000)
     }
 }
@@ -77,13 +87,20 @@ struct Host {
 
 impl WasiView for Host {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for Host {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.policy }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.policy,
+        }
     }
 }
 
@@ -99,7 +116,9 @@ pub struct WasmExecutor {
 
 impl std::fmt::Debug for WasmExecutor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WasmExecutor").field("cache_dir", &self.cache_dir).finish()
+        f.debug_struct("WasmExecutor")
+            .field("cache_dir", &self.cache_dir)
+            .finish()
     }
 }
 
@@ -129,7 +148,13 @@ impl WasmExecutor {
                 }
             })
             .map_err(|e| err(&e))?;
-        Ok(Self { engine, linker: Arc::new(linker), cache_dir: cache_dir.to_path_buf(), compat, pres: Default::default() })
+        Ok(Self {
+            engine,
+            linker: Arc::new(linker),
+            cache_dir: cache_dir.to_path_buf(),
+            compat,
+            pres: Default::default(),
+        })
     }
 
     /// Compiles (or loads from the cache) and pre-instantiates a step.
@@ -145,17 +170,22 @@ impl WasmExecutor {
     }
 
     fn prepare_blocking(&self, wasm: &Path, digest: &str) -> Result<CommandPreHandle, String> {
-        let bytes = std::fs::read(wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
+        let bytes =
+            std::fs::read(wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
         let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
         if actual != digest {
-            return Err(format!("{} changed since the pipeline was validated (digest {actual}, expected {digest})", wasm.display()));
+            return Err(format!(
+                "{} changed since the pipeline was validated (digest {actual}, expected {digest})",
+                wasm.display()
+            ));
         }
         let hexd = digest.trim_start_matches("sha256:");
         let cached = self.cache_dir.join(format!("{hexd}-{}.cwasm", self.compat));
         let component = match load_cached(&self.engine, &cached) {
             Some(c) => c,
             None => {
-                let c = Component::new(&self.engine, &bytes).map_err(|e| format!("{} is not a valid component: {e:#}", wasm.display()))?;
+                let c = Component::new(&self.engine, &bytes)
+                    .map_err(|e| format!("{} is not a valid component: {e:#}", wasm.display()))?;
                 if let Ok(ser) = c.serialize() {
                     let tmp = cached.with_extension(format!("tmp-{}", std::process::id()));
                     if std::fs::write(&tmp, ser).is_ok() {
@@ -169,18 +199,31 @@ impl WasmExecutor {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| format!("the step imports something Sentinel does not provide: {e:#}"))?;
-        let pre = CommandPre::new(pre).map_err(|e| format!("the component is not a WASI command: {e:#}"))?;
-        self.pres.lock().map_err(|e| e.to_string())?.insert(digest.to_string(), pre.clone());
+        let pre = CommandPre::new(pre)
+            .map_err(|e| format!("the component is not a WASI command: {e:#}"))?;
+        self.pres
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(digest.to_string(), pre.clone());
         Ok(CommandPreHandle(pre))
     }
 
     /// Runs a prepared step with a job's sandbox.
-    async fn run_prepared(&self, pre: CommandPreHandle, job: &StageJob, step: &StepJob, stop: CancellationToken) -> Outcome {
+    async fn run_prepared(
+        &self,
+        pre: CommandPreHandle,
+        job: &StageJob,
+        step: &StepJob,
+        stop: CancellationToken,
+    ) -> Outcome {
         let cap = job.limits.log_limit;
         let stdout = output::LogStream::new(job.log.clone(), Stream::Stdout, cap);
         let stderr = output::LogStream::new(job.log.clone(), Stream::Stderr, cap);
         let mut b = WasiCtx::builder();
-        b.envs(&job.env).args(&[step.name.as_str()]).stdout(stdout.clone()).stderr(stderr.clone());
+        b.envs(&job.env)
+            .args(&[step.name.as_str()])
+            .stdout(stdout.clone())
+            .stderr(stderr.clone());
         let ws = match step.workspace {
             WorkspaceAccess::None => None,
             WorkspaceAccess::Read => Some(FsPerms::ReadOnly),
@@ -194,13 +237,19 @@ impl WasmExecutor {
         if let Err(e) = b.preopened_dir(&job.private_dir, PRIVATE_MOUNT, FsPerms::ReadWrite) {
             return Outcome::StartFailed(format!("cannot open the step's private folder: {e:#}"));
         }
-        let policy = http::Policy { allow: step.http.clone(), refused: Default::default() };
+        let policy = http::Policy {
+            allow: step.http.clone(),
+            refused: Default::default(),
+        };
         let refused = policy.refused.clone();
         let host = Host {
             wasi: b.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            limits: Limiter { memory: job.limits.memory as usize, hit: false },
+            limits: Limiter {
+                memory: job.limits.memory as usize,
+                hit: false,
+            },
             policy,
         };
         let mut store = Store::new(&self.engine, host);
@@ -208,7 +257,11 @@ impl WasmExecutor {
         store.set_epoch_deadline(1);
         let watch = stop.clone();
         store.epoch_deadline_callback(move |_| {
-            Ok(if watch.is_cancelled() { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+            Ok(if watch.is_cancelled() {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
         });
         let result = async {
             let command = pre.0.instantiate_async(&mut store).await?;
@@ -218,14 +271,29 @@ impl WasmExecutor {
         let memory_hit = store.data().limits.hit;
         drop(store);
         for host in refused.lock().map(|r| r.clone()).unwrap_or_default() {
-            let line = format!("[sentinel: HTTP request to {host} refused: not among the step's allowed hosts]\n");
-            let _ = job.log.send(Chunk { stream: Stream::Stderr, bytes: line.into_bytes() }).await;
+            let line = format!(
+                "[sentinel: HTTP request to {host} refused: not among the step's allowed hosts]\n"
+            );
+            let _ = job
+                .log
+                .send(Chunk {
+                    stream: Stream::Stderr,
+                    bytes: line.into_bytes(),
+                })
+                .await;
         }
         for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
             let dropped = s.counters.dropped.load(Ordering::Relaxed);
             if dropped > 0 {
-                let line = format!("\n[sentinel: {name} cut at {cap} bytes; {dropped} bytes dropped]\n");
-                let _ = job.log.send(Chunk { stream: Stream::Stderr, bytes: line.into_bytes() }).await;
+                let line =
+                    format!("\n[sentinel: {name} cut at {cap} bytes; {dropped} bytes dropped]\n");
+                let _ = job
+                    .log
+                    .send(Chunk {
+                        stream: Stream::Stderr,
+                        bytes: line.into_bytes(),
+                    })
+                    .await;
             }
         }
         match result {
@@ -233,13 +301,21 @@ impl WasmExecutor {
             Ok(Err(())) => Outcome::Exited { code: 1 },
             Err(e) => {
                 if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                    Outcome::Exited { code: i64::from(exit.0) }
+                    Outcome::Exited {
+                        code: i64::from(exit.0),
+                    }
                 } else if stop.is_cancelled() {
                     Outcome::Stopped
                 } else if memory_hit {
                     Outcome::MemoryLimit
                 } else {
-                    Outcome::Trap(format!("{e:#}").lines().next().unwrap_or("trap").to_string())
+                    Outcome::Trap(
+                        format!("{e:#}")
+                            .lines()
+                            .next()
+                            .unwrap_or("trap")
+                            .to_string(),
+                    )
                 }
             }
         }
@@ -276,14 +352,20 @@ impl Executor for WasmExecutor {
 
     async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
         let Some(step) = job.step.clone() else {
-            return StageReport { outcome: Outcome::StartFailed("not a WebAssembly step".into()), image_id: None };
+            return StageReport {
+                outcome: Outcome::StartFailed("not a WebAssembly step".into()),
+                image_id: None,
+            };
         };
         let outcome = match self.prepare(&step.wasm, &step.digest).await {
             Ok(pre) => self.run_prepared(pre, &job, &step, stop).await,
             Err(e) => Outcome::StartFailed(e),
         };
         // The digest is recorded with the step reference; there is no image.
-        StageReport { outcome, image_id: None }
+        StageReport {
+            outcome,
+            image_id: None,
+        }
     }
 
     async fn end_run(&self, _run_id: &RunId) {}

@@ -33,8 +33,15 @@ pub struct LogStream {
 
 impl LogStream {
     pub fn new(tx: mpsc::Sender<Chunk>, stream: Stream, cap: u64) -> Self {
-        let counters = Arc::new(Counters { left: AtomicU64::new(cap), dropped: AtomicU64::new(0) });
-        Self { tx, stream, counters }
+        let counters = Arc::new(Counters {
+            left: AtomicU64::new(cap),
+            dropped: AtomicU64::new(0),
+        });
+        Self {
+            tx,
+            stream,
+            counters,
+        }
     }
 }
 
@@ -46,7 +53,11 @@ impl IsTerminal for LogStream {
 
 impl StdoutStream for LogStream {
     fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(Writer { tx: PollSender::new(self.tx.clone()), stream: self.stream, counters: self.counters.clone() })
+        Box::new(Writer {
+            tx: PollSender::new(self.tx.clone()),
+            stream: self.stream,
+            counters: self.counters.clone(),
+        })
     }
 }
 
@@ -60,11 +71,17 @@ struct Writer {
 const MAX_CHUNK: usize = 64 * 1024;
 
 impl AsyncWrite for Writer {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let left = self.counters.left.load(Ordering::Relaxed);
         if left == 0 {
             // Past the cap: the guest goes on, the bytes are only counted.
-            self.counters.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            self.counters
+                .dropped
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
             return Poll::Ready(Ok(buf.len()));
         }
         match self.tx.poll_reserve(cx) {
@@ -77,10 +94,15 @@ impl AsyncWrite for Writer {
         }
         let n = buf.len().min(MAX_CHUNK).min(left as usize);
         let stream = self.stream;
-        let _ = self.tx.send_item(Chunk { stream, bytes: buf[..n].to_vec() });
+        let _ = self.tx.send_item(Chunk {
+            stream,
+            bytes: buf[..n].to_vec(),
+        });
         self.counters.left.fetch_sub(n as u64, Ordering::Relaxed);
         if n as u64 == left && n < buf.len() {
-            self.counters.dropped.fetch_add((buf.len() - n) as u64, Ordering::Relaxed);
+            self.counters
+                .dropped
+                .fetch_add((buf.len() - n) as u64, Ordering::Relaxed);
             return Poll::Ready(Ok(buf.len()));
         }
         Poll::Ready(Ok(n))

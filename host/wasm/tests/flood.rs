@@ -18,12 +18,35 @@ async fn a_gigabyte_of_stdout_is_cut_in_constant_memory() {
     // Warm up (compile) so the measurement sees only the flood.
     let _ = run(&component("guests/exit3"), Spec::default()).await;
     let before = vm_hwm_kib();
-    let r = run(&step, Spec { log_limit: 1 << 20, timeout: std::time::Duration::from_secs(120), ..Default::default() }).await;
+    let r = run(
+        &step,
+        Spec {
+            log_limit: 1 << 20,
+            timeout: std::time::Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
+    .await;
     let grew = vm_hwm_kib().saturating_sub(before);
-    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", text(&r.stderr));
+    assert_eq!(
+        r.outcome,
+        Outcome::Exited { code: 0 },
+        "{}",
+        text(&r.stderr)
+    );
     assert_eq!(r.stdout.len(), 1 << 20, "stdout kept up to the cap");
     let err = text(&r.stderr);
-    assert!(err.contains("flood done"), "the step went on after the cap: {err}");
-    assert!(err.contains(&format!("stdout cut at {} bytes; {} bytes dropped", 1 << 20, (1u64 << 30) - (1 << 20))), "{err}");
+    assert!(
+        err.contains("flood done"),
+        "the step went on after the cap: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "stdout cut at {} bytes; {} bytes dropped",
+            1 << 20,
+            (1u64 << 30) - (1 << 20)
+        )),
+        "{err}"
+    );
     assert!(grew < 100 * 1024, "peak memory grew by {grew} KiB");
 }

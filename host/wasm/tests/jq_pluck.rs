@@ -34,10 +34,29 @@ fn settings(filter: &str, input: &str, raw: bool) -> Vec<(String, String)> {
 #[tokio::test]
 async fn plucks_the_access_key_from_assume_role_output() {
     let step = component("jq-pluck");
-    let r = run(&step, Spec { env: settings(".Credentials.AccessKeyId", ASSUME_ROLE, true), ..Default::default() }).await;
-    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", text(&r.stderr));
+    let r = run(
+        &step,
+        Spec {
+            env: settings(".Credentials.AccessKeyId", ASSUME_ROLE, true),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Exited { code: 0 },
+        "{}",
+        text(&r.stderr)
+    );
     assert_eq!(text(&r.stdout), "ASIAEXAMPLEKEY123456\n");
-    let r = run(&step, Spec { env: settings(".Credentials.AccessKeyId", ASSUME_ROLE, false), ..Default::default() }).await;
+    let r = run(
+        &step,
+        Spec {
+            env: settings(".Credentials.AccessKeyId", ASSUME_ROLE, false),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(text(&r.stdout), "\"ASIAEXAMPLEKEY123456\"\n");
 }
 
@@ -53,13 +72,43 @@ async fn reads_a_workspace_file_and_reports_bad_input() {
         std::fs::create_dir_all(ws.join("data")).unwrap();
         std::fs::write(ws.join("data/doc.json"), DOC).unwrap();
     };
-    let r = run(&step, Spec { env, setup: Box::new(setup), ..Default::default() }).await;
+    let r = run(
+        &step,
+        Spec {
+            env,
+            setup: Box::new(setup),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(text(&r.stdout), "1.2.3\n", "{}", text(&r.stderr));
-    let r = run(&step, Spec { env: settings(".a", "{not json", false), ..Default::default() }).await;
+    let r = run(
+        &step,
+        Spec {
+            env: settings(".a", "{not json", false),
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r.outcome, Outcome::Exited { code: 1 });
-    assert!(text(&r.stderr).contains("the input is not JSON"), "{}", text(&r.stderr));
-    let r = run(&step, Spec { env: vec![("SENTINEL_JQ_PLUCK_INPUT".into(), "{}".into())], ..Default::default() }).await;
-    assert!(text(&r.stderr).contains("missing setting `filter` (SENTINEL_JQ_PLUCK_FILTER)"), "{}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("the input is not JSON"),
+        "{}",
+        text(&r.stderr)
+    );
+    let r = run(
+        &step,
+        Spec {
+            env: vec![("SENTINEL_JQ_PLUCK_INPUT".into(), "{}".into())],
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        text(&r.stderr).contains("missing setting `filter` (SENTINEL_JQ_PLUCK_FILTER)"),
+        "{}",
+        text(&r.stderr)
+    );
 }
 
 const FILTERS: &[(&str, bool)] = &[
@@ -94,7 +143,10 @@ const FILTERS: &[(&str, bool)] = &[
     ("{name, v: .version}", false),
     (".stages | group_by(.ok) | map(length)", false),
     ("[range(0; 5)]", false),
-    ("if .meta.stars > 40 then \"popular\" else \"quiet\" end", true),
+    (
+        "if .meta.stars > 40 then \"popular\" else \"quiet\" end",
+        true,
+    ),
     (".tags | index(\"cd\")", false),
     ("reduce .stages[] as $s (0; . + $s.ms)", false),
     (".stages | first(.[] | select(.ok | not)) | .name", true),
@@ -104,10 +156,20 @@ const FILTERS: &[(&str, bool)] = &[
 /// Runs Debian's jq; the test fails with how to install it when it is missing.
 fn jq(filter: &str, input: &str, raw: bool) -> String {
     let mut cmd = std::process::Command::new("jq");
-    cmd.arg(if raw { "-rc" } else { "-c" }).arg(filter).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run jq ({e}): install it with `apt-get install jq` (scripts/setup.sh does)"));
+    cmd.arg(if raw { "-rc" } else { "-c" })
+        .arg(filter)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot run jq ({e}): install it with `apt-get install jq` (scripts/setup.sh does)")
+    });
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "jq failed on `{filter}`");
     String::from_utf8(out.stdout).unwrap()
@@ -121,7 +183,10 @@ fn same(ours: &str, theirs: &str, raw: bool) -> bool {
             if raw && x == y {
                 return true;
             }
-            match (serde_json::from_str::<serde_json::Value>(x), serde_json::from_str::<serde_json::Value>(y)) {
+            match (
+                serde_json::from_str::<serde_json::Value>(x),
+                serde_json::from_str::<serde_json::Value>(y),
+            ) {
                 (Ok(p), Ok(q)) => p == q || (p.as_f64().is_some() && p.as_f64() == q.as_f64()),
                 _ => x == y,
             }
@@ -134,12 +199,29 @@ async fn agrees_with_jq_on_30_filters() {
     assert!(FILTERS.len() >= 30);
     let mut differences = Vec::new();
     for (filter, raw) in FILTERS {
-        let r = run(&step, Spec { env: settings(filter, DOC, *raw), ..Default::default() }).await;
+        let r = run(
+            &step,
+            Spec {
+                env: settings(filter, DOC, *raw),
+                ..Default::default()
+            },
+        )
+        .await;
         let ours = text(&r.stdout);
         let theirs = jq(filter, DOC, *raw);
         if r.outcome != (Outcome::Exited { code: 0 }) || !same(&ours, &theirs, *raw) {
-            differences.push(format!("`{filter}` (raw {raw}): jq-pluck {:?} {ours:?} {}, jq {theirs:?}", r.outcome, text(&r.stderr)));
+            differences.push(format!(
+                "`{filter}` (raw {raw}): jq-pluck {:?} {ours:?} {}, jq {theirs:?}",
+                r.outcome,
+                text(&r.stderr)
+            ));
         }
     }
-    assert!(differences.is_empty(), "{} of {} filters differ:\n{}", differences.len(), FILTERS.len(), differences.join("\n"));
+    assert!(
+        differences.is_empty(),
+        "{} of {} filters differ:\n{}",
+        differences.len(),
+        FILTERS.len(),
+        differences.join("\n")
+    );
 }

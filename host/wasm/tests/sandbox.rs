@@ -13,17 +13,44 @@ use sentinel_pipeline::WorkspaceAccess;
 async fn infinite_loop_is_stopped_at_the_deadline() {
     let step = component("guests/spin");
     let deadline = Duration::from_millis(700);
-    let r = run(&step, Spec { timeout: deadline, ..Default::default() }).await;
+    let r = run(
+        &step,
+        Spec {
+            timeout: deadline,
+            ..Default::default()
+        },
+    )
+    .await;
     assert_eq!(r.outcome, Outcome::Stopped);
-    assert!(r.took < deadline + Duration::from_millis(500), "stopped after {:?}", r.took);
+    assert!(
+        r.took < deadline + Duration::from_millis(500),
+        "stopped after {:?}",
+        r.took
+    );
 }
 
 #[tokio::test]
 async fn memory_growth_ends_at_the_cap() {
     let step = component("guests/hog");
-    let r = run(&step, Spec { memory: 48 << 20, ..Default::default() }).await;
-    assert_eq!(r.outcome, Outcome::MemoryLimit, "stderr: {}", text(&r.stderr));
-    assert!(text(&r.stderr).contains("holding 8 MiB"), "it ran until the cap: {}", text(&r.stderr));
+    let r = run(
+        &step,
+        Spec {
+            memory: 48 << 20,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        r.outcome,
+        Outcome::MemoryLimit,
+        "stderr: {}",
+        text(&r.stderr)
+    );
+    assert!(
+        text(&r.stderr).contains("holding 8 MiB"),
+        "it ran until the cap: {}",
+        text(&r.stderr)
+    );
 }
 
 #[tokio::test]
@@ -33,32 +60,99 @@ async fn paths_outside_the_workspace_are_refused() {
         std::fs::write(ws.join("inside.txt"), "inside").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", ws.join("outside-link")).unwrap();
     };
-    let r = run(&step, Spec { workspace: WorkspaceAccess::Write, setup: Box::new(setup), ..Default::default() }).await;
-    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", text(&r.stderr));
+    let r = run(
+        &step,
+        Spec {
+            workspace: WorkspaceAccess::Write,
+            setup: Box::new(setup),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Exited { code: 0 },
+        "{}",
+        text(&r.stderr)
+    );
     let out = text(&r.stdout);
-    for line in ["dotdot refused", "absolute refused", "symlink refused", "inside ok 6", "write ok", "private ok"] {
-        assert!(out.lines().any(|l| l.starts_with(line)), "expected `{line}` in:\n{out}");
+    for line in [
+        "dotdot refused",
+        "absolute refused",
+        "symlink refused",
+        "inside ok 6",
+        "write ok",
+        "private ok",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(line)),
+            "expected `{line}` in:\n{out}"
+        );
     }
-    assert_eq!(std::fs::read_to_string(r.workspace.path().join("written.txt")).unwrap(), "hi");
-    assert_eq!(std::fs::read_to_string(r.private.path().join("output")).unwrap(), "probe=1\n");
+    assert_eq!(
+        std::fs::read_to_string(r.workspace.path().join("written.txt")).unwrap(),
+        "hi"
+    );
+    assert_eq!(
+        std::fs::read_to_string(r.private.path().join("output")).unwrap(),
+        "probe=1\n"
+    );
 
     // Read-only workspace: writes are refused.
-    let r = run(&step, Spec { workspace: WorkspaceAccess::Read, setup: Box::new(setup), ..Default::default() }).await;
-    assert!(text(&r.stdout).contains("write refused"), "{}", text(&r.stdout));
+    let r = run(
+        &step,
+        Spec {
+            workspace: WorkspaceAccess::Read,
+            setup: Box::new(setup),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        text(&r.stdout).contains("write refused"),
+        "{}",
+        text(&r.stdout)
+    );
     assert!(!r.workspace.path().join("written.txt").exists());
 
     // No workspace at all.
-    let r = run(&step, Spec { workspace: WorkspaceAccess::None, setup: Box::new(setup), ..Default::default() }).await;
-    assert!(text(&r.stdout).contains("inside refused"), "{}", text(&r.stdout));
+    let r = run(
+        &step,
+        Spec {
+            workspace: WorkspaceAccess::None,
+            setup: Box::new(setup),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        text(&r.stdout).contains("inside refused"),
+        "{}",
+        text(&r.stdout)
+    );
 }
 
 #[tokio::test]
 async fn the_host_environment_is_not_visible() {
     let step = component("guests/envpeek");
     assert!(std::env::var("PATH").is_ok() && std::env::var("CARGO_MANIFEST_DIR").is_ok());
-    let env = vec![("SENTINEL_PROBE_ARG".to_string(), "given".to_string()), ("SENTINEL_STAGE".to_string(), "probe".to_string())];
-    let r = run(&step, Spec { env, ..Default::default() }).await;
-    assert_eq!(text(&r.stdout), "SENTINEL_PROBE_ARG=given\nSENTINEL_STAGE=probe\n", "exactly what was given");
+    let env = vec![
+        ("SENTINEL_PROBE_ARG".to_string(), "given".to_string()),
+        ("SENTINEL_STAGE".to_string(), "probe".to_string()),
+    ];
+    let r = run(
+        &step,
+        Spec {
+            env,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        text(&r.stdout),
+        "SENTINEL_PROBE_ARG=given\nSENTINEL_STAGE=probe\n",
+        "exactly what was given"
+    );
 }
 
 #[tokio::test]
@@ -73,7 +167,11 @@ async fn exit_codes_and_traps_are_named() {
         Outcome::Trap(m) => assert!(m.contains("unreachable") || m.contains("wasm"), "{m}"),
         other => panic!("expected a trap, got {other:?} ({})", text(&r.stderr)),
     }
-    assert!(text(&r.stderr).contains("index out of bounds"), "the panic message is logged: {}", text(&r.stderr));
+    assert!(
+        text(&r.stderr).contains("index out of bounds"),
+        "the panic message is logged: {}",
+        text(&r.stderr)
+    );
 }
 
 #[tokio::test]
@@ -82,7 +180,10 @@ async fn a_changed_component_is_refused() {
     step.digest = "sha256:0000".into();
     let r = run(&step, Spec::default()).await;
     match r.outcome {
-        Outcome::StartFailed(m) => assert!(m.contains("changed since the pipeline was validated"), "{m}"),
+        Outcome::StartFailed(m) => assert!(
+            m.contains("changed since the pipeline was validated"),
+            "{m}"
+        ),
         other => panic!("{other:?}"),
     }
 }

@@ -24,14 +24,19 @@ pub fn dist() -> PathBuf {
 /// A test guest or bundled step, or a failure saying how to build it.
 pub fn component(rel: &str) -> ResolvedStep {
     let wasm = dist().join(rel).join("step.wasm");
-    assert!(wasm.is_file(), "{} is missing: run `scripts/build-steps.sh` (it builds the steps for wasm32-wasip2)", wasm.display());
+    assert!(
+        wasm.is_file(),
+        "{} is missing: run `scripts/build-steps.sh` (it builds the steps for wasm32-wasip2)",
+        wasm.display()
+    );
     load_local(&wasm).unwrap()
 }
 
 pub fn executor() -> &'static WasmExecutor {
     static EXEC: std::sync::OnceLock<WasmExecutor> = std::sync::OnceLock::new();
     EXEC.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sentinel-wasm-test-cache-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("sentinel-wasm-test-cache-{}", std::process::id()));
         WasmExecutor::new(&dir).unwrap()
     })
 }
@@ -130,7 +135,14 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
     let took = t.elapsed();
     timer.abort();
     let (stdout, stderr) = collector.await.unwrap();
-    Run { outcome: report.outcome, stdout, stderr, took, workspace, private }
+    Run {
+        outcome: report.outcome,
+        stdout,
+        stderr,
+        took,
+        workspace,
+        private,
+    }
 }
 
 pub fn text(b: &[u8]) -> String {

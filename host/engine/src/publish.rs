@@ -1,0 +1,131 @@
+//! Write-behind publishing: documents, logs and artifacts are handed to one
+//! task that writes them to the results sink in the order they were sent
+//! (so a stage's files precede its document, stage documents precede
+//! `run.json`, and the index comes last), keeping the scheduler off the I/O
+//! path. Consecutive `run.json` updates are coalesced: only the newest is
+//! written. [`Publisher::flush`] waits until everything sent is written.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sentinel_api::{RunDoc, RunSummary, StageDoc};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::masker::SecretSet;
+use crate::ports::ResultsSink;
+
+enum Job {
+    Log(StageDoc, PathBuf, Arc<SecretSet>),
+    Artifacts(StageDoc, PathBuf),
+    Stage(StageDoc),
+    Run(RunDoc),
+    Index(RunSummary),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle of the publishing task.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+impl Publisher {
+    /// Starts the task writing to `sink`.
+    pub fn start(sink: Arc<dyn ResultsSink>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(sink, rx));
+        Self { tx }
+    }
+
+    /// Publishes a stage's log (swept for secrets once more first).
+    pub fn log(&self, doc: &StageDoc, file: PathBuf, secrets: Arc<SecretSet>) {
+        let _ = self.tx.send(Job::Log(doc.clone(), file, secrets));
+    }
+
+    /// Zips and publishes a stage's artifacts folder.
+    pub fn artifacts(&self, doc: &StageDoc, dir: PathBuf) {
+        let _ = self.tx.send(Job::Artifacts(doc.clone(), dir));
+    }
+
+    pub fn stage(&self, doc: StageDoc) {
+        let _ = self.tx.send(Job::Stage(doc));
+    }
+
+    pub fn run(&self, doc: RunDoc) {
+        let _ = self.tx.send(Job::Run(doc));
+    }
+
+    pub fn index(&self, summary: RunSummary) {
+        let _ = self.tx.send(Job::Index(summary));
+    }
+
+    /// Waits until everything sent so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Job::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut next: Option<Job> = None;
+    loop {
+        let job = match next.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        match job {
+            Job::Log(doc, file, secrets) => {
+                let clean = match tokio::fs::read(&file).await {
+                    Ok(bytes) => !secrets.leaks(&bytes),
+                    Err(_) => continue,
+                };
+                if !clean {
+                    tracing::error!(
+                        "refusing to publish the log of `{}`: it still holds a secret",
+                        doc.name
+                    );
+                } else if let Err(e) = sink.put_log(&doc.run_id, &doc.name, &file).await {
+                    tracing::warn!("cannot publish the log of `{}`: {e}", doc.name);
+                }
+            }
+            Job::Artifacts(doc, dir) => {
+                if let Err(e) = sink.put_artifacts(&doc.run_id, &doc.name, &dir).await {
+                    tracing::warn!("cannot publish the artifacts of `{}`: {e}", doc.name);
+                }
+            }
+            Job::Stage(doc) => {
+                if let Err(e) = sink.put_stage(&doc).await {
+                    tracing::warn!("cannot publish stage `{}`: {e}", doc.name);
+                }
+            }
+            Job::Run(mut doc) => {
+                // Coalesce: a newer run.json right behind this one replaces it.
+                while let Ok(j) = rx.try_recv() {
+                    match j {
+                        Job::Run(newer) => doc = newer,
+                        other => {
+                            next = Some(other);
+                            break;
+                        }
+                    }
+                }
+                if let Err(e) = sink.put_run(&doc).await {
+                    tracing::warn!("cannot publish run.json: {e}");
+                }
+            }
+            Job::Index(summary) => {
+                if let Err(e) = sink.update_index(&summary).await {
+                    tracing::warn!("cannot update the runs index: {e}");
+                }
+            }
+            Job::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
