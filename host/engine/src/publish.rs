@@ -18,7 +18,7 @@ enum Job {
     Log(StageDoc, PathBuf, Arc<SecretSet>),
     Artifacts(StageDoc, PathBuf),
     Stage(StageDoc),
-    Run(RunDoc),
+    Run(RunDoc, Arc<SecretSet>),
     Index(RunSummary),
     Flush(oneshot::Sender<()>),
 }
@@ -51,8 +51,9 @@ impl Publisher {
         let _ = self.tx.send(Job::Stage(doc));
     }
 
-    pub fn run(&self, doc: RunDoc) {
-        let _ = self.tx.send(Job::Run(doc));
+    /// Publishes `run.json` after a final sweep for secrets.
+    pub fn run(&self, doc: RunDoc, secrets: Arc<SecretSet>) {
+        let _ = self.tx.send(Job::Run(doc, secrets));
     }
 
     pub fn index(&self, summary: RunSummary) {
@@ -103,18 +104,23 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                     tracing::warn!("cannot publish stage `{}`: {e}", doc.name);
                 }
             }
-            Job::Run(mut doc) => {
+            Job::Run(mut doc, mut secrets) => {
                 // Coalesce: a newer run.json right behind this one replaces it.
                 while let Ok(j) = rx.try_recv() {
                     match j {
-                        Job::Run(newer) => doc = newer,
+                        Job::Run(newer, s) => {
+                            doc = newer;
+                            secrets = s;
+                        }
                         other => {
                             next = Some(other);
                             break;
                         }
                     }
                 }
-                if let Err(e) = sink.put_run(&doc).await {
+                if secrets.leaks(&serde_json::to_vec(&doc).unwrap_or_default()) {
+                    tracing::error!("refusing to publish run.json: it still holds a secret");
+                } else if let Err(e) = sink.put_run(&doc).await {
                     tracing::warn!("cannot publish run.json: {e}");
                 }
             }

@@ -524,16 +524,16 @@ impl Recorder {
         ok
     }
 
+    /// Publishes `run.json` (swept by the publisher, once per coalesced
+    /// write); on run-level changes (`index`) also stores it and updates the
+    /// index. Stage changes live in the stage documents, which recovery reads.
     async fn publish_run(&self, index: bool) {
         let doc = self.run_doc();
-        if !self.swept(&doc, "run.json") {
-            return;
-        }
-        if let Err(e) = self.store.put_run(&doc, false).await {
+        if index && let Err(e) = self.store.put_run(&doc, false).await {
             tracing::warn!("cannot store the run: {e}");
         }
         let summary = index.then(|| summary(&doc));
-        self.publisher.run(doc);
+        self.publisher.run(doc, self.secrets.clone());
         if let Some(s) = summary {
             self.publisher.index(s);
         }

@@ -148,7 +148,7 @@ pub enum Action {
     Step {
         step: String,
         with: BTreeMap<String, Template>,
-        resolved: crate::step::ResolvedStep,
+        resolved: Box<crate::step::ResolvedStep>,
     },
 }
 

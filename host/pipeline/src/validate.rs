@@ -606,7 +606,7 @@ fn stage_plan(
                     Some(Action::Step {
                         step: step.clone(),
                         with,
-                        resolved: resolved.clone(),
+                        resolved: Box::new(resolved.clone()),
                     })
                 }
                 Some(Err(e)) => {
