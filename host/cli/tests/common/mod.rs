@@ -67,6 +67,14 @@ impl Project {
             .unwrap_or_default()
     }
 
+    /// The first file under the project's folders holding `needle`, if any.
+    pub fn file_holding(&self, needle: &[u8]) -> Option<PathBuf> {
+        self.all_files()
+            .into_iter()
+            .find(|(_, b)| contains(b, needle))
+            .map(|(p, _)| p)
+    }
+
     /// Every file under the project's folders, as bytes.
     pub fn all_files(&self) -> Vec<(PathBuf, Vec<u8>)> {
         walkdir::WalkDir::new(self.tmp.path())
