@@ -17,5 +17,17 @@ echo
 # Containers and WebAssembly steps together (jq-pluck plucks a key that stays masked).
 "$bin" -C examples/steps run -v
 echo
-echo "Open the results: $(pwd)/examples/demo/.sentinel/results and $(pwd)/examples/steps/.sentinel/results"
+# Publishing: s3sync to the S3 server on loopback, notify to a loopback webhook.
+eval "$(scripts/s3-server.sh)"
+export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
+python3 scripts/webhook-receiver.py 127.0.0.1:8765 &
+receiver=$!
+trap 'kill $receiver 2>/dev/null || true' EXIT
+export NOTIFY_URL=http://127.0.0.1:8765/hooks/demo
+sleep 0.5
+"$bin" -C examples/publish run -v
+echo "published site: curl -H 'Host: $S3_BUCKET.web.localhost' http://127.0.0.1:3902/publish-demo/index.html"
+curl -s -H "Host: $S3_BUCKET.web.localhost" http://127.0.0.1:3902/publish-demo/index.html
+echo
+echo "Open the results: $(pwd)/examples/{demo,steps,publish}/.sentinel/results"
 echo "(runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"

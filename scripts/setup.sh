@@ -43,3 +43,5 @@ rm -f "$log"
 echo "setup: docker $(docker version --format '{{.Server.Version}}') (API $(docker version --format '{{.Server.APIVersion}}')), image sentinel/busybox:local ready"
 
 scripts/build-steps.sh
+# The S3 server the tests and the demo use (Garage on loopback; installed once).
+scripts/s3-server.sh >/dev/null
