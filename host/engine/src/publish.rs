@@ -2,11 +2,13 @@
 //! task that writes them to the results sink in the order they were sent
 //! (so a stage's files precede its document, stage documents precede
 //! `run.json`, and the index comes last), keeping the scheduler off the I/O
-//! path. Consecutive `run.json` updates are coalesced: only the newest is
-//! written. [`Publisher::flush`] waits until everything sent is written.
+//! path. `run.json` is rewritten at most every 100 ms while a run goes
+//! (always before a later stage document, the index, or a flush), so a run
+//! of many stages does not rewrite it hundreds of times. [`Publisher::flush`] waits until everything sent is written.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sentinel_api::{RunDoc, RunSummary, StageDoc};
 use tokio::sync::{mpsc, oneshot};
@@ -69,16 +71,52 @@ impl Publisher {
     }
 }
 
+/// The most often `run.json` is rewritten while a run goes (it is always
+/// written before anything that follows it, and at a flush).
+const RUN_DOC_INTERVAL: Duration = Duration::from_millis(100);
+
+async fn put_run(sink: &dyn ResultsSink, doc: &RunDoc, secrets: &SecretSet) {
+    if secrets.leaks(&serde_json::to_vec(doc).unwrap_or_default()) {
+        tracing::error!("refusing to publish run.json: it still holds a secret");
+    } else if let Err(e) = sink.put_run(doc).await {
+        tracing::warn!("cannot publish run.json: {e}");
+    }
+}
+
 async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut next: Option<Job> = None;
+    // The newest run.json not yet written, and when the last one was.
+    let mut pending: Option<(RunDoc, Arc<SecretSet>)> = None;
+    let mut last_run_write = Instant::now() - RUN_DOC_INTERVAL;
     loop {
-        let job = match next.take() {
-            Some(j) => j,
-            None => match rx.recv().await {
-                Some(j) => j,
-                None => return,
-            },
+        let job = if pending.is_some() {
+            let due = last_run_write + RUN_DOC_INTERVAL;
+            tokio::select! {
+                j = rx.recv() => j,
+                _ = tokio::time::sleep_until(due.into()) => {
+                    if let Some((doc, secrets)) = pending.take() {
+                        put_run(sink.as_ref(), &doc, &secrets).await;
+                        last_run_write = Instant::now();
+                    }
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
         };
+        let Some(job) = job else {
+            if let Some((doc, secrets)) = pending.take() {
+                put_run(sink.as_ref(), &doc, &secrets).await;
+            }
+            return;
+        };
+        // Anything but a newer run.json must see the pending one written first
+        // (a stage document never appears after a run.json that is older).
+        if !matches!(job, Job::Run(..) | Job::Log(..) | Job::Artifacts(..))
+            && let Some((doc, secrets)) = pending.take()
+        {
+            put_run(sink.as_ref(), &doc, &secrets).await;
+            last_run_write = Instant::now();
+        }
         match job {
             Job::Log(doc, file, secrets) => {
                 let clean = match tokio::fs::read(&file).await {
@@ -104,24 +142,13 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                     tracing::warn!("cannot publish stage `{}`: {e}", doc.name);
                 }
             }
-            Job::Run(mut doc, mut secrets) => {
-                // Coalesce: a newer run.json right behind this one replaces it.
-                while let Ok(j) = rx.try_recv() {
-                    match j {
-                        Job::Run(newer, s) => {
-                            doc = newer;
-                            secrets = s;
-                        }
-                        other => {
-                            next = Some(other);
-                            break;
-                        }
-                    }
-                }
-                if secrets.leaks(&serde_json::to_vec(&doc).unwrap_or_default()) {
-                    tracing::error!("refusing to publish run.json: it still holds a secret");
-                } else if let Err(e) = sink.put_run(&doc).await {
-                    tracing::warn!("cannot publish run.json: {e}");
+            Job::Run(doc, secrets) => {
+                pending = Some((doc, secrets));
+                if last_run_write.elapsed() >= RUN_DOC_INTERVAL
+                    && let Some((doc, secrets)) = pending.take()
+                {
+                    put_run(sink.as_ref(), &doc, &secrets).await;
+                    last_run_write = Instant::now();
                 }
             }
             Job::Index(summary) => {

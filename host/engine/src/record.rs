@@ -389,6 +389,29 @@ impl Recorder {
             .await;
     }
 
+    /// Moves every queued stage to `pending`, then publishes once (not once
+    /// per stage: with many stages that would be quadratic).
+    pub async fn schedule_all(&mut self, progress: &ProgressFn) {
+        for i in 0..self.stages.len() {
+            let state = &mut self.stages[i];
+            if !apply_stage_event(state, StageEvent::Schedule) {
+                continue;
+            }
+            let name = state.name.clone();
+            let e = event(Some(&name), state.status.as_str(), None);
+            if let Err(err) = self.store.append_event(&self.run_id, &e).await {
+                tracing::warn!("cannot record an event: {err}");
+            }
+            progress(Progress::Stage {
+                name,
+                status: StageStatus::Pending,
+                reason: None,
+                duration_ms: None,
+            });
+        }
+        self.publish_all(false).await;
+    }
+
     /// Fails a started stage without running it (its environment could not be built).
     pub async fn finish_stage_early(
         &mut self,

@@ -266,10 +266,7 @@ impl Engine {
             .and_then(|s| s.limits.user.clone())
             .unwrap_or_else(default_user);
         rec.run_event(RunEvent::Start, None).await;
-        for s in &plan.stages {
-            rec.stage_event(&s.name, StageEvent::Schedule, None, progress)
-                .await;
-        }
+        rec.schedule_all(progress).await;
 
         // The workspace: a copy of the source, owned by the stages' user.
         let (source, ws, skip, u) = (

@@ -16,7 +16,10 @@ use sentinel_pipeline::WorkspaceAccess;
 /// Starts (or reuses) the S3 server and returns its settings.
 fn s3() -> BTreeMap<String, String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
-    let out = std::process::Command::new("bash").arg(&script).output().expect("bash");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("bash");
     assert!(
         out.status.success(),
         "the S3 server could not be started by {}: {}",
@@ -25,14 +28,21 @@ fn s3() -> BTreeMap<String, String> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
 
 /// GETs a key through the bucket's website endpoint: (status, content type, body).
 fn website(bucket: &str, key: &str) -> (u16, String, Vec<u8>) {
     let mut sock = std::net::TcpStream::connect("127.0.0.1:3902").unwrap();
-    write!(sock, "GET /{key} HTTP/1.1\r\nHost: {bucket}.web.localhost\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        sock,
+        "GET /{key} HTTP/1.1\r\nHost: {bucket}.web.localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     sock.read_to_end(&mut raw).unwrap();
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
@@ -40,12 +50,21 @@ fn website(bucket: &str, key: &str) -> (u16, String, Vec<u8>) {
     let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
     let ctype = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default();
     (status, ctype, raw[split + 4..].to_vec())
 }
 
-fn settings(s3: &BTreeMap<String, String>, prefix: &str, secret: &str, delete: bool) -> Vec<(String, String)> {
+fn settings(
+    s3: &BTreeMap<String, String>,
+    prefix: &str,
+    secret: &str,
+    delete: bool,
+) -> Vec<(String, String)> {
     [
         ("BUCKET", s3["S3_BUCKET"].as_str()),
         ("KEY_ID", s3["AWS_ACCESS_KEY_ID"].as_str()),
@@ -59,13 +78,24 @@ fn settings(s3: &BTreeMap<String, String>, prefix: &str, secret: &str, delete: b
     ]
     .into_iter()
     .map(|(k, v)| (format!("SENTINEL_S3SYNC_{k}"), v.to_string()))
-    .chain([("SENTINEL_OUTPUT".to_string(), "/sentinel/output".to_string())])
+    .chain([(
+        "SENTINEL_OUTPUT".to_string(),
+        "/sentinel/output".to_string(),
+    )])
     .collect()
 }
 
 const FILES: &[(&str, &[u8], &str)] = &[
-    ("index.html", b"<h1>sentinel</h1>", "text/html; charset=utf-8"),
-    ("css/app.css", b"h1 { color: teal }", "text/css; charset=utf-8"),
+    (
+        "index.html",
+        b"<h1>sentinel</h1>",
+        "text/html; charset=utf-8",
+    ),
+    (
+        "css/app.css",
+        b"h1 { color: teal }",
+        "text/css; charset=utf-8",
+    ),
     ("data/run.json", b"{\"schema\":1}", "application/json"),
     ("img/dot.png", b"\x89PNG\r\n\x1a\nfake", "image/png"),
 ];
@@ -82,7 +112,13 @@ fn site(ws: &Path) {
 async fn syncs_a_folder_to_a_real_s3_server() {
     let s3 = s3();
     let step = component("s3sync");
-    let prefix = format!("test-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let prefix = format!(
+        "test-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
     let allow = vec![s3["S3_ENDPOINT"].trim_start_matches("http://").to_string()];
     let bucket = s3["S3_BUCKET"].clone();
     let spec = |secret: &str, delete: bool, setup: Box<dyn FnOnce(&Path)>| Spec {
@@ -93,9 +129,22 @@ async fn syncs_a_folder_to_a_real_s3_server() {
         ..Default::default()
     };
 
-    let r = run(&step, spec(&s3["AWS_SECRET_ACCESS_KEY"], false, Box::new(site))).await;
-    assert_eq!(r.outcome, Outcome::Exited { code: 0 }, "{}", text(&r.stderr));
-    assert!(text(&r.stdout).contains("4 uploaded, 0 unchanged, 0 deleted"), "{}", text(&r.stdout));
+    let r = run(
+        &step,
+        spec(&s3["AWS_SECRET_ACCESS_KEY"], false, Box::new(site)),
+    )
+    .await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Exited { code: 0 },
+        "{}",
+        text(&r.stderr)
+    );
+    assert!(
+        text(&r.stdout).contains("4 uploaded, 0 unchanged, 0 deleted"),
+        "{}",
+        text(&r.stdout)
+    );
     for (name, bytes, ctype) in FILES {
         let (status, got_type, body) = website(&bucket, &format!("{prefix}/{name}"));
         assert_eq!(status, 200, "{name}");
@@ -104,10 +153,22 @@ async fn syncs_a_folder_to_a_real_s3_server() {
     }
 
     // Nothing changed: nothing is uploaded.
-    let r = run(&step, spec(&s3["AWS_SECRET_ACCESS_KEY"], false, Box::new(site))).await;
-    assert!(text(&r.stdout).contains("0 uploaded, 4 unchanged, 0 deleted"), "{} {}", text(&r.stdout), text(&r.stderr));
+    let r = run(
+        &step,
+        spec(&s3["AWS_SECRET_ACCESS_KEY"], false, Box::new(site)),
+    )
+    .await;
+    assert!(
+        text(&r.stdout).contains("0 uploaded, 4 unchanged, 0 deleted"),
+        "{} {}",
+        text(&r.stdout),
+        text(&r.stderr)
+    );
     let outputs = std::fs::read_to_string(r.private.path().join("output")).unwrap();
-    assert!(outputs.contains("uploaded=0") && outputs.contains("unchanged=4"), "{outputs}");
+    assert!(
+        outputs.contains("uploaded=0") && outputs.contains("unchanged=4"),
+        "{outputs}"
+    );
 
     // A file gone locally is deleted remotely with `delete`; a changed one is uploaded.
     let shrink = |ws: &Path| {
@@ -115,10 +176,22 @@ async fn syncs_a_folder_to_a_real_s3_server() {
         std::fs::remove_file(ws.join("site/css/app.css")).unwrap();
         std::fs::write(ws.join("site/index.html"), "<h1>changed</h1>").unwrap();
     };
-    let r = run(&step, spec(&s3["AWS_SECRET_ACCESS_KEY"], true, Box::new(shrink))).await;
-    assert!(text(&r.stdout).contains("1 uploaded, 2 unchanged, 1 deleted"), "{} {}", text(&r.stdout), text(&r.stderr));
+    let r = run(
+        &step,
+        spec(&s3["AWS_SECRET_ACCESS_KEY"], true, Box::new(shrink)),
+    )
+    .await;
+    assert!(
+        text(&r.stdout).contains("1 uploaded, 2 unchanged, 1 deleted"),
+        "{} {}",
+        text(&r.stdout),
+        text(&r.stderr)
+    );
     assert_eq!(website(&bucket, &format!("{prefix}/css/app.css")).0, 404);
-    assert_eq!(website(&bucket, &format!("{prefix}/index.html")).2, b"<h1>changed</h1>");
+    assert_eq!(
+        website(&bucket, &format!("{prefix}/index.html")).2,
+        b"<h1>changed</h1>"
+    );
 }
 
 #[tokio::test]
@@ -128,7 +201,12 @@ async fn bad_credentials_are_a_clear_error() {
     let r = run(
         &step,
         Spec {
-            env: settings(&s3, "denied", "0000000000000000000000000000000000000000000000000000000000000000", false),
+            env: settings(
+                &s3,
+                "denied",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+                false,
+            ),
             http: vec![s3["S3_ENDPOINT"].trim_start_matches("http://").to_string()],
             setup: Box::new(site),
             ..Default::default()
@@ -137,5 +215,8 @@ async fn bad_credentials_are_a_clear_error() {
     .await;
     assert_eq!(r.outcome, Outcome::Exited { code: 1 });
     let err = text(&r.stderr);
-    assert!(err.contains("HTTP 403") && err.contains("access denied"), "{err}");
+    assert!(
+        err.contains("HTTP 403") && err.contains("access denied"),
+        "{err}"
+    );
 }
