@@ -249,17 +249,24 @@ async fn run_created(
     if stopped {
         return Outcome::Stopped;
     }
-    match ex.docker.inspect_container(id, None).await {
-        Ok(info) => {
-            let state = info.state.unwrap_or_default();
-            if state.oom_killed == Some(true) {
-                Outcome::OomKilled
-            } else {
-                Outcome::Exited {
-                    code: state.exit_code.unwrap_or(-1),
-                }
-            }
+    // Docker learns of an OOM kill from a separate event that can come after
+    // the exit, and on cgroup v1 sometimes never sets the flag. Only the
+    // kernel's OOM killer or Sentinel sends SIGKILL to a stage, and Sentinel
+    // did not (it was not stopped): so a SIGKILL exit (137) is an OOM kill.
+    let mut attempts = 0;
+    loop {
+        let state = match ex.docker.inspect_container(id, None).await {
+            Ok(info) => info.state.unwrap_or_default(),
+            Err(e) => return Outcome::Error(format!("cannot inspect the finished container: {e}")),
+        };
+        let code = state.exit_code.unwrap_or(-1);
+        if state.oom_killed == Some(true) || (code == 137 && attempts >= 5) {
+            return Outcome::OomKilled;
         }
-        Err(e) => Outcome::Error(format!("cannot inspect the finished container: {e}")),
+        if code != 137 {
+            return Outcome::Exited { code };
+        }
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
