@@ -205,6 +205,20 @@ fn main() {
         }
         let wall = pct(&mut walls, 0.5);
 
+        // The same DAG of no-op steps: the engine's own cost per stage.
+        let noop_wasm = dist().join("guests/noop/step.wasm");
+        let mut ndag = String::from("version: 1\nstages:\n");
+        for i in 0..100 {
+            let after = if i < 10 { String::new() } else { format!(", after: [s{}]", i - 10) };
+            ndag.push_str(&format!("  s{i}: {{step: '{}'{after}}}\n", noop_wasm.display()));
+        }
+        let _ = run(&e8, &tmp.path().join("ndag-warm"), &ndag).await;
+        let mut nwalls = Vec::new();
+        for i in 0..5 {
+            nwalls.push(run(&e8, &tmp.path().join(format!("ndag-{i}")), &ndag).await.0);
+        }
+        let nwall = pct(&mut nwalls, 0.5);
+
         println!("WebAssembly steps (wasmtime 48), this machine:");
         println!("  first-run compile of jq-pluck ({} KiB)           : {:>9.1} ms", std::fs::metadata(&jq.wasm).unwrap().len() / 1024, compile.as_secs_f64() * 1e3);
         println!("  load of the cached compiled jq-pluck             : {:>9.1} ms", from_disk.as_secs_f64() * 1e3);
@@ -215,5 +229,6 @@ fn main() {
         println!("  the same pluck as a container stage, p50         : {:>9.1} µs", us(c50));
         println!("  ratio container / step (goal >= 300x)            : {:>9.0}x", c50.as_secs_f64() / p50.as_secs_f64());
         println!("  100-stage wasm-only DAG, --jobs 8, median of 5   : {:>9.1} ms  (goal < 150 ms)", wall.as_secs_f64() * 1e3);
+        println!("  the same DAG of no-op steps (engine cost only)   : {:>9.1} ms", nwall.as_secs_f64() * 1e3);
     });
 }

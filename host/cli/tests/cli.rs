@@ -35,17 +35,25 @@ fn runs_json(project: &Path) -> serde_json::Value {
     serde_json::from_slice(&run_ok(project, &["runs", "--json"]).stdout).unwrap()
 }
 
-/// Waits until a stage document of the project shows `running`.
+/// Waits until `run.json` of the project shows the stage `running`.
 fn wait_running(project: &Path, stage: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(60);
     let results = project.join(".sentinel/results/run");
     while Instant::now() < deadline {
         if let Ok(dirs) = std::fs::read_dir(&results) {
             for d in dirs.flatten() {
-                let doc = d.path().join(format!("{stage}.json"));
-                if std::fs::read_to_string(&doc)
-                    .is_ok_and(|t| t.contains("\"status\": \"running\""))
-                {
+                let run: Option<serde_json::Value> = std::fs::read(d.path().join("run.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let running = run
+                    .as_ref()
+                    .and_then(|r| r["stages"].as_array())
+                    .is_some_and(|stages| {
+                        stages
+                            .iter()
+                            .any(|s| s["name"] == stage && s["status"] == "running")
+                    });
+                if running {
                     return d.file_name().to_string_lossy().into_owned();
                 }
             }

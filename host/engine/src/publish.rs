@@ -119,10 +119,11 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
         }
         match job {
             Job::Log(doc, file, secrets) => {
-                let clean = match tokio::fs::read(&file).await {
-                    Ok(bytes) => !secrets.leaks(&bytes),
-                    Err(_) => continue,
-                };
+                let clean = secrets.is_empty()
+                    || match tokio::fs::read(&file).await {
+                        Ok(bytes) => !secrets.leaks(&bytes),
+                        Err(_) => continue,
+                    };
                 if !clean {
                     tracing::error!(
                         "refusing to publish the log of `{}`: it still holds a secret",

@@ -527,12 +527,14 @@ impl Recorder {
         }
     }
 
+    /// Stores a stage's document; publishes it once the stage is final (while
+    /// it waits or runs, `run.json` carries its status).
     async fn publish_stage(&self, name: &StageName) {
         let doc = self.state(name).doc(&self.run_id, &self.secrets);
         if let Err(e) = self.store.put_stage(&doc).await {
             tracing::warn!("cannot store stage `{name}`: {e}");
         }
-        if self.swept(&doc, &format!("the document of `{name}`")) {
+        if doc.status.is_final() && self.swept(&doc, &format!("the document of `{name}`")) {
             self.publisher.stage(doc);
         }
     }

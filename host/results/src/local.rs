@@ -129,8 +129,25 @@ impl ResultsSink for LocalSink {
         let key = keys::stage_log(run, stage);
         let (src, dst) = (file.to_path_buf(), self.path(&key));
         tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&src)?;
-            write_atomic(&dst, &bytes)
+            // A hard link publishes the finished log without copying it; a
+            // copy when the results live on another file system.
+            let dir = dst.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(
+                ".{}.link-{}",
+                dst.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            match std::fs::hard_link(&src, &tmp) {
+                Ok(()) => std::fs::rename(&tmp, &dst),
+                Err(_) => {
+                    let bytes = std::fs::read(&src)?;
+                    write_atomic(&dst, &bytes)
+                }
+            }
         })
         .await
         .map_err(|e| err(&key, e))?

@@ -28,7 +28,10 @@ use async_trait::async_trait;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store,
+    UpdateDeadline,
+};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
@@ -41,6 +44,12 @@ use sentinel_engine::exec::{
 use sentinel_pipeline::WorkspaceAccess;
 
 pub use http::allowed as http_allowed;
+
+/// Steps that can be instantiated at once (pooling allocator slots).
+const POOL_SLOTS: u32 = 64;
+
+/// The largest memory a step may have, whatever its stage's `memory:` says.
+pub const MAX_STEP_MEMORY: usize = 4 << 30;
 
 /// How often the epoch advances (the granularity of deadlines and cancel).
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -128,6 +137,15 @@ impl WasmExecutor {
         let err = |e: &dyn std::fmt::Display| SetupError(e.to_string());
         let mut config = Config::new();
         config.epoch_interruption(true).wasm_component_model(true);
+        // Pre-reserved instance slots: no mmap/munmap of linear memories per
+        // step, which is what dominates starting small steps concurrently.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_SLOTS)
+            .total_core_instances(POOL_SLOTS * 4)
+            .total_memories(POOL_SLOTS * 2)
+            .total_tables(POOL_SLOTS * 4)
+            .max_memory_size(MAX_STEP_MEMORY);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(|e| err(&e))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| err(&e))?;
