@@ -189,8 +189,8 @@ impl Engine {
             dirs.clone(),
         );
 
-        // Accepted: durable before anything runs.
-        self.store.put_run(&rec.run_doc(), true).await?;
+        // Accepted: durable before anything runs; the lease's durable write makes the run durable too.
+        self.store.put_run(&rec.run_doc(), false).await?;
         self.store
             .put_lease(&Lease {
                 run_id: run_id.clone(),
