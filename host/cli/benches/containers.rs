@@ -3,13 +3,12 @@
 //! in the same run, and the wall time of a 50-stage container DAG with
 //! `--jobs 4`. Run with `cargo bench -p sentinel --bench containers`.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sentinel_api::{RunStatus, Trigger, TriggerKind};
+use sentinel_api::RunStatus;
 use sentinel_docker::DockerExecutor;
 use sentinel_engine::{Engine, EngineConfig, ProgressFn, RunRequest, Signals};
 use sentinel_results::LocalSink;
@@ -44,18 +43,7 @@ async fn engine_run(
         },
     };
     let progress: ProgressFn = Arc::new(|_| {});
-    let req = RunRequest {
-        plan,
-        source: src,
-        skip: vec![],
-        trigger: Trigger {
-            kind: TriggerKind::Local,
-            by: None,
-        },
-        git: None,
-        host_env: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-    };
+    let req = RunRequest::local(plan, src);
     let t = Instant::now();
     let run = engine.run(req, progress, Signals::default()).await.unwrap();
     let took = t.elapsed();

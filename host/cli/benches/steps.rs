@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sentinel_api::{RunStatus, StageStatus, Trigger, TriggerKind};
+use sentinel_api::{RunStatus, StageStatus};
 use sentinel_docker::DockerExecutor;
 use sentinel_engine::exec::{Dispatch, Executor, StageJob, StepJob};
 use sentinel_engine::lease::Owner;
@@ -60,18 +60,7 @@ async fn run(engine: &Engine, dir: &Path, yaml: &str) -> (Duration, Vec<Duration
             }
         })
     };
-    let req = RunRequest {
-        plan,
-        source: src,
-        skip: vec![],
-        trigger: Trigger {
-            kind: TriggerKind::Local,
-            by: None,
-        },
-        git: None,
-        host_env: BTreeMap::new(),
-        secrets: BTreeMap::new(),
-    };
+    let req = RunRequest::local(plan, src);
     let t = Instant::now();
     let doc = engine.run(req, progress, Signals::default()).await.unwrap();
     let wall = t.elapsed();

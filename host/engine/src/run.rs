@@ -59,6 +59,25 @@ pub struct RunRequest {
     pub secrets: BTreeMap<String, String>,
 }
 
+impl RunRequest {
+    /// A request started from this machine (`sentinel run`), with no git
+    /// context, host variables or secrets; set those fields as needed.
+    pub fn local(plan: Plan, source: PathBuf) -> Self {
+        Self {
+            plan,
+            source,
+            skip: Vec::new(),
+            trigger: Trigger {
+                kind: sentinel_api::TriggerKind::Local,
+                by: None,
+            },
+            git: None,
+            host_env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+        }
+    }
+}
+
 /// What the engine reports as a run goes.
 #[derive(Debug, Clone)]
 pub enum Progress {

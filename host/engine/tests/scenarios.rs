@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sentinel_api::{StageDoc, Trigger, TriggerKind, keys};
+use sentinel_api::{StageDoc, keys};
 use sentinel_engine::fake::{FakeExecutor, MemSink, MemStore};
 use sentinel_engine::{Engine, EngineConfig, ProgressFn, RunRequest, Signals};
 use serde::Deserialize;
@@ -101,16 +101,9 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
     }
     let progress: ProgressFn = Arc::new(|_| {});
     let req = RunRequest {
-        plan,
-        source: source.path().to_path_buf(),
-        skip: vec![],
-        trigger: Trigger {
-            kind: TriggerKind::Local,
-            by: None,
-        },
-        git: None,
         host_env: expect.host_env.clone(),
         secrets: expect.secrets.clone(),
+        ..RunRequest::local(plan, source.path().to_path_buf())
     };
     let run = tokio::time::timeout(Duration::from_secs(20), engine.run(req, progress, signals))
         .await

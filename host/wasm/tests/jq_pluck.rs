@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Spec, component, run, text};
+use common::{Spec, assert_ok, component, run, text};
 use sentinel_engine::exec::Outcome;
 
 const ASSUME_ROLE: &str = r#"{
@@ -42,12 +42,7 @@ async fn plucks_the_access_key_from_assume_role_output() {
         },
     )
     .await;
-    assert_eq!(
-        r.outcome,
-        Outcome::Exited { code: 0 },
-        "{}",
-        text(&r.stderr)
-    );
+    assert_ok(&r);
     assert_eq!(text(&r.stdout), "ASIAEXAMPLEKEY123456\n");
     let r = run(
         &step,

@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::{Arc, Mutex};
 
-use common::{Spec, component, run, text};
+use common::{Spec, assert_ok, component, run, text};
 use sentinel_engine::exec::Outcome;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -129,12 +129,7 @@ async fn posts_the_run_to_the_webhook() {
         },
     )
     .await;
-    assert_eq!(
-        r.outcome,
-        Outcome::Exited { code: 0 },
-        "{}",
-        text(&r.stderr)
-    );
+    assert_ok(&r);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert!(
@@ -162,12 +157,7 @@ async fn posts_the_run_to_the_webhook() {
         },
     )
     .await;
-    assert_eq!(
-        r.outcome,
-        Outcome::Exited { code: 0 },
-        "{}",
-        text(&r.stderr)
-    );
+    assert_ok(&r);
     let body: serde_json::Value = serde_json::from_str(&seen.lock().unwrap()[0].body).unwrap();
     let t = body["text"].as_str().unwrap();
     assert!(

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-use common::{Spec, component, run, text};
+use common::{Spec, assert_ok, component, run, text};
 use sentinel_engine::exec::Outcome;
 use sentinel_pipeline::WorkspaceAccess;
 
@@ -134,12 +134,7 @@ async fn syncs_a_folder_to_a_real_s3_server() {
         spec(&s3["AWS_SECRET_ACCESS_KEY"], false, Box::new(site)),
     )
     .await;
-    assert_eq!(
-        r.outcome,
-        Outcome::Exited { code: 0 },
-        "{}",
-        text(&r.stderr)
-    );
+    assert_ok(&r);
     assert!(
         text(&r.stdout).contains("4 uploaded, 0 unchanged, 0 deleted"),
         "{}",

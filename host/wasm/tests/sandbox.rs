@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Spec, component, run, text};
+use common::{Spec, assert_ok, component, run, text};
 use sentinel_engine::exec::Outcome;
 use sentinel_pipeline::WorkspaceAccess;
 
@@ -69,12 +69,7 @@ async fn paths_outside_the_workspace_are_refused() {
         },
     )
     .await;
-    assert_eq!(
-        r.outcome,
-        Outcome::Exited { code: 0 },
-        "{}",
-        text(&r.stderr)
-    );
+    assert_ok(&r);
     let out = text(&r.stdout);
     for line in [
         "dotdot refused",

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sentinel_api::{RunDoc, StageDoc, Trigger, TriggerKind};
+use sentinel_api::{RunDoc, StageDoc};
 use sentinel_docker::DockerExecutor;
 use sentinel_engine::{Engine, EngineConfig, ProgressFn, ResultsSink, RunRequest, Signals};
 use sentinel_results::LocalSink;
@@ -115,16 +115,8 @@ pub async fn run(project: &Project, opts: Opts) -> RunDoc {
     };
     let progress: ProgressFn = Arc::new(|_| {});
     let req = RunRequest {
-        plan,
-        source: project.source.clone(),
-        skip: vec![],
-        trigger: Trigger {
-            kind: TriggerKind::Local,
-            by: None,
-        },
-        git: None,
-        host_env: BTreeMap::new(),
         secrets: opts.secrets,
+        ..RunRequest::local(plan, project.source.clone())
     };
     engine
         .run(req, progress, opts.signals)

@@ -148,3 +148,13 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+/// Asserts that the step exited 0, showing its stderr otherwise.
+pub fn assert_ok(r: &Run) {
+    assert_eq!(
+        r.outcome,
+        Outcome::Exited { code: 0 },
+        "{}",
+        text(&r.stderr)
+    );
+}
