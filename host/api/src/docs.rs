@@ -212,6 +212,15 @@ impl RunSummary {
     }
 }
 
+impl RunSummary {
+    /// Inserts or replaces `summary` in `runs`, keeping them newest first.
+    pub fn upsert(runs: &mut Vec<RunSummary>, summary: RunSummary) {
+        runs.retain(|r| r.id != summary.id);
+        let at = runs.partition_point(|r| r.id > summary.id);
+        runs.insert(at, summary);
+    }
+}
+
 /// `runs/index.json`, `runs/index-1.json`, …: newest-first run summaries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexPage {

@@ -292,9 +292,7 @@ impl ResultsSink for MemSink {
     }
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
         let mut index = self.index.lock().unwrap();
-        index.retain(|s| s.id != summary.id);
-        index.push(summary.clone());
-        index.sort_by(|a, b| b.id.cmp(&a.id));
+        RunSummary::upsert(&mut index, summary.clone());
         let page = IndexPage {
             schema: 1,
             page: 0,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName, StageStatus};
+use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
 
 use crate::lease::Lease;
 
@@ -102,9 +102,4 @@ pub trait ResultsSink: Send + Sync + std::fmt::Debug {
     async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError>;
     /// A human-readable location of the results (a folder or a URL).
     fn location(&self) -> String;
-}
-
-/// True for statuses a recovered run's stage must leave.
-pub fn needs_recovery(s: StageStatus) -> bool {
-    !s.is_final()
 }

@@ -10,15 +10,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sentinel_api::{RunDoc, RunSummary, StageDoc};
+use sentinel_api::{RunDoc, RunId, RunSummary, StageDoc, StageName};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::masker::SecretSet;
 use crate::ports::ResultsSink;
 
 enum Job {
-    Log(StageDoc, PathBuf, Arc<SecretSet>),
-    Artifacts(StageDoc, PathBuf),
+    Log(RunId, StageName, PathBuf, Arc<SecretSet>),
+    Artifacts(RunId, StageName, PathBuf),
     Stage(StageDoc),
     Run(RunDoc, Arc<SecretSet>),
     Index(RunSummary),
@@ -40,13 +40,17 @@ impl Publisher {
     }
 
     /// Publishes a stage's log (swept for secrets once more first).
-    pub fn log(&self, doc: &StageDoc, file: PathBuf, secrets: Arc<SecretSet>) {
-        let _ = self.tx.send(Job::Log(doc.clone(), file, secrets));
+    pub fn log(&self, run: &RunId, stage: &StageName, file: PathBuf, secrets: Arc<SecretSet>) {
+        let _ = self
+            .tx
+            .send(Job::Log(run.clone(), stage.clone(), file, secrets));
     }
 
     /// Zips and publishes a stage's artifacts folder.
-    pub fn artifacts(&self, doc: &StageDoc, dir: PathBuf) {
-        let _ = self.tx.send(Job::Artifacts(doc.clone(), dir));
+    pub fn artifacts(&self, run: &RunId, stage: &StageName, dir: PathBuf) {
+        let _ = self
+            .tx
+            .send(Job::Artifacts(run.clone(), stage.clone(), dir));
     }
 
     pub fn stage(&self, doc: StageDoc) {
@@ -118,7 +122,7 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
             last_run_write = Instant::now();
         }
         match job {
-            Job::Log(doc, file, secrets) => {
+            Job::Log(run, stage, file, secrets) => {
                 let clean = secrets.is_empty()
                     || match tokio::fs::read(&file).await {
                         Ok(bytes) => !secrets.leaks(&bytes),
@@ -127,15 +131,15 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 if !clean {
                     tracing::error!(
                         "refusing to publish the log of `{}`: it still holds a secret",
-                        doc.name
+                        stage
                     );
-                } else if let Err(e) = sink.put_log(&doc.run_id, &doc.name, &file).await {
-                    tracing::warn!("cannot publish the log of `{}`: {e}", doc.name);
+                } else if let Err(e) = sink.put_log(&run, &stage, &file).await {
+                    tracing::warn!("cannot publish the log of `{}`: {e}", stage);
                 }
             }
-            Job::Artifacts(doc, dir) => {
-                if let Err(e) = sink.put_artifacts(&doc.run_id, &doc.name, &dir).await {
-                    tracing::warn!("cannot publish the artifacts of `{}`: {e}", doc.name);
+            Job::Artifacts(run, stage, dir) => {
+                if let Err(e) = sink.put_artifacts(&run, &stage, &dir).await {
+                    tracing::warn!("cannot publish the artifacts of `{}`: {e}", stage);
                 }
             }
             Job::Stage(doc) => {

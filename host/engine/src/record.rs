@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sentinel_api::{
-    FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStageEntry, RunStatus,
+    FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStageEntry, RunStatus, RunSummary,
     SCHEMA_VERSION, StageDoc, StageKind, StageName, StageStatus, Trigger,
 };
 use sentinel_pipeline::{Action, Plan};
@@ -18,7 +18,6 @@ use crate::masker::SecretSet;
 use crate::ports::{ResultsSink, Store};
 use crate::run::{
     Progress, ProgressFn, apply_run_event, apply_stage_event, event, new_run_doc, run_entries,
-    summary,
 };
 use crate::stage::StageResult;
 use crate::transition::{RunEvent, StageEvent};
@@ -518,12 +517,12 @@ impl Recorder {
         let state = self.state_mut(name);
         state.log = has_log.then(|| format!("{name}.log"));
         state.artifacts = has_artifacts.then(|| format!("{name}.zip"));
-        let doc = self.state(name).doc(&self.run_id, &self.secrets);
         if has_log {
-            self.publisher.log(&doc, log_path, self.secrets.clone());
+            self.publisher
+                .log(&self.run_id, name, log_path, self.secrets.clone());
         }
         if has_artifacts {
-            self.publisher.artifacts(&doc, artifacts);
+            self.publisher.artifacts(&self.run_id, name, artifacts);
         }
     }
 
@@ -557,7 +556,7 @@ impl Recorder {
         if index && let Err(e) = self.store.put_run(&doc, false).await {
             tracing::warn!("cannot store the run: {e}");
         }
-        let summary = index.then(|| summary(&doc));
+        let summary = index.then(|| RunSummary::of(&doc));
         self.publisher.run(doc, self.secrets.clone());
         if let Some(s) = summary {
             self.publisher.index(s);

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use sentinel_api::{
-    GitContext, RunDoc, RunId, RunStageEntry, RunStatus, RunSummary, SCHEMA_VERSION, StageName,
-    StageStatus, Trigger,
+    GitContext, RunDoc, RunId, RunStageEntry, RunStatus, SCHEMA_VERSION, StageName, StageStatus,
+    Trigger,
 };
 use sentinel_pipeline::{Plan, Ref};
 use tokio::task::JoinSet;
@@ -23,7 +23,7 @@ use crate::log::LiveLog;
 use crate::masker::SecretSet;
 use crate::ports::{Event, ResultsSink, Store};
 use crate::record::{Recorder, StageState};
-use crate::stage::{StageResult, StageRun, run_stage};
+use crate::stage::{StageRun, run_stage};
 use crate::transition::{
     Decision, RunEvent, StageEvent, decide, run_outcome, run_transition, transition,
 };
@@ -454,7 +454,7 @@ impl Engine {
                     match done {
                         Some(Ok(result)) => {
                             tokens.remove(&result.name);
-                            self.record_result(rec, result, progress).await;
+                            rec.finish_stage(result, progress).await;
                         }
                         Some(Err(e)) => tracing::error!("a stage task failed: {e}"),
                         None => {}
@@ -543,10 +543,6 @@ impl Engine {
         RunStatus::Failed
     }
 
-    async fn record_result(&self, rec: &mut Recorder, result: StageResult, progress: &ProgressFn) {
-        rec.finish_stage(result, progress).await;
-    }
-
     /// Marks runs whose owner died `interrupted`, publishes that, and removes
     /// their resources. Returns the runs it recovered.
     pub async fn recover(&self) -> Result<Vec<RunId>, crate::ports::StorageError> {
@@ -557,11 +553,6 @@ impl Engine {
 /// Builds the run document from a store's stages (used by recovery too).
 pub(crate) fn run_entries(plan_order: &[StageState]) -> Vec<RunStageEntry> {
     plan_order.iter().map(StageState::entry).collect()
-}
-
-/// The summary written to the index.
-pub(crate) fn summary(run: &RunDoc) -> RunSummary {
-    RunSummary::of(run)
 }
 
 /// A new run document.

@@ -91,9 +91,8 @@ impl LocalSink {
         Ok(runs)
     }
 
-    fn write_index(&self, mut runs: Vec<RunSummary>) -> Result<(), StorageError> {
-        runs.sort_by(|a, b| b.id.cmp(&a.id));
-        runs.dedup_by(|a, b| a.id == b.id);
+    /// Writes `runs` (newest first, as [`RunSummary::upsert`] keeps them) as pages.
+    fn write_index(&self, runs: Vec<RunSummary>) -> Result<(), StorageError> {
         let chunks: Vec<&[RunSummary]> = if runs.is_empty() {
             vec![&[]]
         } else {
@@ -206,8 +205,7 @@ impl ResultsSink for LocalSink {
                 .map_err(|e| err("index lock", e))?;
             lock.lock().map_err(|e| err("index lock", e))?;
             let mut runs = this.read_index()?;
-            runs.retain(|r| r.id != summary.id);
-            runs.push(summary);
+            RunSummary::upsert(&mut runs, summary);
             let result = this.write_index(runs);
             let _ = lock.unlock();
             result

@@ -288,30 +288,22 @@ impl WasmExecutor {
         .await;
         let memory_hit = store.data().limits.hit;
         drop(store);
+        let note = |line: String| Chunk {
+            stream: Stream::Stderr,
+            bytes: line.into_bytes(),
+        };
         for host in refused.lock().map(|r| r.clone()).unwrap_or_default() {
             let line = format!(
                 "[sentinel: HTTP request to {host} refused: not among the step's allowed hosts]\n"
             );
-            let _ = job
-                .log
-                .send(Chunk {
-                    stream: Stream::Stderr,
-                    bytes: line.into_bytes(),
-                })
-                .await;
+            let _ = job.log.send(note(line)).await;
         }
         for (name, s) in [("stdout", &stdout), ("stderr", &stderr)] {
             let dropped = s.counters.dropped.load(Ordering::Relaxed);
             if dropped > 0 {
                 let line =
                     format!("\n[sentinel: {name} cut at {cap} bytes; {dropped} bytes dropped]\n");
-                let _ = job
-                    .log
-                    .send(Chunk {
-                        stream: Stream::Stderr,
-                        bytes: line.into_bytes(),
-                    })
-                    .await;
+                let _ = job.log.send(note(line)).await;
             }
         }
         match result {
