@@ -19,8 +19,14 @@ struct Settings {
 
 fn payload(step: &Step, s: &Settings) -> Result<serde_json::Value, Error> {
     let ctx = |k: &str| step.context(k).unwrap_or_default();
-    let status = step.context("RUN_STATUS").unwrap_or_else(|| "running".into());
-    let failed: Vec<String> = ctx("FAILED_STAGES").split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let status = step
+        .context("RUN_STATUS")
+        .unwrap_or_else(|| "running".into());
+    let failed: Vec<String> = ctx("FAILED_STAGES")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     let message = s.message.clone().filter(|m| !m.is_empty());
     let link = s.link.clone().filter(|l| !l.is_empty());
     match s.format.as_deref().unwrap_or("generic") {
@@ -45,7 +51,9 @@ fn payload(step: &Step, s: &Settings) -> Result<serde_json::Value, Error> {
             }
             Ok(serde_json::json!({ "text": text }))
         }
-        other => Err(fail(format!("unknown format `{other}`: use `slack` or `generic`"))),
+        other => Err(fail(format!(
+            "unknown format `{other}`: use `slack` or `generic`"
+        ))),
     }
 }
 
@@ -57,16 +65,33 @@ async fn notify(step: &Step) -> Result<(), Error> {
         .map_err(|e| fail(format!("invalid webhook URL: {e}")))?;
     let headers = request.headers_mut();
     headers.insert("Content-Type", HeaderValue::from_static("application/json"));
-    headers.insert("User-Agent", HeaderValue::from_static("sentinel-notify/1.0"));
-    let response = Client::new().send(request).await.map_err(|e| fail(format!("the webhook could not be reached: {e}")))?;
+    headers.insert(
+        "User-Agent",
+        HeaderValue::from_static("sentinel-notify/1.0"),
+    );
+    let response = Client::new()
+        .send(request)
+        .await
+        .map_err(|e| fail(format!("the webhook could not be reached: {e}")))?;
     let status = response.status();
     if status.is_redirection() {
-        let to = response.headers().get("Location").and_then(|l| l.to_str().ok()).unwrap_or("?").to_string();
-        return Err(fail(format!("the webhook answered {status} to {to}; redirects are not followed")));
+        let to = response
+            .headers()
+            .get("Location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        return Err(fail(format!(
+            "the webhook answered {status} to {to}; redirects are not followed"
+        )));
     }
     if !status.is_success() {
         let mut body = response.into_body();
-        let text = body.str_contents().await.map(|t| t.chars().take(200).collect::<String>()).unwrap_or_default();
+        let text = body
+            .str_contents()
+            .await
+            .map(|t| t.chars().take(200).collect::<String>())
+            .unwrap_or_default();
         return Err(fail(format!("the webhook answered {status}: {text}")));
     }
     println!("notified: {status}");

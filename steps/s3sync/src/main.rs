@@ -9,7 +9,8 @@ use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{
-    PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode, sign,
+    PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode,
+    sign,
 };
 use aws_sigv4::sign::v4;
 use md5::{Digest, Md5};
@@ -55,7 +56,12 @@ fn encode(key: &str, keep_slash: bool) -> String {
 }
 
 fn content_type(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         Some("html" | "htm") => "text/html; charset=utf-8",
         Some("css") => "text/css; charset=utf-8",
         Some("js" | "mjs") => "text/javascript; charset=utf-8",
@@ -76,7 +82,11 @@ fn content_type(path: &Path) -> &'static str {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&apos;", "'").replace("&amp;", "&")
+    s.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
 }
 
 fn tag<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
@@ -98,8 +108,21 @@ impl S3 {
     }
 
     /// Sends a signed request; returns the status and body.
-    async fn send(&self, method: &str, url: &str, body: Vec<u8>, ctype: Option<&str>) -> Result<(u16, Vec<u8>), Error> {
-        let identity = Credentials::new(&self.s.key_id, &self.s.key_secret, self.s.session_token.clone(), None, "sentinel").into();
+    async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        body: Vec<u8>,
+        ctype: Option<&str>,
+    ) -> Result<(u16, Vec<u8>), Error> {
+        let identity = Credentials::new(
+            &self.s.key_id,
+            &self.s.key_secret,
+            self.s.session_token.clone(),
+            None,
+            "sentinel",
+        )
+        .into();
         let mut settings = SigningSettings::default();
         settings.percent_encoding_mode = PercentEncodingMode::Single;
         settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
@@ -117,9 +140,16 @@ impl S3 {
         if let Some(c) = ctype {
             headers.push(("content-type", c));
         }
-        let signable = SignableRequest::new(method, url, headers.iter().copied(), SignableBody::Bytes(&body))
-            .map_err(|e| fail(format!("cannot sign {url}: {e}")))?;
-        let (instructions, _) = sign(signable, &params).map_err(|e| fail(format!("cannot sign: {e}")))?.into_parts();
+        let signable = SignableRequest::new(
+            method,
+            url,
+            headers.iter().copied(),
+            SignableBody::Bytes(&body),
+        )
+        .map_err(|e| fail(format!("cannot sign {url}: {e}")))?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| fail(format!("cannot sign: {e}")))?
+            .into_parts();
         let mut req = Request::builder().method(method).uri(url);
         for (k, v) in &headers {
             req = req.header(*k, *v);
@@ -127,11 +157,21 @@ impl S3 {
         for (k, v) in instructions.headers() {
             req = req.header(k, v);
         }
-        let req = req.body(Body::from(body)).map_err(|e| fail(format!("invalid request {url}: {e}")))?;
-        let resp = self.client.send(req).await.map_err(|e| fail(format!("{method} {url}: {e}")))?;
+        let req = req
+            .body(Body::from(body))
+            .map_err(|e| fail(format!("invalid request {url}: {e}")))?;
+        let resp = self
+            .client
+            .send(req)
+            .await
+            .map_err(|e| fail(format!("{method} {url}: {e}")))?;
         let status = resp.status().as_u16();
         let mut body = resp.into_body();
-        let bytes = body.contents().await.map(<[u8]>::to_vec).unwrap_or_default();
+        let bytes = body
+            .contents()
+            .await
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         Ok((status, bytes))
     }
 
@@ -154,22 +194,34 @@ impl S3 {
         let mut out = BTreeMap::new();
         let mut token: Option<String> = None;
         loop {
-            let mut url = format!("{}?list-type=2&prefix={}", self.base(), encode(prefix, false));
+            let mut url = format!(
+                "{}?list-type=2&prefix={}",
+                self.base(),
+                encode(prefix, false)
+            );
             if let Some(t) = &token {
                 url.push_str(&format!("&continuation-token={}", encode(t, false)));
             }
             let (status, body) = self.send("GET", &url, Vec::new(), None).await?;
             if status != 200 {
-                return Err(self.explain(&format!("cannot list s3://{}/{prefix}", self.s.bucket), status, &body));
+                return Err(self.explain(
+                    &format!("cannot list s3://{}/{prefix}", self.s.bucket),
+                    status,
+                    &body,
+                ));
             }
             let xml = String::from_utf8_lossy(&body).into_owned();
             for item in xml.split("<Contents>").skip(1) {
                 let key = unescape(tag(item, "Key").unwrap_or_default());
                 let size = tag(item, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
-                let etag = unescape(tag(item, "ETag").unwrap_or_default()).trim_matches('"').to_string();
+                let etag = unescape(tag(item, "ETag").unwrap_or_default())
+                    .trim_matches('"')
+                    .to_string();
                 out.insert(key, (size, etag));
             }
-            token = (tag(&xml, "IsTruncated") == Some("true")).then(|| tag(&xml, "NextContinuationToken").map(unescape)).flatten();
+            token = (tag(&xml, "IsTruncated") == Some("true"))
+                .then(|| tag(&xml, "NextContinuationToken").map(unescape))
+                .flatten();
             if token.is_none() {
                 return Ok(out);
             }
@@ -193,26 +245,48 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 async fn sync(step: &Step) -> Result<(), Error> {
     let s: Settings = step.settings()?;
     let source = step.workspace_path(s.source_dir.as_deref().unwrap_or("."));
-    let prefix = s.prefix.clone().unwrap_or_default().trim_start_matches('/').to_string();
+    let prefix = s
+        .prefix
+        .clone()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_string();
     let mut files = Vec::new();
-    walk(&source, &mut files).map_err(|e| fail(format!("cannot read {}: {e}", source.display())))?;
+    walk(&source, &mut files)
+        .map_err(|e| fail(format!("cannot read {}: {e}", source.display())))?;
     files.sort();
-    let s3 = S3 { s, client: Client::new() };
+    let s3 = S3 {
+        s,
+        client: Client::new(),
+    };
     let remote = s3.list(&prefix).await?;
     let (mut uploaded, mut unchanged, mut deleted) = (0, 0, 0);
     let mut local_keys = Vec::new();
     for file in &files {
-        let rel = file.strip_prefix(&source).unwrap_or(file).to_string_lossy().replace('\\', "/");
-        let key = if prefix.is_empty() { rel.clone() } else { format!("{}/{rel}", prefix.trim_end_matches('/')) };
+        let rel = file
+            .strip_prefix(&source)
+            .unwrap_or(file)
+            .to_string_lossy()
+            .replace('\\', "/");
+        let key = if prefix.is_empty() {
+            rel.clone()
+        } else {
+            format!("{}/{rel}", prefix.trim_end_matches('/'))
+        };
         let bytes = std::fs::read(file).map_err(|e| fail(format!("cannot read {rel}: {e}")))?;
         let md5 = hex::encode(Md5::digest(&bytes));
         local_keys.push(key.clone());
-        if remote.get(&key).is_some_and(|(size, etag)| *size == bytes.len() as u64 && *etag == md5) {
+        if remote
+            .get(&key)
+            .is_some_and(|(size, etag)| *size == bytes.len() as u64 && *etag == md5)
+        {
             unchanged += 1;
             continue;
         }
         let url = format!("{}/{}", s3.base(), encode(&key, true));
-        let (status, body) = s3.send("PUT", &url, bytes, Some(content_type(file))).await?;
+        let (status, body) = s3
+            .send("PUT", &url, bytes, Some(content_type(file)))
+            .await?;
         if status != 200 {
             return Err(s3.explain(&format!("cannot upload {key}"), status, &body));
         }
@@ -233,7 +307,10 @@ async fn sync(step: &Step) -> Result<(), Error> {
     step.set_output("uploaded", &uploaded.to_string())?;
     step.set_output("unchanged", &unchanged.to_string())?;
     step.set_output("deleted", &deleted.to_string())?;
-    println!("s3://{}/{prefix}: {uploaded} uploaded, {unchanged} unchanged, {deleted} deleted", s3.s.bucket);
+    println!(
+        "s3://{}/{prefix}: {uploaded} uploaded, {unchanged} unchanged, {deleted} deleted",
+        s3.s.bucket
+    );
     Ok(())
 }
 

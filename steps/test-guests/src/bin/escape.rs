@@ -7,10 +7,22 @@ fn attempt(name: &str, r: std::io::Result<String>) {
     }
 }
 fn main() {
-    attempt("dotdot", std::fs::read_to_string("/workspace/../etc/passwd"));
+    attempt(
+        "dotdot",
+        std::fs::read_to_string("/workspace/../etc/passwd"),
+    );
     attempt("absolute", std::fs::read_to_string("/etc/passwd"));
-    attempt("symlink", std::fs::read_to_string("/workspace/outside-link"));
+    attempt(
+        "symlink",
+        std::fs::read_to_string("/workspace/outside-link"),
+    );
     attempt("inside", std::fs::read_to_string("/workspace/inside.txt"));
-    attempt("write", std::fs::write("/workspace/written.txt", "hi").map(|_| String::new()));
-    attempt("private", std::fs::write("/sentinel/output", "probe=1\n").map(|_| String::new()));
+    attempt(
+        "write",
+        std::fs::write("/workspace/written.txt", "hi").map(|_| String::new()),
+    );
+    attempt(
+        "private",
+        std::fs::write("/sentinel/output", "probe=1\n").map(|_| String::new()),
+    );
 }
