@@ -72,7 +72,20 @@ async fn run(engine: &Engine, dir: &Path, yaml: &str) -> (Duration, Vec<Duration
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let tmp = tempfile::tempdir().unwrap();
+        // State and results live beside the project, as `sentinel run` keeps
+        // them (`<dir>/.sentinel`), not in the system's temporary folder;
+        // SENTINEL_BENCH_DIR picks another place (to compare file systems).
+        let base = std::env::var("SENTINEL_BENCH_DIR").unwrap_or_else(|_| env!("CARGO_TARGET_TMPDIR").to_string());
+        let tmp = tempfile::tempdir_in(&base).unwrap();
+        // What creating a file costs there: short steps are bound by it.
+        let probe = tmp.path().join("probe");
+        std::fs::create_dir_all(&probe).unwrap();
+        let t = Instant::now();
+        for i in 0..200 {
+            std::fs::write(probe.join(i.to_string()), b"x").unwrap();
+        }
+        let create = t.elapsed() / 200;
+        std::fs::remove_dir_all(&probe).unwrap();
         let wasm = WasmExecutor::new(&tmp.path().join("cache")).unwrap();
 
         // First-run compile of jq-pluck (empty cache), then a cached load.
@@ -211,7 +224,8 @@ fn main() {
         }
         let nwall = pct(&mut nwalls, 0.5);
 
-        println!("WebAssembly steps (wasmtime 48), this machine:");
+        println!("WebAssembly steps (wasmtime 48), this machine, state in {base}:");
+        println!("  creating a small file in that folder (context)   : {:>9.1} µs", us(create));
         println!("  first-run compile of jq-pluck ({} KiB)           : {:>9.1} ms", std::fs::metadata(&jq.wasm).unwrap().len() / 1024, compile.as_secs_f64() * 1e3);
         println!("  load of the cached compiled jq-pluck             : {:>9.1} ms", from_disk.as_secs_f64() * 1e3);
         println!("  instantiate + run of a cached no-op step, p50    : {:>9.1} µs  (goal <= 100 µs)", us(raw_p50));

@@ -249,9 +249,14 @@ impl ResultsSink for MemSink {
         &self,
         run: &RunId,
         stage: &StageName,
-        file: &Path,
+        log: &crate::log::LogBody,
     ) -> Result<String, StorageError> {
-        let bytes = std::fs::read(file).map_err(|e| StorageError::new("read log", e))?;
+        let bytes = match log {
+            crate::log::LogBody::File(f) => {
+                std::fs::read(f).map_err(|e| StorageError::new("read log", e))?
+            }
+            crate::log::LogBody::Memory(b) => b.clone(),
+        };
         let key = keys::stage_log(run, stage);
         self.put(key.clone(), bytes);
         Ok(format!("{stage}.log"))

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
 
 use crate::lease::Lease;
+pub use crate::log::LogBody;
 
 /// A failure of the store or the sink, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +70,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// then its document, then `run.json`, then the index.
 #[async_trait]
 pub trait ResultsSink: Send + Sync + std::fmt::Debug {
-    /// Publishes a stage's log from a local file; returns its key.
+    /// Publishes a stage's log (from its file or from memory); returns its key.
     async fn put_log(
         &self,
         run: &RunId,
         stage: &StageName,
-        file: &Path,
+        log: &LogBody,
     ) -> Result<String, StorageError>;
     /// Zips and publishes a folder of artifacts; returns the key, or `None`
     /// when the folder is empty.

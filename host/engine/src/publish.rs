@@ -3,8 +3,11 @@
 //! (so a stage's files precede its document, stage documents precede
 //! `run.json`, and the index comes last), keeping the scheduler off the I/O
 //! path. `run.json` is rewritten at most every 100 ms while a run goes
-//! (always before a later stage document, the index, or a flush), so a run
-//! of many stages does not rewrite it hundreds of times. [`Publisher::flush`] waits until everything sent is written.
+//! (and always before the index or a flush), so a run of many stages does
+//! not rewrite it hundreds of times; since every `run.json` is built after
+//! the stage documents it counts as final, it never names a final stage
+//! whose document is not written yet. [`Publisher::flush`] waits until
+//! everything sent is written.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,11 +16,12 @@ use std::time::{Duration, Instant};
 use sentinel_api::{RunDoc, RunId, RunSummary, StageDoc, StageName};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::log::LogBody;
 use crate::masker::SecretSet;
 use crate::ports::ResultsSink;
 
 enum Job {
-    Log(RunId, StageName, PathBuf, Arc<SecretSet>),
+    Log(RunId, StageName, LogBody, Arc<SecretSet>),
     Artifacts(RunId, StageName, PathBuf),
     Stage(StageDoc),
     Run(RunDoc, Arc<SecretSet>),
@@ -40,10 +44,10 @@ impl Publisher {
     }
 
     /// Publishes a stage's log (swept for secrets once more first).
-    pub fn log(&self, run: &RunId, stage: &StageName, file: PathBuf, secrets: Arc<SecretSet>) {
+    pub fn log(&self, run: &RunId, stage: &StageName, log: LogBody, secrets: Arc<SecretSet>) {
         let _ = self
             .tx
-            .send(Job::Log(run.clone(), stage.clone(), file, secrets));
+            .send(Job::Log(run.clone(), stage.clone(), log, secrets));
     }
 
     /// Zips and publishes a stage's artifacts folder.
@@ -76,7 +80,7 @@ impl Publisher {
 }
 
 /// The most often `run.json` is rewritten while a run goes (it is always
-/// written before anything that follows it, and at a flush).
+/// written before the index, and at a flush).
 const RUN_DOC_INTERVAL: Duration = Duration::from_millis(100);
 
 async fn put_run(sink: &dyn ResultsSink, doc: &RunDoc, secrets: &SecretSet) {
@@ -113,27 +117,30 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
             }
             return;
         };
-        // Anything but a newer run.json must see the pending one written first
-        // (a stage document never appears after a run.json that is older).
-        if !matches!(job, Job::Run(..) | Job::Log(..) | Job::Artifacts(..))
+        // The index and a flush see the pending run.json written first (the
+        // index never names a run state that run.json does not show yet).
+        if matches!(job, Job::Index(..) | Job::Flush(..))
             && let Some((doc, secrets)) = pending.take()
         {
             put_run(sink.as_ref(), &doc, &secrets).await;
             last_run_write = Instant::now();
         }
         match job {
-            Job::Log(run, stage, file, secrets) => {
+            Job::Log(run, stage, log, secrets) => {
                 let clean = secrets.is_empty()
-                    || match tokio::fs::read(&file).await {
-                        Ok(bytes) => !secrets.leaks(&bytes),
-                        Err(_) => continue,
+                    || match &log {
+                        LogBody::Memory(bytes) => !secrets.leaks(bytes),
+                        LogBody::File(file) => match tokio::fs::read(file).await {
+                            Ok(bytes) => !secrets.leaks(&bytes),
+                            Err(_) => continue,
+                        },
                     };
                 if !clean {
                     tracing::error!(
                         "refusing to publish the log of `{}`: it still holds a secret",
                         stage
                     );
-                } else if let Err(e) = sink.put_log(&run, &stage, &file).await {
+                } else if let Err(e) = sink.put_log(&run, &stage, &log).await {
                     tracing::warn!("cannot publish the log of `{}`: {e}", stage);
                 }
             }

@@ -45,6 +45,10 @@ pub struct StageState {
     pub log_cut: u64,
     pub artifacts: Option<String>,
     pub inputs: ResolvedInputs,
+    /// The finished log, until it is handed to the publisher.
+    pub log_body: Option<crate::log::LogBody>,
+    /// The private folder the stage ran with.
+    pub private: Option<std::path::PathBuf>,
 }
 
 fn duration_ms(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<u64> {
@@ -116,6 +120,8 @@ pub struct Recorder {
     index: BTreeMap<StageName, usize>,
     dirs: RunDirs,
     publisher: crate::publish::Publisher,
+    /// `out/<stage>` files being written; settled before the next stage starts.
+    outs: tokio::task::JoinSet<()>,
 }
 
 impl Recorder {
@@ -172,6 +178,8 @@ impl Recorder {
                         volumes: s.volumes.clone(),
                         limits: s.limits.describe(),
                     },
+                    log_body: None,
+                    private: None,
                 }
             })
             .collect();
@@ -192,7 +200,14 @@ impl Recorder {
             index,
             dirs,
             publisher,
+            outs: tokio::task::JoinSet::new(),
         }
+    }
+
+    /// Waits until every finished stage's `out/<stage>` file is written (a
+    /// stage about to start may read them).
+    pub async fn settle_outputs(&mut self) {
+        while self.outs.join_next().await.is_some() {}
     }
 
     /// The current run document.
@@ -437,7 +452,7 @@ impl Recorder {
 
     /// Records a finished stage: outputs, `out/<stage>`, secrets from a
     /// sensitive stage, then publishes its log, artifacts and document.
-    pub async fn finish_stage(&mut self, r: StageResult, progress: &ProgressFn) {
+    pub async fn finish_stage(&mut self, mut r: StageResult, progress: &ProgressFn) {
         let sensitive = self.state(&r.name).sensitive;
         if sensitive && r.status == StageStatus::Succeeded {
             // Every value taken from a sensitive stage is itself a secret.
@@ -452,11 +467,14 @@ impl Recorder {
             }
         }
         if !sensitive && r.status == StageStatus::Succeeded {
+            // Written off the stage's path; settled before any stage starts.
             let path = self.dirs.workspace.join("out").join(r.name.as_str());
             let masked = self.secrets.mask_str(&r.output);
-            if let Err(e) = std::fs::write(&path, masked) {
-                tracing::warn!("cannot write {}: {e}", path.display());
-            }
+            self.outs.spawn_blocking(move || {
+                if let Err(e) = std::fs::write(&path, masked) {
+                    tracing::warn!("cannot write {}: {e}", path.display());
+                }
+            });
         }
         let state = self.state_mut(&r.name);
         if !apply_stage_event(state, StageEvent::Finish(r.status)) {
@@ -472,9 +490,15 @@ impl Recorder {
         state.inputs.image_id = r.image_id.clone();
         state.output = Some(r.output);
         state.outputs = r.outputs;
+        state.log_body = r.log.body.take();
+        state.private = Some(r.private.clone());
         let duration = duration_ms(state.started, state.finished);
         self.after_stage_change(&r.name, r.status, r.reason, duration, progress)
             .await;
+        // Its artifacts are taken: an empty step folder may serve the next step.
+        if r.reusable {
+            self.dirs.reuse_step_private(r.private);
+        }
     }
 
     async fn after_stage_change(
@@ -506,9 +530,12 @@ impl Recorder {
     /// Hands a finished stage's log and artifacts to the publisher; their
     /// keys are known now, so the stage document can name them.
     async fn publish_files(&mut self, name: &StageName) {
-        let log_path = self.dirs.log(name);
-        let artifacts = self.dirs.private(name).join("artifacts");
-        let has_log = log_path.is_file();
+        let private = self.state(name).private.clone();
+        let artifacts = private
+            .unwrap_or_else(|| self.dirs.private(name))
+            .join("artifacts");
+        let log = self.state_mut(name).log_body.take();
+        let has_log = log.is_some();
         let has_artifacts = walkdir::WalkDir::new(&artifacts)
             .follow_links(false)
             .into_iter()
@@ -517,9 +544,9 @@ impl Recorder {
         let state = self.state_mut(name);
         state.log = has_log.then(|| format!("{name}.log"));
         state.artifacts = has_artifacts.then(|| format!("{name}.zip"));
-        if has_log {
+        if let Some(log) = log {
             self.publisher
-                .log(&self.run_id, name, log_path, self.secrets.clone());
+                .log(&self.run_id, name, log, self.secrets.clone());
         }
         if has_artifacts {
             self.publisher.artifacts(&self.run_id, name, artifacts);
@@ -573,6 +600,7 @@ impl Recorder {
 
     /// Ends the run: final status, published and durable.
     pub async fn finish(&mut self, status: RunStatus) {
+        self.settle_outputs().await;
         if self.run.status == RunStatus::Queued
             && status != RunStatus::Failed
             && status != RunStatus::Cancelled

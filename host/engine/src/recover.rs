@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use sentinel_api::{FailureKind, RunId, RunSummary};
 
-use crate::ports::StorageError;
+use crate::ports::{LogBody, StorageError};
 use crate::run::{Engine, apply_run_event};
 use crate::transition::{RunEvent, StageEvent, transition};
 use crate::workspace::RunDirs;
@@ -57,7 +57,11 @@ async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), Storage
             // What the stage logged before the crash is kept (it was masked as written).
             let log = dirs.log(&stage.name);
             if log.is_file() {
-                match engine.sink.put_log(id, &stage.name, &log).await {
+                match engine
+                    .sink
+                    .put_log(id, &stage.name, &LogBody::File(log))
+                    .await
+                {
                     Ok(key) => stage.log = Some(key),
                     Err(e) => {
                         tracing::warn!("cannot publish the partial log of `{}`: {e}", stage.name)

@@ -363,6 +363,8 @@ impl Engine {
                             continue;
                         }
                         changed = true;
+                        // What earlier stages left in `out/` is there before it starts.
+                        rec.settle_outputs().await;
                         let env = {
                             let outputs = rec.outputs();
                             let sensitive = rec.sensitive();

@@ -16,7 +16,7 @@ use crate::exec::{Executor, Outcome, StageJob, StepJob};
 use crate::lease::Owner;
 use crate::log::{LiveLog, LogConfig, LogSummary, spawn_log_writer};
 use crate::masker::SecretSet;
-use crate::workspace::{RunDirs, parse_outputs, prepare_private};
+use crate::workspace::{RunDirs, left_clean, parse_outputs, prepare_private};
 
 /// Everything needed to run one stage.
 #[derive(Debug)]
@@ -47,6 +47,10 @@ pub struct StageResult {
     pub outputs: BTreeMap<String, String>,
     pub log: LogSummary,
     pub image_id: Option<String>,
+    /// The stage's private folder (its artifacts are published from there).
+    pub private: std::path::PathBuf,
+    /// True when that folder is an empty step folder the run may reuse.
+    pub reusable: bool,
 }
 
 fn human_bytes(n: u64) -> String {
@@ -67,7 +71,7 @@ pub async fn run_stage(
 ) -> StageResult {
     let started = Utc::now();
     let name = s.plan.name.clone();
-    let private = s.dirs.private(&name);
+    let is_step = matches!(s.plan.action, Action::Step { .. });
     let (tx, rx) = mpsc::channel(64);
     let log = spawn_log_writer(
         LogConfig {
@@ -80,13 +84,19 @@ pub async fn run_stage(
         rx,
     );
 
-    // A step's files are written by this process: no hand-over needed.
-    let owner = if matches!(s.plan.action, Action::Step { .. }) {
-        ""
+    // A step's files are written by this process: no hand-over needed, and
+    // an empty folder an earlier step left will do.
+    let (private, prepared) = if is_step {
+        match s.dirs.step_private(&name) {
+            Ok(dir) => (dir, Ok(())),
+            Err(e) => (s.dirs.private(&name), Err(e)),
+        }
     } else {
-        s.user.as_str()
+        let dir = s.dirs.private(&name);
+        let made = prepare_private(&dir, &s.user);
+        (dir, made)
     };
-    let prepared = prepare_private(&private, owner).map_err(|e| {
+    let prepared = prepared.map_err(|e| {
         format!(
             "cannot prepare the stage's folder {}: {e}",
             private.display()
@@ -164,6 +174,8 @@ pub async fn run_stage(
         outputs: BTreeMap::new(),
         log,
         image_id: report.image_id,
+        private: private.clone(),
+        reusable: false,
     };
     let mut fail = |status, failure, reason: String| {
         result.status = status;
@@ -239,5 +251,6 @@ pub async fn run_stage(
             Err(_) => {}
         }
     }
+    result.reusable = is_step && left_clean(&private);
     result
 }

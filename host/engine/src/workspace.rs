@@ -1,12 +1,15 @@
 //! The run's folders on the host: a copy of the source as the workspace
 //! (never the user's checkout itself), each stage's private folder with its
-//! output file and artifacts folder, and the live logs. Also the parser of
-//! named outputs (`key=value` lines in `$SENTINEL_OUTPUT`).
+//! output file and artifacts folder, and the live logs. A step's private
+//! folder that the step left as it got it is handed to the run's next step
+//! (creating folders is the costliest part of a short step). Also the parser
+//! of named outputs (`key=value` lines in `$SENTINEL_OUTPUT`).
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sentinel_api::{RunId, StageName};
 
@@ -17,6 +20,8 @@ pub struct RunDirs {
     pub workspace: PathBuf,
     pub logs: PathBuf,
     pub stages: PathBuf,
+    /// Empty private folders of finished steps, for the run's next steps.
+    spare: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl RunDirs {
@@ -28,6 +33,28 @@ impl RunDirs {
             logs: root.join("logs"),
             stages: root.join("stages"),
             root,
+            spare: Arc::default(),
+        }
+    }
+
+    /// A private folder for a step: one an earlier step of the run left
+    /// empty, or a new one holding an empty `artifacts/` (the step creates
+    /// `output` when it sets one).
+    pub fn step_private(&self, stage: &StageName) -> io::Result<PathBuf> {
+        if let Some(dir) = self.spare.lock().ok().and_then(|mut s| s.pop()) {
+            return Ok(dir);
+        }
+        let dir = self.private(stage);
+        std::fs::create_dir_all(dir.join("artifacts"))?;
+        Ok(dir)
+    }
+
+    /// Offers a finished step's private folder to the run's next steps; call
+    /// it only after the folder's output and artifacts were taken, and only
+    /// when [`left_clean`] said so.
+    pub fn reuse_step_private(&self, dir: PathBuf) {
+        if let Ok(mut spare) = self.spare.lock() {
+            spare.push(dir);
         }
     }
 
@@ -115,6 +142,27 @@ pub fn hand_over(path: &Path, user: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// True when a finished step left its private folder as it got it, but for
+/// the `output` file (already read, removed here): nothing else but an empty
+/// `artifacts/` folder, so the next step sees nothing of this one.
+pub fn left_clean(dir: &Path) -> bool {
+    let output = dir.join("output");
+    if std::fs::symlink_metadata(&output).is_ok_and(|m| m.is_file())
+        && std::fs::remove_file(&output).is_err()
+    {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+    let artifacts = dir.join("artifacts");
+    names.len() == 1
+        && names[0] == "artifacts"
+        && std::fs::symlink_metadata(&artifacts).is_ok_and(|m| m.is_dir())
+        && std::fs::read_dir(&artifacts).is_ok_and(|mut e| e.next().is_none())
+}
+
 /// Creates a stage's private folder: an empty `output` file and `artifacts/`.
 pub fn prepare_private(dir: &Path, user: &str) -> io::Result<()> {
     std::fs::create_dir_all(dir.join("artifacts"))?;
@@ -177,6 +225,38 @@ pub fn parse_outputs(text: &str) -> Result<BTreeMap<String, String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn step_folders_are_reused_only_when_left_clean() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
+        let dirs = RunDirs::new(tmp.path(), &run);
+        let a = dirs.step_private(&"a".parse().unwrap()).unwrap();
+        assert!(a.join("artifacts").is_dir());
+        assert!(
+            !a.join("output").exists(),
+            "a step creates its output itself"
+        );
+        // Its output, once read, is removed: the folder is clean again.
+        std::fs::write(a.join("output"), "k=v\n").unwrap();
+        assert!(left_clean(&a));
+        assert!(!a.join("output").exists());
+        dirs.reuse_step_private(a.clone());
+        let b = dirs.step_private(&"b".parse().unwrap()).unwrap();
+        assert_eq!(b, a, "the clean folder serves the next step");
+        let c = dirs.step_private(&"c".parse().unwrap()).unwrap();
+        assert_ne!(c, a, "a folder in use is never handed out twice");
+
+        // Anything left behind keeps a folder from being reused.
+        std::fs::write(b.join("note"), "x").unwrap();
+        assert!(!left_clean(&b));
+        std::fs::write(c.join("artifacts/report.txt"), "x").unwrap();
+        assert!(!left_clean(&c));
+        let d = dirs.step_private(&"d".parse().unwrap()).unwrap();
+        std::fs::remove_dir(d.join("artifacts")).unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("artifacts")).unwrap();
+        assert!(!left_clean(&d), "a symlink is not the artifacts folder");
+    }
 
     #[test]
     fn outputs() {

@@ -178,10 +178,12 @@ pub fn parse_str_with(
     }
     let raw: raw::RawPipeline = de::from_node(&root)
         .map_err(|e| Diagnostics(vec![diag(e.pos.unwrap_or(root.pos), e.message, e.hint)]))?;
-    let steps: step::StepAnswers = raw
-        .stages
-        .values()
-        .filter_map(|s| s.step.clone())
+    // Each distinct reference is resolved (read and hashed) once, however
+    // many stages use it.
+    let refs: std::collections::BTreeSet<String> =
+        raw.stages.values().filter_map(|s| s.step.clone()).collect();
+    let steps: step::StepAnswers = refs
+        .into_iter()
         .map(|r| {
             let answer = catalog.resolve(&r, base);
             (r, answer)

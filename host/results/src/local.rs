@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use sentinel_api::keys::{self, INDEX_PAGE_SIZE};
 use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, SCHEMA_VERSION, StageDoc, StageName};
-use sentinel_engine::ports::{ResultsSink, StorageError};
+use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
 
 use crate::zipdir::zip_dir;
 
@@ -70,6 +70,11 @@ impl LocalSink {
     ) -> Result<(), StorageError> {
         let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| err("encode", e))?;
         bytes.push(b'\n');
+        self.put_bytes(key, bytes).await
+    }
+
+    /// Writes `bytes` at `key`, atomically.
+    async fn put_bytes(&self, key: String, bytes: Vec<u8>) -> Result<(), StorageError> {
         let path = self.path(&key);
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await
@@ -123,9 +128,16 @@ impl ResultsSink for LocalSink {
         &self,
         run: &RunId,
         stage: &StageName,
-        file: &Path,
+        log: &LogBody,
     ) -> Result<String, StorageError> {
         let key = keys::stage_log(run, stage);
+        let file = match log {
+            LogBody::File(f) => f,
+            LogBody::Memory(bytes) => {
+                self.put_bytes(key, bytes.clone()).await?;
+                return Ok(format!("{stage}.log"));
+            }
+        };
         let (src, dst) = (file.to_path_buf(), self.path(&key));
         tokio::task::spawn_blocking(move || {
             // A hard link publishes the finished log without copying it; a
