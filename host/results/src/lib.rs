@@ -1,12 +1,15 @@
 //! Results sinks. [`LocalSink`] writes the results layout into a folder (the
-//! embedded default); the S3 sink will implement the same interface.
+//! embedded default); the S3 sink (its own crate) implements the same
+//! interface and shares the index paging and artifact zipping here.
 //!
 //! Every file is written atomically (a temporary file, then a rename), so a
 //! reader never sees half a document; the paged index is updated under a
 //! file lock, so several processes may share one results folder.
 
 mod local;
+mod pages;
 mod zipdir;
 
 pub use local::LocalSink;
+pub use pages::index_pages;
 pub use zipdir::zip_dir;

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use sentinel_api::keys::{self, INDEX_PAGE_SIZE};
-use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, SCHEMA_VERSION, StageDoc, StageName};
+use sentinel_api::keys;
+use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
 use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
 
 use crate::zipdir::zip_dir;
@@ -98,24 +98,11 @@ impl LocalSink {
 
     /// Writes `runs` (newest first, as [`RunSummary::upsert`] keeps them) as pages.
     fn write_index(&self, runs: Vec<RunSummary>) -> Result<(), StorageError> {
-        let chunks: Vec<&[RunSummary]> = if runs.is_empty() {
-            vec![&[]]
-        } else {
-            runs.chunks(INDEX_PAGE_SIZE).collect()
-        };
-        let pages = chunks.len() as u32;
         // Older pages first, so page 0 never points at a page not yet written.
-        for (i, chunk) in chunks.iter().enumerate().rev() {
-            let page = IndexPage {
-                schema: SCHEMA_VERSION,
-                page: i as u32,
-                pages,
-                next: (i as u32 + 1 < pages).then(|| keys::index_page(i as u32 + 1)),
-                runs: chunk.to_vec(),
-            };
-            let mut bytes = serde_json::to_vec_pretty(&page).map_err(|e| err("encode index", e))?;
+        for page in crate::index_pages(&runs).iter().rev() {
+            let mut bytes = serde_json::to_vec_pretty(page).map_err(|e| err("encode index", e))?;
             bytes.push(b'\n');
-            write_atomic(&self.path(&keys::index_page(i as u32)), &bytes)
+            write_atomic(&self.path(&keys::index_page(page.page)), &bytes)
                 .map_err(|e| err("write index", e))?;
         }
         Ok(())

@@ -1,0 +1,256 @@
+//! The S3 results sink: the layout of `docs/results-layout.md` under a
+//! bucket and prefix, on AWS or any S3-compatible server (path-style
+//! addressing for Garage and MinIO). The only crate that depends on the AWS
+//! SDK. Credentials come from the standard AWS chain (environment, profile,
+//! web identity / assume-role) — never from a pipeline. Large logs and
+//! artifacts go up in parts; every upload carries a SHA-256 checksum the
+//! server verifies.
+
+mod upload;
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use sentinel_api::keys;
+use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
+use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
+
+pub use upload::PART_SIZE;
+
+/// Where results go in S3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct S3Config {
+    pub bucket: String,
+    /// A key prefix (`ci/`, say); empty for the bucket's root.
+    #[serde(default)]
+    pub prefix: String,
+    /// The region; the AWS chain's when absent.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An S3-compatible endpoint (`http://127.0.0.1:3900`); AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which Garage and MinIO need.
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+/// Results in an S3 bucket.
+#[derive(Debug, Clone)]
+pub struct S3Sink {
+    client: Client,
+    cfg: S3Config,
+    /// Index updates of this process, one at a time (one server per bucket prefix).
+    index: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+fn err(context: impl Into<String>, e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(context, e)
+}
+
+/// The SDK's error with its source chain, which holds the server's answer.
+fn sdk_err<E: std::error::Error>(context: impl Into<String>, e: E) -> StorageError {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    StorageError::new(context, msg)
+}
+
+impl S3Sink {
+    /// A sink using the standard AWS credential chain.
+    pub async fn connect(cfg: S3Config) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(r) = &cfg.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        let sdk = loader.load().await;
+        Self::with_sdk_config(cfg, &sdk)
+    }
+
+    /// A sink from an SDK configuration the caller built (tests give static
+    /// credentials this way).
+    pub fn with_sdk_config(cfg: S3Config, sdk: &aws_config::SdkConfig) -> Self {
+        let mut b = aws_sdk_s3::config::Builder::from(sdk).force_path_style(cfg.path_style);
+        if let Some(e) = &cfg.endpoint {
+            b = b.endpoint_url(e);
+        }
+        if let Some(r) = &cfg.region {
+            b = b.region(aws_sdk_s3::config::Region::new(r.clone()));
+        }
+        Self {
+            client: Client::from_conf(b.build()),
+            cfg,
+            index: Default::default(),
+        }
+    }
+
+    /// The full key of a results-layout key.
+    pub fn key(&self, key: &str) -> String {
+        let p = self.cfg.prefix.trim_matches('/');
+        if p.is_empty() {
+            key.to_string()
+        } else {
+            format!("{p}/{key}")
+        }
+    }
+
+    /// The SDK client (for tests and tools that read back).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.cfg.bucket
+    }
+
+    async fn put_json<T: Serialize + Sync>(&self, key: &str, doc: &T) -> Result<(), StorageError> {
+        let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| err("encode", e))?;
+        bytes.push(b'\n');
+        upload::put_bytes(self, key, bytes, "application/json").await
+    }
+
+    /// Reads an object; `None` when there is none.
+    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let full = self.key(key);
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .send()
+            .await;
+        match got {
+            Ok(o) => {
+                let body = o
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| sdk_err(format!("read s3://{}/{full}", self.cfg.bucket), e))?;
+                Ok(Some(body.into_bytes().to_vec()))
+            }
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
+            Err(e) => Err(sdk_err(format!("get s3://{}/{full}", self.cfg.bucket), e)),
+        }
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        match self.get_bytes(key).await? {
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| err(format!("decode {key}"), e)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every run in the index, newest first.
+    async fn read_index(&self) -> Result<Vec<RunSummary>, StorageError> {
+        let mut runs = Vec::new();
+        let mut page = 0;
+        while let Some(p) = self.get_index_page(page).await? {
+            runs.extend(p.runs);
+            page += 1;
+            if p.next.is_none() {
+                break;
+            }
+        }
+        Ok(runs)
+    }
+}
+
+#[async_trait]
+impl ResultsSink for S3Sink {
+    async fn put_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        log: &LogBody,
+    ) -> Result<String, StorageError> {
+        let key = keys::stage_log(run, stage);
+        let ctype = "text/plain; charset=utf-8";
+        match log {
+            LogBody::Memory(bytes) => upload::put_bytes(self, &key, bytes.clone(), ctype).await?,
+            LogBody::File(file) => upload::put_file(self, &key, file, ctype).await?,
+        }
+        Ok(format!("{stage}.log"))
+    }
+
+    async fn put_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        dir: &Path,
+    ) -> Result<Option<String>, StorageError> {
+        let key = keys::stage_artifacts(run, stage);
+        let zip = tempfile::Builder::new()
+            .prefix(".sentinel-artifacts-")
+            .suffix(".zip")
+            .tempfile()
+            .map_err(|e| err("artifacts zip", e))?;
+        let (src, dst) = (dir.to_path_buf(), zip.path().to_path_buf());
+        let n = tokio::task::spawn_blocking(move || sentinel_results::zip_dir(&src, &dst))
+            .await
+            .map_err(|e| err(&key, e))?
+            .map_err(|e| err(format!("zip {key}"), e))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        upload::put_file(self, &key, zip.path(), "application/zip").await?;
+        Ok(Some(format!("{stage}.zip")))
+    }
+
+    async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError> {
+        self.put_json(&keys::stage_doc(&doc.run_id, &doc.name), doc)
+            .await
+    }
+
+    async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError> {
+        self.put_json(&keys::run_doc(&doc.id), doc).await
+    }
+
+    async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
+        let _one = self.index.lock().await;
+        let mut runs = self.read_index().await?;
+        RunSummary::upsert(&mut runs, summary.clone());
+        // Older pages first, so page 0 never points at a page not yet written.
+        for page in sentinel_results::index_pages(&runs).iter().rev() {
+            self.put_json(&keys::index_page(page.page), page).await?;
+        }
+        Ok(())
+    }
+
+    async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
+        self.get_json(&keys::run_doc(run)).await
+    }
+
+    async fn get_stage(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<StageDoc>, StorageError> {
+        self.get_json(&keys::stage_doc(run, stage)).await
+    }
+
+    async fn get_log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_bytes(&keys::stage_log(run, stage)).await
+    }
+
+    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
+        self.get_json(&keys::index_page(page)).await
+    }
+
+    fn location(&self) -> String {
+        format!("s3://{}/{}", self.cfg.bucket, self.key(""))
+    }
+}
