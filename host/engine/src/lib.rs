@@ -12,6 +12,7 @@ pub mod fake;
 pub mod lease;
 pub mod log;
 pub mod masker;
+pub mod outbox;
 pub mod ports;
 pub mod publish;
 pub mod record;

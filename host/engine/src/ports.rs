@@ -1,8 +1,9 @@
 //! The narrow interfaces the engine needs from its storage: [`Store`] for
-//! durable run state, [`ResultsSink`] for the published results layout.
+//! durable run state, [`ResultsSink`] for the published results layout,
+//! [`Outbox`] for results waiting for their sink to answer again.
 //! Implementations live in their own crates (sled, local folder, S3).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -103,4 +104,39 @@ pub trait ResultsSink: Send + Sync + std::fmt::Debug {
     async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError>;
     /// A human-readable location of the results (a folder or a URL).
     fn location(&self) -> String;
+}
+
+/// One result waiting to be published; files live in the outbox's spool
+/// folder until they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Pending {
+    Log {
+        run: RunId,
+        stage: StageName,
+        file: PathBuf,
+    },
+    Artifacts {
+        run: RunId,
+        stage: StageName,
+        dir: PathBuf,
+    },
+    Stage(Box<StageDoc>),
+    Run(Box<RunDoc>),
+    Index(Box<RunSummary>),
+}
+
+/// A durable first-in first-out queue of results not yet published.
+#[async_trait]
+pub trait Outbox: Send + Sync + std::fmt::Debug {
+    /// Appends an item; durable when it returns.
+    async fn push(&self, item: &Pending) -> Result<(), StorageError>;
+    /// The oldest item and its sequence number.
+    async fn front(&self) -> Result<Option<(u64, Pending)>, StorageError>;
+    /// Removes the item `seq` (once published).
+    async fn remove(&self, seq: u64) -> Result<(), StorageError>;
+    /// How many items wait.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

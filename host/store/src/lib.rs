@@ -5,7 +5,8 @@
 //! process holds it. Values are JSON in a versioned envelope
 //! (`{"v":1,"doc":…}`), so later versions can read what earlier ones wrote.
 //! Trees: `runs` (by run id, which sorts by time), `stages` (`run/stage`),
-//! `events` (`run` + sequence number), `leases` (by run id).
+//! `events` (`run` + sequence number), `leases` (by run id), `outbox`
+//! (results waiting for their sink, by sequence number).
 
 use std::path::{Path, PathBuf};
 
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use sentinel_api::{RunDoc, RunId, StageDoc};
 use sentinel_engine::lease::Lease;
-use sentinel_engine::ports::{Event, StorageError, Store};
+use sentinel_engine::ports::{Event, Outbox, Pending, StorageError, Store};
 
 /// The version of the stored values' envelope.
 pub const VALUE_VERSION: u32 = 1;
@@ -43,6 +44,7 @@ pub struct SledStore {
     stages: sled::Tree,
     events: sled::Tree,
     leases: sled::Tree,
+    outbox: sled::Tree,
     _lock: std::sync::Arc<std::fs::File>,
 }
 
@@ -109,6 +111,7 @@ impl SledStore {
             stages: tree("stages")?,
             events: tree("events")?,
             leases: tree("leases")?,
+            outbox: tree("outbox")?,
             db,
             _lock: std::sync::Arc::new(lock),
         })
@@ -222,6 +225,36 @@ impl Store for SledStore {
                     .and_then(|(_, v)| decode(&v))
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl Outbox for SledStore {
+    async fn push(&self, item: &Pending) -> Result<(), StorageError> {
+        let seq = self.db.generate_id().map_err(|e| err("outbox id", e))?;
+        self.outbox
+            .insert(seq.to_be_bytes(), encode(item)?)
+            .map_err(|e| err("outbox push", e))?;
+        self.flush().await
+    }
+
+    async fn front(&self) -> Result<Option<(u64, Pending)>, StorageError> {
+        let Some((k, v)) = self.outbox.first().map_err(|e| err("outbox", e))? else {
+            return Ok(None);
+        };
+        let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|e| err("outbox key", e))?);
+        Ok(Some((seq, decode(&v)?)))
+    }
+
+    async fn remove(&self, seq: u64) -> Result<(), StorageError> {
+        self.outbox
+            .remove(seq.to_be_bytes())
+            .map_err(|e| err("outbox remove", e))?;
+        self.flush().await
+    }
+
+    fn len(&self) -> usize {
+        self.outbox.len()
     }
 }
 
