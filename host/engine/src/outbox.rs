@@ -152,7 +152,11 @@ impl OutboxSink {
                 .map(|file| Pending::Log { run, stage, file })
                 .map_err(|e| err("spool a log", e))?
             }
-            Pending::Artifacts { run, stage, dir: src } => {
+            Pending::Artifacts {
+                run,
+                stage,
+                dir: src,
+            } => {
                 let to = target.join("artifacts");
                 tokio::task::spawn_blocking(move || {
                     crate::workspace::copy_source(&src, &to, &[]).map(|_| to)

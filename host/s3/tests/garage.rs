@@ -3,71 +3,19 @@
 //! documented layout, and a 200 MiB artifact goes up in parts and comes back
 //! byte for byte.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use sentinel_api::{RunStatus, StageDoc};
 use sentinel_engine::ports::ResultsSink;
 use sentinel_engine::{Engine, EngineConfig, RunRequest, Signals};
 use sentinel_pipeline::DirCatalog;
-use sentinel_s3::{PART_SIZE, S3Config, S3Sink};
+use sentinel_s3::{PART_SIZE, S3Sink};
+
+mod common;
+use common::{sink, unique};
 use sha2::Digest;
-
-/// Starts (or reuses) the S3 server and returns its settings.
-fn s3_server() -> BTreeMap<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "the S3 server could not be started by {} (scripts/setup.sh installs it): {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-fn sink(prefix: &str) -> S3Sink {
-    let s3 = s3_server();
-    let creds = Credentials::new(
-        &s3["AWS_ACCESS_KEY_ID"],
-        &s3["AWS_SECRET_ACCESS_KEY"],
-        None,
-        None,
-        "test",
-    );
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(s3["S3_REGION"].clone()))
-        .credentials_provider(SharedCredentialsProvider::new(creds))
-        .build();
-    let cfg = S3Config {
-        bucket: s3["S3_BUCKET"].clone(),
-        prefix: prefix.to_string(),
-        region: Some(s3["S3_REGION"].clone()),
-        endpoint: Some(s3["S3_ENDPOINT"].clone()),
-        path_style: true,
-    };
-    S3Sink::with_sdk_config(cfg, &sdk)
-}
-
-fn unique(name: &str) -> String {
-    format!(
-        "test-{name}-{}",
-        ulid::Ulid::new().to_string().to_lowercase()
-    )
-}
 
 async fn keys_under(sink: &S3Sink, prefix: &str) -> Vec<String> {
     let out = sink

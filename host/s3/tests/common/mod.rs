@@ -1,0 +1,70 @@
+//! Shared by the S3 tests: the real S3 server (Garage on loopback, started
+//! by `scripts/s3-server.sh`) and a sink pointed at it.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+use sentinel_s3::{S3Config, S3Sink};
+
+/// Starts (or reuses) the S3 server and returns its settings.
+pub fn s3_server() -> BTreeMap<String, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "the S3 server could not be started by {} (scripts/setup.sh installs it): {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// A sink on the S3 server, through `endpoint` when given (a proxy).
+pub fn sink_via(prefix: &str, endpoint: Option<String>) -> S3Sink {
+    let s3 = s3_server();
+    let creds = Credentials::new(
+        &s3["AWS_ACCESS_KEY_ID"],
+        &s3["AWS_SECRET_ACCESS_KEY"],
+        None,
+        None,
+        "test",
+    );
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(s3["S3_REGION"].clone()))
+        .credentials_provider(SharedCredentialsProvider::new(creds))
+        .build();
+    let cfg = S3Config {
+        bucket: s3["S3_BUCKET"].clone(),
+        prefix: prefix.to_string(),
+        region: Some(s3["S3_REGION"].clone()),
+        endpoint: Some(endpoint.unwrap_or_else(|| s3["S3_ENDPOINT"].clone())),
+        path_style: true,
+    };
+    S3Sink::with_sdk_config(cfg, &sdk)
+}
+
+pub fn unique(name: &str) -> String {
+    format!(
+        "test-{name}-{}",
+        ulid::Ulid::new().to_string().to_lowercase()
+    )
+}
+
+pub fn sink(prefix: &str) -> S3Sink {
+    sink_via(prefix, None)
+}
