@@ -226,12 +226,23 @@ pub struct MemSink {
     /// Keys in the order they were written.
     pub writes: Mutex<Vec<String>>,
     index: Mutex<Vec<RunSummary>>,
+    /// While set, every write fails as if the sink could not be reached.
+    pub away: std::sync::atomic::AtomicBool,
 }
 
 impl MemSink {
-    fn put(&self, key: String, bytes: Vec<u8>) {
+    fn put(&self, key: String, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.reachable()?;
         self.writes.lock().unwrap().push(key.clone());
         self.objects.lock().unwrap().insert(key, bytes);
+        Ok(())
+    }
+
+    fn reachable(&self) -> Result<(), StorageError> {
+        if self.away.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::new("put", "the sink cannot be reached"));
+        }
+        Ok(())
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
@@ -258,7 +269,7 @@ impl ResultsSink for MemSink {
             crate::log::LogBody::Memory(b) => b.clone(),
         };
         let key = keys::stage_log(run, stage);
-        self.put(key.clone(), bytes);
+        self.put(key.clone(), bytes)?;
         Ok(format!("{stage}.log"))
     }
     async fn put_artifacts(
@@ -278,24 +289,23 @@ impl ResultsSink for MemSink {
         self.put(
             keys::stage_artifacts(run, stage),
             names.join("\n").into_bytes(),
-        );
+        )?;
         Ok(Some(format!("{stage}.zip")))
     }
     async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError> {
         self.put(
             keys::stage_doc(&doc.run_id, &doc.name),
             serde_json::to_vec(doc).unwrap_or_default(),
-        );
-        Ok(())
+        )
     }
     async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError> {
         self.put(
             keys::run_doc(&doc.id),
             serde_json::to_vec(doc).unwrap_or_default(),
-        );
-        Ok(())
+        )
     }
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
+        self.reachable()?;
         let mut index = self.index.lock().unwrap();
         RunSummary::upsert(&mut index, summary.clone());
         let page = IndexPage {
@@ -309,8 +319,7 @@ impl ResultsSink for MemSink {
         self.put(
             keys::index_page(0),
             serde_json::to_vec(&page).unwrap_or_default(),
-        );
-        Ok(())
+        )
     }
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
         Ok(self.get(&keys::run_doc(run)))
