@@ -77,6 +77,22 @@ impl Executor for Unavailable {
     }
 }
 
+/// The S3 sink behind a durable outbox in the state database (its files
+/// spooled under `<state>/spool`); it starts sending what an earlier run
+/// left waiting.
+pub async fn s3_outbox(
+    dirs: &Dirs,
+    store: &SledStore,
+    cfg: sentinel_s3::S3Config,
+) -> Arc<sentinel_engine::outbox::OutboxSink> {
+    let s3 = sentinel_s3::S3Sink::connect(cfg).await;
+    sentinel_engine::outbox::OutboxSink::start(
+        Arc::new(s3),
+        Arc::new(store.clone()),
+        dirs.state.join("spool"),
+    )
+}
+
 /// Builds an engine over the store, Docker (or [`Unavailable`]) and the results folder.
 pub fn engine(
     dirs: &Dirs,

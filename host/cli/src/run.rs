@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
 use sentinel_api::{RunStatus, Trigger, TriggerKind};
-use sentinel_engine::{RunRequest, Signals};
+use sentinel_engine::{ResultsSink as _, RunRequest, Signals};
 use sentinel_pipeline::{EnvValue, LoadError};
 
 use crate::Paths;
@@ -35,6 +36,39 @@ pub struct RunArgs {
     /// A file of `NAME=value` lines with secret values (else they come from the environment).
     #[arg(long)]
     secrets_file: Option<PathBuf>,
+    #[command(flatten)]
+    s3: S3Args,
+}
+
+/// Publishing to S3 as well as to the results folder.
+#[derive(Debug, Clone, clap::Args)]
+pub struct S3Args {
+    /// Also publish the results to S3, at `s3://bucket/prefix`. Credentials
+    /// come from the standard AWS chain (environment, profile, web identity).
+    #[arg(long, env = "SENTINEL_S3", value_name = "s3://BUCKET/PREFIX")]
+    s3: Option<String>,
+    /// An S3-compatible endpoint (Garage, MinIO), like `http://127.0.0.1:3900`.
+    #[arg(long, env = "SENTINEL_S3_ENDPOINT", requires = "s3")]
+    s3_endpoint: Option<String>,
+    /// The bucket's region (else the AWS chain's).
+    #[arg(long, env = "SENTINEL_S3_REGION", requires = "s3")]
+    s3_region: Option<String>,
+    /// Path-style addressing, which Garage and MinIO need.
+    #[arg(long, env = "SENTINEL_S3_PATH_STYLE", requires = "s3")]
+    s3_path_style: bool,
+}
+
+impl S3Args {
+    fn config(&self) -> anyhow::Result<Option<sentinel_s3::S3Config>> {
+        let Some(url) = &self.s3 else {
+            return Ok(None);
+        };
+        let mut cfg = sentinel_s3::S3Config::from_url(url).map_err(anyhow::Error::msg)?;
+        cfg.endpoint = self.s3_endpoint.clone();
+        cfg.region = self.s3_region.clone();
+        cfg.path_style = self.s3_path_style;
+        Ok(Some(cfg))
+    }
 }
 
 fn pipeline_file(dirs: &Dirs, file: Option<PathBuf>) -> PathBuf {
@@ -116,7 +150,17 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let exec = context::executor_for(&plan, &dirs).await?;
-    let engine = context::engine(&dirs, store, exec, args.jobs, args.keep_workspace);
+    let outbox = match args.s3.config()? {
+        Some(cfg) => Some(context::s3_outbox(&dirs, &store, cfg).await),
+        None => None,
+    };
+    let mut engine = context::engine(&dirs, store, exec, args.jobs, args.keep_workspace);
+    if let Some(outbox) = &outbox {
+        engine.sink = Arc::new(sentinel_results::Mirrored {
+            primary: engine.sink.clone(),
+            mirror: outbox.clone(),
+        });
+    }
     let reaped = engine.exec.reap().await;
     if reaped > 0 {
         eprintln!("removed {reaped} container(s) or network(s) left by dead sentinel processes");
@@ -199,6 +243,15 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         eprintln!("run {} {}{took}{why}", run.id, run.status);
         eprintln!("results: {}", folder.display());
+    }
+    if let Some(outbox) = outbox {
+        let waiting = outbox.waiting();
+        if waiting > 0 {
+            eprintln!(
+                "{waiting} result(s) could not reach {} yet; they wait in the state folder and go up with the next sentinel run",
+                outbox.location()
+            );
+        }
     }
     Ok(match run.status {
         RunStatus::Succeeded => ExitCode::SUCCESS,

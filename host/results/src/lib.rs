@@ -7,9 +7,11 @@
 //! file lock, so several processes may share one results folder.
 
 mod local;
+mod mirror;
 mod pages;
 mod zipdir;
 
 pub use local::LocalSink;
+pub use mirror::Mirrored;
 pub use pages::index_pages;
 pub use zipdir::zip_dir;

@@ -39,6 +39,26 @@ pub struct S3Config {
     pub path_style: bool,
 }
 
+impl S3Config {
+    /// A configuration from `s3://bucket/prefix` (the prefix may be empty).
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("`{url}` is not an s3://bucket/prefix address"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(format!("`{url}` names no bucket"));
+        }
+        Ok(Self {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            region: None,
+            endpoint: None,
+            path_style: false,
+        })
+    }
+}
+
 /// Results in an S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Sink {
@@ -252,5 +272,30 @@ impl ResultsSink for S3Sink {
 
     fn location(&self) -> String {
         format!("s3://{}/{}", self.cfg.bucket, self.key(""))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let c = S3Config::from_url("s3://ci-results/team/app/").unwrap();
+        assert_eq!(
+            (c.bucket.as_str(), c.prefix.as_str()),
+            ("ci-results", "team/app")
+        );
+        assert_eq!(S3Config::from_url("s3://b").unwrap().prefix, "");
+        assert!(
+            S3Config::from_url("https://b/x")
+                .unwrap_err()
+                .contains("s3://")
+        );
+        assert!(
+            S3Config::from_url("s3:///x")
+                .unwrap_err()
+                .contains("no bucket")
+        );
     }
 }
