@@ -1,6 +1,7 @@
 //! The narrow interfaces the engine needs from its storage: [`Store`] for
 //! durable run state, [`ResultsSink`] for the published results layout,
-//! [`Outbox`] for results waiting for their sink to answer again.
+//! [`Outbox`] for results waiting for their sink to answer again,
+//! [`RunQueue`] for accepted runs waiting for (or held by) a worker.
 //! Implementations live in their own crates (sled, local folder, S3).
 
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
 
-use crate::lease::Lease;
+use crate::lease::{Lease, Owner};
 pub use crate::log::LogBody;
 
 /// A failure of the store or the sink, with what it was doing.
@@ -139,4 +140,63 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// A run accepted and not finished: what to run, which attempt it is, and
+/// the worker holding it, if any.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueEntry {
+    pub run_id: RunId,
+    /// What the server needs to start the run (repository, ref, inputs);
+    /// opaque to the queue.
+    pub request: serde_json::Value,
+    /// 1 for a run's first attempt.
+    pub attempt: u32,
+    pub enqueued: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<Claim>,
+}
+
+/// A worker's hold on a queued run, renewed while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub owner: Owner,
+    pub until: DateTime<Utc>,
+}
+
+/// The durable queue of accepted runs, first in first out. Every change but
+/// a renewal (a heartbeat, on disk within the store's flush interval) is
+/// durable when it returns: a trigger is acknowledged only after
+/// [`RunQueue::enqueue`], and a run starts only after its claim is on disk,
+/// so a crash never makes a run vanish or run twice unnoticed.
+#[async_trait]
+pub trait RunQueue: Send + Sync + std::fmt::Debug {
+    /// Accepts a run.
+    async fn enqueue(&self, entry: &QueueEntry) -> Result<(), StorageError>;
+    /// Claims the oldest waiting run for `owner` until `until`; two workers
+    /// never get the same run.
+    async fn claim(
+        &self,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<Option<QueueEntry>, StorageError>;
+    /// Extends `owner`'s claim; false when the run is no longer its own.
+    async fn renew(
+        &self,
+        run: &RunId,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
+    /// Removes a finished run.
+    async fn finish(&self, run: &RunId) -> Result<(), StorageError>;
+    /// Removes and returns the runs whose worker is gone: its process died
+    /// (`dead`) or its claim ran out before `now`. The caller records them
+    /// `interrupted` and may queue a new attempt.
+    async fn take_abandoned(
+        &self,
+        now: DateTime<Utc>,
+        dead: &(dyn for<'o> Fn(&'o Owner) -> bool + Sync),
+    ) -> Result<Vec<QueueEntry>, StorageError>;
+    /// Runs waiting for a worker (not claimed).
+    async fn waiting(&self) -> Result<usize, StorageError>;
 }

@@ -6,17 +6,22 @@
 //! (`{"v":1,"doc":…}`), so later versions can read what earlier ones wrote.
 //! Trees: `runs` (by run id, which sorts by time), `stages` (`run/stage`),
 //! `events` (`run` + sequence number), `leases` (by run id), `outbox`
-//! (results waiting for their sink, by sequence number).
+//! (results waiting for their sink, by sequence number), `queue` (accepted
+//! runs by sequence number) and `queued` (run id → sequence number).
 
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use sentinel_api::{RunDoc, RunId, StageDoc};
 use sentinel_engine::lease::Lease;
-use sentinel_engine::ports::{Event, Outbox, Pending, StorageError, Store};
+use sentinel_engine::lease::Owner;
+use sentinel_engine::ports::{
+    Claim, Event, Outbox, Pending, QueueEntry, RunQueue, StorageError, Store,
+};
 
 /// The version of the stored values' envelope.
 pub const VALUE_VERSION: u32 = 1;
@@ -45,6 +50,8 @@ pub struct SledStore {
     events: sled::Tree,
     leases: sled::Tree,
     outbox: sled::Tree,
+    queue: sled::Tree,
+    queued: sled::Tree,
     _lock: std::sync::Arc<std::fs::File>,
 }
 
@@ -112,6 +119,8 @@ impl SledStore {
             events: tree("events")?,
             leases: tree("leases")?,
             outbox: tree("outbox")?,
+            queue: tree("queue")?,
+            queued: tree("queued")?,
             db,
             _lock: std::sync::Arc::new(lock),
         })
@@ -255,6 +264,142 @@ impl Outbox for SledStore {
 
     fn len(&self) -> usize {
         self.outbox.len()
+    }
+}
+
+impl SledStore {
+    /// The queue key of a run.
+    fn queue_key(&self, run: &RunId) -> Result<Option<sled::IVec>, StorageError> {
+        self.queued
+            .get(run.as_str())
+            .map_err(|e| err("queue index", e))
+    }
+}
+
+#[async_trait]
+impl RunQueue for SledStore {
+    async fn enqueue(&self, entry: &QueueEntry) -> Result<(), StorageError> {
+        if self.queue_key(&entry.run_id)?.is_some() {
+            return Err(err(
+                "enqueue",
+                format!("run {} is already queued", entry.run_id),
+            ));
+        }
+        let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
+        self.queue
+            .insert(seq.to_be_bytes(), encode(entry)?)
+            .map_err(|e| err("enqueue", e))?;
+        self.queued
+            .insert(entry.run_id.as_str(), &seq.to_be_bytes())
+            .map_err(|e| err("enqueue", e))?;
+        self.flush().await
+    }
+
+    async fn claim(
+        &self,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<Option<QueueEntry>, StorageError> {
+        for kv in self.queue.iter() {
+            let (k, v) = kv.map_err(|e| err("queue", e))?;
+            let mut entry: QueueEntry = decode(&v)?;
+            if entry.claim.is_some() {
+                continue;
+            }
+            entry.claim = Some(Claim {
+                owner: owner.clone(),
+                until,
+            });
+            // Only if nobody claimed it meanwhile.
+            let swapped = self
+                .queue
+                .compare_and_swap(&k, Some(&v), Some(encode(&entry)?))
+                .map_err(|e| err("claim", e))?;
+            if swapped.is_ok() {
+                self.flush().await?;
+                return Ok(Some(entry));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn renew(
+        &self,
+        run: &RunId,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let Some(k) = self.queue_key(run)? else {
+            return Ok(false);
+        };
+        let Some(v) = self.queue.get(&k).map_err(|e| err("renew", e))? else {
+            return Ok(false);
+        };
+        let mut entry: QueueEntry = decode(&v)?;
+        if entry.claim.as_ref().is_none_or(|c| &c.owner != owner) {
+            return Ok(false);
+        }
+        entry.claim = Some(Claim {
+            owner: owner.clone(),
+            until,
+        });
+        let swapped = self
+            .queue
+            .compare_and_swap(&k, Some(&v), Some(encode(&entry)?))
+            .map_err(|e| err("renew", e))?;
+        Ok(swapped.is_ok())
+    }
+
+    async fn finish(&self, run: &RunId) -> Result<(), StorageError> {
+        if let Some(k) = self.queue_key(run)? {
+            self.queue.remove(&k).map_err(|e| err("finish", e))?;
+            self.queued
+                .remove(run.as_str())
+                .map_err(|e| err("finish", e))?;
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn take_abandoned(
+        &self,
+        now: DateTime<Utc>,
+        dead: &(dyn for<'o> Fn(&'o Owner) -> bool + Sync),
+    ) -> Result<Vec<QueueEntry>, StorageError> {
+        let mut taken = Vec::new();
+        for kv in self.queue.iter() {
+            let (k, v) = kv.map_err(|e| err("queue", e))?;
+            let entry: QueueEntry = decode(&v)?;
+            let Some(claim) = &entry.claim else { continue };
+            if claim.until >= now && !dead(&claim.owner) {
+                continue;
+            }
+            let removed = self
+                .queue
+                .compare_and_swap(&k, Some(&v), None::<&[u8]>)
+                .map_err(|e| err("reclaim", e))?;
+            if removed.is_ok() {
+                self.queued
+                    .remove(entry.run_id.as_str())
+                    .map_err(|e| err("reclaim", e))?;
+                taken.push(entry);
+            }
+        }
+        if !taken.is_empty() {
+            self.flush().await?;
+        }
+        Ok(taken)
+    }
+
+    async fn waiting(&self) -> Result<usize, StorageError> {
+        let mut n = 0;
+        for kv in self.queue.iter() {
+            let (_, v) = kv.map_err(|e| err("queue", e))?;
+            if decode::<QueueEntry>(&v)?.claim.is_none() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 
