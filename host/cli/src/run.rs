@@ -220,6 +220,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         git: context::git_context(&dirs.project),
         host_env,
         secrets,
+        run_id: None,
     };
     let run = match engine.run(req, reporter(mode, args.follow), signals).await {
         Ok(r) => r,

@@ -15,6 +15,7 @@ pub mod masker;
 pub mod outbox;
 pub mod ports;
 pub mod publish;
+pub mod queue;
 pub mod record;
 pub mod recover;
 pub mod run;

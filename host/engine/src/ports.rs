@@ -147,6 +147,9 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueEntry {
     pub run_id: RunId,
+    /// The pipeline's name as far as it is known when the run is accepted.
+    pub pipeline: String,
+    pub trigger: sentinel_api::Trigger,
     /// What the server needs to start the run (repository, ref, inputs);
     /// opaque to the queue.
     pub request: serde_json::Value,

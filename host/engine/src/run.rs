@@ -57,6 +57,9 @@ pub struct RunRequest {
     pub host_env: BTreeMap<String, String>,
     /// Secret values by name.
     pub secrets: BTreeMap<String, String>,
+    /// The run's id when it was given at acceptance (a queued run); a new
+    /// one otherwise.
+    pub run_id: Option<RunId>,
 }
 
 impl RunRequest {
@@ -74,6 +77,7 @@ impl RunRequest {
             git: None,
             host_env: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            run_id: None,
         }
     }
 }
@@ -190,10 +194,10 @@ impl Engine {
         signals: Signals,
     ) -> Result<RunDoc, PreflightError> {
         let secrets = Self::preflight(&req)?;
-        let run_id: RunId = ulid::Ulid::new()
-            .to_string()
-            .parse()
-            .map_err(|e| PreflightError::Missing(format!("run id: {e}")))?;
+        let run_id: RunId = match &req.run_id {
+            Some(id) => id.clone(),
+            None => new_run_id(),
+        };
         let owner = Owner::current();
         let dirs = RunDirs::new(&self.config.state_dir, &run_id);
         let plan = Arc::new(req.plan.clone());
@@ -550,6 +554,14 @@ impl Engine {
     pub async fn recover(&self) -> Result<Vec<RunId>, crate::ports::StorageError> {
         crate::recover::recover(self).await
     }
+}
+
+/// A new run id (a ULID: ids sort by time).
+pub fn new_run_id() -> RunId {
+    ulid::Ulid::new()
+        .to_string()
+        .parse()
+        .expect("a ULID is a valid run id")
 }
 
 /// Builds the run document from a store's stages (used by recovery too).

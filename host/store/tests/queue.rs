@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
-use sentinel_api::RunId;
+use sentinel_api::{RunId, Trigger, TriggerKind};
 use sentinel_engine::lease::Owner;
 use sentinel_engine::ports::{QueueEntry, RunQueue};
 use sentinel_store::SledStore;
@@ -18,6 +18,11 @@ fn id(i: u32) -> RunId {
 fn entry(i: u32) -> QueueEntry {
     QueueEntry {
         run_id: id(i),
+        pipeline: "app".into(),
+        trigger: Trigger {
+            kind: TriggerKind::Api,
+            by: None,
+        },
         request: serde_json::json!({"repo": "app", "ref": format!("refs/heads/b{i}")}),
         attempt: 1,
         enqueued: Utc::now(),

@@ -1,0 +1,240 @@
+//! Runs from the durable queue. A [`Worker`] claims the oldest waiting run
+//! (at most `runs` at once), keeps its claim alive while the run goes, and
+//! removes it from the queue once the run is final. At start-up,
+//! [`Worker::reclaim`] takes back runs whose worker died: they end
+//! `interrupted` and, while attempts remain, are queued again as a new run.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use sentinel_api::{RunDoc, RunId, RunStatus, RunSummary, SCHEMA_VERSION};
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::lease::Owner;
+use crate::ports::{QueueEntry, RunQueue, StorageError};
+use crate::run::{Engine, ProgressFn, RunRequest, Signals, new_run_id};
+
+/// Turns a queued run into what the engine runs (fetching the repository,
+/// reading its pipeline); an `Err` is the reason the run failed to start.
+pub type Resolve = Arc<
+    dyn Fn(QueueEntry) -> std::pin::Pin<Box<dyn Future<Output = Result<RunRequest, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Settings of a worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Most runs at once.
+    pub runs: usize,
+    /// Attempts of a run whose worker died (1: never queued again).
+    pub max_attempts: u32,
+    /// How long a claim lasts without a heartbeat.
+    pub claim_for: Duration,
+}
+
+/// Runs queued runs with one engine.
+pub struct Worker {
+    pub engine: Engine,
+    pub queue: Arc<dyn RunQueue>,
+    pub owner: Owner,
+    pub config: WorkerConfig,
+    resolve: Resolve,
+    progress: ProgressFn,
+    wake: Notify,
+    /// The signals of the runs going now, to cancel them.
+    signals: Mutex<BTreeMap<RunId, Signals>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("owner", &self.owner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Worker {
+    pub fn new(
+        engine: Engine,
+        queue: Arc<dyn RunQueue>,
+        config: WorkerConfig,
+        resolve: Resolve,
+        progress: ProgressFn,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            queue,
+            owner: Owner::current(),
+            config,
+            resolve,
+            progress,
+            wake: Notify::new(),
+            signals: Mutex::default(),
+        })
+    }
+
+    /// Says a run was queued (the worker also looks now and then).
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Cancels a run this worker is running; false when it runs none such.
+    pub fn cancel(&self, run: &RunId) -> bool {
+        match self.signals.lock().ok().and_then(|s| s.get(run).cloned()) {
+            Some(s) => {
+                s.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes back the runs of workers that died or stopped renewing their
+    /// claim: each ends `interrupted` (with a document even when it never
+    /// started) and, while attempts remain, is queued again as a new run.
+    /// Returns the new entries.
+    pub async fn reclaim(&self) -> Result<Vec<QueueEntry>, StorageError> {
+        self.engine.recover().await?;
+        let taken = self
+            .queue
+            .take_abandoned(Utc::now(), &|o: &Owner| !o.is_alive())
+            .await?;
+        let mut again = Vec::new();
+        for e in taken {
+            let why = "the sentinel process running it died";
+            match self.engine.store.get_run(&e.run_id).await? {
+                None => record_unstarted(&self.engine, &e, RunStatus::Interrupted, why).await?,
+                Some(run) if !run.status.is_final() => {
+                    record_unstarted(&self.engine, &e, RunStatus::Interrupted, why).await?
+                }
+                Some(_) => {}
+            }
+            if e.attempt < self.config.max_attempts {
+                let next = QueueEntry {
+                    run_id: new_run_id(),
+                    attempt: e.attempt + 1,
+                    enqueued: Utc::now(),
+                    claim: None,
+                    ..e
+                };
+                self.queue.enqueue(&next).await?;
+                again.push(next);
+            }
+        }
+        Ok(again)
+    }
+
+    /// Runs queued runs until `stop` is cancelled, then waits for the runs
+    /// going to end.
+    pub async fn serve(self: Arc<Self>, stop: CancellationToken) {
+        let mut running = JoinSet::new();
+        loop {
+            while running.len() < self.config.runs.max(1) {
+                let until = Utc::now() + self.config.claim_for;
+                match self.queue.claim(&self.owner, until).await {
+                    Ok(Some(entry)) => {
+                        running.spawn(self.clone().run_one(entry));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!("cannot claim a queued run: {e}");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    async fn run_one(self: Arc<Self>, entry: QueueEntry) {
+        let heartbeat = {
+            let (queue, owner, run) =
+                (self.queue.clone(), self.owner.clone(), entry.run_id.clone());
+            let every = self.config.claim_for / 3;
+            let claim_for = self.config.claim_for;
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    match queue.renew(&run, &owner, Utc::now() + claim_for).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!("run {run}: its claim was taken back");
+                            return;
+                        }
+                        Err(e) => tracing::warn!("run {run}: cannot renew its claim: {e}"),
+                    }
+                }
+            })
+        };
+        let id = entry.run_id.clone();
+        let failed = match (self.resolve)(entry.clone()).await {
+            Err(reason) => Some(reason),
+            Ok(mut req) => {
+                req.run_id = Some(id.clone());
+                let signals = Signals::default();
+                if let Ok(mut s) = self.signals.lock() {
+                    s.insert(id.clone(), signals.clone());
+                }
+                let done = self.engine.run(req, self.progress.clone(), signals).await;
+                if let Ok(mut s) = self.signals.lock() {
+                    s.remove(&id);
+                }
+                done.err().map(|e| e.to_string())
+            }
+        };
+        if let Some(reason) = failed
+            && let Err(e) = record_unstarted(&self.engine, &entry, RunStatus::Failed, &reason).await
+        {
+            tracing::error!("run {id}: cannot record that it failed to start: {e}");
+        }
+        heartbeat.abort();
+        if let Err(e) = self.queue.finish(&id).await {
+            tracing::error!("run {id}: cannot remove it from the queue: {e}");
+        }
+    }
+}
+
+/// Records a queued run that ends without running (or whose runner died
+/// before it was final): its document with no stages, stored and published.
+async fn record_unstarted(
+    engine: &Engine,
+    e: &QueueEntry,
+    status: RunStatus,
+    reason: &str,
+) -> Result<(), StorageError> {
+    let existing = engine.store.get_run(&e.run_id).await?;
+    let now = Utc::now();
+    let mut run = existing.unwrap_or_else(|| RunDoc {
+        schema: SCHEMA_VERSION,
+        id: e.run_id.clone(),
+        pipeline: e.pipeline.clone(),
+        status,
+        reason: None,
+        trigger: e.trigger.clone(),
+        git: None,
+        created: e.enqueued,
+        started: None,
+        finished: None,
+        duration_ms: None,
+        stages: Vec::new(),
+        sentinel: env!("CARGO_PKG_VERSION").to_string(),
+    });
+    run.status = status;
+    run.reason = Some(reason.to_string());
+    run.finished = Some(now);
+    engine.store.put_run(&run, true).await?;
+    engine.sink.put_run(&run).await?;
+    engine.sink.update_index(&RunSummary::of(&run)).await
+}
