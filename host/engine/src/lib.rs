@@ -6,6 +6,7 @@
 //! [`exec::Executor`] (Docker, WebAssembly), [`ports::Store`] (sled) and
 //! [`ports::ResultsSink`] (local folder, S3). It never names Docker, sled or S3.
 
+pub mod docs;
 pub mod env;
 pub mod exec;
 pub mod fake;

@@ -14,9 +14,10 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::docs::new_run_id;
 use crate::lease::Owner;
 use crate::ports::{QueueEntry, RunQueue, StorageError};
-use crate::run::{Engine, ProgressFn, RunRequest, Signals, new_run_id};
+use crate::run::{Engine, ProgressFn, RunRequest, Signals};
 
 /// Turns a queued run into what the engine runs (fetching the repository,
 /// reading its pipeline); an `Err` is the reason the run failed to start.

@@ -14,11 +14,10 @@ use sentinel_api::{
 use sentinel_pipeline::{Action, Plan};
 use sha2::Digest;
 
+use crate::docs::{apply_run_event, apply_stage_event, event, new_run_doc, run_entries};
 use crate::masker::SecretSet;
 use crate::ports::{ResultsSink, Store};
-use crate::run::{
-    Progress, ProgressFn, apply_run_event, apply_stage_event, event, new_run_doc, run_entries,
-};
+use crate::run::{Progress, ProgressFn};
 use crate::stage::StageResult;
 use crate::transition::{RunEvent, StageEvent};
 use crate::workspace::RunDirs;

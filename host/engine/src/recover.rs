@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use chrono::Utc;
 use sentinel_api::{FailureKind, RunId, RunSummary};
 
+use crate::docs::apply_run_event;
 use crate::ports::{LogBody, StorageError};
-use crate::run::{Engine, apply_run_event};
+use crate::run::Engine;
 use crate::transition::{RunEvent, StageEvent, transition};
 use crate::workspace::RunDirs;
 

@@ -8,10 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
-use sentinel_api::{
-    GitContext, RunDoc, RunId, RunStageEntry, RunStatus, SCHEMA_VERSION, StageName, StageStatus,
-    Trigger,
-};
+use sentinel_api::{GitContext, RunDoc, RunId, RunStatus, StageName, StageStatus, Trigger};
 use sentinel_pipeline::{Plan, Ref};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -21,12 +18,10 @@ use crate::exec::{Executor, RunContext};
 use crate::lease::{Lease, Owner};
 use crate::log::LiveLog;
 use crate::masker::SecretSet;
-use crate::ports::{Event, ResultsSink, Store};
-use crate::record::{Recorder, StageState};
+use crate::ports::{ResultsSink, Store};
+use crate::record::Recorder;
 use crate::stage::{StageRun, run_stage};
-use crate::transition::{
-    Decision, RunEvent, StageEvent, decide, run_outcome, run_transition, transition,
-};
+use crate::transition::{Decision, RunEvent, StageEvent, decide, run_outcome};
 use crate::workspace::{RunDirs, copy_source, default_user, hand_over};
 
 /// A service and its resolved environment.
@@ -196,7 +191,7 @@ impl Engine {
         let secrets = Self::preflight(&req)?;
         let run_id: RunId = match &req.run_id {
             Some(id) => id.clone(),
-            None => new_run_id(),
+            None => crate::docs::new_run_id(),
         };
         let owner = Owner::current();
         let dirs = RunDirs::new(&self.config.state_dir, &run_id);
@@ -553,75 +548,5 @@ impl Engine {
     /// their resources. Returns the runs it recovered.
     pub async fn recover(&self) -> Result<Vec<RunId>, crate::ports::StorageError> {
         crate::recover::recover(self).await
-    }
-}
-
-/// A new run id (a ULID: ids sort by time).
-pub fn new_run_id() -> RunId {
-    ulid::Ulid::new()
-        .to_string()
-        .parse()
-        .expect("a ULID is a valid run id")
-}
-
-/// Builds the run document from a store's stages (used by recovery too).
-pub(crate) fn run_entries(plan_order: &[StageState]) -> Vec<RunStageEntry> {
-    plan_order.iter().map(StageState::entry).collect()
-}
-
-/// A new run document.
-pub(crate) fn new_run_doc(
-    run_id: RunId,
-    plan: &Plan,
-    trigger: Trigger,
-    git: Option<GitContext>,
-    stages: Vec<RunStageEntry>,
-) -> RunDoc {
-    RunDoc {
-        schema: SCHEMA_VERSION,
-        id: run_id,
-        pipeline: plan.name.clone(),
-        status: RunStatus::Queued,
-        reason: None,
-        trigger,
-        git,
-        created: Utc::now(),
-        started: None,
-        finished: None,
-        duration_ms: None,
-        stages,
-        sentinel: env!("CARGO_PKG_VERSION").to_string(),
-    }
-}
-
-/// Applies a run transition, logging (never panicking on) an invalid one.
-pub(crate) fn apply_run_event(run: &mut RunDoc, ev: RunEvent) {
-    match run_transition(run.status, ev) {
-        Some(to) => run.status = to,
-        None => tracing::error!("invalid run transition from {} on {ev:?}", run.status),
-    }
-}
-
-/// Applies a stage transition, logging (never panicking on) an invalid one.
-pub(crate) fn apply_stage_event(state: &mut StageState, ev: StageEvent) -> bool {
-    match transition(state.status, ev) {
-        Ok(to) => {
-            state.status = to;
-            true
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            false
-        }
-    }
-}
-
-/// An event for the store's history.
-pub(crate) fn event(stage: Option<&StageName>, status: &str, reason: Option<String>) -> Event {
-    Event {
-        at: Utc::now(),
-        stage: stage.cloned(),
-        status: status.to_string(),
-        reason,
     }
 }

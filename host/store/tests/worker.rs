@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 fn entry(pipeline: &str) -> QueueEntry {
     QueueEntry {
-        run_id: sentinel_engine::run::new_run_id(),
+        run_id: sentinel_engine::docs::new_run_id(),
         pipeline: "queued".into(),
         trigger: Trigger {
             kind: TriggerKind::Api,
