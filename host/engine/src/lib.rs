@@ -21,6 +21,7 @@ pub mod record;
 pub mod recover;
 pub mod run;
 pub mod stage;
+pub mod stage_state;
 pub mod transition;
 pub mod workspace;
 

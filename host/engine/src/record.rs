@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sentinel_api::{
-    FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStageEntry, RunStatus, RunSummary,
-    SCHEMA_VERSION, StageDoc, StageKind, StageName, StageStatus, Trigger,
+    FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStatus, RunSummary, StageName,
+    StageStatus, Trigger,
 };
 use sentinel_pipeline::{Action, Plan};
 use sha2::Digest;
@@ -19,93 +19,10 @@ use crate::masker::SecretSet;
 use crate::ports::{ResultsSink, Store};
 use crate::run::{Progress, ProgressFn};
 use crate::stage::StageResult;
+pub use crate::stage_state::StageState;
+use crate::stage_state::duration_ms;
 use crate::transition::{RunEvent, StageEvent};
 use crate::workspace::RunDirs;
-
-/// One stage's state during a run.
-#[derive(Debug, Clone)]
-pub struct StageState {
-    pub name: StageName,
-    pub kind: StageKind,
-    pub when: String,
-    pub needs: Vec<StageName>,
-    pub sensitive: bool,
-    pub status: StageStatus,
-    pub reason: Option<String>,
-    pub failure: Option<FailureKind>,
-    pub exit_code: Option<i64>,
-    pub started: Option<DateTime<Utc>>,
-    pub finished: Option<DateTime<Utc>>,
-    /// Raw output and named outputs (in memory only).
-    pub output: Option<String>,
-    pub outputs: BTreeMap<String, String>,
-    pub log: Option<String>,
-    pub log_bytes: u64,
-    pub log_cut: u64,
-    pub artifacts: Option<String>,
-    pub inputs: ResolvedInputs,
-    /// The finished log, until it is handed to the publisher.
-    pub log_body: Option<crate::log::LogBody>,
-    /// The private folder the stage ran with.
-    pub private: Option<std::path::PathBuf>,
-}
-
-fn duration_ms(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<u64> {
-    Some((b? - a?).num_milliseconds().max(0) as u64)
-}
-
-impl StageState {
-    /// The entry of this stage in `run.json`.
-    pub fn entry(&self) -> RunStageEntry {
-        RunStageEntry {
-            name: self.name.clone(),
-            kind: self.kind,
-            status: self.status,
-            needs: self.needs.clone(),
-            started: self.started,
-            finished: self.finished,
-            duration_ms: duration_ms(self.started, self.finished),
-        }
-    }
-
-    /// The stage document, with outputs masked (or left out when sensitive).
-    pub fn doc(&self, run_id: &RunId, secrets: &SecretSet) -> StageDoc {
-        let (output, outputs) = if self.sensitive {
-            (None, BTreeMap::new())
-        } else {
-            (
-                self.output.as_ref().map(|o| secrets.mask_str(o)),
-                self.outputs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), secrets.mask_str(v)))
-                    .collect(),
-            )
-        };
-        StageDoc {
-            schema: SCHEMA_VERSION,
-            run_id: run_id.clone(),
-            name: self.name.clone(),
-            kind: self.kind,
-            status: self.status,
-            reason: self.reason.as_ref().map(|r| secrets.mask_str(r)),
-            failure: self.failure,
-            exit_code: self.exit_code,
-            when: self.when.clone(),
-            needs: self.needs.clone(),
-            started: self.started,
-            finished: self.finished,
-            duration_ms: duration_ms(self.started, self.finished),
-            output,
-            outputs,
-            sensitive: self.sensitive,
-            log: self.log.clone(),
-            log_bytes: self.log_bytes,
-            log_cut_bytes: self.log_cut,
-            artifacts: self.artifacts.clone(),
-            inputs: self.inputs.clone(),
-        }
-    }
-}
 
 /// Keeps a run's state and publishes it.
 #[derive(Debug)]
