@@ -1,6 +1,7 @@
 //! `sentinel`: run a pipeline locally, validate it, print its JSON Schema,
-//! and read back runs, stages and logs.
+//! read back runs, stages and logs, and manage API tokens.
 
+mod admin;
 mod context;
 mod progress;
 mod read;
@@ -71,6 +72,11 @@ enum Command {
     },
     /// Print a stage's log.
     Logs { run: String, stage: String },
+    /// Manage API tokens (stored hashed).
+    Token {
+        #[command(subcommand)]
+        cmd: admin::TokenCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,6 +112,7 @@ fn main() -> ExitCode {
             Command::Runs { limit, json } => read::runs(&cli.paths, limit, json).await,
             Command::Show { run, json } => read::show(&cli.paths, &run, json).await,
             Command::Logs { run, stage } => read::logs(&cli.paths, &run, &stage).await,
+            Command::Token { cmd } => admin::token(&cli.paths, cmd).await,
         }
     });
     match result {

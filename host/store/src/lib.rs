@@ -7,7 +7,10 @@
 //! Trees: `runs` (by run id, which sorts by time), `stages` (`run/stage`),
 //! `events` (`run` + sequence number), `leases` (by run id), `outbox`
 //! (results waiting for their sink, by sequence number), `queue` (accepted
-//! runs by sequence number) and `queued` (run id → sequence number).
+//! runs by sequence number), `queued` (run id → sequence number) and
+//! `tokens` (API tokens by id, hashed: see [`tokens`]).
+
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 
@@ -52,6 +55,7 @@ pub struct SledStore {
     outbox: sled::Tree,
     queue: sled::Tree,
     queued: sled::Tree,
+    tokens: sled::Tree,
     _lock: std::sync::Arc<std::fs::File>,
 }
 
@@ -121,6 +125,7 @@ impl SledStore {
             outbox: tree("outbox")?,
             queue: tree("queue")?,
             queued: tree("queued")?,
+            tokens: tree("tokens")?,
             db,
             _lock: std::sync::Arc::new(lock),
         })
