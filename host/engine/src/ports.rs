@@ -202,4 +202,6 @@ pub trait RunQueue: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<QueueEntry>, StorageError>;
     /// Runs waiting for a worker (not claimed).
     async fn waiting(&self) -> Result<usize, StorageError>;
+    /// A queued (or claimed) run's entry.
+    async fn get(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError>;
 }

@@ -396,6 +396,17 @@ impl RunQueue for SledStore {
         Ok(taken)
     }
 
+    async fn get(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
+        let Some(k) = self.queue_key(run)? else {
+            return Ok(None);
+        };
+        self.queue
+            .get(&k)
+            .map_err(|e| err("queue", e))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
     async fn waiting(&self) -> Result<usize, StorageError> {
         let mut n = 0;
         for kv in self.queue.iter() {
