@@ -135,11 +135,15 @@ impl OutboxSink {
         self.outbox.push(&item).await
     }
 
+    /// A new folder in the spool for one item's files.
+    fn spool_dir(&self) -> PathBuf {
+        self.spool.join(ulid::Ulid::new().to_string())
+    }
+
     /// Copies an item's files into the spool folder (the run folder they
     /// come from is removed when the run ends).
     async fn spool_files(&self, item: Pending) -> Result<Pending, StorageError> {
-        let dir = self.spool.join(ulid::Ulid::new().to_string());
-        let target = dir.clone();
+        let target = self.spool_dir();
         Ok(match item {
             Pending::Log { run, stage, file } => {
                 let to = target.join("log");
@@ -202,7 +206,7 @@ impl ResultsSink for OutboxSink {
             LogBody::File(f) => f.clone(),
             LogBody::Memory(bytes) => {
                 // Written to a file first: a waiting log survives a restart.
-                let dir = self.spool.join(ulid::Ulid::new().to_string());
+                let dir = self.spool_dir();
                 let file = dir.join("log");
                 let (f, b) = (file.clone(), bytes.clone());
                 tokio::task::spawn_blocking(move || {
@@ -235,12 +239,7 @@ impl ResultsSink for OutboxSink {
         stage: &StageName,
         dir: &Path,
     ) -> Result<Option<String>, StorageError> {
-        let has_files = walkdir::WalkDir::new(dir)
-            .follow_links(false)
-            .into_iter()
-            .flatten()
-            .any(|e| e.file_type().is_file());
-        if !has_files {
+        if !crate::workspace::holds_files(dir) {
             return Ok(None);
         }
         self.submit(Pending::Artifacts {

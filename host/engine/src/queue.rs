@@ -109,12 +109,10 @@ impl Worker {
         let mut again = Vec::new();
         for e in taken {
             let why = "the sentinel process running it died";
-            match self.engine.store.get_run(&e.run_id).await? {
-                None => record_unstarted(&self.engine, &e, RunStatus::Interrupted, why).await?,
-                Some(run) if !run.status.is_final() => {
-                    record_unstarted(&self.engine, &e, RunStatus::Interrupted, why).await?
-                }
-                Some(_) => {}
+            // Never started (no document) or left unfinished: interrupted.
+            let run = self.engine.store.get_run(&e.run_id).await?;
+            if !run.is_some_and(|r| r.status.is_final()) {
+                record_unstarted(&self.engine, &e, RunStatus::Interrupted, why).await?;
             }
             if e.attempt < self.config.max_attempts {
                 let next = QueueEntry {

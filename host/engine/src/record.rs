@@ -452,11 +452,7 @@ impl Recorder {
             .join("artifacts");
         let log = self.state_mut(name).log_body.take();
         let has_log = log.is_some();
-        let has_artifacts = walkdir::WalkDir::new(&artifacts)
-            .follow_links(false)
-            .into_iter()
-            .flatten()
-            .any(|e| e.file_type().is_file());
+        let has_artifacts = crate::workspace::holds_files(&artifacts);
         let state = self.state_mut(name);
         state.log = has_log.then(|| format!("{name}.log"));
         state.artifacts = has_artifacts.then(|| format!("{name}.zip"));

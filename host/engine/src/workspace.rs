@@ -128,6 +128,16 @@ pub fn copy_source(src: &Path, dst: &Path, skip: &[&str]) -> io::Result<u64> {
     Ok(files)
 }
 
+/// True when `dir` holds at least one regular file, at any depth (symlinks
+/// are not followed): an artifacts folder worth publishing.
+pub fn holds_files(dir: &Path) -> bool {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .any(|e| e.file_type().is_file())
+}
+
 /// Gives `path` and everything below it to `user` (`uid:gid`), when this
 /// process may (it is root) and needs to (the user differs).
 pub fn hand_over(path: &Path, user: &str) -> io::Result<()> {

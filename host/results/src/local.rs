@@ -162,12 +162,7 @@ impl ResultsSink for LocalSink {
         let key = keys::stage_artifacts(run, stage);
         let (src, dst) = (dir.to_path_buf(), self.path(&key));
         let n = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
-            let has_files = walkdir::WalkDir::new(&src)
-                .follow_links(false)
-                .into_iter()
-                .flatten()
-                .any(|e| e.file_type().is_file());
-            if !has_files {
+            if !sentinel_engine::workspace::holds_files(&src) {
                 return Ok(0);
             }
             std::fs::create_dir_all(dst.parent().unwrap_or(Path::new(".")))?;
