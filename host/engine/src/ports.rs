@@ -190,6 +190,9 @@ pub trait RunQueue: Send + Sync + std::fmt::Debug {
         owner: &Owner,
         until: DateTime<Utc>,
     ) -> Result<bool, StorageError>;
+    /// Removes a run no worker has claimed yet (it was cancelled while
+    /// waiting); `None` when it is not waiting (claimed, or not queued).
+    async fn withdraw(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError>;
     /// Removes a finished run.
     async fn finish(&self, run: &RunId) -> Result<(), StorageError>;
     /// Removes and returns the runs whose worker is gone: its process died

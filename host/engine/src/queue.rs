@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::docs::new_run_id;
 use crate::lease::Owner;
 use crate::ports::{QueueEntry, RunQueue, StorageError};
-use crate::run::{Engine, ProgressFn, RunRequest, Signals};
+use crate::run::{Engine, Progress, ProgressFn, RunRequest, Signals};
 
 /// Turns a queued run into what the engine runs (fetching the repository,
 /// reading its pipeline); an `Err` is the reason the run failed to start.
@@ -26,6 +26,20 @@ pub type Resolve = Arc<
         + Send
         + Sync,
 >;
+
+/// Receives each run's progress, with the run's id.
+pub type RunProgress = Arc<dyn Fn(&RunId, Progress) + Send + Sync>;
+
+/// What [`Worker::cancel`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The run was going: its stages are being stopped.
+    Running,
+    /// The run was still waiting: it left the queue, recorded `cancelled`.
+    Withdrawn,
+    /// This worker neither runs it nor has it waiting.
+    NotHere,
+}
 
 /// Settings of a worker.
 #[derive(Debug, Clone)]
@@ -45,7 +59,7 @@ pub struct Worker {
     pub owner: Owner,
     pub config: WorkerConfig,
     resolve: Resolve,
-    progress: ProgressFn,
+    progress: RunProgress,
     wake: Notify,
     /// The signals of the runs going now, to cancel them.
     signals: Mutex<BTreeMap<RunId, Signals>>,
@@ -66,7 +80,7 @@ impl Worker {
         queue: Arc<dyn RunQueue>,
         config: WorkerConfig,
         resolve: Resolve,
-        progress: ProgressFn,
+        progress: RunProgress,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
@@ -85,15 +99,31 @@ impl Worker {
         self.wake.notify_one();
     }
 
-    /// Cancels a run this worker is running; false when it runs none such.
-    pub fn cancel(&self, run: &RunId) -> bool {
-        match self.signals.lock().ok().and_then(|s| s.get(run).cloned()) {
-            Some(s) => {
-                s.cancel.cancel();
-                true
-            }
-            None => false,
+    /// Cancels a run: one going (or being prepared) is stopped; one still
+    /// waiting leaves the queue and is recorded `cancelled`.
+    pub async fn cancel(&self, run: &RunId) -> Result<Cancelled, StorageError> {
+        if let Some(s) = self.signals.lock().ok().and_then(|s| s.get(run).cloned()) {
+            s.cancel.cancel();
+            return Ok(Cancelled::Running);
         }
+        match self.queue.withdraw(run).await? {
+            Some(entry) => {
+                record_unstarted(
+                    &self.engine,
+                    &entry,
+                    RunStatus::Cancelled,
+                    "cancelled before it started",
+                )
+                .await?;
+                Ok(Cancelled::Withdrawn)
+            }
+            None => Ok(Cancelled::NotHere),
+        }
+    }
+
+    /// How many runs this worker has going.
+    pub fn running(&self) -> usize {
+        self.signals.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     /// Takes back the runs of workers that died or stopped renewing their
@@ -178,25 +208,34 @@ impl Worker {
             })
         };
         let id = entry.run_id.clone();
+        // Cancellable from its claim on, while it is being prepared too.
+        let signals = Signals::default();
+        if let Ok(mut s) = self.signals.lock() {
+            s.insert(id.clone(), signals.clone());
+        }
         let failed = match (self.resolve)(entry.clone()).await {
-            Err(reason) => Some(reason),
+            Err(reason) => Some((RunStatus::Failed, reason)),
+            Ok(_) if signals.cancel.is_cancelled() => Some((
+                RunStatus::Cancelled,
+                "cancelled before it started".to_string(),
+            )),
             Ok(mut req) => {
                 req.run_id = Some(id.clone());
-                let signals = Signals::default();
-                if let Ok(mut s) = self.signals.lock() {
-                    s.insert(id.clone(), signals.clone());
-                }
-                let done = self.engine.run(req, self.progress.clone(), signals).await;
-                if let Ok(mut s) = self.signals.lock() {
-                    s.remove(&id);
-                }
-                done.err().map(|e| e.to_string())
+                let progress: ProgressFn = {
+                    let (all, id) = (self.progress.clone(), id.clone());
+                    Arc::new(move |p: Progress| all(&id, p))
+                };
+                let done = self.engine.run(req, progress, signals).await;
+                done.err().map(|e| (RunStatus::Failed, e.to_string()))
             }
         };
-        if let Some(reason) = failed
-            && let Err(e) = record_unstarted(&self.engine, &entry, RunStatus::Failed, &reason).await
+        if let Ok(mut s) = self.signals.lock() {
+            s.remove(&id);
+        }
+        if let Some((status, reason)) = failed
+            && let Err(e) = record_unstarted(&self.engine, &entry, status, &reason).await
         {
-            tracing::error!("run {id}: cannot record that it failed to start: {e}");
+            tracing::error!("run {id}: cannot record that it did not start: {e}");
         }
         heartbeat.abort();
         if let Err(e) = self.queue.finish(&id).await {

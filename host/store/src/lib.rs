@@ -7,9 +7,13 @@
 //! Trees: `runs` (by run id, which sorts by time), `stages` (`run/stage`),
 //! `events` (`run` + sequence number), `leases` (by run id), `outbox`
 //! (results waiting for their sink, by sequence number), `queue` (accepted
-//! runs by sequence number), `queued` (run id → sequence number) and
-//! `tokens` (API tokens by id, hashed: see [`tokens`]).
+//! runs by sequence number), `queued` (run id → sequence number),
+//! `deliveries` (a trigger's idempotency key → its run id), `requests`
+//! (every queued run's entry, kept after it ran, for re-runs), `tokens` (API
+//! tokens by id, hashed: see [`tokens`]) and `secrets` (run secrets,
+//! encrypted: see [`secrets`]).
 
+pub mod secrets;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use sentinel_api::{RunDoc, RunId, StageDoc};
+use sled::Transactional as _;
 use sentinel_engine::lease::Lease;
 use sentinel_engine::lease::Owner;
 use sentinel_engine::ports::{
@@ -55,7 +60,10 @@ pub struct SledStore {
     outbox: sled::Tree,
     queue: sled::Tree,
     queued: sled::Tree,
+    deliveries: sled::Tree,
+    requests: sled::Tree,
     tokens: sled::Tree,
+    secrets: sled::Tree,
     _lock: std::sync::Arc<std::fs::File>,
 }
 
@@ -125,7 +133,10 @@ impl SledStore {
             outbox: tree("outbox")?,
             queue: tree("queue")?,
             queued: tree("queued")?,
+            deliveries: tree("deliveries")?,
+            requests: tree("requests")?,
             tokens: tree("tokens")?,
+            secrets: tree("secrets")?,
             db,
             _lock: std::sync::Arc::new(lock),
         })
@@ -273,6 +284,62 @@ impl Outbox for SledStore {
 }
 
 impl SledStore {
+    /// Queues `entry` unless a trigger with the same idempotency `key` (a
+    /// webhook's delivery id) was queued before: returns the run id that
+    /// key owns and whether this call queued it. Atomic — of concurrent
+    /// callers with one key exactly one queues — and on disk before it
+    /// returns, for the winner and the others alike.
+    pub async fn enqueue_once(
+        &self,
+        key: &str,
+        entry: &QueueEntry,
+    ) -> Result<(RunId, bool), StorageError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
+        let value = encode(entry)?;
+        let outcome = (&self.deliveries, &self.queue, &self.queued, &self.requests).transaction(
+            |(deliveries, queue, queued, requests)| {
+                if let Some(existing) = deliveries.get(key.as_bytes())? {
+                    let id = String::from_utf8_lossy(&existing).into_owned();
+                    return Ok(Err(id));
+                }
+                if queued.get(entry.run_id.as_str())?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(format!(
+                        "run {} is already queued",
+                        entry.run_id
+                    )));
+                }
+                deliveries.insert(key.as_bytes(), entry.run_id.as_str())?;
+                queue.insert(&seq.to_be_bytes(), value.clone())?;
+                queued.insert(entry.run_id.as_str(), &seq.to_be_bytes())?;
+                requests.insert(entry.run_id.as_str(), value.clone())?;
+                Ok(Ok(()))
+            },
+        );
+        let result = match outcome {
+            Ok(Ok(())) => (entry.run_id.clone(), true),
+            Ok(Err(id)) => (
+                id.parse()
+                    .map_err(|e| err("delivery", format!("stored run id `{id}`: {e}")))?,
+                false,
+            ),
+            Err(TransactionError::Abort(m)) => return Err(err("enqueue", m)),
+            Err(TransactionError::Storage(e)) => return Err(err("enqueue", e)),
+        };
+        // The first caller's write is on disk before any caller answers.
+        self.flush().await?;
+        Ok(result)
+    }
+
+    /// The entry a run was queued with (kept after it ran), for re-runs.
+    pub fn request_of(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
+        self.requests
+            .get(run.as_str())
+            .map_err(|e| err("requests", e))?
+            .map(|v| decode(&v))
+            .transpose()
+    }
+
     /// The queue key of a run.
     fn queue_key(&self, run: &RunId) -> Result<Option<sled::IVec>, StorageError> {
         self.queued
@@ -297,7 +364,36 @@ impl RunQueue for SledStore {
         self.queued
             .insert(entry.run_id.as_str(), &seq.to_be_bytes())
             .map_err(|e| err("enqueue", e))?;
+        self.requests
+            .insert(entry.run_id.as_str(), encode(entry)?)
+            .map_err(|e| err("enqueue", e))?;
         self.flush().await
+    }
+
+    async fn withdraw(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
+        let Some(k) = self.queue_key(run)? else {
+            return Ok(None);
+        };
+        let Some(v) = self.queue.get(&k).map_err(|e| err("withdraw", e))? else {
+            return Ok(None);
+        };
+        let entry: QueueEntry = decode(&v)?;
+        if entry.claim.is_some() {
+            return Ok(None);
+        }
+        // Only if no worker claimed it meanwhile.
+        let removed = self
+            .queue
+            .compare_and_swap(&k, Some(&v), None::<&[u8]>)
+            .map_err(|e| err("withdraw", e))?;
+        if removed.is_err() {
+            return Ok(None);
+        }
+        self.queued
+            .remove(run.as_str())
+            .map_err(|e| err("withdraw", e))?;
+        self.flush().await?;
+        Ok(Some(entry))
     }
 
     async fn claim(

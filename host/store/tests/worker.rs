@@ -12,7 +12,7 @@ use sentinel_api::{RunId, RunStatus, Trigger, TriggerKind};
 use sentinel_engine::fake::{FakeExecutor, MemSink};
 use sentinel_engine::lease::Owner;
 use sentinel_engine::ports::{QueueEntry, RunQueue, Store};
-use sentinel_engine::queue::{Resolve, Worker, WorkerConfig};
+use sentinel_engine::queue::{Cancelled, Resolve, Worker, WorkerConfig};
 use sentinel_engine::{Engine, EngineConfig, RunRequest};
 use sentinel_store::SledStore;
 use tokio_util::sync::CancellationToken;
@@ -86,7 +86,7 @@ fn setup(runs: usize, max_attempts: u32) -> Setup {
             claim_for: Duration::from_secs(3),
         },
         resolve(src),
-        Arc::new(|_| {}),
+        Arc::new(|_, _| {}),
     );
     Setup {
         _tmp: tmp,
@@ -210,4 +210,75 @@ async fn a_run_that_cannot_start_fails_with_the_reason() {
     );
     stop.cancel();
     serving.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_stops_a_running_run_and_withdraws_a_waiting_one() {
+    const LONG: &str = "version: 1\nbox: fake\nstages:\n  work:\n    run: sleep 60000\n";
+    let s = setup(1, 1);
+    let (going, waiting) = (entry(LONG), entry(LONG));
+    s.store.enqueue(&going).await.unwrap();
+    s.store.enqueue(&waiting).await.unwrap();
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(s.worker.clone().serve(stop.clone()));
+    let until = Instant::now() + Duration::from_secs(20);
+    while s.worker.running() == 0 {
+        assert!(Instant::now() < until, "the first run did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.worker.cancel(&waiting.run_id).await.unwrap(),
+        Cancelled::Withdrawn
+    );
+    let run = s.store.get_run(&waiting.run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert!(run.stages.is_empty() && run.started.is_none());
+    assert!(s.store.get(&waiting.run_id).await.unwrap().is_none());
+
+    assert_eq!(
+        s.worker.cancel(&going.run_id).await.unwrap(),
+        Cancelled::Running
+    );
+    assert_eq!(
+        wait_final(&s.store, &going.run_id).await,
+        RunStatus::Cancelled
+    );
+    // Final and gone from the queue: nothing left to cancel.
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.worker.running() > 0 {
+        assert!(Instant::now() < until);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        s.worker.cancel(&going.run_id).await.unwrap(),
+        Cancelled::NotHere
+    );
+    stop.cancel();
+    serving.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_queues_one_run_among_concurrent_callers() {
+    let s = setup(1, 1);
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let store = s.store.clone();
+        calls.spawn(async move {
+            store
+                .enqueue_once("delivery-1", &entry(SLEEPY))
+                .await
+                .unwrap()
+        });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    let mut queued = 0;
+    while let Some(r) = calls.join_next().await {
+        let (id, fresh) = r.unwrap();
+        ids.insert(id);
+        queued += usize::from(fresh);
+    }
+    assert_eq!((ids.len(), queued), (1, 1), "one run, queued once");
+    assert_eq!(RunQueue::waiting(&s.store).await.unwrap(), 1);
+    let id = ids.into_iter().next().unwrap();
+    assert!(s.store.request_of(&id).unwrap().is_some());
 }
