@@ -1,36 +1,84 @@
 //! The HTTP API of `sentinel serve` (axum), versioned under `/api/v1`. The
 //! router is built by [`router`], so tests drive it without a socket.
-//! Every endpoint but `/health` needs a bearer token whose scope covers it
-//! (reads are public only with `public_read`); errors are JSON
-//! `{"error": "…"}` with the right status: 400 for a bad body, 401 without
-//! a valid token, 403 for a token whose scope is too small, 404, 413 for a
-//! body past the limit.
+//! Public without a token: `/health`, `/badge/*` and `/hooks/*` (which their
+//! signature protects); reads are public only with `public_read`; every
+//! other endpoint needs a bearer token whose scope covers it, within the
+//! token's rate limit. Errors are JSON `{"error": "…"}` with the right
+//! status: 400, 401, 403, 404, 409, 413, 429.
 
+mod admin;
+mod auth;
+mod badge;
 mod error;
+mod hooks;
+pub mod live;
+mod logs;
+pub mod metrics;
+pub mod openapi;
 mod routes;
+mod runs;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use axum::Router;
-use axum::http::HeaderMap;
+use sentinel_api::RunId;
+use sentinel_engine::ports::StorageError;
+use sentinel_engine::queue::{Cancelled, Worker};
 use sentinel_store::SledStore;
-use sentinel_store::tokens::Scope;
+use sentinel_store::secrets::SecretsKey;
 use serde::{Deserialize, Serialize};
 
+pub use auth::{Caller, SESSION_COOKIE};
 pub use error::ApiError;
+pub use hooks::signature as github_signature;
+pub use routes::{Access, ROUTES, Route};
+pub use runs::RunSpec;
 
 /// A repository the server may run: triggers name it, never a URL or path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RepoConfig {
     /// Where to fetch it (any URL git can reach, or a path).
     pub url: String,
+    /// Its GitHub name (`owner/name`), to match push webhooks by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github: Option<String>,
+    /// The pipeline file in it.
+    #[serde(default = "default_pipeline_file")]
+    pub pipeline: String,
+}
+
+fn default_pipeline_file() -> String {
+    "sentinel.yml".into()
+}
+
+/// Requests a token may make, as a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests allowed in a burst.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 50,
+            burst: 200,
+        }
+    }
 }
 
 /// What the API needs from the server's configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Reads (runs, stages, logs) without a token.
+    /// Reads (runs, stages, logs, results) without a token.
     #[serde(default)]
     pub public_read: bool,
     /// The repositories triggers may name.
@@ -39,6 +87,9 @@ pub struct ApiConfig {
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// Requests per token.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
 }
 
 fn default_body_limit() -> usize {
@@ -51,7 +102,27 @@ impl Default for ApiConfig {
             public_read: false,
             repos: BTreeMap::new(),
             body_limit: default_body_limit(),
+            rate_limit: RateLimit::default(),
         }
+    }
+}
+
+/// What the API asks of whatever runs the queued runs.
+#[async_trait]
+pub trait RunControl: Send + Sync {
+    /// A run was queued.
+    fn queued(&self);
+    /// Cancels a run (going or waiting).
+    async fn cancel(&self, run: &RunId) -> Result<Cancelled, StorageError>;
+}
+
+#[async_trait]
+impl RunControl for Worker {
+    fn queued(&self) {
+        self.notify();
+    }
+    async fn cancel(&self, run: &RunId) -> Result<Cancelled, StorageError> {
+        Worker::cancel(self, run).await
     }
 }
 
@@ -60,41 +131,44 @@ impl Default for ApiConfig {
 pub struct AppState {
     pub store: SledStore,
     pub config: ApiConfig,
-    /// Called after a run is queued (wakes the worker).
-    pub on_queued: Arc<dyn Fn() + Send + Sync>,
+    pub control: Arc<dyn RunControl>,
+    /// Live logs and stage events of the runs going.
+    pub live: Arc<live::LiveHub>,
+    pub metrics: Arc<metrics::Metrics>,
+    /// The secret that signs GitHub webhooks (none: `/hooks/github` refuses all).
+    pub github_secret: Option<Arc<[u8]>>,
+    /// The key run secrets are sealed with (none: secrets cannot be set).
+    pub secrets_key: Option<Arc<SecretsKey>>,
+    /// The local results folder: logs are read from it and it is served
+    /// read-only under `/results/`.
+    pub results_dir: Option<PathBuf>,
+    limiter: Arc<auth::Limiter>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("config", &self.config)
+            .field("results_dir", &self.results_dir)
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// Checks the caller's bearer token against the scope `need`.
-    pub fn authorize(&self, headers: &HeaderMap, need: Scope) -> Result<(), ApiError> {
-        if need == Scope::Read && self.config.public_read {
-            return Ok(());
+    /// State with no webhook secret, no secrets key and no results folder.
+    pub fn new(store: SledStore, config: ApiConfig, control: Arc<dyn RunControl>) -> Self {
+        let limiter = Arc::new(auth::Limiter::new(config.rate_limit));
+        Self {
+            store,
+            config,
+            control,
+            live: Arc::default(),
+            metrics: Arc::default(),
+            github_secret: None,
+            secrets_key: None,
+            results_dir: None,
+            limiter,
         }
-        let token = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
-        let info = self
-            .store
-            .verify_token(token.trim())
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::unauthorized("the token is not valid"))?;
-        if info.scope < need {
-            return Err(ApiError::forbidden(format!(
-                "token `{}` has scope {:?}; this needs {need:?}",
-                info.id, info.scope
-            )));
-        }
-        Ok(())
     }
 }
 

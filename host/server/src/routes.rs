@@ -1,34 +1,218 @@
-//! The endpoints: `/health`, `/info`, and under `/api/v1` the runs (list,
-//! show, trigger). Each handler checks the caller's scope first.
+//! The routes: one table ([`ROUTES`]) says each endpoint's method, path,
+//! who may call it and what it does — the router, the OpenAPI document
+//! and the tests all read it.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::get;
-use axum::{Json, Router};
-use chrono::Utc;
-use serde::Deserialize;
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
 use serde_json::{Value, json};
+use tower::ServiceExt as _;
 use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::services::ServeDir;
 
-use sentinel_api::{RunId, Trigger, TriggerKind};
-use sentinel_engine::docs::new_run_id;
-use sentinel_engine::ports::{QueueEntry, RunQueue, Store};
 use sentinel_store::tokens::Scope;
 
-use crate::{ApiError, AppState};
+use crate::runs::St;
+use crate::{ApiError, AppState, admin, badge, hooks, logs, runs};
 
-type St = State<Arc<AppState>>;
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (a webhook checks its signature itself).
+    Public,
+    /// A token of at least this scope (reads: anyone with `public_read`).
+    Token(Scope),
+}
+
+/// One endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+    pub summary: &'static str,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    access: Access,
+    summary: &'static str,
+) -> Route {
+    Route {
+        method,
+        path,
+        access,
+        summary,
+    }
+}
+
+const READ: Access = Access::Token(Scope::Read);
+const TRIGGER: Access = Access::Token(Scope::Trigger);
+const ADMIN: Access = Access::Token(Scope::Admin);
+
+/// Every endpoint of the server.
+pub const ROUTES: &[Route] = &[
+    r(
+        "GET",
+        "/health",
+        Access::Public,
+        "Liveness: `{\"status\":\"ok\"}`",
+    ),
+    r(
+        "GET",
+        "/info",
+        READ,
+        "Version and configuration (no secrets)",
+    ),
+    r("GET", "/metrics", READ, "Prometheus metrics"),
+    r(
+        "GET",
+        "/badge/{pipeline}",
+        Access::Public,
+        "Status badge of a pipeline's newest run (`/badge/<pipeline>.svg`)",
+    ),
+    r(
+        "POST",
+        "/hooks/github",
+        Access::Public,
+        "GitHub push webhook (HMAC-SHA256 signed)",
+    ),
+    r(
+        "GET",
+        "/results/{path}",
+        READ,
+        "The results folder, read-only (embedded default)",
+    ),
+    r("GET", "/api/v1/openapi.json", READ, "This document"),
+    r(
+        "GET",
+        "/api/v1/runs",
+        READ,
+        "Runs, newest first; `?limit=` (≤ 500) and `?before=<id>` page",
+    ),
+    r(
+        "POST",
+        "/api/v1/runs",
+        TRIGGER,
+        "Queue a run of a configured repository: `{\"repo\": …, \"ref\": …}`",
+    ),
+    r(
+        "GET",
+        "/api/v1/runs/{id}",
+        READ,
+        "A run and its stages (a queued run too)",
+    ),
+    r(
+        "POST",
+        "/api/v1/runs/{id}/cancel",
+        TRIGGER,
+        "Cancel a run, going or waiting",
+    ),
+    r(
+        "POST",
+        "/api/v1/runs/{id}/rerun",
+        TRIGGER,
+        "Run it again (same commit); `{\"from\": stage}` re-runs from a failed stage",
+    ),
+    r(
+        "GET",
+        "/api/v1/runs/{id}/events",
+        READ,
+        "Server-Sent Events: a snapshot, then stage and run events",
+    ),
+    r(
+        "GET",
+        "/api/v1/runs/{id}/stages/{stage}/log",
+        READ,
+        "A stage's log, text (so far, while it runs)",
+    ),
+    r(
+        "GET",
+        "/api/v1/runs/{id}/stages/{stage}/log/stream",
+        READ,
+        "Server-Sent Events: a stage's log lines as they come, then `end`",
+    ),
+    r(
+        "POST",
+        "/api/v1/session",
+        READ,
+        "Set the session cookie from the bearer token (reads only; for EventSource)",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/session",
+        Access::Public,
+        "Clear the session cookie",
+    ),
+    r("GET", "/api/v1/tokens", ADMIN, "API tokens (no secrets)"),
+    r(
+        "POST",
+        "/api/v1/tokens",
+        ADMIN,
+        "Create a token: `{\"name\": …, \"scope\": read|trigger|admin}`; shown once",
+    ),
+    r("DELETE", "/api/v1/tokens/{id}", ADMIN, "Revoke a token"),
+    r(
+        "GET",
+        "/api/v1/secrets",
+        ADMIN,
+        "Names of the stored run secrets",
+    ),
+    r(
+        "PUT",
+        "/api/v1/secrets/{name}",
+        ADMIN,
+        "Set a run secret: `{\"value\": …}` (stored encrypted)",
+    ),
+    r(
+        "DELETE",
+        "/api/v1/secrets/{name}",
+        ADMIN,
+        "Remove a run secret",
+    ),
+];
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit;
     Router::new()
         .route("/health", get(health))
         .route("/info", get(info))
-        .route("/api/v1/runs", get(list_runs).post(trigger))
-        .route("/api/v1/runs/{id}", get(show_run))
+        .route("/metrics", get(metrics))
+        .route("/badge/{pipeline}", get(badge::badge))
+        .route("/hooks/github", post(hooks::github))
+        .route("/results/{*path}", get(results))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/runs", get(runs::list_runs).post(runs::trigger))
+        .route("/api/v1/runs/{id}", get(runs::show_run))
+        .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
+        .route("/api/v1/runs/{id}/rerun", post(runs::rerun))
+        .route("/api/v1/runs/{id}/events", get(logs::run_events))
+        .route("/api/v1/runs/{id}/stages/{stage}/log", get(logs::log))
+        .route(
+            "/api/v1/runs/{id}/stages/{stage}/log/stream",
+            get(logs::log_stream),
+        )
+        .route(
+            "/api/v1/session",
+            post(admin::open_session).delete(admin::close_session),
+        )
+        .route(
+            "/api/v1/tokens",
+            get(admin::list_tokens).post(admin::create_token),
+        )
+        .route("/api/v1/tokens/{id}", delete(admin::revoke_token))
+        .route("/api/v1/secrets", get(admin::list_secrets))
+        .route(
+            "/api/v1/secrets/{name}",
+            put(admin::put_secret).delete(admin::delete_secret),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(RequestBodyLimitLayer::new(limit))
         .with_state(state)
@@ -45,116 +229,60 @@ async fn info(State(s): St, headers: HeaderMap) -> Result<Json<Value>, ApiError>
         "api": "v1",
         "public_read": s.config.public_read,
         "repos": s.config.repos.keys().collect::<Vec<_>>(),
+        "results": s.results_dir.as_ref().map(|_| "/results/"),
+        "webhooks": { "github": s.github_secret.is_some() },
+        "secrets": s.secrets_key.is_some(),
     })))
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    #[serde(default = "default_limit")]
-    limit: usize,
-}
-
-fn default_limit() -> usize {
-    50
-}
-
-async fn list_runs(
-    State(s): St,
-    headers: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+async fn metrics(State(s): St, headers: HeaderMap) -> Result<Response, ApiError> {
     s.authorize(&headers, Scope::Read)?;
-    let runs = s
-        .store
-        .list_runs(q.limit.clamp(1, 500))
+    let running = s.live.running();
+    let text = s
+        .metrics
+        .render(&s.store, running)
         .await
         .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "runs": runs })))
+    let mut res = text.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(res)
 }
 
-async fn show_run(
-    State(s): St,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+async fn openapi(State(s): St, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Scope::Read)?;
-    let id: RunId = id
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("{e}")))?;
-    let Some(run) = s.store.get_run(&id).await.map_err(ApiError::internal)? else {
-        // Accepted but not started: the queue knows it.
-        return match RunQueue::get(&s.store, &id)
-            .await
-            .map_err(ApiError::internal)?
-        {
-            Some(e) => Ok(Json(json!({
-                "run": {
-                    "id": e.run_id,
-                    "status": "queued",
-                    "attempt": e.attempt,
-                    "created": e.enqueued,
-                    "trigger": e.trigger,
-                },
-                "stages": [],
-            }))),
-            None => Err(ApiError::not_found(format!("no run {id}"))),
-        };
-    };
-    let stages = s.store.get_stages(&id).await.map_err(ApiError::internal)?;
-    Ok(Json(json!({ "run": run, "stages": stages })))
+    Ok(Json(crate::openapi::document()))
 }
 
-/// `POST /api/v1/runs`: a run of a configured repository at a ref.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TriggerRequest {
-    /// A repository named in the server's configuration.
-    repo: String,
-    /// A branch, tag or commit.
-    #[serde(rename = "ref", default = "default_ref")]
-    git_ref: String,
-}
-
-fn default_ref() -> String {
-    "HEAD".into()
-}
-
-async fn trigger(
+/// The results folder, read-only, for a reader.
+async fn results(
     State(s): St,
     headers: HeaderMap,
-    body: Result<Json<TriggerRequest>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    s.authorize(&headers, Scope::Trigger)?;
-    let Json(req) = body?;
-    if !s.config.repos.contains_key(&req.repo) {
-        return Err(ApiError::bad_request(format!(
-            "unknown repository `{}`: the server runs only the repositories in its configuration ({})",
-            req.repo,
-            s.config
-                .repos
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    let entry = QueueEntry {
-        run_id: new_run_id(),
-        pipeline: req.repo.clone(),
-        trigger: Trigger {
-            kind: TriggerKind::Api,
-            by: None,
-        },
-        request: json!({ "repo": req.repo, "ref": req.git_ref }),
-        attempt: 1,
-        enqueued: Utc::now(),
-        claim: None,
+    Path(path): Path<String>,
+    req: Request<Body>,
+) -> Result<Response, ApiError> {
+    s.authorize(&headers, Scope::Read)?;
+    let Some(dir) = &s.results_dir else {
+        return Err(ApiError::not_found(
+            "this server publishes its results to a bucket, not under /results/",
+        ));
     };
-    // Acknowledged only once the queue has it on disk.
-    s.store.enqueue(&entry).await.map_err(ApiError::internal)?;
-    (s.on_queued)();
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": entry.run_id, "status": "queued" })),
-    ))
+    // ServeDir sees the path below /results/.
+    let uri = format!("/{path}");
+    let mut inner = Request::builder()
+        .method(req.method())
+        .uri(uri)
+        .body(Body::empty())
+        .map_err(ApiError::internal)?;
+    *inner.headers_mut() = req.headers().clone();
+    let res = ServeDir::new(dir)
+        .oneshot(inner)
+        .await
+        .map_err(ApiError::internal)?;
+    if res.status() == StatusCode::NOT_FOUND {
+        return Err(ApiError::not_found(format!("no results file {path}")));
+    }
+    Ok(res.map(Body::new))
 }

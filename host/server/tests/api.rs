@@ -8,14 +8,31 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
-use sentinel_engine::ports::RunQueue;
-use sentinel_server::{ApiConfig, AppState, RepoConfig, router};
+use sentinel_api::RunId;
+use sentinel_engine::ports::{RunQueue, StorageError};
+use sentinel_engine::queue::Cancelled;
+use sentinel_server::{ApiConfig, AppState, ROUTES, RateLimit, RepoConfig, RunControl, router};
 use sentinel_store::SledStore;
 use sentinel_store::tokens::Scope;
 use tower::ServiceExt;
+
+/// Counts wake-ups; cancels nothing.
+#[derive(Default)]
+struct Counting(AtomicUsize);
+
+#[async_trait]
+impl RunControl for Counting {
+    fn queued(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+    async fn cancel(&self, _: &RunId) -> Result<Cancelled, StorageError> {
+        Ok(Cancelled::NotHere)
+    }
+}
 
 struct Api {
     _tmp: tempfile::TempDir,
@@ -23,41 +40,49 @@ struct Api {
     app: axum::Router,
     read: String,
     trigger: String,
-    queued: Arc<AtomicUsize>,
+    admin: String,
+    queued: Arc<Counting>,
 }
 
-async fn api(public_read: bool) -> Api {
-    let tmp = tempfile::tempdir().unwrap();
-    let store = SledStore::try_open(tmp.path()).unwrap();
-    let (read, _) = store.create_token("reader", Scope::Read).await.unwrap();
-    let (trigger, _) = store.create_token("ci", Scope::Trigger).await.unwrap();
-    let queued = Arc::new(AtomicUsize::new(0));
-    let q = queued.clone();
-    let config = ApiConfig {
+fn config(public_read: bool) -> ApiConfig {
+    ApiConfig {
         public_read,
         repos: BTreeMap::from([(
             "app".to_string(),
             RepoConfig {
                 url: "file:///srv/git/app.git".into(),
+                github: None,
+                pipeline: "sentinel.yml".into(),
             },
         )]),
         body_limit: 1024,
-    };
-    let app = router(AppState {
-        store: store.clone(),
-        config,
-        on_queued: Arc::new(move || {
-            q.fetch_add(1, Ordering::SeqCst);
-        }),
-    });
+        rate_limit: RateLimit::default(),
+    }
+}
+
+async fn api_with(config: ApiConfig) -> Api {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SledStore::try_open(tmp.path()).unwrap();
+    let (read, _) = store.create_token("reader", Scope::Read).await.unwrap();
+    let (trigger, _) = store.create_token("ci", Scope::Trigger).await.unwrap();
+    let (admin, _) = store.create_token("root", Scope::Admin).await.unwrap();
+    let queued = Arc::new(Counting::default());
+    let mut state = AppState::new(store.clone(), config, queued.clone());
+    state.results_dir = Some(tmp.path().join("results"));
+    let app = router(state);
     Api {
         _tmp: tmp,
         store,
         app,
         read,
         trigger,
+        admin,
         queued,
     }
+}
+
+async fn api(public_read: bool) -> Api {
+    api_with(config(public_read)).await
 }
 
 async fn call(
@@ -88,14 +113,38 @@ async fn call(
 const RUN: &str = "/api/v1/runs/01JDX3K6Q2T8W9V5M4N3P2R1S0";
 const TRIGGER: &str = r#"{"repo": "app", "ref": "main"}"#;
 
-/// Every endpoint but the public ones.
-fn protected() -> Vec<(Method, &'static str, Option<&'static str>)> {
-    vec![
-        (Method::GET, "/info", None),
-        (Method::GET, "/api/v1/runs", None),
-        (Method::GET, RUN, None),
-        (Method::POST, "/api/v1/runs", Some(TRIGGER)),
-    ]
+/// A concrete request for each route of the table.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", &RUN["/api/v1/runs/".len()..])
+        .replace("{stage}", "build")
+        .replace("{pipeline}", "demo.svg")
+        .replace("{name}", "DEPLOY_KEY")
+        .replace("{path}", "runs/index.json")
+}
+
+fn body_for(method: &str, path: &str) -> Option<&'static str> {
+    match (method, path) {
+        ("POST", "/api/v1/runs") => Some(TRIGGER),
+        ("POST", "/api/v1/tokens") => Some(r#"{"name": "x", "scope": "read"}"#),
+        ("PUT", _) => Some(r#"{"value": "v"}"#),
+        _ => None,
+    }
+}
+
+/// Every endpoint outside the public list, with the scope it needs.
+fn protected() -> Vec<(Method, String, Option<&'static str>, Scope)> {
+    ROUTES
+        .iter()
+        .filter_map(|r| match r.access {
+            sentinel_server::Access::Public => None,
+            sentinel_server::Access::Token(scope) => Some((
+                r.method.parse().unwrap(),
+                concrete(r.path),
+                body_for(r.method, r.path),
+                scope,
+            )),
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -106,9 +155,11 @@ async fn no_valid_token_no_entry() {
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("ok"))
     );
-    for (method, path, body) in protected() {
+    let routes = protected();
+    assert!(routes.len() >= 18, "the table lists every endpoint");
+    for (method, path, body, _) in &routes {
         for token in [None, Some("sentinel_000000000000_nope"), Some("garbage")] {
-            let (status, json) = call(&a.app, method.clone(), path, token, body).await;
+            let (status, json) = call(&a.app, method.clone(), path, token, *body).await;
             assert_eq!(
                 status,
                 StatusCode::UNAUTHORIZED,
@@ -117,19 +168,135 @@ async fn no_valid_token_no_entry() {
             assert!(json["error"].as_str().is_some_and(|m| !m.is_empty()));
         }
     }
-    // A read token reads, and may not trigger.
+    // A token below the endpoint's scope: 403, and nothing happens.
+    for (method, path, body, scope) in &routes {
+        let below = match scope {
+            Scope::Read => continue,
+            Scope::Trigger => &a.read,
+            Scope::Admin => &a.trigger,
+        };
+        let (status, json) = call(&a.app, method.clone(), path, Some(below), *body).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {json}");
+    }
+    assert_eq!(RunQueue::waiting(&a.store).await.unwrap(), 0);
+    assert_eq!(a.store.tokens().unwrap().len(), 3, "no token was created");
+    // A read token reads.
     let (status, _) = call(&a.app, Method::GET, "/api/v1/runs", Some(&a.read), None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, json) = call(
+}
+
+#[tokio::test]
+async fn public_endpoints_need_no_token() {
+    let a = api(false).await;
+    let res = a
+        .app
+        .clone()
+        .oneshot(Request::get("/badge/demo.svg").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/svg+xml");
+    let svg = res.into_body().collect().await.unwrap().to_bytes();
+    let svg = String::from_utf8_lossy(&svg);
+    assert!(svg.starts_with("<svg") && svg.contains("unknown"), "{svg}");
+    // A webhook without a signature is refused by its own check.
+    let (status, _) = call(&a.app, Method::POST, "/hooks/github", None, Some("{}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn each_token_has_its_own_rate_limit() {
+    let mut c = config(false);
+    c.rate_limit = RateLimit {
+        per_second: 1,
+        burst: 3,
+    };
+    let a = api_with(c).await;
+    for _ in 0..3 {
+        let (status, _) = call(&a.app, Method::GET, "/api/v1/runs", Some(&a.read), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, json) = call(&a.app, Method::GET, "/api/v1/runs", Some(&a.read), None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("rate limit"));
+    // Another token is not held back by the first one's use.
+    let (status, _) = call(&a.app, Method::GET, "/api/v1/runs", Some(&a.admin), None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_session_cookie_reads_but_never_writes() {
+    let a = api(false).await;
+    let req = Request::post("/api/v1/session")
+        .header("authorization", format!("Bearer {}", a.admin))
+        .body(Body::empty())
+        .unwrap();
+    let res = a.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let pair = cookie.split(';').next().unwrap().to_string();
+    let with_cookie = |method: Method, path: &str, body: Option<&str>| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("cookie", pair.clone());
+        if body.is_some() {
+            r = r.header("content-type", "application/json");
+        }
+        r.body(Body::from(body.unwrap_or_default().to_string()))
+            .unwrap()
+    };
+    let res = a
+        .app
+        .clone()
+        .oneshot(with_cookie(Method::GET, "/api/v1/runs", None))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "reads with the cookie");
+    // Even an admin's cookie cannot trigger (no cross-site writes).
+    let res = a
+        .app
+        .clone()
+        .oneshot(with_cookie(Method::POST, "/api/v1/runs", Some(TRIGGER)))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(RunQueue::waiting(&a.store).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_committed_openapi_document_is_current() {
+    let doc = sentinel_server::openapi::document();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+    let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    if std::env::var_os("SENTINEL_WRITE_OPENAPI").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == text,
+        "docs/openapi.json is not the server's document: run `SENTINEL_WRITE_OPENAPI=1 cargo test -p sentinel-server --test api` and commit it"
+    );
+    for r in ROUTES {
+        assert!(
+            doc["paths"][r.path][r.method.to_lowercase()].is_object(),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
+    // Served too.
+    let a = api(false).await;
+    let (status, served) = call(
         &a.app,
-        Method::POST,
-        "/api/v1/runs",
+        Method::GET,
+        "/api/v1/openapi.json",
         Some(&a.read),
-        Some(TRIGGER),
+        None,
     )
     .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{json}");
-    assert_eq!(RunQueue::waiting(&a.store).await.unwrap(), 0);
+    assert_eq!((status, served), (StatusCode::OK, doc));
 }
 
 #[tokio::test]
@@ -183,7 +350,7 @@ async fn a_trigger_is_queued_durably_and_visible() {
     let id: sentinel_api::RunId = json["id"].as_str().unwrap().parse().unwrap();
     let entry = RunQueue::get(&a.store, &id).await.unwrap().expect("queued");
     assert_eq!(entry.request["ref"], "main");
-    assert_eq!(a.queued.load(Ordering::SeqCst), 1, "the worker was woken");
+    assert_eq!(a.queued.0.load(Ordering::SeqCst), 1, "the worker was woken");
     let (status, json) = call(
         &a.app,
         Method::GET,

@@ -24,12 +24,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use sentinel_api::{RunDoc, RunId, StageDoc};
-use sled::Transactional as _;
 use sentinel_engine::lease::Lease;
 use sentinel_engine::lease::Owner;
 use sentinel_engine::ports::{
     Claim, Event, Outbox, Pending, QueueEntry, RunQueue, StorageError, Store,
 };
+use sled::Transactional as _;
 
 /// The version of the stored values' envelope.
 pub const VALUE_VERSION: u32 = 1;
@@ -329,6 +329,53 @@ impl SledStore {
         // The first caller's write is on disk before any caller answers.
         self.flush().await?;
         Ok(result)
+    }
+
+    /// Runs newest first, starting after `before` (a cursor: the last id of
+    /// the previous page).
+    pub fn runs_page(
+        &self,
+        before: Option<&RunId>,
+        limit: usize,
+    ) -> Result<Vec<RunDoc>, StorageError> {
+        let iter = match before {
+            Some(id) => self.runs.range(..id.as_str().as_bytes()),
+            None => self.runs.iter(),
+        };
+        iter.rev()
+            .take(limit)
+            .map(|kv| {
+                kv.map_err(|e| err("list runs", e))
+                    .and_then(|(_, v)| decode(&v))
+            })
+            .collect()
+    }
+
+    /// How many runs there are in each status.
+    pub fn run_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StorageError> {
+        #[derive(Deserialize)]
+        struct Status {
+            status: sentinel_api::RunStatus,
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for kv in self.runs.iter() {
+            let (_, v) = kv.map_err(|e| err("runs", e))?;
+            let s: Status = decode(&v)?;
+            *counts.entry(s.status.as_str().to_string()).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// The newest run of the pipeline `name` (looking at the newest `scan` runs).
+    pub fn last_run_of(&self, name: &str, scan: usize) -> Result<Option<RunDoc>, StorageError> {
+        for kv in self.runs.iter().rev().take(scan) {
+            let (_, v) = kv.map_err(|e| err("runs", e))?;
+            let run: RunDoc = decode(&v)?;
+            if run.pipeline == name {
+                return Ok(Some(run));
+            }
+        }
+        Ok(None)
     }
 
     /// The entry a run was queued with (kept after it ran), for re-runs.

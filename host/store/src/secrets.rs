@@ -186,7 +186,10 @@ mod tests {
             // Another key: an error naming the secret, never garbage.
             let other = SecretsKey::parse(&SecretsKey::generate().unwrap()).unwrap();
             let e = db.open_secrets(&other, &names).unwrap_err().to_string();
-            assert!(e.contains("DEPLOY_TOKEN") && e.contains("another key"), "{e}");
+            assert!(
+                e.contains("DEPLOY_TOKEN") && e.contains("another key"),
+                "{e}"
+            );
 
             // A sealed value moved to another name does not open.
             let sealed = db.secrets.get("OTHER").unwrap().unwrap();
@@ -226,7 +229,12 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
         assert!(SecretsKey::parse(&b64).is_ok());
         let short = base64::engine::general_purpose::STANDARD.encode([7u8; 16]);
-        assert!(SecretsKey::parse(&short).unwrap_err().to_string().contains("16"));
+        assert!(
+            SecretsKey::parse(&short)
+                .unwrap_err()
+                .to_string()
+                .contains("16")
+        );
         assert!(SecretsKey::parse("not a key").is_err());
     }
 }

@@ -1,0 +1,150 @@
+//! `POST /hooks/github`: GitHub push webhooks. The body is checked against
+//! `X-Hub-Signature-256` (HMAC-SHA256 with the configured secret, compared
+//! in constant time) before anything in it is read; `sha1=` signatures are
+//! refused. A push to a configured repository queues one run of the pushed
+//! commit, keyed by `X-GitHub-Delivery`: a redelivery gets the same run id
+//! and never a second run.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Json, response::IntoResponse};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use sentinel_api::{Trigger, TriggerKind};
+
+use crate::runs::{RunSpec, St};
+use crate::{ApiError, AppState};
+
+/// The `X-Hub-Signature-256` value of `body` under `secret`.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn verify(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    let given = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::unauthorized(if headers.contains_key("x-hub-signature") {
+                "only X-Hub-Signature-256 (sha256=…) signatures are accepted, not sha1"
+            } else {
+                "the X-Hub-Signature-256 header is missing"
+            })
+        })?;
+    let hex_sig = given.strip_prefix("sha256=").ok_or_else(|| {
+        ApiError::unauthorized("the signature must be `sha256=<hex>` (sha1 is not accepted)")
+    })?;
+    let sig = hex::decode(hex_sig)
+        .map_err(|_| ApiError::unauthorized("the signature is not hexadecimal"))?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    // Constant time.
+    mac.verify_slice(&sig)
+        .map_err(|_| ApiError::unauthorized("the signature does not match the body"))
+}
+
+#[derive(Debug, Deserialize)]
+struct Push {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: Repository,
+}
+
+#[derive(Debug, Deserialize)]
+struct Repository {
+    full_name: String,
+    #[serde(default)]
+    clone_url: Option<String>,
+}
+
+impl AppState {
+    /// The configured repository a push is for.
+    fn repo_of(&self, r: &Repository) -> Option<String> {
+        self.config
+            .repos
+            .iter()
+            .find(|(_, c)| {
+                c.github.as_deref() == Some(r.full_name.as_str())
+                    || r.clone_url.as_deref() == Some(c.url.as_str())
+            })
+            .map(|(name, _)| name.clone())
+    }
+}
+
+pub(crate) async fn github(
+    State(s): St,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(secret) = &s.github_secret else {
+        return Err(ApiError::unauthorized(
+            "this server has no GitHub webhook secret configured",
+        ));
+    };
+    verify(secret, &headers, &body)?;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let event = header("x-github-event").unwrap_or_default();
+    if event == "ping" {
+        return Ok((StatusCode::OK, Json(json!({ "status": "pong" }))));
+    }
+    if event != "push" {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "status": "ignored", "reason": format!("event `{event}` does not start runs") }),
+            ),
+        ));
+    }
+    let delivery = header("x-github-delivery")
+        .filter(|d| !d.is_empty() && d.len() <= 128)
+        .ok_or_else(|| ApiError::bad_request("the X-GitHub-Delivery header is missing"))?
+        .to_string();
+    let push: Push = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("not a push event: {e}")))?;
+    if push.deleted {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "status": "ignored", "reason": "a deleted ref is not run" })),
+        ));
+    }
+    let repo = s.repo_of(&push.repository).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "repository `{}` is not in this server's configuration",
+            push.repository.full_name
+        ))
+    })?;
+    let spec = RunSpec {
+        repo,
+        git_ref: push.after.clone(),
+        branch: push.git_ref.strip_prefix("refs/heads/").map(str::to_string),
+        rerun_of: None,
+        from: None,
+    };
+    let entry = s.entry(
+        &spec,
+        Trigger {
+            kind: TriggerKind::Webhook,
+            by: Some(format!("github:{delivery}")),
+        },
+    );
+    let (id, fresh) = s
+        .store
+        .enqueue_once(&format!("github:{delivery}"), &entry)
+        .await
+        .map_err(ApiError::internal)?;
+    if fresh {
+        s.metrics.accepted(&id, entry.enqueued);
+        s.control.queued();
+    }
+    let body: Value = json!({ "id": id, "status": "queued", "redelivery": !fresh });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}

@@ -1,0 +1,155 @@
+//! `/metrics` in the Prometheus text format: runs by status, runs going,
+//! queue depth and outbox depth (read at scrape time, so they are right
+//! after a restart), stage durations by final status, and the start
+//! latency — from a run's acceptance to its first stage starting —
+//! observed as the worker reports progress.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use sentinel_api::{RunId, StageStatus};
+use sentinel_engine::Progress;
+use sentinel_engine::ports::{Outbox, RunQueue};
+use sentinel_store::SledStore;
+
+type Labels = Vec<(String, String)>;
+
+fn duration_histogram() -> Histogram {
+    // 5 ms … ~1.5 h.
+    Histogram::new(exponential_buckets(0.005, 2.0, 20))
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<Labels, Gauge>,
+    running: Gauge,
+    queue_depth: Gauge,
+    outbox_depth: Gauge,
+    stage_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    start_latency: Histogram,
+    /// Runs accepted and not started yet, with when they were accepted.
+    accepted: Mutex<HashMap<RunId, DateTime<Utc>>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("sentinel");
+        let runs = Family::<Labels, Gauge>::default();
+        let running = Gauge::default();
+        let queue_depth = Gauge::default();
+        let outbox_depth = Gauge::default();
+        let stage_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
+            duration_histogram,
+        );
+        let start_latency = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        registry.register("runs", "Stored runs by status", runs.clone());
+        registry.register("runs_running", "Runs going now", running.clone());
+        registry.register(
+            "queue_depth",
+            "Accepted runs waiting for a worker",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Results waiting for the results bucket",
+            outbox_depth.clone(),
+        );
+        registry.register(
+            "stage_duration_seconds",
+            "Durations of ended stages, by status",
+            stage_seconds.clone(),
+        );
+        registry.register(
+            "step_start_latency_seconds",
+            "From a run's acceptance to its first stage starting",
+            start_latency.clone(),
+        );
+        Self {
+            registry,
+            runs,
+            running,
+            queue_depth,
+            outbox_depth,
+            stage_seconds,
+            start_latency,
+            accepted: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// A run was accepted at `at`.
+    pub fn accepted(&self, run: &RunId, at: DateTime<Utc>) {
+        if let Ok(mut a) = self.accepted.lock() {
+            a.insert(run.clone(), at);
+        }
+    }
+
+    /// Takes one progress event of `run`.
+    pub fn on_progress(&self, run: &RunId, p: &Progress) {
+        match p {
+            Progress::Stage {
+                status: StageStatus::Running,
+                ..
+            } => {
+                let since = self.accepted.lock().ok().and_then(|mut a| a.remove(run));
+                if let Some(at) = since {
+                    let secs = (Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    self.start_latency.observe(secs.max(0.0));
+                }
+            }
+            Progress::Stage {
+                status,
+                duration_ms: Some(ms),
+                ..
+            } if status.is_final() => {
+                self.stage_seconds
+                    .get_or_create(&vec![("status".into(), status.as_str().into())])
+                    .observe(*ms as f64 / 1000.0);
+            }
+            Progress::RunFinished { .. } => {
+                if let Ok(mut a) = self.accepted.lock() {
+                    a.remove(run);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The text exposition, with the gauges read from `store` now.
+    pub async fn render(&self, store: &SledStore, running: usize) -> Result<String, String> {
+        let counts = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.run_counts())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
+        };
+        for (status, n) in counts {
+            self.runs
+                .get_or_create(&vec![("status".into(), status)])
+                .set(n as i64);
+        }
+        self.running.set(running as i64);
+        let waiting = RunQueue::waiting(store).await.map_err(|e| e.to_string())?;
+        self.queue_depth.set(waiting as i64);
+        self.outbox_depth.set(Outbox::len(store) as i64);
+        let mut out = String::new();
+        encode(&mut out, &self.registry).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+}

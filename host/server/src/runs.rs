@@ -1,0 +1,291 @@
+//! The runs: list (paged), show, trigger, cancel and re-run. A trigger
+//! names a configured repository and a ref, is stored with its request
+//! (so a re-run repeats it) and answered only once the queue has it on disk.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use sentinel_api::{RunId, StageName, StageStatus, Trigger, TriggerKind};
+use sentinel_engine::docs::new_run_id;
+use sentinel_engine::ports::{QueueEntry, RunQueue, Store};
+use sentinel_engine::queue::Cancelled;
+use sentinel_store::tokens::Scope;
+
+use crate::{ApiError, AppState};
+
+pub(crate) type St = State<Arc<AppState>>;
+
+/// What a queued run is to run: kept as the queue entry's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// A repository of the server's configuration.
+    pub repo: String,
+    /// The branch, tag or commit to check out.
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// The branch a push was to (webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// The run this one repeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerun_of: Option<RunId>,
+    /// Re-run from this stage: it and the stages after it run again; the
+    /// stages it builds on that succeeded keep their results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<StageName>,
+}
+
+pub(crate) fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
+    id.parse()
+        .map_err(|e| ApiError::bad_request(format!("{e}")))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListQuery {
+    #[serde(default = "default_limit")]
+    limit: usize,
+    /// The last id of the previous page.
+    before: Option<String>,
+}
+
+fn default_limit() -> usize {
+    50
+}
+
+pub(crate) async fn list_runs(
+    State(s): St,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Scope::Read)?;
+    let before = q.before.as_deref().map(parse_run_id).transpose()?;
+    let limit = q.limit.clamp(1, 500);
+    let store = s.store.clone();
+    let b = before.clone();
+    let runs = tokio::task::spawn_blocking(move || store.runs_page(b.as_ref(), limit))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    let next = (runs.len() == limit).then(|| runs.last().map(|r| r.id.clone()));
+    Ok(Json(json!({ "runs": runs, "next": next.flatten() })))
+}
+
+pub(crate) async fn show_run(
+    State(s): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Scope::Read)?;
+    let id = parse_run_id(&id)?;
+    let Some(run) = s.store.get_run(&id).await.map_err(ApiError::internal)? else {
+        // Accepted but not started: the queue knows it.
+        return match RunQueue::get(&s.store, &id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            Some(e) => Ok(Json(json!({
+                "run": {
+                    "id": e.run_id,
+                    "pipeline": e.pipeline,
+                    "status": "queued",
+                    "attempt": e.attempt,
+                    "created": e.enqueued,
+                    "trigger": e.trigger,
+                    "stages": [],
+                },
+                "stages": [],
+            }))),
+            None => Err(ApiError::not_found(format!("no run {id}"))),
+        };
+    };
+    let stages = s.store.get_stages(&id).await.map_err(ApiError::internal)?;
+    Ok(Json(json!({ "run": run, "stages": stages })))
+}
+
+/// `POST /api/v1/runs`: a run of a configured repository at a ref.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TriggerRequest {
+    /// A repository named in the server's configuration.
+    repo: String,
+    /// A branch, tag or commit.
+    #[serde(rename = "ref", default = "default_ref")]
+    git_ref: String,
+}
+
+fn default_ref() -> String {
+    "HEAD".into()
+}
+
+impl AppState {
+    pub(crate) fn check_repo(&self, repo: &str) -> Result<(), ApiError> {
+        if self.config.repos.contains_key(repo) {
+            return Ok(());
+        }
+        Err(ApiError::bad_request(format!(
+            "unknown repository `{repo}`: the server runs only the repositories in its configuration ({})",
+            self.config
+                .repos
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+
+    pub(crate) fn entry(&self, spec: &RunSpec, trigger: Trigger) -> QueueEntry {
+        QueueEntry {
+            run_id: new_run_id(),
+            pipeline: spec.repo.clone(),
+            trigger,
+            request: serde_json::to_value(spec).unwrap_or(Value::Null),
+            attempt: 1,
+            enqueued: Utc::now(),
+            claim: None,
+        }
+    }
+
+    /// Queues a run durably, then wakes the worker.
+    pub(crate) async fn enqueue(&self, entry: &QueueEntry) -> Result<(), ApiError> {
+        self.store
+            .enqueue(entry)
+            .await
+            .map_err(ApiError::internal)?;
+        self.metrics.accepted(&entry.run_id, entry.enqueued);
+        self.control.queued();
+        Ok(())
+    }
+}
+
+fn queued(id: &RunId) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "status": "queued" })),
+    )
+}
+
+pub(crate) async fn trigger(
+    State(s): St,
+    headers: HeaderMap,
+    body: Result<Json<TriggerRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let caller = s.authorize(&headers, Scope::Trigger)?;
+    let Json(req) = body?;
+    s.check_repo(&req.repo)?;
+    let spec = RunSpec {
+        repo: req.repo,
+        git_ref: req.git_ref,
+        branch: None,
+        rerun_of: None,
+        from: None,
+    };
+    let entry = s.entry(
+        &spec,
+        Trigger {
+            kind: TriggerKind::Api,
+            by: caller.name(),
+        },
+    );
+    s.enqueue(&entry).await?;
+    Ok(queued(&entry.run_id))
+}
+
+pub(crate) async fn cancel(
+    State(s): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    s.authorize(&headers, Scope::Trigger)?;
+    let id = parse_run_id(&id)?;
+    match s.control.cancel(&id).await.map_err(ApiError::internal)? {
+        Cancelled::Running => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": id, "status": "cancelling" })),
+        )),
+        Cancelled::Withdrawn => Ok((
+            StatusCode::OK,
+            Json(json!({ "id": id, "status": "cancelled" })),
+        )),
+        Cancelled::NotHere => match s.store.get_run(&id).await.map_err(ApiError::internal)? {
+            Some(run) => Err(ApiError::conflict(format!(
+                "run {id} is {} and cannot be cancelled",
+                run.status
+            ))),
+            None => Err(ApiError::not_found(format!("no run {id}"))),
+        },
+    }
+}
+
+/// `POST /api/v1/runs/{id}/rerun`, optionally `{"from": "stage"}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RerunRequest {
+    from: Option<String>,
+}
+
+pub(crate) async fn rerun(
+    State(s): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<RerunRequest>>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let caller = s.authorize(&headers, Scope::Trigger)?;
+    let id = parse_run_id(&id)?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    let original = s
+        .store
+        .request_of(&id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("no run {id} queued by this server to re-run"))
+        })?;
+    let mut spec: RunSpec = serde_json::from_value(original.request.clone())
+        .map_err(|e| ApiError::internal(format!("run {id}'s stored request: {e}")))?;
+    s.check_repo(&spec.repo)?;
+    let run = s.store.get_run(&id).await.map_err(ApiError::internal)?;
+    // The same commit as the run it repeats, when that run knew it.
+    if let Some(commit) = run
+        .as_ref()
+        .and_then(|r| r.git.as_ref())
+        .and_then(|g| g.commit.clone())
+    {
+        spec.git_ref = commit;
+    }
+    spec.rerun_of = Some(id.clone());
+    spec.from = None;
+    if let Some(from) = req.from {
+        let from: StageName = from
+            .parse()
+            .map_err(|e| ApiError::bad_request(format!("{e}")))?;
+        let run = run
+            .filter(|r| r.status.is_final())
+            .ok_or_else(|| ApiError::conflict(format!("run {id} has not ended")))?;
+        let stage = run
+            .stages
+            .iter()
+            .find(|st| st.name == from)
+            .ok_or_else(|| ApiError::bad_request(format!("run {id} has no stage `{from}`")))?;
+        if stage.status == StageStatus::Succeeded {
+            return Err(ApiError::bad_request(format!(
+                "stage `{from}` of run {id} succeeded: re-run from a stage that failed (or was skipped or cancelled)"
+            )));
+        }
+        spec.from = Some(from);
+    }
+    let entry = s.entry(
+        &spec,
+        Trigger {
+            kind: TriggerKind::Api,
+            by: caller.name(),
+        },
+    );
+    s.enqueue(&entry).await?;
+    Ok(queued(&entry.run_id))
+}

@@ -1,0 +1,214 @@
+//! GitHub push webhooks through the router: a valid signature queues one
+//! run of the pushed commit; any flipped byte of body or signature, a
+//! missing signature, a `sha1=` one → 401 and nothing queued; the same
+//! delivery ten times at once → one run, ten 2xx answers with its id.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use sentinel_api::RunId;
+use sentinel_engine::ports::{RunQueue, StorageError};
+use sentinel_engine::queue::Cancelled;
+use sentinel_server::{ApiConfig, AppState, RepoConfig, RunControl, github_signature, router};
+use sentinel_store::SledStore;
+use tower::ServiceExt;
+
+struct Idle;
+
+#[async_trait]
+impl RunControl for Idle {
+    fn queued(&self) {}
+    async fn cancel(&self, _: &RunId) -> Result<Cancelled, StorageError> {
+        Ok(Cancelled::NotHere)
+    }
+}
+
+const SECRET: &[u8] = b"It's a Secret to Everybody";
+const COMMIT: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+fn push_body() -> String {
+    serde_json::json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": COMMIT,
+        "deleted": false,
+        "repository": {
+            "full_name": "octo/app",
+            "clone_url": "https://github.com/octo/app.git"
+        },
+        "pusher": { "name": "octo" }
+    })
+    .to_string()
+}
+
+fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SledStore::try_open(tmp.path()).unwrap();
+    let config = ApiConfig {
+        repos: BTreeMap::from([(
+            "app".to_string(),
+            RepoConfig {
+                url: "file:///srv/git/app.git".into(),
+                github: Some("octo/app".into()),
+                pipeline: "sentinel.yml".into(),
+            },
+        )]),
+        ..ApiConfig::default()
+    };
+    let mut state = AppState::new(store.clone(), config, Arc::new(Idle));
+    state.github_secret = Some(SECRET.into());
+    (tmp, store, router(state))
+}
+
+async fn deliver(
+    app: &axum::Router,
+    delivery: &str,
+    body: &[u8],
+    signature: Option<(&str, String)>,
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::post("/hooks/github")
+        .header("content-type", "application/json")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", delivery);
+    if let Some((name, value)) = signature {
+        req = req.header(name, value);
+    }
+    let res = app
+        .clone()
+        .oneshot(req.body(Body::from(body.to_vec())).unwrap())
+        .await
+        .unwrap();
+    let status = res.status();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_signed_push_queues_one_run_of_the_commit() {
+    let (_tmp, store, app) = setup();
+    let body = push_body();
+    let sig = github_signature(SECRET, body.as_bytes());
+    let (status, json) = deliver(
+        &app,
+        "d-1",
+        body.as_bytes(),
+        Some(("x-hub-signature-256", sig)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    let id: RunId = json["id"].as_str().unwrap().parse().unwrap();
+    let entry = RunQueue::get(&store, &id).await.unwrap().expect("queued");
+    assert_eq!(entry.request["ref"], COMMIT);
+    assert_eq!(entry.request["branch"], "main");
+    assert_eq!(entry.request["repo"], "app");
+    assert_eq!(RunQueue::waiting(&store).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn anything_tampered_or_unsigned_is_refused() {
+    let (_tmp, store, app) = setup();
+    let body = push_body();
+    let good = github_signature(SECRET, body.as_bytes());
+    let mut n = 0;
+    // Every byte of the body flipped in turn (a sample across all of it).
+    for i in (0..body.len()).step_by(7) {
+        let mut b = body.clone().into_bytes();
+        b[i] ^= 0x01;
+        let (status, _) = deliver(
+            &app,
+            &format!("b-{i}"),
+            &b,
+            Some(("x-hub-signature-256", good.clone())),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "body byte {i} flipped");
+        n += 1;
+    }
+    // Every hex digit of the signature changed in turn.
+    let prefix = "sha256=".len();
+    for i in prefix..good.len() {
+        let mut s = good.clone().into_bytes();
+        s[i] = if s[i] == b'0' { b'1' } else { b'0' };
+        let sig = String::from_utf8(s).unwrap();
+        let (status, _) = deliver(
+            &app,
+            &format!("s-{i}"),
+            body.as_bytes(),
+            Some(("x-hub-signature-256", sig)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "signature digit {i}");
+        n += 1;
+    }
+    let sha1 = format!("sha1={}", "ab".repeat(20));
+    for (what, sig) in [
+        ("missing", None),
+        ("sha1 header", Some(("x-hub-signature", sha1.clone()))),
+        (
+            "sha1 in the sha256 header",
+            Some(("x-hub-signature-256", sha1)),
+        ),
+        (
+            "another secret",
+            Some((
+                "x-hub-signature-256",
+                github_signature(b"guess", body.as_bytes()),
+            )),
+        ),
+    ] {
+        let (status, json) = deliver(&app, what, body.as_bytes(), sig).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {json}");
+        n += 1;
+    }
+    assert!(n > 100);
+    assert_eq!(
+        RunQueue::waiting(&store).await.unwrap(),
+        0,
+        "nothing queued"
+    );
+}
+
+#[tokio::test]
+async fn ten_concurrent_redeliveries_make_one_run() {
+    let (_tmp, store, app) = setup();
+    let body = push_body();
+    let sig = github_signature(SECRET, body.as_bytes());
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (app, body, sig) = (app.clone(), body.clone(), sig.clone());
+        calls.spawn(async move {
+            deliver(
+                &app,
+                "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+                body.as_bytes(),
+                Some(("x-hub-signature-256", sig)),
+            )
+            .await
+        });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(r) = calls.join_next().await {
+        let (status, json) = r.unwrap();
+        assert!(status.is_success(), "{status}: {json}");
+        ids.insert(json["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "ten answers, one run id");
+    assert_eq!(RunQueue::waiting(&store).await.unwrap(), 1, "one run");
+    // Later, too.
+    let (_, json) = deliver(
+        &app,
+        "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+        body.as_bytes(),
+        Some(("x-hub-signature-256", sig)),
+    )
+    .await;
+    assert_eq!(json["id"].as_str(), ids.first().map(String::as_str));
+    assert_eq!(json["redelivery"], true);
+}
