@@ -1,11 +1,16 @@
 //! `sentinel`: run a pipeline locally, validate it, print its JSON Schema,
-//! read back runs, stages and logs, and manage API tokens.
+//! read back runs, stages and logs, serve the HTTP API and run queue, and
+//! manage API tokens and run secrets.
 
 mod admin;
 mod context;
 mod progress;
 mod read;
+mod remote;
 mod run;
+mod secret;
+mod serve;
+mod trigger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,10 +82,29 @@ enum Command {
         #[command(subcommand)]
         cmd: admin::TokenCommand,
     },
+    /// Manage run secrets (stored encrypted).
+    Secret {
+        #[command(subcommand)]
+        cmd: secret::SecretCommand,
+    },
+    /// Serve the HTTP API: queue, run and publish runs.
+    Serve(serve::config::ServeArgs),
+    /// Queue a run on a server.
+    Trigger(trigger::TriggerArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        // The server sets up its own logs (text or JSON).
+        return match serve::serve(&cli.paths, args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SENTINEL_LOG")
@@ -113,6 +137,9 @@ fn main() -> ExitCode {
             Command::Show { run, json } => read::show(&cli.paths, &run, json).await,
             Command::Logs { run, stage } => read::logs(&cli.paths, &run, &stage).await,
             Command::Token { cmd } => admin::token(&cli.paths, cmd).await,
+            Command::Secret { cmd } => secret::secret(&cli.paths, cmd).await,
+            Command::Trigger(args) => trigger::trigger(&cli.paths, args).await,
+            Command::Serve(_) => unreachable!("handled above"),
         }
     });
     match result {

@@ -221,6 +221,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         host_env,
         secrets,
         run_id: None,
+        reuse: Default::default(),
     };
     let run = match engine.run(req, reporter(mode, args.follow), signals).await {
         Ok(r) => r,

@@ -27,4 +27,6 @@ pub mod workspace;
 
 pub use exec::{Executor, Outcome, StageJob, StageReport};
 pub use ports::{ResultsSink, StorageError, Store};
-pub use run::{Engine, EngineConfig, PreflightError, Progress, ProgressFn, RunRequest, Signals};
+pub use run::{
+    Engine, EngineConfig, PreflightError, Progress, ProgressFn, Reused, RunRequest, Signals,
+};

@@ -121,6 +121,15 @@ impl Worker {
         }
     }
 
+    /// Cancels every run going.
+    pub fn cancel_all(&self) {
+        if let Ok(s) = self.signals.lock() {
+            for signals in s.values() {
+                signals.cancel.cancel();
+            }
+        }
+    }
+
     /// How many runs this worker has going.
     pub fn running(&self) -> usize {
         self.signals.lock().map(|s| s.len()).unwrap_or(0)

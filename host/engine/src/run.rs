@@ -20,7 +20,7 @@ use crate::log::LiveLog;
 use crate::masker::SecretSet;
 use crate::ports::{ResultsSink, Store};
 use crate::record::Recorder;
-use crate::stage::{StageRun, run_stage};
+use crate::stage::{StageResult, StageRun, run_stage};
 use crate::transition::{Decision, RunEvent, StageEvent, decide, run_outcome};
 use crate::workspace::{RunDirs, copy_source, default_user, hand_over};
 
@@ -55,6 +55,20 @@ pub struct RunRequest {
     /// The run's id when it was given at acceptance (a queued run); a new
     /// one otherwise.
     pub run_id: Option<RunId>,
+    /// Stages not run again but taken from an earlier run (a re-run from a
+    /// failed stage): each is recorded succeeded with its earlier outputs.
+    pub reuse: BTreeMap<StageName, Reused>,
+}
+
+/// A stage's result taken from an earlier run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reused {
+    /// The run it comes from.
+    pub run: RunId,
+    /// Its trimmed stdout (`${stages.<name>.output}`, `out/<name>`).
+    pub output: String,
+    /// Its named outputs.
+    pub outputs: BTreeMap<String, String>,
 }
 
 impl RunRequest {
@@ -73,6 +87,7 @@ impl RunRequest {
             host_env: BTreeMap::new(),
             secrets: BTreeMap::new(),
             run_id: None,
+            reuse: BTreeMap::new(),
         }
     }
 }
@@ -362,6 +377,28 @@ impl Engine {
                             continue;
                         }
                         changed = true;
+                        if let Some(prev) = req.reuse.get(&s.name) {
+                            rec.stage_event(&s.name, StageEvent::Start, None, progress)
+                                .await;
+                            let now = Utc::now();
+                            let result = StageResult {
+                                name: s.name.clone(),
+                                status: StageStatus::Succeeded,
+                                reason: Some(format!("reused from run {}", prev.run)),
+                                failure: None,
+                                exit_code: None,
+                                started: now,
+                                finished: now,
+                                output: prev.output.clone(),
+                                outputs: prev.outputs.clone(),
+                                log: Default::default(),
+                                image_id: None,
+                                private: dirs.private(&s.name),
+                                reusable: false,
+                            };
+                            rec.finish_stage(result, progress).await;
+                            continue;
+                        }
                         // What earlier stages left in `out/` is there before it starts.
                         rec.settle_outputs().await;
                         let env = {

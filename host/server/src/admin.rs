@@ -17,6 +17,11 @@ use crate::ApiError;
 use crate::auth::SESSION_COOKIE;
 use crate::runs::St;
 
+/// A token's record without its hash.
+fn view(t: &sentinel_store::tokens::TokenInfo) -> Value {
+    json!({ "id": t.id, "name": t.name, "scope": t.scope, "created": t.created })
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewToken {
@@ -26,7 +31,13 @@ pub(crate) struct NewToken {
 
 pub(crate) async fn list_tokens(State(s): St, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Scope::Admin)?;
-    let tokens = s.store.tokens().map_err(ApiError::internal)?;
+    let tokens: Vec<Value> = s
+        .store
+        .tokens()
+        .map_err(ApiError::internal)?
+        .iter()
+        .map(view)
+        .collect();
     Ok(Json(json!({ "tokens": tokens })))
 }
 
@@ -44,7 +55,7 @@ pub(crate) async fn create_token(
         .map_err(ApiError::internal)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "info": info })),
+        Json(json!({ "token": token, "info": view(&info) })),
     ))
 }
 

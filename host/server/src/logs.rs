@@ -253,7 +253,10 @@ pub(crate) async fn run_events(
     let (tx, rx) = mpsc::channel(64);
     let snapshot = Event::default()
         .event("snapshot")
-        .json_data(json!({ "run": doc, "stages": stages }))
+        .json_data(json!({
+            "run": doc.map(|d| crate::runs::with_stages(d, &stages)),
+            "stages": stages,
+        }))
         .unwrap_or_default();
     tokio::spawn(async move {
         if tx.send(snapshot).await.is_err() {

@@ -12,7 +12,7 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use sentinel_api::{RunId, StageName, StageStatus, Trigger, TriggerKind};
+use sentinel_api::{RunDoc, RunId, StageDoc, StageName, StageStatus, Trigger, TriggerKind};
 use sentinel_engine::docs::new_run_id;
 use sentinel_engine::ports::{QueueEntry, RunQueue, Store};
 use sentinel_engine::queue::Cancelled;
@@ -106,7 +106,23 @@ pub(crate) async fn show_run(
         };
     };
     let stages = s.store.get_stages(&id).await.map_err(ApiError::internal)?;
-    Ok(Json(json!({ "run": run, "stages": stages })))
+    Ok(Json(
+        json!({ "run": with_stages(run, &stages), "stages": stages }),
+    ))
+}
+
+/// The run's stage entries brought up to date from the stage documents
+/// (the stored run document changes at run-level events only).
+pub(crate) fn with_stages(mut run: RunDoc, stages: &[StageDoc]) -> RunDoc {
+    for entry in &mut run.stages {
+        if let Some(d) = stages.iter().find(|d| d.name == entry.name) {
+            entry.status = d.status;
+            entry.started = d.started;
+            entry.finished = d.finished;
+            entry.duration_ms = d.duration_ms;
+        }
+    }
+    run
 }
 
 /// `POST /api/v1/runs`: a run of a configured repository at a ref.

@@ -1,0 +1,59 @@
+//! A client of a running `sentinel serve`: its URL and token come from
+//! flags or `SENTINEL_SERVER` / `SENTINEL_TOKEN`, else from the local
+//! server's `server.json` in the state folder.
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::serve::local;
+
+/// A server to talk to.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub url: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Remote {
+    pub fn new(url: &str, token: &str) -> Self {
+        Self {
+            url: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// The server running on this state folder, if one is.
+    pub fn local(state: &std::path::Path) -> Option<Self> {
+        local::read(state).map(|f| Self::new(&f.url, &f.token))
+    }
+
+    /// Calls the API; an error answer becomes an error with its message.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let mut req = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the server at {}", self.url))?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = json["error"].as_str().unwrap_or(text.as_str());
+            anyhow::bail!("{method} {path}: {status}: {msg}");
+        }
+        Ok(json)
+    }
+}

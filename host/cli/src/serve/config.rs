@@ -1,0 +1,306 @@
+//! The server's configuration: one TOML file, overridden by environment
+//! variables, overridden by flags (clap reads both: each flag has its
+//! `SENTINEL_*` variable). `sentinel serve --print-config` prints the result
+//! — secret values are never part of it (they come from files or the
+//! environment: the secrets key and the webhook secret).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use sentinel_server::{ApiConfig, RepoConfig};
+
+/// The configuration file's shape (every field optional; see [`Settings`]).
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub state: Option<PathBuf>,
+    pub results: Option<PathBuf>,
+    pub runs: Option<usize>,
+    pub jobs: Option<usize>,
+    pub max_attempts: Option<u32>,
+    pub claim_seconds: Option<u64>,
+    pub log_format: Option<LogFormat>,
+    pub secrets_key_file: Option<PathBuf>,
+    pub github_webhook_secret_file: Option<PathBuf>,
+    pub s3: Option<S3Section>,
+    #[serde(default)]
+    pub api: Option<ApiConfig>,
+    #[serde(default)]
+    pub repos: BTreeMap<String, RepoConfig>,
+}
+
+/// Where results go besides the local folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    /// `s3://bucket/prefix`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags of `sentinel serve` (each also read from its variable).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file (TOML).
+    #[arg(long, env = "SENTINEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "SENTINEL_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Most runs at once.
+    #[arg(long, env = "SENTINEL_RUNS")]
+    pub runs: Option<usize>,
+    /// Most stages at once, per run.
+    #[arg(long, env = "SENTINEL_JOBS")]
+    pub jobs: Option<usize>,
+    /// Attempts of a run whose server died while it ran (1: never again).
+    #[arg(long, env = "SENTINEL_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// Logs as text or JSON lines.
+    #[arg(long, env = "SENTINEL_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Reads without a token.
+    #[arg(long, env = "SENTINEL_PUBLIC_READ")]
+    pub public_read: bool,
+    /// A repository the server may run, `NAME=URL` (repeatable).
+    #[arg(long = "repo", value_name = "NAME=URL")]
+    pub repos: Vec<String>,
+    /// The file holding the key that seals run secrets (or SENTINEL_SECRETS_KEY).
+    #[arg(long, env = "SENTINEL_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+    /// Publish results to `s3://bucket/prefix` too (credentials: the AWS chain).
+    #[arg(long, env = "SENTINEL_S3")]
+    pub s3: Option<String>,
+    #[arg(long, env = "SENTINEL_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "SENTINEL_S3_REGION")]
+    pub s3_region: Option<String>,
+    #[arg(long, env = "SENTINEL_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+    /// Print the configuration in effect (TOML) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The configuration in effect.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub state: PathBuf,
+    pub results: PathBuf,
+    pub runs: usize,
+    pub jobs: usize,
+    pub max_attempts: u32,
+    pub claim_seconds: u64,
+    pub log_format: LogFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github_webhook_secret_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Section>,
+    pub api: ApiConfig,
+}
+
+/// Reads a TOML file, naming the line and column of a mistake.
+pub fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("configuration file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|s| {
+                let before = &text[..s.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(":{line}:{col}")
+            })
+            .unwrap_or_default();
+        anyhow::anyhow!("{}{at}: {}", path.display(), e.message())
+    })
+}
+
+impl Settings {
+    /// File, then environment and flags, then defaults (`state_default` is
+    /// the global `--state` or `<dir>/.sentinel`).
+    pub fn resolve(
+        args: &ServeArgs,
+        state_flag: Option<PathBuf>,
+        results_flag: Option<PathBuf>,
+        project: &Path,
+    ) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None => FileConfig::default(),
+        };
+        let state = state_flag
+            .or(file.state.clone())
+            .unwrap_or_else(|| project.join(".sentinel"));
+        let results = results_flag
+            .or(file.results.clone())
+            .unwrap_or_else(|| state.join("results"));
+        let mut api = file.api.clone().unwrap_or_default();
+        api.public_read |= args.public_read;
+        api.repos.extend(file.repos.clone());
+        for r in &args.repos {
+            let (name, url) = r
+                .split_once('=')
+                .with_context(|| format!("--repo `{r}`: expected NAME=URL"))?;
+            api.repos.insert(
+                name.to_string(),
+                RepoConfig {
+                    url: url.to_string(),
+                    github: None,
+                    pipeline: "sentinel.yml".into(),
+                },
+            );
+        }
+        let s3 = match &args.s3 {
+            Some(url) => Some(S3Section {
+                url: url.clone(),
+                endpoint: args.s3_endpoint.clone(),
+                region: args.s3_region.clone(),
+                path_style: args.s3_path_style,
+            }),
+            None => file.s3.clone(),
+        };
+        if let Some(s3) = &s3 {
+            sentinel_s3::S3Config::from_url(&s3.url).map_err(anyhow::Error::msg)?;
+        }
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            state,
+            results,
+            runs: args.runs.or(file.runs).unwrap_or(2).max(1),
+            jobs: args.jobs.or(file.jobs).unwrap_or(4).max(1),
+            max_attempts: args.max_attempts.or(file.max_attempts).unwrap_or(1).max(1),
+            claim_seconds: file.claim_seconds.unwrap_or(30).max(3),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            secrets_key_file: args.secrets_key_file.clone().or(file.secrets_key_file),
+            github_webhook_secret_file: file.github_webhook_secret_file,
+            s3,
+            api,
+        })
+    }
+
+    /// The S3 configuration, if results also go to a bucket.
+    pub fn s3_config(&self) -> anyhow::Result<Option<sentinel_s3::S3Config>> {
+        let Some(s) = &self.s3 else { return Ok(None) };
+        let mut cfg = sentinel_s3::S3Config::from_url(&s.url).map_err(anyhow::Error::msg)?;
+        cfg.endpoint = s.endpoint.clone();
+        cfg.region = s.region.clone();
+        cfg.path_style = s.path_style;
+        Ok(Some(cfg))
+    }
+
+    /// The secrets key: `SENTINEL_SECRETS_KEY`, else the key file.
+    pub fn secrets_key(&self) -> anyhow::Result<Option<sentinel_store::secrets::SecretsKey>> {
+        let text = match std::env::var("SENTINEL_SECRETS_KEY") {
+            Ok(v) => v,
+            Err(_) => match &self.secrets_key_file {
+                Some(p) => std::fs::read_to_string(p)
+                    .with_context(|| format!("secrets key file {}", p.display()))?,
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(
+            sentinel_store::secrets::SecretsKey::parse(&text).context("the secrets key")?,
+        ))
+    }
+
+    /// The GitHub webhook secret: `SENTINEL_GITHUB_WEBHOOK_SECRET`, else its file.
+    pub fn github_secret(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        if let Ok(v) = std::env::var("SENTINEL_GITHUB_WEBHOOK_SECRET") {
+            return Ok(Some(v.into_bytes()));
+        }
+        match &self.github_webhook_secret_file {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("webhook secret file {}", p.display()))?;
+                Ok(Some(
+                    text.trim_end_matches(['\n', '\r']).as_bytes().to_vec(),
+                ))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The configuration as TOML.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        a: ServeArgs,
+    }
+
+    #[test]
+    fn flags_override_the_file_and_mistakes_are_located() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nruns = 3\n[repos.app]\nurl = \"file:///srv/app.git\"\ngithub = \"octo/app\"\n[api]\npublic_read = true\n",
+        )
+        .unwrap();
+        let t = T::try_parse_from([
+            "x",
+            "--config",
+            file.to_str().unwrap(),
+            "--runs",
+            "5",
+            "--repo",
+            "lib=file:///srv/lib.git",
+        ])
+        .unwrap();
+        let s = Settings::resolve(&t.a, None, None, tmp.path()).unwrap();
+        assert_eq!(s.listen.port(), 9000);
+        assert_eq!(s.runs, 5, "the flag wins");
+        assert!(s.api.public_read);
+        assert_eq!(s.api.repos["app"].github.as_deref(), Some("octo/app"));
+        assert_eq!(s.api.repos["lib"].url, "file:///srv/lib.git");
+        assert_eq!(s.state, tmp.path().join(".sentinel"));
+        let printed = s.to_toml().unwrap();
+        assert!(
+            printed.contains("runs = 5") && printed.contains("[api.repos.app]"),
+            "{printed}"
+        );
+
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nruns = \"many\"\n").unwrap();
+        let e = read_file(&file).unwrap_err().to_string();
+        assert!(e.contains("server.toml:2:8"), "{e}");
+        std::fs::write(&file, "lisen = 1\n").unwrap();
+        let e = read_file(&file).unwrap_err().to_string();
+        assert!(e.contains(":1:1") && e.contains("lisen"), "{e}");
+    }
+}

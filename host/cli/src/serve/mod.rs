@@ -1,0 +1,201 @@
+//! `sentinel serve`: one long-running process that accepts runs over HTTP
+//! (API and webhooks), queues them durably, runs them with the engine,
+//! streams their logs and publishes their results — to the local results
+//! folder (served read-only under `/results/`) and, when a bucket is
+//! configured, to S3 behind the durable outbox.
+
+pub mod config;
+pub mod local;
+mod repo;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sentinel_engine::Progress;
+use sentinel_engine::queue::{RunProgress, Worker, WorkerConfig};
+use sentinel_server::AppState;
+use tokio_util::sync::CancellationToken;
+
+use crate::Paths;
+use crate::context::{self, Dirs};
+use config::{LogFormat, ServeArgs, Settings};
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SENTINEL_LOG")
+        .unwrap_or_else(|_| "info,sled=warn,aws=warn,hyper=warn".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+/// `sentinel serve`.
+pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let project = std::fs::canonicalize(&paths.dir)
+        .with_context(|| format!("project folder {}", paths.dir.display()))?;
+    let settings = Settings::resolve(&args, paths.state.clone(), paths.results.clone(), &project)?;
+    if args.print_config {
+        print!("{}", settings.to_toml()?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logs(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run_server(project, settings))
+}
+
+async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::Result<ExitCode> {
+    let dirs = Dirs {
+        project,
+        state: settings.state.clone(),
+        results: settings.results.clone(),
+    };
+    let Some(store) = context::try_open_store(&dirs.state)? else {
+        anyhow::bail!(
+            "another sentinel process is using the state folder {}",
+            dirs.state.display()
+        );
+    };
+    let secrets_key = settings.secrets_key()?.map(Arc::new);
+    let github_secret = settings.github_secret()?;
+    let containers = context::docker_or_unavailable().await;
+    let steps = sentinel_wasm::WasmExecutor::new(&dirs.state.join("cache/wasm"))?;
+    let exec: Arc<dyn sentinel_engine::Executor> = Arc::new(sentinel_engine::exec::Dispatch {
+        containers,
+        steps: Arc::new(steps),
+    });
+    let mut engine = context::engine(&dirs, store.clone(), exec, settings.jobs, false);
+    let outbox = match settings.s3_config()? {
+        Some(cfg) => Some(context::s3_outbox(&dirs, &store, cfg).await),
+        None => None,
+    };
+    if let Some(outbox) = &outbox {
+        engine.sink = Arc::new(sentinel_results::Mirrored {
+            primary: engine.sink.clone(),
+            mirror: outbox.clone(),
+        });
+    }
+    let reaped = engine.exec.reap().await;
+    if reaped > 0 {
+        tracing::info!(
+            "removed {reaped} container(s) or network(s) left by dead sentinel processes"
+        );
+    }
+    let checkouts = dirs.state.join("checkouts");
+    let _ = tokio::fs::remove_dir_all(&checkouts).await;
+
+    let live = Arc::new(sentinel_server::live::LiveHub::default());
+    let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
+    let progress: RunProgress = {
+        let (live, metrics, checkouts) = (live.clone(), metrics.clone(), checkouts.clone());
+        Arc::new(move |run, p| {
+            live.on_progress(run, &p);
+            metrics.on_progress(run, &p);
+            match &p {
+                Progress::RunStarted { .. } => tracing::info!(run = %run, "run started"),
+                Progress::RunFinished { status, .. } => {
+                    tracing::info!(run = %run, status = %status, "run finished");
+                    let dir = checkouts.join(run.as_str());
+                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+                }
+                _ => {}
+            }
+        })
+    };
+    let resolver = repo::Resolver {
+        store: store.clone(),
+        repos: settings.api.repos.clone(),
+        checkouts,
+        secrets_key: secrets_key.clone(),
+        catalog: context::step_catalog(),
+    };
+    let worker = Worker::new(
+        engine,
+        Arc::new(store.clone()),
+        WorkerConfig {
+            runs: settings.runs,
+            max_attempts: settings.max_attempts,
+            claim_for: Duration::from_secs(settings.claim_seconds),
+        },
+        resolver.into_resolve(),
+        progress,
+    );
+    for e in worker
+        .reclaim()
+        .await
+        .context("taking back runs of a dead server")?
+    {
+        tracing::warn!(run = %e.run_id, attempt = e.attempt, "queued again as a new attempt");
+    }
+    let mut state = AppState::new(store.clone(), settings.api.clone(), worker.clone());
+    state.live = live;
+    state.metrics = metrics;
+    state.github_secret = github_secret.map(Into::into);
+    state.secrets_key = secrets_key;
+    state.results_dir = Some(dirs.results.clone());
+    let app = sentinel_server::router(state);
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
+    let admin = local::LocalAdmin::write(&store, &dirs.state, &url).await?;
+    tracing::info!(
+        url = %url,
+        results = %dirs.results.display(),
+        bucket = settings.s3.as_ref().map(|s| s.url.as_str()).unwrap_or("none"),
+        "sentinel serve is listening"
+    );
+
+    let stop = CancellationToken::new();
+    let working = tokio::spawn(worker.clone().serve(stop.clone()));
+    let http_stop = stop.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_stop.cancelled().await })
+            .await
+    });
+    stop_signal().await;
+    tracing::info!(
+        "stopping: no new runs; waiting for {} run(s) going (again to cancel them)",
+        worker.running()
+    );
+    stop.cancel();
+    {
+        let worker = worker.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::warn!("cancelling the runs going");
+            worker.cancel_all();
+        });
+    }
+    let _ = working.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    admin.remove(&store).await;
+    if let Some(outbox) = outbox {
+        let waiting = outbox.waiting();
+        if waiting > 0 {
+            tracing::warn!(
+                "{waiting} result(s) wait in the outbox; they go up when the server starts again"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,231 @@
+//! Turns a queued run into what the engine runs: the configured
+//! repository cloned at the requested ref (git, any URL the server can
+//! reach; git runs with a minimal environment and no prompts), its pipeline
+//! file, the secrets that pipeline names (opened from the database), the
+//! git context (`SENTINEL_COMMIT`, `SENTINEL_BRANCH`, `SENTINEL_REPO`) and,
+//! for a re-run from a stage, the earlier results it keeps.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sentinel_api::{GitContext, StageName, StageStatus};
+use sentinel_engine::ports::{QueueEntry, Store};
+use sentinel_engine::queue::Resolve;
+use sentinel_engine::{Reused, RunRequest};
+use sentinel_server::{RepoConfig, RunSpec};
+use sentinel_store::SledStore;
+use sentinel_store::secrets::SecretsKey;
+
+/// What resolving needs.
+pub struct Resolver {
+    pub store: SledStore,
+    pub repos: BTreeMap<String, RepoConfig>,
+    /// Where checkouts go (one folder per run, removed after it).
+    pub checkouts: PathBuf,
+    pub secrets_key: Option<Arc<SecretsKey>>,
+    pub catalog: sentinel_pipeline::DirCatalog,
+}
+
+/// Runs git with only what it needs from the environment.
+async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("LC_ALL", "C");
+    if let Some(d) = dir {
+        cmd.arg("-C").arg(d);
+    }
+    let out = cmd
+        .args(args)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Clones `url` into `dir` and checks out `git_ref` (a commit, a branch or
+/// a tag); returns the commit and the branch it is on, when a branch was named.
+pub async fn checkout(
+    url: &str,
+    git_ref: &str,
+    dir: &Path,
+) -> Result<(String, Option<String>), String> {
+    if git_ref.starts_with('-') {
+        return Err(format!("`{git_ref}` is not a ref"));
+    }
+    let _ = tokio::fs::remove_dir_all(dir).await;
+    let d = dir.to_string_lossy();
+    git(None, &["clone", "--quiet", "--no-checkout", "--", url, &d])
+        .await
+        .map_err(|e| format!("cannot clone {url}: {e}"))?;
+    let remote_branch = format!("refs/remotes/origin/{git_ref}");
+    let is_branch = git(
+        Some(dir),
+        &["show-ref", "--verify", "--quiet", &remote_branch],
+    )
+    .await
+    .is_ok();
+    let target = if is_branch {
+        format!("origin/{git_ref}")
+    } else {
+        git_ref.to_string()
+    };
+    let commit = git(
+        Some(dir),
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{target}^{{commit}}"),
+        ],
+    )
+    .await
+    .map_err(|_| format!("{url} has no commit, branch or tag `{git_ref}`"))?;
+    git(Some(dir), &["checkout", "--quiet", "--detach", &commit])
+        .await
+        .map_err(|e| format!("cannot check out {commit}: {e}"))?;
+    Ok((commit, is_branch.then(|| git_ref.to_string())))
+}
+
+impl Resolver {
+    /// The engine's request for a queued run; its checkout is removed when
+    /// it cannot run.
+    pub async fn resolve(&self, e: QueueEntry) -> Result<RunRequest, String> {
+        let dir = self.checkouts.join(e.run_id.as_str());
+        let r = self.prepare(e, &dir).await;
+        if r.is_err() {
+            let _ = tokio::fs::remove_dir_all(&dir).await;
+        }
+        r
+    }
+
+    async fn prepare(&self, e: QueueEntry, dir: &Path) -> Result<RunRequest, String> {
+        let spec: RunSpec = serde_json::from_value(e.request.clone())
+            .map_err(|err| format!("the queued request is not readable: {err}"))?;
+        let repo = self.repos.get(&spec.repo).ok_or_else(|| {
+            format!(
+                "repository `{}` is no longer in the server's configuration",
+                spec.repo
+            )
+        })?;
+        let (commit, branch) = checkout(&repo.url, &spec.git_ref, dir).await?;
+        let file = dir.join(&repo.pipeline);
+        let catalog = self.catalog.clone();
+        let plan =
+            tokio::task::spawn_blocking(move || sentinel_pipeline::load_with(&file, &catalog))
+                .await
+                .map_err(|err| err.to_string())?
+                .map_err(|err| match err {
+                    sentinel_pipeline::LoadError::Invalid(d) => format!(
+                        "{} at {} is not valid: {}",
+                        repo.pipeline,
+                        &commit[..12.min(commit.len())],
+                        d.0.iter()
+                            .map(|x| x.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                    other => other.to_string(),
+                })?;
+        // Only the secrets the pipeline names, and each of them.
+        let secrets = match &self.secrets_key {
+            Some(key) => self
+                .store
+                .open_secrets(key, &plan.secrets)
+                .map_err(|err| err.to_string())?,
+            None => BTreeMap::new(),
+        };
+        if let Some(missing) = plan.secrets.iter().find(|n| !secrets.contains_key(*n)) {
+            return Err(format!(
+                "secret `{missing}` is not set on this server (sentinel secret set {missing}){}",
+                if self.secrets_key.is_none() {
+                    "; the server has no secrets key"
+                } else {
+                    ""
+                }
+            ));
+        }
+        let reuse = match (&spec.rerun_of, &spec.from) {
+            (Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
+            _ => BTreeMap::new(),
+        };
+        Ok(RunRequest {
+            plan,
+            source: dir.to_path_buf(),
+            skip: Vec::new(),
+            trigger: e.trigger.clone(),
+            git: Some(GitContext {
+                repo: Some(repo.url.clone()),
+                branch: spec.branch.clone().or(branch),
+                commit: Some(commit),
+            }),
+            // The server's own environment is never handed to runs.
+            host_env: BTreeMap::new(),
+            secrets,
+            run_id: Some(e.run_id.clone()),
+            reuse,
+        })
+    }
+
+    /// The stages of `earlier` a re-run from `from` keeps: every stage that
+    /// succeeded there, except `from` and the stages after it, and except
+    /// sensitive ones (their outputs were never stored).
+    async fn reused(
+        &self,
+        earlier: &sentinel_api::RunId,
+        from: &StageName,
+        plan: &sentinel_pipeline::Plan,
+    ) -> Result<BTreeMap<StageName, Reused>, String> {
+        if !plan.stages.iter().any(|s| &s.name == from) {
+            return Err(format!("the pipeline has no stage `{from}` any more"));
+        }
+        // `from` and everything that needs it, directly or not.
+        let mut again = std::collections::BTreeSet::from([from.clone()]);
+        loop {
+            let before = again.len();
+            for s in &plan.stages {
+                if s.needs.iter().any(|n| again.contains(n)) {
+                    again.insert(s.name.clone());
+                }
+            }
+            if again.len() == before {
+                break;
+            }
+        }
+        let docs = self
+            .store
+            .get_stages(earlier)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(docs
+            .into_iter()
+            .filter(|d| d.status == StageStatus::Succeeded && !d.sensitive)
+            .filter(|d| !again.contains(&d.name))
+            .filter(|d| plan.stages.iter().any(|s| s.name == d.name))
+            .map(|d| {
+                let reused = Reused {
+                    run: earlier.clone(),
+                    output: d.output.unwrap_or_default(),
+                    outputs: d.outputs,
+                };
+                (d.name, reused)
+            })
+            .collect())
+    }
+
+    /// As the worker's [`Resolve`].
+    pub fn into_resolve(self) -> Resolve {
+        let me = Arc::new(self);
+        Arc::new(move |e: QueueEntry| {
+            let me = me.clone();
+            Box::pin(async move { me.resolve(e).await })
+        })
+    }
+}
