@@ -278,9 +278,15 @@ async fn record_unstarted(
         stages: Vec::new(),
         sentinel: env!("CARGO_PKG_VERSION").to_string(),
     });
+    if run.status.is_final() && run.finished.is_some() {
+        // Ended already (its runner recorded it): one final state only.
+        return Ok(());
+    }
     run.status = status;
     run.reason = Some(reason.to_string());
     run.finished = Some(now);
+    let e = crate::docs::event(None, status.as_str(), run.reason.clone());
+    engine.store.append_event(&run.id, &e).await?;
     engine.store.put_run(&run, true).await?;
     engine.sink.put_run(&run).await?;
     engine.sink.update_index(&RunSummary::of(&run)).await

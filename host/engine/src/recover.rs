@@ -86,6 +86,8 @@ async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), Storage
         apply_run_event(&mut run, RunEvent::Interrupt);
         run.reason = Some(why.to_string());
         run.finished = Some(now);
+        let e = crate::docs::event(None, run.status.as_str(), run.reason.clone());
+        engine.store.append_event(id, &e).await?;
     }
     engine.sink.put_run(&run).await?;
     engine.sink.update_index(&RunSummary::of(&run)).await?;

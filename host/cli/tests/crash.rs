@@ -1,0 +1,264 @@
+//! Crash safety of `sentinel serve`: 20 rounds of `kill -9` at a random
+//! moment while 20 runs (container stages) are being triggered and run,
+//! restarting the server each time. Afterwards every run whose trigger got
+//! a 2xx exists and ended in exactly one final state (one run-level final
+//! event), no run is `running` without a live lease (no lease is left at
+//! all), nothing waits in the queue, and no container or network of these
+//! runs is left behind.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::server::{Server, bare_repo, free_port};
+use sentinel_engine::ports::{RunQueue, Store};
+
+const PIPELINE: &str = r#"version: 1
+name: crashy
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  first:
+    run: echo one; sleep 0.3
+  second:
+    after: [first]
+    run: echo two
+"#;
+
+/// A small xorshift, seeded from the clock (printed, to replay a failure).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
+    common::docker().await;
+    let seed = std::env::var("SENTINEL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    println!("seed {seed} (SENTINEL_CRASH_SEED={seed} replays it)");
+    let mut rng = Rng(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", PIPELINE)]);
+    let state = tmp.path().join("state");
+    // A trigger token, made in the database before any server runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .arg("--state")
+        .arg(&state)
+        .args(["token", "create", "--name", "crash", "--scope", "trigger"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let repo = format!("app={url}");
+    let args = [
+        "--listen",
+        listen.as_str(),
+        "--repo",
+        repo.as_str(),
+        "--runs",
+        "3",
+        "--max-attempts",
+        "3",
+    ];
+    let base = format!("http://{listen}");
+
+    // 20 triggers, retried while the server is down; each 2xx is kept.
+    let accepted: Arc<Mutex<Vec<String>>> = Arc::default();
+    let triggers = {
+        let (accepted, base, token) = (accepted.clone(), base.clone(), token.clone());
+        let mut gaps: Vec<u64> = (0..20).map(|_| rng.below(2000)).collect();
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap();
+            for gap in gaps.drain(..) {
+                loop {
+                    let res = http
+                        .post(format!("{base}/api/v1/runs"))
+                        .bearer_auth(&token)
+                        .json(&serde_json::json!({ "repo": "app", "ref": "main" }))
+                        .send()
+                        .await;
+                    if let Ok(r) = res
+                        && r.status().is_success()
+                        && let Ok(v) = r.json::<serde_json::Value>().await
+                    {
+                        accepted
+                            .lock()
+                            .unwrap()
+                            .push(v["id"].as_str().unwrap().to_string());
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(gap)).await;
+            }
+        })
+    };
+
+    for round in 0..20 {
+        let mut server = Server::start(&state, &args, &[]);
+        tokio::time::sleep(Duration::from_millis(100 + rng.below(2900))).await;
+        server.child.kill().unwrap(); // SIGKILL
+        server.child.wait().unwrap();
+        let log = server.log();
+        assert!(
+            !log.contains("panicked"),
+            "round {round}: the server panicked:\n{log}"
+        );
+    }
+
+    // The last start: everything accepted ends.
+    let server = Server::start(&state, &args, &[]);
+    tokio::time::timeout(Duration::from_secs(120), triggers)
+        .await
+        .expect("the triggers did not get through")
+        .unwrap();
+    let accepted: Vec<String> = accepted.lock().unwrap().clone();
+    assert_eq!(accepted.len(), 20);
+    let http = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(240);
+    let mut statuses = BTreeMap::new();
+    for id in &accepted {
+        loop {
+            let v: serde_json::Value = http
+                .get(format!("{base}/api/v1/runs/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let status = v["run"]["status"].as_str().unwrap_or("missing").to_string();
+            assert_ne!(status, "missing", "accepted run {id} is gone: {v}");
+            if !matches!(status.as_str(), "queued" | "running") {
+                statuses.insert(id.clone(), status);
+                break;
+            }
+            assert!(Instant::now() < until, "run {id} never ended: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Let the retries (new attempts of interrupted runs) end too.
+    let until = Instant::now() + Duration::from_secs(240);
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{base}/api/v1/runs?limit=500"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let going = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r["status"].as_str(), Some("queued" | "running")))
+            .count();
+        if going == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "{going} run(s) never ended");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // After twenty kills, the server still runs a run through.
+    let v: serde_json::Value = http
+        .post(format!("{base}/api/v1/runs"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({ "repo": "app", "ref": "main" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = v["id"].as_str().unwrap().to_string();
+    let until = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v: serde_json::Value = http
+            .get(format!("{base}/api/v1/runs/{last}"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match v["run"]["status"].as_str() {
+            Some("succeeded") => break,
+            Some("queued" | "running") => {}
+            other => panic!("the run after the kills ended {other:?}: {v}"),
+        }
+        assert!(Instant::now() < until, "the run after the kills never ended");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop();
+    println!("accepted runs: {statuses:?}");
+
+    // The database, read directly once the server is gone.
+    let db = sentinel_store::SledStore::try_open(&state).unwrap();
+    assert!(db.leases().await.unwrap().is_empty(), "a lease is left");
+    let abandoned = db
+        .take_abandoned(chrono::Utc::now() + chrono::Duration::days(1), &|_| true)
+        .await
+        .unwrap();
+    assert!(abandoned.is_empty(), "runs left in the queue: {abandoned:?}");
+    assert_eq!(RunQueue::waiting(&db).await.unwrap(), 0);
+    let runs = db.list_runs(1000).await.unwrap();
+    let ids: BTreeSet<String> = runs.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids.len(), runs.len(), "no run is stored twice");
+    for id in &accepted {
+        assert!(ids.contains(id), "accepted run {id} has no document");
+    }
+    for run in &runs {
+        assert!(run.status.is_final(), "run {} is {}", run.id, run.status);
+        let finals = db
+            .get_events(&run.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.stage.is_none())
+            .filter(|e| {
+                matches!(
+                    e.status.as_str(),
+                    "succeeded" | "failed" | "cancelled" | "interrupted"
+                )
+            })
+            .count();
+        assert_eq!(finals, 1, "run {} ended {finals} times", run.id);
+        let left = common::leftovers(Some(run.id.as_str())).await;
+        assert!(left.is_empty(), "run {} left {left:?}", run.id);
+    }
+    let succeeded = runs
+        .iter()
+        .filter(|r| r.status == sentinel_api::RunStatus::Succeeded)
+        .count();
+    println!(
+        "{} runs stored ({} accepted), {succeeded} succeeded",
+        runs.len(),
+        accepted.len()
+    );
+}
