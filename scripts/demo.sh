@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+scripts/build-web.sh
 cargo build -p sentinel
 bin=target/debug/sentinel
 # The demo's secret: every form of it is masked in logs and documents.
@@ -31,3 +32,7 @@ curl -s -H "Host: $S3_BUCKET.web.localhost" http://127.0.0.1:3902/publish-demo/i
 echo
 echo "Open the results: $(pwd)/examples/{demo,steps,publish}/.sentinel/results"
 echo "(runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"
+echo
+# The server: sentinel serve on the embedded default, the demo pipeline
+# triggered through its HTTP API.
+scripts/demo-server.sh

@@ -16,7 +16,7 @@ need_root() {
 }
 
 missing=()
-for pkg in docker.io busybox-static jq curl; do
+for pkg in docker.io busybox-static jq curl git wrk chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -11,6 +11,7 @@ mod run;
 mod secret;
 mod serve;
 mod trigger;
+mod web;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +92,11 @@ enum Command {
     Serve(serve::config::ServeArgs),
     /// Queue a run on a server.
     Trigger(trigger::TriggerArgs),
+    /// The results web app.
+    Web {
+        #[command(subcommand)]
+        cmd: web::WebCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +145,7 @@ fn main() -> ExitCode {
             Command::Token { cmd } => admin::token(&cli.paths, cmd).await,
             Command::Secret { cmd } => secret::secret(&cli.paths, cmd).await,
             Command::Trigger(args) => trigger::trigger(&cli.paths, args).await,
+            Command::Web { cmd } => web::web(&cli.paths, cmd).await,
             Command::Serve(_) => unreachable!("handled above"),
         }
     });

@@ -59,7 +59,8 @@ pub struct S3Args {
 }
 
 impl S3Args {
-    fn config(&self) -> anyhow::Result<Option<sentinel_s3::S3Config>> {
+    /// The S3 configuration, when `--s3` is given.
+    pub fn config(&self) -> anyhow::Result<Option<sentinel_s3::S3Config>> {
         let Some(url) = &self.s3 else {
             return Ok(None);
         };

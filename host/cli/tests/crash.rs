@@ -212,7 +212,10 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
             Some("queued" | "running") => {}
             other => panic!("the run after the kills ended {other:?}: {v}"),
         }
-        assert!(Instant::now() < until, "the run after the kills never ended");
+        assert!(
+            Instant::now() < until,
+            "the run after the kills never ended"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     server.stop();
@@ -225,7 +228,10 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
         .take_abandoned(chrono::Utc::now() + chrono::Duration::days(1), &|_| true)
         .await
         .unwrap();
-    assert!(abandoned.is_empty(), "runs left in the queue: {abandoned:?}");
+    assert!(
+        abandoned.is_empty(),
+        "runs left in the queue: {abandoned:?}"
+    );
     assert_eq!(RunQueue::waiting(&db).await.unwrap(), 0);
     let runs = db.list_runs(1000).await.unwrap();
     let ids: BTreeSet<String> = runs.iter().map(|r| r.id.to_string()).collect();

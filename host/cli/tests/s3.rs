@@ -6,28 +6,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Output};
 
 use common::Project;
 
 const PIPELINE: &str = "version: 1\nstages:\n  pluck:\n    step: jq-pluck@1\n    with: {input: '{\"k\": \"from-s3-test\"}', filter: .k, raw: 'true'}\n";
 
-/// The S3 server's settings (`KEY=value` lines of the script).
-fn s3() -> BTreeMap<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
-    let out = Command::new("bash").arg(&script).output().expect("bash");
-    assert!(
-        out.status.success(),
-        "scripts/s3-server.sh could not start the S3 server (scripts/setup.sh installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .flat_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect()
-}
+use common::s3_server as s3;
 
 fn run(p: &Project, s3: &BTreeMap<String, String>, url: &str, endpoint: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sentinel"))

@@ -131,6 +131,17 @@ impl S3Sink {
         &self.cfg.bucket
     }
 
+    /// Uploads a file at `key` under the prefix, with its content type (the
+    /// web app's files; multipart when large).
+    pub async fn put_object(
+        &self,
+        key: &str,
+        file: &std::path::Path,
+        content_type: &str,
+    ) -> Result<(), StorageError> {
+        upload::put_file(self, key, file, content_type).await
+    }
+
     async fn put_json<T: Serialize + Sync>(&self, key: &str, doc: &T) -> Result<(), StorageError> {
         let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| err("encode", e))?;
         bytes.push(b'\n');

@@ -142,6 +142,8 @@ pub struct AppState {
     /// The local results folder: logs are read from it and it is served
     /// read-only under `/results/`.
     pub results_dir: Option<PathBuf>,
+    /// The built results web app, served at `/` (public: it holds no data).
+    pub web_dir: Option<PathBuf>,
     limiter: Arc<auth::Limiter>,
 }
 
@@ -167,6 +169,7 @@ impl AppState {
             github_secret: None,
             secrets_key: None,
             results_dir: None,
+            web_dir: None,
             limiter,
         }
     }

@@ -182,6 +182,7 @@ pub const ROUTES: &[Route] = &[
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit;
     Router::new()
+        .route("/config.json", get(web_config))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
@@ -213,9 +214,27 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/secrets/{name}",
             put(admin::put_secret).delete(admin::delete_secret),
         )
-        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .fallback(web_app)
         .layer(RequestBodyLimitLayer::new(limit))
         .with_state(state)
+}
+
+async fn web_config() -> Json<Value> {
+    Json(json!({ "mode": "live", "results": "/results/", "api": "/api/v1" }))
+}
+
+/// The web app's files for any other GET; 404 JSON otherwise.
+async fn web_app(State(s): St, req: Request<Body>) -> Response {
+    let path = req.uri().path();
+    let api = path.starts_with("/api/") || path.starts_with("/results/");
+    let read = req.method() == axum::http::Method::GET || req.method() == axum::http::Method::HEAD;
+    match &s.web_dir {
+        Some(dir) if read && !api => match ServeDir::new(dir).oneshot(req).await {
+            Ok(res) if res.status() != StatusCode::NOT_FOUND => res.map(Body::new),
+            _ => ApiError::not_found("no such file").into_response(),
+        },
+        _ => ApiError::not_found("no such endpoint").into_response(),
+    }
 }
 
 async fn health() -> Json<Value> {

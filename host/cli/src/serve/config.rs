@@ -28,6 +28,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     pub secrets_key_file: Option<PathBuf>,
     pub github_webhook_secret_file: Option<PathBuf>,
+    pub web: Option<PathBuf>,
     pub s3: Option<S3Section>,
     #[serde(default)]
     pub api: Option<ApiConfig>,
@@ -84,6 +85,10 @@ pub struct ServeArgs {
     /// The file holding the key that seals run secrets (or SENTINEL_SECRETS_KEY).
     #[arg(long, env = "SENTINEL_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    /// The built web app to serve at `/` (default: `web/` beside the binary,
+    /// or the nearest `dist/` above it).
+    #[arg(long, env = "SENTINEL_WEB")]
+    pub web: Option<PathBuf>,
     /// Publish results to `s3://bucket/prefix` too (credentials: the AWS chain).
     #[arg(long, env = "SENTINEL_S3")]
     pub s3: Option<String>,
@@ -114,8 +119,22 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub github_webhook_secret_file: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub web: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Section>,
     pub api: ApiConfig,
+}
+
+/// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
+fn default_web() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let beside = exe.parent()?.join("web");
+    if beside.join("index.html").is_file() {
+        return Some(beside);
+    }
+    exe.ancestors()
+        .map(|a| a.join("dist"))
+        .find(|d| d.join("index.html").is_file())
 }
 
 /// Reads a TOML file, naming the line and column of a mistake.
@@ -200,6 +219,7 @@ impl Settings {
                 .unwrap_or(LogFormat::Text),
             secrets_key_file: args.secrets_key_file.clone().or(file.secrets_key_file),
             github_webhook_secret_file: file.github_webhook_secret_file,
+            web: args.web.clone().or(file.web).or_else(default_web),
             s3,
             api,
         })

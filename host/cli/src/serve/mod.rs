@@ -149,6 +149,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     state.github_secret = github_secret.map(Into::into);
     state.secrets_key = secrets_key;
     state.results_dir = Some(dirs.results.clone());
+    state.web_dir = settings.web.clone();
     let app = sentinel_server::router(state);
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -161,6 +162,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         url = %url,
         results = %dirs.results.display(),
         bucket = settings.s3.as_ref().map(|s| s.url.as_str()).unwrap_or("none"),
+        web = settings.web.as_ref().map(|w| w.display().to_string()).unwrap_or_else(|| "none (scripts/build-web.sh builds it)".into()),
         "sentinel serve is listening"
     );
 

@@ -1,0 +1,241 @@
+//! Benchmark (not a test) of `sentinel serve`, in one run against a real
+//! server process: `wrk` on `GET /api/v1/runs` with 10,000 stored runs
+//! (p99 latency and requests/s, against `GET /health` on the same server
+//! as the baseline), and the trigger-to-start latency of a queued
+//! wasm-only run (from the API call to its stage starting) against the
+//! `git clone` of the same repository it includes.
+//! Run with `cargo bench -p sentinel --bench serve` (needs `wrk`:
+//! `scripts/setup.sh` installs it, and `scripts/build-steps.sh`).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sentinel_api::{RunDoc, RunStatus, SCHEMA_VERSION, Trigger, TriggerKind};
+use sentinel_engine::ports::Store;
+use sentinel_store::SledStore;
+use sentinel_store::tokens::Scope;
+
+const STORED: usize = 10_000;
+
+fn git(dir: &Path, args: &[&str]) {
+    let ok = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "b")
+        .env("GIT_AUTHOR_EMAIL", "b@example.invalid")
+        .env("GIT_COMMITTER_NAME", "b")
+        .env("GIT_COMMITTER_EMAIL", "b@example.invalid")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("git")
+        .success();
+    assert!(ok, "git {args:?}");
+}
+
+/// Parses wrk's `--latency` report: (requests/s, p50 ms, p99 ms).
+fn wrk(url: &str, token: &str) -> (f64, f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c16", "-d10s", "--latency", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("wrk is needed (scripts/setup.sh installs it): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let ms = |s: &str| -> f64 {
+        let s = s.trim();
+        if let Some(v) = s.strip_suffix("us") {
+            v.parse::<f64>().unwrap() / 1000.0
+        } else if let Some(v) = s.strip_suffix("ms") {
+            v.parse().unwrap()
+        } else if let Some(v) = s.strip_suffix('s') {
+            v.parse::<f64>().unwrap() * 1000.0
+        } else {
+            panic!("wrk latency `{s}`")
+        }
+    };
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
+            .unwrap_or_else(|| panic!("no `{prefix}` in wrk's report:\n{text}"))
+    };
+    let rps: f64 = field("Requests/sec:").trim().parse().unwrap();
+    assert!(!text.contains("Non-2xx"), "wrk saw error answers:\n{text}");
+    (rps, ms(&field("50%")), ms(&field("99%")))
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    // 10,000 stored runs and a read token.
+    let token = {
+        let db = SledStore::try_open(&state).unwrap();
+        let now = Utc::now();
+        for i in 0..STORED {
+            let doc = RunDoc {
+                schema: SCHEMA_VERSION,
+                id: sentinel_engine::docs::new_run_id(),
+                pipeline: format!("pipeline-{}", i % 7),
+                status: if i % 10 == 0 {
+                    RunStatus::Failed
+                } else {
+                    RunStatus::Succeeded
+                },
+                reason: None,
+                trigger: Trigger {
+                    kind: TriggerKind::Api,
+                    by: None,
+                },
+                git: None,
+                created: now,
+                started: Some(now),
+                finished: Some(now),
+                duration_ms: Some(1234),
+                stages: Vec::new(),
+                sentinel: "bench".into(),
+            };
+            db.put_run(&doc, i + 1 == STORED).await.unwrap();
+        }
+        db.create_token("bench", Scope::Trigger).await.unwrap().0
+    };
+
+    // A repository with a wasm-only pipeline.
+    let repo = tmp.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("sentinel.yml"),
+        "version: 1\nname: wasm-only\nstages:\n  pluck:\n    step: jq-pluck@1\n    with:\n      input: '{\"a\": 1}'\n      filter: .a\n",
+    )
+    .unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch=main"]);
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "--quiet", "-m", "bench"]);
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[api.rate_limit]\nper_second = 10000000\nburst = 10000000\n[repos.app]\nurl = \"file://{}\"\n",
+            repo.display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .arg("--state")
+        .arg(&state)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("SENTINEL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = loop {
+        if let Ok(t) = std::fs::read_to_string(state.join("server.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+        {
+            break v["url"].as_str().unwrap().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+
+    println!("GET /api/v1/runs with {STORED} stored runs (wrk -t2 -c16 -d10s, same server):");
+    let (h_rps, h_p50, h_p99) = wrk(&format!("{url}/health"), &token);
+    let (rps, p50, p99) = wrk(&format!("{url}/api/v1/runs"), &token);
+    let (rps500, p50_500, p99_500) = wrk(&format!("{url}/api/v1/runs?limit=500"), &token);
+    println!(
+        "  GET /health (baseline)        {h_rps:>9.0} req/s  p50 {h_p50:.2} ms  p99 {h_p99:.2} ms"
+    );
+    println!(
+        "  GET /api/v1/runs (50/page)    {rps:>9.0} req/s  p50 {p50:.2} ms  p99 {p99:.2} ms   ratio to /health: {:.2}× the req/s, {:.1}× the p99",
+        rps / h_rps,
+        p99 / h_p99
+    );
+    println!(
+        "  GET /api/v1/runs?limit=500    {rps500:>9.0} req/s  p50 {p50_500:.2} ms  p99 {p99_500:.2} ms   ratio to /health: {:.3}× the req/s, {:.1}× the p99",
+        rps500 / h_rps,
+        p99_500 / h_p99
+    );
+
+    // Trigger-to-start of a queued wasm-only run, one at a time.
+    let http = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    let rounds = 31;
+    for i in 0..rounds {
+        let t0 = Utc::now();
+        let v: serde_json::Value = http
+            .post(format!("{url}/api/v1/runs"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({ "repo": "app", "ref": "main" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        let started = loop {
+            let v: serde_json::Value = http
+                .get(format!("{url}/api/v1/runs/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if matches!(v["run"]["status"].as_str(), Some("succeeded" | "failed")) {
+                assert_eq!(v["run"]["status"], "succeeded", "{v}");
+                let s = v["stages"][0]["started"].as_str().unwrap();
+                break chrono::DateTime::parse_from_rfc3339(s).unwrap();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let ms = (started.with_timezone(&Utc) - t0)
+            .num_microseconds()
+            .unwrap() as f64
+            / 1000.0;
+        // The first run compiles the step (cached afterwards): reported apart.
+        if i == 0 {
+            println!("\ntrigger-to-start, first run (compiles jq-pluck): {ms:.1} ms");
+        } else {
+            latencies.push(ms);
+        }
+    }
+    let mut clones = Vec::new();
+    for i in 0..10 {
+        let dest = tmp.path().join(format!("clone-{i}"));
+        let t = Instant::now();
+        git(
+            tmp.path(),
+            &[
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                &format!("file://{}", repo.display()),
+                dest.to_str().unwrap(),
+            ],
+        );
+        git(&dest, &["checkout", "--quiet", "--detach", "main"]);
+        clones.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let clone_p50 = pct(&mut clones, 0.5);
+    let (l50, l99) = (pct(&mut latencies, 0.5), pct(&mut latencies, 0.99));
+    println!(
+        "trigger-to-start of a queued wasm-only run ({} runs, idle server): p50 {l50:.1} ms, p99 {l99:.1} ms",
+        latencies.len()
+    );
+    println!(
+        "  baseline: git clone + checkout of the same repository p50 {clone_p50:.1} ms → trigger-to-start is {:.2}× the clone",
+        l50 / clone_p50
+    );
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+}

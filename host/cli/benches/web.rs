@@ -1,0 +1,162 @@
+//! Benchmark (not a test) of the results web app in headless Chromium: the
+//! time from navigation to a rendered runs list of 1,000 runs (ten index
+//! pages, fetched and drawn), against the default first page of 100 runs
+//! measured in the same run, both served by `sentinel serve`.
+//! Run with `cargo bench -p sentinel --bench web` after `scripts/build-web.sh`
+//! (needs `chromium` and `chromium-driver`: `scripts/setup.sh`).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use fantoccini::ClientBuilder;
+use sentinel_api::{
+    GitContext, RunDoc, RunStatus, RunSummary, SCHEMA_VERSION, Trigger, TriggerKind,
+};
+use sentinel_engine::ResultsSink;
+
+const RUNS: usize = 1000;
+const ROUNDS: usize = 15;
+
+async fn measure(client: &fantoccini::Client, url: &str) -> Vec<f64> {
+    let mut times = Vec::new();
+    for _ in 0..ROUNDS {
+        client.goto("about:blank").await.unwrap();
+        client.goto(url).await.unwrap();
+        let t = loop {
+            let v = client
+                .execute("return window.sentinelRendered || null;", vec![])
+                .await
+                .unwrap();
+            if let Some(t) = v.as_f64() {
+                break t;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        times.push(t);
+    }
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dist = root.join("dist");
+    assert!(
+        dist.join("index.html").is_file(),
+        "run scripts/build-web.sh first"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let results = tmp.path().join("results");
+    let sink = sentinel_results::LocalSink::new(&results);
+    let now = Utc::now();
+    for i in 0..RUNS {
+        let run = RunDoc {
+            schema: SCHEMA_VERSION,
+            id: sentinel_engine::docs::new_run_id(),
+            pipeline: format!("service-{}", i % 9),
+            status: if i % 11 == 0 {
+                RunStatus::Failed
+            } else {
+                RunStatus::Succeeded
+            },
+            reason: None,
+            trigger: Trigger {
+                kind: TriggerKind::Webhook,
+                by: None,
+            },
+            git: Some(GitContext {
+                repo: None,
+                branch: Some(["main", "dev", "release"][i % 3].into()),
+                commit: Some(format!("{:040x}", i * 7919)),
+            }),
+            created: now,
+            started: Some(now),
+            finished: Some(now),
+            duration_ms: Some(1000 + i as u64),
+            stages: Vec::new(),
+            sentinel: "bench".into(),
+        };
+        sink.update_index(&RunSummary::of(&run)).await.unwrap();
+    }
+    let state = tmp.path().join("state");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .arg("--state")
+        .arg(&state)
+        .arg("--results")
+        .arg(&results)
+        .args(["serve", "--listen", "127.0.0.1:0", "--public-read", "--web"])
+        .arg(&dist)
+        .env("SENTINEL_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = loop {
+        if let Ok(t) = std::fs::read_to_string(state.join("server.json"))
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+        {
+            break v["url"].as_str().unwrap().to_string();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (scripts/setup.sh installs it)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({ "binary": "/usr/bin/chromium", "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900",
+            format!("--user-data-dir={}", profile.path().display())
+        ]}),
+    );
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let rows = |n: usize| format!("{url}/?limit={n}#/");
+    // Warm the cache of the app's files first.
+    measure(&client, &rows(100)).await;
+    let page = measure(&client, &rows(100)).await;
+    let all = measure(&client, &rows(RUNS)).await;
+    let count = client
+        .execute(
+            "return document.querySelectorAll('tr.run-row').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(count, serde_json::json!(RUNS), "all runs rendered");
+    let p = |v: &[f64], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    println!("runs list, navigation → rendered rows, {ROUNDS} loads each (headless Chromium):");
+    println!(
+        "  100 runs (first index page, baseline): p50 {:.0} ms, max {:.0} ms",
+        p(&page, 0.5),
+        p(&page, 1.0)
+    );
+    println!(
+        "  {RUNS} runs (10 index pages):            p50 {:.0} ms, max {:.0} ms  → {:.2}× the first page (goal < 500 ms)",
+        p(&all, 0.5),
+        p(&all, 1.0),
+        p(&all, 0.5) / p(&page, 0.5)
+    );
+    let _ = client.close().await;
+    let _ = driver.kill();
+    let _ = driver.wait();
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+}

@@ -1,0 +1,276 @@
+//! The results web app in a real headless Chromium:
+//! 1. static: the built app and three runs (one failed, with a secret) in a
+//!    bucket of the real S3 server with website hosting; the browser opens
+//!    the website, sees the runs, opens the failed run, finds the failed
+//!    stage marked failed in the DAG, opens its log and sees the secret as
+//!    `***`, never its value; a missing results prefix shows an error
+//!    naming the URL;
+//! 2. live: the app served by `sentinel serve` shows a stage go from
+//!    running to succeeded without a reload.
+//!
+//! Each step saves a screenshot under `target/screenshots/`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::browser::{Browser, dist};
+use common::server::{Server, bare_repo};
+
+const PIPELINE: &str = r#"version: 1
+name: webby
+box: sentinel/busybox:local
+defaults:
+  network: none
+secrets: [WEB_SECRET]
+env:
+  MODE: ~
+stages:
+  prepare:
+    run: echo "preparing"
+  check:
+    after: [prepare]
+    env:
+      TOKEN: ${secrets.WEB_SECRET}
+    run: |
+      printf '\033[32mgreen\033[0m and plain\n'
+      echo "the token is $TOKEN"
+      test "$MODE" = pass
+  publish:
+    after: [check]
+    run: echo published
+"#;
+
+const SECRET: &str = "web-secret-value-4711";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
+    common::docker().await;
+    let dist = dist();
+    let s3 = common::s3_server();
+    let project = common::Project::new(PIPELINE);
+    let prefix = format!("web-{}", std::process::id());
+    let url = format!("s3://{}/{prefix}", s3["S3_BUCKET"]);
+    let endpoint = s3["S3_ENDPOINT"].clone();
+    let sentinel = |args: &[&str], mode: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .arg("-C")
+            .arg(&project.source)
+            .arg("--state")
+            .arg(&project.state)
+            .arg("--results")
+            .arg(&project.results)
+            .args(args)
+            .args([
+                "--s3",
+                &url,
+                "--s3-endpoint",
+                &endpoint,
+                "--s3-region",
+                &s3["S3_REGION"],
+                "--s3-path-style",
+            ])
+            .env("AWS_ACCESS_KEY_ID", &s3["AWS_ACCESS_KEY_ID"])
+            .env("AWS_SECRET_ACCESS_KEY", &s3["AWS_SECRET_ACCESS_KEY"])
+            .env_remove("AWS_PROFILE")
+            .env("MODE", mode)
+            .env("WEB_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    for mode in ["pass", "pass", "fail"] {
+        let out = sentinel(&["run"], mode);
+        assert_eq!(
+            out.status.code(),
+            Some(if mode == "pass" { 0 } else { 1 }),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = sentinel(
+        &["web", "publish", "--dist", dist.to_str().unwrap()],
+        "pass",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let site = format!(
+        "http://{}.web.localhost:3902/{prefix}/index.html",
+        s3["S3_BUCKET"]
+    );
+    let b = Browser::start().await;
+    b.client.goto(&site).await.unwrap();
+    b.find("tr.run-row").await;
+    let until = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = b
+            .client
+            .find_all(fantoccini::Locator::Css("tr.run-row"))
+            .await
+            .unwrap();
+        if rows.len() >= 3 || Instant::now() > until {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rows.len(), 3, "three runs listed");
+    assert!(
+        b.client
+            .find(fantoccini::Locator::Css(".snapshot"))
+            .await
+            .is_ok(),
+        "marked a static snapshot"
+    );
+    b.screenshot("web-static-runs").await;
+
+    // The failed run, its DAG, the failed stage.
+    b.find("tr.run-row.status-failed a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let node = b.find(r#"a.node[data-stage="check"]"#).await;
+    assert_eq!(
+        node.attr("data-status").await.unwrap().as_deref(),
+        Some("failed")
+    );
+    let publish = b.find(r#"a.node[data-stage="publish"]"#).await;
+    assert_eq!(
+        publish.attr("data-status").await.unwrap().as_deref(),
+        Some("skipped")
+    );
+    let title = b.client.title().await.unwrap();
+    assert!(title.contains("failed"), "the tab says it: {title}");
+    b.screenshot("web-static-failed-run").await;
+
+    node.click().await.unwrap();
+    let log = b
+        .wait_text(".log", |t| t.contains("the token is"), "the log is shown")
+        .await;
+    assert!(log.contains("the token is ***"), "{log}");
+    let html = b.client.source().await.unwrap();
+    assert!(
+        !html.contains(SECRET),
+        "the secret's value reached the page"
+    );
+    // ANSI colours became a class, not escape codes.
+    assert!(
+        html.contains("ansi-fg-2") && !html.contains("\u{1b}["),
+        "colours rendered"
+    );
+    b.screenshot("web-static-stage-log").await;
+
+    // A missing results prefix: an error naming the URL.
+    let missing = format!(
+        "http://{}.web.localhost:3902/no-such-prefix-{}/",
+        s3["S3_BUCKET"],
+        std::process::id()
+    );
+    b.client
+        .goto(&format!("{site}?results={missing}"))
+        .await
+        .unwrap();
+    let error = b
+        .wait_text(
+            ".error",
+            |t| t.contains("Could not load"),
+            "an error is shown",
+        )
+        .await;
+    assert!(
+        error.contains(&format!("{missing}runs/index.json")) && error.contains("404"),
+        "{error}"
+    );
+    b.screenshot("web-missing-prefix").await;
+    b.close().await;
+}
+
+const LIVE: &str = r#"version: 1
+name: live
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  slow:
+    run: |
+      for i in 1 2 3 4 5 6 7 8 9 10; do echo "tick $i"; sleep 0.5; done
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_app_follows_a_stage_live_without_reloading() {
+    common::docker().await;
+    let dist = dist();
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", LIVE)]);
+    let repo_arg = format!("app={repo}");
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--repo",
+            &repo_arg,
+            "--web",
+            dist.to_str().unwrap(),
+            "--public-read",
+        ],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let v: serde_json::Value = http
+        .post(format!("{}/api/v1/runs", server.url))
+        .bearer_auth(&server.admin)
+        .json(&serde_json::json!({ "repo": "app", "ref": "main" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/run/{id}", server.url))
+        .await
+        .unwrap();
+    b.find(".live-badge").await;
+    // Running…
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let node = b.find(r#"a.node[data-stage="slow"]"#).await;
+        if node.attr("data-status").await.unwrap().as_deref() == Some("running") {
+            break;
+        }
+        assert!(Instant::now() < until, "the stage never showed running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.screenshot("web-live-running").await;
+    // A mark on the page: a reload would wipe it.
+    b.client
+        .execute("window.sentinelMark = 42; return null;", vec![])
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let node = b.find(r#"a.node[data-stage="slow"]"#).await;
+        if node.attr("data-status").await.unwrap().as_deref() == Some("succeeded") {
+            break;
+        }
+        assert!(Instant::now() < until, "the stage never showed succeeded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mark = b
+        .client
+        .execute("return window.sentinelMark || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(mark, serde_json::json!(42), "the page was not reloaded");
+    b.screenshot("web-live-succeeded").await;
+    b.close().await;
+    server.stop();
+}

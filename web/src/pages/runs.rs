@@ -1,0 +1,207 @@
+//! The runs: the paged index, newest first, filtered by status and branch
+//! and searched by pipeline, id or commit; older pages on demand
+//! (`?limit=N` preloads N runs).
+
+use leptos::prelude::*;
+use sentinel_api::{IndexPage, RunSummary, keys};
+
+use super::{ErrorBox, Refresh};
+use crate::fetch::{self, FetchError};
+use crate::route::Route;
+use crate::source::{Mode, Source};
+use crate::status;
+
+fn wanted() -> usize {
+    web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .and_then(|s| web_sys::UrlSearchParams::new_with_str(&s).ok())
+        .and_then(|p| p.get("limit"))
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(keys::INDEX_PAGE_SIZE)
+}
+
+/// Loads pages until `want` runs (or the last page).
+async fn load(source: &Source, want: usize) -> Result<(Vec<RunSummary>, Option<String>), FetchError> {
+    let mut runs = Vec::new();
+    let mut key = Some(keys::index_page(0));
+    while let Some(k) = key.take() {
+        let url = source.url(&k);
+        let Some(page) = fetch::json_opt::<IndexPage>(&url).await? else {
+            if runs.is_empty() && k == keys::index_page(0) {
+                return Err(FetchError {
+                    url,
+                    what: "HTTP 404: 404 Not Found — no runs index at this address (is the results prefix right?)".into(),
+                });
+            }
+            break;
+        };
+        runs.extend(page.runs);
+        key = page.next;
+        if runs.len() >= want {
+            break;
+        }
+    }
+    Ok((runs, key))
+}
+
+fn mark_rendered() {
+    if let Some(w) = web_sys::window() {
+        let now = w.performance().map(|p| p.now()).unwrap_or_default();
+        let _ = js_sys::Reflect::set(&w, &"sentinelRendered".into(), &now.into());
+    }
+}
+
+#[component]
+pub fn Runs() -> impl IntoView {
+    let source = expect_context::<Source>();
+    let Refresh(refresh) = expect_context::<Refresh>();
+    let runs = RwSignal::new(Vec::<RunSummary>::new());
+    let next = RwSignal::new(None::<String>);
+    let error = RwSignal::new(None::<FetchError>);
+    let loading = RwSignal::new(true);
+    let (status_f, set_status_f) = signal(String::new());
+    let (branch_f, set_branch_f) = signal(String::new());
+    let (search, set_search) = signal(String::new());
+    status::show_in_tab("Runs · Sentinel", None);
+
+    let src = source.clone();
+    Effect::new(move |_| {
+        refresh.track();
+        let src = src.clone();
+        loading.set(true);
+        leptos::task::spawn_local(async move {
+            match load(&src, wanted()).await {
+                Ok((r, n)) => {
+                    runs.set(r);
+                    next.set(n);
+                    error.set(None);
+                }
+                Err(e) => error.set(Some(e)),
+            }
+            loading.set(false);
+        });
+    });
+    // Live: the index is refreshed while the page is open.
+    if source.mode == Mode::Live {
+        let handle = set_interval_with_handle(
+            move || refresh.update(|n| *n += 1),
+            std::time::Duration::from_secs(5),
+        );
+        if let Ok(h) = handle {
+            on_cleanup(move || h.clear());
+        }
+    }
+    let src = source.clone();
+    let older = move |_| {
+        let Some(k) = next.get() else { return };
+        let url = src.url(&k);
+        leptos::task::spawn_local(async move {
+            match fetch::json::<IndexPage>(&url).await {
+                Ok(page) => {
+                    runs.update(|r| r.extend(page.runs));
+                    next.set(page.next);
+                }
+                Err(e) => error.set(Some(e)),
+            }
+        });
+    };
+    let branches = move || {
+        let mut b: Vec<String> = runs
+            .get()
+            .iter()
+            .filter_map(|r| r.git.as_ref().and_then(|g| g.branch.clone()))
+            .collect();
+        b.sort();
+        b.dedup();
+        b
+    };
+    let shown = move || {
+        let (s, b, q) = (status_f.get(), branch_f.get(), search.get().to_lowercase());
+        runs.get()
+            .into_iter()
+            .filter(|r| s.is_empty() || r.status.as_str() == s)
+            .filter(|r| {
+                b.is_empty() || r.git.as_ref().and_then(|g| g.branch.as_deref()) == Some(b.as_str())
+            })
+            .filter(|r| {
+                q.is_empty()
+                    || r.pipeline.to_lowercase().contains(&q)
+                    || r.id.as_str().to_lowercase().contains(&q)
+                    || r.git
+                        .as_ref()
+                        .and_then(|g| g.commit.as_deref())
+                        .is_some_and(|c| c.starts_with(&q))
+            })
+            .collect::<Vec<_>>()
+    };
+    Effect::new(move |_| {
+        if !loading.get() {
+            request_animation_frame(mark_rendered);
+        }
+    });
+    view! {
+        <h1>"Runs"</h1>
+        <div class="filters" role="search">
+            <label>"Status "
+                <select on:change=move |ev| set_status_f.set(event_target_value(&ev))>
+                    <option value="">"all"</option>
+                    {["succeeded", "failed", "running", "queued", "cancelled", "interrupted"]
+                        .into_iter()
+                        .map(|s| view! { <option value=s>{s}</option> })
+                        .collect_view()}
+                </select>
+            </label>
+            <label>"Branch "
+                <select on:change=move |ev| set_branch_f.set(event_target_value(&ev))>
+                    <option value="">"all"</option>
+                    {move || branches().into_iter().map(|b| view! { <option value=b.clone()>{b.clone()}</option> }).collect_view()}
+                </select>
+            </label>
+            <input type="search" placeholder="pipeline, run id or commit" aria-label="search runs"
+                on:input=move |ev| set_search.set(event_target_value(&ev)) />
+        </div>
+        {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
+        {move || (loading.get() && runs.get().is_empty() && error.get().is_none()).then(|| view! { <p class="loading">"Loading…"</p> })}
+        {move || (!loading.get() && error.get().is_none() && runs.get().is_empty()).then(|| view! { <p class="empty">"No runs yet."</p> })}
+        <table class="runs">
+            <thead><tr><th>"Status"</th><th>"Pipeline"</th><th>"Run"</th><th>"Branch"</th><th>"Commit"</th><th>"Started"</th><th>"Took"</th><th>"Stages"</th></tr></thead>
+            <tbody>
+                <For each=shown key=|r| (r.id.to_string(), r.status.as_str()) let:r>
+                    <RunRow run=r />
+                </For>
+            </tbody>
+        </table>
+        {move || next.get().is_some().then(|| view! { <button class="older" on:click=older.clone()>"Older runs"</button> })}
+    }
+}
+
+#[component]
+fn RunRow(run: RunSummary) -> impl IntoView {
+    let href = Route::Run(run.id.to_string()).href();
+    let st = run.status.as_str();
+    let branch = run.git.as_ref().and_then(|g| g.branch.clone()).unwrap_or_default();
+    let commit = run
+        .git
+        .as_ref()
+        .and_then(|g| g.commit.clone())
+        .map(|c| c.chars().take(10).collect::<String>())
+        .unwrap_or_default();
+    let stages = run
+        .stages
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    view! {
+        <tr class=format!("run-row status-{st}") data-run=run.id.to_string()>
+            <td><span class=status::class(st)>{format!("{} {st}", status::symbol(st))}</span></td>
+            <td>{run.pipeline.clone()}</td>
+            <td><a href=href>{run.id.to_string()}</a></td>
+            <td>{branch}</td>
+            <td><code>{commit}</code></td>
+            <td>{run.created.format("%Y-%m-%d %H:%M:%S").to_string()}</td>
+            <td>{status::duration(run.duration_ms)}</td>
+            <td class="muted">{stages}</td>
+        </tr>
+    }
+}

@@ -1,0 +1,247 @@
+//! A stage: its status, failure reason, outputs, artifacts and log — ANSI
+//! colours rendered, every line linkable, searchable, downloadable; while
+//! it runs (live mode) the log follows its tail, until the reader scrolls up.
+
+use leptos::html::Div;
+use leptos::prelude::*;
+use sentinel_api::{RunId, StageDoc, StageName, keys};
+
+use super::{ErrorBox, Refresh, Token};
+use crate::fetch::{self, FetchError};
+use crate::live;
+use crate::route::Route;
+use crate::source::{Mode, Source};
+use crate::{ansi, status};
+
+#[component]
+pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoView {
+    let source = expect_context::<Source>();
+    let Refresh(refresh) = expect_context::<Refresh>();
+    let ids = run
+        .parse::<RunId>()
+        .map_err(|e| e.to_string())
+        .and_then(|r| stage.parse::<StageName>().map(|s| (r, s)).map_err(|e| e.to_string()));
+    let (run_id, name) = match ids {
+        Ok(x) => x,
+        Err(what) => {
+            let error = FetchError {
+                url: Route::Stage { run, stage, line }.href(),
+                what,
+            };
+            return view! { <ErrorBox error=error /> }.into_any();
+        }
+    };
+    let doc = RwSignal::new(None::<StageDoc>);
+    let log = RwSignal::new(String::new());
+    let error = RwSignal::new(None::<FetchError>);
+    let follow = RwSignal::new(true);
+    let (search, set_search) = signal(String::new());
+    let stream = StoredValue::new_local(None::<live::Stream>);
+    let doc_url = source.url(&keys::stage_doc(&run_id, &name));
+    let log_url = source.url(&keys::stage_log(&run_id, &name));
+    let zip_url = source.url(&keys::stage_artifacts(&run_id, &name));
+    let live_mode = source.mode == Mode::Live;
+    let api = source.api.clone().unwrap_or_default();
+    let stream_url = format!("{api}/runs/{run_id}/stages/{name}/log/stream");
+
+    // The document (a running stage has none yet in the results: ask the run).
+    let load = {
+        let (doc_url, log_url, stream_url) = (doc_url.clone(), log_url.clone(), stream_url.clone());
+        move || {
+            let (doc_url, log_url, stream_url) = (doc_url.clone(), log_url.clone(), stream_url.clone());
+            leptos::task::spawn_local(async move {
+                match fetch::json_opt::<StageDoc>(&doc_url).await {
+                    Ok(Some(d)) => {
+                        let has_log = d.log.is_some();
+                        doc.set(Some(d));
+                        error.set(None);
+                        if has_log {
+                            match fetch::text(&log_url).await {
+                                Ok(t) => log.set(t),
+                                Err(e) => error.set(Some(e)),
+                            }
+                        }
+                    }
+                    Ok(None) if live_mode => {
+                        // Not ended: follow its log live.
+                        let reload = move |_: String| {
+                            // The stage ended: its document and full log are published.
+                            if let Some(w) = web_sys::window() {
+                                let _ = w.location().reload();
+                            }
+                        };
+                        log.set(String::new());
+                        let handlers: Vec<(&'static str, live::Handler)> = vec![
+                            (
+                                "log",
+                                Box::new(move |data: String| {
+                                    let text: String = serde_json::from_str(&data).unwrap_or(data);
+                                    log.update(|l| {
+                                        l.push_str(&text);
+                                        if !text.ends_with('\n') {
+                                            l.push('\n');
+                                        }
+                                    });
+                                }),
+                            ),
+                            ("end", Box::new(reload)),
+                        ];
+                        stream.set_value(live::open(&stream_url, handlers));
+                    }
+                    Ok(None) => error.set(Some(FetchError {
+                        url: doc_url.clone(),
+                        what: "HTTP 404: the stage has no document (it has not ended, or the run has no such stage)".into(),
+                    })),
+                    Err(e) => error.set(Some(e)),
+                }
+            });
+        }
+    };
+    Effect::new(move |_| {
+        refresh.track();
+        load();
+    });
+    on_cleanup(move || stream.set_value(None));
+
+    let log_box = NodeRef::<Div>::new();
+    // Follow the tail while the reader is at the bottom.
+    Effect::new(move |_| {
+        log.track();
+        if follow.get_untracked() && let Some(el) = log_box.get() {
+            request_animation_frame(move || el.set_scroll_top(el.scroll_height()));
+        }
+    });
+    let on_scroll = move |_| {
+        if let Some(el) = log_box.get() {
+            let at_bottom = el.scroll_top() + el.client_height() >= el.scroll_height() - 8;
+            follow.set(at_bottom);
+        }
+    };
+    // A linked line: scrolled to and marked.
+    Effect::new(move |_| {
+        log.track();
+        if let Some(n) = line {
+            request_animation_frame(move || {
+                if let Some(el) = web_sys::window()
+                    .and_then(|w| w.document())
+                    .and_then(|d| d.get_element_by_id(&format!("L{n}")))
+                {
+                    let _ = el.class_list().add_1("target");
+                    el.scroll_into_view();
+                    follow.set(false);
+                }
+            });
+        }
+    });
+    let (r, s) = (run_id.to_string(), name.to_string());
+    let html = move || {
+        let (r, s) = (r.clone(), s.clone());
+        let href = move |n: usize| {
+            Route::Stage {
+                run: r.clone(),
+                stage: s.clone(),
+                line: Some(n),
+            }
+            .href()
+        };
+        ansi::render(&log.get(), &href, &search.get())
+    };
+    let hits = move || {
+        let q = search.get().to_lowercase();
+        if q.is_empty() {
+            return String::new();
+        }
+        let n = log
+            .get()
+            .lines()
+            .filter(|l| ansi::plain(l).to_lowercase().contains(&q))
+            .count();
+        format!("{n} matching line(s)")
+    };
+    let title_name = name.to_string();
+    Effect::new(move |_| {
+        let st = doc.get().map(|d| d.status.as_str()).unwrap_or("running");
+        status::show_in_tab(&format!("{} {} · {}", status::symbol(st), title_name, st), Some(st));
+    });
+    let run_href = Route::Run(run_id.to_string()).href();
+    let file_name = format!("{}-{}.log", run_id, stage);
+    view! {
+        <nav class="crumbs"><a href="#/">"Runs"</a>" / "<a href=run_href>{run_id.to_string()}</a>" / "<span>{stage.clone()}</span></nav>
+        {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
+        {move || doc.get().map(|d| view! { <StageHead doc=d zip_url=zip_url.clone() /> })}
+        {move || (doc.get().is_none() && live_mode && error.get().is_none()).then(|| view! {
+            <h1><span class="status status-running">"● running"</span>" "{stage.clone()}</h1>
+        })}
+        <div class="log-tools">
+            <input type="search" placeholder="search the log" aria-label="search the log"
+                on:input=move |ev| set_search.set(event_target_value(&ev)) />
+            <span class="muted">{hits}</span>
+            <a class="download" href=log_url.clone() download=file_name>"Download"</a>
+            {move || (!follow.get()).then(|| view! {
+                <button on:click=move |_| {
+                    follow.set(true);
+                    if let Some(el) = log_box.get() { el.set_scroll_top(el.scroll_height()); }
+                }>"Follow"</button>
+            })}
+        </div>
+        <div class="log" node_ref=log_box on:scroll=on_scroll tabindex="0" aria-label="log" inner_html=html></div>
+    }
+    .into_any()
+}
+
+#[component]
+fn StageHead(doc: StageDoc, zip_url: String) -> impl IntoView {
+    let source = expect_context::<Source>();
+    let Token(token) = expect_context::<Token>();
+    let st = doc.status.as_str();
+    let failed = matches!(st, "failed" | "cancelled" | "skipped" | "interrupted");
+    let api = source.api.clone().unwrap_or_default();
+    let (run, name) = (doc.run_id.to_string(), doc.name.to_string());
+    let rerun_from = move |_| {
+        let Some(t) = token.get() else { return };
+        let url = format!("{api}/runs/{run}/rerun");
+        let body = serde_json::json!({ "from": name });
+        leptos::task::spawn_local(async move {
+            match fetch::post(&url, &t, Some(body)).await {
+                Ok(v) => {
+                    if let (Some(id), Some(w)) = (v["id"].as_str(), web_sys::window()) {
+                        let _ = w.location().set_hash(&Route::Run(id.to_string()).href());
+                    }
+                }
+                Err(e) => {
+                    if let Some(w) = web_sys::window() {
+                        let _ = w.alert_with_message(&e.to_string());
+                    }
+                }
+            }
+        });
+    };
+    let live = source.mode == Mode::Live;
+    let outputs = doc.outputs.clone();
+    view! {
+        <section class="stage-head">
+            <h1><span class=status::class(st)>{format!("{} {st}", status::symbol(st))}</span>" "{doc.name.to_string()}</h1>
+            {doc.reason.clone().map(|r| view! { <p class="reason">{r}</p> })}
+            <dl class="facts">
+                <dt>"Kind"</dt><dd>{format!("{:?}", doc.kind).to_lowercase()}</dd>
+                {doc.exit_code.map(|c| view! { <dt>"Exit code"</dt><dd>{c}</dd> })}
+                <dt>"Took"</dt><dd>{status::duration(doc.duration_ms)}</dd>
+                {doc.inputs.image.clone().map(|i| view! { <dt>"Image"</dt><dd><code>{i}</code></dd> })}
+                {(doc.log_cut_bytes > 0).then(|| view! { <dt>"Log"</dt><dd>{format!("{} bytes cut from the middle", doc.log_cut_bytes)}</dd> })}
+            </dl>
+            {(!outputs.is_empty()).then(|| view! {
+                <h2>"Outputs"</h2>
+                <table class="outputs">
+                    {outputs.into_iter().map(|(k, v)| view! { <tr><th>{k}</th><td><code>{v}</code></td></tr> }).collect_view()}
+                </table>
+            })}
+            {doc.output.clone().filter(|o| !o.is_empty()).map(|o| view! { <details><summary>"Output"</summary><pre>{o}</pre></details> })}
+            {doc.artifacts.is_some().then(|| view! { <p><a class="artifacts" href=zip_url>"Artifacts (zip)"</a></p> })}
+            {(live && failed).then(|| view! {
+                {move || token.get().is_some().then(|| view! {
+                    <button class="rerun-from" on:click=rerun_from.clone()>"Re-run from this stage"</button>
+                })}
+            })}
+        </section>
+    }
+}
