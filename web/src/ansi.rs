@@ -84,7 +84,12 @@ impl Style {
                         Some(2) if i + 4 < codes.len() => {
                             let (r, g, b) = (codes[i + 2], codes[i + 3], codes[i + 4]);
                             i += 4;
-                            Some(format!("#{:02x}{:02x}{:02x}", r.min(255), g.min(255), b.min(255)))
+                            Some(format!(
+                                "#{:02x}{:02x}{:02x}",
+                                r.min(255),
+                                g.min(255),
+                                b.min(255)
+                            ))
                         }
                         _ => None,
                     };
@@ -108,7 +113,12 @@ fn xterm(n: u32) -> String {
         16..=231 => {
             let n = n - 16;
             let level = |v: u32| if v == 0 { 0 } else { 55 + v * 40 };
-            format!("#{:02x}{:02x}{:02x}", level(n / 36), level((n / 6) % 6), level(n % 6))
+            format!(
+                "#{:02x}{:02x}{:02x}",
+                level(n / 36),
+                level((n / 6) % 6),
+                level(n % 6)
+            )
         }
         _ => {
             let v = 8 + (n.min(255) - 232) * 10;
@@ -152,12 +162,7 @@ fn skip_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<V
     for c in chars.by_ref() {
         if ('\u{40}'..='\u{7e}').contains(&c) {
             if c == 'm' {
-                return Some(
-                    params
-                        .split(';')
-                        .map(|p| p.parse().unwrap_or(0))
-                        .collect(),
-                );
+                return Some(params.split(';').map(|p| p.parse().unwrap_or(0)).collect());
             }
             return None;
         }

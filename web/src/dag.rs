@@ -1,6 +1,6 @@
 //! A run's DAG as SVG: stages in columns by depth (the longest path from a
 //! stage with no dependency), each a box in its status's colour with its
-//! duration, linked to its page; an edge from each dependency.
+//! duration, a link to its page (click or Enter); an edge from each dependency.
 
 use leptos::prelude::*;
 
@@ -88,22 +88,30 @@ pub fn Dag(run: String, nodes: Vec<Node>) -> impl IntoView {
             let label = format!("{} {}", status::symbol(&n.status), n.name);
             let sub = format!("{} {}", n.status, status::duration(n.duration_ms));
             let fill = status::colour(&n.status);
-            let title = format!("{}: {}", n.name, sub.trim());
+            let aria = format!("stage {}: {}", n.name, sub.trim());
+            let go = move || {
+                if let Some(w) = web_sys::window() {
+                    let _ = w.location().set_hash(&href);
+                }
+            };
+            let go2 = go.clone();
             view! {
-                <a href=href class=format!("node status-{}", n.status) data-stage=n.name.clone() data-status=n.status.clone()>
-                    <title>{title}</title>
-                    <rect x=x y=y width=W height=H rx="6" fill="var(--node-bg)" stroke=fill stroke-width="2" />
-                    <rect x=x y=y width="6" height=H rx="3" fill=fill />
-                    <text x=x + 14.0 y=y + 19.0 class="node-name">{label}</text>
-                    <text x=x + 14.0 y=y + 36.0 class="node-sub">{sub}</text>
-                </a>
+                <g class=format!("node status-{}", n.status) data-stage=n.name.clone() data-status=n.status.clone()
+                    role="link" tabindex="0" aria-label=aria
+                    on:click=move |_| go()
+                    on:keydown=move |ev: leptos::ev::KeyboardEvent| if ev.key() == "Enter" { go2() }>
+                    <rect x={x} y={y} width={W} height={H} rx="6" fill="var(--node-bg)" stroke={fill} stroke-width="2" />
+                    <rect x={x} y={y} width="6" height={H} rx="3" fill={fill} />
+                    <text x={x + 14.0} y={y + 19.0} class="node-name">{label}</text>
+                    <text x={x + 14.0} y={y + 36.0} class="node-sub">{sub}</text>
+                </g>
             }
         })
         .collect_view();
     view! {
-        <svg class="dag" role="img" aria-label="stages of the run" width=width height=height viewBox=format!("0 0 {width} {height}")>
+        <svg class="dag" role="group" aria-label="stages of the run" width={width} height={height} viewBox={format!("0 0 {width} {height}")}>
             <g class="edges">
-                {edges.into_iter().map(|d| view! { <path d=d /> }).collect_view()}
+                {edges.into_iter().map(|d| view! { <path d={d} /> }).collect_view()}
             </g>
             {boxes}
         </svg>

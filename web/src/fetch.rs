@@ -90,10 +90,20 @@ fn parse<T: DeserializeOwned>(url: &str, text: &str) -> Result<T, FetchError> {
 }
 
 /// POSTs to the API with a bearer token; returns the JSON answer.
-pub async fn post(url: &str, token: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, FetchError> {
-    let req = gloo_net::http::Request::post(url).header("Authorization", &format!("Bearer {token}"));
+pub async fn post(
+    url: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, FetchError> {
+    let req =
+        gloo_net::http::Request::post(url).header("Authorization", &format!("Bearer {token}"));
     let sent = match body {
-        Some(b) => req.json(&b).map_err(|e| err(url, e.to_string()))?.send().await,
+        Some(b) => {
+            req.json(&b)
+                .map_err(|e| err(url, e.to_string()))?
+                .send()
+                .await
+        }
         None => req.send().await,
     }
     .map_err(|e| err(url, format!("the request failed: {e}")))?;

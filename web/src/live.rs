@@ -24,9 +24,10 @@ pub fn open(url: &str, handlers: Vec<(&'static str, Handler)>) -> Option<Stream>
     let source = web_sys::EventSource::new(url).ok()?;
     let mut kept = Vec::new();
     for (name, mut handle) in handlers {
-        let cb = Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
-            handle(e.data().as_string().unwrap_or_default());
-        });
+        let cb =
+            Closure::<dyn FnMut(web_sys::MessageEvent)>::new(move |e: web_sys::MessageEvent| {
+                handle(e.data().as_string().unwrap_or_default());
+            });
         let _ = source.add_event_listener_with_callback(name, cb.as_ref().unchecked_ref());
         kept.push(cb);
     }

@@ -12,8 +12,6 @@ mod route;
 mod source;
 mod status;
 
-use leptos::prelude::*;
-
 fn main() {
     console_error_panic_hook::set_once();
     leptos::mount::mount_to_body(pages::App);

@@ -202,9 +202,9 @@ async fn main() {
             .num_microseconds()
             .unwrap() as f64
             / 1000.0;
-        // The first run compiles the step (cached afterwards): reported apart.
+        // The first run warms the server (the step's compile follows its start): apart.
         if i == 0 {
-            println!("\ntrigger-to-start, first run (compiles jq-pluck): {ms:.1} ms");
+            println!("\ntrigger-to-start, first run after start: {ms:.1} ms");
         } else {
             latencies.push(ms);
         }

@@ -326,6 +326,22 @@ async fn the_server_end_to_end() {
         .await;
     assert_eq!(status, 400);
 
+    // A trigger may say which stored secret serves a name; one not stored
+    // fails the run before anything runs, naming it.
+    let (status, v) = c
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/runs",
+            Some(json!({ "repo": "app", "ref": "main", "secrets": { "GATE": "PROD_GATE" } })),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let mapped = v["id"].as_str().unwrap().to_string();
+    let v = c.wait_final(&mapped).await;
+    assert_eq!(v["run"]["status"], "failed", "{v}");
+    let reason = v["run"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("secret `PROD_GATE` is not set"), "{reason}");
+
     // A signed push webhook runs the pushed commit on its branch.
     let body = json!({
         "ref": "refs/heads/main",
@@ -387,7 +403,7 @@ async fn the_server_end_to_end() {
     assert_eq!(status, 200);
     for needle in [
         "sentinel_runs{status=\"succeeded\"} 2",
-        "sentinel_runs{status=\"failed\"} 1",
+        "sentinel_runs{status=\"failed\"} 2",
         "sentinel_runs{status=\"cancelled\"} 1",
         "sentinel_queue_depth 0",
         "sentinel_stage_duration_seconds_count{status=\"succeeded\"}",

@@ -133,12 +133,12 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
         .click()
         .await
         .unwrap();
-    let node = b.find(r#"a.node[data-stage="check"]"#).await;
+    let node = b.find(r#".node[data-stage="check"]"#).await;
     assert_eq!(
         node.attr("data-status").await.unwrap().as_deref(),
         Some("failed")
     );
-    let publish = b.find(r#"a.node[data-stage="publish"]"#).await;
+    let publish = b.find(r#".node[data-stage="publish"]"#).await;
     assert_eq!(
         publish.attr("data-status").await.unwrap().as_deref(),
         Some("skipped")
@@ -242,7 +242,7 @@ async fn served_app_follows_a_stage_live_without_reloading() {
     // Running…
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let node = b.find(r#"a.node[data-stage="slow"]"#).await;
+        let node = b.find(r#".node[data-stage="slow"]"#).await;
         if node.attr("data-status").await.unwrap().as_deref() == Some("running") {
             break;
         }
@@ -257,7 +257,7 @@ async fn served_app_follows_a_stage_live_without_reloading() {
         .unwrap();
     let until = Instant::now() + Duration::from_secs(60);
     loop {
-        let node = b.find(r#"a.node[data-stage="slow"]"#).await;
+        let node = b.find(r#".node[data-stage="slow"]"#).await;
         if node.attr("data-status").await.unwrap().as_deref() == Some("succeeded") {
             break;
         }

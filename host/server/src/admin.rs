@@ -91,21 +91,6 @@ pub(crate) struct SecretValue {
     value: String,
 }
 
-/// Secret names are environment-variable names.
-fn check_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with(|c: char| c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "`{name}` is not a secret name (letters, digits and _, not starting with a digit)"
-        )))
-    }
-}
-
 pub(crate) async fn put_secret(
     State(s): St,
     headers: HeaderMap,
@@ -113,7 +98,7 @@ pub(crate) async fn put_secret(
     body: Result<Json<SecretValue>, JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     s.authorize(&headers, Scope::Admin)?;
-    check_name(&name)?;
+    crate::runs::check_name("secret", &name)?;
     let Json(v) = body?;
     let key = s.secrets_key.as_ref().ok_or_else(|| {
         ApiError::conflict(

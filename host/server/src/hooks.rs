@@ -128,6 +128,8 @@ pub(crate) async fn github(
         branch: push.git_ref.strip_prefix("refs/heads/").map(str::to_string),
         rerun_of: None,
         from: None,
+        env: Default::default(),
+        secrets: Default::default(),
     };
     let entry = s.entry(
         &spec,

@@ -2,6 +2,7 @@
 //! names a configured repository and a ref, is stored with its request
 //! (so a re-run repeats it) and answered only once the queue has it on disk.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -40,6 +41,14 @@ pub struct RunSpec {
     /// stages it builds on that succeeded keep their results.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<StageName>,
+    /// Values for the pipeline's `NAME: ~` environment entries (the
+    /// server's own environment is never used).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Which stored secret serves a secret the pipeline names
+    /// (`{"DEPLOY_TOKEN": "PROD_DEPLOY_TOKEN"}`); unnamed ones use their own name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 pub(crate) fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
@@ -134,6 +143,27 @@ pub(crate) struct TriggerRequest {
     /// A branch, tag or commit.
     #[serde(rename = "ref", default = "default_ref")]
     git_ref: String,
+    /// Values for the pipeline's `NAME: ~` environment entries.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Pipeline secret name → stored secret name.
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+/// Environment and secret names: letters, digits and `_`, not starting with a digit.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{name}` is not a {what} name (letters, digits and _, not starting with a digit)"
+        )))
+    }
 }
 
 fn default_ref() -> String {
@@ -195,12 +225,21 @@ pub(crate) async fn trigger(
     let caller = s.authorize(&headers, Scope::Trigger)?;
     let Json(req) = body?;
     s.check_repo(&req.repo)?;
+    for k in req.env.keys() {
+        check_name("variable", k)?;
+    }
+    for (k, v) in &req.secrets {
+        check_name("secret", k)?;
+        check_name("secret", v)?;
+    }
     let spec = RunSpec {
         repo: req.repo,
         git_ref: req.git_ref,
         branch: None,
         rerun_of: None,
         from: None,
+        env: req.env,
+        secrets: req.secrets,
     };
     let entry = s.entry(
         &spec,

@@ -120,7 +120,8 @@ fn SignIn() -> impl IntoView {
         });
     };
     move || match token.get() {
-        Some(_) => view! { <button class="sign-out" on:click=sign_out.clone()>"Sign out"</button> }.into_any(),
+        Some(_) => view! { <button class="sign-out" on:click=sign_out.clone()>"Sign out"</button> }
+            .into_any(),
         None => view! {
             <form class="sign-in" on:submit=sign_in.clone()>
                 <label for="token">"Token"</label>
@@ -130,6 +131,7 @@ fn SignIn() -> impl IntoView {
                 <button type="submit">"Sign in"</button>
                 {move || error.get().map(|e| view! { <span class="error-inline">{e}</span> })}
             </form>
-        }.into_any(),
+        }
+        .into_any(),
     }
 }

@@ -55,16 +55,22 @@ pub fn RunPage(id: String) -> impl IntoView {
     // Live: stage and run events while it goes.
     let stream = StoredValue::new_local(None::<live::Stream>);
     if source.mode == Mode::Live {
-        let url = format!("{}/runs/{id}/events", source.api.clone().unwrap_or_default());
+        let url = format!(
+            "{}/runs/{id}/events",
+            source.api.clone().unwrap_or_default()
+        );
         let reload2 = reload.clone();
         let handlers: Vec<(&'static str, live::Handler)> = vec![
             (
                 "stage",
                 Box::new(move |data: String| {
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else { return };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
+                        return;
+                    };
                     run.update(|r| {
                         let Some(r) = r else { return };
-                        if let Some(e) = r.stages.iter_mut().find(|s| s.name.as_str() == v["name"]) {
+                        if let Some(e) = r.stages.iter_mut().find(|s| s.name.as_str() == v["name"])
+                        {
                             if let Ok(s) = serde_json::from_value(v["status"].clone()) {
                                 e.status = s;
                             }
@@ -82,7 +88,10 @@ pub fn RunPage(id: String) -> impl IntoView {
     Effect::new(move |_| {
         if let Some(r) = run.get() {
             let st = r.status.as_str();
-            status::show_in_tab(&format!("{} {} · {}", status::symbol(st), r.pipeline, st), Some(st));
+            status::show_in_tab(
+                &format!("{} {} · {}", status::symbol(st), r.pipeline, st),
+                Some(st),
+            );
         }
     });
     view! {
@@ -114,7 +123,11 @@ fn RunView(run: RunDoc) -> impl IntoView {
     let trigger = format!(
         "{:?}{}",
         run.trigger.kind,
-        run.trigger.by.as_ref().map(|b| format!(" by {b}")).unwrap_or_default()
+        run.trigger
+            .by
+            .as_ref()
+            .map(|b| format!(" by {b}"))
+            .unwrap_or_default()
     )
     .to_lowercase();
     // The timeline: each stage's span within the run.

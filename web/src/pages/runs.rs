@@ -21,7 +21,10 @@ fn wanted() -> usize {
 }
 
 /// Loads pages until `want` runs (or the last page).
-async fn load(source: &Source, want: usize) -> Result<(Vec<RunSummary>, Option<String>), FetchError> {
+async fn load(
+    source: &Source,
+    want: usize,
+) -> Result<(Vec<RunSummary>, Option<String>), FetchError> {
     let mut runs = Vec::new();
     let mut key = Some(keys::index_page(0));
     while let Some(k) = key.take() {
@@ -163,7 +166,7 @@ pub fn Runs() -> impl IntoView {
         {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
         {move || (loading.get() && runs.get().is_empty() && error.get().is_none()).then(|| view! { <p class="loading">"Loading…"</p> })}
         {move || (!loading.get() && error.get().is_none() && runs.get().is_empty()).then(|| view! { <p class="empty">"No runs yet."</p> })}
-        <table class="runs">
+        <table class="runs" class:hidden=move || runs.get().is_empty()>
             <thead><tr><th>"Status"</th><th>"Pipeline"</th><th>"Run"</th><th>"Branch"</th><th>"Commit"</th><th>"Started"</th><th>"Took"</th><th>"Stages"</th></tr></thead>
             <tbody>
                 <For each=shown key=|r| (r.id.to_string(), r.status.as_str()) let:r>
@@ -179,7 +182,11 @@ pub fn Runs() -> impl IntoView {
 fn RunRow(run: RunSummary) -> impl IntoView {
     let href = Route::Run(run.id.to_string()).href();
     let st = run.status.as_str();
-    let branch = run.git.as_ref().and_then(|g| g.branch.clone()).unwrap_or_default();
+    let branch = run
+        .git
+        .as_ref()
+        .and_then(|g| g.branch.clone())
+        .unwrap_or_default();
     let commit = run
         .git
         .as_ref()

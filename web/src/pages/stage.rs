@@ -20,7 +20,12 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     let ids = run
         .parse::<RunId>()
         .map_err(|e| e.to_string())
-        .and_then(|r| stage.parse::<StageName>().map(|s| (r, s)).map_err(|e| e.to_string()));
+        .and_then(|r| {
+            stage
+                .parse::<StageName>()
+                .map(|s| (r, s))
+                .map_err(|e| e.to_string())
+        });
     let (run_id, name) = match ids {
         Ok(x) => x,
         Err(what) => {
@@ -48,7 +53,8 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     let load = {
         let (doc_url, log_url, stream_url) = (doc_url.clone(), log_url.clone(), stream_url.clone());
         move || {
-            let (doc_url, log_url, stream_url) = (doc_url.clone(), log_url.clone(), stream_url.clone());
+            let (doc_url, log_url, stream_url) =
+                (doc_url.clone(), log_url.clone(), stream_url.clone());
             leptos::task::spawn_local(async move {
                 match fetch::json_opt::<StageDoc>(&doc_url).await {
                     Ok(Some(d)) => {
@@ -107,7 +113,9 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     // Follow the tail while the reader is at the bottom.
     Effect::new(move |_| {
         log.track();
-        if follow.get_untracked() && let Some(el) = log_box.get() {
+        if follow.get_untracked()
+            && let Some(el) = log_box.get()
+        {
             request_animation_frame(move || el.set_scroll_top(el.scroll_height()));
         }
     });
@@ -161,7 +169,10 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     let title_name = name.to_string();
     Effect::new(move |_| {
         let st = doc.get().map(|d| d.status.as_str()).unwrap_or("running");
-        status::show_in_tab(&format!("{} {} · {}", status::symbol(st), title_name, st), Some(st));
+        status::show_in_tab(
+            &format!("{} {} · {}", status::symbol(st), title_name, st),
+            Some(st),
+        );
     });
     let run_href = Route::Run(run_id.to_string()).href();
     let file_name = format!("{}-{}.log", run_id, stage);
@@ -235,7 +246,10 @@ fn StageHead(doc: StageDoc, zip_url: String) -> impl IntoView {
                     {outputs.into_iter().map(|(k, v)| view! { <tr><th>{k}</th><td><code>{v}</code></td></tr> }).collect_view()}
                 </table>
             })}
-            {doc.output.clone().filter(|o| !o.is_empty()).map(|o| view! { <details><summary>"Output"</summary><pre>{o}</pre></details> })}
+            {doc.output.clone().filter(|o| !o.is_empty()).map(|o| {
+                let text = o.lines().map(ansi::plain).collect::<Vec<_>>().join("\n");
+                view! { <details><summary>"Output"</summary><pre>{text}</pre></details> }
+            })}
             {doc.artifacts.is_some().then(|| view! { <p><a class="artifacts" href=zip_url>"Artifacts (zip)"</a></p> })}
             {(live && failed).then(|| view! {
                 {move || token.get().is_some().then(|| view! {

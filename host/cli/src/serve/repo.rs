@@ -134,23 +134,31 @@ impl Resolver {
                     ),
                     other => other.to_string(),
                 })?;
-        // Only the secrets the pipeline names, and each of them.
-        let secrets = match &self.secrets_key {
+        // Only the secrets the pipeline names, and each of them (a trigger
+        // may say which stored secret serves a name).
+        let stored_name = |n: &String| spec.secrets.get(n).cloned().unwrap_or_else(|| n.clone());
+        let wanted: Vec<String> = plan.secrets.iter().map(stored_name).collect();
+        let opened = match &self.secrets_key {
             Some(key) => self
                 .store
-                .open_secrets(key, &plan.secrets)
+                .open_secrets(key, &wanted)
                 .map_err(|err| err.to_string())?,
             None => BTreeMap::new(),
         };
-        if let Some(missing) = plan.secrets.iter().find(|n| !secrets.contains_key(*n)) {
-            return Err(format!(
-                "secret `{missing}` is not set on this server (sentinel secret set {missing}){}",
-                if self.secrets_key.is_none() {
-                    "; the server has no secrets key"
-                } else {
-                    ""
-                }
-            ));
+        let mut secrets = BTreeMap::new();
+        for name in &plan.secrets {
+            let stored = stored_name(name);
+            let Some(v) = opened.get(&stored) else {
+                return Err(format!(
+                    "secret `{stored}` is not set on this server (sentinel secret set {stored}){}",
+                    if self.secrets_key.is_none() {
+                        "; the server has no secrets key"
+                    } else {
+                        ""
+                    }
+                ));
+            };
+            secrets.insert(name.clone(), v.clone());
         }
         let reuse = match (&spec.rerun_of, &spec.from) {
             (Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
@@ -166,8 +174,8 @@ impl Resolver {
                 branch: spec.branch.clone().or(branch),
                 commit: Some(commit),
             }),
-            // The server's own environment is never handed to runs.
-            host_env: BTreeMap::new(),
+            // The trigger's values, never the server's own environment.
+            host_env: spec.env.clone(),
             secrets,
             run_id: Some(e.run_id.clone()),
             reuse,
