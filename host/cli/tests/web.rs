@@ -274,3 +274,136 @@ async fn served_app_follows_a_stage_live_without_reloading() {
     b.close().await;
     server.stop();
 }
+
+const TAIL: &str = r#"version: 1
+name: tail
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  slow:
+    run: |
+      for i in $(seq 1 60); do echo "tick $i"; sleep 0.5; done
+"#;
+
+/// Without `public_read`: the app says to sign in; a token signs in (the
+/// session cookie), a running stage's log follows its tail, and the Cancel
+/// button stops the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_in_user_follows_a_log_and_cancels_the_run() {
+    common::docker().await;
+    let dist = dist();
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", TAIL)]);
+    let repo_arg = format!("app={repo}");
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--repo",
+            &repo_arg,
+            "--web",
+            dist.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let http = reqwest::Client::new();
+    let api = |path: &str| format!("{}/api/v1{path}", server.url);
+    let v: serde_json::Value = http
+        .post(api("/runs"))
+        .bearer_auth(&server.admin)
+        .json(&serde_json::json!({ "repo": "app" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    let status = |stage: bool| {
+        let (http, url, token) = (
+            http.clone(),
+            api(&format!("/runs/{id}")),
+            server.admin.clone(),
+        );
+        async move {
+            let v: serde_json::Value = http
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if stage {
+                v["run"]["stages"][0]["status"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                v["run"]["status"].as_str().unwrap_or_default().to_string()
+            }
+        }
+    };
+
+    let b = Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/run/{id}/slow", server.url))
+        .await
+        .unwrap();
+    // No token yet: the reads are refused, and the page says so.
+    b.wait_text(".error", |t| t.contains("401"), "a 401 is shown")
+        .await;
+    b.find("#token")
+        .await
+        .send_keys(&server.admin)
+        .await
+        .unwrap();
+    b.find(".sign-in button").await.click().await.unwrap();
+    b.find(".sign-out").await;
+    // The running stage's log follows its tail.
+    b.wait_text(
+        ".log",
+        |t| t.contains("tick 3"),
+        "the log follows the stage",
+    )
+    .await;
+    assert_eq!(
+        status(true).await,
+        "running",
+        "lines arrived while the stage ran"
+    );
+    let follows = b
+        .client
+        .execute(
+            "const l = document.querySelector('.log'); return l.scrollTop + l.clientHeight >= l.scrollHeight - 8;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(follows, serde_json::json!(true), "scrolled to the tail");
+    b.screenshot("web-live-log-tail").await;
+
+    // Cancel from the run's page.
+    b.client
+        .goto(&format!("{}/#/run/{id}", server.url))
+        .await
+        .unwrap();
+    b.find("button.cancel").await.click().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while status(false).await != "cancelled" {
+        assert!(Instant::now() < until, "the run was not cancelled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.wait_text(
+        "h1",
+        |t| t.contains("cancelled"),
+        "the page shows it cancelled",
+    )
+    .await;
+    b.screenshot("web-live-cancelled").await;
+    b.close().await;
+    server.stop();
+}

@@ -185,10 +185,10 @@ fn RunView(run: RunDoc) -> impl IntoView {
             leptos::task::spawn_local(async move {
                 match fetch::post(&url, &t, None).await {
                     Ok(v) => {
-                        if let Some(new) = v["id"].as_str().filter(|_| what == "rerun") {
-                            if let Some(w) = web_sys::window() {
-                                let _ = w.location().set_hash(&Route::Run(new.to_string()).href());
-                            }
+                        if let Some(new) = v["id"].as_str().filter(|_| what == "rerun")
+                            && let Some(w) = web_sys::window()
+                        {
+                            let _ = w.location().set_hash(&Route::Run(new.to_string()).href());
                         }
                     }
                     Err(e) => {
