@@ -8,6 +8,9 @@
 //! `scripts/setup.sh` installs it, and `scripts/build-steps.sh`).
 
 use std::path::Path;
+
+#[path = "../tests/common/server.rs"]
+mod server;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -128,23 +131,17 @@ async fn main() {
         ),
     )
     .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .arg("--state")
-        .arg(&state)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("SENTINEL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = loop {
-        if let Ok(t) = std::fs::read_to_string(state.join("server.json"))
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
-        {
-            break v["url"].as_str().unwrap().to_string();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let server = server::Server::start(
+        &state,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SENTINEL_LOG", "warn")],
+    );
+    let url = server.url.clone();
 
     println!("GET /api/v1/runs with {STORED} stored runs (wrk -t2 -c16 -d10s, same server):");
     let (h_rps, h_p50, h_p99) = wrk(&format!("{url}/health"), &token);
@@ -236,6 +233,5 @@ async fn main() {
         "  baseline: git clone + checkout of the same repository p50 {clone_p50:.1} ms → trigger-to-start is {:.2}× the clone",
         l50 / clone_p50
     );
-    let _ = Command::new("kill").arg(server.id().to_string()).status();
-    let _ = server.wait();
+    server.stop();
 }

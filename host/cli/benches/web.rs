@@ -6,6 +6,9 @@
 //! (needs `chromium` and `chromium-driver`: `scripts/setup.sh`).
 
 use std::process::{Command, Stdio};
+
+#[path = "../tests/common/server.rs"]
+mod server;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -81,25 +84,21 @@ async fn main() {
         sink.update_index(&RunSummary::of(&run)).await.unwrap();
     }
     let state = tmp.path().join("state");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .arg("--state")
-        .arg(&state)
-        .arg("--results")
-        .arg(&results)
-        .args(["serve", "--listen", "127.0.0.1:0", "--public-read", "--web"])
-        .arg(&dist)
-        .env("SENTINEL_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = loop {
-        if let Ok(t) = std::fs::read_to_string(state.join("server.json"))
-            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
-        {
-            break v["url"].as_str().unwrap().to_string();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let server = server::Server::start(
+        &state,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--public-read",
+            "--web",
+            dist.to_str().unwrap(),
+        ],
+        &[
+            ("SENTINEL_LOG", "warn"),
+            ("SENTINEL_RESULTS", results.to_str().unwrap()),
+        ],
+    );
+    let url = server.url.clone();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -157,6 +156,5 @@ async fn main() {
     let _ = client.close().await;
     let _ = driver.kill();
     let _ = driver.wait();
-    let _ = Command::new("kill").arg(server.id().to_string()).status();
-    let _ = server.wait();
+    server.stop();
 }

@@ -93,6 +93,23 @@ pub async fn s3_outbox(
     )
 }
 
+/// With an S3 configuration, makes the engine publish to S3 as well, behind
+/// the durable outbox (the results folder stays the primary); returns the
+/// outbox to report what still waits.
+pub async fn mirror_to_s3(
+    engine: &mut Engine,
+    dirs: &Dirs,
+    store: &SledStore,
+    cfg: Option<sentinel_s3::S3Config>,
+) -> Option<Arc<sentinel_engine::outbox::OutboxSink>> {
+    let outbox = s3_outbox(dirs, store, cfg?).await;
+    engine.sink = Arc::new(sentinel_results::Mirrored {
+        primary: engine.sink.clone(),
+        mirror: outbox.clone(),
+    });
+    Some(outbox)
+}
+
 /// Builds an engine over the store, Docker (or [`Unavailable`]) and the results folder.
 pub fn engine(
     dirs: &Dirs,

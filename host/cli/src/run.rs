@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
@@ -151,17 +150,8 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     };
     let exec = context::executor_for(&plan, &dirs).await?;
-    let outbox = match args.s3.config()? {
-        Some(cfg) => Some(context::s3_outbox(&dirs, &store, cfg).await),
-        None => None,
-    };
-    let mut engine = context::engine(&dirs, store, exec, args.jobs, args.keep_workspace);
-    if let Some(outbox) = &outbox {
-        engine.sink = Arc::new(sentinel_results::Mirrored {
-            primary: engine.sink.clone(),
-            mirror: outbox.clone(),
-        });
-    }
+    let mut engine = context::engine(&dirs, store.clone(), exec, args.jobs, args.keep_workspace);
+    let outbox = context::mirror_to_s3(&mut engine, &dirs, &store, args.s3.config()?).await;
     let reaped = engine.exec.reap().await;
     if reaped > 0 {
         eprintln!("removed {reaped} container(s) or network(s) left by dead sentinel processes");

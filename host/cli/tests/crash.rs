@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::server::{Server, bare_repo, free_port};
+use common::server::{Client, Server, bare_repo, free_port};
 use sentinel_engine::ports::{RunQueue, Store};
 
 const PIPELINE: &str = r#"version: 1
@@ -136,42 +136,18 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
         .unwrap();
     let accepted: Vec<String> = accepted.lock().unwrap().clone();
     assert_eq!(accepted.len(), 20);
-    let http = reqwest::Client::new();
-    let until = Instant::now() + Duration::from_secs(240);
+    let c = Client::new(&base, &token);
     let mut statuses = BTreeMap::new();
     for id in &accepted {
-        loop {
-            let v: serde_json::Value = http
-                .get(format!("{base}/api/v1/runs/{id}"))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let status = v["run"]["status"].as_str().unwrap_or("missing").to_string();
-            assert_ne!(status, "missing", "accepted run {id} is gone: {v}");
-            if !matches!(status.as_str(), "queued" | "running") {
-                statuses.insert(id.clone(), status);
-                break;
-            }
-            assert!(Instant::now() < until, "run {id} never ended: {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let status = c.status(id).await;
+        assert_ne!(status, "missing", "accepted run {id} is gone");
+        let v = c.wait_final(id).await;
+        statuses.insert(id.clone(), v["run"]["status"].as_str().unwrap().to_string());
     }
     // Let the retries (new attempts of interrupted runs) end too.
     let until = Instant::now() + Duration::from_secs(240);
     loop {
-        let v: serde_json::Value = http
-            .get(format!("{base}/api/v1/runs?limit=500"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = c.get("/api/v1/runs?limit=500").await;
         let going = v["runs"]
             .as_array()
             .unwrap()
@@ -185,39 +161,12 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // After twenty kills, the server still runs a run through.
-    let v: serde_json::Value = http
-        .post(format!("{base}/api/v1/runs"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({ "repo": "app", "ref": "main" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let last = v["id"].as_str().unwrap().to_string();
-    let until = Instant::now() + Duration::from_secs(120);
-    loop {
-        let v: serde_json::Value = http
-            .get(format!("{base}/api/v1/runs/{last}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        match v["run"]["status"].as_str() {
-            Some("succeeded") => break,
-            Some("queued" | "running") => {}
-            other => panic!("the run after the kills ended {other:?}: {v}"),
-        }
-        assert!(
-            Instant::now() < until,
-            "the run after the kills never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = c.trigger("app").await;
+    let v = c.wait_final(&last).await;
+    assert_eq!(
+        v["run"]["status"], "succeeded",
+        "the run after the kills: {v}"
+    );
     server.stop();
     println!("accepted runs: {statuses:?}");
 

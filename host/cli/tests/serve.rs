@@ -11,9 +11,9 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::server::{Server, bare_repo, free_port};
+use common::server::{Client, Server, bare_repo, free_port};
 use serde_json::{Value, json};
 
 const PIPELINE: &str = r#"version: 1
@@ -77,86 +77,6 @@ fn sentinel(state: &Path, args: &[&str], stdin: Option<&str>) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-    token: String,
-}
-
-impl Client {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        let (status, v) = self.call(reqwest::Method::GET, path, None).await;
-        assert_eq!(status, 200, "GET {path}: {v}");
-        v
-    }
-
-    async fn text(&self, path: &str) -> (u16, String) {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.text().await.unwrap())
-    }
-
-    async fn trigger(&self, repo: &str) -> String {
-        let (status, v) = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v1/runs",
-                Some(json!({ "repo": repo, "ref": "main" })),
-            )
-            .await;
-        assert_eq!(status, 202, "{v}");
-        v["id"].as_str().unwrap().to_string()
-    }
-
-    async fn wait_final(&self, id: &str) -> Value {
-        let until = Instant::now() + Duration::from_secs(120);
-        loop {
-            let v = self.get(&format!("/api/v1/runs/{id}")).await;
-            let s = v["run"]["status"].as_str().unwrap_or_default();
-            if !matches!(s, "queued" | "running") {
-                return v;
-            }
-            assert!(Instant::now() < until, "run {id} did not end: {v}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn wait_stage(&self, id: &str, stage: &str, status: &str) {
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            let v = self.get(&format!("/api/v1/runs/{id}")).await;
-            let found = v["run"]["stages"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["name"] == stage && s["status"] == status);
-            if found {
-                return;
-            }
-            assert!(Instant::now() < until, "{id}/{stage} never {status}: {v}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 fn stage<'a>(run: &'a Value, name: &str) -> &'a Value {
     run["stages"]
         .as_array()
@@ -208,11 +128,7 @@ async fn the_server_end_to_end() {
         listed.contains(" t") && !listed.contains(&token),
         "{listed}"
     );
-    let c = Client {
-        http: reqwest::Client::new(),
-        url: server.url.clone(),
-        token,
-    };
+    let c = Client::new(&server.url, &token);
     // A secret through the server: stored encrypted, value from stdin.
     sentinel(
         &state,

@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::browser::{Browser, dist};
-use common::server::{Server, bare_repo};
+use common::server::{Client, Server, bare_repo};
 
 const PIPELINE: &str = r#"version: 1
 name: webby
@@ -128,26 +128,17 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
     b.screenshot("web-static-runs").await;
 
     // The failed run, its DAG, the failed stage.
-    b.find("tr.run-row.status-failed a")
-        .await
-        .click()
-        .await
-        .unwrap();
-    let node = b.find(r#".node[data-stage="check"]"#).await;
-    assert_eq!(
-        node.attr("data-status").await.unwrap().as_deref(),
-        Some("failed")
-    );
-    let publish = b.find(r#".node[data-stage="publish"]"#).await;
-    assert_eq!(
-        publish.attr("data-status").await.unwrap().as_deref(),
-        Some("skipped")
-    );
+    b.click("tr.run-row.status-failed a").await;
+    b.find(r#".node[data-stage="check"]"#).await;
+    b.wait_attr(r#".node[data-stage="check"]"#, "data-status", "failed")
+        .await;
+    b.wait_attr(r#".node[data-stage="publish"]"#, "data-status", "skipped")
+        .await;
     let title = b.client.title().await.unwrap();
     assert!(title.contains("failed"), "the tab says it: {title}");
     b.screenshot("web-static-failed-run").await;
 
-    node.click().await.unwrap();
+    b.click(r#".node[data-stage="check"]"#).await;
     let log = b
         .wait_text(".log", |t| t.contains("the token is"), "the log is shown")
         .await;
@@ -220,18 +211,8 @@ async fn served_app_follows_a_stage_live_without_reloading() {
         ],
         &[],
     );
-    let http = reqwest::Client::new();
-    let v: serde_json::Value = http
-        .post(format!("{}/api/v1/runs", server.url))
-        .bearer_auth(&server.admin)
-        .json(&serde_json::json!({ "repo": "app", "ref": "main" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = v["id"].as_str().unwrap().to_string();
+    let c = Client::new(&server.url, &server.admin);
+    let id = c.trigger("app").await;
 
     let b = Browser::start().await;
     b.client
@@ -240,30 +221,16 @@ async fn served_app_follows_a_stage_live_without_reloading() {
         .unwrap();
     b.find(".live-badge").await;
     // Running…
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let node = b.find(r#".node[data-stage="slow"]"#).await;
-        if node.attr("data-status").await.unwrap().as_deref() == Some("running") {
-            break;
-        }
-        assert!(Instant::now() < until, "the stage never showed running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    b.wait_attr(r#".node[data-stage="slow"]"#, "data-status", "running")
+        .await;
     b.screenshot("web-live-running").await;
     // A mark on the page: a reload would wipe it.
     b.client
         .execute("window.sentinelMark = 42; return null;", vec![])
         .await
         .unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let node = b.find(r#".node[data-stage="slow"]"#).await;
-        if node.attr("data-status").await.unwrap().as_deref() == Some("succeeded") {
-            break;
-        }
-        assert!(Instant::now() < until, "the stage never showed succeeded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    b.wait_attr(r#".node[data-stage="slow"]"#, "data-status", "succeeded")
+        .await;
     let mark = b
         .client
         .execute("return window.sentinelMark || null;", vec![])
@@ -308,44 +275,14 @@ async fn signed_in_user_follows_a_log_and_cancels_the_run() {
         ],
         &[],
     );
-    let http = reqwest::Client::new();
-    let api = |path: &str| format!("{}/api/v1{path}", server.url);
-    let v: serde_json::Value = http
-        .post(api("/runs"))
-        .bearer_auth(&server.admin)
-        .json(&serde_json::json!({ "repo": "app" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = v["id"].as_str().unwrap().to_string();
-    let status = |stage: bool| {
-        let (http, url, token) = (
-            http.clone(),
-            api(&format!("/runs/{id}")),
-            server.admin.clone(),
-        );
-        async move {
-            let v: serde_json::Value = http
-                .get(url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if stage {
-                v["run"]["stages"][0]["status"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string()
-            } else {
-                v["run"]["status"].as_str().unwrap_or_default().to_string()
-            }
-        }
+    let c = Client::new(&server.url, &server.admin);
+    let id = c.trigger("app").await;
+    let stage_status = || async {
+        let v = c.get(&format!("/api/v1/runs/{id}")).await;
+        v["run"]["stages"][0]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     };
 
     let b = Browser::start().await;
@@ -361,7 +298,7 @@ async fn signed_in_user_follows_a_log_and_cancels_the_run() {
         .send_keys(&server.admin)
         .await
         .unwrap();
-    b.find(".sign-in button").await.click().await.unwrap();
+    b.click(".sign-in button").await;
     b.find(".sign-out").await;
     // The running stage's log follows its tail.
     b.wait_text(
@@ -371,7 +308,7 @@ async fn signed_in_user_follows_a_log_and_cancels_the_run() {
     )
     .await;
     assert_eq!(
-        status(true).await,
+        stage_status().await,
         "running",
         "lines arrived while the stage ran"
     );
@@ -391,12 +328,9 @@ async fn signed_in_user_follows_a_log_and_cancels_the_run() {
         .goto(&format!("{}/#/run/{id}", server.url))
         .await
         .unwrap();
-    b.find("button.cancel").await.click().await.unwrap();
-    let until = Instant::now() + Duration::from_secs(60);
-    while status(false).await != "cancelled" {
-        assert!(Instant::now() < until, "the run was not cancelled");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    b.click("button.cancel").await;
+    let v = c.wait_final(&id).await;
+    assert_eq!(v["run"]["status"], "cancelled", "{v}");
     b.wait_text(
         "h1",
         |t| t.contains("cancelled"),

@@ -210,11 +210,24 @@ impl AppState {
     }
 }
 
-fn queued(id: &RunId) -> (StatusCode, Json<Value>) {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "id": id, "status": "queued" })),
-    )
+impl AppState {
+    /// Queues a run asked for through the API; the 202 answer.
+    async fn queue_api(
+        &self,
+        spec: &RunSpec,
+        caller: &crate::Caller,
+    ) -> Result<(StatusCode, Json<Value>), ApiError> {
+        let trigger = Trigger {
+            kind: TriggerKind::Api,
+            by: caller.name(),
+        };
+        let entry = self.entry(spec, trigger);
+        self.enqueue(&entry).await?;
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "id": entry.run_id, "status": "queued" })),
+        ))
+    }
 }
 
 pub(crate) async fn trigger(
@@ -241,15 +254,7 @@ pub(crate) async fn trigger(
         env: req.env,
         secrets: req.secrets,
     };
-    let entry = s.entry(
-        &spec,
-        Trigger {
-            kind: TriggerKind::Api,
-            by: caller.name(),
-        },
-    );
-    s.enqueue(&entry).await?;
-    Ok(queued(&entry.run_id))
+    s.queue_api(&spec, &caller).await
 }
 
 pub(crate) async fn cancel(
@@ -334,13 +339,5 @@ pub(crate) async fn rerun(
         }
         spec.from = Some(from);
     }
-    let entry = s.entry(
-        &spec,
-        Trigger {
-            kind: TriggerKind::Api,
-            by: caller.name(),
-        },
-    );
-    s.enqueue(&entry).await?;
-    Ok(queued(&entry.run_id))
+    s.queue_api(&spec, &caller).await
 }

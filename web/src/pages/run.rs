@@ -13,6 +13,12 @@ use crate::route::Route;
 use crate::source::{Mode, Source};
 use crate::status;
 
+/// Closes a stream once the current event is handled (a stream must not be
+/// dropped from inside its own handler).
+fn close_soon(stream: StoredValue<Option<live::Stream>, LocalStorage>) {
+    set_timeout(move || stream.set_value(None), std::time::Duration::ZERO);
+}
+
 #[component]
 pub fn RunPage(id: String) -> impl IntoView {
     let source = expect_context::<Source>();
@@ -37,7 +43,14 @@ pub fn RunPage(id: String) -> impl IntoView {
             leptos::task::spawn_local(async move {
                 match fetch::json::<RunDoc>(&url).await {
                     Ok(r) => {
-                        run.set(Some(r));
+                        // A read that started before the run ended must not
+                        // undo what a live event already said.
+                        run.update(|cur| {
+                            let ended = cur.as_ref().is_some_and(|c| c.status.is_final());
+                            if !ended || r.status.is_final() {
+                                *cur = Some(r);
+                            }
+                        });
                         error.set(None);
                     }
                     Err(e) => error.set(Some(e)),
@@ -79,8 +92,29 @@ pub fn RunPage(id: String) -> impl IntoView {
                     });
                 }),
             ),
-            ("run", Box::new(move |_| reload2())),
-            ("snapshot", Box::new(move |_| {})),
+            (
+                "run",
+                Box::new(move |_| {
+                    reload2();
+                    close_soon(stream);
+                }),
+            ),
+            (
+                // The state when the stream opened: an ended run sends only this.
+                "snapshot",
+                Box::new(move |data: String| {
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
+                        return;
+                    };
+                    if let Ok(doc) = serde_json::from_value::<RunDoc>(v["run"].clone()) {
+                        let ended = doc.status.is_final();
+                        run.set(Some(doc));
+                        if ended {
+                            close_soon(stream);
+                        }
+                    }
+                }),
+            ),
         ];
         stream.set_value(live::open(&url, handlers));
         on_cleanup(move || stream.set_value(None));

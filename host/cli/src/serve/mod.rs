@@ -81,16 +81,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         steps: Arc::new(steps),
     });
     let mut engine = context::engine(&dirs, store.clone(), exec, settings.jobs, false);
-    let outbox = match settings.s3_config()? {
-        Some(cfg) => Some(context::s3_outbox(&dirs, &store, cfg).await),
-        None => None,
-    };
-    if let Some(outbox) = &outbox {
-        engine.sink = Arc::new(sentinel_results::Mirrored {
-            primary: engine.sink.clone(),
-            mirror: outbox.clone(),
-        });
-    }
+    let outbox = context::mirror_to_s3(&mut engine, &dirs, &store, settings.s3_config()?).await;
     let reaped = engine.exec.reap().await;
     if reaped > 0 {
         tracing::info!(

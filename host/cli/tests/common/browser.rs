@@ -87,6 +87,40 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
     }
 
+    /// An attribute of the first element matching `css` now (`None` when
+    /// there is none, or it was just replaced by a re-render).
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        let e = self.client.find(Locator::Css(css)).await.ok()?;
+        e.attr(name).await.ok().flatten()
+    }
+
+    /// Waits until the element matching `css` has `name` = `value`.
+    pub async fn wait_attr(&self, css: &str, name: &str, value: &str) {
+        let until = Instant::now() + Duration::from_secs(60);
+        while self.attr(css, name).await.as_deref() != Some(value) {
+            assert!(
+                Instant::now() < until,
+                "`{css}` never had {name}={value} (it has {:?})",
+                self.attr(css, name).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clicks the element matching `css`, again if a re-render replaced it.
+    pub async fn click(&self, css: &str) {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(e) = self.client.find(Locator::Css(css)).await
+                && e.click().await.is_ok()
+            {
+                return;
+            }
+            assert!(Instant::now() < until, "cannot click `{css}`");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until `check` holds for the page's text content.
     pub async fn wait_text(&self, css: &str, check: impl Fn(&str) -> bool, what: &str) -> String {
         let until = Instant::now() + Duration::from_secs(30);

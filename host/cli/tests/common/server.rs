@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+
 /// Runs git in `dir`, failing the test with its message.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -131,5 +133,109 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A client of the server's API with one token.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+impl Client {
+    pub fn new(url: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// The status of run `id` (`missing` when the server has none).
+    pub async fn status(&self, id: &str) -> String {
+        let (_, v) = self
+            .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
+            .await;
+        v["run"]["status"].as_str().unwrap_or("missing").to_string()
+    }
+}
+
+impl Client {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let (status, v) = self.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(status, 200, "GET {path}: {v}");
+        v
+    }
+
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    pub async fn trigger(&self, repo: &str) -> String {
+        let (status, v) = self
+            .call(
+                reqwest::Method::POST,
+                "/api/v1/runs",
+                Some(json!({ "repo": repo, "ref": "main" })),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn wait_final(&self, id: &str) -> Value {
+        let until = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = self.get(&format!("/api/v1/runs/{id}")).await;
+            let s = v["run"]["status"].as_str().unwrap_or_default();
+            if !matches!(s, "queued" | "running") {
+                return v;
+            }
+            assert!(Instant::now() < until, "run {id} did not end: {v}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_stage(&self, id: &str, stage: &str, status: &str) {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.get(&format!("/api/v1/runs/{id}")).await;
+            let found = v["run"]["stages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|s| s["name"] == stage && s["status"] == status);
+            if found {
+                return;
+            }
+            assert!(Instant::now() < until, "{id}/{stage} never {status}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
