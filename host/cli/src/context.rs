@@ -27,8 +27,11 @@ impl Dirs {
     pub fn new(p: &Paths) -> anyhow::Result<Self> {
         let project = std::fs::canonicalize(&p.dir)
             .with_context(|| format!("project folder {}", p.dir.display()))?;
-        let state = p.state.clone().unwrap_or_else(|| project.join(".sentinel"));
-        let results = p.results.clone().unwrap_or_else(|| state.join("results"));
+        // Absolute: the folders are bind-mounted into containers.
+        let state =
+            std::path::absolute(p.state.clone().unwrap_or_else(|| project.join(".sentinel")))?;
+        let results =
+            std::path::absolute(p.results.clone().unwrap_or_else(|| state.join("results")))?;
         Ok(Self {
             project,
             state,

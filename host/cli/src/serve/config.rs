@@ -168,12 +168,17 @@ impl Settings {
             Some(p) => read_file(p)?,
             None => FileConfig::default(),
         };
-        let state = state_flag
-            .or(file.state.clone())
-            .unwrap_or_else(|| project.join(".sentinel"));
-        let results = results_flag
-            .or(file.results.clone())
-            .unwrap_or_else(|| state.join("results"));
+        // Absolute: run folders are bind-mounted into containers.
+        let state = std::path::absolute(
+            state_flag
+                .or(file.state.clone())
+                .unwrap_or_else(|| project.join(".sentinel")),
+        )?;
+        let results = std::path::absolute(
+            results_flag
+                .or(file.results.clone())
+                .unwrap_or_else(|| state.join("results")),
+        )?;
         let mut api = file.api.clone().unwrap_or_default();
         api.public_read |= args.public_read;
         api.repos.extend(file.repos.clone());
@@ -310,6 +315,13 @@ mod tests {
         assert_eq!(s.api.repos["app"].github.as_deref(), Some("octo/app"));
         assert_eq!(s.api.repos["lib"].url, "file:///srv/lib.git");
         assert_eq!(s.state, tmp.path().join(".sentinel"));
+        // A relative state folder becomes absolute (containers mount it).
+        let rel = Settings::resolve(&t.a, Some("rel-state".into()), None, tmp.path()).unwrap();
+        assert!(
+            rel.state.is_absolute() && rel.results.is_absolute(),
+            "{rel:?}"
+        );
+        assert!(rel.state.ends_with("rel-state"));
         let printed = s.to_toml().unwrap();
         assert!(
             printed.contains("runs = 5") && printed.contains("[api.repos.app]"),
