@@ -23,4 +23,10 @@ fi
 
 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}" trunk build --release --config Trunk.toml
 wasm=$(ls dist/*.wasm)
-echo "build-web: dist/ ready: $(basename "$wasm") $(stat -c %s "$wasm") bytes, $(gzip -9c "$wasm" | wc -c) gzipped"
+gz=$(gzip -9c "$wasm" | wc -c)
+echo "build-web: dist/ ready: $(basename "$wasm") $(stat -c %s "$wasm") bytes, $gz gzipped"
+# The release module's budget: 400 KiB gzipped.
+if [ "$gz" -gt $((400 * 1024)) ]; then
+  echo "build-web: the gzipped module is $gz bytes, over its 400 KiB budget" >&2
+  exit 1
+fi
