@@ -100,9 +100,20 @@ impl Worker {
     }
 
     /// Cancels a run: one going (or being prepared) is stopped; one still
-    /// waiting leaves the queue and is recorded `cancelled`.
+    /// waiting leaves the queue and is recorded `cancelled`. A run whose
+    /// document is already final is not cancelled, even while the worker is
+    /// still releasing it: what the caller can read must agree with the answer.
     pub async fn cancel(&self, run: &RunId) -> Result<Cancelled, StorageError> {
         if let Some(s) = self.signals.lock().ok().and_then(|s| s.get(run).cloned()) {
+            let ended = self
+                .engine
+                .store
+                .get_run(run)
+                .await?
+                .is_some_and(|r| r.status.is_final());
+            if ended {
+                return Ok(Cancelled::NotHere);
+            }
             s.cancel.cancel();
             return Ok(Cancelled::Running);
         }

@@ -243,12 +243,8 @@ async fn cancel_stops_a_running_run_and_withdraws_a_waiting_one() {
         wait_final(&s.store, &going.run_id).await,
         RunStatus::Cancelled
     );
-    // Final and gone from the queue: nothing left to cancel.
-    let until = Instant::now() + Duration::from_secs(10);
-    while s.worker.running() > 0 {
-        assert!(Instant::now() < until);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Final: nothing left to cancel, even while the worker may still be
+    // releasing the run (what a caller reads agrees with the answer).
     assert_eq!(
         s.worker.cancel(&going.run_id).await.unwrap(),
         Cancelled::NotHere
