@@ -7,7 +7,8 @@
 //! not rewrite it hundreds of times; since every `run.json` is built after
 //! the stage documents it counts as final, it never names a final stage
 //! whose document is not written yet. [`Publisher::flush`] waits until
-//! everything sent is written.
+//! everything sent is written; [`Publisher::announce`] reports a progress
+//! event at that point without waiting.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::log::LogBody;
 use crate::masker::SecretSet;
 use crate::ports::ResultsSink;
+use crate::run::{Progress, ProgressFn};
 
 enum Job {
     Log(RunId, StageName, LogBody, Arc<SecretSet>),
@@ -27,6 +29,8 @@ enum Job {
     Run(RunDoc, Arc<SecretSet>),
     Index(RunSummary),
     Flush(oneshot::Sender<()>),
+    /// Reported once everything sent before it is written.
+    Announce(Progress, ProgressFn),
 }
 
 /// The handle of the publishing task.
@@ -68,6 +72,12 @@ impl Publisher {
 
     pub fn index(&self, summary: RunSummary) {
         let _ = self.tx.send(Job::Index(summary));
+    }
+
+    /// Reports `event` to `to` once every log, artifact and stage document
+    /// sent so far is written (a coalesced `run.json` may still wait).
+    pub fn announce(&self, event: Progress, to: ProgressFn) {
+        let _ = self.tx.send(Job::Announce(event, to));
     }
 
     /// Waits until everything sent so far is written.
@@ -171,6 +181,7 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
             Job::Flush(done) => {
                 let _ = done.send(());
             }
+            Job::Announce(event, to) => to(event),
         }
     }
 }

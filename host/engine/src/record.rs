@@ -441,6 +441,11 @@ impl Recorder {
             reason,
             duration_ms,
         });
+        if status.is_final() {
+            // After the stage's final event: readers learn it ended first.
+            let done = Progress::Published { name: name.clone() };
+            self.publisher.announce(done, progress.clone());
+        }
     }
 
     /// Hands a finished stage's log and artifacts to the publisher; their

@@ -110,6 +110,12 @@ pub enum Progress {
         name: StageName,
         bytes: Vec<u8>,
     },
+    /// A final stage's log, artifacts and document are written to the
+    /// results (or were refused by the secret sweep): from now on its log is
+    /// read from there. Follows the stage's final `Stage` event.
+    Published {
+        name: StageName,
+    },
     RunFinished {
         run_id: RunId,
         status: RunStatus,

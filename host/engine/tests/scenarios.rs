@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sentinel_api::{StageDoc, keys};
 use sentinel_engine::fake::{FakeExecutor, MemSink, MemStore};
-use sentinel_engine::{Engine, EngineConfig, ProgressFn, RunRequest, Signals};
+use sentinel_engine::{Engine, EngineConfig, Progress, ProgressFn, RunRequest, Signals};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,7 +99,40 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
             });
         }
     }
-    let progress: ProgressFn = Arc::new(|_| {});
+    // Each final stage is announced `Published` once, after its final event,
+    // with its document (and log, when it names one) already in the sink.
+    let announced: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let progress: ProgressFn = {
+        let (sink, announced) = (sink.clone(), announced.clone());
+        let run = std::sync::Mutex::new(None);
+        let ended = std::sync::Mutex::new(Vec::new());
+        Arc::new(move |p| match p {
+            Progress::RunStarted { run_id, .. } => *run.lock().unwrap() = Some(run_id),
+            Progress::Stage { name, status, .. } if status.is_final() => {
+                ended.lock().unwrap().push(name)
+            }
+            Progress::Published { name } => {
+                let run = run.lock().unwrap().clone().unwrap();
+                let note = |m: String| announced.lock().unwrap().push(m);
+                if !ended.lock().unwrap().contains(&name) {
+                    note(format!("{name}: published before its final event"));
+                }
+                let objects = sink.objects.lock().unwrap();
+                match objects.get(&keys::stage_doc(&run, &name)) {
+                    None => note(format!("{name}: announced before its document was written")),
+                    Some(doc) => {
+                        let doc: StageDoc = serde_json::from_slice(doc).unwrap();
+                        if doc.log.is_some() && !objects.contains_key(&keys::stage_log(&run, &name))
+                        {
+                            note(format!("{name}: announced before its log was written"));
+                        }
+                    }
+                }
+                note(format!("published {name}"));
+            }
+            _ => {}
+        })
+    };
     let req = RunRequest {
         host_env: expect.host_env.clone(),
         secrets: expect.secrets.clone(),
@@ -116,6 +149,20 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
             errors.push(msg);
         }
     };
+    let announced = announced.lock().unwrap().clone();
+    for note in announced.iter().filter(|n| !n.starts_with("published ")) {
+        check(false, note.clone());
+    }
+    for s in &run.stages {
+        let times = announced
+            .iter()
+            .filter(|n| **n == format!("published {}", s.name))
+            .count();
+        check(
+            times == 1 || !s.status.is_final(),
+            format!("{}: announced published {times} times", s.name),
+        );
+    }
     check(
         run.status.as_str() == expect.run,
         format!(

@@ -2,7 +2,9 @@
 //! log so far (masked, capped) and a broadcast of its new bytes, and each
 //! run's stage and run events — what the SSE endpoints stream. A
 //! subscriber gets the bytes so far and the channel under one lock, so it
-//! misses nothing and sees nothing twice.
+//! misses nothing and sees nothing twice. A stage that ended stays known
+//! until its files are published, so a reader can wait for its log file
+//! instead of finding it missing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +46,8 @@ struct StageLive {
     kept: Vec<u8>,
     /// Bytes dropped from the front of `kept`.
     dropped: u64,
+    /// Ended, its files not yet published; dropping `tx` tells the waiters.
+    ended: bool,
     tx: broadcast::Sender<LogEvent>,
 }
 
@@ -89,6 +93,7 @@ impl LiveHub {
                             let live = StageLive {
                                 kept: Vec::new(),
                                 dropped: 0,
+                                ended: false,
                                 tx: broadcast::channel(1024).0,
                             };
                             (s.clone(), live)
@@ -99,7 +104,9 @@ impl LiveHub {
                 runs.insert(run.clone(), live);
             }
             Progress::Log { name, bytes } => {
-                if let Some(st) = runs.get_mut(run).and_then(|r| r.stages.get_mut(name)) {
+                if let Some(st) = runs.get_mut(run).and_then(|r| r.stages.get_mut(name))
+                    && !st.ended
+                {
                     st.kept.extend_from_slice(bytes);
                     if st.kept.len() > KEEP_BYTES {
                         let cut = st.kept.len() - KEEP_BYTES;
@@ -123,14 +130,22 @@ impl LiveHub {
                     duration_ms: *duration_ms,
                 });
                 if status.is_final()
-                    && let Some(st) = r.stages.remove(name)
+                    && let Some(st) = r.stages.get_mut(name)
+                    && !st.ended
                 {
+                    st.ended = true;
+                    st.kept = Vec::new();
                     let _ = st.tx.send(LogEvent::End(*status));
+                }
+            }
+            Progress::Published { name } => {
+                if let Some(r) = runs.get_mut(run) {
+                    r.stages.remove(name);
                 }
             }
             Progress::RunFinished { status, .. } => {
                 if let Some(r) = runs.remove(run) {
-                    for (_, st) in r.stages {
+                    for (_, st) in r.stages.into_iter().filter(|(_, st)| !st.ended) {
                         let _ = st.tx.send(LogEvent::End(StageStatus::Cancelled));
                     }
                     let _ = r.tx.send(RunEvent::Run { status: *status });
@@ -143,12 +158,25 @@ impl LiveHub {
     /// ended (or the run is not going here): read its published log.
     pub fn tail(&self, run: &RunId, stage: &StageName) -> Option<LogTail> {
         let runs = self.runs.lock().ok()?;
-        let st = runs.get(run)?.stages.get(stage)?;
+        let st = runs.get(run)?.stages.get(stage).filter(|st| !st.ended)?;
         Some(LogTail {
             so_far: st.kept.clone(),
             dropped: st.dropped,
             rx: st.tx.subscribe(),
         })
+    }
+
+    /// Waits until the files of a stage that ended are published; returns
+    /// at once when there is nothing to wait for.
+    pub async fn published(&self, run: &RunId, stage: &StageName) {
+        let rx = self.runs.lock().ok().and_then(|runs| {
+            let st = runs.get(run)?.stages.get(stage).filter(|st| st.ended)?;
+            Some(st.tx.subscribe())
+        });
+        if let Some(mut rx) = rx {
+            // Nothing is sent after `End`: this returns when `tx` is dropped.
+            while !matches!(rx.recv().await, Err(broadcast::error::RecvError::Closed)) {}
+        }
     }
 
     /// How many runs are going.
@@ -226,5 +254,43 @@ mod tests {
         let t = hub.tail(&run, &big).unwrap();
         assert_eq!(t.so_far.len(), KEEP_BYTES);
         assert_eq!(t.dropped as usize, 3 * (KEEP_BYTES / 2 + 1) - KEEP_BYTES);
+    }
+
+    #[tokio::test]
+    async fn a_reader_waits_for_an_ended_stage_to_be_published() {
+        let hub = std::sync::Arc::new(LiveHub::default());
+        let run: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
+        let st: StageName = "build".parse().unwrap();
+        hub.on_progress(
+            &run,
+            &Progress::RunStarted {
+                run_id: run.clone(),
+                stages: vec![st.clone()],
+            },
+        );
+        // Running: nothing to wait for (the live tail serves it).
+        hub.published(&run, &st).await;
+        hub.on_progress(
+            &run,
+            &Progress::Stage {
+                name: st.clone(),
+                status: StageStatus::Failed,
+                reason: None,
+                duration_ms: Some(5),
+            },
+        );
+        let waiter = tokio::spawn({
+            let (hub, run, st) = (hub.clone(), run.clone(), st.clone());
+            async move { hub.published(&run, &st).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "ended but not yet published");
+        hub.on_progress(&run, &Progress::Published { name: st.clone() });
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the reader was released")
+            .unwrap();
+        // Published: the next reader does not wait.
+        hub.published(&run, &st).await;
     }
 }

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -33,12 +32,14 @@ fn parse_stage(s: &str) -> Result<StageName, ApiError> {
 
 impl AppState {
     /// The published log of an ended stage: its bytes, or none when it
-    /// printed nothing or has not ended.
+    /// printed nothing or has not ended. A stage that ended a moment ago is
+    /// waited for until its files are published.
     async fn published_log(
         &self,
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, ApiError> {
+        self.live.published(run, stage).await;
         let doc = self
             .store
             .get_stages(run)
@@ -61,19 +62,13 @@ impl AppState {
             ));
         };
         let path: PathBuf = dir.join(keys::stage_log(run, stage));
-        // The document can be a moment ahead of its log file.
-        for _ in 0..20 {
-            match tokio::fs::read(&path).await {
-                Ok(b) => return Ok(Some(b)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(ApiError::internal(e)),
-            }
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::not_found(
+                format!("the log of {run}/{stage} is not in the results folder"),
+            )),
+            Err(e) => Err(ApiError::internal(e)),
         }
-        Err(ApiError::not_found(format!(
-            "the log of {run}/{stage} is not in the results folder"
-        )))
     }
 }
 
