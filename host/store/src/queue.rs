@@ -24,14 +24,37 @@ impl SledStore {
         key: &str,
         entry: &QueueEntry,
     ) -> Result<(RunId, bool), StorageError> {
+        let result = match self.insert_entry(Some(key), entry)? {
+            None => (entry.run_id.clone(), true),
+            Some(id) => (
+                id.parse()
+                    .map_err(|e| err("delivery", format!("stored run id `{id}`: {e}")))?,
+                false,
+            ),
+        };
+        // The first caller's write is on disk before any caller answers.
+        self.flush().await?;
+        Ok(result)
+    }
+
+    /// The one write path of the queue: in one transaction, queues `entry`
+    /// (queue, queued, requests) and records its idempotency `key`, unless
+    /// the key is known — then returns the run id it owns. A run id queued
+    /// twice is an error. Not flushed.
+    fn insert_entry(
+        &self,
+        key: Option<&str>,
+        entry: &QueueEntry,
+    ) -> Result<Option<String>, StorageError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError};
         let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
         let value = encode(entry)?;
         let outcome = (&self.deliveries, &self.queue, &self.queued, &self.requests).transaction(
             |(deliveries, queue, queued, requests)| {
-                if let Some(existing) = deliveries.get(key.as_bytes())? {
-                    let id = String::from_utf8_lossy(&existing).into_owned();
-                    return Ok(Err(id));
+                if let Some(key) = key
+                    && let Some(existing) = deliveries.get(key.as_bytes())?
+                {
+                    return Ok(Some(String::from_utf8_lossy(&existing).into_owned()));
                 }
                 if queued.get(entry.run_id.as_str())?.is_some() {
                     return Err(ConflictableTransactionError::Abort(format!(
@@ -39,26 +62,61 @@ impl SledStore {
                         entry.run_id
                     )));
                 }
-                deliveries.insert(key.as_bytes(), entry.run_id.as_str())?;
+                if let Some(key) = key {
+                    deliveries.insert(key.as_bytes(), entry.run_id.as_str())?;
+                }
                 queue.insert(&seq.to_be_bytes(), value.clone())?;
                 queued.insert(entry.run_id.as_str(), &seq.to_be_bytes())?;
                 requests.insert(entry.run_id.as_str(), value.clone())?;
-                Ok(Ok(()))
+                Ok(None)
             },
         );
-        let result = match outcome {
-            Ok(Ok(())) => (entry.run_id.clone(), true),
-            Ok(Err(id)) => (
-                id.parse()
-                    .map_err(|e| err("delivery", format!("stored run id `{id}`: {e}")))?,
-                false,
-            ),
-            Err(TransactionError::Abort(m)) => return Err(err("enqueue", m)),
-            Err(TransactionError::Storage(e)) => return Err(err("enqueue", e)),
-        };
-        // The first caller's write is on disk before any caller answers.
-        self.flush().await?;
-        Ok(result)
+        match outcome {
+            Ok(owner) => Ok(owner),
+            Err(TransactionError::Abort(m)) => Err(err("enqueue", m)),
+            Err(TransactionError::Storage(e)) => Err(err("enqueue", e)),
+        }
+    }
+
+    /// Removes run `run`'s queue entry `v` at `k`, only if it is still `v`;
+    /// true when this call removed it. Not flushed.
+    fn remove_unchanged(
+        &self,
+        k: &[u8],
+        v: &sled::IVec,
+        run: &RunId,
+    ) -> Result<bool, StorageError> {
+        let removed = self
+            .queue
+            .compare_and_swap(k, Some(v), None::<&[u8]>)
+            .map_err(|e| err("dequeue", e))?;
+        if removed.is_ok() {
+            self.queued
+                .remove(run.as_str())
+                .map_err(|e| err("dequeue", e))?;
+        }
+        Ok(removed.is_ok())
+    }
+
+    /// Claims the queue entry `v` at `k` for `owner` until `until`, only if
+    /// it is still `v` (nobody claimed, renewed or removed it meanwhile).
+    fn swap_claim(
+        &self,
+        k: &[u8],
+        v: &sled::IVec,
+        mut entry: QueueEntry,
+        owner: &Owner,
+        until: DateTime<Utc>,
+    ) -> Result<Option<QueueEntry>, StorageError> {
+        entry.claim = Some(Claim {
+            owner: owner.clone(),
+            until,
+        });
+        let swapped = self
+            .queue
+            .compare_and_swap(k, Some(v), Some(encode(&entry)?))
+            .map_err(|e| err("claim", e))?;
+        Ok(swapped.is_ok().then_some(entry))
     }
 
     /// The entry a run was queued with (kept after it ran), for re-runs.
@@ -81,22 +139,7 @@ impl SledStore {
 #[async_trait]
 impl RunQueue for SledStore {
     async fn enqueue(&self, entry: &QueueEntry) -> Result<(), StorageError> {
-        if self.queue_key(&entry.run_id)?.is_some() {
-            return Err(err(
-                "enqueue",
-                format!("run {} is already queued", entry.run_id),
-            ));
-        }
-        let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
-        self.queue
-            .insert(seq.to_be_bytes(), encode(entry)?)
-            .map_err(|e| err("enqueue", e))?;
-        self.queued
-            .insert(entry.run_id.as_str(), &seq.to_be_bytes())
-            .map_err(|e| err("enqueue", e))?;
-        self.requests
-            .insert(entry.run_id.as_str(), encode(entry)?)
-            .map_err(|e| err("enqueue", e))?;
+        self.insert_entry(None, entry)?;
         self.flush().await
     }
 
@@ -112,16 +155,9 @@ impl RunQueue for SledStore {
             return Ok(None);
         }
         // Only if no worker claimed it meanwhile.
-        let removed = self
-            .queue
-            .compare_and_swap(&k, Some(&v), None::<&[u8]>)
-            .map_err(|e| err("withdraw", e))?;
-        if removed.is_err() {
+        if !self.remove_unchanged(&k, &v, run)? {
             return Ok(None);
         }
-        self.queued
-            .remove(run.as_str())
-            .map_err(|e| err("withdraw", e))?;
         self.flush().await?;
         Ok(Some(entry))
     }
@@ -133,20 +169,11 @@ impl RunQueue for SledStore {
     ) -> Result<Option<QueueEntry>, StorageError> {
         for kv in self.queue.iter() {
             let (k, v) = kv.map_err(|e| err("queue", e))?;
-            let mut entry: QueueEntry = decode(&v)?;
+            let entry: QueueEntry = decode(&v)?;
             if entry.claim.is_some() {
                 continue;
             }
-            entry.claim = Some(Claim {
-                owner: owner.clone(),
-                until,
-            });
-            // Only if nobody claimed it meanwhile.
-            let swapped = self
-                .queue
-                .compare_and_swap(&k, Some(&v), Some(encode(&entry)?))
-                .map_err(|e| err("claim", e))?;
-            if swapped.is_ok() {
+            if let Some(entry) = self.swap_claim(&k, &v, entry, owner, until)? {
                 self.flush().await?;
                 return Ok(Some(entry));
             }
@@ -166,19 +193,11 @@ impl RunQueue for SledStore {
         let Some(v) = self.queue.get(&k).map_err(|e| err("renew", e))? else {
             return Ok(false);
         };
-        let mut entry: QueueEntry = decode(&v)?;
+        let entry: QueueEntry = decode(&v)?;
         if entry.claim.as_ref().is_none_or(|c| &c.owner != owner) {
             return Ok(false);
         }
-        entry.claim = Some(Claim {
-            owner: owner.clone(),
-            until,
-        });
-        let swapped = self
-            .queue
-            .compare_and_swap(&k, Some(&v), Some(encode(&entry)?))
-            .map_err(|e| err("renew", e))?;
-        Ok(swapped.is_ok())
+        Ok(self.swap_claim(&k, &v, entry, owner, until)?.is_some())
     }
 
     async fn finish(&self, run: &RunId) -> Result<(), StorageError> {
@@ -205,14 +224,7 @@ impl RunQueue for SledStore {
             if claim.until >= now && !dead(&claim.owner) {
                 continue;
             }
-            let removed = self
-                .queue
-                .compare_and_swap(&k, Some(&v), None::<&[u8]>)
-                .map_err(|e| err("reclaim", e))?;
-            if removed.is_ok() {
-                self.queued
-                    .remove(entry.run_id.as_str())
-                    .map_err(|e| err("reclaim", e))?;
+            if self.remove_unchanged(&k, &v, &entry.run_id)? {
                 taken.push(entry);
             }
         }
