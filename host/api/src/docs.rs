@@ -98,6 +98,22 @@ pub struct RunDoc {
     pub sentinel: String,
 }
 
+impl RunDoc {
+    /// Brings each stage entry up to date with that stage's own document
+    /// (written before `run.json`, so it may be newer); entries without a
+    /// document are left as they are.
+    pub fn refresh_stages(&mut self, stages: &[StageDoc]) {
+        for entry in &mut self.stages {
+            if let Some(d) = stages.iter().find(|d| d.name == entry.name) {
+                entry.status = d.status;
+                entry.started = d.started;
+                entry.finished = d.finished;
+                entry.duration_ms = d.duration_ms;
+            }
+        }
+    }
+}
+
 /// What a stage was run with, recorded so it can be re-run alone.
 /// Secrets appear only as references (`${secrets.NAME}`), never as values.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -73,12 +73,11 @@ async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), Storage
         engine.store.put_stage(stage).await?;
         engine.sink.put_stage(stage).await?;
     }
+    run.refresh_stages(&stages);
     for entry in run.stages.iter_mut() {
-        if let Some(s) = stages.iter().find(|s| s.name == entry.name) {
-            entry.status = s.status;
-            entry.finished = s.finished;
-            entry.started = s.started;
-        } else if let Ok(to) = transition(entry.status, StageEvent::Interrupt) {
+        if !stages.iter().any(|s| s.name == entry.name)
+            && let Ok(to) = transition(entry.status, StageEvent::Interrupt)
+        {
             entry.status = to;
         }
     }

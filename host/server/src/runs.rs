@@ -123,14 +123,7 @@ pub(crate) async fn show_run(
 /// The run's stage entries brought up to date from the stage documents
 /// (the stored run document changes at run-level events only).
 pub(crate) fn with_stages(mut run: RunDoc, stages: &[StageDoc]) -> RunDoc {
-    for entry in &mut run.stages {
-        if let Some(d) = stages.iter().find(|d| d.name == entry.name) {
-            entry.status = d.status;
-            entry.started = d.started;
-            entry.finished = d.finished;
-            entry.duration_ms = d.duration_ms;
-        }
-    }
+    run.refresh_stages(stages);
     run
 }
 
