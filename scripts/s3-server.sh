@@ -63,3 +63,5 @@ echo "S3_REGION=garage"
 echo "S3_BUCKET=$bucket"
 echo "AWS_ACCESS_KEY_ID=$key_id"
 echo "AWS_SECRET_ACCESS_KEY=$secret"
+# The bucket website: GET http://$S3_WEBSITE/<key> with Host: <bucket>.web.localhost
+echo "S3_WEBSITE=127.0.0.1:3902"

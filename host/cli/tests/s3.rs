@@ -12,7 +12,7 @@ use common::Project;
 
 const PIPELINE: &str = "version: 1\nstages:\n  pluck:\n    step: jq-pluck@1\n    with: {input: '{\"k\": \"from-s3-test\"}', filter: .k, raw: 'true'}\n";
 
-use common::s3_server as s3;
+use sentinel_testkit::s3_server as s3;
 
 fn run(p: &Project, s3: &BTreeMap<String, String>, url: &str, endpoint: &str) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sentinel"))
@@ -47,18 +47,11 @@ fn run_id(out: &Output) -> String {
     doc["id"].as_str().unwrap().to_string()
 }
 
-/// GETs a key from the bucket's website endpoint.
+/// GETs a JSON document from the bucket's website endpoint.
 fn from_website(bucket: &str, key: &str) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args(["-sf", "-H", &format!("Host: {bucket}.web.localhost")])
-        .arg(format!("http://127.0.0.1:3902/{key}"))
-        .output()
-        .expect("curl (apt-get install curl)");
-    assert!(
-        out.status.success(),
-        "GET {key} from the bucket's website failed"
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let page = sentinel_testkit::website_get(&s3(), bucket, key);
+    assert_eq!(page.status, 200, "GET {key} from the bucket's website");
+    serde_json::from_slice(&page.body).unwrap()
 }
 
 #[test]

@@ -48,7 +48,7 @@ const SECRET: &str = "web-secret-value-4711";
 async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
     common::docker().await;
     let dist = dist();
-    let s3 = common::s3_server();
+    let s3 = sentinel_testkit::s3_server();
     let project = common::Project::new(PIPELINE);
     let prefix = format!("web-{}", std::process::id());
     let url = format!("s3://{}/{prefix}", s3["S3_BUCKET"]);
@@ -98,10 +98,8 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let site = format!(
-        "http://{}.web.localhost:3902/{prefix}/index.html",
-        s3["S3_BUCKET"]
-    );
+    let site =
+        sentinel_testkit::website_url(&s3, &s3["S3_BUCKET"], &format!("{prefix}/index.html"));
     let b = Browser::start().await;
     b.client.goto(&site).await.unwrap();
     b.find("tr.run-row").await;
@@ -156,10 +154,10 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
     b.screenshot("web-static-stage-log").await;
 
     // A missing results prefix: an error naming the URL.
-    let missing = format!(
-        "http://{}.web.localhost:3902/no-such-prefix-{}/",
-        s3["S3_BUCKET"],
-        std::process::id()
+    let missing = sentinel_testkit::website_url(
+        &s3,
+        &s3["S3_BUCKET"],
+        &format!("no-such-prefix-{}/", std::process::id()),
     );
     b.client
         .goto(&format!("{site}?results={missing}"))
@@ -188,33 +186,43 @@ defaults:
 stages:
   slow:
     run: |
-      for i in 1 2 3 4 5 6 7 8 9 10; do echo "tick $i"; sleep 0.5; done
+      for i in $(seq 1 20); do echo "tick $i"; sleep 0.5; done
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn served_app_follows_a_stage_live_without_reloading() {
+/// `sentinel serve` with the built app and repository `app` holding
+/// `pipeline`, an admin client, and a browser — started before any run, as
+/// its start is the slow part on a busy machine.
+async fn served_app(
+    pipeline: &str,
+    public_read: bool,
+) -> (tempfile::TempDir, Server, Client, Browser) {
     common::docker().await;
     let dist = dist();
     let tmp = tempfile::tempdir().unwrap();
-    let (repo, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", LIVE)]);
+    let (repo, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", pipeline)]);
     let repo_arg = format!("app={repo}");
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--repo",
-            &repo_arg,
-            "--web",
-            dist.to_str().unwrap(),
-            "--public-read",
-        ],
-        &[],
-    );
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--repo",
+        &repo_arg,
+        "--web",
+        dist.to_str().unwrap(),
+    ];
+    if public_read {
+        args.push("--public-read");
+    }
+    let server = Server::start(&tmp.path().join("state"), &args, &[]);
     let c = Client::new(&server.url, &server.admin);
-    let id = c.trigger("app").await;
-
     let b = Browser::start().await;
+    (tmp, server, c, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_app_follows_a_stage_live_without_reloading() {
+    let (_tmp, server, c, b) = served_app(LIVE, true).await;
+    // The stage runs 10 s: the page sees it running.
+    let id = c.trigger("app").await;
     b.client
         .goto(&format!("{}/#/run/{id}", server.url))
         .await
@@ -258,24 +266,7 @@ stages:
 /// button stops the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_in_user_follows_a_log_and_cancels_the_run() {
-    common::docker().await;
-    let dist = dist();
-    let tmp = tempfile::tempdir().unwrap();
-    let (repo, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", TAIL)]);
-    let repo_arg = format!("app={repo}");
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--repo",
-            &repo_arg,
-            "--web",
-            dist.to_str().unwrap(),
-        ],
-        &[],
-    );
-    let c = Client::new(&server.url, &server.admin);
+    let (_tmp, server, c, b) = served_app(TAIL, false).await;
     let id = c.trigger("app").await;
     let stage_status = || async {
         let v = c.get(&format!("/api/v1/runs/{id}")).await;
@@ -285,7 +276,6 @@ async fn signed_in_user_follows_a_log_and_cancels_the_run() {
             .to_string()
     };
 
-    let b = Browser::start().await;
     b.client
         .goto(&format!("{}/#/run/{id}/slow", server.url))
         .await

@@ -6,57 +6,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+
 use std::path::Path;
 
 use common::{Spec, assert_ok, component, run, text};
 use sentinel_engine::exec::Outcome;
 use sentinel_pipeline::WorkspaceAccess;
-
-/// Starts (or reuses) the S3 server and returns its settings.
-fn s3() -> BTreeMap<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "the S3 server could not be started by {}: {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
+use sentinel_testkit::s3_server as s3;
 
 /// GETs a key through the bucket's website endpoint: (status, content type, body).
 fn website(bucket: &str, key: &str) -> (u16, String, Vec<u8>) {
-    let mut sock = std::net::TcpStream::connect("127.0.0.1:3902").unwrap();
-    write!(
-        sock,
-        "GET /{key} HTTP/1.1\r\nHost: {bucket}.web.localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    sock.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let ctype = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, ctype, raw[split + 4..].to_vec())
+    let page = sentinel_testkit::website_get(&s3(), bucket, key);
+    (page.status, page.content_type, page.body)
 }
 
 fn settings(

@@ -160,23 +160,3 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
-
-/// The S3 server's settings (`KEY=value` lines of `scripts/s3-server.sh`,
-/// which starts it when it is not running).
-pub fn s3_server() -> BTreeMap<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "scripts/s3-server.sh could not start the S3 server (scripts/setup.sh installs it): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .flat_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect()
-}

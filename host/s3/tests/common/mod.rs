@@ -5,33 +5,10 @@
 
 pub mod proxy;
 
-use std::collections::BTreeMap;
-use std::path::Path;
-
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use sentinel_s3::{S3Config, S3Sink};
 
-/// Starts (or reuses) the S3 server and returns its settings.
-pub fn s3_server() -> BTreeMap<String, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/s3-server.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("bash");
-    assert!(
-        out.status.success(),
-        "the S3 server could not be started by {} (scripts/setup.sh installs it): {}",
-        script.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
+pub use sentinel_testkit::s3_server;
 
 /// A sink on the S3 server, through `endpoint` when given (a proxy).
 pub fn sink_via(prefix: &str, endpoint: Option<String>) -> S3Sink {
