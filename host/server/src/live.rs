@@ -195,8 +195,8 @@ impl LiveHub {
 mod tests {
     use super::*;
 
-    #[test]
-    fn late_subscribers_get_what_was_written_then_the_rest() {
+    /// A hub with one run going, its id and its stage `build`.
+    fn started() -> (LiveHub, RunId, StageName) {
         let hub = LiveHub::default();
         let run: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
         let st: StageName = "build".parse().unwrap();
@@ -207,6 +207,21 @@ mod tests {
                 stages: vec![st.clone()],
             },
         );
+        (hub, run, st)
+    }
+
+    fn ended(name: &StageName, status: StageStatus) -> Progress {
+        Progress::Stage {
+            name: name.clone(),
+            status,
+            reason: None,
+            duration_ms: Some(5),
+        }
+    }
+
+    #[test]
+    fn late_subscribers_get_what_was_written_then_the_rest() {
+        let (hub, run, st) = started();
         let log = |b: &[u8]| Progress::Log {
             name: st.clone(),
             bytes: b.to_vec(),
@@ -215,15 +230,7 @@ mod tests {
         let mut tail = hub.tail(&run, &st).unwrap();
         assert_eq!(tail.so_far, b"one\n");
         hub.on_progress(&run, &log(b"two\n"));
-        hub.on_progress(
-            &run,
-            &Progress::Stage {
-                name: st.clone(),
-                status: StageStatus::Succeeded,
-                reason: None,
-                duration_ms: Some(5),
-            },
-        );
+        hub.on_progress(&run, &ended(&st, StageStatus::Succeeded));
         assert!(matches!(tail.rx.try_recv().unwrap(), LogEvent::Bytes(b) if &*b == b"two\n"));
         assert!(matches!(
             tail.rx.try_recv().unwrap(),
@@ -258,27 +265,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_reader_waits_for_an_ended_stage_to_be_published() {
-        let hub = std::sync::Arc::new(LiveHub::default());
-        let run: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
-        let st: StageName = "build".parse().unwrap();
-        hub.on_progress(
-            &run,
-            &Progress::RunStarted {
-                run_id: run.clone(),
-                stages: vec![st.clone()],
-            },
-        );
+        let (hub, run, st) = started();
+        let hub = std::sync::Arc::new(hub);
         // Running: nothing to wait for (the live tail serves it).
         hub.published(&run, &st).await;
-        hub.on_progress(
-            &run,
-            &Progress::Stage {
-                name: st.clone(),
-                status: StageStatus::Failed,
-                reason: None,
-                duration_ms: Some(5),
-            },
-        );
+        hub.on_progress(&run, &ended(&st, StageStatus::Failed));
         let waiter = tokio::spawn({
             let (hub, run, st) = (hub.clone(), run.clone(), st.clone());
             async move { hub.published(&run, &st).await }
