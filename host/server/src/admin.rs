@@ -1,7 +1,8 @@
 //! Admin endpoints: tokens (`/api/v1/tokens`) and run secrets
 //! (`/api/v1/secrets`, names only on the way out), plus the browser
 //! session (`/api/v1/session`): a cookie holding the caller's token,
-//! HttpOnly and SameSite=Strict, honoured for reads only.
+//! HttpOnly and SameSite=Strict (and Secure behind a TLS proxy that says
+//! `X-Forwarded-Proto: https`), honoured for reads only.
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -139,8 +140,16 @@ pub(crate) async fn open_session(State(s): St, headers: HeaderMap) -> Result<Res
         .map(str::trim)
         .filter(|_| caller.token.is_some())
         .ok_or_else(|| ApiError::unauthorized("a bearer token is required"))?;
-    let cookie =
-        format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
+    // Behind a TLS proxy the cookie never travels in the clear. (A forged
+    // header can only make the cookie stricter.)
+    let secure = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200{}",
+        if secure { "; Secure" } else { "" }
+    );
     let mut res = (StatusCode::NO_CONTENT, ()).into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,

@@ -235,6 +235,16 @@ async fn the_session_cookie_reads_but_never_writes() {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    // Behind a TLS proxy the cookie is Secure.
+    let req = Request::post("/api/v1/session")
+        .header("authorization", format!("Bearer {}", a.admin))
+        .header("x-forwarded-proto", "https")
+        .body(Body::empty())
+        .unwrap();
+    let res = a.app.clone().oneshot(req).await.unwrap();
+    let proxied = res.headers()["set-cookie"].to_str().unwrap();
+    assert!(proxied.ends_with("; Secure"), "{proxied}");
     let pair = cookie.split(';').next().unwrap().to_string();
     let with_cookie = |method: Method, path: &str, body: Option<&str>| {
         let mut r = Request::builder()
