@@ -314,6 +314,11 @@ async fn the_server_end_to_end() {
         .await;
     assert_eq!(status, 409, "an ended run cannot be cancelled");
 
+    // The list: every run stored, none waiting.
+    let list = c.get("/api/v1/runs").await;
+    assert_eq!(list["runs"].as_array().unwrap().len(), 5, "{list}");
+    assert_eq!(list["queued"], json!([]), "{list}");
+
     // Metrics and the badge.
     let (status, metrics) = c.text("/metrics").await;
     assert_eq!(status, 200);

@@ -95,7 +95,7 @@ pub const ROUTES: &[Route] = &[
         "GET",
         "/api/v1/runs",
         READ,
-        "Runs, newest first; `?limit=` (≤ 500) and `?before=<id>` page",
+        "Runs, newest first; `?limit=` (≤ 500) and `?before=<id>` page; the first page also names the runs not started yet (`queued`)",
     ),
     r(
         "POST",

@@ -78,12 +78,39 @@ pub(crate) async fn list_runs(
     let limit = q.limit.clamp(1, 500);
     let store = s.store.clone();
     let b = before.clone();
-    let runs = tokio::task::spawn_blocking(move || store.runs_page(b.as_ref(), limit))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(ApiError::internal)?;
+    let (runs, queued) = tokio::task::spawn_blocking(move || {
+        let runs = store.runs_page(b.as_ref(), limit)?;
+        // The first page also names the runs accepted but not started.
+        let queued = match b {
+            None => store.unstarted(MAX_QUEUED_LISTED)?,
+            Some(_) => Vec::new(),
+        };
+        Ok::<_, sentinel_engine::ports::StorageError>((runs, queued))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
     let next = (runs.len() == limit).then(|| runs.last().map(|r| r.id.clone()));
-    Ok(Json(json!({ "runs": runs, "next": next.flatten() })))
+    let queued: Vec<Value> = queued.iter().map(queued_view).collect();
+    Ok(Json(
+        json!({ "runs": runs, "next": next.flatten(), "queued": queued }),
+    ))
+}
+
+/// The most not-yet-started runs the list names.
+const MAX_QUEUED_LISTED: usize = 100;
+
+/// A run accepted but not started, as the API shows it.
+fn queued_view(e: &QueueEntry) -> Value {
+    json!({
+        "id": e.run_id,
+        "pipeline": e.pipeline,
+        "status": "queued",
+        "attempt": e.attempt,
+        "created": e.enqueued,
+        "trigger": e.trigger,
+        "stages": [],
+    })
 }
 
 pub(crate) async fn show_run(
@@ -99,18 +126,7 @@ pub(crate) async fn show_run(
             .await
             .map_err(ApiError::internal)?
         {
-            Some(e) => Ok(Json(json!({
-                "run": {
-                    "id": e.run_id,
-                    "pipeline": e.pipeline,
-                    "status": "queued",
-                    "attempt": e.attempt,
-                    "created": e.enqueued,
-                    "trigger": e.trigger,
-                    "stages": [],
-                },
-                "stages": [],
-            }))),
+            Some(e) => Ok(Json(json!({ "run": queued_view(&e), "stages": [] }))),
             None => Err(ApiError::not_found(format!("no run {id}"))),
         };
     };

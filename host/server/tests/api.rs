@@ -374,3 +374,37 @@ async fn a_trigger_is_queued_durably_and_visible() {
     let (status, _) = call(&a.app, Method::GET, RUN, Some(&a.read), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn the_first_page_lists_runs_accepted_but_not_started() {
+    let a = api(false).await;
+    let t = Some(a.trigger.as_str());
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, v) = call(&a.app, Method::POST, "/api/v1/runs", t, Some(TRIGGER)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let r = Some(a.read.as_str());
+    let (status, v) = call(&a.app, Method::GET, "/api/v1/runs", r, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["runs"], serde_json::json!([]), "none has started");
+    let queued: Vec<&str> = v["queued"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(queued, ids, "in queue order");
+    assert_eq!(v["queued"][0]["status"], "queued");
+    // A later page is about stored runs only.
+    let (_, v) = call(
+        &a.app,
+        Method::GET,
+        &format!("/api/v1/runs?before={}", ids[0]),
+        r,
+        None,
+    )
+    .await;
+    assert_eq!(v["queued"], serde_json::json!([]));
+}

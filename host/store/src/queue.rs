@@ -119,6 +119,27 @@ impl SledStore {
         Ok(swapped.is_ok().then_some(entry))
     }
 
+    /// Up to `limit` accepted runs that have not started (no run document
+    /// yet: waiting, or claimed and being prepared), in queue order.
+    pub fn unstarted(&self, limit: usize) -> Result<Vec<QueueEntry>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.queue.iter() {
+            if out.len() == limit {
+                break;
+            }
+            let (_, v) = kv.map_err(|e| err("queue", e))?;
+            let entry: QueueEntry = decode(&v)?;
+            let started = self
+                .runs
+                .contains_key(entry.run_id.as_str())
+                .map_err(|e| err("runs", e))?;
+            if !started {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+
     /// The entry a run was queued with (kept after it ran), for re-runs.
     pub fn request_of(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
         self.requests
