@@ -257,6 +257,22 @@ async fn the_server_end_to_end() {
     assert_eq!(v["run"]["status"], "failed", "{v}");
     let reason = v["run"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("secret `PROD_GATE` is not set"), "{reason}");
+    // One the engine refuses after the checkout (too short to be masked):
+    // failed with the reason, and its checkout removed all the same.
+    sentinel(&state, &["secret", "set", "SHORT"], Some("abc\n"));
+    let (status, v) = c
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/runs",
+            Some(json!({ "repo": "app", "ref": "main", "secrets": { "GATE": "SHORT" } })),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let short = v["id"].as_str().unwrap().to_string();
+    let v = c.wait_final(&short).await;
+    assert_eq!(v["run"]["status"], "failed", "{v}");
+    let reason = v["run"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("masked reliably"), "{reason}");
 
     // A signed push webhook runs the pushed commit on its branch.
     let body = json!({
@@ -316,15 +332,31 @@ async fn the_server_end_to_end() {
 
     // The list: every run stored, none waiting.
     let list = c.get("/api/v1/runs").await;
-    assert_eq!(list["runs"].as_array().unwrap().len(), 5, "{list}");
+    assert_eq!(list["runs"].as_array().unwrap().len(), 6, "{list}");
     assert_eq!(list["queued"], json!([]), "{list}");
+    // No checkout is left, not even of the run that never started.
+    let checkouts = state.join("checkouts");
+    let left = || {
+        std::fs::read_dir(&checkouts)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !left().is_empty() {
+        assert!(
+            std::time::Instant::now() < until,
+            "checkouts left: {:?}",
+            left()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Metrics and the badge.
     let (status, metrics) = c.text("/metrics").await;
     assert_eq!(status, 200);
     for needle in [
         "sentinel_runs{status=\"succeeded\"} 2",
-        "sentinel_runs{status=\"failed\"} 2",
+        "sentinel_runs{status=\"failed\"} 3",
         "sentinel_runs{status=\"cancelled\"} 1",
         "sentinel_queue_depth 0",
         "sentinel_stage_duration_seconds_count{status=\"succeeded\"}",

@@ -126,9 +126,33 @@ impl Worker {
                     "cancelled before it started",
                 )
                 .await?;
+                self.report_finished(&entry.run_id).await;
                 Ok(Cancelled::Withdrawn)
             }
             None => Ok(Cancelled::NotHere),
+        }
+    }
+
+    /// Records a run that ended without running, and reports it finished
+    /// (so what waits for its end — a checkout to remove, a metric — hears
+    /// of it as of any other run's).
+    async fn end_unstarted(&self, entry: &QueueEntry, status: RunStatus, reason: &str) {
+        let id = &entry.run_id;
+        if let Err(e) = record_unstarted(&self.engine, entry, status, reason).await {
+            tracing::error!("run {id}: cannot record that it did not start: {e}");
+        }
+        self.report_finished(id).await;
+    }
+
+    /// Reports a run that did not go through the engine as finished, with
+    /// the status it was recorded with.
+    async fn report_finished(&self, id: &RunId) {
+        if let Ok(Some(run)) = self.engine.store.get_run(id).await {
+            let done = Progress::RunFinished {
+                run_id: id.clone(),
+                status: run.status,
+            };
+            (self.progress)(id, done);
         }
     }
 
@@ -252,10 +276,8 @@ impl Worker {
         if let Ok(mut s) = self.signals.lock() {
             s.remove(&id);
         }
-        if let Some((status, reason)) = failed
-            && let Err(e) = record_unstarted(&self.engine, &entry, status, &reason).await
-        {
-            tracing::error!("run {id}: cannot record that it did not start: {e}");
+        if let Some((status, reason)) = failed {
+            self.end_unstarted(&entry, status, &reason).await;
         }
         heartbeat.abort();
         if let Err(e) = self.queue.finish(&id).await {
