@@ -87,6 +87,10 @@ pub struct ApiConfig {
     /// The largest request body accepted, in bytes.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// The largest webhook body accepted, in bytes (GitHub sends up to
+    /// 25 MB: a push of many commits).
+    #[serde(default = "default_hook_body_limit")]
+    pub hook_body_limit: usize,
     /// Requests per token.
     #[serde(default)]
     pub rate_limit: RateLimit,
@@ -96,12 +100,17 @@ fn default_body_limit() -> usize {
     1 << 20
 }
 
+fn default_hook_body_limit() -> usize {
+    25 << 20
+}
+
 impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             public_read: false,
             repos: BTreeMap::new(),
             body_limit: default_body_limit(),
+            hook_body_limit: default_hook_body_limit(),
             rate_limit: RateLimit::default(),
         }
     }

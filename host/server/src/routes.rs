@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -181,13 +181,19 @@ pub const ROUTES: &[Route] = &[
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit;
+    // Webhooks have a limit of their own (the signature is checked over
+    // the whole body, so it must be read first).
+    let hook_limit = state.config.hook_body_limit;
+    let hooks = Router::new()
+        .route("/hooks/github", post(hooks::github))
+        .layer(DefaultBodyLimit::max(hook_limit))
+        .layer(RequestBodyLimitLayer::new(hook_limit));
     Router::new()
         .route("/config.json", get(web_config))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics))
         .route("/badge/{pipeline}", get(badge::badge))
-        .route("/hooks/github", post(hooks::github))
         .route("/results/{*path}", get(results))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/runs", get(runs::list_runs).post(runs::trigger))
@@ -216,6 +222,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .fallback(web_app)
         .layer(RequestBodyLimitLayer::new(limit))
+        .merge(hooks)
         .with_state(state)
 }
 

@@ -56,7 +56,7 @@ fn config(public_read: bool) -> ApiConfig {
             },
         )]),
         body_limit: 1024,
-        rate_limit: RateLimit::default(),
+        ..ApiConfig::default()
     }
 }
 

@@ -212,3 +212,31 @@ async fn ten_concurrent_redeliveries_make_one_run() {
     assert_eq!(json["id"].as_str(), ids.first().map(String::as_str));
     assert_eq!(json["redelivery"], true);
 }
+
+#[tokio::test]
+async fn a_push_of_many_commits_is_not_refused_for_its_size() {
+    let (_tmp, store, app) = setup();
+    // A 3 MiB push: past the API's 1 MiB body limit, within the webhook's.
+    let mut body: serde_json::Value = serde_json::from_str(&push_body()).unwrap();
+    let commit = serde_json::json!({ "id": COMMIT, "message": "x".repeat(1000) });
+    body["commits"] = serde_json::Value::Array(vec![commit; 3 * 1024]);
+    let body = body.to_string();
+    assert!(body.len() > 3 << 20);
+    let sig = github_signature(SECRET, body.as_bytes());
+    let (status, json) = deliver(
+        &app,
+        "d-big",
+        body.as_bytes(),
+        Some(("x-hub-signature-256", sig)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(RunQueue::waiting(&store).await.unwrap(), 1);
+
+    // Past the webhook's own limit (25 MiB): 413, nothing queued.
+    let huge = vec![b' '; (25 << 20) + 1];
+    let sig = github_signature(SECRET, &huge);
+    let (status, _) = deliver(&app, "d-huge", &huge, Some(("x-hub-signature-256", sig))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(RunQueue::waiting(&store).await.unwrap(), 1);
+}
