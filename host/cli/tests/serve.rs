@@ -242,36 +242,30 @@ async fn the_server_end_to_end() {
         .await;
     assert_eq!(status, 400);
 
-    // A trigger may say which stored secret serves a name; one not stored
-    // fails the run before anything runs, naming it.
-    let (status, v) = c
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/runs",
-            Some(json!({ "repo": "app", "ref": "main", "secrets": { "GATE": "PROD_GATE" } })),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let mapped = v["id"].as_str().unwrap().to_string();
-    let v = c.wait_final(&mapped).await;
-    assert_eq!(v["run"]["status"], "failed", "{v}");
-    let reason = v["run"]["reason"].as_str().unwrap_or_default();
+    // A trigger may say which stored secret serves a name; a run it cannot
+    // start fails with the reason (its checkout removed, checked below).
+    let failed_reason = |stored: &'static str| {
+        let c = &c;
+        async move {
+            let (status, v) = c
+                .call(
+                    reqwest::Method::POST,
+                    "/api/v1/runs",
+                    Some(json!({ "repo": "app", "ref": "main", "secrets": { "GATE": stored } })),
+                )
+                .await;
+            assert_eq!(status, 202, "{v}");
+            let v = c.wait_final(v["id"].as_str().unwrap()).await;
+            assert_eq!(v["run"]["status"], "failed", "{v}");
+            v["run"]["reason"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    // Not stored: refused before the checkout, naming it.
+    let reason = failed_reason("PROD_GATE").await;
     assert!(reason.contains("secret `PROD_GATE` is not set"), "{reason}");
-    // One the engine refuses after the checkout (too short to be masked):
-    // failed with the reason, and its checkout removed all the same.
+    // Too short to be masked: refused by the engine after the checkout.
     sentinel(&state, &["secret", "set", "SHORT"], Some("abc\n"));
-    let (status, v) = c
-        .call(
-            reqwest::Method::POST,
-            "/api/v1/runs",
-            Some(json!({ "repo": "app", "ref": "main", "secrets": { "GATE": "SHORT" } })),
-        )
-        .await;
-    assert_eq!(status, 202, "{v}");
-    let short = v["id"].as_str().unwrap().to_string();
-    let v = c.wait_final(&short).await;
-    assert_eq!(v["run"]["status"], "failed", "{v}");
-    let reason = v["run"]["reason"].as_str().unwrap_or_default();
+    let reason = failed_reason("SHORT").await;
     assert!(reason.contains("masked reliably"), "{reason}");
 
     // A signed push webhook runs the pushed commit on its branch.
