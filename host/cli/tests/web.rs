@@ -6,7 +6,8 @@
 //!    `***`, never its value; a missing results prefix shows an error
 //!    naming the URL;
 //! 2. live: the app served by `sentinel serve` shows a stage go from
-//!    running to succeeded without a reload.
+//!    running to succeeded without a reload; signed in, it follows a log,
+//!    lists a waiting run as queued, and cancels a run.
 //!
 //! Each step saves a screenshot under `target/screenshots/`.
 
@@ -194,7 +195,7 @@ stages:
 /// its start is the slow part on a busy machine.
 async fn served_app(
     pipeline: &str,
-    public_read: bool,
+    extra: &[&str],
 ) -> (tempfile::TempDir, Server, Client, Browser) {
     common::docker().await;
     let dist = dist();
@@ -209,9 +210,7 @@ async fn served_app(
         "--web",
         dist.to_str().unwrap(),
     ];
-    if public_read {
-        args.push("--public-read");
-    }
+    args.extend_from_slice(extra);
     let server = Server::start(&tmp.path().join("state"), &args, &[]);
     let c = Client::new(&server.url, &server.admin);
     let b = Browser::start().await;
@@ -220,7 +219,7 @@ async fn served_app(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_app_follows_a_stage_live_without_reloading() {
-    let (_tmp, server, c, b) = served_app(LIVE, true).await;
+    let (_tmp, server, c, b) = served_app(LIVE, &["--public-read"]).await;
     // The stage runs 10 s: the page sees it running.
     let id = c.trigger("app").await;
     b.client
@@ -262,11 +261,12 @@ stages:
 "#;
 
 /// Without `public_read`: the app says to sign in; a token signs in (the
-/// session cookie), a running stage's log follows its tail, and the Cancel
+/// session cookie), a running stage's log follows its tail, a second run
+/// waiting behind it shows as queued in the runs list, and the Cancel
 /// button stops the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_in_user_follows_a_log_and_cancels_the_run() {
-    let (_tmp, server, c, b) = served_app(TAIL, false).await;
+    let (_tmp, server, c, b) = served_app(TAIL, &["--runs", "1"]).await;
     let id = c.trigger("app").await;
     let stage_status = || async {
         let v = c.get(&format!("/api/v1/runs/{id}")).await;
@@ -312,6 +312,34 @@ async fn signed_in_user_follows_a_log_and_cancels_the_run() {
         .unwrap();
     assert_eq!(follows, serde_json::json!(true), "scrolled to the tail");
     b.screenshot("web-live-log-tail").await;
+
+    // One run at a time: a second one waits, and the runs list shows it
+    // queued (it is in no results index yet), above the running one.
+    let waiting = c.trigger("app").await;
+    b.client.goto(&format!("{}/#/", server.url)).await.unwrap();
+    let row = |run: &str| format!(r#"tr[data-run="{run}"]"#);
+    b.wait_attr(&row(&waiting), "class", "run-row status-queued")
+        .await;
+    b.wait_attr(&row(&id), "class", "run-row status-running")
+        .await;
+    let order = b
+        .client
+        .execute(
+            "return [...document.querySelectorAll('tr.run-row')].map(r => r.dataset.run);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(order, serde_json::json!([waiting, id]), "newest first");
+    b.screenshot("web-live-queued").await;
+    let (status, v) = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{waiting}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "withdrawn while it waits: {v}");
 
     // Cancel from the run's page.
     b.client

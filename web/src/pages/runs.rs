@@ -1,6 +1,7 @@
 //! The runs: the paged index, newest first, filtered by status and branch
 //! and searched by pipeline, id or commit; older pages on demand
-//! (`?limit=N` preloads N runs).
+//! (`?limit=N` preloads N runs). Live, the runs accepted but not started
+//! (in no index yet) come from the API and lead the list.
 
 use leptos::prelude::*;
 use sentinel_api::{IndexPage, RunSummary, keys};
@@ -47,6 +48,47 @@ async fn load(
     Ok((runs, key))
 }
 
+/// Live: the runs accepted but not started, newest first.
+async fn queued(api: &str) -> Result<Vec<RunSummary>, FetchError> {
+    let url = format!("{api}/runs?limit=1");
+    let v = fetch::json::<serde_json::Value>(&url).await?;
+    let mut out = Vec::new();
+    for q in v["queued"].as_array().into_iter().flatten() {
+        let summary = serde_json::json!({
+            "id": q["id"],
+            "pipeline": q["pipeline"],
+            "status": "queued",
+            "created": q["created"],
+        });
+        match serde_json::from_value::<RunSummary>(summary) {
+            Ok(s) => out.push(s),
+            Err(e) => {
+                return Err(FetchError {
+                    url,
+                    what: format!("a queued run is not what was expected: {e}"),
+                });
+            }
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// The index's runs and, live, the queued ones first.
+async fn load_all(
+    source: &Source,
+    want: usize,
+) -> Result<(Vec<RunSummary>, Option<String>), FetchError> {
+    let (mut runs, next) = load(source, want).await?;
+    if let (Mode::Live, Some(api)) = (source.mode, source.api.as_deref()) {
+        let mut waiting = queued(api).await?;
+        waiting.retain(|q| runs.iter().all(|r| r.id != q.id));
+        waiting.append(&mut runs);
+        runs = waiting;
+    }
+    Ok((runs, next))
+}
+
 fn mark_rendered() {
     if let Some(w) = web_sys::window() {
         let now = w.performance().map(|p| p.now()).unwrap_or_default();
@@ -73,7 +115,7 @@ pub fn Runs() -> impl IntoView {
         let src = src.clone();
         loading.set(true);
         leptos::task::spawn_local(async move {
-            match load(&src, wanted()).await {
+            match load_all(&src, wanted()).await {
                 Ok((r, n)) => {
                     runs.set(r);
                     next.set(n);
