@@ -140,6 +140,31 @@ impl SledStore {
         Ok(out)
     }
 
+    /// Forgets the idempotency keys of runs accepted before `before` (their
+    /// run ids carry the time); returns how many. A delivery repeated after
+    /// that queues a new run.
+    pub fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<usize, StorageError> {
+        let cutoff = u64::try_from(before.timestamp_millis()).unwrap_or(0);
+        let mut pruned = 0;
+        for kv in self.deliveries.iter() {
+            let (k, v) = kv.map_err(|e| err("deliveries", e))?;
+            let accepted = std::str::from_utf8(&v)
+                .ok()
+                .and_then(|id| ulid::Ulid::from_string(id).ok())
+                .map(|u| u.timestamp_ms());
+            if accepted.is_some_and(|ms| ms < cutoff) {
+                self.deliveries
+                    .remove(k)
+                    .map_err(|e| err("deliveries", e))?;
+                pruned += 1;
+            }
+        }
+        if pruned > 0 {
+            self.db.flush().map_err(|e| err("flush", e))?;
+        }
+        Ok(pruned)
+    }
+
     /// The entry a run was queued with (kept after it ran), for re-runs.
     pub fn request_of(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
         self.requests

@@ -278,3 +278,36 @@ async fn one_idempotency_key_queues_one_run_among_concurrent_callers() {
     let id = ids.into_iter().next().unwrap();
     assert!(s.store.request_of(&id).unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_ids_older_than_the_cutoff_are_forgotten() {
+    let s = setup(1, 1);
+    let days_ago = |d: i64| {
+        let at = Utc::now() - chrono::Duration::days(d);
+        let id = ulid::Ulid::from_parts(at.timestamp_millis() as u64, 7);
+        id.to_string().parse::<RunId>().unwrap()
+    };
+    let old = QueueEntry {
+        run_id: days_ago(40),
+        ..entry(SLEEPY)
+    };
+    let recent = QueueEntry {
+        run_id: days_ago(2),
+        ..entry(SLEEPY)
+    };
+    s.store.enqueue_once("old", &old).await.unwrap();
+    s.store.enqueue_once("recent", &recent).await.unwrap();
+    let cutoff = Utc::now() - chrono::Duration::days(30);
+    assert_eq!(s.store.prune_deliveries(cutoff).unwrap(), 1);
+    assert_eq!(s.store.prune_deliveries(cutoff).unwrap(), 0, "once");
+    // The recent key still answers with its run; the old one is free again.
+    let (id, fresh) = s
+        .store
+        .enqueue_once("recent", &entry(SLEEPY))
+        .await
+        .unwrap();
+    assert_eq!((id, fresh), (recent.run_id.clone(), false));
+    let again = entry(SLEEPY);
+    let (id, fresh) = s.store.enqueue_once("old", &again).await.unwrap();
+    assert_eq!((id, fresh), (again.run_id.clone(), true));
+}

@@ -44,6 +44,10 @@ async fn stop_signal() {
 }
 
 /// `sentinel serve`.
+/// How long a webhook delivery id is remembered (a redelivery within it
+/// gets the same run).
+const DELIVERIES_KEPT_DAYS: i64 = 30;
+
 pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let project = std::fs::canonicalize(&paths.dir)
         .with_context(|| format!("project folder {}", paths.dir.display()))?;
@@ -133,6 +137,15 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         .context("taking back runs of a dead server")?
     {
         tracing::warn!(run = %e.run_id, attempt = e.attempt, "queued again as a new attempt");
+    }
+    // Webhook delivery ids are remembered for a while, not forever.
+    let forget = chrono::Utc::now() - chrono::Duration::days(DELIVERIES_KEPT_DAYS);
+    match store.prune_deliveries(forget) {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!("forgot {n} webhook delivery ids older than {DELIVERIES_KEPT_DAYS} days")
+        }
+        Err(e) => tracing::warn!("cannot prune webhook delivery ids: {e}"),
     }
     let mut state = AppState::new(store.clone(), settings.api.clone(), worker.clone());
     state.live = live;
