@@ -8,9 +8,6 @@
 //! `scripts/setup.sh` installs it, and `scripts/build-steps.sh`).
 
 use std::path::Path;
-
-#[path = "../tests/common/server.rs"]
-mod server;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,6 +16,9 @@ use sentinel_api::{RunDoc, RunStatus, SCHEMA_VERSION, Trigger, TriggerKind};
 use sentinel_engine::ports::Store;
 use sentinel_store::SledStore;
 use sentinel_store::tokens::Scope;
+
+#[path = "../tests/common/server.rs"]
+mod server;
 
 const STORED: usize = 10_000;
 

@@ -6,9 +6,6 @@
 //! (needs `chromium` and `chromium-driver`: `scripts/setup.sh`).
 
 use std::process::{Command, Stdio};
-
-#[path = "../tests/common/server.rs"]
-mod server;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -17,6 +14,9 @@ use sentinel_api::{
     GitContext, RunDoc, RunStatus, RunSummary, SCHEMA_VERSION, Trigger, TriggerKind,
 };
 use sentinel_engine::ResultsSink;
+
+#[path = "../tests/common/server.rs"]
+mod server;
 
 const RUNS: usize = 1000;
 const ROUNDS: usize = 15;

@@ -179,16 +179,13 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
     b.close().await;
 }
 
-const LIVE: &str = r#"version: 1
-name: live
-box: sentinel/busybox:local
-defaults:
-  network: none
-stages:
-  slow:
-    run: |
-      for i in $(seq 1 20); do echo "tick $i"; sleep 0.5; done
-"#;
+/// A pipeline `name` whose one container stage `slow` prints `tick N`
+/// every half second, `ticks` times.
+fn ticking(name: &str, ticks: u32) -> String {
+    format!(
+        "version: 1\nname: {name}\nbox: sentinel/busybox:local\ndefaults:\n  network: none\nstages:\n  slow:\n    run: |\n      for i in $(seq 1 {ticks}); do echo \"tick $i\"; sleep 0.5; done\n"
+    )
+}
 
 /// `sentinel serve` with the built app and repository `app` holding
 /// `pipeline`, an admin client, and a browser — started before any run, as
@@ -219,7 +216,7 @@ async fn served_app(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_app_follows_a_stage_live_without_reloading() {
-    let (_tmp, server, c, b) = served_app(LIVE, &["--public-read"]).await;
+    let (_tmp, server, c, b) = served_app(&ticking("live", 20), &["--public-read"]).await;
     // The stage runs 10 s: the page sees it running.
     let id = c.trigger("app").await;
     b.client
@@ -249,24 +246,13 @@ async fn served_app_follows_a_stage_live_without_reloading() {
     server.stop();
 }
 
-const TAIL: &str = r#"version: 1
-name: tail
-box: sentinel/busybox:local
-defaults:
-  network: none
-stages:
-  slow:
-    run: |
-      for i in $(seq 1 60); do echo "tick $i"; sleep 0.5; done
-"#;
-
 /// Without `public_read`: the app says to sign in; a token signs in (the
 /// session cookie), a running stage's log follows its tail, a second run
 /// waiting behind it shows as queued in the runs list, and the Cancel
 /// button stops the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_in_user_follows_a_log_and_cancels_the_run() {
-    let (_tmp, server, c, b) = served_app(TAIL, &["--runs", "1"]).await;
+    let (_tmp, server, c, b) = served_app(&ticking("tail", 60), &["--runs", "1"]).await;
     let id = c.trigger("app").await;
     let stage_status = || async {
         let v = c.get(&format!("/api/v1/runs/{id}")).await;

@@ -217,9 +217,7 @@ impl AppState {
         self.control.queued();
         Ok(())
     }
-}
 
-impl AppState {
     /// Queues a run asked for through the API; the 202 answer.
     async fn queue_api(
         &self,

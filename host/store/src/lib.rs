@@ -75,6 +75,18 @@ fn encode<T: Serialize>(doc: &T) -> Result<Vec<u8>, StorageError> {
     .map_err(|e| err("encode", e))
 }
 
+/// The value at `key` of `tree`, decoded; `what` names it in errors.
+fn get_decoded<T: DeserializeOwned>(
+    tree: &sled::Tree,
+    key: impl AsRef<[u8]>,
+    what: &str,
+) -> Result<Option<T>, StorageError> {
+    tree.get(key)
+        .map_err(|e| err(what, e))?
+        .map(|v| decode(&v))
+        .transpose()
+}
+
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     #[derive(Deserialize)]
     struct Version {
@@ -185,11 +197,7 @@ impl Store for SledStore {
     }
 
     async fn get_run(&self, id: &RunId) -> Result<Option<RunDoc>, StorageError> {
-        self.runs
-            .get(id.as_str())
-            .map_err(|e| err("get run", e))?
-            .map(|v| decode(&v))
-            .transpose()
+        get_decoded(&self.runs, id.as_str(), "get run")
     }
 
     async fn get_stages(&self, id: &RunId) -> Result<Vec<StageDoc>, StorageError> {

@@ -11,7 +11,7 @@ use sentinel_api::RunId;
 use sentinel_engine::lease::Owner;
 use sentinel_engine::ports::{Claim, QueueEntry, RunQueue, StorageError};
 
-use crate::{SledStore, decode, encode, err};
+use crate::{SledStore, decode, encode, err, get_decoded};
 
 impl SledStore {
     /// Queues `entry` unless a trigger with the same idempotency `key` (a
@@ -143,7 +143,7 @@ impl SledStore {
     /// Forgets the idempotency keys of runs accepted before `before` (their
     /// run ids carry the time); returns how many. A delivery repeated after
     /// that queues a new run.
-    pub fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<usize, StorageError> {
+    pub async fn prune_deliveries(&self, before: DateTime<Utc>) -> Result<usize, StorageError> {
         let cutoff = u64::try_from(before.timestamp_millis()).unwrap_or(0);
         let mut pruned = 0;
         for kv in self.deliveries.iter() {
@@ -160,18 +160,14 @@ impl SledStore {
             }
         }
         if pruned > 0 {
-            self.db.flush().map_err(|e| err("flush", e))?;
+            self.flush().await?;
         }
         Ok(pruned)
     }
 
     /// The entry a run was queued with (kept after it ran), for re-runs.
     pub fn request_of(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
-        self.requests
-            .get(run.as_str())
-            .map_err(|e| err("requests", e))?
-            .map(|v| decode(&v))
-            .transpose()
+        get_decoded(&self.requests, run.as_str(), "requests")
     }
 
     /// The queue key of a run.
@@ -179,6 +175,15 @@ impl SledStore {
         self.queued
             .get(run.as_str())
             .map_err(|e| err("queue index", e))
+    }
+
+    /// A run's queue key and its raw entry there (for compare-and-swap).
+    fn queued_entry(&self, run: &RunId) -> Result<Option<(sled::IVec, sled::IVec)>, StorageError> {
+        let Some(k) = self.queue_key(run)? else {
+            return Ok(None);
+        };
+        let v = self.queue.get(&k).map_err(|e| err("queue", e))?;
+        Ok(v.map(|v| (k, v)))
     }
 }
 
@@ -190,10 +195,7 @@ impl RunQueue for SledStore {
     }
 
     async fn withdraw(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
-        let Some(k) = self.queue_key(run)? else {
-            return Ok(None);
-        };
-        let Some(v) = self.queue.get(&k).map_err(|e| err("withdraw", e))? else {
+        let Some((k, v)) = self.queued_entry(run)? else {
             return Ok(None);
         };
         let entry: QueueEntry = decode(&v)?;
@@ -233,10 +235,7 @@ impl RunQueue for SledStore {
         owner: &Owner,
         until: DateTime<Utc>,
     ) -> Result<bool, StorageError> {
-        let Some(k) = self.queue_key(run)? else {
-            return Ok(false);
-        };
-        let Some(v) = self.queue.get(&k).map_err(|e| err("renew", e))? else {
+        let Some((k, v)) = self.queued_entry(run)? else {
             return Ok(false);
         };
         let entry: QueueEntry = decode(&v)?;
@@ -281,14 +280,7 @@ impl RunQueue for SledStore {
     }
 
     async fn get(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
-        let Some(k) = self.queue_key(run)? else {
-            return Ok(None);
-        };
-        self.queue
-            .get(&k)
-            .map_err(|e| err("queue", e))?
-            .map(|v| decode(&v))
-            .transpose()
+        self.queued_entry(run)?.map(|(_, v)| decode(&v)).transpose()
     }
 
     async fn waiting(&self) -> Result<usize, StorageError> {

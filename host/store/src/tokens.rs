@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 
 use sentinel_engine::ports::StorageError;
 
-use crate::{SledStore, decode, encode, err};
+use crate::{SledStore, decode, encode, err, get_decoded};
 
 /// What a token may do; each scope includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -92,14 +92,9 @@ impl SledStore {
         else {
             return Ok(None);
         };
-        let Some(v) = self
-            .tokens
-            .get(id.as_bytes())
-            .map_err(|e| err("token", e))?
-        else {
+        let Some(info) = get_decoded::<TokenInfo>(&self.tokens, id.as_bytes(), "token")? else {
             return Ok(None);
         };
-        let info: TokenInfo = decode(&v)?;
         let same: bool = sha256_hex(token)
             .as_bytes()
             .ct_eq(info.sha256.as_bytes())

@@ -298,8 +298,8 @@ async fn delivery_ids_older_than_the_cutoff_are_forgotten() {
     s.store.enqueue_once("old", &old).await.unwrap();
     s.store.enqueue_once("recent", &recent).await.unwrap();
     let cutoff = Utc::now() - chrono::Duration::days(30);
-    assert_eq!(s.store.prune_deliveries(cutoff).unwrap(), 1);
-    assert_eq!(s.store.prune_deliveries(cutoff).unwrap(), 0, "once");
+    assert_eq!(s.store.prune_deliveries(cutoff).await.unwrap(), 1);
+    assert_eq!(s.store.prune_deliveries(cutoff).await.unwrap(), 0, "once");
     // The recent key still answers with its run; the old one is free again.
     let (id, fresh) = s
         .store

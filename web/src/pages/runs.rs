@@ -52,24 +52,23 @@ async fn load(
 async fn queued(api: &str) -> Result<Vec<RunSummary>, FetchError> {
     let url = format!("{api}/runs?limit=1");
     let v = fetch::json::<serde_json::Value>(&url).await?;
-    let mut out = Vec::new();
-    for q in v["queued"].as_array().into_iter().flatten() {
-        let summary = serde_json::json!({
-            "id": q["id"],
-            "pipeline": q["pipeline"],
-            "status": "queued",
-            "created": q["created"],
-        });
-        match serde_json::from_value::<RunSummary>(summary) {
-            Ok(s) => out.push(s),
-            Err(e) => {
-                return Err(FetchError {
-                    url,
-                    what: format!("a queued run is not what was expected: {e}"),
-                });
-            }
-        }
-    }
+    let mut out = v["queued"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|q| {
+            serde_json::from_value::<RunSummary>(serde_json::json!({
+                "id": q["id"],
+                "pipeline": q["pipeline"],
+                "status": "queued",
+                "created": q["created"],
+            }))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| FetchError {
+            url,
+            what: format!("a queued run is not what was expected: {e}"),
+        })?;
     out.reverse();
     Ok(out)
 }

@@ -43,11 +43,11 @@ async fn stop_signal() {
     }
 }
 
-/// `sentinel serve`.
 /// How long a webhook delivery id is remembered (a redelivery within it
 /// gets the same run).
 const DELIVERIES_KEPT_DAYS: i64 = 30;
 
+/// `sentinel serve`.
 pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let project = std::fs::canonicalize(&paths.dir)
         .with_context(|| format!("project folder {}", paths.dir.display()))?;
@@ -140,7 +140,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     }
     // Webhook delivery ids are remembered for a while, not forever.
     let forget = chrono::Utc::now() - chrono::Duration::days(DELIVERIES_KEPT_DAYS);
-    match store.prune_deliveries(forget) {
+    match store.prune_deliveries(forget).await {
         Ok(0) => {}
         Ok(n) => {
             tracing::info!("forgot {n} webhook delivery ids older than {DELIVERIES_KEPT_DAYS} days")
