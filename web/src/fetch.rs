@@ -80,6 +80,33 @@ pub async fn json_opt<T: DeserializeOwned>(url: &str) -> Result<Option<T>, Fetch
     }
 }
 
+/// GETs a Sentinel document, checking its `schema` before anything else:
+/// a document of a schema this app does not read is a clear error.
+pub async fn doc<T: DeserializeOwned>(url: &str, reads: &[u64]) -> Result<T, FetchError> {
+    let text = get(url, false).await?.unwrap_or_default();
+    checked(url, &text, reads)
+}
+
+/// Like [`doc`], with `None` for a 404.
+pub async fn doc_opt<T: DeserializeOwned>(
+    url: &str,
+    reads: &[u64],
+) -> Result<Option<T>, FetchError> {
+    match get(url, true).await? {
+        Some(text) => checked(url, &text, reads).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// GETs a text file, with `None` for a 404.
+pub async fn text_opt(url: &str) -> Result<Option<String>, FetchError> {
+    get(url, true).await
+}
+
+fn checked<T: DeserializeOwned>(url: &str, text: &str, reads: &[u64]) -> Result<T, FetchError> {
+    sentinel_api::decode(text.as_bytes(), url, reads).map_err(|e| err(url, e.to_string()))
+}
+
 /// GETs a text file (a log).
 pub async fn text(url: &str) -> Result<String, FetchError> {
     Ok(get(url, false).await?.unwrap_or_default())

@@ -1,5 +1,6 @@
 //! The JSON documents of the results layout: `run.json`, `<stage>.json` and
-//! the paged `runs/index*.json`. Every document carries `"schema": 1`.
+//! the runs index ([`crate::index`]). Every document carries its `schema`,
+//! which readers check first ([`crate::decode`]).
 
 use std::collections::BTreeMap;
 
@@ -191,6 +192,11 @@ pub struct StageDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<String>,
     pub inputs: ResolvedInputs,
+    /// What a reader should know besides the status: an artifact withheld
+    /// because it held a secret, a log that could not be read, files not
+    /// kept for a re-run. Older readers ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One run in the paged index.
@@ -237,7 +243,8 @@ impl RunSummary {
     }
 }
 
-/// `runs/index.json`, `runs/index-1.json`, …: newest-first run summaries.
+/// Layout 1 of the index (read, no longer written): `runs/index.json`,
+/// `runs/index-1.json`, …: newest-first run summaries.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexPage {
     pub schema: u32,

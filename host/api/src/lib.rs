@@ -6,6 +6,7 @@
 
 pub mod docs;
 pub mod ids;
+pub mod index;
 pub mod keys;
 pub mod status;
 
@@ -14,4 +15,5 @@ pub use docs::{
     StageDoc, StageKind, Trigger, TriggerKind,
 };
 pub use ids::{IdError, RunId, StageName};
+pub use index::{SchemaError, decode};
 pub use status::{FailureKind, RunStatus, StageStatus};

@@ -40,6 +40,7 @@ async fn engine_run(
             jobs,
             state_dir: dir.join("state"),
             keep_workspace: false,
+            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
         },
     };
     let progress: ProgressFn = Arc::new(|_| {});

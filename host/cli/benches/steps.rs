@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use sentinel_api::{RunStatus, StageStatus};
 use sentinel_docker::DockerExecutor;
-use sentinel_engine::exec::{Dispatch, Executor, StageJob, StepJob};
+use sentinel_engine::exec::{
+    Dispatch, Executor, Inputs, LocalWorkspace, StageJob, StepWork, Var, Work,
+};
 use sentinel_engine::lease::Owner;
 use sentinel_engine::{Engine, EngineConfig, Progress, ProgressFn, RunRequest, Signals};
 use sentinel_pipeline::{DirCatalog, Limits, Network, WorkspaceAccess};
@@ -100,10 +102,8 @@ fn main() {
 
         // Raw instantiate-and-run of a cached component (a no-op command).
         let noop = sentinel_pipeline::step::load_local(&dist().join("guests/noop/step.wasm")).unwrap();
-        let ws = tmp.path().join("ws");
-        let private = tmp.path().join("private");
-        std::fs::create_dir_all(&ws).unwrap();
-        std::fs::create_dir_all(&private).unwrap();
+        let ws: Arc<dyn sentinel_engine::Workspace> = Arc::new(LocalWorkspace::at(tmp.path().join("raw")));
+        std::fs::create_dir_all(tmp.path().join("raw/workspace")).unwrap();
         let exec: Arc<dyn Executor> = Arc::new(wasm.clone());
         let mut raw = Vec::new();
         for i in 0..2000 {
@@ -112,15 +112,14 @@ fn main() {
                 run_id: "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap(),
                 stage: "noop".parse().unwrap(),
                 owner: Owner::current(),
-                image: String::new(),
-                script: String::new(),
+                work: Work::Step(StepWork { name: "probe".into(), wasm: noop.wasm.clone(), digest: noop.digest.clone(), workspace: WorkspaceAccess::Read, http: vec![] }),
                 env: vec![],
                 limits: Limits { timeout: Duration::from_secs(10), memory: 64 << 20, cpus: None, network: Network::None, log_limit: 1 << 20, pids: 1, user: None },
                 user: String::new(),
                 workspace: ws.clone(),
-                private_dir: private.clone(),
+                inputs: Inputs::default(),
+                capture: None,
                 log: tx,
-                step: Some(StepJob { name: "probe".into(), wasm: noop.wasm.clone(), digest: noop.digest.clone(), workspace: WorkspaceAccess::Read, http: vec![] }),
             };
             let t = Instant::now();
             exec.run_stage(job, CancellationToken::new()).await;
@@ -141,19 +140,18 @@ fn main() {
                 run_id: "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap(),
                 stage: "pluck".parse().unwrap(),
                 owner: Owner::current(),
-                image: String::new(),
-                script: String::new(),
+                work: Work::Step(StepWork { name: "jq-pluck".into(), wasm: jq.wasm.clone(), digest: jq.digest.clone(), workspace: WorkspaceAccess::Read, http: vec![] }),
                 env: vec![
-                    ("SENTINEL_JQ_PLUCK_FILTER".into(), ".Credentials.AccessKeyId".into()),
-                    ("SENTINEL_JQ_PLUCK_INPUT".into(), r#"{"Credentials":{"AccessKeyId":"ASIAEXAMPLE"}}"#.into()),
-                    ("SENTINEL_JQ_PLUCK_RAW".into(), "true".into()),
+                    Var::plain("SENTINEL_JQ_PLUCK_FILTER", ".Credentials.AccessKeyId"),
+                    Var::plain("SENTINEL_JQ_PLUCK_INPUT", r#"{"Credentials":{"AccessKeyId":"ASIAEXAMPLE"}}"#),
+                    Var::plain("SENTINEL_JQ_PLUCK_RAW", "true"),
                 ],
                 limits: Limits { timeout: Duration::from_secs(10), memory: 64 << 20, cpus: None, network: Network::None, log_limit: 1 << 20, pids: 1, user: None },
                 user: String::new(),
                 workspace: ws.clone(),
-                private_dir: private.clone(),
+                inputs: Inputs::default(),
+                capture: None,
                 log: tx,
-                step: Some(StepJob { name: "jq-pluck".into(), wasm: jq.wasm.clone(), digest: jq.digest.clone(), workspace: WorkspaceAccess::Read, http: vec![] }),
             };
             let t = Instant::now();
             exec.run_stage(job, CancellationToken::new()).await;
@@ -171,7 +169,7 @@ fn main() {
             exec: Arc::new(Dispatch { containers: Arc::new(docker.clone()), steps: Arc::new(wasm.clone()) }),
             store: Arc::new(store.clone()),
             sink: Arc::new(LocalSink::new(tmp.path().join(root).join("results"))),
-            config: EngineConfig { jobs, state_dir: tmp.path().join(root).join("state"), keep_workspace: false },
+            config: EngineConfig { jobs, state_dir: tmp.path().join(root).join("state"), keep_workspace: false, keep_files: EngineConfig::KEEP_FILES },
         };
         let input = r#"{"Credentials":{"AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"x"}}"#;
         let mut pluck = String::from("version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n");

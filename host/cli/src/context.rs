@@ -24,9 +24,16 @@ pub struct Dirs {
 }
 
 impl Dirs {
+    /// The folders of the project `-C` names (else the current folder).
     pub fn new(p: &Paths) -> anyhow::Result<Self> {
-        let project = std::fs::canonicalize(&p.dir)
-            .with_context(|| format!("project folder {}", p.dir.display()))?;
+        let dir = p.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        Self::of(p, &dir)
+    }
+
+    /// The folders of the project in `dir`.
+    pub fn of(p: &Paths, dir: &Path) -> anyhow::Result<Self> {
+        let project = std::fs::canonicalize(dir)
+            .with_context(|| format!("project folder {}", dir.display()))?;
         // Absolute: the folders are bind-mounted into containers.
         let state =
             std::path::absolute(p.state.clone().unwrap_or_else(|| project.join(".sentinel")))?;
@@ -58,10 +65,14 @@ pub struct Unavailable;
 impl Executor for Unavailable {
     async fn start_run(
         &self,
-        _: &sentinel_engine::exec::RunContext,
-    ) -> Result<(), sentinel_engine::exec::StartRunError> {
-        Err(sentinel_engine::exec::StartRunError(
-            "Docker is not reachable".into(),
+        ctx: &sentinel_engine::exec::RunContext,
+    ) -> Result<(), sentinel_engine::ExecError> {
+        if ctx.services.is_empty() {
+            return Ok(());
+        }
+        Err(sentinel_engine::ExecError::transient(
+            "start the services",
+            "Docker is not reachable",
         ))
     }
     async fn run_stage(
@@ -69,10 +80,9 @@ impl Executor for Unavailable {
         _: sentinel_engine::StageJob,
         _: tokio_util::sync::CancellationToken,
     ) -> sentinel_engine::StageReport {
-        sentinel_engine::StageReport {
-            outcome: sentinel_engine::Outcome::StartFailed("Docker is not reachable".into()),
-            image_id: None,
-        }
+        sentinel_engine::StageReport::of(sentinel_engine::Outcome::StartFailed(
+            "Docker is not reachable".into(),
+        ))
     }
     async fn end_run(&self, _: &sentinel_api::RunId) {}
     async fn reap(&self) -> usize {
@@ -94,23 +104,62 @@ pub async fn s3_outbox(
         Arc::new(store.clone()),
         dirs.state.join("spool"),
     )
+    .await
 }
+
+/// The state folder's memory of the bucket its runs are mirrored to.
+const MIRROR: &str = "mirror";
 
 /// With an S3 configuration, makes the engine publish to S3 as well, behind
 /// the durable outbox (the results folder stays the primary); returns the
-/// outbox to report what still waits.
+/// outbox to report what still waits. The bucket is remembered, so a
+/// command that records without it (a read command recovering a dead run)
+/// keeps what S3 must learn in the outbox.
 pub async fn mirror_to_s3(
     engine: &mut Engine,
     dirs: &Dirs,
     store: &SledStore,
     cfg: Option<sentinel_s3::S3Config>,
 ) -> Option<Arc<sentinel_engine::outbox::OutboxSink>> {
-    let outbox = s3_outbox(dirs, store, cfg?).await;
+    let cfg = cfg?;
+    if let Ok(v) = serde_json::to_value(&cfg)
+        && let Err(e) = store.remember(MIRROR, &v)
+    {
+        tracing::warn!("cannot remember the results bucket: {e}");
+    }
+    let outbox = s3_outbox(dirs, store, cfg).await;
     engine.sink = Arc::new(sentinel_results::Mirrored {
         primary: engine.sink.clone(),
         mirror: outbox.clone(),
     });
     Some(outbox)
+}
+
+/// The bucket this state folder's runs were last mirrored to, if any.
+pub fn remembered_mirror(store: &SledStore) -> Option<sentinel_s3::S3Config> {
+    store
+        .recall(MIRROR)
+        .ok()
+        .flatten()
+        .and_then(|v| serde_json::from_value(v).ok())
+}
+
+/// For a command that records without S3: when the state folder's runs are
+/// mirrored, what it records for them waits in the outbox for the next
+/// process that has the bucket.
+pub async fn defer_mirror(engine: &mut Engine, dirs: &Dirs, store: &SledStore) {
+    if remembered_mirror(store).is_none() {
+        return;
+    }
+    let outbox = sentinel_engine::outbox::OutboxSink::deferred(
+        Arc::new(store.clone()),
+        dirs.state.join("spool"),
+    )
+    .await;
+    engine.sink = Arc::new(sentinel_results::Mirrored {
+        primary: engine.sink.clone(),
+        mirror: outbox,
+    });
 }
 
 /// Builds an engine over the store, Docker (or [`Unavailable`]) and the results folder.
@@ -129,6 +178,7 @@ pub fn engine(
             jobs,
             state_dir: dirs.state.clone(),
             keep_workspace,
+            keep_files: EngineConfig::KEEP_FILES,
         },
     }
 }
@@ -162,11 +212,8 @@ pub async fn executor_for(
     plan: &sentinel_pipeline::Plan,
     dirs: &Dirs,
 ) -> anyhow::Result<Arc<dyn Executor>> {
-    let needs_docker = !plan.services.is_empty()
-        || plan
-            .stages
-            .iter()
-            .any(|s| matches!(s.action, sentinel_pipeline::Action::Container { .. }));
+    let needs_docker =
+        !plan.services.is_empty() || plan.stages.iter().any(|s| s.action.needs_containers());
     let containers: Arc<dyn Executor> = if needs_docker {
         Arc::new(DockerExecutor::connect().await?)
     } else {

@@ -1,9 +1,12 @@
-//! `sentinel`: run a pipeline locally, validate it, print its JSON Schema,
-//! read back runs, stages and logs, serve the HTTP API and run queue, and
-//! manage API tokens and run secrets.
+//! `sentinel`: run a pipeline of any dialect locally, validate or convert
+//! it, print its JSON Schema, read back runs, stages and logs, serve the
+//! HTTP API and run queue, and manage API tokens, run secrets and the
+//! results outbox.
 
 mod admin;
 mod context;
+mod outbox;
+mod pipeline;
 mod progress;
 mod read;
 mod remote;
@@ -31,15 +34,10 @@ struct Cli {
 /// Where things are. Each has a default derived from the project folder.
 #[derive(Debug, Clone, Args)]
 pub struct Paths {
-    /// The project folder (holding `sentinel.yml`).
-    #[arg(
-        short = 'C',
-        long = "dir",
-        global = true,
-        default_value = ".",
-        env = "SENTINEL_DIR"
-    )]
-    pub dir: PathBuf,
+    /// The project folder. Default: the pipeline file's folder, else the
+    /// current one.
+    #[arg(short = 'C', long = "dir", global = true, env = "SENTINEL_DIR")]
+    pub dir: Option<PathBuf>,
     /// The state folder (database, run folders). Default: `<dir>/.sentinel`.
     #[arg(long, global = true, env = "SENTINEL_STATE")]
     pub state: Option<PathBuf>,
@@ -50,16 +48,20 @@ pub struct Paths {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the pipeline in Docker containers.
+    /// Run a pipeline: `sentinel.yml`, a dockercise file, …
     Run(run::RunArgs),
     /// Check a pipeline file and print its plan.
     Validate {
-        /// The pipeline file. Default: `<dir>/sentinel.yml`.
-        #[arg(short, long)]
-        file: Option<PathBuf>,
+        #[command(flatten)]
+        file: pipeline::FileArgs,
         /// Print the resolved plan as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Print any pipeline file as the equivalent native `sentinel.yml`.
+    Convert {
+        #[command(flatten)]
+        file: pipeline::FileArgs,
     },
     /// Print the JSON Schema of `sentinel.yml`.
     Schema,
@@ -87,6 +89,11 @@ enum Command {
     Secret {
         #[command(subcommand)]
         cmd: secret::SecretCommand,
+    },
+    /// Results waiting for S3, and those it refused.
+    Outbox {
+        #[command(subcommand)]
+        cmd: outbox::OutboxCommand,
     },
     /// Serve the HTTP API: queue, run and publish runs.
     Serve(serve::config::ServeArgs),
@@ -131,7 +138,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(&cli.paths, args).await,
-            Command::Validate { file, json } => run::validate(&cli.paths, file, json),
+            Command::Validate { file, json } => run::validate(&cli.paths, &file, json),
+            Command::Convert { file } => pipeline::convert(&cli.paths, &file),
+            Command::Outbox { cmd } => outbox::outbox(&cli.paths, cmd).await,
             Command::Schema => {
                 println!(
                     "{}",

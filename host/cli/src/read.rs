@@ -13,28 +13,20 @@ use sentinel_results::LocalSink;
 use crate::Paths;
 use crate::context::{self, Dirs};
 
+/// Recovers dead runs when the state folder is free; what a mirrored
+/// bucket must learn of them waits in the outbox for the next run with it.
 async fn recover_if_free(dirs: &Dirs) -> anyhow::Result<()> {
     if let Some(store) = context::try_open_store(&dirs.state)? {
         let exec = context::docker_or_unavailable().await;
-        let engine = context::engine(dirs, store, exec, 1, false);
-        for id in engine.recover().await? {
-            eprintln!("run {id} was interrupted (its sentinel process died); marked `interrupted`");
-        }
+        let mut engine = context::engine(dirs, store.clone(), exec, 1, false);
+        context::defer_mirror(&mut engine, dirs, &store).await;
+        engine.recover().await.report(|line| eprintln!("{line}"));
     }
     Ok(())
 }
 
 async fn all_runs(sink: &LocalSink) -> anyhow::Result<Vec<RunSummary>> {
-    let mut runs = Vec::new();
-    let mut page = 0;
-    while let Some(p) = sink.get_index_page(page).await? {
-        runs.extend(p.runs);
-        if p.next.is_none() {
-            break;
-        }
-        page += 1;
-    }
-    Ok(runs)
+    Ok(sink.list_index(usize::MAX).await?)
 }
 
 /// Finds a run by `last`, its id, or a unique prefix of it.
@@ -63,7 +55,7 @@ pub async fn runs(paths: &Paths, limit: usize, json: bool) -> anyhow::Result<Exi
     let dirs = Dirs::new(paths)?;
     recover_if_free(&dirs).await?;
     let sink = LocalSink::new(&dirs.results);
-    let runs: Vec<RunSummary> = all_runs(&sink).await?.into_iter().take(limit).collect();
+    let runs: Vec<RunSummary> = sink.list_index(limit).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&runs)?);
         return Ok(ExitCode::SUCCESS);

@@ -4,22 +4,21 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
 use sentinel_api::{RunStatus, Trigger, TriggerKind};
 use sentinel_engine::{ResultsSink as _, RunRequest, Signals};
-use sentinel_pipeline::{EnvValue, LoadError};
+use sentinel_pipeline::EnvValue;
 
 use crate::Paths;
 use crate::context::{self, Dirs};
+use crate::pipeline::{FileArgs, load, say_chosen};
 use crate::progress::{Mode, reporter};
 
 /// Options of `sentinel run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The pipeline file. Default: `<dir>/sentinel.yml`.
-    #[arg(short, long)]
-    file: Option<PathBuf>,
+    #[command(flatten)]
+    file: FileArgs,
     /// Most stages running at once.
     #[arg(short, long, default_value_t = 4)]
     jobs: usize,
@@ -71,30 +70,11 @@ impl S3Args {
     }
 }
 
-fn pipeline_file(dirs: &Dirs, file: Option<PathBuf>) -> PathBuf {
-    file.unwrap_or_else(|| dirs.project.join("sentinel.yml"))
-}
-
-fn load(file: &Path) -> Result<sentinel_pipeline::Plan, ExitCode> {
-    match sentinel_pipeline::load_with(file, &context::step_catalog()) {
-        Ok(p) => Ok(p),
-        Err(LoadError::Invalid(d)) => {
-            for diag in &d.0 {
-                eprintln!("error: {diag}");
-            }
-            Err(ExitCode::from(2))
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::from(2))
-        }
-    }
-}
-
 /// `sentinel validate`.
-pub fn validate(paths: &Paths, file: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
-    let dirs = Dirs::new(paths)?;
-    let file = pipeline_file(&dirs, file);
+pub fn validate(paths: &Paths, args: &FileArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let chosen = args.choose(paths)?;
+    say_chosen(&chosen);
+    let file = chosen.file;
     let plan = match load(&file) {
         Ok(p) => p,
         Err(code) => return Ok(code),
@@ -137,8 +117,10 @@ fn skip_name(outer: &Path, inner: &Path) -> Option<String> {
 
 /// `sentinel run`.
 pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let dirs = Dirs::new(paths)?;
-    let file = pipeline_file(&dirs, args.file.clone());
+    let chosen = args.file.choose(paths)?;
+    say_chosen(&chosen);
+    let dirs = Dirs::of(paths, &chosen.project)?;
+    let file = chosen.file;
     let plan = match load(&file) {
         Ok(p) => p,
         Err(code) => return Ok(code),
@@ -156,9 +138,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     if reaped > 0 {
         eprintln!("removed {reaped} container(s) or network(s) left by dead sentinel processes");
     }
-    for id in engine.recover().await.context("recovering dead runs")? {
-        eprintln!("run {id} was interrupted (its sentinel process died); marked `interrupted`");
-    }
+    engine.recover().await.report(|line| eprintln!("{line}"));
 
     let secrets = context::secrets(&plan.secrets, args.secrets_file.as_deref())?;
     // Only the variables the pipeline asks for leave the host's environment.
@@ -166,7 +146,9 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         .env
         .iter()
         .filter(|(_, v)| matches!(v, EnvValue::FromHost))
-        .filter_map(|(k, _)| std::env::var(k).ok().map(|v| (k.clone(), v)))
+        .map(|(k, _)| k.as_str())
+        .chain(plan.stages.iter().flat_map(|s| s.host_vars()))
+        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
         .collect();
     let mut skip = vec![".sentinel".to_string()];
     skip.extend(skip_name(&dirs.project, &dirs.state));
@@ -213,6 +195,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         secrets,
         run_id: None,
         reuse: Default::default(),
+        not_reused: Default::default(),
     };
     let run = match engine.run(req, reporter(mode, args.follow), signals).await {
         Ok(r) => r,

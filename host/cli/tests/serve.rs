@@ -222,7 +222,12 @@ async fn the_server_end_to_end() {
     assert_eq!(v["run"]["status"], "succeeded", "{v}");
     let docs = v["stages"].as_array().unwrap();
     let doc = |n: &str| docs.iter().find(|d| d["name"] == n).unwrap().clone();
-    assert_eq!(doc("build")["reason"], format!("reused from run {id}"));
+    assert_eq!(
+        doc("build")["reason"],
+        format!("reused from run {id}"),
+        "{}",
+        doc("build")
+    );
     assert_eq!(doc("slow")["reason"], format!("reused from run {id}"));
     assert!(doc("gate")["reason"].is_null(), "gate ran again");
     let (_, gate_log) = c

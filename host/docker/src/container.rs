@@ -1,7 +1,10 @@
-//! One container stage: check the image, create the container (unprivileged,
-//! limited, labelled), attach before starting so no output is lost, stream
-//! stdout/stderr to the engine, wait or stop, read the exit code and the
-//! OOM flag, and always remove the container.
+//! One container stage: check the image, lay out its inputs in the local
+//! workspace (`out/` files, volumes at their paths), create the container
+//! (unprivileged, limited, labelled; secret variables in a file its shell
+//! reads, never in the container's configuration), attach before starting
+//! so no output is lost, stream stdout/stderr to the engine, wait or stop,
+//! read the exit code and the OOM flag, capture the files it changed, and
+//! always remove the container.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,11 +18,55 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use sentinel_engine::exec::{
-    Chunk, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, WORKSPACE_MOUNT,
+    Chunk, LocalWorkspace, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, Var,
+    WORKSPACE_MOUNT, Work, env_file,
 };
-use sentinel_pipeline::Network;
+use sentinel_pipeline::{ContainerAction, Network};
 
 use crate::{DockerExecutor, is_not_found, labels, object_name};
+
+/// Where a container finds the file of its secret variables.
+pub(crate) const SECRETS_MOUNT: &str = "/run/sentinel/env";
+
+/// Writes the secret variables of a container to a file of their own
+/// (readable in the container; its folder closed to other users of the
+/// host), to be bind-mounted read-only at [`SECRETS_MOUNT`].
+pub(crate) fn secrets_file(
+    root: &std::path::Path,
+    name: &str,
+    vars: &[Var],
+) -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = root.join("secrets");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let path = dir.join(format!("{name}.env"));
+    let _ = std::fs::remove_file(&path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&path)?;
+    std::io::Write::write_all(&mut f, env_file(vars).as_bytes())?;
+    Ok(path)
+}
+
+/// The entrypoint and command of a script: its shell reads the secret
+/// variables' file first when there is one, then runs the script.
+fn command(action: &ContainerAction, with_secrets: bool) -> (Vec<String>, Vec<String>) {
+    let flags = action.shell.flags().join(" ");
+    if with_secrets {
+        let loader = format!(". {SECRETS_MOUNT} && exec sh {flags} \"$1\"");
+        (
+            vec!["sh".into(), "-c".into(), loader, "sentinel".into()],
+            vec![action.script.clone()],
+        )
+    } else {
+        let mut entry = vec!["sh".to_string()];
+        entry.extend(action.shell.flags().iter().map(|f| f.to_string()));
+        (entry, vec![action.script.clone()])
+    }
+}
 
 /// Resolves an image to its id; tries a pull when it is not present.
 pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String, String> {
@@ -70,37 +117,52 @@ pub(crate) async fn run(
     job: StageJob,
     stop: CancellationToken,
 ) -> StageReport {
-    let image_id = match image_id(ex, &job.image).await {
+    let Work::Container(action) = job.work.clone() else {
+        return StageReport::of(Outcome::StartFailed("not a container stage".into()));
+    };
+    let workspace = job.workspace.clone();
+    let Some(ws) = workspace.local() else {
+        return StageReport::of(Outcome::StartFailed(
+            "the Docker executor runs stages on a workspace of this machine".into(),
+        ));
+    };
+    let image_id = match image_id(ex, &action.image).await {
         Ok(id) => id,
-        Err(e) => {
-            return StageReport {
-                outcome: Outcome::StartFailed(e),
-                image_id: None,
-            };
-        }
+        Err(e) => return StageReport::of(Outcome::StartFailed(e)),
+    };
+    let failed = |e: String| StageReport {
+        outcome: Outcome::StartFailed(e),
+        image_id: Some(image_id.clone()),
+        ..StageReport::default()
     };
     let network = if job.limits.network == Network::Run {
         match crate::services::ensure_network(ex, &job.run_id, &job.owner).await {
             Ok(n) => Some(n),
-            Err(e) => {
-                return StageReport {
-                    outcome: Outcome::StartFailed(e),
-                    image_id: Some(image_id),
-                };
-            }
+            Err(e) => return failed(e),
         }
     } else {
         None
     };
-    let mut env: Vec<String> = job.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    if !job.env.iter().any(|(k, _)| k == "HOME") {
+    let prepared = prepare(ws, &job).await;
+    let (private, binds, secrets) = match prepared {
+        Ok(p) => p,
+        Err(e) => return failed(e),
+    };
+    let mut env: Vec<String> = job
+        .env
+        .iter()
+        .filter(|v| !v.secret)
+        .map(|v| format!("{}={}", v.name, v.value))
+        .collect();
+    if !job.env.iter().any(|v| v.name == "HOME") {
         env.push("HOME=/tmp".into());
     }
+    let (entrypoint, cmd) = command(&action, secrets.is_some());
     let name = object_name(&job.run_id, job.stage.as_str());
     let body = ContainerCreateBody {
-        image: Some(job.image.clone()),
-        entrypoint: Some(vec!["sh".into(), "-e".into(), "-c".into()]),
-        cmd: Some(vec![job.script.clone()]),
+        image: Some(action.image.clone()),
+        entrypoint: Some(entrypoint),
+        cmd: Some(cmd),
         env: Some(env),
         user: Some(job.user.clone()),
         working_dir: Some(WORKSPACE_MOUNT.into()),
@@ -114,10 +176,7 @@ pub(crate) async fn run(
         attach_stderr: Some(true),
         tty: Some(false),
         host_config: Some(HostConfig {
-            binds: Some(vec![
-                format!("{}:{WORKSPACE_MOUNT}:rw", job.workspace.display()),
-                format!("{}:{PRIVATE_MOUNT}:rw", job.private_dir.display()),
-            ]),
+            binds: Some(binds),
             memory: Some(job.limits.memory as i64),
             memory_swap: Some(job.limits.memory as i64),
             nano_cpus: job.limits.cpus.map(|c| (c * 1e9) as i64),
@@ -147,13 +206,13 @@ pub(crate) async fn run(
     let id = match created {
         Ok(c) => c.id,
         Err(e) => {
-            return StageReport {
-                outcome: Outcome::StartFailed(format!("cannot create the container: {e}")),
-                image_id: Some(image_id),
-            };
+            remove_secrets(secrets);
+            return failed(format!("cannot create the container: {e}"));
         }
     };
-    let outcome = run_created(ex, &id, job, stop).await;
+    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+    let outcome = run_created(ex, &id, job.log.clone(), stop).await;
+    remove_secrets(secrets);
     // Removal is off the stage's critical path; `end_run` waits for it.
     let docker = ex.docker.clone();
     let removal = tokio::spawn(async move {
@@ -169,16 +228,93 @@ pub(crate) async fn run(
         }
     });
     ex.removals.lock().await.push(removal);
+    let (outputs, artifacts) = ws.take_private(&private, false);
+    let mut warnings = Vec::new();
+    let files = match (&job.capture, since) {
+        (Some(to), Some(t)) => {
+            let (dir, to) = (ws.dir.clone(), to.clone());
+            let got = tokio::task::spawn_blocking(move || {
+                sentinel_engine::workspace::capture_dir(&dir, t, &to)
+            })
+            .await;
+            match got {
+                Ok(Ok(Some(set))) => Some(set),
+                Ok(Ok(None)) => {
+                    warnings.push(format!(
+                        "its files are not kept for a re-run: they are more than {} bytes",
+                        sentinel_engine::workspace::CAPTURE_LIMIT
+                    ));
+                    None
+                }
+                Ok(Err(e)) => {
+                    warnings.push(format!("its files could not be kept for a re-run: {e}"));
+                    None
+                }
+                Err(e) => {
+                    warnings.push(format!("its files could not be kept for a re-run: {e}"));
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     StageReport {
         outcome,
         image_id: Some(image_id),
+        outputs,
+        artifacts,
+        files,
+        warnings,
+    }
+}
+
+/// Lays out a stage's inputs on this machine: `out/` files, its private
+/// folder, its secret variables' file and the binds that show them.
+async fn prepare(
+    ws: &LocalWorkspace,
+    job: &StageJob,
+) -> Result<(std::path::PathBuf, Vec<String>, Option<std::path::PathBuf>), String> {
+    ws.write_outputs(&job.inputs.outputs)
+        .map_err(|e| format!("cannot write out/: {e}"))?;
+    let private = ws
+        .container_private(&job.stage, &job.user)
+        .map_err(|e| format!("cannot prepare the stage's folder: {e}"))?;
+    let mut binds = vec![
+        format!("{}:{WORKSPACE_MOUNT}:rw", ws.dir.display()),
+        format!("{}:{PRIVATE_MOUNT}:rw", private.display()),
+    ];
+    for v in &job.inputs.volumes {
+        let Some(path) = &v.volume.path else { continue };
+        let Some(files) = &v.files else {
+            return Err(format!(
+                "the files of `{}` are not kept, so they cannot be shown at {path}",
+                v.volume.stage
+            ));
+        };
+        binds.push(format!("{}:{path}:ro", files.dir.display()));
+    }
+    let secret: Vec<Var> = job.env.iter().filter(|v| v.secret).cloned().collect();
+    let secrets = if secret.is_empty() {
+        None
+    } else {
+        let file = secrets_file(&ws.root, job.stage.as_str(), &secret)
+            .map_err(|e| format!("cannot write the stage's secret variables: {e}"))?;
+        binds.push(format!("{}:{SECRETS_MOUNT}:ro", file.display()));
+        Some(file)
+    };
+    Ok((private, binds, secrets))
+}
+
+fn remove_secrets(file: Option<std::path::PathBuf>) {
+    if let Some(f) = file {
+        let _ = std::fs::remove_file(f);
     }
 }
 
 async fn run_created(
     ex: &DockerExecutor,
     id: &str,
-    job: StageJob,
+    log: tokio::sync::mpsc::Sender<Chunk>,
     stop: CancellationToken,
 ) -> Outcome {
     let attach = AttachContainerOptions {
@@ -192,8 +328,6 @@ async fn run_created(
         Ok(a) => a.output,
         Err(e) => return Outcome::StartFailed(format!("cannot attach to the container: {e}")),
     };
-    let log = job.log.clone();
-    drop(job);
     let pump = tokio::spawn(async move {
         while let Some(item) = output.next().await {
             let chunk = match item {
@@ -249,10 +383,9 @@ async fn run_created(
     if stopped {
         return Outcome::Stopped;
     }
-    // Docker learns of an OOM kill from a separate event that can come after
-    // the exit, and on cgroup v1 sometimes never sets the flag. Only the
-    // kernel's OOM killer or Sentinel sends SIGKILL to a stage, and Sentinel
-    // did not (it was not stopped): so a SIGKILL exit (137) is an OOM kill.
+    // Docker learns of an OOM kill from an event that can come a moment
+    // after the exit. Only its word counts: a script killed by SIGKILL for
+    // another reason (exit code 137) is not an OOM kill.
     let mut attempts = 0;
     loop {
         let state = match ex.docker.inspect_container(id, None).await {
@@ -260,11 +393,14 @@ async fn run_created(
             Err(e) => return Outcome::Error(format!("cannot inspect the finished container: {e}")),
         };
         let code = state.exit_code.unwrap_or(-1);
-        if state.oom_killed == Some(true) || (code == 137 && attempts >= 5) {
+        if state.oom_killed == Some(true) {
             return Outcome::OomKilled;
         }
         if code != 137 {
             return Outcome::Exited { code };
+        }
+        if attempts >= 10 {
+            return Outcome::Signalled { code, signal: 9 };
         }
         attempts += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;

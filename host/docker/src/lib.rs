@@ -5,7 +5,10 @@
 //! [`DockerExecutor::end_run`] removes a run's resources and
 //! [`DockerExecutor::reap`] removes those of dead processes. Stages run
 //! unprivileged: never `--privileged`, `no-new-privileges`, every capability
-//! dropped, a pids limit, memory (without extra swap) and CPU limits.
+//! dropped, a pids limit, memory (without extra swap) and CPU limits. Secret
+//! variables reach a container in a file its shell reads, never in its
+//! configuration (`docker inspect` shows none). The workspace is the local
+//! one ([`sentinel_engine::exec::LocalWorkspace`]), bind-mounted.
 
 mod container;
 mod services;
@@ -21,7 +24,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use sentinel_api::RunId;
-use sentinel_engine::exec::{Executor, RunContext, StageJob, StageReport, StartRunError};
+use sentinel_engine::exec::{ExecError, Executor, RunContext, StageJob, StageReport};
 use sentinel_engine::lease::Owner;
 
 /// Label naming the run a resource belongs to.
@@ -172,7 +175,7 @@ pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
 
 #[async_trait]
 impl Executor for DockerExecutor {
-    async fn start_run(&self, ctx: &RunContext) -> Result<(), StartRunError> {
+    async fn start_run(&self, ctx: &RunContext) -> Result<(), ExecError> {
         services::start(self, ctx).await
     }
 

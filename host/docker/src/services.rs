@@ -1,6 +1,9 @@
 //! The run's network and its services (wercker's sidecars): containers
 //! started before the stages on a per-run network, reachable by their name,
-//! with an optional readiness command retried until it succeeds.
+//! with an optional readiness command retried until it succeeds. A service's
+//! secret variables reach it the way a stage's do: in a file its shell
+//! reads before it runs the image's own command (so a service with secrets
+//! needs `sh` in its image), never in the container's configuration.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,11 +16,12 @@ use bollard::query_parameters::CreateContainerOptions;
 use futures_util::StreamExt;
 
 use sentinel_api::RunId;
-use sentinel_engine::exec::{RunContext, StartRunError};
+use sentinel_engine::ErrorKind;
+use sentinel_engine::exec::{ExecError, RunContext, Var};
 use sentinel_engine::lease::Owner;
 use sentinel_pipeline::ServicePlan;
 
-use crate::container::image_id;
+use crate::container::{SECRETS_MOUNT, image_id, secrets_file};
 use crate::{DockerExecutor, labels, object_name};
 
 /// The run's network, created on first use.
@@ -46,28 +50,61 @@ pub(crate) async fn ensure_network(
 }
 
 /// Starts every service and waits until each is ready.
-pub(crate) async fn start(ex: &DockerExecutor, ctx: &RunContext) -> Result<(), StartRunError> {
+pub(crate) async fn start(ex: &DockerExecutor, ctx: &RunContext) -> Result<(), ExecError> {
     if ctx.services.is_empty() {
         return Ok(());
     }
     let network = ensure_network(ex, &ctx.run_id, &ctx.owner)
         .await
-        .map_err(StartRunError)?;
+        .map_err(|e| ExecError::said(ErrorKind::Transient, e))?;
     let mut started = Vec::new();
     for (svc, env) in &ctx.services {
-        let id = start_one(ex, ctx, &network, svc, env)
-            .await
-            .map_err(|e| StartRunError(format!("service `{}`: {e}", svc.name)))?;
+        let id = start_one(ex, ctx, &network, svc, env).await.map_err(|e| {
+            ExecError::said(ErrorKind::Permanent, format!("service `{}`: {e}", svc.name))
+        })?;
         started.push((svc, id));
     }
     for (svc, id) in started {
         if let Some(cmd) = &svc.ready {
             wait_ready(ex, &id, cmd, svc.ready_timeout)
                 .await
-                .map_err(|e| StartRunError(format!("service `{}` {e}", svc.name)))?;
+                .map_err(|e| {
+                    ExecError::said(ErrorKind::Permanent, format!("service `{}` {e}", svc.name))
+                })?;
         }
     }
     Ok(())
+}
+
+/// The image's own entrypoint and command, run after the secrets file is read.
+async fn wrapped(
+    ex: &DockerExecutor,
+    image: &str,
+    command: Option<&String>,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut argv = match command {
+        Some(c) => vec!["sh".to_string(), "-c".to_string(), c.clone()],
+        None => {
+            let config = ex
+                .docker
+                .inspect_image(image)
+                .await
+                .map_err(|e| format!("cannot inspect image `{image}`: {e}"))?
+                .config
+                .unwrap_or_default();
+            let mut argv = config.entrypoint.unwrap_or_default();
+            argv.extend(config.cmd.unwrap_or_default());
+            argv
+        }
+    };
+    if argv.is_empty() {
+        argv = vec!["sh".into()];
+    }
+    let loader = format!(". {SECRETS_MOUNT} && exec \"$@\"");
+    Ok((
+        vec!["sh".into(), "-c".into(), loader, "sentinel".into()],
+        argv,
+    ))
 }
 
 async fn start_one(
@@ -75,24 +112,41 @@ async fn start_one(
     ctx: &RunContext,
     network: &str,
     svc: &ServicePlan,
-    env: &[(String, String)],
+    env: &[Var],
 ) -> Result<String, String> {
     image_id(ex, &svc.image).await?;
-    let (entrypoint, cmd) = match &svc.command {
-        Some(c) => (
-            Some(vec!["sh".to_string(), "-c".to_string()]),
-            Some(vec![c.clone()]),
-        ),
-        None => (None, None),
+    let secret: Vec<Var> = env.iter().filter(|v| v.secret).cloned().collect();
+    let mut binds = Vec::new();
+    let (entrypoint, cmd) = if secret.is_empty() {
+        match &svc.command {
+            Some(c) => (
+                Some(vec!["sh".to_string(), "-c".to_string()]),
+                Some(vec![c.clone()]),
+            ),
+            None => (None, None),
+        }
+    } else {
+        let root = ctx.runs_dir.join(ctx.run_id.as_str());
+        let file = secrets_file(&root, &format!("service-{}", svc.name), &secret)
+            .map_err(|e| format!("cannot write its secret variables: {e}"))?;
+        binds.push(format!("{}:{SECRETS_MOUNT}:ro", file.display()));
+        let (e, c) = wrapped(ex, &svc.image, svc.command.as_ref()).await?;
+        (Some(e), Some(c))
     };
     let body = ContainerCreateBody {
         image: Some(svc.image.clone()),
         entrypoint,
         cmd,
-        env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(
+            env.iter()
+                .filter(|v| !v.secret)
+                .map(|v| format!("{}={}", v.name, v.value))
+                .collect(),
+        ),
         labels: Some(labels(&ctx.run_id, &ctx.owner, "service", Some(&svc.name))),
         hostname: Some(svc.name.clone()),
         host_config: Some(HostConfig {
+            binds: (!binds.is_empty()).then_some(binds),
             network_mode: Some(network.to_string()),
             security_opt: Some(vec!["no-new-privileges".into()]),
             privileged: Some(false),

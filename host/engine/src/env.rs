@@ -1,14 +1,38 @@
 //! Builds a stage's environment from the plan: the `SENTINEL_*` context,
 //! the pipeline's `env:`, then the stage's own `env:`, with every `${…}`
-//! resolved. It also records what the stage document may show: values, or
-//! the reference itself for secrets and sensitive outputs.
+//! resolved. Each variable says whether it holds a secret (a container gets
+//! those from a file, never in its configuration). It also records what
+//! the stage document may show: values, or the reference itself for secrets
+//! and sensitive outputs.
 
 use std::collections::BTreeMap;
 
 use sentinel_api::{GitContext, RunId, StageName};
 use sentinel_pipeline::{EnvValue, Plan, Ref, StagePlan, Template, When};
 
-use crate::exec::{PRIVATE_MOUNT, WORKSPACE_MOUNT};
+use crate::exec::{PRIVATE_MOUNT, Var, WORKSPACE_MOUNT};
+use crate::masker::MIN_SECRET_LEN;
+
+/// Why a value could not be resolved: what is missing, or what is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("environment variable `{0}` is not set")]
+    HostVar(String),
+    #[error("unknown variable `{0}`")]
+    UnknownVar(String),
+    #[error("secret `{0}` is not set")]
+    Secret(String),
+    #[error("stage `{0}` has no output")]
+    NoOutput(String),
+    #[error("stage `{stage}` set no output `{key}` (write `{key}=…` to $SENTINEL_OUTPUT)")]
+    NoNamedOutput { stage: String, key: String },
+    #[error("setting `{setting}` is a secret: {source}")]
+    ShortSecret {
+        setting: String,
+        #[source]
+        source: crate::masker::MaskError,
+    },
+}
 
 /// What a stage's environment is built from.
 #[derive(Debug)]
@@ -31,7 +55,7 @@ pub struct EnvInputs<'a> {
 /// The resolved environment and what may be recorded of it.
 #[derive(Debug, Default)]
 pub struct StageEnv {
-    pub vars: Vec<(String, String)>,
+    pub vars: Vec<Var>,
     /// Stage and pipeline variables as they may appear in documents.
     pub recorded: BTreeMap<String, String>,
     /// A step's settings as they may appear in documents.
@@ -52,42 +76,47 @@ pub fn host_of(value: &str) -> String {
 }
 
 /// Resolves one reference; the error names what is missing.
-pub fn resolve(inputs: &EnvInputs<'_>, r: &Ref) -> Result<String, String> {
+pub fn resolve(inputs: &EnvInputs<'_>, r: &Ref) -> Result<String, EnvError> {
     let git = |f: fn(&GitContext) -> &Option<String>| {
         inputs.git.and_then(|g| f(g).clone()).unwrap_or_default()
     };
     match r {
         Ref::Env(name) => match inputs.plan.env.get(name) {
             Some(EnvValue::Value(t)) => t.render(|r| resolve(inputs, r)),
-            Some(EnvValue::FromHost) => inputs
-                .host_env
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("environment variable `{name}` is not set")),
-            None => Err(format!("unknown variable `{name}`")),
+            Some(EnvValue::FromHost) => host(inputs, name),
+            None => Err(EnvError::UnknownVar(name.clone())),
         },
         Ref::Secret(name) => inputs
             .secrets
             .get(name)
             .cloned()
-            .ok_or_else(|| format!("secret `{name}` is not set")),
+            .ok_or_else(|| EnvError::Secret(name.clone())),
         Ref::StageOutput(s) => inputs
             .outputs
             .get(s)
             .map(|(o, _)| o.clone())
-            .ok_or_else(|| format!("stage `{s}` has no output")),
+            .ok_or_else(|| EnvError::NoOutput(s.to_string())),
         Ref::StageNamedOutput(s, k) => inputs
             .outputs
             .get(s)
             .and_then(|(_, named)| named.get(k).cloned())
-            .ok_or_else(|| {
-                format!("stage `{s}` set no output `{k}` (write `{k}=…` to $SENTINEL_OUTPUT)")
+            .ok_or_else(|| EnvError::NoNamedOutput {
+                stage: s.to_string(),
+                key: k.clone(),
             }),
         Ref::RunId => Ok(inputs.run_id.to_string()),
         Ref::GitCommit => Ok(git(|g| &g.commit)),
         Ref::GitBranch => Ok(git(|g| &g.branch)),
         Ref::GitRepo => Ok(git(|g| &g.repo)),
     }
+}
+
+fn host(inputs: &EnvInputs<'_>, name: &str) -> Result<String, EnvError> {
+    inputs
+        .host_env
+        .get(name)
+        .cloned()
+        .ok_or_else(|| EnvError::HostVar(name.to_string()))
 }
 
 /// True when a template's value must be recorded as a reference.
@@ -100,12 +129,17 @@ fn is_secret(inputs: &EnvInputs<'_>, t: &Template) -> bool {
 }
 
 /// Builds the environment of `stage`.
-pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, String> {
+pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, EnvError> {
     let mut env = StageEnv::default();
-    let set = |vars: &mut Vec<(String, String)>, k: &str, v: String| {
-        vars.retain(|(name, _)| name != k);
-        vars.push((k.to_string(), v));
+    let set_var = |vars: &mut Vec<Var>, k: &str, value: String, secret: bool| {
+        vars.retain(|v| v.name != k);
+        vars.push(Var {
+            name: k.to_string(),
+            value,
+            secret,
+        });
     };
+    let set = |vars: &mut Vec<Var>, k: &str, v: String| set_var(vars, k, v, false);
     let context = [
         ("SENTINEL_RUN_ID", inputs.run_id.to_string()),
         ("SENTINEL_PIPELINE", inputs.plan.name.clone()),
@@ -140,10 +174,10 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
             }
         }
     }
-    if let sentinel_pipeline::Action::Step { with, resolved, .. } = &stage.action {
-        let manifest = &resolved.manifest;
+    if let sentinel_pipeline::Action::Step(step) = &stage.action {
+        let manifest = &step.resolved.manifest;
         let mut values = BTreeMap::new();
-        for (k, t) in with {
+        for (k, t) in &step.with {
             let value = t.render(|r| resolve(inputs, r))?;
             let secret = manifest.settings.get(k).is_some_and(|s| s.secret);
             let shown = if is_secret(inputs, t) {
@@ -154,13 +188,20 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
                 value.clone()
             };
             if secret && !value.is_empty() {
+                if value.len() < MIN_SECRET_LEN {
+                    return Err(EnvError::ShortSecret {
+                        setting: k.clone(),
+                        source: crate::masker::MaskError::TooShort(value.len()),
+                    });
+                }
                 env.secret_values.push(value.clone());
             }
             env.settings.insert(k.clone(), shown);
-            set(
+            set_var(
                 &mut env.vars,
                 &sentinel_pipeline::step::setting_env_name(&manifest.name, k),
                 value.clone(),
+                secret || is_secret(inputs, t),
             );
             values.insert(k.clone(), value);
         }
@@ -177,22 +218,29 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
     }
     for (k, v) in &inputs.plan.env {
         let value = resolve(inputs, &Ref::Env(k.clone()))?;
+        let secret = matches!(v, EnvValue::Value(t) if is_secret(inputs, t));
         let shown = match v {
-            EnvValue::Value(t) if is_secret(inputs, t) => t.to_string(),
+            EnvValue::Value(t) if secret => t.to_string(),
             _ => value.clone(),
         };
         env.recorded.insert(k.clone(), shown);
-        set(&mut env.vars, k, value);
+        set_var(&mut env.vars, k, value, secret);
     }
-    for (k, t) in &stage.env {
-        let value = t.render(|r| resolve(inputs, r))?;
-        let shown = if is_secret(inputs, t) {
-            t.to_string()
-        } else {
-            value.clone()
+    for (k, v) in &stage.env {
+        let (value, secret, shown) = match v {
+            EnvValue::FromHost => {
+                let value = host(inputs, k)?;
+                (value.clone(), false, value)
+            }
+            EnvValue::Value(t) => {
+                let value = t.render(|r| resolve(inputs, r))?;
+                let secret = is_secret(inputs, t);
+                let shown = if secret { t.to_string() } else { value.clone() };
+                (value, secret, shown)
+            }
         };
         env.recorded.insert(k.clone(), shown);
-        set(&mut env.vars, k, value);
+        set_var(&mut env.vars, k, value, secret);
     }
     Ok(env)
 }

@@ -3,29 +3,41 @@
 //!
 //! ## Lifecycle
 //!
-//! 1. [`Executor::start_run`] once per run, before any stage: per-run
+//! 1. [`Executor::prepare_workspace`] once per run: the run's workspace, made
+//!    from the project's files ([`Source`]), as a [`Workspace`] handle. The
+//!    default makes a folder on this machine ([`LocalWorkspace`]); an
+//!    executor on another machine makes its own (a volume there).
+//! 2. [`Executor::start_run`] once per run, before any stage: per-run
 //!    resources such as a network and the services. If it fails, no stage runs.
-//! 2. [`Executor::run_stage`] for each stage, possibly concurrently. It streams
-//!    the process's output into [`StageJob::log`] and returns an [`Outcome`].
-//!    When `stop` fires (timeout or cancel) it stops the stage promptly and
-//!    returns [`Outcome::Stopped`]. It removes everything it created for the
-//!    stage before returning, whatever happened.
-//! 3. [`Executor::end_run`] once at the end, even when `start_run` failed
-//!    half-way; it is idempotent.
-//! 4. [`Executor::reap`] at start-up removes what dead processes left.
+//! 3. [`Executor::run_stage`] for each stage, possibly concurrently. The
+//!    [`StageJob`] names the workspace handle and carries the stage's inputs
+//!    (earlier stages' outputs for `out/`, the files of its volumes); the
+//!    executor streams the process's output into [`StageJob::log`] and hands
+//!    back a [`StageReport`]: the outcome, the named outputs, the artifacts
+//!    and (when asked) the files the stage created or changed. When `stop`
+//!    fires (timeout or cancel) it stops the stage promptly and returns
+//!    [`Outcome::Stopped`]. It removes everything it created for the stage
+//!    before returning, whatever happened.
+//! 4. [`Executor::end_run`] once at the end, even when `start_run` failed
+//!    half-way; it is idempotent. The engine then removes the workspace.
+//! 5. [`Executor::reap`] at start-up removes what dead processes left.
 //!
-//! The engine never assumes the executor shares its disk: the workspace and
-//! the stage's private folder are host paths the executor mounts or copies.
+//! The engine never reads or writes the workspace itself: everything goes
+//! through the job, the report and the handle.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sentinel_api::{RunId, StageName};
-use sentinel_pipeline::{Limits, ServicePlan};
+use sentinel_pipeline::{ContainerAction, Limits, ServicePlan, Volume};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::error::ExecError;
 use crate::lease::Owner;
+pub use crate::workspace::{FileSet, LocalWorkspace, Source, View};
 
 /// Where a stage sees the run workspace.
 pub const WORKSPACE_MOUNT: &str = "/workspace";
@@ -52,13 +64,37 @@ pub struct RunContext {
     pub run_id: RunId,
     /// The process that owns the run's resources (for labels and the reaper).
     pub owner: Owner,
+    /// Where run folders live on this machine (`<state>/runs`).
+    pub runs_dir: PathBuf,
     /// Services with their environment resolved.
-    pub services: Vec<(ServicePlan, Vec<(String, String)>)>,
+    pub services: Vec<(ServicePlan, Vec<Var>)>,
+}
+
+/// One variable of a stage's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Var {
+    pub name: String,
+    pub value: String,
+    /// The value holds a secret: it must not be visible from outside the
+    /// stage (a container gets it from a file its shell reads, never as a
+    /// variable of the container's configuration).
+    pub secret: bool,
+}
+
+impl Var {
+    /// A variable that holds no secret.
+    pub fn plain(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            value: value.into(),
+            secret: false,
+        }
+    }
 }
 
 /// What a WebAssembly step stage runs, and what it is granted.
 #[derive(Debug, Clone)]
-pub struct StepJob {
+pub struct StepWork {
     /// The step's name (its settings' namespace).
     pub name: String,
     pub wasm: PathBuf,
@@ -69,27 +105,64 @@ pub struct StepJob {
     pub http: Vec<String>,
 }
 
+/// What a stage does, by kind: the plan's [`sentinel_pipeline::Action`]
+/// with everything resolved.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// A script in a container.
+    Container(ContainerAction),
+    /// A WebAssembly step.
+    Step(StepWork),
+}
+
+/// A volume with the files it carries: the captured files of an earlier
+/// stage, when they were kept.
+#[derive(Debug, Clone)]
+pub struct VolumeInput {
+    pub volume: Volume,
+    pub files: Option<FileSet>,
+}
+
+/// What a stage starts from besides the workspace.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    /// `out/<stage>` files: finished stages' outputs (masked, or raw for a
+    /// sensitive stage's own file), written before the stage starts.
+    pub outputs: Vec<(StageName, Arc<Vec<u8>>)>,
+    /// The stage's volumes.
+    pub volumes: Vec<VolumeInput>,
+}
+
 /// One stage to run.
 #[derive(Debug, Clone)]
 pub struct StageJob {
     pub run_id: RunId,
     pub stage: StageName,
     pub owner: Owner,
-    pub image: String,
-    pub script: String,
+    pub work: Work,
     /// The full environment, in order, with secrets resolved.
-    pub env: Vec<(String, String)>,
+    pub env: Vec<Var>,
     pub limits: Limits,
     /// `uid:gid` the process runs as.
     pub user: String,
-    /// Host folder seen at [`WORKSPACE_MOUNT`].
-    pub workspace: PathBuf,
-    /// Host folder seen at [`PRIVATE_MOUNT`].
-    pub private_dir: PathBuf,
+    /// The run's workspace.
+    pub workspace: Arc<dyn Workspace>,
+    pub inputs: Inputs,
+    /// Where to put the files the stage creates or changes in the
+    /// workspace, when they are to be kept (`None`: not wanted).
+    pub capture: Option<PathBuf>,
     /// Where output goes; the engine masks, caps and stores it.
     pub log: mpsc::Sender<Chunk>,
-    /// Set for WebAssembly steps (then `image` and `script` are empty).
-    pub step: Option<StepJob>,
+}
+
+impl StageJob {
+    /// The environment as plain pairs (for a runtime in this process).
+    pub fn env_pairs(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|v| (v.name.clone(), v.value.clone()))
+            .collect()
+    }
 }
 
 /// How a stage's process ended. Outcomes are named, never guessed from flags.
@@ -97,6 +170,9 @@ pub struct StageJob {
 pub enum Outcome {
     /// The process exited; 0 is success.
     Exited { code: i64 },
+    /// It was killed by a signal that no one here sent (exit code 128 + n),
+    /// not by the kernel's out-of-memory killer.
+    Signalled { code: i64, signal: i32 },
     /// The kernel killed it for exceeding its memory limit.
     OomKilled,
     /// A WebAssembly step tried to grow its memory past its limit.
@@ -111,24 +187,70 @@ pub enum Outcome {
     Error(String),
 }
 
-/// What the executor reports besides the outcome.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the executor hands back besides the outcome.
+#[derive(Debug, Clone, Default)]
 pub struct StageReport {
     pub outcome: Outcome,
     /// The content id of the image that ran, when known.
     pub image_id: Option<String>,
+    /// The text the stage wrote to `$SENTINEL_OUTPUT`, when any.
+    pub outputs: Option<String>,
+    /// A folder of this machine holding the stage's artifacts, when it left any.
+    pub artifacts: Option<PathBuf>,
+    /// The files it created or changed, when [`StageJob::capture`] asked for them.
+    pub files: Option<FileSet>,
+    /// Things the executor noticed that the stage's document should say.
+    pub warnings: Vec<String>,
 }
 
-/// Why a run's resources could not be set up.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StartRunError(pub String);
+impl Default for Outcome {
+    fn default() -> Self {
+        Self::Error("no outcome".into())
+    }
+}
+
+impl StageReport {
+    /// A report of just an outcome.
+    pub fn of(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            ..Self::default()
+        }
+    }
+}
+
+/// The run's workspace, as the executor that made it provides it.
+#[async_trait]
+pub trait Workspace: Send + Sync + std::fmt::Debug {
+    /// Where it is, for messages.
+    fn describe(&self) -> String;
+    /// The workspace when it is a folder of this machine (a local executor
+    /// bind-mounts or preopens it); `None` for a workspace elsewhere.
+    fn local(&self) -> Option<&LocalWorkspace>;
+    /// A folder of this machine with the workspace's files, for a step that
+    /// runs in this process: the folder itself when local, else a copy.
+    async fn open_view(&self, write: bool) -> Result<View, ExecError>;
+    /// Ends a view; a write view's changes go back into the workspace.
+    async fn close_view(&self, view: View) -> Result<(), ExecError>;
+    /// Removes the workspace; idempotent.
+    async fn remove(&self);
+}
 
 /// Runs stages. See the module documentation for the lifecycle.
 #[async_trait]
 pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// Makes the run's workspace from `source`. The default is a folder of
+    /// this machine under [`RunContext::runs_dir`].
+    async fn prepare_workspace(
+        &self,
+        ctx: &RunContext,
+        source: &Source,
+    ) -> Result<Arc<dyn Workspace>, ExecError> {
+        let ws = LocalWorkspace::prepare(ctx, source).await?;
+        Ok(Arc::new(ws))
+    }
     /// Sets up per-run resources (network, services).
-    async fn start_run(&self, ctx: &RunContext) -> Result<(), StartRunError>;
+    async fn start_run(&self, ctx: &RunContext) -> Result<(), ExecError>;
     /// Runs one stage to its end, or until `stop` fires.
     async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport;
     /// Removes every resource of the run. Idempotent.
@@ -137,26 +259,41 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     async fn reap(&self) -> usize;
 }
 
-/// Sends container stages to one executor and WebAssembly steps to another.
+/// Sends each kind of stage to the executor that runs it: steps to the
+/// WebAssembly runtime, everything else to the container executor, which
+/// also makes the workspace.
 #[derive(Debug)]
 pub struct Dispatch {
-    pub containers: std::sync::Arc<dyn Executor>,
-    pub steps: std::sync::Arc<dyn Executor>,
+    pub containers: Arc<dyn Executor>,
+    pub steps: Arc<dyn Executor>,
+}
+
+impl Dispatch {
+    fn for_work(&self, work: &Work) -> &Arc<dyn Executor> {
+        match work {
+            Work::Step(_) => &self.steps,
+            Work::Container(_) => &self.containers,
+        }
+    }
 }
 
 #[async_trait]
 impl Executor for Dispatch {
-    async fn start_run(&self, ctx: &RunContext) -> Result<(), StartRunError> {
+    async fn prepare_workspace(
+        &self,
+        ctx: &RunContext,
+        source: &Source,
+    ) -> Result<Arc<dyn Workspace>, ExecError> {
+        self.containers.prepare_workspace(ctx, source).await
+    }
+
+    async fn start_run(&self, ctx: &RunContext) -> Result<(), ExecError> {
         self.containers.start_run(ctx).await?;
         self.steps.start_run(ctx).await
     }
 
     async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
-        if job.step.is_some() {
-            self.steps.run_stage(job, stop).await
-        } else {
-            self.containers.run_stage(job, stop).await
-        }
+        self.for_work(&job.work).clone().run_stage(job, stop).await
     }
 
     async fn end_run(&self, run_id: &RunId) {
@@ -168,3 +305,20 @@ impl Executor for Dispatch {
         self.containers.reap().await + self.steps.reap().await
     }
 }
+
+/// Renders variables as a shell file that exports them (`export NAME='v'`),
+/// for a container's shell to read before its script starts.
+pub fn env_file(vars: &[Var]) -> String {
+    let mut out = String::new();
+    for v in vars {
+        out.push_str("export ");
+        out.push_str(&v.name);
+        out.push_str("='");
+        out.push_str(&v.value.replace('\'', "'\\''"));
+        out.push_str("'\n");
+    }
+    out
+}
+
+/// The named outputs, parsed, keyed by name (for executors and tests).
+pub type Named = BTreeMap<String, String>;

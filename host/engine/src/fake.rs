@@ -6,10 +6,15 @@
 //! The fake executor reads the stage's `run:` script, one command a line:
 //! `echo TEXT`, `err TEXT` (stderr), `env NAME` (prints a variable),
 //! `sleep MS`, `exit CODE`, `oom`, `fail-start MESSAGE`, `output KEY=VALUE`,
-//! `artifact NAME TEXT`.
+//! `artifact NAME TEXT`, `write PATH TEXT` (a file of the workspace),
+//! `cat PATH` (prints a file of the workspace), `flood BYTES` (prints that
+//! many bytes), `rmlog` (removes the stage's live log file, as a full or
+//! failing disk would lose it). It works on the real
+//! [`LocalWorkspace`]: `out/` files, captures and private folders are the
+//! engine's own.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -18,11 +23,10 @@ use async_trait::async_trait;
 use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName, keys};
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{
-    Chunk, Executor, Outcome, RunContext, StageJob, StageReport, StartRunError, Stream,
-};
+use crate::error::ExecError;
+use crate::exec::{Chunk, Executor, Outcome, RunContext, StageJob, StageReport, Stream, Work};
 use crate::lease::Lease;
-use crate::ports::{Event, ResultsSink, StorageError, Store};
+use crate::ports::{Event, KeptOutputs, ResultsSink, StorageError, Store};
 
 /// An executor that interprets the fake command language.
 #[derive(Debug, Default)]
@@ -40,9 +44,9 @@ pub struct FakeExecutor {
 
 #[async_trait]
 impl Executor for FakeExecutor {
-    async fn start_run(&self, _ctx: &RunContext) -> Result<(), StartRunError> {
+    async fn start_run(&self, _ctx: &RunContext) -> Result<(), ExecError> {
         match self.fail_start_run.lock().unwrap().clone() {
-            Some(m) => Err(StartRunError(m)),
+            Some(m) => Err(ExecError::said(crate::ErrorKind::Permanent, m)),
             None => Ok(()),
         }
     }
@@ -51,12 +55,9 @@ impl Executor for FakeExecutor {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         self.started.lock().unwrap().push(job.stage.to_string());
-        let outcome = interpret(&job, &stop).await;
+        let report = self.run_local(&job, &stop).await;
         self.running.fetch_sub(1, Ordering::SeqCst);
-        StageReport {
-            outcome,
-            image_id: Some("sha256:fake".into()),
-        }
+        report
     }
 
     async fn end_run(&self, run_id: &RunId) {
@@ -68,7 +69,50 @@ impl Executor for FakeExecutor {
     }
 }
 
-async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
+impl FakeExecutor {
+    /// Runs a job on its local workspace, as a local executor does.
+    async fn run_local(&self, job: &StageJob, stop: &CancellationToken) -> StageReport {
+        let Some(ws) = job.workspace.local() else {
+            return StageReport::of(Outcome::StartFailed(
+                "the fake executor needs a local workspace".into(),
+            ));
+        };
+        if let Err(e) = ws.write_outputs(&job.inputs.outputs) {
+            return StageReport::of(Outcome::StartFailed(format!("out/: {e}")));
+        }
+        let private = match ws.container_private(&job.stage, "") {
+            Ok(p) => p,
+            Err(e) => return StageReport::of(Outcome::StartFailed(e.to_string())),
+        };
+        let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+        let outcome = interpret(job, &private, ws, stop).await;
+        let (outputs, artifacts) = ws.take_private(&private, false);
+        let files = match (&job.capture, since) {
+            (Some(to), Some(t)) => ws.capture(t, to).ok().flatten(),
+            _ => None,
+        };
+        StageReport {
+            outcome,
+            image_id: Some("sha256:fake".into()),
+            outputs,
+            artifacts,
+            files,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+async fn interpret(
+    job: &StageJob,
+    private: &Path,
+    ws: &crate::workspace::LocalWorkspace,
+    stop: &CancellationToken,
+) -> Outcome {
+    let workspace = &ws.dir;
+    let script = match &job.work {
+        Work::Container(c) => c.script.clone(),
+        Work::Step(s) => format!("fail-start the fake executor runs no step ({})", s.name),
+    };
     let send = |stream, text: String| {
         let log = job.log.clone();
         async move {
@@ -80,7 +124,8 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
                 .await;
         }
     };
-    for line in job.script.lines() {
+    let in_ws = |p: &str| -> PathBuf { workspace.join(p) };
+    for line in script.lines() {
         let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         match cmd {
             "" => {}
@@ -91,8 +136,8 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
                     .env
                     .iter()
                     .rev()
-                    .find(|(k, _)| k == arg)
-                    .map(|(_, v)| v.clone())
+                    .find(|v| v.name == arg)
+                    .map(|v| v.value.clone())
                     .unwrap_or_default();
                 send(Stream::Stdout, format!("{v}\n")).await;
             }
@@ -111,7 +156,7 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
             "oom" => return Outcome::OomKilled,
             "fail-start" => return Outcome::StartFailed(arg.to_string()),
             "output" => {
-                let path = job.private_dir.join("output");
+                let path = private.join("output");
                 let mut text = std::fs::read_to_string(&path).unwrap_or_default();
                 text.push_str(arg);
                 text.push('\n');
@@ -121,10 +166,39 @@ async fn interpret(job: &StageJob, stop: &CancellationToken) -> Outcome {
             }
             "artifact" => {
                 let (name, text) = arg.split_once(' ').unwrap_or((arg, ""));
-                if std::fs::write(job.private_dir.join("artifacts").join(name), text).is_err() {
+                if std::fs::write(private.join("artifacts").join(name), text).is_err() {
                     return Outcome::Error("cannot write an artifact".into());
                 }
             }
+            "write" => {
+                let (path, text) = arg.split_once(' ').unwrap_or((arg, ""));
+                let target = in_ws(path);
+                if let Some(parent) = target.parent() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+                if std::fs::write(target, text).is_err() {
+                    return Outcome::Error(format!("cannot write {path}"));
+                }
+            }
+            "flood" => {
+                let n: usize = arg.parse().unwrap_or(0);
+                send(Stream::Stdout, "x".repeat(n) + "\n").await;
+            }
+            "rmlog" => {
+                // Let the log writer catch up, then take its file away.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let file = ws.root.join("logs").join(format!("{}.log", job.stage));
+                if std::fs::remove_file(&file).is_err() {
+                    return Outcome::Error(format!("rmlog: no {}", file.display()));
+                }
+            }
+            "cat" => match std::fs::read_to_string(in_ws(arg)) {
+                Ok(text) => send(Stream::Stdout, text).await,
+                Err(e) => {
+                    send(Stream::Stderr, format!("cat {arg}: {e}\n")).await;
+                    return Outcome::Exited { code: 1 };
+                }
+            },
             other => {
                 return Outcome::StartFailed(format!("fake executor: unknown command `{other}`"));
             }
@@ -143,6 +217,7 @@ pub struct MemStore {
     stages: Mutex<BTreeMap<(RunId, StageName), StageDoc>>,
     events: Mutex<BTreeMap<RunId, Vec<Event>>>,
     leases: Mutex<BTreeMap<RunId, Lease>>,
+    kept: Mutex<BTreeMap<(RunId, StageName), KeptOutputs>>,
 }
 
 #[async_trait]
@@ -203,6 +278,40 @@ impl Store for MemStore {
             .cloned()
             .collect())
     }
+    async fn open_runs(&self) -> Result<Vec<RunDoc>, StorageError> {
+        Ok(self
+            .runs
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|r| !r.status.is_final())
+            .cloned()
+            .collect())
+    }
+    async fn keep_outputs(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        kept: &KeptOutputs,
+    ) -> Result<(), StorageError> {
+        self.kept
+            .lock()
+            .unwrap()
+            .insert((run.clone(), stage.clone()), kept.clone());
+        Ok(())
+    }
+    async fn kept_outputs(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<KeptOutputs>, StorageError> {
+        Ok(self
+            .kept
+            .lock()
+            .unwrap()
+            .get(&(run.clone(), stage.clone()))
+            .cloned())
+    }
     async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError> {
         self.leases
             .lock()
@@ -240,7 +349,7 @@ impl MemSink {
 
     fn reachable(&self) -> Result<(), StorageError> {
         if self.away.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StorageError::new("put", "the sink cannot be reached"));
+            return Err(StorageError::transient("put", "the sink cannot be reached"));
         }
         Ok(())
     }
@@ -264,7 +373,7 @@ impl ResultsSink for MemSink {
     ) -> Result<String, StorageError> {
         let bytes = match log {
             crate::log::LogBody::File(f) => {
-                std::fs::read(f).map_err(|e| StorageError::new("read log", e))?
+                std::fs::read(f).map_err(|e| StorageError::io("read log", e))?
             }
             crate::log::LogBody::Memory(b) => b.clone(),
         };
@@ -279,7 +388,7 @@ impl ResultsSink for MemSink {
         dir: &Path,
     ) -> Result<Option<String>, StorageError> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map_err(|e| StorageError::new("read artifacts", e))?
+            .map_err(|e| StorageError::io("read artifacts", e))?
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect();
         if names.is_empty() {
@@ -321,6 +430,11 @@ impl ResultsSink for MemSink {
             serde_json::to_vec(&page).unwrap_or_default(),
         )
     }
+    async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError> {
+        self.reachable()?;
+        self.index.lock().unwrap().retain(|r| &r.id != run);
+        Ok(())
+    }
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
         Ok(self.get(&keys::run_doc(run)))
     }
@@ -343,8 +457,15 @@ impl ResultsSink for MemSink {
             .get(&keys::stage_log(run, stage))
             .cloned())
     }
-    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
-        Ok(self.get(&keys::index_page(page)))
+    async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
+        Ok(self
+            .index
+            .lock()
+            .unwrap()
+            .iter()
+            .take(limit)
+            .cloned()
+            .collect())
     }
     fn location(&self) -> String {
         "memory".into()

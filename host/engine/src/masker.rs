@@ -193,6 +193,55 @@ impl SecretSet {
     pub fn leaks(&self, input: &[u8]) -> bool {
         self.matcher.as_ref().is_some_and(|m| m.is_match(input))
     }
+
+    /// The length of the longest form masked (how much two chunks of a
+    /// stream must overlap to find a secret across them).
+    pub fn longest_pattern(&self) -> usize {
+        self.max_len
+    }
+
+    /// True when `doc` serialises and holds no secret. A document that
+    /// cannot be serialised is never called clean: the sweep fails closed.
+    pub fn sweeps<T: serde::Serialize>(&self, doc: &T) -> bool {
+        match serde_json::to_vec(doc) {
+            Ok(bytes) => !self.leaks(&bytes),
+            Err(e) => {
+                tracing::error!("a document could not be serialised for the secret sweep: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// The values a sensitive stage's output makes secret: the whole output,
+/// each named output, each line, and — when the output is JSON — each
+/// string in it (so a value plucked from it, `jq -r .Credentials.Key`, is
+/// masked too). Pieces shorter than [`MIN_SECRET_LEN`] bytes (`{`, `}` of
+/// pretty-printed JSON) are not secrets of their own.
+pub fn sensitive_values<'a>(
+    output: &'a str,
+    outputs: impl IntoIterator<Item = &'a String>,
+) -> Vec<Vec<u8>> {
+    fn strings(v: &serde_json::Value, out: &mut Vec<Vec<u8>>) {
+        match v {
+            serde_json::Value::String(s) => out.push(s.as_bytes().to_vec()),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut values: Vec<Vec<u8>> = std::iter::once(output)
+        .chain(outputs.into_iter().map(String::as_str))
+        .chain(output.lines())
+        .map(|v| v.trim_end_matches('\r').as_bytes().to_vec())
+        .collect();
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(output) {
+        strings(&json, &mut values);
+    }
+    values.retain(|v| v.len() >= MIN_SECRET_LEN);
+    values.sort();
+    values.dedup();
+    values
 }
 
 /// Masks a stream chunk by chunk, holding back just enough bytes to catch
@@ -308,6 +357,33 @@ mod tests {
             m.finish(&mut out);
             assert_eq!(out, b"aaaa *** bbbb ***", "split at {split}");
         }
+    }
+
+    #[test]
+    fn json_strings_of_a_sensitive_output_are_secrets() {
+        let out = "{\n  \"Credentials\": {\"AccessKeyId\": \"ASIAQ7EXAMPLE\", \"N\": 1}\n}";
+        let values = sensitive_values(out, &[]);
+        assert!(values.iter().any(|v| v == b"ASIAQ7EXAMPLE"));
+        assert!(
+            !values.iter().any(|v| v == b"{"),
+            "short lines are not secrets"
+        );
+        let s = SecretSet::new()
+            .with(values.iter().map(Vec::as_slice))
+            .unwrap();
+        assert_eq!(s.mask_str("key ASIAQ7EXAMPLE"), "key ***");
+    }
+
+    #[test]
+    fn a_document_that_cannot_be_serialised_is_not_clean() {
+        struct Broken;
+        impl serde::Serialize for Broken {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("broken"))
+            }
+        }
+        assert!(!SecretSet::new().sweeps(&Broken), "the sweep fails closed");
+        assert!(SecretSet::new().sweeps(&"fine"));
     }
 
     #[test]

@@ -4,13 +4,20 @@
 //! [`Outbox`], and so is everything after it (the write order holds). A
 //! background task sends the waiting results, oldest first, once the sink
 //! answers again, and removes each only after it was written.
+//!
+//! A sink that is away (a transient failure) is waited for as long as it
+//! takes. A result the sink refuses for good (a permanent failure, three
+//! times) is parked — kept, counted in the metrics, logged, retriable with
+//! `sentinel outbox retry` — and so is every later result of the same run
+//! (its order holds); other runs' results go on.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
+use sentinel_api::{RunDoc, RunId, RunSummary, StageDoc, StageName};
 use tokio::sync::{Mutex, Notify};
 
 use crate::log::LogBody;
@@ -19,36 +26,42 @@ use crate::ports::{Outbox, Pending, ResultsSink, StorageError};
 /// The longest wait between two attempts while the sink is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Permanent failures of one result before it is parked.
+pub const MAX_REFUSALS: u32 = 3;
+
 /// A sink with a durable outbox in front of it.
 #[derive(Debug)]
 pub struct OutboxSink {
-    inner: Arc<dyn ResultsSink>,
+    /// `None`: results only wait (a command that records without sending;
+    /// the next process with the sink sends them).
+    inner: Option<Arc<dyn ResultsSink>>,
     outbox: Arc<dyn Outbox>,
     spool: PathBuf,
-    /// One writer at a time, so results reach the sink in order.
-    turn: Mutex<()>,
+    /// One writer at a time, so results reach the sink in order; holds the
+    /// refusals of the front result and the runs with parked results.
+    turn: Mutex<Turn>,
     wake: Arc<Notify>,
 }
 
+#[derive(Debug, Default)]
+struct Turn {
+    refusals: BTreeMap<u64, u32>,
+    parked_runs: BTreeSet<RunId>,
+}
+
 fn err(context: impl Into<String>, e: impl std::fmt::Display) -> StorageError {
-    StorageError::new(context, e)
+    StorageError::permanent(context, e.to_string())
 }
 
 impl OutboxSink {
     /// Wraps `inner`; files of waiting results are kept under `spool`. Starts
     /// sending what an earlier process left waiting.
-    pub fn start(
+    pub async fn start(
         inner: Arc<dyn ResultsSink>,
         outbox: Arc<dyn Outbox>,
         spool: PathBuf,
     ) -> Arc<Self> {
-        let sink = Arc::new(Self {
-            inner,
-            outbox,
-            spool,
-            turn: Mutex::new(()),
-            wake: Arc::new(Notify::new()),
-        });
+        let sink = Self::make(Some(inner), outbox, spool).await;
         let weak = Arc::downgrade(&sink);
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(250);
@@ -77,44 +90,145 @@ impl OutboxSink {
         sink
     }
 
+    /// An outbox that only keeps results, for a process that records
+    /// without the sink (a read command recovering a dead run): the next
+    /// process that has the sink sends them.
+    pub async fn deferred(outbox: Arc<dyn Outbox>, spool: PathBuf) -> Arc<Self> {
+        Self::make(None, outbox, spool).await
+    }
+
+    async fn make(
+        inner: Option<Arc<dyn ResultsSink>>,
+        outbox: Arc<dyn Outbox>,
+        spool: PathBuf,
+    ) -> Arc<Self> {
+        let parked_runs = match outbox.parked().await {
+            Ok(p) => p.iter().map(|p| p.item.run().clone()).collect(),
+            Err(e) => {
+                tracing::warn!("cannot read the parked results: {e}");
+                BTreeSet::new()
+            }
+        };
+        Arc::new(Self {
+            inner,
+            outbox,
+            spool,
+            turn: Mutex::new(Turn {
+                refusals: BTreeMap::new(),
+                parked_runs,
+            }),
+            wake: Arc::new(Notify::new()),
+        })
+    }
+
     /// Results waiting for the sink.
     pub fn waiting(&self) -> usize {
         self.outbox.len()
     }
 
-    /// Sends waiting results, oldest first, until none is left or one fails.
+    /// Results the sink refused for good.
+    pub fn parked(&self) -> usize {
+        self.outbox.parked_len()
+    }
+
+    /// Sends waiting results, oldest first, until none is left or one fails
+    /// for a reason that may pass.
     async fn drain(&self) -> Result<(), StorageError> {
-        let _turn = self.turn.lock().await;
+        let mut turn = self.turn.lock().await;
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
         while let Some((seq, item)) = self.outbox.front().await? {
-            self.send(&item).await?;
-            self.outbox.remove(seq).await?;
-            remove_spooled(&item);
+            if turn.parked_runs.contains(item.run()) {
+                // Its run's earlier results are parked: it waits with them.
+                self.outbox
+                    .park(seq, "an earlier result of its run was refused")
+                    .await?;
+                continue;
+            }
+            match send(inner.as_ref(), &item).await {
+                Ok(()) => {
+                    turn.refusals.remove(&seq);
+                    self.outbox.remove(seq).await?;
+                    remove_spooled(&item);
+                }
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    let n = turn.refusals.entry(seq).or_insert(0);
+                    *n += 1;
+                    if *n < MAX_REFUSALS {
+                        return Err(e);
+                    }
+                    turn.refusals.remove(&seq);
+                    tracing::error!(
+                        run = %item.run(),
+                        "the results sink refused {} {MAX_REFUSALS} times; it is parked (`sentinel outbox retry` sends it again): {e}",
+                        item.describe()
+                    );
+                    self.outbox.park(seq, &e.to_string()).await?;
+                    turn.parked_runs.insert(item.run().clone());
+                }
+            }
         }
         Ok(())
     }
 
-    async fn send(&self, item: &Pending) -> Result<(), StorageError> {
-        match item {
-            Pending::Log { run, stage, file } => self
-                .inner
-                .put_log(run, stage, &LogBody::File(file.clone()))
-                .await
-                .map(drop),
-            Pending::Artifacts { run, stage, dir } => {
-                self.inner.put_artifacts(run, stage, dir).await.map(drop)
-            }
-            Pending::Stage(doc) => self.inner.put_stage(doc).await,
-            Pending::Run(doc) => self.inner.put_run(doc).await,
-            Pending::Index(s) => self.inner.update_index(s).await,
-        }
+    /// Puts every parked result back in the queue and wakes the sender.
+    pub async fn retry_parked(&self) -> Result<usize, StorageError> {
+        let mut turn = self.turn.lock().await;
+        let n = self.outbox.unpark_all().await?;
+        turn.parked_runs.clear();
+        drop(turn);
+        self.wake.notify_one();
+        Ok(n)
     }
 
+    /// Waits until nothing waits (or `within` passes); true when done.
+    pub async fn settle(&self, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        while !self.outbox.is_empty() {
+            self.wake.notify_one();
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+}
+
+async fn send(inner: &dyn ResultsSink, item: &Pending) -> Result<(), StorageError> {
+    match item {
+        Pending::Log { run, stage, file } => inner
+            .put_log(run, stage, &LogBody::File(file.clone()))
+            .await
+            .map(drop),
+        Pending::Artifacts { run, stage, dir } => {
+            inner.put_artifacts(run, stage, dir).await.map(drop)
+        }
+        Pending::Stage(doc) => inner.put_stage(doc).await,
+        Pending::Run(doc) => inner.put_run(doc).await,
+        Pending::Index(s) => inner.update_index(s).await,
+        Pending::Unindex(id) => inner.remove_from_index(id).await,
+    }
+}
+
+impl OutboxSink {
     /// Sends `item` now when nothing waits before it and the sink answers;
     /// otherwise keeps it (durably) for the background task.
     async fn submit(&self, item: Pending) -> Result<(), StorageError> {
         let turn = self.turn.lock().await;
-        if self.outbox.is_empty() {
-            match self.send(&item).await {
+        if turn.parked_runs.contains(item.run()) {
+            let item = self.spool_files(item).await?;
+            self.outbox
+                .park_new(&item, "an earlier result of its run was refused")
+                .await?;
+            return Ok(());
+        }
+        if let Some(inner) = &self.inner
+            && self.outbox.is_empty()
+        {
+            match send(inner.as_ref(), &item).await {
                 Ok(()) => return Ok(()),
                 Err(e) => self.note_failure(&e),
             }
@@ -154,7 +268,7 @@ impl OutboxSink {
                 .await
                 .map_err(|e| err("spool a log", e))?
                 .map(|file| Pending::Log { run, stage, file })
-                .map_err(|e| err("spool a log", e))?
+                .map_err(|e| StorageError::io("spool a log", e))?
             }
             Pending::Artifacts {
                 run,
@@ -163,14 +277,20 @@ impl OutboxSink {
             } => {
                 let to = target.join("artifacts");
                 tokio::task::spawn_blocking(move || {
-                    crate::workspace::copy_source(&src, &to, &[]).map(|_| to)
+                    crate::workspace::copy_tree(&src, &to, "").map(|_| to)
                 })
                 .await
                 .map_err(|e| err("spool artifacts", e))?
                 .map(|dir| Pending::Artifacts { run, stage, dir })
-                .map_err(|e| err("spool artifacts", e))?
+                .map_err(|e| StorageError::io("spool artifacts", e))?
             }
             other => other,
+        })
+    }
+
+    fn reader(&self) -> Result<&Arc<dyn ResultsSink>, StorageError> {
+        self.inner.as_ref().ok_or_else(|| {
+            StorageError::permanent("read results", "this outbox only keeps results for later")
         })
     }
 }
@@ -196,8 +316,11 @@ impl ResultsSink for OutboxSink {
         log: &LogBody,
     ) -> Result<String, StorageError> {
         let turn = self.turn.lock().await;
-        if self.outbox.is_empty() {
-            match self.inner.put_log(run, stage, log).await {
+        if let Some(inner) = &self.inner
+            && self.outbox.is_empty()
+            && !turn.parked_runs.contains(run)
+        {
+            match inner.put_log(run, stage, log).await {
                 Ok(key) => return Ok(key),
                 Err(e) => self.note_failure(&e),
             }
@@ -224,9 +347,16 @@ impl ResultsSink for OutboxSink {
             stage: stage.clone(),
             file,
         };
-        match log {
-            LogBody::Memory(_) => self.outbox.push(&item).await?,
-            LogBody::File(_) => self.keep(item).await?,
+        let item = match log {
+            LogBody::Memory(_) => item,
+            LogBody::File(_) => self.spool_files(item).await?,
+        };
+        if turn.parked_runs.contains(run) {
+            self.outbox
+                .park_new(&item, "an earlier result of its run was refused")
+                .await?;
+        } else {
+            self.outbox.push(&item).await?;
         }
         drop(turn);
         self.wake.notify_one();
@@ -263,8 +393,12 @@ impl ResultsSink for OutboxSink {
         self.submit(Pending::Index(Box::new(summary.clone()))).await
     }
 
+    async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError> {
+        self.submit(Pending::Unindex(run.clone())).await
+    }
+
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
-        self.inner.get_run(run).await
+        self.reader()?.get_run(run).await
     }
 
     async fn get_stage(
@@ -272,7 +406,7 @@ impl ResultsSink for OutboxSink {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<StageDoc>, StorageError> {
-        self.inner.get_stage(run, stage).await
+        self.reader()?.get_stage(run, stage).await
     }
 
     async fn get_log(
@@ -280,14 +414,17 @@ impl ResultsSink for OutboxSink {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        self.inner.get_log(run, stage).await
+        self.reader()?.get_log(run, stage).await
     }
 
-    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
-        self.inner.get_index_page(page).await
+    async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
+        self.reader()?.list_index(limit).await
     }
 
     fn location(&self) -> String {
-        self.inner.location()
+        match &self.inner {
+            Some(i) => i.location(),
+            None => "the outbox (sent by the next process that has the sink)".into(),
+        }
     }
 }

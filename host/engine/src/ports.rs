@@ -2,7 +2,8 @@
 //! durable run state, [`ResultsSink`] for the published results layout,
 //! [`Outbox`] for results waiting for their sink to answer again,
 //! [`RunQueue`] for accepted runs waiting for (or held by) a worker.
-//! Implementations live in their own crates (sled, local folder, S3).
+//! Implementations live in their own crates (sled, local folder, S3). Every
+//! failure is a [`StorageError`] that says whether trying again may help.
 
 use std::path::{Path, PathBuf};
 
@@ -10,27 +11,19 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
+use sentinel_api::{RunDoc, RunId, RunSummary, StageDoc, StageName};
 
+pub use crate::error::{ErrorKind, StorageError};
 use crate::lease::{Lease, Owner};
 pub use crate::log::LogBody;
 
-/// A failure of the store or the sink, with what it was doing.
-#[derive(Debug, thiserror::Error)]
-#[error("{context}: {message}")]
-pub struct StorageError {
-    pub context: String,
-    pub message: String,
-}
-
-impl StorageError {
-    /// An error with context.
-    pub fn new(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        Self {
-            context: context.into(),
-            message: err.to_string(),
-        }
-    }
+/// A stage's outputs as they were (raw), kept sealed for a re-run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptOutputs {
+    /// Its trimmed stdout.
+    pub output: String,
+    /// Its named outputs.
+    pub outputs: std::collections::BTreeMap<String, String>,
 }
 
 /// One status change, kept as the run's history.
@@ -60,6 +53,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn get_events(&self, id: &RunId) -> Result<Vec<Event>, StorageError>;
     /// Runs, newest first.
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError>;
+    /// Every run not in a final state, however old.
+    async fn open_runs(&self) -> Result<Vec<RunDoc>, StorageError>;
+    /// Keeps a stage's raw outputs for a re-run, sealed at rest like secrets.
+    async fn keep_outputs(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        kept: &KeptOutputs,
+    ) -> Result<(), StorageError>;
+    /// A stage's kept outputs; `None` when they are not kept (any more).
+    async fn kept_outputs(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<KeptOutputs>, StorageError>;
     /// Takes or renews a lease (durable).
     async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError>;
     /// Releases a lease; durable with the next durable write.
@@ -89,8 +97,11 @@ pub trait ResultsSink: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<String>, StorageError>;
     async fn put_stage(&self, doc: &StageDoc) -> Result<(), StorageError>;
     async fn put_run(&self, doc: &RunDoc) -> Result<(), StorageError>;
-    /// Inserts or replaces a run in the paged index.
+    /// Inserts or replaces a run in the index; touches a bounded number of
+    /// objects, however many runs the index holds.
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError>;
+    /// Removes a run from the index (retention); bounded like an update.
+    async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError>;
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError>;
     async fn get_stage(
         &self,
@@ -102,7 +113,9 @@ pub trait ResultsSink: Send + Sync + std::fmt::Debug {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError>;
-    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError>;
+    /// Runs of the index, newest first, at most `limit` (reading only the
+    /// pages it needs).
+    async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError>;
     /// A human-readable location of the results (a folder or a URL).
     fn location(&self) -> String;
 }
@@ -124,9 +137,44 @@ pub enum Pending {
     Stage(Box<StageDoc>),
     Run(Box<RunDoc>),
     Index(Box<RunSummary>),
+    Unindex(RunId),
 }
 
-/// A durable first-in first-out queue of results not yet published.
+impl Pending {
+    /// The run the result belongs to.
+    pub fn run(&self) -> &RunId {
+        match self {
+            Self::Log { run, .. } | Self::Artifacts { run, .. } | Self::Unindex(run) => run,
+            Self::Stage(d) => &d.run_id,
+            Self::Run(d) => &d.id,
+            Self::Index(s) => &s.id,
+        }
+    }
+
+    /// What it is, for messages (`the log of build`).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Log { stage, .. } => format!("the log of `{stage}`"),
+            Self::Artifacts { stage, .. } => format!("the artifacts of `{stage}`"),
+            Self::Stage(d) => format!("the document of `{}`", d.name),
+            Self::Run(_) => "run.json".into(),
+            Self::Index(_) => "its index entry".into(),
+            Self::Unindex(_) => "its removal from the index".into(),
+        }
+    }
+}
+
+/// A result the outbox gave up on: the sink refused it for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Parked {
+    pub item: Pending,
+    /// Why the sink refused it.
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+/// A durable first-in first-out queue of results not yet published, and
+/// the results it gave up on (parked, kept until retried).
 #[async_trait]
 pub trait Outbox: Send + Sync + std::fmt::Debug {
     /// Appends an item; durable when it returns.
@@ -135,11 +183,22 @@ pub trait Outbox: Send + Sync + std::fmt::Debug {
     async fn front(&self) -> Result<Option<(u64, Pending)>, StorageError>;
     /// Removes the item `seq` (once published).
     async fn remove(&self, seq: u64) -> Result<(), StorageError>;
-    /// How many items wait.
+    /// Moves the item `seq` to the parked results (durable).
+    async fn park(&self, seq: u64, reason: &str) -> Result<(), StorageError>;
+    /// Parks an item that never waited (its run has parked results, so it
+    /// must not overtake them).
+    async fn park_new(&self, item: &Pending, reason: &str) -> Result<(), StorageError>;
+    /// The parked results, oldest first.
+    async fn parked(&self) -> Result<Vec<Parked>, StorageError>;
+    /// Puts every parked result back in the queue, in order; returns how many.
+    async fn unpark_all(&self) -> Result<usize, StorageError>;
+    /// How many items wait (cheap: no scan).
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// How many results are parked (cheap: no scan).
+    fn parked_len(&self) -> usize;
 }
 
 /// A run accepted and not finished: what to run, which attempt it is, and

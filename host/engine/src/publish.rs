@@ -25,7 +25,7 @@ use crate::run::{Progress, ProgressFn};
 enum Job {
     Log(RunId, StageName, LogBody, Arc<SecretSet>),
     Artifacts(RunId, StageName, PathBuf),
-    Stage(StageDoc),
+    Stage(Box<StageDoc>),
     Run(RunDoc, Arc<SecretSet>),
     Index(RunSummary),
     Flush(oneshot::Sender<()>),
@@ -62,7 +62,7 @@ impl Publisher {
     }
 
     pub fn stage(&self, doc: StageDoc) {
-        let _ = self.tx.send(Job::Stage(doc));
+        let _ = self.tx.send(Job::Stage(Box::new(doc)));
     }
 
     /// Publishes `run.json` after a final sweep for secrets.
@@ -94,7 +94,7 @@ impl Publisher {
 const RUN_DOC_INTERVAL: Duration = Duration::from_millis(100);
 
 async fn put_run(sink: &dyn ResultsSink, doc: &RunDoc, secrets: &SecretSet) {
-    if secrets.leaks(&serde_json::to_vec(doc).unwrap_or_default()) {
+    if !secrets.sweeps(doc) {
         tracing::error!("refusing to publish run.json: it still holds a secret");
     } else if let Err(e) = sink.put_run(doc).await {
         tracing::warn!("cannot publish run.json: {e}");
@@ -137,12 +137,19 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
         }
         match job {
             Job::Log(run, stage, log, secrets) => {
+                // Swept once more with the secrets known now (a sensitive
+                // stage may have finished since the stage checked its log).
                 let clean = secrets.is_empty()
                     || match &log {
                         LogBody::Memory(bytes) => !secrets.leaks(bytes),
                         LogBody::File(file) => match tokio::fs::read(file).await {
                             Ok(bytes) => !secrets.leaks(&bytes),
-                            Err(_) => continue,
+                            Err(e) => {
+                                tracing::error!(
+                                    "refusing to publish the log of `{stage}`: it cannot be read: {e}"
+                                );
+                                false
+                            }
                         },
                     };
                 if !clean {

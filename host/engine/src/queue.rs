@@ -15,14 +15,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::docs::new_run_id;
+use crate::error::ResolveError;
 use crate::lease::Owner;
 use crate::ports::{QueueEntry, RunQueue, StorageError};
 use crate::run::{Engine, Progress, ProgressFn, RunRequest, Signals};
+use crate::transition::{RunEvent, run_transition};
 
 /// Turns a queued run into what the engine runs (fetching the repository,
-/// reading its pipeline); an `Err` is the reason the run failed to start.
+/// reading its pipeline); an `Err` is why the run failed to start.
 pub type Resolve = Arc<
-    dyn Fn(QueueEntry) -> std::pin::Pin<Box<dyn Future<Output = Result<RunRequest, String>> + Send>>
+    dyn Fn(
+            QueueEntry,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<RunRequest, ResolveError>> + Send>>
         + Send
         + Sync,
 >;
@@ -175,7 +180,10 @@ impl Worker {
     /// started) and, while attempts remain, is queued again as a new run.
     /// Returns the new entries.
     pub async fn reclaim(&self) -> Result<Vec<QueueEntry>, StorageError> {
-        self.engine.recover().await?;
+        self.engine
+            .recover()
+            .await
+            .report(|line| tracing::warn!("{line}"));
         let taken = self
             .queue
             .take_abandoned(Utc::now(), &|o: &Owner| !o.is_alive())
@@ -258,7 +266,7 @@ impl Worker {
             s.insert(id.clone(), signals.clone());
         }
         let failed = match (self.resolve)(entry.clone()).await {
-            Err(reason) => Some((RunStatus::Failed, reason)),
+            Err(reason) => Some((RunStatus::Failed, reason.to_string())),
             Ok(_) if signals.cancel.is_cancelled() => Some((
                 RunStatus::Cancelled,
                 "cancelled before it started".to_string(),
@@ -300,7 +308,7 @@ async fn record_unstarted(
         schema: SCHEMA_VERSION,
         id: e.run_id.clone(),
         pipeline: e.pipeline.clone(),
-        status,
+        status: RunStatus::Queued,
         reason: None,
         trigger: e.trigger.clone(),
         git: None,
@@ -315,7 +323,18 @@ async fn record_unstarted(
         // Ended already (its runner recorded it): one final state only.
         return Ok(());
     }
-    run.status = status;
+    // Through the one transition function, like every status change.
+    let event = match status {
+        RunStatus::Interrupted => RunEvent::Interrupt,
+        other => RunEvent::Finish(other),
+    };
+    match run_transition(run.status, event) {
+        Some(to) => run.status = to,
+        None => {
+            tracing::error!("run {}: cannot go from {} to {status}", run.id, run.status);
+            return Ok(());
+        }
+    }
     run.reason = Some(reason.to_string());
     run.finished = Some(now);
     let e = crate::docs::event(None, status.as_str(), run.reason.clone());

@@ -1,7 +1,9 @@
 //! The run's bookkeeping: every stage's state, the transitions applied to
 //! it, the store's history, and publishing in the results layout's order
 //! (a stage's log and artifacts, its document, `run.json`, the index).
-//! Every document and log passes a final secret sweep before it leaves.
+//! Every document and log passes a final secret sweep before it is stored
+//! or leaves, and the sweep fails closed. Each succeeded stage's outputs are
+//! kept, sealed, for a re-run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,14 +17,14 @@ use sentinel_pipeline::{Action, Plan};
 use sha2::Digest;
 
 use crate::docs::{apply_run_event, apply_stage_event, event, new_run_doc, run_entries};
-use crate::masker::SecretSet;
-use crate::ports::{ResultsSink, Store};
+use crate::masker::{SecretSet, sensitive_values};
+use crate::ports::{KeptOutputs, ResultsSink, Store};
 use crate::run::{Progress, ProgressFn};
 use crate::stage::StageResult;
 pub use crate::stage_state::StageState;
 use crate::stage_state::duration_ms;
 use crate::transition::{RunEvent, StageEvent};
-use crate::workspace::RunDirs;
+use crate::workspace::FileSet;
 
 /// Keeps a run's state and publishes it.
 #[derive(Debug)]
@@ -34,10 +36,10 @@ pub struct Recorder {
     pub run: RunDoc,
     stages: Vec<StageState>,
     index: BTreeMap<StageName, usize>,
-    dirs: RunDirs,
     publisher: crate::publish::Publisher,
-    /// `out/<stage>` files being written; settled before the next stage starts.
-    outs: tokio::task::JoinSet<()>,
+    /// What `out/<stage>` holds for each finished stage (masked, or raw for
+    /// a sensitive stage), for the stages that start after it.
+    outs: Vec<(StageName, Arc<Vec<u8>>)>,
 }
 
 impl Recorder {
@@ -50,21 +52,22 @@ impl Recorder {
         plan: Arc<Plan>,
         trigger: Trigger,
         git: Option<GitContext>,
-        dirs: RunDirs,
     ) -> Self {
         let stages: Vec<StageState> = plan
             .stages
             .iter()
             .map(|s| {
                 let (image, script_sha256, step) = match &s.action {
-                    Action::Container { image, script } => (
-                        Some(image.clone()),
-                        Some(hex::encode(sha2::Sha256::digest(script.as_bytes()))),
+                    Action::Container(c) => (
+                        Some(c.image.clone()),
+                        Some(hex::encode(sha2::Sha256::digest(c.script.as_bytes()))),
                         None,
                     ),
-                    Action::Step { step, resolved, .. } => {
-                        (None, None, Some(format!("{step} ({})", resolved.digest)))
-                    }
+                    Action::Step(st) => (
+                        None,
+                        None,
+                        Some(format!("{} ({})", st.step, st.resolved.digest)),
+                    ),
                 };
                 StageState {
                     name: s.name.clone(),
@@ -91,11 +94,13 @@ impl Recorder {
                         script_sha256,
                         env: BTreeMap::new(),
                         settings: BTreeMap::new(),
-                        volumes: s.volumes.clone(),
+                        volumes: s.volumes.iter().map(|v| v.stage.clone()).collect(),
                         limits: s.limits.describe(),
                     },
                     log_body: None,
-                    private: None,
+                    artifacts_dir: None,
+                    files: None,
+                    warnings: Vec::new(),
                 }
             })
             .collect();
@@ -114,16 +119,19 @@ impl Recorder {
             run,
             stages,
             index,
-            dirs,
             publisher,
-            outs: tokio::task::JoinSet::new(),
+            outs: Vec::new(),
         }
     }
 
-    /// Waits until every finished stage's `out/<stage>` file is written (a
-    /// stage about to start may read them).
-    pub async fn settle_outputs(&mut self) {
-        while self.outs.join_next().await.is_some() {}
+    /// The `out/<stage>` files of the stages finished so far.
+    pub fn outs(&self) -> Vec<(StageName, Arc<Vec<u8>>)> {
+        self.outs.clone()
+    }
+
+    /// The files a finished stage created or changed, when they are kept.
+    pub fn files_of(&self, name: &StageName) -> Option<FileSet> {
+        self.state(name).files.clone()
     }
 
     /// The current run document.
@@ -229,24 +237,29 @@ impl Recorder {
         ))
     }
 
+    /// Adds a warning to a stage's document.
+    pub fn warn(&mut self, name: &StageName, warning: String) {
+        if self.index.contains_key(name) {
+            self.state_mut(name).warnings.push(warning);
+        }
+    }
+
     pub fn set_reason(&mut self, reason: Option<String>) {
         self.run.reason = reason.map(|r| self.secrets.mask_str(&r));
     }
 
-    /// Adds values to mask from now on (a step's secret settings).
-    pub fn add_secrets(&mut self, values: &[String]) {
+    /// Adds values to mask from now on (a step's secret settings, which the
+    /// environment refused when too short to mask).
+    pub fn add_secrets(&mut self, values: &[String]) -> Result<(), crate::masker::MaskError> {
         let values: Vec<&[u8]> = values
             .iter()
             .map(|v| v.as_bytes())
-            .filter(|v| v.len() >= crate::masker::MIN_SECRET_LEN)
+            .filter(|v| !v.is_empty())
             .collect();
-        if values.is_empty() {
-            return;
+        if !values.is_empty() {
+            self.secrets = Arc::new(self.secrets.with(values)?);
         }
-        match self.secrets.with(values) {
-            Ok(set) => self.secrets = Arc::new(set),
-            Err(e) => tracing::error!("cannot mask a secret setting: {e}"),
-        }
+        Ok(())
     }
 
     /// Records a step's settings (secrets as references).
@@ -366,31 +379,35 @@ impl Recorder {
             .await;
     }
 
-    /// Records a finished stage: outputs, `out/<stage>`, secrets from a
-    /// sensitive stage, then publishes its log, artifacts and document.
+    /// Records a finished stage: secrets from a sensitive stage, its
+    /// `out/<stage>`, its outputs kept (sealed) for a re-run, then publishes
+    /// its log, artifacts and document.
     pub async fn finish_stage(&mut self, mut r: StageResult, progress: &ProgressFn) {
         let sensitive = self.state(&r.name).sensitive;
         if sensitive && r.status == StageStatus::Succeeded {
             // Every value taken from a sensitive stage is itself a secret.
-            let values: Vec<&[u8]> = std::iter::once(r.output.as_bytes())
-                .chain(r.outputs.values().map(|v| v.as_bytes()))
-                .chain(r.output.lines().map(str::as_bytes))
-                .filter(|v| v.len() >= crate::masker::MIN_SECRET_LEN)
-                .collect();
-            match self.secrets.with(values) {
+            let values = sensitive_values(&r.output, r.outputs.values());
+            match self.secrets.with(values.iter().map(Vec::as_slice)) {
                 Ok(set) => self.secrets = Arc::new(set),
                 Err(e) => tracing::error!("cannot mask a sensitive output: {e}"),
             }
         }
-        if !sensitive && r.status == StageStatus::Succeeded {
-            // Written off the stage's path; settled before any stage starts.
-            let path = self.dirs.workspace.join("out").join(r.name.as_str());
-            let masked = self.secrets.mask_str(&r.output);
-            self.outs.spawn_blocking(move || {
-                if let Err(e) = std::fs::write(&path, masked) {
-                    tracing::warn!("cannot write {}: {e}", path.display());
-                }
-            });
+        if r.status == StageStatus::Succeeded {
+            // A sensitive stage's own file holds its value for the run (it
+            // is never published); any other is masked.
+            let out = if sensitive {
+                r.output.clone()
+            } else {
+                self.secrets.mask_str(&r.output)
+            };
+            self.outs.push((r.name.clone(), Arc::new(out.into_bytes())));
+            let kept = KeptOutputs {
+                output: r.output.clone(),
+                outputs: r.outputs.clone(),
+            };
+            if let Err(e) = self.store.keep_outputs(&self.run_id, &r.name, &kept).await {
+                tracing::warn!("cannot keep the outputs of `{}` for a re-run: {e}", r.name);
+            }
         }
         let state = self.state_mut(&r.name);
         if !apply_stage_event(state, StageEvent::Finish(r.status)) {
@@ -407,14 +424,12 @@ impl Recorder {
         state.output = Some(r.output);
         state.outputs = r.outputs;
         state.log_body = r.log.body.take();
-        state.private = Some(r.private.clone());
+        state.artifacts_dir = r.artifacts.take();
+        state.files = r.files.take();
+        state.warnings.append(&mut r.warnings);
         let duration = duration_ms(state.started, state.finished);
         self.after_stage_change(&r.name, r.status, r.reason, duration, progress)
             .await;
-        // Its artifacts are taken: an empty step folder may serve the next step.
-        if r.reusable {
-            self.dirs.reuse_step_private(r.private);
-        }
     }
 
     async fn after_stage_change(
@@ -451,45 +466,37 @@ impl Recorder {
     /// Hands a finished stage's log and artifacts to the publisher; their
     /// keys are known now, so the stage document can name them.
     async fn publish_files(&mut self, name: &StageName) {
-        let private = self.state(name).private.clone();
-        let artifacts = private
-            .unwrap_or_else(|| self.dirs.private(name))
-            .join("artifacts");
-        let log = self.state_mut(name).log_body.take();
-        let has_log = log.is_some();
-        let has_artifacts = crate::workspace::holds_files(&artifacts);
         let state = self.state_mut(name);
-        state.log = has_log.then(|| format!("{name}.log"));
-        state.artifacts = has_artifacts.then(|| format!("{name}.zip"));
+        let log = state.log_body.take();
+        let artifacts = state.artifacts_dir.take();
+        state.log = log.is_some().then(|| format!("{name}.log"));
+        state.artifacts = artifacts.is_some().then(|| format!("{name}.zip"));
         if let Some(log) = log {
             self.publisher
                 .log(&self.run_id, name, log, self.secrets.clone());
         }
-        if has_artifacts {
-            self.publisher.artifacts(&self.run_id, name, artifacts);
+        if let Some(dir) = artifacts {
+            self.publisher.artifacts(&self.run_id, name, dir);
         }
     }
 
-    /// Stores a stage's document; publishes it once the stage is final (while
-    /// it waits or runs, `run.json` carries its status).
+    /// Stores a stage's document — swept first, so no reader of the store
+    /// sees a secret either — and publishes it once the stage is final
+    /// (while it waits or runs, `run.json` carries its status). A document
+    /// that fails the sweep is replaced by one that withholds everything
+    /// but its status, saying so.
     async fn publish_stage(&self, name: &StageName) {
-        let doc = self.state(name).doc(&self.run_id, &self.secrets);
+        let mut doc = self.state(name).doc(&self.run_id, &self.secrets);
+        if !self.secrets.sweeps(&doc) {
+            tracing::error!("the document of `{name}` still holds a secret: it is withheld");
+            doc = withheld(doc);
+        }
         if let Err(e) = self.store.put_stage(&doc).await {
             tracing::warn!("cannot store stage `{name}`: {e}");
         }
-        if doc.status.is_final() && self.swept(&doc, &format!("the document of `{name}`")) {
+        if doc.status.is_final() {
             self.publisher.stage(doc);
         }
-    }
-
-    /// True when the document holds no secret (the final sweep).
-    fn swept<T: serde::Serialize>(&self, doc: &T, what: &str) -> bool {
-        let bytes = serde_json::to_vec(doc).unwrap_or_default();
-        let ok = !self.secrets.leaks(&bytes);
-        if !ok {
-            tracing::error!("refusing to publish {what}: it still holds a secret");
-        }
-        ok
     }
 
     /// Publishes `run.json` (swept by the publisher, once per coalesced
@@ -517,7 +524,6 @@ impl Recorder {
 
     /// Ends the run: final status, published and durable.
     pub async fn finish(&mut self, status: RunStatus) {
-        self.settle_outputs().await;
         if self.run.status == RunStatus::Queued
             && status != RunStatus::Failed
             && status != RunStatus::Cancelled
@@ -539,5 +545,20 @@ impl Recorder {
         if let Err(e) = self.store.put_run(&self.run_doc(), true).await {
             tracing::error!("cannot store the finished run: {e}");
         }
+    }
+}
+
+/// A stage document with everything but its identity and status removed,
+/// for one that failed the secret sweep.
+fn withheld(doc: sentinel_api::StageDoc) -> sentinel_api::StageDoc {
+    sentinel_api::StageDoc {
+        reason: None,
+        output: None,
+        outputs: BTreeMap::new(),
+        log: None,
+        artifacts: None,
+        inputs: ResolvedInputs::default(),
+        warnings: vec!["this document held a secret: everything but its status is withheld".into()],
+        ..doc
     }
 }

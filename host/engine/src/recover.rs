@@ -1,6 +1,8 @@
 //! Recovery after a crash: runs whose owner process died are marked
 //! `interrupted` (stages too), that is published, and their resources
-//! (containers, networks, run folders) are removed.
+//! (containers, networks, run folders) are removed. Every open run is
+//! looked at, however old, and each is recovered on its own: one that
+//! cannot be is reported, and neither the others nor new runs wait for it.
 
 use std::collections::BTreeSet;
 
@@ -13,8 +15,38 @@ use crate::run::Engine;
 use crate::transition::{RunEvent, StageEvent, transition};
 use crate::workspace::RunDirs;
 
-/// Recovers every dead run; returns their ids.
-pub async fn recover(engine: &Engine) -> Result<Vec<RunId>, StorageError> {
+/// What a recovery did.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Runs marked `interrupted`.
+    pub recovered: Vec<RunId>,
+    /// Runs that could not be (they are looked at again next time).
+    pub failed: Vec<(RunId, StorageError)>,
+    /// Why the dead runs could not even be listed.
+    pub listing: Option<StorageError>,
+}
+
+impl Recovery {
+    /// Reports what happened on `say` (a line each), newest first.
+    pub fn report(&self, say: impl Fn(String)) {
+        if let Some(e) = &self.listing {
+            say(format!("cannot look for interrupted runs: {e}"));
+        }
+        for id in &self.recovered {
+            say(format!(
+                "run {id} was interrupted (its sentinel process died); marked `interrupted`"
+            ));
+        }
+        for (id, e) in &self.failed {
+            say(format!(
+                "run {id} was interrupted but cannot be marked so now: {e}"
+            ));
+        }
+    }
+}
+
+/// The runs whose process died, and why.
+async fn dead_runs(engine: &Engine) -> Result<Vec<(RunId, String)>, StorageError> {
     let leases = engine.store.leases().await?;
     let leased: BTreeSet<RunId> = leases.iter().map(|l| l.run_id.clone()).collect();
     let mut dead: Vec<(RunId, String)> = leases
@@ -25,20 +57,37 @@ pub async fn recover(engine: &Engine) -> Result<Vec<RunId>, StorageError> {
             (l.run_id, why)
         })
         .collect();
-    for run in engine.store.list_runs(1000).await? {
-        if !run.status.is_final() && !leased.contains(&run.id) {
+    for run in engine.store.open_runs().await? {
+        if !leased.contains(&run.id) {
             dead.push((
                 run.id,
                 "the sentinel process running it died before taking its lease".into(),
             ));
         }
     }
-    let mut recovered = Vec::new();
+    Ok(dead)
+}
+
+/// Recovers every dead run, each on its own.
+pub async fn recover(engine: &Engine) -> Recovery {
+    let mut out = Recovery::default();
+    let dead = match dead_runs(engine).await {
+        Ok(d) => d,
+        Err(e) => {
+            out.listing = Some(e);
+            return out;
+        }
+    };
     for (id, why) in dead {
-        interrupt(engine, &id, &why).await?;
-        recovered.push(id);
+        match interrupt(engine, &id, &why).await {
+            Ok(()) => out.recovered.push(id),
+            Err(e) => {
+                tracing::error!("run {id}: cannot mark it interrupted: {e}");
+                out.failed.push((id, e));
+            }
+        }
     }
-    Ok(recovered)
+    out
 }
 
 async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), StorageError> {
@@ -65,7 +114,10 @@ async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), Storage
                 {
                     Ok(key) => stage.log = Some(key),
                     Err(e) => {
-                        tracing::warn!("cannot publish the partial log of `{}`: {e}", stage.name)
+                        tracing::warn!("cannot publish the partial log of `{}`: {e}", stage.name);
+                        stage
+                            .warnings
+                            .push(format!("its partial log could not be published: {e}"));
                     }
                 }
             }

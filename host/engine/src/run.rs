@@ -1,7 +1,9 @@
 //! The scheduler: runs a plan's stages as a DAG, at most `jobs` at a time,
 //! records every transition in the store, publishes documents in the
 //! results layout's order, and always ends with the run final, its
-//! resources removed and its lease released — on success, failure and cancel.
+//! resources and workspace removed and its lease released — on success,
+//! failure and cancel. It reaches the workspace only through the
+//! executor's handle and the stages' jobs and reports.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,23 +11,21 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use sentinel_api::{GitContext, RunDoc, RunId, RunStatus, StageName, StageStatus, Trigger};
-use sentinel_pipeline::{Plan, Ref};
+use sentinel_pipeline::Plan;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::env::{EnvInputs, resolve, stage_env};
-use crate::exec::{Executor, RunContext};
+use crate::exec::{Executor, RunContext, Source, Workspace};
 use crate::lease::{Lease, Owner};
 use crate::log::LiveLog;
-use crate::masker::SecretSet;
 use crate::ports::{ResultsSink, Store};
+use crate::prepare::{
+    capture_of, env_of, inputs_of, kept_dir, preflight, prune_kept, restored, service_env,
+};
 use crate::record::Recorder;
 use crate::stage::{StageResult, StageRun, run_stage};
 use crate::transition::{Decision, RunEvent, StageEvent, decide, run_outcome};
-use crate::workspace::{RunDirs, copy_source, default_user, hand_over};
-
-/// A service and its resolved environment.
-type ServiceWithEnv = (sentinel_pipeline::ServicePlan, Vec<(String, String)>);
+use crate::workspace::{FileSet, RunDirs, default_user, runs_dir};
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -36,6 +36,14 @@ pub struct EngineConfig {
     pub state_dir: PathBuf,
     /// Keep the run's workspace copy after the run.
     pub keep_workspace: bool,
+    /// How many runs keep the files their stages created, for re-runs
+    /// (the newest; 0 keeps none).
+    pub keep_files: usize,
+}
+
+impl EngineConfig {
+    /// How many runs keep their stages' files by default.
+    pub const KEEP_FILES: usize = 20;
 }
 
 /// A request to run a plan.
@@ -56,19 +64,25 @@ pub struct RunRequest {
     /// one otherwise.
     pub run_id: Option<RunId>,
     /// Stages not run again but taken from an earlier run (a re-run from a
-    /// failed stage): each is recorded succeeded with its earlier outputs.
+    /// failed stage): each is recorded succeeded with its earlier outputs,
+    /// and its files are put back in the workspace before any stage starts.
     pub reuse: BTreeMap<StageName, Reused>,
+    /// Why a stage a re-run could have kept runs again (what was no longer
+    /// kept); said in its document.
+    pub not_reused: BTreeMap<StageName, String>,
 }
 
-/// A stage's result taken from an earlier run.
+/// A stage's result taken from an earlier run, exactly as it was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reused {
     /// The run it comes from.
     pub run: RunId,
-    /// Its trimmed stdout (`${stages.<name>.output}`, `out/<name>`).
+    /// Its trimmed stdout (`${stages.<name>.output}`, `out/<name>`), raw.
     pub output: String,
-    /// Its named outputs.
+    /// Its named outputs, raw.
     pub outputs: BTreeMap<String, String>,
+    /// The files it created or changed (none for a step that only reads).
+    pub files: Option<FileSet>,
 }
 
 impl RunRequest {
@@ -88,6 +102,7 @@ impl RunRequest {
             secrets: BTreeMap::new(),
             run_id: None,
             reuse: BTreeMap::new(),
+            not_reused: BTreeMap::new(),
         }
     }
 }
@@ -159,49 +174,6 @@ pub struct Signals {
 }
 
 impl Engine {
-    /// Checks what a run needs from the host, before anything is created.
-    fn preflight(req: &RunRequest) -> Result<Arc<SecretSet>, PreflightError> {
-        let plan = &req.plan;
-        for (name, v) in &plan.env {
-            if matches!(v, sentinel_pipeline::EnvValue::FromHost)
-                && !req.host_env.contains_key(name)
-            {
-                return Err(PreflightError::Missing(format!(
-                    "environment variable `{name}` is not set (the pipeline's `env:` takes it from the environment sentinel runs in)"
-                )));
-            }
-        }
-        let used = plan
-            .stages
-            .iter()
-            .flat_map(|s| s.templates())
-            .chain(plan.services.iter().flat_map(|s| s.env.values()))
-            .flat_map(|t| t.refs())
-            .filter_map(|r| match r {
-                Ref::Secret(n) => Some(n.clone()),
-                _ => None,
-            });
-        for name in used {
-            if !req.secrets.contains_key(&name) {
-                return Err(PreflightError::Missing(format!(
-                    "secret `{name}` is not set (export {name}=… in the environment sentinel runs in)"
-                )));
-            }
-        }
-        let mut set = SecretSet::new();
-        for name in &plan.secrets {
-            if let Some(v) = req.secrets.get(name) {
-                set = set
-                    .with([v.as_bytes()])
-                    .map_err(|source| PreflightError::Secret {
-                        name: name.clone(),
-                        source,
-                    })?;
-            }
-        }
-        Ok(Arc::new(set))
-    }
-
     /// Runs a plan to its end and returns the final run document.
     pub async fn run(
         &self,
@@ -209,7 +181,7 @@ impl Engine {
         progress: ProgressFn,
         signals: Signals,
     ) -> Result<RunDoc, PreflightError> {
-        let secrets = Self::preflight(&req)?;
+        let secrets = preflight(&req)?;
         let run_id: RunId = match &req.run_id {
             Some(id) => id.clone(),
             None => crate::docs::new_run_id(),
@@ -225,7 +197,6 @@ impl Engine {
             plan.clone(),
             req.trigger.clone(),
             req.git.clone(),
-            dirs.clone(),
         );
 
         // Accepted: durable before anything runs; the lease's durable write makes the run durable too.
@@ -265,8 +236,17 @@ impl Engine {
             })
         };
 
+        let mut workspace = None;
         let status = self
-            .drive(&req, &mut rec, &owner, &dirs, &progress, &signals)
+            .drive(
+                &req,
+                &mut rec,
+                &owner,
+                &dirs,
+                &progress,
+                &signals,
+                &mut workspace,
+            )
             .await;
 
         self.exec.end_run(&run_id).await;
@@ -277,9 +257,14 @@ impl Engine {
         }
         rec.finish(status).await;
         if !self.config.keep_workspace {
+            if let Some(ws) = &workspace {
+                ws.remove().await;
+            }
             let root = dirs.root.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(root)).await;
         }
+        let (state, keep) = (self.config.state_dir.clone(), self.config.keep_files);
+        let _ = tokio::task::spawn_blocking(move || prune_kept(&state, keep)).await;
         progress(Progress::RunFinished {
             run_id: run_id.clone(),
             status: rec.run.status,
@@ -288,7 +273,9 @@ impl Engine {
     }
 
     /// Prepares the run and schedules its stages; returns the run's final
-    /// status (and the reason, via the recorder).
+    /// status (and the reason, via the recorder). The workspace, once made,
+    /// is left in `workspace` for the caller to remove.
+    #[allow(clippy::too_many_arguments)]
     async fn drive(
         &self,
         req: &RunRequest,
@@ -297,6 +284,7 @@ impl Engine {
         dirs: &RunDirs,
         progress: &ProgressFn,
         signals: &Signals,
+        workspace: &mut Option<Arc<dyn Workspace>>,
     ) -> RunStatus {
         let plan = rec.plan.clone();
         let user = plan
@@ -306,48 +294,56 @@ impl Engine {
             .unwrap_or_else(default_user);
         rec.run_event(RunEvent::Start, None).await;
         rec.schedule_all(progress).await;
+        for (name, why) in &req.not_reused {
+            rec.warn(name, format!("run again, not reused: {why}"));
+        }
 
-        // The workspace: a copy of the source, owned by the stages' user.
-        let (source, ws, skip, u) = (
-            req.source.clone(),
-            dirs.workspace.clone(),
-            req.skip.clone(),
-            user.clone(),
-        );
+        let services = match service_env(req, &rec.run_id) {
+            Ok(s) => s,
+            Err(e) => return self.fail_all(rec, e, progress).await,
+        };
+        let ctx = RunContext {
+            run_id: rec.run_id.clone(),
+            owner: owner.clone(),
+            runs_dir: runs_dir(&self.config.state_dir),
+            services,
+        };
+        // The workspace: a copy of the source (and a re-run's kept files),
+        // owned by the stages' user, made by the executor.
+        let source = Source {
+            dir: req.source.clone(),
+            skip: req.skip.clone(),
+            git: plan.workspace.git,
+            restore: restored(&plan, &req.reuse),
+            user: user.clone(),
+        };
         let logs = dirs.logs.clone();
-        let copied = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&logs)?;
-            let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
-            copy_source(&source, &ws, &skip)?;
-            std::fs::create_dir_all(ws.join("out"))?;
-            hand_over(&ws, &u)
-        })
-        .await
-        .map_err(std::io::Error::other)
-        .and_then(|r| r);
-        let start_error = match copied {
-            Err(e) => Some(format!("cannot prepare the workspace: {e}")),
-            Ok(()) => {
-                let services = match self.service_env(req, rec) {
-                    Ok(s) => s,
-                    Err(e) => return self.fail_all(rec, e, progress).await,
-                };
-                let ctx = RunContext {
-                    run_id: rec.run_id.clone(),
-                    owner: owner.clone(),
-                    services,
-                };
-                tokio::select! {
-                    r = self.exec.start_run(&ctx) => r.err().map(|e| e.0),
-                    _ = signals.cancel.cancelled() => Some("cancelled while starting services".into()),
-                }
+        let made = match tokio::fs::create_dir_all(&logs).await {
+            Err(e) => Err(format!("cannot make the run's log folder: {e}")),
+            Ok(()) => tokio::select! {
+                r = self.exec.prepare_workspace(&ctx, &source) => r.map_err(|e| format!("cannot prepare the workspace: {e}")),
+                _ = signals.cancel.cancelled() => Err("cancelled while preparing the workspace".into()),
+            },
+        };
+        let ws = match made {
+            Ok(ws) => ws,
+            Err(e) => {
+                return self
+                    .fail_all(rec, format!("the run could not start: {e}"), progress)
+                    .await;
             }
         };
-        if let Some(e) = start_error {
+        *workspace = Some(ws.clone());
+        let started = tokio::select! {
+            r = self.exec.start_run(&ctx) => r.map_err(|e| e.to_string()),
+            _ = signals.cancel.cancelled() => Err("cancelled while starting services".into()),
+        };
+        if let Err(e) = started {
             return self
                 .fail_all(rec, format!("the run could not start: {e}"), progress)
                 .await;
         }
+        let keep = self.config.keep_files > 0;
 
         let mut running = JoinSet::new();
         let mut tokens: BTreeMap<StageName, (CancellationToken, bool)> = BTreeMap::new();
@@ -386,46 +382,29 @@ impl Engine {
                         if let Some(prev) = req.reuse.get(&s.name) {
                             rec.stage_event(&s.name, StageEvent::Start, None, progress)
                                 .await;
-                            let now = Utc::now();
-                            let result = StageResult {
-                                name: s.name.clone(),
-                                status: StageStatus::Succeeded,
-                                reason: Some(format!("reused from run {}", prev.run)),
-                                failure: None,
-                                exit_code: None,
-                                started: now,
-                                finished: now,
-                                output: prev.output.clone(),
-                                outputs: prev.outputs.clone(),
-                                log: Default::default(),
-                                image_id: None,
-                                private: dirs.private(&s.name),
-                                reusable: false,
+                            let to = capture_of(&self.config.state_dir, &rec.run_id, s, keep);
+                            let files = match (&prev.files, to) {
+                                (Some(old), Some(to)) => keep_copy(old.clone(), to).await,
+                                (old, _) => old.clone(),
                             };
+                            let result = StageResult::reused(
+                                s.name.clone(),
+                                &prev.run,
+                                prev.output.clone(),
+                                prev.outputs.clone(),
+                                files,
+                            );
                             rec.finish_stage(result, progress).await;
                             continue;
                         }
-                        // What earlier stages left in `out/` is there before it starts.
-                        rec.settle_outputs().await;
-                        let env = {
-                            let outputs = rec.outputs();
-                            let sensitive = rec.sensitive();
-                            let run_status = rec.status_so_far(cancelled);
-                            let inputs = EnvInputs {
-                                plan: &plan,
-                                run_id: &rec.run_id,
-                                git: req.git.as_ref(),
-                                host_env: &req.host_env,
-                                secrets: &req.secrets,
-                                outputs: &outputs,
-                                sensitive: &sensitive,
-                                run_status,
-                                failed_stages: rec.failed_stages(),
-                            };
-                            stage_env(&inputs, s)
-                        };
+                        let env = env_of(req, rec, &plan, s, cancelled);
                         rec.stage_event(&s.name, StageEvent::Start, None, progress)
                             .await;
+                        let env = env.map_err(|e| e.to_string()).and_then(|env| {
+                            rec.add_secrets(&env.secret_values)
+                                .map(|()| env)
+                                .map_err(|e| format!("a secret setting: {e}"))
+                        });
                         let env = match env {
                             Ok(env) => env,
                             Err(e) => {
@@ -438,7 +417,6 @@ impl Engine {
                                 continue;
                             }
                         };
-                        rec.add_secrets(&env.secret_values);
                         rec.set_inputs(&s.name, env.recorded.clone());
                         rec.set_settings(&s.name, env.settings.clone());
                         let token = CancellationToken::new();
@@ -451,10 +429,13 @@ impl Engine {
                             run_id: rec.run_id.clone(),
                             owner: owner.clone(),
                             dirs: dirs.clone(),
+                            workspace: ws.clone(),
                             env: env.vars,
                             user: s.limits.user.clone().unwrap_or_else(|| user.clone()),
                             secrets: rec.secrets(),
                             http: env.http.clone(),
+                            inputs: inputs_of(rec, s),
+                            capture: capture_of(&self.config.state_dir, &rec.run_id, s, keep),
                         };
                         let live: Option<LiveLog> = {
                             let progress = progress.clone();
@@ -544,34 +525,6 @@ impl Engine {
         status
     }
 
-    fn service_env(&self, req: &RunRequest, rec: &Recorder) -> Result<Vec<ServiceWithEnv>, String> {
-        let empty = BTreeMap::new();
-        let inputs = EnvInputs {
-            plan: &req.plan,
-            run_id: &rec.run_id,
-            git: req.git.as_ref(),
-            host_env: &req.host_env,
-            secrets: &req.secrets,
-            outputs: &empty,
-            sensitive: &[],
-            run_status: "running",
-            failed_stages: String::new(),
-        };
-        req.plan
-            .services
-            .iter()
-            .map(|svc| {
-                let vars = svc
-                    .env
-                    .iter()
-                    .map(|(k, t)| t.render(|r| resolve(&inputs, r)).map(|v| (k.clone(), v)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| format!("service `{}`: {e}", svc.name))?;
-                Ok((svc.clone(), vars))
-            })
-            .collect()
-    }
-
     /// Ends a run that could not start: every stage is skipped with the reason.
     async fn fail_all(
         &self,
@@ -588,8 +541,26 @@ impl Engine {
     }
 
     /// Marks runs whose owner died `interrupted`, publishes that, and removes
-    /// their resources. Returns the runs it recovered.
-    pub async fn recover(&self) -> Result<Vec<RunId>, crate::ports::StorageError> {
+    /// their resources. Each run is recovered on its own: one that cannot be
+    /// is reported and the others still are.
+    pub async fn recover(&self) -> crate::recover::Recovery {
         crate::recover::recover(self).await
     }
+
+    /// Where the files of a run's stages are kept.
+    pub fn kept_dir(&self, run: &RunId) -> PathBuf {
+        kept_dir(&self.config.state_dir, run)
+    }
+}
+
+/// Copies a reused stage's kept files into this run's, so a re-run of this
+/// run finds them too.
+async fn keep_copy(old: FileSet, to: PathBuf) -> Option<FileSet> {
+    tokio::task::spawn_blocking(move || {
+        crate::workspace::copy_tree(&old.dir, &to, "").ok()?;
+        Some(FileSet { dir: to, ..old })
+    })
+    .await
+    .ok()
+    .flatten()
 }

@@ -1,8 +1,13 @@
-//! Running one stage: its private folder, its log pipeline, the executor
-//! call under a deadline, and turning the executor's outcome, stdout and
-//! `$SENTINEL_OUTPUT` into a final status with a reason.
+//! Running one stage: its log pipeline, the executor call under a
+//! deadline, and turning the executor's report — outcome, stdout, named
+//! outputs, artifacts, captured files — into a final status with a reason.
+//! What leaves the stage is checked for secrets here, off the scheduler's
+//! path: a sensitive value too short to mask fails the stage, an artifact
+//! holding a secret is withheld, and a log that cannot be read or still
+//! holds a secret is left out — each said in the stage's warnings.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -12,11 +17,11 @@ use sentinel_pipeline::{Action, StagePlan};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::exec::{Executor, Outcome, StageJob, StepJob};
+use crate::exec::{Executor, Inputs, Outcome, StageJob, StepWork, Var, Work, Workspace};
 use crate::lease::Owner;
-use crate::log::{LiveLog, LogConfig, LogSummary, spawn_log_writer};
-use crate::masker::SecretSet;
-use crate::workspace::{RunDirs, left_clean, parse_outputs, prepare_private};
+use crate::log::{LiveLog, LogBody, LogConfig, LogSummary, spawn_log_writer};
+use crate::masker::{MIN_SECRET_LEN, SecretSet};
+use crate::workspace::{FileSet, RunDirs, parse_outputs};
 
 /// Everything needed to run one stage.
 #[derive(Debug)]
@@ -25,11 +30,15 @@ pub struct StageRun {
     pub run_id: sentinel_api::RunId,
     pub owner: Owner,
     pub dirs: RunDirs,
-    pub env: Vec<(String, String)>,
+    pub workspace: Arc<dyn Workspace>,
+    pub env: Vec<Var>,
     pub user: String,
     pub secrets: Arc<SecretSet>,
     /// A step's allowed HTTP hosts.
     pub http: Vec<String>,
+    pub inputs: Inputs,
+    /// Where the files it creates or changes are kept (`None`: not kept).
+    pub capture: Option<PathBuf>,
 }
 
 /// How a stage ended, before it is recorded.
@@ -47,10 +56,42 @@ pub struct StageResult {
     pub outputs: BTreeMap<String, String>,
     pub log: LogSummary,
     pub image_id: Option<String>,
-    /// The stage's private folder (its artifacts are published from there).
-    pub private: std::path::PathBuf,
-    /// True when that folder is an empty step folder the run may reuse.
-    pub reusable: bool,
+    /// A folder holding the stage's artifacts, checked for secrets.
+    pub artifacts: Option<PathBuf>,
+    /// The files it created or changed, kept for a re-run.
+    pub files: Option<FileSet>,
+    /// What its document should say besides its status.
+    pub warnings: Vec<String>,
+}
+
+impl StageResult {
+    /// A stage that ended without running, with what it keeps from before
+    /// (a re-run's reused stage).
+    pub fn reused(
+        name: StageName,
+        from: &sentinel_api::RunId,
+        output: String,
+        outputs: BTreeMap<String, String>,
+        files: Option<FileSet>,
+    ) -> Self {
+        let now = Utc::now();
+        Self {
+            name,
+            status: StageStatus::Succeeded,
+            reason: Some(format!("reused from run {from}")),
+            failure: None,
+            exit_code: None,
+            started: now,
+            finished: now,
+            output,
+            outputs,
+            log: LogSummary::default(),
+            image_id: None,
+            artifacts: None,
+            files,
+            warnings: Vec::new(),
+        }
+    }
 }
 
 fn human_bytes(n: u64) -> String {
@@ -58,6 +99,20 @@ fn human_bytes(n: u64) -> String {
         n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
         n if n >= 1 << 20 => format!("{} MiB", n >> 20),
         n => format!("{n} bytes"),
+    }
+}
+
+/// The work of a plan's action.
+fn work(plan: &StagePlan, http: &[String]) -> Work {
+    match &plan.action {
+        Action::Container(c) => Work::Container(c.clone()),
+        Action::Step(s) => Work::Step(StepWork {
+            name: s.resolved.manifest.name.clone(),
+            wasm: s.resolved.wasm.clone(),
+            digest: s.resolved.digest.clone(),
+            workspace: s.resolved.manifest.capabilities.workspace,
+            http: http.to_vec(),
+        }),
     }
 }
 
@@ -71,7 +126,6 @@ pub async fn run_stage(
 ) -> StageResult {
     let started = Utc::now();
     let name = s.plan.name.clone();
-    let is_step = matches!(s.plan.action, Action::Step { .. });
     let (tx, rx) = mpsc::channel(64);
     let log = spawn_log_writer(
         LogConfig {
@@ -83,79 +137,33 @@ pub async fn run_stage(
         },
         rx,
     );
-
-    // A step's files are written by this process: no hand-over needed, and
-    // an empty folder an earlier step left will do.
-    let (private, prepared) = if is_step {
-        match s.dirs.step_private(&name) {
-            Ok(dir) => (dir, Ok(())),
-            Err(e) => (s.dirs.private(&name), Err(e)),
-        }
-    } else {
-        let dir = s.dirs.private(&name);
-        let made = prepare_private(&dir, &s.user);
-        (dir, made)
-    };
-    let prepared = prepared.map_err(|e| {
-        format!(
-            "cannot prepare the stage's folder {}: {e}",
-            private.display()
-        )
-    });
-    let (image, script, step) = match &s.plan.action {
-        Action::Container { image, script } => (image.clone(), script.clone(), None),
-        Action::Step { resolved, .. } => (
-            String::new(),
-            String::new(),
-            Some(StepJob {
-                name: resolved.manifest.name.clone(),
-                wasm: resolved.wasm.clone(),
-                digest: resolved.digest.clone(),
-                workspace: resolved.manifest.capabilities.workspace,
-                http: s.http.clone(),
-            }),
-        ),
+    let job = StageJob {
+        run_id: s.run_id.clone(),
+        stage: name.clone(),
+        owner: s.owner.clone(),
+        work: work(&s.plan, &s.http),
+        env: s.env.clone(),
+        limits: s.plan.limits.clone(),
+        user: s.user.clone(),
+        workspace: s.workspace.clone(),
+        inputs: s.inputs.clone(),
+        capture: s.capture.clone(),
+        log: tx,
     };
     let timed_out = Arc::new(AtomicBool::new(false));
-    let report = match prepared {
-        Err(e) => {
-            drop(tx);
-            crate::exec::StageReport {
-                outcome: Outcome::StartFailed(e),
-                image_id: None,
-            }
-        }
-        Ok(()) => {
-            let job = StageJob {
-                run_id: s.run_id.clone(),
-                stage: name.clone(),
-                owner: s.owner.clone(),
-                image,
-                script,
-                env: s.env.clone(),
-                limits: s.plan.limits.clone(),
-                user: s.user.clone(),
-                workspace: s.dirs.workspace.clone(),
-                private_dir: private.clone(),
-                log: tx,
-                step,
-            };
-            let deadline = s.plan.limits.timeout;
-            let stage_stop = stop.child_token();
-            let timer = {
-                let stage_stop = stage_stop.clone();
-                let timed_out = timed_out.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(deadline).await;
-                    timed_out.store(true, Ordering::SeqCst);
-                    stage_stop.cancel();
-                })
-            };
-            let report = exec.run_stage(job, stage_stop).await;
-            timer.abort();
-            report
-        }
+    let deadline = s.plan.limits.timeout;
+    let stage_stop = stop.child_token();
+    let timer = {
+        let stage_stop = stage_stop.clone();
+        let timed_out = timed_out.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            timed_out.store(true, Ordering::SeqCst);
+            stage_stop.cancel();
+        })
     };
+    let report = exec.run_stage(job, stage_stop).await;
+    timer.abort();
     let log = log.await.unwrap_or_else(|e| LogSummary {
         error: Some(format!("the log writer failed: {e}")),
         ..LogSummary::default()
@@ -174,16 +182,20 @@ pub async fn run_stage(
         outputs: BTreeMap::new(),
         log,
         image_id: report.image_id,
-        private: private.clone(),
-        reusable: false,
+        artifacts: report.artifacts,
+        files: report.files,
+        warnings: report.warnings,
     };
     let mut fail = |status, failure, reason: String| {
         result.status = status;
         result.failure = Some(failure);
         result.reason = Some(reason);
     };
-    if let Outcome::Exited { code } = report.outcome {
-        result.exit_code = Some(code);
+    match &report.outcome {
+        Outcome::Exited { code } | Outcome::Signalled { code, .. } => {
+            result.exit_code = Some(*code)
+        }
+        _ => {}
     }
     match report.outcome {
         Outcome::Exited { code: 0 } => {}
@@ -191,6 +203,14 @@ pub async fn run_stage(
             StageStatus::Failed,
             FailureKind::ExitCode,
             format!("exit code {code}"),
+        ),
+        Outcome::Signalled { code, signal } => fail(
+            StageStatus::Failed,
+            FailureKind::ExitCode,
+            format!(
+                "exit code {code}: killed by {} (not by the out-of-memory killer)",
+                signal_name(signal)
+            ),
         ),
         Outcome::OomKilled => fail(
             StageStatus::Failed,
@@ -240,8 +260,8 @@ pub async fn run_stage(
     if result.log.stdout_truncated && result.status == StageStatus::Succeeded {
         tracing::warn!(stage = %result.name, "stdout is longer than 1 MiB; the output keeps the first 1 MiB");
     }
-    if let Ok(text) = std::fs::read_to_string(private.join("output")) {
-        match parse_outputs(&text) {
+    if let Some(text) = &report.outputs {
+        match parse_outputs(text) {
             Ok(o) => result.outputs = o,
             Err(e) if result.status == StageStatus::Succeeded => {
                 result.status = StageStatus::Failed;
@@ -251,6 +271,214 @@ pub async fn run_stage(
             Err(_) => {}
         }
     }
-    result.reusable = is_step && left_clean(&private);
+    if s.plan.sensitive
+        && result.status == StageStatus::Succeeded
+        && let Some(why) = too_short_to_mask(&result.output, &result.outputs)
+    {
+        result.status = StageStatus::Failed;
+        result.failure = Some(FailureKind::RuntimeError);
+        result.reason = Some(why);
+    }
+    let secrets = s.secrets.clone();
+    let (log_body, artifacts, files) = (
+        result.log.body.take(),
+        result.artifacts.take(),
+        result.files.take(),
+    );
+    let checked = tokio::task::spawn_blocking(move || {
+        let mut warnings = Vec::new();
+        let log = check_log(log_body, &secrets, &mut warnings);
+        let artifacts = artifacts.filter(|dir| withhold_secrets(dir, &secrets, &mut warnings));
+        let files = files.filter(|set| {
+            let mut leaks = Vec::new();
+            withhold_secrets(&set.dir, &secrets, &mut leaks);
+            let clean = leaks.is_empty();
+            if !clean {
+                let _ = std::fs::remove_dir_all(&set.dir);
+                warnings
+                    .push("its files are not kept for a re-run: one of them holds a secret".into());
+            }
+            clean
+        });
+        (log, artifacts, files, warnings)
+    })
+    .await;
+    match checked {
+        Ok((log, artifacts, files, warnings)) => {
+            result.log.body = log;
+            result.artifacts = artifacts;
+            result.files = files;
+            result.warnings.extend(warnings);
+        }
+        Err(e) => result
+            .warnings
+            .push(format!("its log and artifacts could not be checked: {e}")),
+    }
     result
+}
+
+/// The name of a signal (`SIGKILL` for 9).
+fn signal_name(signal: i32) -> String {
+    match signal {
+        9 => "SIGKILL".into(),
+        15 => "SIGTERM".into(),
+        2 => "SIGINT".into(),
+        6 => "SIGABRT".into(),
+        n => format!("signal {n}"),
+    }
+}
+
+/// Why a sensitive stage's output cannot be kept secret: a value (the whole
+/// output, or a named output) that is not empty but shorter than the
+/// masker's minimum would be left unmasked. Single lines of a multi-line
+/// output shorter than that (`{`, `}`) are not secrets of their own.
+pub fn too_short_to_mask(output: &str, outputs: &BTreeMap<String, String>) -> Option<String> {
+    let short = |v: &str| !v.is_empty() && v.len() < MIN_SECRET_LEN;
+    if short(output) {
+        return Some(format!(
+            "its output is a secret: {}",
+            crate::masker::MaskError::TooShort(output.len())
+        ));
+    }
+    outputs.iter().find(|(_, v)| short(v)).map(|(k, v)| {
+        format!(
+            "its output `{k}` is a secret: {}",
+            crate::masker::MaskError::TooShort(v.len())
+        )
+    })
+}
+
+/// Checks a finished log before it is published: one that cannot be read
+/// or still holds a secret is left out, with a warning.
+fn check_log(
+    log: Option<LogBody>,
+    secrets: &SecretSet,
+    warnings: &mut Vec<String>,
+) -> Option<LogBody> {
+    let log = log?;
+    let bytes = match &log {
+        LogBody::Memory(b) => std::borrow::Cow::Borrowed(b.as_slice()),
+        LogBody::File(f) => match std::fs::read(f) {
+            Ok(b) => std::borrow::Cow::Owned(b),
+            Err(e) => {
+                warnings.push(format!(
+                    "its log could not be read ({e}); it is not published"
+                ));
+                return None;
+            }
+        },
+    };
+    if secrets.leaks(&bytes) {
+        warnings.push("its log still held a secret; it is not published".into());
+        return None;
+    }
+    Some(log)
+}
+
+/// Removes every file under `dir` that holds a secret (in any form the
+/// masker knows), with a warning naming it. False when nothing is left to
+/// publish.
+pub fn withhold_secrets(dir: &Path, secrets: &SecretSet, warnings: &mut Vec<String>) -> bool {
+    if !secrets.is_empty() {
+        for entry in walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+        {
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let rel = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap_or(entry.path())
+                .display()
+                .to_string();
+            match file_leaks(entry.path(), secrets) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let _ = std::fs::remove_file(entry.path());
+                    warnings.push(format!(
+                        "the artifact `{rel}` holds a secret; it was withheld"
+                    ));
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(entry.path());
+                    warnings.push(format!(
+                        "the artifact `{rel}` could not be checked for secrets ({e}); it was withheld"
+                    ));
+                }
+            }
+        }
+    }
+    crate::workspace::holds_files(dir)
+}
+
+/// True when the file holds a secret; read in chunks that overlap by the
+/// longest pattern, so a secret across two chunks is found.
+fn file_leaks(path: &Path, secrets: &SecretSet) -> std::io::Result<bool> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let keep = secrets.longest_pattern();
+    let mut buf = vec![0u8; (1 << 20) + keep];
+    let mut have = 0;
+    loop {
+        let n = f.read(&mut buf[have..])?;
+        if n == 0 {
+            return Ok(have > 0 && secrets.leaks(&buf[..have]));
+        }
+        have += n;
+        if have == buf.len() {
+            if secrets.leaks(&buf[..have]) {
+                return Ok(true);
+            }
+            let tail = keep.min(have);
+            buf.copy_within(have - tail..have, 0);
+            have = tail;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_sensitive_values_are_refused() {
+        let none = BTreeMap::new();
+        assert!(
+            too_short_to_mask("abc", &none)
+                .unwrap()
+                .contains("at least 4 bytes")
+        );
+        assert!(
+            too_short_to_mask("", &none).is_none(),
+            "an empty output is no secret"
+        );
+        assert!(too_short_to_mask("{\n \"k\": \"secret-value\"\n}", &none).is_none());
+        let named = BTreeMap::from([("pin".to_string(), "12".to_string())]);
+        assert!(
+            too_short_to_mask("long enough", &named)
+                .unwrap()
+                .contains("`pin`")
+        );
+    }
+
+    #[test]
+    fn files_holding_secrets_are_found_across_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = SecretSet::new()
+            .with([b"hunter2-secret".as_slice()])
+            .unwrap();
+        let mut big = vec![b'x'; (1 << 20) - 5];
+        big.extend_from_slice(b"hunter2-secret");
+        std::fs::write(dir.path().join("big.bin"), &big).unwrap();
+        std::fs::write(dir.path().join("clean.txt"), b"nothing here").unwrap();
+        let mut warnings = Vec::new();
+        assert!(withhold_secrets(dir.path(), &secrets, &mut warnings));
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("big.bin"));
+        assert!(!dir.path().join("big.bin").exists());
+        assert!(dir.path().join("clean.txt").exists());
+    }
 }

@@ -36,8 +36,13 @@ pub struct StageState {
     pub inputs: ResolvedInputs,
     /// The finished log, until it is handed to the publisher.
     pub log_body: Option<crate::log::LogBody>,
-    /// The private folder the stage ran with.
-    pub private: Option<std::path::PathBuf>,
+    /// The folder of its artifacts (checked for secrets), until it is
+    /// handed to the publisher.
+    pub artifacts_dir: Option<std::path::PathBuf>,
+    /// The files it created or changed, kept for a re-run.
+    pub files: Option<crate::workspace::FileSet>,
+    /// What its document says besides its status (withheld files, …).
+    pub warnings: Vec<String>,
 }
 
 pub(crate) fn duration_ms(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<u64> {
@@ -93,6 +98,7 @@ impl StageState {
             log_cut_bytes: self.log_cut,
             artifacts: self.artifacts.clone(),
             inputs: self.inputs.clone(),
+            warnings: self.warnings.iter().map(|w| secrets.mask_str(w)).collect(),
         }
     }
 }

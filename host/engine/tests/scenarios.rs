@@ -55,6 +55,21 @@ struct Expect {
     fail_start_run: Option<String>,
     #[serde(default)]
     artifacts: Vec<String>,
+    /// The files in a stage's artifacts zip.
+    #[serde(default)]
+    artifact_files: BTreeMap<String, Vec<String>>,
+    /// Text a stage document's warnings hold.
+    #[serde(default)]
+    warnings: BTreeMap<String, String>,
+    /// Stages whose document failed the secret sweep and was withheld.
+    #[serde(default)]
+    withheld: Vec<String>,
+    /// Values that must appear in no stage document of the store either.
+    #[serde(default)]
+    store_nowhere: Vec<String>,
+    /// Files kept for a re-run, by stage (relative to its kept folder).
+    #[serde(default)]
+    kept_files: BTreeMap<String, Vec<String>>,
 }
 
 fn expectations(src: &str) -> Expect {
@@ -77,14 +92,16 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
     let exec = Arc::new(FakeExecutor::default());
     *exec.fail_start_run.lock().unwrap() = expect.fail_start_run.clone();
     let sink = Arc::new(MemSink::default());
+    let store = Arc::new(MemStore::default());
     let engine = Engine {
         exec: exec.clone(),
-        store: Arc::new(MemStore::default()),
+        store: store.clone(),
         sink: sink.clone(),
         config: EngineConfig {
             jobs: expect.jobs.unwrap_or(4),
             state_dir: state.path().to_path_buf(),
             keep_workspace: false,
+            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
         },
     };
     let signals = Signals::default();
@@ -231,7 +248,7 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
     for (name, code) in &expect.exit_codes {
         let got = stage(name).and_then(|d| d.exit_code);
         check(
-            got == Some(*code) || got.is_none(),
+            got == Some(*code),
             format!("{name}: exit code {got:?}, expected {code}"),
         );
     }
@@ -305,6 +322,59 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
                     "{name}: recorded env {k} = {:?}, expected {v:?}",
                     got.get(k)
                 ),
+            );
+        }
+    }
+    for (name, files) in &expect.artifact_files {
+        let key = keys::stage_artifacts(&run.id, &name.parse().unwrap());
+        let listed = sink
+            .objects
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let got: Vec<&str> = listed.lines().collect();
+        check(
+            got == files.iter().map(String::as_str).collect::<Vec<_>>(),
+            format!("{name}: artifact files {got:?}, expected {files:?}"),
+        );
+    }
+    for (name, text) in &expect.warnings {
+        let got = stage(name).map(|d| d.warnings).unwrap_or_default();
+        check(
+            got.iter().any(|w| w.contains(text.as_str())),
+            format!("{name}: warnings {got:?} lack {text:?}"),
+        );
+    }
+    for name in &expect.withheld {
+        let doc = stage(name);
+        check(
+            doc.as_ref().is_some_and(|d| {
+                d.warnings.iter().any(|w| w.contains("withheld")) && d.inputs.image.is_none()
+            }),
+            format!("{name}: expected a withheld document, got {doc:?}"),
+        );
+    }
+    let stored = sentinel_engine::Store::get_stages(store.as_ref(), &run.id)
+        .await
+        .unwrap();
+    for secret in &expect.store_nowhere {
+        for doc in &stored {
+            check(
+                !serde_json::to_string(doc)
+                    .unwrap()
+                    .contains(secret.as_str()),
+                format!("the store's document of {} holds {secret:?}", doc.name),
+            );
+        }
+    }
+    for (name, files) in &expect.kept_files {
+        let dir = state.path().join("kept").join(run.id.as_str()).join(name);
+        for f in files {
+            check(
+                dir.join(f).is_file(),
+                format!("{name}: {f} is not kept in {}", dir.display()),
             );
         }
     }

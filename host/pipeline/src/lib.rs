@@ -1,10 +1,15 @@
-//! `sentinel.yml`: parse (YAML with positions) → detect the version →
-//! deserialise the raw schema → validate purely → the resolved [`Plan`].
+//! Pipeline files: read a file of any dialect (`sentinel.yml` v1,
+//! dockercise, …) with positions into a dialect-neutral [`draft::Draft`],
+//! validate it purely, and resolve it into the [`Plan`] the engine runs.
+//! [`convert`] prints any pipeline as a native `sentinel.yml`.
 //!
 //! Every error is a [`Diagnostic`] with the file, line and column, and a hint
 //! ("did you mean …") where one helps.
 
+pub mod convert;
 pub mod de;
+pub mod dialect;
+pub mod draft;
 pub mod plan;
 pub mod raw;
 pub mod step;
@@ -15,11 +20,17 @@ pub mod yaml;
 use std::fmt;
 use std::path::Path;
 
-pub use plan::{Action, EnvValue, Limits, Network, Plan, ServicePlan, StagePlan, When};
-pub use step::{DirCatalog, NoSteps, ResolvedStep, StepCatalog, StepManifest, WorkspaceAccess};
+pub use dialect::Dialect;
+pub use plan::{
+    Action, ContainerAction, EnvValue, Limits, Network, Plan, ServicePlan, Shell, StagePlan,
+    StepAction, Volume, When, WorkspaceOptions,
+};
+pub use step::{
+    DirCatalog, NoSteps, ResolvedStep, StepCatalog, StepError, StepManifest, WorkspaceAccess,
+};
 pub use template::{Part, Ref, Template};
 
-use yaml::{Caps, Pos, Value};
+use yaml::{Caps, Pos};
 
 /// One problem with a pipeline file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,31 +86,10 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
     load_with(path, &NoSteps)
 }
 
-/// Reads and validates the pipeline file at `path`, resolving steps with `catalog`.
+/// Reads and validates the pipeline file at `path`, resolving steps with
+/// `catalog`. Its dialect is the one its name says, else its content's.
 pub fn load_with(path: &Path, catalog: &dyn StepCatalog) -> Result<Plan, LoadError> {
-    let meta = std::fs::metadata(path).map_err(|source| LoadError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let caps = Caps::default();
-    let file = path.display().to_string();
-    if meta.len() > caps.max_bytes as u64 {
-        return Err(Diagnostics(vec![Diagnostic {
-            file,
-            pos: Pos { line: 1, col: 1 },
-            message: format!(
-                "the file is {} bytes; the limit is {} bytes",
-                meta.len(),
-                caps.max_bytes
-            ),
-            hint: None,
-        }])
-        .into());
-    }
-    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
-        path: file.clone(),
-        source,
-    })?;
+    let (src, file) = read_file(path)?;
     let folder = path
         .canonicalize()
         .ok()
@@ -110,7 +100,36 @@ pub fn load_with(path: &Path, catalog: &dyn StepCatalog) -> Result<Plan, LoadErr
         })
         .unwrap_or_else(|| "pipeline".to_string());
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    Ok(parse_str_with(&src, &file, &folder, catalog, &base)?)
+    let dialect = Dialect::from_file_name(path);
+    Ok(parse_str_as(&src, &file, &folder, dialect, catalog, &base)?)
+}
+
+/// Reads a pipeline file's text, refusing one larger than the cap.
+pub fn read_file(path: &Path) -> Result<(String, String), LoadError> {
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let caps = Caps::default();
+    let file = path.display().to_string();
+    if meta.len() > caps.max_bytes as u64 {
+        return Err(dialect::one(
+            &file,
+            Pos { line: 1, col: 1 },
+            format!(
+                "the file is {} bytes; the limit is {} bytes",
+                meta.len(),
+                caps.max_bytes
+            ),
+            None,
+        )
+        .into());
+    }
+    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: file.clone(),
+        source,
+    })?;
+    Ok((src, file))
 }
 
 /// Parses and validates pipeline source text; `file` is used in messages.
@@ -127,62 +146,34 @@ pub fn parse_str_with(
     catalog: &dyn StepCatalog,
     base: &Path,
 ) -> Result<Plan, Diagnostics> {
-    let diag = |pos: Pos, message: String, hint: Option<String>| Diagnostic {
-        file: file.to_string(),
-        pos,
-        message,
-        hint,
-    };
-    let root = yaml::parse(src, Caps::default())
-        .map_err(|e| Diagnostics(vec![diag(e.pos, e.message, None)]))?;
+    parse_str_as(src, file, default_name, None, catalog, base)
+}
 
-    // Detect the version before reading anything else.
-    match (&root.value, root.get("version")) {
-        (Value::Map(_), Some(v)) => match &v.value {
-            Value::Scalar(s, _) if s == "1" => {}
-            Value::Scalar(s, _) => {
-                return Err(Diagnostics(vec![diag(
-                    v.pos,
-                    format!("unsupported version `{s}`; this Sentinel reads version 1"),
-                    None,
-                )]));
-            }
-            _ => {
-                return Err(Diagnostics(vec![diag(
-                    v.pos,
-                    "`version` must be a number".into(),
-                    None,
-                )]));
-            }
-        },
-        (Value::Map(_), None) => {
-            return Err(Diagnostics(vec![diag(
-                root.pos,
-                "missing `version`".into(),
-                Some("start the file with `version: 1`".into()),
-            )]));
-        }
-        _ => {
-            return Err(Diagnostics(vec![diag(
-                root.pos,
-                format!("a pipeline file is a mapping, found {}", root.kind()),
-                None,
-            )]));
-        }
-    }
+/// Like [`parse_str_with`], in a given dialect (`None`: detected from the content).
+pub fn parse_str_as(
+    src: &str,
+    file: &str,
+    default_name: &str,
+    dialect: Option<Dialect>,
+    catalog: &dyn StepCatalog,
+    base: &Path,
+) -> Result<Plan, Diagnostics> {
+    let draft = dialect::read(src, file, dialect)?;
+    plan_draft(&draft, file, default_name, catalog, base)
+}
 
-    // Top-level `x-…` keys are free-form extensions (a place for anchors).
-    let mut root = root;
-    if let Value::Map(entries) = &mut root.value {
-        entries.retain(|(k, _)| !matches!(&k.value, Value::Scalar(s, _) if s.starts_with("x-")));
-    }
-    let raw: raw::RawPipeline = de::from_node(&root)
-        .map_err(|e| Diagnostics(vec![diag(e.pos.unwrap_or(root.pos), e.message, e.hint)]))?;
+/// Resolves a draft's steps and validates it into a plan.
+pub fn plan_draft(
+    draft: &draft::Draft,
+    file: &str,
+    default_name: &str,
+    catalog: &dyn StepCatalog,
+    base: &Path,
+) -> Result<Plan, Diagnostics> {
     // Each distinct reference is resolved (read and hashed) once, however
     // many stages use it.
-    let refs: std::collections::BTreeSet<String> =
-        raw.stages.values().filter_map(|s| s.step.clone()).collect();
-    let steps: step::StepAnswers = refs
+    let steps: step::StepAnswers = draft
+        .step_refs()
         .into_iter()
         .map(|r| {
             let answer = catalog.resolve(&r, base);
@@ -190,10 +181,15 @@ pub fn parse_str_with(
         })
         .collect();
     let names = catalog.names();
-    validate::validate(&raw, default_name, &steps, &names).map_err(|issues| {
+    validate::validate(draft, default_name, &steps, &names).map_err(|issues| {
         let mut ds: Vec<Diagnostic> = issues
             .into_iter()
-            .map(|i| diag(root.locate(&i.path), i.message, i.hint))
+            .map(|i| Diagnostic {
+                file: file.to_string(),
+                pos: i.pos,
+                message: i.message,
+                hint: i.hint,
+            })
             .collect();
         ds.sort_by_key(|d| d.pos);
         Diagnostics(ds)

@@ -1,7 +1,8 @@
-//! The resolved plan: what the engine runs. It is independent of the YAML
-//! (other dialects will produce the same plan) and fully validated: every
-//! name it holds exists, the graph is acyclic and stages are in topological
-//! order.
+//! The resolved plan: what the engine runs. It is independent of the file's
+//! dialect (every reader produces a [`crate::draft::Draft`], and one
+//! validation turns it into this) and fully validated: every name it holds
+//! exists, the graph is acyclic and stages are in topological order. What a
+//! stage does is one [`Action`] — a kind, as a type.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +25,28 @@ pub struct Plan {
     pub services: Vec<ServicePlan>,
     /// Stages in a topological order (file order among equals).
     pub stages: Vec<StagePlan>,
+    /// How the run's workspace is made.
+    #[serde(skip_serializing_if = "WorkspaceOptions::is_default")]
+    pub workspace: WorkspaceOptions,
+}
+
+/// How the run's workspace is made from the project folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct WorkspaceOptions {
+    /// Copy the project's `.git` folder (default: yes; scripts use `git describe`).
+    pub git: bool,
+}
+
+impl Default for WorkspaceOptions {
+    fn default() -> Self {
+        Self { git: true }
+    }
+}
+
+impl WorkspaceOptions {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Plan {
@@ -137,19 +160,124 @@ impl Limits {
     }
 }
 
-/// What a stage executes.
+/// How a container stage's shell runs its script.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Shell {
+    /// `sh -e -c`: the first failing command ends the script (Sentinel's own).
+    #[default]
+    Strict,
+    /// `sh -c`: the script's last command decides (dockercise's).
+    Plain,
+}
+
+impl Shell {
+    fn is_default(&self) -> bool {
+        *self == Self::Strict
+    }
+
+    /// The shell's flags before the script.
+    pub fn flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Strict => &["-e", "-c"],
+            Self::Plain => &["-c"],
+        }
+    }
+}
+
+/// A script in a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContainerAction {
+    pub image: String,
+    pub script: String,
+    #[serde(skip_serializing_if = "Shell::is_default")]
+    pub shell: Shell,
+}
+
+/// A WebAssembly step with its settings (every setting of the manifest: the
+/// value from `with:`, else the manifest's default).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepAction {
+    pub step: String,
+    pub with: BTreeMap<String, Template>,
+    pub resolved: Box<crate::step::ResolvedStep>,
+}
+
+/// What a stage executes: one kind each. Kinds that later issues add (jobs,
+/// image builds) are new variants; every place that depends on the kind
+/// matches here once ([`Action::kind`], [`Action::templates`]) or in the
+/// executor's dispatch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// A `run:` script in a container.
-    Container { image: String, script: String },
-    /// A WebAssembly step with its settings (every setting of the manifest:
-    /// the value from `with:`, else the manifest's default).
-    Step {
-        step: String,
-        with: BTreeMap<String, Template>,
-        resolved: Box<crate::step::ResolvedStep>,
-    },
+    Container(ContainerAction),
+    /// A WebAssembly step.
+    Step(StepAction),
+}
+
+impl Action {
+    /// The kind recorded in documents.
+    pub fn kind(&self) -> StageKind {
+        match self {
+            Self::Container(_) => StageKind::Container,
+            Self::Step(_) => StageKind::Step,
+        }
+    }
+
+    /// The templates of the action itself (a step's settings).
+    pub fn templates(&self) -> impl Iterator<Item = &Template> {
+        let with = match self {
+            Self::Step(s) => Some(s.with.values()),
+            Self::Container(_) => None,
+        };
+        with.into_iter().flatten()
+    }
+
+    /// True when the action runs in a container (and so needs Docker).
+    pub fn needs_containers(&self) -> bool {
+        match self {
+            Self::Container(_) => true,
+            Self::Step(_) => false,
+        }
+    }
+}
+
+/// A stage whose files this stage uses, and where it sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    pub stage: StageName,
+    /// `None`: where they were written, in the shared workspace; a path: a
+    /// read-only view of just that stage's files there.
+    pub path: Option<String>,
+}
+
+impl Serialize for Volume {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.path {
+            None => s.serialize_str(self.stage.as_str()),
+            Some(p) => {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(2))?;
+                m.serialize_entry("stage", &self.stage)?;
+                m.serialize_entry("path", p)?;
+                m.end()
+            }
+        }
+    }
+}
+
+/// Stage variables: `null` for one taken from the host, else the template.
+fn ser_stage_env<S: Serializer>(env: &BTreeMap<String, EnvValue>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(env.len()))?;
+    for (k, v) in env {
+        match v {
+            EnvValue::Value(t) => m.serialize_entry(k, t)?,
+            EnvValue::FromHost => m.serialize_entry(k, &())?,
+        }
+    }
+    m.end()
 }
 
 /// A validated stage.
@@ -164,8 +292,10 @@ pub struct StagePlan {
     /// A `when: always | on_failure` stage with no dependencies of its own,
     /// which therefore comes after every other stage.
     pub finalizer: bool,
-    pub env: BTreeMap<String, Template>,
-    pub volumes: Vec<StageName>,
+    /// The stage's variables: templates, or `NAME: ~` taken from the host.
+    #[serde(serialize_with = "ser_stage_env")]
+    pub env: BTreeMap<String, EnvValue>,
+    pub volumes: Vec<Volume>,
     pub sensitive: bool,
     pub limits: Limits,
 }
@@ -173,19 +303,26 @@ pub struct StagePlan {
 impl StagePlan {
     /// The kind recorded in documents.
     pub fn kind(&self) -> StageKind {
-        match self.action {
-            Action::Container { .. } => StageKind::Container,
-            Action::Step { .. } => StageKind::Step,
-        }
+        self.action.kind()
     }
 
     /// Every template of the stage (env values and step settings).
     pub fn templates(&self) -> impl Iterator<Item = &Template> {
-        let with = match &self.action {
-            Action::Step { with, .. } => Some(with.values()),
-            Action::Container { .. } => None,
-        };
-        self.env.values().chain(with.into_iter().flatten())
+        self.env
+            .values()
+            .filter_map(|v| match v {
+                EnvValue::Value(t) => Some(t),
+                EnvValue::FromHost => None,
+            })
+            .chain(self.action.templates())
+    }
+
+    /// The host variables the stage takes (`NAME: ~`).
+    pub fn host_vars(&self) -> impl Iterator<Item = &str> {
+        self.env
+            .iter()
+            .filter(|(_, v)| matches!(v, EnvValue::FromHost))
+            .map(|(k, _)| k.as_str())
     }
 }
 

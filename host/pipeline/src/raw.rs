@@ -38,6 +38,29 @@ pub struct RawPipeline {
     pub services: IndexMap<String, RawService>,
     /// The stages, by name.
     pub stages: IndexMap<String, RawStage>,
+    /// How the run's workspace is made from the project folder.
+    #[serde(default)]
+    pub workspace: RawWorkspace,
+}
+
+/// How the run's workspace is made: a copy of the project folder without
+/// what `.gitignore` and `.sentinelignore` exclude.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a workspace mapping")]
+pub struct RawWorkspace {
+    /// Copy the project's `.git` folder too (default `true`: scripts use `git describe`).
+    #[serde(default = "yes")]
+    pub git: bool,
+}
+
+impl Default for RawWorkspace {
+    fn default() -> Self {
+        Self { git: true }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Pipeline-wide limits.
@@ -124,16 +147,20 @@ pub struct RawStage {
     /// Stages this one runs after.
     #[serde(default)]
     pub after: StringList,
-    /// Stages whose files this one uses (an edge, and what a remote executor carries over).
+    /// Stages whose files this one uses (an edge, and what a remote executor
+    /// carries over): a name, or `{stage, path}` to see just that stage's
+    /// files, read-only, at `path`.
     #[serde(default)]
-    pub volumes: StringList,
-    /// Variables of this stage; values may use `${…}` references.
+    pub volumes: Volumes,
+    /// Variables of this stage; values may use `${…}` references. An empty
+    /// value (`NAME: ~`) takes the value from the environment `sentinel` runs in.
     #[serde(default)]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<String, Option<String>>,
     /// `on_success` (default), `on_failure` or `always`.
     #[serde(default)]
     pub when: RawWhen,
-    /// The stage's output is a secret: kept out of its log, results and `out/`.
+    /// The stage's output is a secret: kept out of its log and results and
+    /// masked everywhere; `out/<stage>` holds it for the run's later stages.
     #[serde(default)]
     pub sensitive: bool,
     /// How long the stage may run.
@@ -218,6 +245,113 @@ impl<'de> Deserialize<'de> for StringList {
                     out.push(s);
                 }
                 Ok(StringList::Many(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A stage whose files a stage uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawVolume {
+    /// Its files, where it wrote them in the workspace.
+    Stage(String),
+    /// Its files only, read-only, at `path`.
+    At { stage: String, path: String },
+}
+
+/// One volume or a list of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Volumes(pub Vec<RawVolume>);
+
+impl Volumes {
+    /// The volumes, in order.
+    pub fn items(&self) -> Vec<&RawVolume> {
+        self.0.iter().collect()
+    }
+}
+
+impl JsonSchema for Volumes {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Volumes".into()
+    }
+
+    fn json_schema(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let at = g.subschema_for::<VolumeAt>();
+        let one = schemars::json_schema!({ "oneOf": [ { "type": "string" }, at ] });
+        schemars::json_schema!({
+            "description": "A stage name, `{stage, path}`, or a list of them",
+            "oneOf": [ one.clone(), { "type": "array", "items": one } ]
+        })
+    }
+}
+
+/// `{stage, path}`: a stage's files, read-only, at a path.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "`{stage, path}`")]
+pub struct VolumeAt {
+    /// The stage whose files are seen.
+    pub stage: String,
+    /// Where (an absolute path in the container).
+    pub path: String,
+}
+
+struct VolumeVisitor;
+
+impl<'de> Visitor<'de> for VolumeVisitor {
+    type Value = RawVolume;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a stage name or `{stage, path}`")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<RawVolume, E> {
+        Ok(RawVolume::Stage(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawVolume, E> {
+        Ok(RawVolume::Stage(v.to_string()))
+    }
+    fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawVolume, A::Error> {
+        let at = VolumeAt::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(RawVolume::At {
+            stage: at.stage,
+            path: at.path,
+        })
+    }
+}
+
+struct OneVolume(RawVolume);
+
+impl<'de> Deserialize<'de> for OneVolume {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(VolumeVisitor).map(OneVolume)
+    }
+}
+
+impl<'de> Deserialize<'de> for Volumes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Volumes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a stage name, `{stage, path}` or a list of them")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Volumes, E> {
+                Ok(Volumes::default())
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Volumes, E> {
+                Ok(Volumes(vec![RawVolume::Stage(v.to_string())]))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Volumes, E> {
+                Ok(Volumes(vec![RawVolume::Stage(v.to_string())]))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Volumes, A::Error> {
+                Ok(Volumes(vec![VolumeVisitor.visit_map(map)?]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Volumes, A::Error> {
+                let mut out = Vec::new();
+                while let Some(OneVolume(v)) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(Volumes(out))
             }
         }
         d.deserialize_any(V)

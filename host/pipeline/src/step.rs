@@ -92,9 +92,24 @@ fn name_ok(s: &str) -> bool {
         && s.len() <= 40
 }
 
+/// A manifest that cannot be used, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{at}{message}")]
+pub struct ManifestError {
+    pub file: String,
+    /// `line:col: ` when known, else empty.
+    pub at: String,
+    pub message: String,
+}
+
 impl StepManifest {
     /// Parses and checks a manifest; errors name the file, line and column.
-    pub fn parse(text: &str, file: &str) -> Result<Self, String> {
+    pub fn parse(text: &str, file: &str) -> Result<Self, ManifestError> {
+        let fail = |at: String, message: String| ManifestError {
+            file: file.to_string(),
+            at,
+            message,
+        };
         let m: StepManifest = toml::from_str(text).map_err(|e| {
             let pos = e.span().map(|s| {
                 let before = &text[..s.start.min(text.len())];
@@ -102,45 +117,77 @@ impl StepManifest {
                 let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
                 format!("{line}:{col}: ")
             });
-            format!("{file}:{}{}", pos.unwrap_or_default(), e.message())
+            fail(pos.unwrap_or_default(), e.message().to_string())
         })?;
+        let fail = |message: String| fail(" ".into(), message);
         if !name_ok(&m.name) {
-            return Err(format!(
-                "{file}: step name `{}` must be lower-case letters, digits, `-` or `_`",
+            return Err(fail(format!(
+                "step name `{}` must be lower-case letters, digits, `-` or `_`",
                 m.name
-            ));
+            )));
         }
         let upper = m.name.to_ascii_uppercase().replace('-', "_");
         if RESERVED
             .iter()
             .any(|r| upper == *r || upper.starts_with(&format!("{r}_")))
         {
-            return Err(format!(
-                "{file}: step name `{}` would collide with Sentinel's context variables (SENTINEL_{upper}…)",
+            return Err(fail(format!(
+                "step name `{}` would collide with Sentinel's context variables (SENTINEL_{upper}…)",
                 m.name
-            ));
+            )));
         }
         if m.version.split('.').count() != 3
             || !m.version.split('.').all(|p| p.parse::<u64>().is_ok())
         {
-            return Err(format!(
-                "{file}: version `{}` must be MAJOR.MINOR.PATCH",
+            return Err(fail(format!(
+                "version `{}` must be MAJOR.MINOR.PATCH",
                 m.version
-            ));
+            )));
         }
         for (k, s) in &m.settings {
             if !name_ok(k) {
-                return Err(format!(
-                    "{file}: setting `{k}` must be lower-case letters, digits, `-` or `_`"
-                ));
+                return Err(fail(format!(
+                    "setting `{k}` must be lower-case letters, digits, `-` or `_`"
+                )));
             }
             if s.required && s.default.is_some() {
-                return Err(format!(
-                    "{file}: setting `{k}` is required and has a default; choose one"
-                ));
+                return Err(fail(format!(
+                    "setting `{k}` is required and has a default; choose one"
+                )));
             }
         }
         Ok(m)
+    }
+}
+
+/// Why a step reference could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepError {
+    #[error("unknown step `{reference}`{}", if *.no_folders { " (no step folders are configured)" } else { "" })]
+    Unknown { reference: String, no_folders: bool },
+    #[error("step `{name}` is version {have}; `{reference}` asks for {want}")]
+    Version {
+        name: String,
+        have: String,
+        reference: String,
+        want: String,
+    },
+    #[error("cannot read {path}: {message}{}", if *.manifest { " (a step needs a step.toml beside its .wasm)" } else { "" })]
+    Read {
+        path: String,
+        message: String,
+        /// True when it is the manifest that is missing.
+        manifest: bool,
+    },
+    #[error("{0}")]
+    Manifest(#[from] ManifestError),
+}
+
+impl StepError {
+    /// True when trying again later may succeed (a registry not answering);
+    /// every failure of a local step folder is permanent.
+    pub fn is_transient(&self) -> bool {
+        false
     }
 }
 
@@ -158,7 +205,7 @@ pub struct ResolvedStep {
 /// pure validation, which only sees their answers.
 pub trait StepCatalog: std::fmt::Debug {
     /// Resolves `reference` (relative paths are relative to `base`).
-    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, String>;
+    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, StepError>;
     /// Names of the steps it knows, for "did you mean" hints.
     fn names(&self) -> Vec<String>;
 }
@@ -168,11 +215,14 @@ pub trait StepCatalog: std::fmt::Debug {
 pub struct NoSteps;
 
 impl StepCatalog for NoSteps {
-    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, String> {
+    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, StepError> {
         if reference.ends_with(".wasm") {
             return load_local(&base.join(reference));
         }
-        Err(format!("unknown step `{reference}`"))
+        Err(StepError::Unknown {
+            reference: reference.to_string(),
+            no_folders: false,
+        })
     }
     fn names(&self) -> Vec<String> {
         Vec::new()
@@ -181,16 +231,19 @@ impl StepCatalog for NoSteps {
 
 /// Loads `dir/step.wasm` + `dir/step.toml`-style pairs: a `.wasm` with a
 /// `step.toml` beside it.
-pub fn load_local(wasm: &Path) -> Result<ResolvedStep, String> {
+pub fn load_local(wasm: &Path) -> Result<ResolvedStep, StepError> {
     let toml_path = wasm.with_file_name("step.toml");
-    let text = std::fs::read_to_string(&toml_path).map_err(|e| {
-        format!(
-            "cannot read {}: {e} (a step needs a step.toml beside its .wasm)",
-            toml_path.display()
-        )
+    let text = std::fs::read_to_string(&toml_path).map_err(|e| StepError::Read {
+        path: toml_path.display().to_string(),
+        message: e.to_string(),
+        manifest: true,
     })?;
     let manifest = StepManifest::parse(&text, &toml_path.display().to_string())?;
-    let bytes = std::fs::read(wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
+    let bytes = std::fs::read(wasm).map_err(|e| StepError::Read {
+        path: wasm.display().to_string(),
+        message: e.to_string(),
+        manifest: false,
+    })?;
     Ok(ResolvedStep {
         manifest,
         wasm: wasm.to_path_buf(),
@@ -206,7 +259,7 @@ pub struct DirCatalog {
 }
 
 impl StepCatalog for DirCatalog {
-    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, String> {
+    fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, StepError> {
         if reference.ends_with(".wasm") {
             return load_local(&base.join(reference));
         }
@@ -220,18 +273,20 @@ impl StepCatalog for DirCatalog {
                     || have == want
                     || (want.split('.').count() < 3 && have.starts_with(&format!("{want}.")));
                 if !matches {
-                    return Err(format!(
-                        "step `{name}` is version {have}; `{reference}` asks for {want}"
-                    ));
+                    return Err(StepError::Version {
+                        name: name.to_string(),
+                        have: have.clone(),
+                        reference: reference.to_string(),
+                        want: want.to_string(),
+                    });
                 }
                 return Ok(step);
             }
         }
-        let mut err = format!("unknown step `{reference}`");
-        if self.dirs.is_empty() {
-            err.push_str(" (no step folders are configured)");
-        }
-        Err(err)
+        Err(StepError::Unknown {
+            reference: reference.to_string(),
+            no_folders: self.dirs.is_empty(),
+        })
     }
 
     fn names(&self) -> Vec<String> {
@@ -252,7 +307,7 @@ impl StepCatalog for DirCatalog {
 }
 
 /// The answers of a catalog for every `step:` of a pipeline.
-pub type StepAnswers = BTreeMap<String, Result<ResolvedStep, String>>;
+pub type StepAnswers = BTreeMap<String, Result<ResolvedStep, StepError>>;
 
 #[cfg(test)]
 mod tests {
@@ -275,14 +330,16 @@ mod tests {
             "name = \"x\"\nversion = \"1.0.0\"\nbogus = 1\n",
             "step.toml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("step.toml:3:1: unknown field `bogus`"), "{e}");
         for reserved in ["run", "stage", "workspace", "output", "commit", "run-id"] {
             let e = StepManifest::parse(
                 &format!("name = \"{reserved}\"\nversion = \"1.0.0\"\n"),
                 "s",
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
             assert!(e.contains("collide"), "{reserved}: {e}");
         }
     }

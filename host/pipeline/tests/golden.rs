@@ -1,33 +1,88 @@
-//! Golden files: each `tests/golden/NAME.yaml` has either `NAME.json` (the
-//! expected plan) or `NAME.err` (the expected diagnostics). Set
-//! `SENTINEL_BLESS=1` to write the expected files from the current output.
+//! Golden files: each `tests/golden/NAME.yaml` (a `sentinel.yml`) and each
+//! `tests/golden/dockercise/NAME.yaml` (a dockercise file) has either
+//! `NAME.json` (the expected plan) or `NAME.err` (the expected
+//! diagnostics). Set `SENTINEL_BLESS=1` to write the expected files from
+//! the current output — never under CI, where it would make any output pass.
+//! Every valid case is also converted to a native `sentinel.yml`, which must
+//! read back as the same plan.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-#[test]
-fn golden_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+use sentinel_pipeline::{Dialect, NoSteps, Plan, Shell};
+
+fn blessing() -> bool {
     let bless = std::env::var_os("SENTINEL_BLESS").is_some();
-    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+    assert!(
+        !(bless && std::env::var("CI").is_ok_and(|v| v == "true")),
+        "SENTINEL_BLESS rewrites the expected files; it is refused under CI=true"
+    );
+    bless
+}
+
+fn cases(dir: &Path) -> Vec<PathBuf> {
+    let mut cases: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     cases.sort();
+    cases
+}
+
+/// The plan as a converted file gives it: the same, but for the script of
+/// a `sh -c` stage, which the conversion starts with `set +e`.
+fn as_converted(mut plan: Plan) -> Plan {
+    for s in &mut plan.stages {
+        if let sentinel_pipeline::Action::Container(c) = &mut s.action
+            && c.shell == Shell::Plain
+        {
+            c.script = format!("set +e\n{}", c.script);
+            c.shell = Shell::Strict;
+        }
+    }
+    plan
+}
+
+fn run_golden(dir: &Path, dialect: Option<Dialect>, at_least: usize) {
+    let bless = blessing();
+    let cases = cases(dir);
     assert!(
-        cases.len() >= 30,
-        "expected at least 30 golden cases, found {}",
+        cases.len() >= at_least,
+        "expected at least {at_least} golden cases in {}, found {}",
+        dir.display(),
         cases.len()
     );
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_stem().unwrap().to_string_lossy().into_owned();
         let src = std::fs::read_to_string(case).unwrap();
-        let (actual, ext) =
-            match sentinel_pipeline::parse_str(&src, &format!("{name}.yaml"), "golden") {
-                Ok(plan) => (serde_json::to_string_pretty(&plan).unwrap() + "\n", "json"),
-                Err(d) => (d.to_string() + "\n", "err"),
-            };
+        let file = format!("{name}.yaml");
+        let parsed = sentinel_pipeline::parse_str_as(
+            &src,
+            &file,
+            "golden",
+            dialect,
+            &NoSteps,
+            Path::new("."),
+        );
+        let (actual, ext) = match &parsed {
+            Ok(plan) => (serde_json::to_string_pretty(plan).unwrap() + "\n", "json"),
+            Err(d) => (d.to_string() + "\n", "err"),
+        };
+        if let Ok(plan) = &parsed {
+            let draft = sentinel_pipeline::dialect::read(&src, &file, dialect).unwrap();
+            let native = sentinel_pipeline::convert::to_native(&draft, &file);
+            match sentinel_pipeline::parse_str(&native, "converted.yml", "golden") {
+                Ok(back) if back == as_converted(plan.clone()) => {}
+                Ok(back) => failures.push(format!(
+                    "{name}: the converted file reads back as another plan:\n{native}\n{}",
+                    serde_json::to_string_pretty(&back).unwrap()
+                )),
+                Err(e) => failures.push(format!(
+                    "{name}: the converted file is not valid: {e}\n{native}"
+                )),
+            }
+        }
         let expected_path = case.with_extension(ext);
         let other = case.with_extension(if ext == "json" { "err" } else { "json" });
         if bless {
@@ -64,10 +119,22 @@ fn golden_files() {
 }
 
 #[test]
+fn golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    run_golden(&dir, None, 54);
+}
+
+#[test]
+fn dockercise_golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dockercise");
+    run_golden(&dir, Some(Dialect::Dockercise), 20);
+}
+
+#[test]
 fn json_schema_is_committed_and_current() {
     let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/sentinel.schema.json");
     let current = serde_json::to_string_pretty(&sentinel_pipeline::json_schema()).unwrap() + "\n";
-    if std::env::var_os("SENTINEL_BLESS").is_some() {
+    if blessing() {
         std::fs::write(&committed, &current).unwrap();
     }
     let on_disk = std::fs::read_to_string(&committed).unwrap_or_else(|_| {

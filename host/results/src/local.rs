@@ -7,9 +7,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use sentinel_api::keys;
-use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
+use sentinel_api::{RunDoc, RunId, RunSummary, SCHEMA_VERSION, StageDoc, StageName};
 use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
 
+use crate::index::{self, IndexStore};
 use crate::zipdir::zip_dir;
 
 /// A results folder.
@@ -18,8 +19,12 @@ pub struct LocalSink {
     root: PathBuf,
 }
 
-fn err(context: impl Into<String>, e: impl std::fmt::Display) -> StorageError {
-    StorageError::new(context, e)
+fn err(context: impl Into<String>, e: std::io::Error) -> StorageError {
+    StorageError::io(context, e)
+}
+
+fn joined(context: &str, e: tokio::task::JoinError) -> StorageError {
+    StorageError::permanent(context.to_string(), e)
 }
 
 /// Writes `bytes` to `path` atomically.
@@ -38,13 +43,53 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Reads a document, checking its schema first.
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StorageError> {
+    let what = path.display().to_string();
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
+        Ok(b) => sentinel_api::decode(&b, &what, &[u64::from(SCHEMA_VERSION)])
             .map(Some)
-            .map_err(|e| err(format!("read {}", path.display()), e)),
+            .map_err(|e| StorageError::permanent(format!("read {what}"), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err(format!("read {}", path.display()), e)),
+        Err(e) => Err(err(format!("read {what}"), e)),
+    }
+}
+
+/// Runs a future that never waits (the local folder's index storage does
+/// its small reads and writes directly) to its end on this thread.
+fn finish<F: std::future::Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The index's objects in the folder.
+struct Folder<'a>(&'a LocalSink);
+
+#[async_trait]
+impl IndexStore for Folder<'_> {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match std::fs::read(self.0.path(key)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(format!("read {key}"), e)),
+        }
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        write_atomic(&self.0.path(key), &bytes).map_err(|e| err(format!("write {key}"), e))
+    }
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match std::fs::remove_file(self.0.path(key)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(err(format!("remove {key}"), e))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -68,7 +113,8 @@ impl LocalSink {
         key: String,
         doc: &T,
     ) -> Result<(), StorageError> {
-        let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| err("encode", e))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(doc).map_err(|e| StorageError::permanent("encode", e))?;
         bytes.push(b'\n');
         self.put_bytes(key, bytes).await
     }
@@ -78,34 +124,30 @@ impl LocalSink {
         let path = self.path(&key);
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
             .await
-            .map_err(|e| err(&key, e))?
+            .map_err(|e| joined(&key, e))?
             .map_err(|e| err(format!("write {key}"), e))
     }
 
-    /// Reads every index page, newest first.
-    fn read_index(&self) -> Result<Vec<RunSummary>, StorageError> {
-        let mut runs = Vec::new();
-        let mut page = 0;
-        while let Some(p) = read_json::<IndexPage>(&self.path(&keys::index_page(page)))? {
-            runs.extend(p.runs);
-            page += 1;
-            if p.next.is_none() {
-                break;
-            }
-        }
-        Ok(runs)
-    }
-
-    /// Writes `runs` (newest first, as [`RunSummary::upsert`] keeps them) as pages.
-    fn write_index(&self, runs: Vec<RunSummary>) -> Result<(), StorageError> {
-        // Older pages first, so page 0 never points at a page not yet written.
-        for page in crate::index_pages(&runs).iter().rev() {
-            let mut bytes = serde_json::to_vec_pretty(page).map_err(|e| err("encode index", e))?;
-            bytes.push(b'\n');
-            write_atomic(&self.path(&keys::index_page(page.page)), &bytes)
-                .map_err(|e| err("write index", e))?;
-        }
-        Ok(())
+    /// Changes the index under the folder's lock (several processes may
+    /// share one results folder).
+    async fn with_index(&self, change: index::Change) -> Result<(), StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(this.path("runs")).map_err(|e| err("create runs/", e))?;
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(this.path("runs/.index.lock"))
+                .map_err(|e| err("index lock", e))?;
+            lock.lock().map_err(|e| err("index lock", e))?;
+            let folder = Folder(&this);
+            let result = finish(index::apply(&folder, &change));
+            let _ = lock.unlock();
+            result
+        })
+        .await
+        .map_err(|e| joined("index", e))?
     }
 }
 
@@ -148,7 +190,7 @@ impl ResultsSink for LocalSink {
             }
         })
         .await
-        .map_err(|e| err(&key, e))?
+        .map_err(|e| joined(&key, e))?
         .map_err(|e| err(format!("write {key}"), e))?;
         Ok(format!("{stage}.log"))
     }
@@ -172,7 +214,7 @@ impl ResultsSink for LocalSink {
             Ok(n)
         })
         .await
-        .map_err(|e| err(&key, e))?
+        .map_err(|e| joined(&key, e))?
         .map_err(|e| err(format!("write {key}"), e))?;
         Ok((n > 0).then(|| format!("{stage}.zip")))
     }
@@ -187,25 +229,12 @@ impl ResultsSink for LocalSink {
     }
 
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
-        let this = self.clone();
-        let summary = summary.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(this.path("runs")).map_err(|e| err("create runs/", e))?;
-            let lock = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(this.path("runs/.index.lock"))
-                .map_err(|e| err("index lock", e))?;
-            lock.lock().map_err(|e| err("index lock", e))?;
-            let mut runs = this.read_index()?;
-            RunSummary::upsert(&mut runs, summary);
-            let result = this.write_index(runs);
-            let _ = lock.unlock();
-            result
-        })
-        .await
-        .map_err(|e| err("index", e))?
+        self.with_index(index::Change::Upsert(summary.clone()))
+            .await
+    }
+
+    async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError> {
+        self.with_index(index::Change::Remove(run.clone())).await
     }
 
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
@@ -232,8 +261,11 @@ impl ResultsSink for LocalSink {
         }
     }
 
-    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
-        read_json(&self.path(&keys::index_page(page)))
+    async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || finish(index::list(&Folder(&this), limit)))
+            .await
+            .map_err(|e| joined("index", e))?
     }
 
     fn location(&self) -> String {
@@ -262,29 +294,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn index_is_paged_newest_first() {
+    async fn index_is_chunked_newest_first() {
         let dir = tempfile::tempdir().unwrap();
         let sink = LocalSink::new(dir.path());
-        for i in 0..250 {
+        for i in 0..450 {
             sink.update_index(&summary(i)).await.unwrap();
         }
         // Updating a run replaces it instead of adding it twice.
         let mut again = summary(7);
         again.status = RunStatus::Failed;
         sink.update_index(&again).await.unwrap();
-        let p0 = sink.get_index_page(0).await.unwrap().unwrap();
-        assert_eq!((p0.page, p0.pages, p0.runs.len()), (0, 3, 100));
-        assert_eq!(p0.next.as_deref(), Some("runs/index-1.json"));
-        assert_eq!(p0.runs[0].id, summary(249).id);
-        let p2 = sink.get_index_page(2).await.unwrap().unwrap();
-        assert_eq!(p2.runs.len(), 50);
-        assert!(p2.next.is_none());
-        let all = sink.read_index().unwrap();
-        assert_eq!(all.len(), 250);
+        let all = sink.list_index(usize::MAX).await.unwrap();
+        assert_eq!(all.len(), 450);
+        assert_eq!(all[0].id, summary(449).id);
         assert_eq!(
             all.iter().find(|r| r.id == again.id).unwrap().status,
             RunStatus::Failed
         );
+        let chunks = std::fs::read_dir(dir.path().join("runs/index"))
+            .unwrap()
+            .count();
+        assert!(chunks >= 3, "{chunks} chunks");
+        sink.remove_from_index(&summary(449).id).await.unwrap();
+        assert_eq!(sink.list_index(1).await.unwrap()[0].id, summary(448).id);
         let _ = TriggerKind::Local;
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
+use sentinel_api::{RunDoc, RunId, RunSummary, StageDoc, StageName};
 use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
 
 /// A primary sink and its mirror.
@@ -55,6 +55,11 @@ impl ResultsSink for Mirrored {
         self.mirror.update_index(summary).await
     }
 
+    async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError> {
+        self.primary.remove_from_index(run).await?;
+        self.mirror.remove_from_index(run).await
+    }
+
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
         self.primary.get_run(run).await
     }
@@ -75,8 +80,8 @@ impl ResultsSink for Mirrored {
         self.primary.get_log(run, stage).await
     }
 
-    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
-        self.primary.get_index_page(page).await
+    async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
+        self.primary.list_index(limit).await
     }
 
     fn location(&self) -> String {

@@ -1,5 +1,6 @@
-//! The paged runs index shared by every sink: runs newest first, split into
-//! pages of [`INDEX_PAGE_SIZE`], each naming the next.
+//! Layout 1 of the runs index — pages of [`INDEX_PAGE_SIZE`] runs, each
+//! naming the next — as older Sentinels wrote it. Nothing writes it any
+//! more; tests build it to check that it is still read and converted.
 
 use sentinel_api::keys::{self, INDEX_PAGE_SIZE};
 use sentinel_api::{IndexPage, RunSummary, SCHEMA_VERSION};

@@ -16,8 +16,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use sentinel_api::keys;
-use sentinel_api::{IndexPage, RunDoc, RunId, RunSummary, StageDoc, StageName};
+use sentinel_api::{RunDoc, RunId, RunSummary, SCHEMA_VERSION, StageDoc, StageName};
 use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
+use sentinel_results::index::{self, IndexStore};
 
 pub use upload::PART_SIZE;
 
@@ -41,13 +42,13 @@ pub struct S3Config {
 
 impl S3Config {
     /// A configuration from `s3://bucket/prefix` (the prefix may be empty).
-    pub fn from_url(url: &str) -> Result<Self, String> {
+    pub fn from_url(url: &str) -> Result<Self, AddressError> {
         let rest = url
             .strip_prefix("s3://")
-            .ok_or_else(|| format!("`{url}` is not an s3://bucket/prefix address"))?;
+            .ok_or_else(|| AddressError::NotS3(url.to_string()))?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
-            return Err(format!("`{url}` names no bucket"));
+            return Err(AddressError::NoBucket(url.to_string()));
         }
         Ok(Self {
             bucket: bucket.to_string(),
@@ -59,6 +60,15 @@ impl S3Config {
     }
 }
 
+/// An `s3://` address that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("`{0}` is not an s3://bucket/prefix address")]
+    NotS3(String),
+    #[error("`{0}` names no bucket")]
+    NoBucket(String),
+}
+
 /// Results in an S3 bucket.
 #[derive(Debug, Clone)]
 pub struct S3Sink {
@@ -68,12 +78,12 @@ pub struct S3Sink {
     index: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
-fn err(context: impl Into<String>, e: impl std::fmt::Display) -> StorageError {
-    StorageError::new(context, e)
+fn io_err(context: impl Into<String>, e: std::io::Error) -> StorageError {
+    StorageError::io(context, e)
 }
 
-/// The SDK's error with its source chain, which holds the server's answer.
-fn sdk_err<E: std::error::Error>(context: impl Into<String>, e: E) -> StorageError {
+/// An error with its source chain, which holds the server's answer.
+fn chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
     let mut src = e.source();
     while let Some(s) = src {
@@ -81,7 +91,32 @@ fn sdk_err<E: std::error::Error>(context: impl Into<String>, e: E) -> StorageErr
         msg.push_str(&s.to_string());
         src = s.source();
     }
-    StorageError::new(context, msg)
+    msg
+}
+
+/// The SDK's error, transient when the server could not be reached, timed
+/// out, answered garbage, or said it is busy or failing (5xx, 429, 408);
+/// permanent when it refused the request (any other 4xx: access denied, no
+/// such bucket, a checksum that does not match).
+fn sdk_err<E: std::error::Error + 'static>(
+    context: impl Into<String>,
+    e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StorageError {
+    use aws_sdk_s3::error::SdkError as S;
+    let transient = match &e {
+        S::TimeoutError(_) | S::DispatchFailure(_) | S::ResponseError(_) => true,
+        S::ServiceError(s) => {
+            let code = s.raw().status().as_u16();
+            code >= 500 || code == 429 || code == 408
+        }
+        _ => false,
+    };
+    let msg = chain(&e);
+    if transient {
+        StorageError::transient(context, msg)
+    } else {
+        StorageError::permanent(context, msg)
+    }
 }
 
 impl S3Sink {
@@ -143,7 +178,8 @@ impl S3Sink {
     }
 
     async fn put_json<T: Serialize + Sync>(&self, key: &str, doc: &T) -> Result<(), StorageError> {
-        let mut bytes = serde_json::to_vec_pretty(doc).map_err(|e| err("encode", e))?;
+        let mut bytes =
+            serde_json::to_vec_pretty(doc).map_err(|e| StorageError::permanent("encode", e))?;
         bytes.push(b'\n');
         upload::put_bytes(self, key, bytes, "application/json").await
     }
@@ -160,11 +196,12 @@ impl S3Sink {
             .await;
         match got {
             Ok(o) => {
-                let body = o
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| sdk_err(format!("read s3://{}/{full}", self.cfg.bucket), e))?;
+                let body = o.body.collect().await.map_err(|e| {
+                    StorageError::transient(
+                        format!("read s3://{}/{full}", self.cfg.bucket),
+                        chain(&e),
+                    )
+                })?;
                 Ok(Some(body.into_bytes().to_vec()))
             }
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
@@ -172,27 +209,37 @@ impl S3Sink {
         }
     }
 
+    /// Reads a document, checking its schema first.
     async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
         match self.get_bytes(key).await? {
-            Some(b) => serde_json::from_slice(&b)
+            Some(b) => sentinel_api::decode(&b, key, &[u64::from(SCHEMA_VERSION)])
                 .map(Some)
-                .map_err(|e| err(format!("decode {key}"), e)),
+                .map_err(|e| StorageError::permanent(format!("decode {key}"), e)),
             None => Ok(None),
         }
     }
+}
 
-    /// Every run in the index, newest first.
-    async fn read_index(&self) -> Result<Vec<RunSummary>, StorageError> {
-        let mut runs = Vec::new();
-        let mut page = 0;
-        while let Some(p) = self.get_index_page(page).await? {
-            runs.extend(p.runs);
-            page += 1;
-            if p.next.is_none() {
-                break;
-            }
-        }
-        Ok(runs)
+#[async_trait]
+impl IndexStore for S3Sink {
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_bytes(key).await
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        upload::put_bytes(self, key, bytes, "application/json").await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let full = self.key(key);
+        self.client
+            .delete_object()
+            .bucket(&self.cfg.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| sdk_err(format!("delete s3://{}/{full}", self.cfg.bucket), e))?;
+        Ok(())
     }
 }
 
@@ -224,12 +271,12 @@ impl ResultsSink for S3Sink {
             .prefix(".sentinel-artifacts-")
             .suffix(".zip")
             .tempfile()
-            .map_err(|e| err("artifacts zip", e))?;
+            .map_err(|e| io_err("artifacts zip", e))?;
         let (src, dst) = (dir.to_path_buf(), zip.path().to_path_buf());
         let n = tokio::task::spawn_blocking(move || sentinel_results::zip_dir(&src, &dst))
             .await
-            .map_err(|e| err(&key, e))?
-            .map_err(|e| err(format!("zip {key}"), e))?;
+            .map_err(|e| StorageError::permanent(key.clone(), e))?
+            .map_err(|e| io_err(format!("zip {key}"), e))?;
         if n == 0 {
             return Ok(None);
         }
@@ -248,13 +295,12 @@ impl ResultsSink for S3Sink {
 
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
         let _one = self.index.lock().await;
-        let mut runs = self.read_index().await?;
-        RunSummary::upsert(&mut runs, summary.clone());
-        // Older pages first, so page 0 never points at a page not yet written.
-        for page in sentinel_results::index_pages(&runs).iter().rev() {
-            self.put_json(&keys::index_page(page.page), page).await?;
-        }
-        Ok(())
+        index::upsert(self, summary).await
+    }
+
+    async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError> {
+        let _one = self.index.lock().await;
+        index::remove(self, run).await
     }
 
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
@@ -277,8 +323,8 @@ impl ResultsSink for S3Sink {
         self.get_bytes(&keys::stage_log(run, stage)).await
     }
 
-    async fn get_index_page(&self, page: u32) -> Result<Option<IndexPage>, StorageError> {
-        self.get_json(&keys::index_page(page)).await
+    async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
+        index::list(self, limit).await
     }
 
     fn location(&self) -> String {
@@ -301,11 +347,13 @@ mod tests {
         assert!(
             S3Config::from_url("https://b/x")
                 .unwrap_err()
+                .to_string()
                 .contains("s3://")
         );
         assert!(
             S3Config::from_url("s3:///x")
                 .unwrap_err()
+                .to_string()
                 .contains("no bucket")
         );
     }

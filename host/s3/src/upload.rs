@@ -12,7 +12,7 @@ use sentinel_engine::ports::StorageError;
 use sha2::Digest;
 use tokio::io::AsyncReadExt;
 
-use crate::{S3Sink, err, sdk_err};
+use crate::{S3Sink, io_err, sdk_err};
 
 /// The size of one part of a multipart upload; files larger than one part
 /// go up in parts.
@@ -52,17 +52,17 @@ pub(crate) async fn put_file(
 ) -> Result<(), StorageError> {
     let mut f = tokio::fs::File::open(file)
         .await
-        .map_err(|e| err(format!("open {}", file.display()), e))?;
+        .map_err(|e| io_err(format!("open {}", file.display()), e))?;
     let size = f
         .metadata()
         .await
-        .map_err(|e| err(format!("stat {}", file.display()), e))?
+        .map_err(|e| io_err(format!("stat {}", file.display()), e))?
         .len();
     if size <= PART_SIZE as u64 {
         let mut bytes = Vec::with_capacity(size as usize);
         f.read_to_end(&mut bytes)
             .await
-            .map_err(|e| err(format!("read {}", file.display()), e))?;
+            .map_err(|e| io_err(format!("read {}", file.display()), e))?;
         return put_bytes(sink, key, bytes, content_type).await;
     }
     let full = sink.key(key);
@@ -79,7 +79,9 @@ pub(crate) async fn put_file(
         .map_err(|e| sdk_err(format!("start upload of s3://{bucket}/{full}"), e))?;
     let upload_id = created
         .upload_id()
-        .ok_or_else(|| err(format!("upload of s3://{bucket}/{full}"), "no upload id"))?
+        .ok_or_else(|| {
+            StorageError::transient(format!("upload of s3://{bucket}/{full}"), "no upload id")
+        })?
         .to_string();
     let parts = upload_parts(sink, &full, &upload_id, &mut f).await;
     let done = match parts {
@@ -127,7 +129,7 @@ async fn upload_parts(
             .take(PART_SIZE as u64)
             .read_to_end(&mut buf)
             .await
-            .map_err(|e| err(format!("read part {number} of {full}"), e))?;
+            .map_err(|e| io_err(format!("read part {number} of {full}"), e))?;
         if n == 0 {
             break;
         }

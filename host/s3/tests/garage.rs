@@ -53,6 +53,7 @@ async fn a_run_lands_under_the_prefix_in_the_results_layout() {
             jobs: 2,
             state_dir: tmp.path().join("state"),
             keep_workspace: false,
+            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
         },
     };
     assert!(
@@ -87,6 +88,7 @@ async fn a_run_lands_under_the_prefix_in_the_results_layout() {
             format!("run/{id}/quiet.json"),
             format!("run/{id}/run.json"),
             "runs/index.json".to_string(),
+            format!("runs/index/{id}.json"),
         ],
         "the documented layout under the prefix (a stage that printed nothing has no log)"
     );
@@ -106,9 +108,9 @@ async fn a_run_lands_under_the_prefix_in_the_results_layout() {
         .unwrap()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&log), "value-42\n");
-    let index = s3.get_index_page(0).await.unwrap().unwrap();
-    assert_eq!(index.runs[0].id, doc.id);
-    assert_eq!(index.runs[0].status, RunStatus::Succeeded);
+    let index = s3.list_index(10).await.unwrap();
+    assert_eq!(index[0].id, doc.id);
+    assert_eq!(index[0].status, RunStatus::Succeeded);
     // Content types let a browser (and the web app) read them straight from the bucket.
     let head = s3
         .client()
@@ -211,22 +213,54 @@ async fn a_200_mib_artifact_goes_up_in_parts_and_comes_back_whole() {
     assert_eq!(hex::encode(sha2::Sha256::digest(&back)), original);
 }
 
-#[tokio::test]
-async fn the_server_refuses_bytes_that_do_not_match_their_checksum() {
-    // What every upload of the sink relies on: a corrupted body is refused.
-    let s3 = sink(&unique("sum"));
-    let wrong = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b"other bytes"))
-    };
-    let put = s3
-        .client()
-        .put_object()
-        .bucket(s3.bucket())
-        .key(s3.key("x.json"))
-        .checksum_sha256(wrong)
-        .body(b"{}".to_vec().into())
-        .send()
-        .await;
-    assert!(put.is_err(), "a body with a wrong SHA-256 was accepted");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upload_carries_its_sha256_and_the_server_refuses_a_corrupted_one() {
+    use base64::Engine as _;
+    let upstream = sentinel_testkit::s3_server()["S3_ENDPOINT"]
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = common::proxy::Proxy::start(upstream).await;
+    proxy.keep.store(true, std::sync::atomic::Ordering::SeqCst);
+    let s3 = common::sink_via(&unique("sum"), Some(format!("http://{}", proxy.addr)));
+    let run: sentinel_api::RunId = ulid::Ulid::new().to_string().parse().unwrap();
+    let stage: sentinel_api::StageName = "build".parse().unwrap();
+    s3.put_log(
+        &run,
+        &stage,
+        &sentinel_engine::ports::LogBody::Memory(b"a log line\n".to_vec()),
+    )
+    .await
+    .unwrap();
+    let puts = proxy.puts.lock().unwrap().clone();
+    assert!(!puts.is_empty(), "the sink PUT through the proxy");
+    for (head, body) in &puts {
+        let want = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body));
+        let sent = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("x-amz-checksum-sha256")
+                    .then(|| v.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("a PUT without its SHA-256:\n{head}"));
+        assert_eq!(sent, want, "the SHA-256 sent is the body's");
+    }
+    // A body changed on the way no longer matches: the server refuses it,
+    // and the sink says so (for good: trying again sends the same bytes).
+    proxy
+        .corrupt
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = s3
+        .put_log(
+            &run,
+            &stage,
+            &sentinel_engine::ports::LogBody::Memory(b"another line\n".to_vec()),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        !err.is_transient(),
+        "a refused checksum is permanent: {err}"
+    );
 }

@@ -38,7 +38,7 @@ async fn results_survive_an_s3_outage_and_go_up_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let store = sentinel_store::SledStore::try_open(&tmp.path().join("db")).unwrap();
     let outbox: Arc<dyn Outbox> = Arc::new(store.clone());
-    let results = OutboxSink::start(Arc::new(via_proxy), outbox, tmp.path().join("spool"));
+    let results = OutboxSink::start(Arc::new(via_proxy), outbox, tmp.path().join("spool")).await;
     let engine = Engine {
         exec: Arc::new(sentinel_wasm::WasmExecutor::new(&tmp.path().join("cache")).unwrap()),
         store: Arc::new(store),
@@ -47,6 +47,7 @@ async fn results_survive_an_s3_outage_and_go_up_exactly_once() {
             jobs: 1,
             state_dir: tmp.path().join("state"),
             keep_workspace: false,
+            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
         },
     };
     let stages = ["a", "b", "c", "d", "e"];
@@ -125,9 +126,9 @@ async fn results_survive_an_s3_outage_and_go_up_exactly_once() {
         let log = direct.get_log(&doc.id, &name).await.unwrap().unwrap();
         assert_eq!(String::from_utf8_lossy(&log), format!("{s}-out\n"));
     }
-    let index = direct.get_index_page(0).await.unwrap().unwrap();
-    assert_eq!(index.runs[0].id, doc.id);
-    assert_eq!(index.runs[0].status, RunStatus::Succeeded);
+    let index = direct.list_index(10).await.unwrap();
+    assert_eq!(index[0].id, doc.id);
+    assert_eq!(index[0].status, RunStatus::Succeeded);
 
     // Exactly once: every stage document and log was PUT once through the proxy.
     let counts = proxy.counts();

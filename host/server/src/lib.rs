@@ -46,13 +46,11 @@ pub struct RepoConfig {
     /// Its GitHub name (`owner/name`), to match push webhooks by.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub github: Option<String>,
-    /// The pipeline file in it.
-    #[serde(default = "default_pipeline_file")]
-    pub pipeline: String,
-}
-
-fn default_pipeline_file() -> String {
-    "sentinel.yml".into()
+    /// The pipeline file in it (any dialect); when absent, the first of
+    /// every dialect's usual names found in the checkout (`sentinel.yml`,
+    /// `dockercise.yml`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
 }
 
 /// Requests a token may make, as a token bucket.

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use sentinel_api::{RunId, StageStatus};
 use sentinel_engine::Progress;
-use sentinel_engine::ports::{Outbox, RunQueue};
+use sentinel_engine::ports::{Outbox, RunQueue, StorageError};
 use sentinel_store::SledStore;
 
 type Labels = Vec<(String, String)>;
@@ -33,6 +33,7 @@ pub struct Metrics {
     running: Gauge,
     queue_depth: Gauge,
     outbox_depth: Gauge,
+    outbox_parked: Gauge,
     stage_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     start_latency: Histogram,
     /// Runs accepted and not started yet, with when they were accepted.
@@ -52,6 +53,7 @@ impl Default for Metrics {
         let running = Gauge::default();
         let queue_depth = Gauge::default();
         let outbox_depth = Gauge::default();
+        let outbox_parked = Gauge::default();
         let stage_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,
         );
@@ -69,6 +71,11 @@ impl Default for Metrics {
             outbox_depth.clone(),
         );
         registry.register(
+            "outbox_parked",
+            "Results the bucket refused for good, kept until `sentinel outbox retry`",
+            outbox_parked.clone(),
+        );
+        registry.register(
             "stage_duration_seconds",
             "Durations of ended stages, by status",
             stage_seconds.clone(),
@@ -84,6 +91,7 @@ impl Default for Metrics {
             running,
             queue_depth,
             outbox_depth,
+            outbox_parked,
             stage_seconds,
             start_latency,
             accepted: Mutex::default(),
@@ -131,13 +139,12 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges read from `store` now.
-    pub async fn render(&self, store: &SledStore, running: usize) -> Result<String, String> {
+    pub async fn render(&self, store: &SledStore, running: usize) -> Result<String, StorageError> {
         let counts = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.run_counts())
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?
+                .map_err(|e| StorageError::permanent("count runs", e))??
         };
         for (status, n) in counts {
             self.runs
@@ -145,11 +152,12 @@ impl Metrics {
                 .set(n as i64);
         }
         self.running.set(running as i64);
-        let waiting = RunQueue::waiting(store).await.map_err(|e| e.to_string())?;
+        let waiting = RunQueue::waiting(store).await?;
         self.queue_depth.set(waiting as i64);
         self.outbox_depth.set(Outbox::len(store) as i64);
+        self.outbox_parked.set(Outbox::parked_len(store) as i64);
         let mut out = String::new();
-        encode(&mut out, &self.registry).map_err(|e| e.to_string())?;
+        encode(&mut out, &self.registry).map_err(|e| StorageError::permanent("metrics", e))?;
         Ok(out)
     }
 }

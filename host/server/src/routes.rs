@@ -1,6 +1,7 @@
 //! The routes: one table ([`ROUTES`]) says each endpoint's method, path,
-//! who may call it and what it does — the router, the OpenAPI document
-//! and the tests all read it.
+//! who may call it, what it does and which handler serves it — the router
+//! is built from it (so no endpoint exists that it does not list), and the
+//! OpenAPI document and the tests read it too.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -30,13 +31,18 @@ pub enum Access {
     Token(Scope),
 }
 
-/// One endpoint.
+/// The handler of an endpoint, as a method router for its path.
+pub type Handler = fn() -> MethodRouter<Arc<AppState>>;
+
+/// One endpoint. A path's last parameter named `path` takes the rest of the
+/// path (`/results/{path}`).
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
     pub method: &'static str,
     pub path: &'static str,
     pub access: Access,
     pub summary: &'static str,
+    pub handler: Handler,
 }
 
 const fn r(
@@ -44,12 +50,14 @@ const fn r(
     path: &'static str,
     access: Access,
     summary: &'static str,
+    handler: Handler,
 ) -> Route {
     Route {
         method,
         path,
         access,
         summary,
+        handler,
     }
 }
 
@@ -61,169 +69,205 @@ const ADMIN: Access = Access::Token(Scope::Admin);
 pub const ROUTES: &[Route] = &[
     r(
         "GET",
+        "/config.json",
+        Access::Public,
+        "The web app's settings when it is served live (`{\"mode\": \"live\", …}`)",
+        || get(web_config),
+    ),
+    r(
+        "GET",
         "/health",
         Access::Public,
         "Liveness: `{\"status\":\"ok\"}`",
+        || get(health),
     ),
     r(
         "GET",
         "/info",
         READ,
         "Version and configuration (no secrets)",
+        || get(info),
     ),
-    r("GET", "/metrics", READ, "Prometheus metrics"),
+    r("GET", "/metrics", READ, "Prometheus metrics", || {
+        get(metrics)
+    }),
     r(
         "GET",
         "/badge/{pipeline}",
         Access::Public,
         "Status badge of a pipeline's newest run (`/badge/<pipeline>.svg`)",
+        || get(badge::badge),
     ),
     r(
         "POST",
         "/hooks/github",
         Access::Public,
         "GitHub push webhook (HMAC-SHA256 signed)",
+        || post(hooks::github),
     ),
     r(
         "GET",
         "/results/{path}",
         READ,
         "The results folder, read-only (embedded default)",
+        || get(results),
     ),
-    r("GET", "/api/v1/openapi.json", READ, "This document"),
+    r("GET", "/api/v1/openapi.json", READ, "This document", || {
+        get(openapi)
+    }),
     r(
         "GET",
         "/api/v1/runs",
         READ,
         "Runs, newest first; `?limit=` (≤ 500) and `?before=<id>` page; the first page also names the runs not started yet (`queued`)",
+        || get(runs::list_runs),
     ),
     r(
         "POST",
         "/api/v1/runs",
         TRIGGER,
         "Queue a run of a configured repository: `{\"repo\": …, \"ref\": …}`",
+        || post(runs::trigger),
     ),
     r(
         "GET",
         "/api/v1/runs/{id}",
         READ,
         "A run and its stages (a queued run too)",
+        || get(runs::show_run),
     ),
     r(
         "POST",
         "/api/v1/runs/{id}/cancel",
         TRIGGER,
         "Cancel a run, going or waiting",
+        || post(runs::cancel),
     ),
     r(
         "POST",
         "/api/v1/runs/{id}/rerun",
         TRIGGER,
         "Run it again (same commit); `{\"from\": stage}` re-runs from a failed stage",
+        || post(runs::rerun),
     ),
     r(
         "GET",
         "/api/v1/runs/{id}/events",
         READ,
         "Server-Sent Events: a snapshot, then stage and run events",
+        || get(logs::run_events),
     ),
     r(
         "GET",
         "/api/v1/runs/{id}/stages/{stage}/log",
         READ,
         "A stage's log, text (so far, while it runs)",
+        || get(logs::log),
     ),
     r(
         "GET",
         "/api/v1/runs/{id}/stages/{stage}/log/stream",
         READ,
         "Server-Sent Events: a stage's log lines as they come, then `end`",
+        || get(logs::log_stream),
     ),
     r(
         "POST",
         "/api/v1/session",
         READ,
         "Set the session cookie from the bearer token (reads only; for EventSource)",
+        || post(admin::open_session),
     ),
     r(
         "DELETE",
         "/api/v1/session",
         Access::Public,
         "Clear the session cookie",
+        || delete(admin::close_session),
     ),
-    r("GET", "/api/v1/tokens", ADMIN, "API tokens (no secrets)"),
+    r(
+        "GET",
+        "/api/v1/tokens",
+        ADMIN,
+        "API tokens (no secrets)",
+        || get(admin::list_tokens),
+    ),
     r(
         "POST",
         "/api/v1/tokens",
         ADMIN,
         "Create a token: `{\"name\": …, \"scope\": read|trigger|admin}`; shown once",
+        || post(admin::create_token),
     ),
-    r("DELETE", "/api/v1/tokens/{id}", ADMIN, "Revoke a token"),
+    r(
+        "DELETE",
+        "/api/v1/tokens/{id}",
+        ADMIN,
+        "Revoke a token",
+        || delete(admin::revoke_token),
+    ),
     r(
         "GET",
         "/api/v1/secrets",
         ADMIN,
         "Names of the stored run secrets",
+        || get(admin::list_secrets),
     ),
     r(
         "PUT",
         "/api/v1/secrets/{name}",
         ADMIN,
         "Set a run secret: `{\"value\": …}` (stored encrypted)",
+        || put(admin::put_secret),
     ),
     r(
         "DELETE",
         "/api/v1/secrets/{name}",
         ADMIN,
         "Remove a run secret",
+        || delete(admin::delete_secret),
     ),
 ];
 
+/// The router: every endpoint of [`ROUTES`] (and nothing else but the web
+/// app's files), the webhook with a body limit of its own.
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.body_limit;
     // Webhooks have a limit of their own (the signature is checked over
     // the whole body, so it must be read first).
     let hook_limit = state.config.hook_body_limit;
-    let hooks = Router::new()
-        .route("/hooks/github", post(hooks::github))
+    let mut by_path: Vec<(&str, MethodRouter<Arc<AppState>>)> = Vec::new();
+    for route in ROUTES {
+        let handler = (route.handler)();
+        match by_path.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, m)) => *m = std::mem::take(m).merge(handler),
+            None => by_path.push((route.path, handler)),
+        }
+    }
+    let (mut api, mut hooks) = (Router::new(), Router::new());
+    for (path, methods) in by_path {
+        let at = axum_path(path);
+        if path.starts_with("/hooks/") {
+            hooks = hooks.route(&at, methods);
+        } else {
+            api = api.route(&at, methods);
+        }
+    }
+    let hooks = hooks
         .layer(DefaultBodyLimit::max(hook_limit))
         .layer(RequestBodyLimitLayer::new(hook_limit));
-    Router::new()
-        .route("/config.json", get(web_config))
-        .route("/health", get(health))
-        .route("/info", get(info))
-        .route("/metrics", get(metrics))
-        .route("/badge/{pipeline}", get(badge::badge))
-        .route("/results/{*path}", get(results))
-        .route("/api/v1/openapi.json", get(openapi))
-        .route("/api/v1/runs", get(runs::list_runs).post(runs::trigger))
-        .route("/api/v1/runs/{id}", get(runs::show_run))
-        .route("/api/v1/runs/{id}/cancel", post(runs::cancel))
-        .route("/api/v1/runs/{id}/rerun", post(runs::rerun))
-        .route("/api/v1/runs/{id}/events", get(logs::run_events))
-        .route("/api/v1/runs/{id}/stages/{stage}/log", get(logs::log))
-        .route(
-            "/api/v1/runs/{id}/stages/{stage}/log/stream",
-            get(logs::log_stream),
-        )
-        .route(
-            "/api/v1/session",
-            post(admin::open_session).delete(admin::close_session),
-        )
-        .route(
-            "/api/v1/tokens",
-            get(admin::list_tokens).post(admin::create_token),
-        )
-        .route("/api/v1/tokens/{id}", delete(admin::revoke_token))
-        .route("/api/v1/secrets", get(admin::list_secrets))
-        .route(
-            "/api/v1/secrets/{name}",
-            put(admin::put_secret).delete(admin::delete_secret),
-        )
-        .fallback(web_app)
+    api.fallback(web_app)
         .layer(RequestBodyLimitLayer::new(limit))
         .merge(hooks)
         .with_state(state)
+}
+
+/// The router's form of a path: a last parameter named `path` takes the rest.
+fn axum_path(path: &str) -> String {
+    match path.strip_suffix("{path}") {
+        Some(head) => format!("{head}{{*path}}"),
+        None => path.to_string(),
+    }
 }
 
 async fn web_config() -> Json<Value> {

@@ -52,7 +52,7 @@ fn config(public_read: bool) -> ApiConfig {
             RepoConfig {
                 url: "file:///srv/git/app.git".into(),
                 github: None,
-                pipeline: "sentinel.yml".into(),
+                pipeline: Some("sentinel.yml".into()),
             },
         )]),
         body_limit: 1024,
@@ -281,6 +281,10 @@ async fn the_committed_openapi_document_is_current() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
     let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
     if std::env::var_os("SENTINEL_WRITE_OPENAPI").is_some() {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "SENTINEL_WRITE_OPENAPI rewrites the committed document; it is refused under CI=true"
+        );
         std::fs::write(&path, &text).unwrap();
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
@@ -296,8 +300,18 @@ async fn the_committed_openapi_document_is_current() {
             r.path
         );
     }
-    // Served too.
+    // The router is the table: an unlisted path is no endpoint, a listed
+    // public one answers (the web app's settings among them).
     let a = api(false).await;
+    let (status, body) = call(&a.app, Method::GET, "/config.json", None, None).await;
+    assert_eq!(
+        (status, body["mode"].as_str()),
+        (StatusCode::OK, Some("live"))
+    );
+    assert!(ROUTES.iter().any(|r| r.path == "/config.json"));
+    let (status, _) = call(&a.app, Method::GET, "/api/v1/not-an-endpoint", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Served too.
     let (status, served) = call(
         &a.app,
         Method::GET,

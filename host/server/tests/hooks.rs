@@ -54,7 +54,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
             RepoConfig {
                 url: "file:///srv/git/app.git".into(),
                 github: Some("octo/app".into()),
-                pipeline: "sentinel.yml".into(),
+                pipeline: Some("sentinel.yml".into()),
             },
         )]),
         ..ApiConfig::default()

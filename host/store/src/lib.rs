@@ -10,14 +10,22 @@
 //! runs by sequence number), `queued` (run id → sequence number),
 //! `deliveries` (a trigger's idempotency key → its run id), `requests`
 //! (every queued run's entry, kept after it ran, for re-runs), `tokens` (API
-//! tokens by id, hashed: see [`tokens`]) and `secrets` (run secrets,
-//! encrypted: see [`secrets`]).
+//! tokens by id, hashed: see [`tokens`]), `secrets` (run secrets,
+//! encrypted: see [`secrets`]), `open` (the runs not final yet, so recovery
+//! finds every one however old), `kept` (stages' outputs kept for re-runs,
+//! sealed like secrets: see [`kept`]), `parked` (results the sink refused
+//! for good: see [`outbox`]) and `meta` (settings of the state folder, such
+//! as the bucket its runs are mirrored to).
 
+pub mod kept;
+pub mod outbox;
 mod queue;
 pub mod secrets;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
@@ -25,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use sentinel_api::{RunDoc, RunId, StageDoc};
 use sentinel_engine::lease::Lease;
-use sentinel_engine::ports::{Event, Outbox, Pending, StorageError, Store};
+use sentinel_engine::ports::{Event, KeptOutputs, StorageError, Store};
 
 /// The version of the stored values' envelope.
 pub const VALUE_VERSION: u32 = 1;
@@ -60,11 +68,21 @@ pub struct SledStore {
     requests: sled::Tree,
     tokens: sled::Tree,
     secrets: sled::Tree,
+    open: sled::Tree,
+    kept: sled::Tree,
+    parked: sled::Tree,
+    meta: sled::Tree,
+    /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
+    outbox_len: Arc<AtomicUsize>,
+    parked_len: Arc<AtomicUsize>,
+    /// What seals kept outputs: the server's secrets key, else the state
+    /// folder's own (`seal.key`).
+    seal: Arc<std::sync::RwLock<Arc<secrets::SecretsKey>>>,
     _lock: std::sync::Arc<std::fs::File>,
 }
 
 fn err(context: &str, e: impl std::fmt::Display) -> StorageError {
-    StorageError::new(context, e)
+    StorageError::permanent(context.to_string(), e.to_string())
 }
 
 fn encode<T: Serialize>(doc: &T) -> Result<Vec<u8>, StorageError> {
@@ -133,12 +151,22 @@ impl SledStore {
             .open()
             .map_err(|e| other(&e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| other(&e));
-        Ok(Self {
+        let seal = secrets::SecretsKey::of_folder(dir).map_err(|e| other(&e))?;
+        let outbox = tree("outbox")?;
+        let parked = tree("parked")?;
+        let store = Self {
+            outbox_len: Arc::new(AtomicUsize::new(outbox.len())),
+            parked_len: Arc::new(AtomicUsize::new(parked.len())),
+            outbox,
+            parked,
+            open: tree("open")?,
+            kept: tree("kept")?,
+            meta: tree("meta")?,
+            seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             runs: tree("runs")?,
             stages: tree("stages")?,
             events: tree("events")?,
             leases: tree("leases")?,
-            outbox: tree("outbox")?,
             queue: tree("queue")?,
             queued: tree("queued")?,
             deliveries: tree("deliveries")?,
@@ -147,10 +175,62 @@ impl SledStore {
             secrets: tree("secrets")?,
             db,
             _lock: std::sync::Arc::new(lock),
-        })
+        };
+        store.index_open_runs().map_err(|e| other(&e))?;
+        Ok(store)
     }
 
-    async fn flush(&self) -> Result<(), StorageError> {
+    /// Builds the `open` tree once for a database written before it existed.
+    fn index_open_runs(&self) -> Result<(), StorageError> {
+        const BUILT: &[u8] = b"\0built";
+        if self
+            .open
+            .contains_key(BUILT)
+            .map_err(|e| err("open runs", e))?
+        {
+            return Ok(());
+        }
+        for kv in self.runs.iter() {
+            let (k, v) = kv.map_err(|e| err("runs", e))?;
+            let run: RunDoc = decode(&v)?;
+            if !run.status.is_final() {
+                self.open.insert(k, &[]).map_err(|e| err("open runs", e))?;
+            }
+        }
+        self.open
+            .insert(BUILT, &[])
+            .map_err(|e| err("open runs", e))?;
+        Ok(())
+    }
+
+    /// Remembers a setting of the state folder (the bucket runs mirror to).
+    pub fn remember(&self, key: &str, value: &serde_json::Value) -> Result<(), StorageError> {
+        self.meta
+            .insert(key.as_bytes(), encode(value)?)
+            .map_err(|e| err("remember", e))?;
+        Ok(())
+    }
+
+    /// A setting [`SledStore::remember`] kept.
+    pub fn recall(&self, key: &str) -> Result<Option<serde_json::Value>, StorageError> {
+        get_decoded(&self.meta, key.as_bytes(), "recall")
+    }
+
+    /// Seals kept outputs with `key` from now on (the server's secrets key).
+    pub fn set_sealing_key(&self, key: Arc<secrets::SecretsKey>) {
+        if let Ok(mut k) = self.seal.write() {
+            *k = key;
+        }
+    }
+
+    fn sealing_key(&self) -> Result<Arc<secrets::SecretsKey>, StorageError> {
+        self.seal
+            .read()
+            .map(|k| k.clone())
+            .map_err(|_| err("sealing key", "poisoned"))
+    }
+
+    pub(crate) async fn flush(&self) -> Result<(), StorageError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -167,8 +247,20 @@ impl SledStore {
 #[async_trait]
 impl Store for SledStore {
     async fn put_run(&self, run: &RunDoc, durable: bool) -> Result<(), StorageError> {
-        self.runs
-            .insert(run.id.as_str(), encode(run)?)
+        use sled::Transactional;
+        let value = encode(run)?;
+        let key = run.id.as_str().as_bytes();
+        let open = !run.status.is_final();
+        (&self.runs, &self.open)
+            .transaction(|(runs, opened)| {
+                runs.insert(key, value.as_slice())?;
+                if open {
+                    opened.insert(key, &[])?;
+                } else {
+                    opened.remove(key)?;
+                }
+                Ok::<(), sled::transaction::ConflictableTransactionError>(())
+            })
             .map_err(|e| err("put run", e))?;
         if durable {
             self.flush().await?;
@@ -232,6 +324,37 @@ impl Store for SledStore {
             .collect()
     }
 
+    async fn open_runs(&self) -> Result<Vec<RunDoc>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.open.iter() {
+            let (k, _) = kv.map_err(|e| err("open runs", e))?;
+            if k.first() == Some(&0) {
+                continue;
+            }
+            if let Some(run) = get_decoded::<RunDoc>(&self.runs, &k, "get run")? {
+                out.push(run);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn keep_outputs(
+        &self,
+        run: &RunId,
+        stage: &sentinel_api::StageName,
+        kept: &KeptOutputs,
+    ) -> Result<(), StorageError> {
+        kept::put(self, run, stage, kept)
+    }
+
+    async fn kept_outputs(
+        &self,
+        run: &RunId,
+        stage: &sentinel_api::StageName,
+    ) -> Result<Option<KeptOutputs>, StorageError> {
+        kept::get(self, run, stage)
+    }
+
     async fn put_lease(&self, lease: &Lease) -> Result<(), StorageError> {
         self.leases
             .insert(lease.run_id.as_str(), encode(lease)?)
@@ -254,36 +377,6 @@ impl Store for SledStore {
                     .and_then(|(_, v)| decode(&v))
             })
             .collect()
-    }
-}
-
-#[async_trait]
-impl Outbox for SledStore {
-    async fn push(&self, item: &Pending) -> Result<(), StorageError> {
-        let seq = self.db.generate_id().map_err(|e| err("outbox id", e))?;
-        self.outbox
-            .insert(seq.to_be_bytes(), encode(item)?)
-            .map_err(|e| err("outbox push", e))?;
-        self.flush().await
-    }
-
-    async fn front(&self) -> Result<Option<(u64, Pending)>, StorageError> {
-        let Some((k, v)) = self.outbox.first().map_err(|e| err("outbox", e))? else {
-            return Ok(None);
-        };
-        let seq = u64::from_be_bytes(k.as_ref().try_into().map_err(|e| err("outbox key", e))?);
-        Ok(Some((seq, decode(&v)?)))
-    }
-
-    async fn remove(&self, seq: u64) -> Result<(), StorageError> {
-        self.outbox
-            .remove(seq.to_be_bytes())
-            .map_err(|e| err("outbox remove", e))?;
-        self.flush().await
-    }
-
-    fn len(&self) -> usize {
-        self.outbox.len()
     }
 }
 

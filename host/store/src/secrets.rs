@@ -66,6 +66,67 @@ impl SecretsKey {
     fn cipher(&self) -> ChaCha20Poly1305 {
         ChaCha20Poly1305::new(&self.0)
     }
+
+    /// Seals `msg` bound to `aad` (a random nonce, then the ciphertext).
+    pub fn seal(&self, aad: &[u8], msg: &[u8]) -> Result<Vec<u8>, StorageError> {
+        let mut nonce = [0u8; NONCE];
+        getrandom::fill(&mut nonce).map_err(|e| err("random", e))?;
+        let sealed = self
+            .cipher()
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg, aad })
+            .map_err(|_| err("seal", "encryption failed"))?;
+        let mut stored = nonce.to_vec();
+        stored.extend_from_slice(&sealed);
+        Ok(stored)
+    }
+
+    /// Opens what [`SecretsKey::seal`] sealed with the same `aad`; `None`
+    /// when it does not open (another key, another name, damaged).
+    pub fn open(&self, aad: &[u8], stored: &[u8]) -> Option<Vec<u8>> {
+        if stored.len() < NONCE {
+            return None;
+        }
+        let (nonce, sealed) = stored.split_at(NONCE);
+        self.cipher()
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .ok()
+    }
+
+    /// The key of a state folder (`seal.key`, mode 0600), made on first use.
+    pub fn of_folder(dir: &std::path::Path) -> Result<Self, StorageError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = dir.join("seal.key");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                return Self::parse(&text).map_err(|e| err(&format!("read {}", path.display()), e));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(err(&format!("read {}", path.display()), e));
+            }
+            Err(_) => {}
+        }
+        let text = Self::generate()?;
+        let tmp = dir.join(format!(".seal.key.{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| err("write the sealing key", e))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .map_err(|e| err("write the sealing key", e))?;
+        // Another process may have made one meanwhile: theirs wins.
+        if std::fs::hard_link(&tmp, &path).is_err() && !path.is_file() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(err("write the sealing key", "cannot create seal.key"));
+        }
+        let _ = std::fs::remove_file(&tmp);
+        let text = std::fs::read_to_string(&path).map_err(|e| err("read the sealing key", e))?;
+        Self::parse(&text).map_err(|e| err("read the sealing key", e))
+    }
 }
 
 impl SledStore {
@@ -76,20 +137,7 @@ impl SledStore {
         name: &str,
         value: &str,
     ) -> Result<(), StorageError> {
-        let mut nonce = [0u8; NONCE];
-        getrandom::fill(&mut nonce).map_err(|e| err("random", e))?;
-        let sealed = key
-            .cipher()
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: value.as_bytes(),
-                    aad: name.as_bytes(),
-                },
-            )
-            .map_err(|_| err("seal secret", "encryption failed"))?;
-        let mut stored = nonce.to_vec();
-        stored.extend_from_slice(&sealed);
+        let stored = key.seal(name.as_bytes(), value.as_bytes())?;
         self.secrets
             .insert(name.as_bytes(), stored)
             .map_err(|e| err("put secret", e))?;
@@ -126,7 +174,6 @@ impl SledStore {
         key: &SecretsKey,
         names: impl IntoIterator<Item = &'n String>,
     ) -> Result<BTreeMap<String, String>, StorageError> {
-        let cipher = key.cipher();
         let mut out = BTreeMap::new();
         for name in names {
             let Some(stored) = self
@@ -136,26 +183,14 @@ impl SledStore {
             else {
                 continue;
             };
-            if stored.len() < NONCE {
-                return Err(err("secret", format!("`{name}` is damaged")));
-            }
-            let (nonce, sealed) = stored.split_at(NONCE);
-            let plain = cipher
-                .decrypt(
-                    Nonce::from_slice(nonce),
-                    Payload {
-                        msg: sealed,
-                        aad: name.as_bytes(),
-                    },
+            let plain = key.open(name.as_bytes(), &stored).ok_or_else(|| {
+                err(
+                    "secret",
+                    format!(
+                        "`{name}` does not open with this server's secrets key (was it set with another key?)"
+                    ),
                 )
-                .map_err(|_| {
-                    err(
-                        "secret",
-                        format!(
-                            "`{name}` does not open with this server's secrets key (was it set with another key?)"
-                        ),
-                    )
-                })?;
+            })?;
             let value = String::from_utf8(plain)
                 .map_err(|_| err("secret", format!("`{name}` is not UTF-8")))?;
             out.insert(name.clone(), value);

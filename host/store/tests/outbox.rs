@@ -66,7 +66,8 @@ async fn waiting_results_survive_a_restart_and_go_out_in_order() {
             mem.clone(),
             Arc::new(store) as Arc<dyn Outbox>,
             spool.clone(),
-        );
+        )
+        .await;
         sink.put_log(&run, &stage, &LogBody::File(live_log.clone()))
             .await
             .unwrap();
@@ -102,7 +103,8 @@ async fn waiting_results_survive_a_restart_and_go_out_in_order() {
         mem.clone(),
         Arc::new(store) as Arc<dyn Outbox>,
         spool.clone(),
-    );
+    )
+    .await;
     let until = Instant::now() + Duration::from_secs(15);
     while sink.waiting() > 0 {
         assert!(Instant::now() < until, "{} still waiting", sink.waiting());
@@ -142,7 +144,8 @@ async fn results_go_straight_through_while_the_sink_answers() {
         mem.clone(),
         Arc::new(store) as Arc<dyn Outbox>,
         tmp.path().join("spool"),
-    );
+    )
+    .await;
     let run: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
     sink.put_run(&run_doc(&run, RunStatus::Running))
         .await

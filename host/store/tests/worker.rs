@@ -48,7 +48,9 @@ fn resolve(src: std::path::PathBuf) -> Resolve {
                 &sentinel_pipeline::NoSteps,
                 &src,
             )
-            .map_err(|d| format!("invalid pipeline: {d}"))?;
+            .map_err(|d| {
+                sentinel_engine::ResolveError::permanent(format!("invalid pipeline: {d}"))
+            })?;
             Ok(RunRequest::local(plan, src))
         })
     })
@@ -75,6 +77,7 @@ fn setup(runs: usize, max_attempts: u32) -> Setup {
             jobs: 4,
             state_dir: tmp.path().join("state"),
             keep_workspace: false,
+            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
         },
     };
     let worker = Worker::new(

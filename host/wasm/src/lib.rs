@@ -6,8 +6,11 @@
 //! the host's variables), the run workspace at `/workspace` read-only or
 //! read-write (or not at all), a private `/sentinel` folder for its output
 //! file and artifacts, and outgoing HTTP through `wasi:http` to the allowed
-//! hosts only; no sockets. Its wall time is bounded by epoch interruption,
-//! its memory by store limits, its output by a cap.
+//! hosts only; no sockets (TCP, UDP and name lookups are denied outright,
+//! not left to an address check). Its wall time is bounded by epoch
+//! interruption, its memory by store limits, its output by a cap. It sees
+//! the workspace through the run's [`Workspace`] handle: the folder itself
+//! when the workspace is local, a copy otherwise.
 //!
 //! One [`wasmtime::Engine`] serves every step; components are compiled once
 //! and cached on disk by their SHA-256 and the engine's compatibility hash,
@@ -38,12 +41,22 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use sentinel_api::RunId;
 use sentinel_engine::exec::{
-    Chunk, Executor, Outcome, PRIVATE_MOUNT, RunContext, StageJob, StageReport, StartRunError,
-    StepJob, Stream, WORKSPACE_MOUNT,
+    Chunk, ExecError, Executor, Outcome, PRIVATE_MOUNT, RunContext, StageJob, StageReport,
+    StepWork, Stream, View, WORKSPACE_MOUNT, Work,
 };
 use sentinel_pipeline::WorkspaceAccess;
 
 pub use http::allowed as http_allowed;
+
+/// How many socket addresses a step's socket ever got as far as the address
+/// check with (none should: TCP, UDP and name lookups are turned off before
+/// any address is looked at). Observed by the sandbox's tests.
+static SOCKET_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// See [`SOCKET_CHECKS`].
+pub fn socket_checks() -> u64 {
+    SOCKET_CHECKS.load(Ordering::SeqCst)
+}
 
 /// Steps that can be instantiated at once (pooling allocator slots).
 const POOL_SLOTS: u32 = 64;
@@ -58,6 +71,29 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the WebAssembly runtime: {0}")]
 pub struct SetupError(String);
+
+/// Why a step could not be prepared to run.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PrepareError {
+    #[error("cannot read {path}: {message}")]
+    Read { path: String, message: String },
+    #[error(
+        "{path} changed since the pipeline was validated (digest {actual}, expected {expected})"
+    )]
+    Changed {
+        path: String,
+        actual: String,
+        expected: String,
+    },
+    #[error("{path} is not a valid component: {message}")]
+    Invalid { path: String, message: String },
+    #[error("the step imports something Sentinel does not provide: {0}")]
+    Imports(String),
+    #[error("the component is not a WASI command: {0}")]
+    NotCommand(String),
+    #[error("the runtime failed: {0}")]
+    Runtime(String),
+}
 
 struct Limiter {
     memory: usize,
@@ -176,34 +212,50 @@ impl WasmExecutor {
     }
 
     /// Compiles (or loads from the cache) and pre-instantiates a step.
-    pub async fn prepare(&self, wasm: &Path, digest: &str) -> Result<CommandPreHandle, String> {
-        if let Some(pre) = self.pres.lock().map_err(|e| e.to_string())?.get(digest) {
+    pub async fn prepare(
+        &self,
+        wasm: &Path,
+        digest: &str,
+    ) -> Result<CommandPreHandle, PrepareError> {
+        let poisoned = |e: &dyn std::fmt::Display| PrepareError::Runtime(e.to_string());
+        if let Some(pre) = self.pres.lock().map_err(|e| poisoned(&e))?.get(digest) {
             return Ok(CommandPreHandle(pre.clone()));
         }
         let this = self.clone();
         let (wasm, digest) = (wasm.to_path_buf(), digest.to_string());
         tokio::task::spawn_blocking(move || this.prepare_blocking(&wasm, &digest))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| poisoned(&e))?
     }
 
-    fn prepare_blocking(&self, wasm: &Path, digest: &str) -> Result<CommandPreHandle, String> {
-        let bytes =
-            std::fs::read(wasm).map_err(|e| format!("cannot read {}: {e}", wasm.display()))?;
+    fn prepare_blocking(
+        &self,
+        wasm: &Path,
+        digest: &str,
+    ) -> Result<CommandPreHandle, PrepareError> {
+        let path = wasm.display().to_string();
+        let bytes = std::fs::read(wasm).map_err(|e| PrepareError::Read {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
         if actual != digest {
-            return Err(format!(
-                "{} changed since the pipeline was validated (digest {actual}, expected {digest})",
-                wasm.display()
-            ));
+            return Err(PrepareError::Changed {
+                path,
+                actual,
+                expected: digest.to_string(),
+            });
         }
         let hexd = digest.trim_start_matches("sha256:");
         let cached = self.cache_dir.join(format!("{hexd}-{}.cwasm", self.compat));
         let component = match load_cached(&self.engine, &cached) {
             Some(c) => c,
             None => {
-                let c = Component::new(&self.engine, &bytes)
-                    .map_err(|e| format!("{} is not a valid component: {e:#}", wasm.display()))?;
+                let c =
+                    Component::new(&self.engine, &bytes).map_err(|e| PrepareError::Invalid {
+                        path: path.clone(),
+                        message: format!("{e:#}"),
+                    })?;
                 if let Ok(ser) = c.serialize() {
                     let tmp = cached.with_extension(format!("tmp-{}", std::process::id()));
                     if std::fs::write(&tmp, ser).is_ok() {
@@ -216,43 +268,53 @@ impl WasmExecutor {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| format!("the step imports something Sentinel does not provide: {e:#}"))?;
-        let pre = CommandPre::new(pre)
-            .map_err(|e| format!("the component is not a WASI command: {e:#}"))?;
+            .map_err(|e| PrepareError::Imports(format!("{e:#}")))?;
+        let pre = CommandPre::new(pre).map_err(|e| PrepareError::NotCommand(format!("{e:#}")))?;
         self.pres
             .lock()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| PrepareError::Runtime(e.to_string()))?
             .insert(digest.to_string(), pre.clone());
         Ok(CommandPreHandle(pre))
     }
 
     /// Runs a prepared step with a job's sandbox.
+    #[allow(clippy::too_many_arguments)]
     async fn run_prepared(
         &self,
         pre: CommandPreHandle,
         job: &StageJob,
-        step: &StepJob,
+        step: &StepWork,
+        view: Option<&View>,
+        private: &Path,
         stop: CancellationToken,
     ) -> Outcome {
         let cap = job.limits.log_limit;
         let stdout = output::LogStream::new(job.log.clone(), Stream::Stdout, cap);
         let stderr = output::LogStream::new(job.log.clone(), Stream::Stderr, cap);
         let mut b = WasiCtx::builder();
-        b.envs(&job.env)
+        b.envs(&job.env_pairs())
             .args(&[step.name.as_str()])
             .stdout(stdout.clone())
-            .stderr(stderr.clone());
-        let ws = match step.workspace {
+            .stderr(stderr.clone())
+            // No sockets at all: denied outright, not left to an address check.
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| {
+                SOCKET_CHECKS.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { false })
+            });
+        let perms = match step.workspace {
             WorkspaceAccess::None => None,
             WorkspaceAccess::Read => Some(FsPerms::ReadOnly),
             WorkspaceAccess::Write => Some(FsPerms::ReadWrite),
         };
-        if let Some(perms) = ws
-            && let Err(e) = b.preopened_dir(&job.workspace, WORKSPACE_MOUNT, perms)
+        if let (Some(perms), Some(view)) = (perms, view)
+            && let Err(e) = b.preopened_dir(&view.dir, WORKSPACE_MOUNT, perms)
         {
             return Outcome::StartFailed(format!("cannot open the workspace for the step: {e:#}"));
         }
-        if let Err(e) = b.preopened_dir(&job.private_dir, PRIVATE_MOUNT, FsPerms::ReadWrite) {
+        if let Err(e) = b.preopened_dir(private, PRIVATE_MOUNT, FsPerms::ReadWrite) {
             return Outcome::StartFailed(format!("cannot open the step's private folder: {e:#}"));
         }
         let policy = http::Policy {
@@ -356,25 +418,78 @@ fn load_cached(engine: &Engine, path: &Path) -> Option<Component> {
 
 #[async_trait]
 impl Executor for WasmExecutor {
-    async fn start_run(&self, _ctx: &RunContext) -> Result<(), StartRunError> {
+    async fn start_run(&self, _ctx: &RunContext) -> Result<(), ExecError> {
         Ok(())
     }
 
     async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
-        let Some(step) = job.step.clone() else {
-            return StageReport {
-                outcome: Outcome::StartFailed("not a WebAssembly step".into()),
-                image_id: None,
-            };
+        let Work::Step(step) = job.work.clone() else {
+            return StageReport::of(Outcome::StartFailed("not a WebAssembly step".into()));
         };
-        let outcome = match self.prepare(&step.wasm, &step.digest).await {
-            Ok(pre) => self.run_prepared(pre, &job, &step, stop).await,
-            Err(e) => Outcome::StartFailed(e),
+        let pre = match self.prepare(&step.wasm, &step.digest).await {
+            Ok(pre) => pre,
+            Err(e) => return StageReport::of(Outcome::StartFailed(e.to_string())),
+        };
+        let local = job.workspace.local();
+        // Its private folder: one of the run's (an earlier step's, when left
+        // clean), or one of its own beside a workspace elsewhere.
+        let own = tempfile::Builder::new().prefix(".sentinel-step-").tempdir();
+        let private = match (local, &own) {
+            (Some(ws), _) => ws.step_private(&job.stage),
+            (None, Ok(dir)) => std::fs::create_dir_all(dir.path().join("artifacts"))
+                .map(|()| dir.path().to_path_buf()),
+            (None, Err(e)) => Err(std::io::Error::other(e.to_string())),
+        };
+        let private = match private {
+            Ok(p) => p,
+            Err(e) => {
+                return StageReport::of(Outcome::StartFailed(format!(
+                    "cannot prepare the step's private folder: {e}"
+                )));
+            }
+        };
+        let write = step.workspace == WorkspaceAccess::Write;
+        let view = if step.workspace == WorkspaceAccess::None {
+            None
+        } else {
+            match job.workspace.open_view(write).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    return StageReport::of(Outcome::StartFailed(format!(
+                        "cannot open the workspace for the step: {e}"
+                    )));
+                }
+            }
+        };
+        let since = match (&job.capture, local) {
+            (Some(_), Some(ws)) if write => ws.mark(&job.stage).ok(),
+            _ => None,
+        };
+        let outcome = self
+            .run_prepared(pre, &job, &step, view.as_ref(), &private, stop)
+            .await;
+        let mut warnings = Vec::new();
+        if let Some(view) = view
+            && let Err(e) = job.workspace.close_view(view).await
+        {
+            warnings.push(format!("its changes to the workspace were lost: {e}"));
+        }
+        let (outputs, artifacts) = match local {
+            Some(ws) => ws.take_private(&private, true),
+            None => (std::fs::read_to_string(private.join("output")).ok(), None),
+        };
+        let files = match (&job.capture, since, local) {
+            (Some(to), Some(t), Some(ws)) => ws.capture(t, to).ok().flatten(),
+            _ => None,
         };
         // The digest is recorded with the step reference; there is no image.
         StageReport {
             outcome,
             image_id: None,
+            outputs,
+            artifacts,
+            files,
+            warnings,
         }
     }
 

@@ -85,13 +85,10 @@ async fn paths_outside_the_workspace_are_refused() {
         );
     }
     assert_eq!(
-        std::fs::read_to_string(r.workspace.path().join("written.txt")).unwrap(),
+        std::fs::read_to_string(r.workspace.join("written.txt")).unwrap(),
         "hi"
     );
-    assert_eq!(
-        std::fs::read_to_string(r.private.path().join("output")).unwrap(),
-        "probe=1\n"
-    );
+    assert_eq!(r.outputs.clone().unwrap_or_default(), "probe=1\n");
 
     // Read-only workspace: writes are refused.
     let r = run(
@@ -108,7 +105,7 @@ async fn paths_outside_the_workspace_are_refused() {
         "{}",
         text(&r.stdout)
     );
-    assert!(!r.workspace.path().join("written.txt").exists());
+    assert!(!r.workspace.join("written.txt").exists());
 
     // No workspace at all.
     let r = run(
@@ -181,4 +178,44 @@ async fn a_changed_component_is_refused() {
         ),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn sockets_are_refused_before_any_address_is_considered() {
+    // Something listens on loopback: a connection would succeed if allowed.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let step = component("guests/sockets");
+    let r = run(
+        &step,
+        Spec {
+            env: vec![("SENTINEL_PROBE_ARG".into(), format!("127.0.0.1:{port}"))],
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = text(&r.stdout);
+    assert_ok(&r);
+    for what in ["tcp: refused", "udp: refused", "lookup: refused"] {
+        assert!(out.contains(what), "{what}: {out}");
+    }
+    assert_eq!(
+        tcp.accept().map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "nothing connected"
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        udp.recv(&mut buf).map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::WouldBlock),
+        "nothing arrived"
+    );
+    assert_eq!(
+        sentinel_wasm::socket_checks(),
+        0,
+        "sockets are off, not merely refused by the address check"
+    );
 }

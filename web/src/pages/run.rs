@@ -41,7 +41,7 @@ pub fn RunPage(id: String) -> impl IntoView {
         move || {
             let url = url.clone();
             leptos::task::spawn_local(async move {
-                match fetch::json::<RunDoc>(&url).await {
+                match fetch::doc::<RunDoc>(&url, &[u64::from(sentinel_api::SCHEMA_VERSION)]).await {
                     Ok(r) => {
                         // A read that started before the run ended must not
                         // undo what a live event already said.

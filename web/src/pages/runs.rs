@@ -1,9 +1,11 @@
-//! The runs: the paged index, newest first, filtered by status and branch
-//! and searched by pipeline, id or commit; older pages on demand
-//! (`?limit=N` preloads N runs). Live, the runs accepted but not started
-//! (in no index yet) come from the API and lead the list.
+//! The runs: the index, newest first (its chunks, or the pages an older
+//! Sentinel wrote), filtered by status and branch and searched by pipeline,
+//! id or commit; older runs on demand (`?limit=N` preloads N runs). Live,
+//! the runs accepted but not started (in no index yet) come from the API and
+//! lead the list.
 
 use leptos::prelude::*;
+use sentinel_api::index::{IndexChunk, IndexDoc, ROOT, decode_root, extend_unique, schema_of};
 use sentinel_api::{IndexPage, RunSummary, keys};
 
 use super::{ErrorBox, Refresh};
@@ -21,31 +23,56 @@ fn wanted() -> usize {
         .unwrap_or(keys::INDEX_PAGE_SIZE)
 }
 
-/// Loads pages until `want` runs (or the last page).
-async fn load(
-    source: &Source,
-    want: usize,
-) -> Result<(Vec<RunSummary>, Option<String>), FetchError> {
-    let mut runs = Vec::new();
-    let mut key = Some(keys::index_page(0));
-    while let Some(k) = key.take() {
-        let url = source.url(&k);
-        let Some(page) = fetch::json_opt::<IndexPage>(&url).await? else {
-            if runs.is_empty() && k == keys::index_page(0) {
-                return Err(FetchError {
-                    url,
-                    what: "HTTP 404: 404 Not Found — no runs index at this address (is the results prefix right?)".into(),
-                });
-            }
-            break;
-        };
-        runs.extend(page.runs);
-        key = page.next;
-        if runs.len() >= want {
-            break;
+/// The index's parts still to read, in order (chunk or page keys).
+type Pending = Vec<String>;
+
+/// Reads one part of the index: a chunk, or a page (which names the next).
+async fn part(source: &Source, key: &str) -> Result<(Vec<RunSummary>, Pending), FetchError> {
+    let url = source.url(key);
+    let Some(text) = fetch::text_opt(&url).await? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let wrap = |e: sentinel_api::SchemaError| FetchError {
+        url: url.clone(),
+        what: e.to_string(),
+    };
+    match schema_of(text.as_bytes(), key).map_err(wrap)? {
+        1 => {
+            let page: IndexPage = sentinel_api::decode(text.as_bytes(), key, &[1]).map_err(wrap)?;
+            Ok((page.runs, page.next.into_iter().collect()))
+        }
+        _ => {
+            let chunk: IndexChunk =
+                sentinel_api::decode(text.as_bytes(), key, &[2]).map_err(wrap)?;
+            Ok((chunk.runs, Vec::new()))
         }
     }
-    Ok((runs, key))
+}
+
+/// Loads the index until `want` runs (or its end); returns what is left to read.
+async fn load(source: &Source, want: usize) -> Result<(Vec<RunSummary>, Pending), FetchError> {
+    let url = source.url(ROOT);
+    let Some(text) = fetch::text_opt(&url).await? else {
+        return Err(FetchError {
+            url,
+            what: "HTTP 404: 404 Not Found — no runs index at this address (is the results prefix right?)".into(),
+        });
+    };
+    let root = decode_root(text.as_bytes()).map_err(|e| FetchError {
+        url: url.clone(),
+        what: e.to_string(),
+    })?;
+    let (mut runs, mut pending) = match root {
+        IndexDoc::Chunks(root) => (Vec::new(), root.chunks.into_iter().map(|c| c.key).collect()),
+        IndexDoc::Pages(page) => (page.runs, page.next.into_iter().collect::<Pending>()),
+    };
+    while runs.len() < want && !pending.is_empty() {
+        let key = pending.remove(0);
+        let (more, after) = part(source, &key).await?;
+        extend_unique(&mut runs, more);
+        pending.splice(0..0, after);
+    }
+    Ok((runs, pending))
 }
 
 /// Live: the runs accepted but not started, newest first.
@@ -74,10 +101,7 @@ async fn queued(api: &str) -> Result<Vec<RunSummary>, FetchError> {
 }
 
 /// The index's runs and, live, the queued ones first.
-async fn load_all(
-    source: &Source,
-    want: usize,
-) -> Result<(Vec<RunSummary>, Option<String>), FetchError> {
+async fn load_all(source: &Source, want: usize) -> Result<(Vec<RunSummary>, Pending), FetchError> {
     let (mut runs, next) = load(source, want).await?;
     if let (Mode::Live, Some(api)) = (source.mode, source.api.as_deref()) {
         let mut waiting = queued(api).await?;
@@ -100,7 +124,7 @@ pub fn Runs() -> impl IntoView {
     let source = expect_context::<Source>();
     let Refresh(refresh) = expect_context::<Refresh>();
     let runs = RwSignal::new(Vec::<RunSummary>::new());
-    let next = RwSignal::new(None::<String>);
+    let next = RwSignal::new(Pending::new());
     let error = RwSignal::new(None::<FetchError>);
     let loading = RwSignal::new(true);
     let (status_f, set_status_f) = signal(String::new());
@@ -137,13 +161,18 @@ pub fn Runs() -> impl IntoView {
     }
     let src = source.clone();
     let older = move |_| {
-        let Some(k) = next.get() else { return };
-        let url = src.url(&k);
+        let mut pending = next.get();
+        if pending.is_empty() {
+            return;
+        }
+        let key = pending.remove(0);
+        let src = src.clone();
         leptos::task::spawn_local(async move {
-            match fetch::json::<IndexPage>(&url).await {
-                Ok(page) => {
-                    runs.update(|r| r.extend(page.runs));
-                    next.set(page.next);
+            match part(&src, &key).await {
+                Ok((more, after)) => {
+                    runs.update(|r| extend_unique(r, more));
+                    pending.splice(0..0, after);
+                    next.set(pending);
                 }
                 Err(e) => error.set(Some(e)),
             }
@@ -215,7 +244,7 @@ pub fn Runs() -> impl IntoView {
                 </For>
             </tbody>
         </table>
-        {move || next.get().is_some().then(|| view! { <button class="older" on:click=older.clone()>"Older runs"</button> })}
+        {move || (!next.get().is_empty()).then(|| view! { <button class="older" on:click=older.clone()>"Older runs"</button> })}
     }
 }
 

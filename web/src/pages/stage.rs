@@ -56,7 +56,7 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
             let (doc_url, log_url, stream_url) =
                 (doc_url.clone(), log_url.clone(), stream_url.clone());
             leptos::task::spawn_local(async move {
-                match fetch::json_opt::<StageDoc>(&doc_url).await {
+                match fetch::doc_opt::<StageDoc>(&doc_url, &[u64::from(sentinel_api::SCHEMA_VERSION)]).await {
                     Ok(Some(d)) => {
                         let has_log = d.log.is_some();
                         doc.set(Some(d));
@@ -233,6 +233,11 @@ fn StageHead(doc: StageDoc, zip_url: String) -> impl IntoView {
         <section class="stage-head">
             <h1><span class=status::class(st)>{format!("{} {st}", status::symbol(st))}</span>" "{doc.name.to_string()}</h1>
             {doc.reason.clone().map(|r| view! { <p class="reason">{r}</p> })}
+            {(!doc.warnings.is_empty()).then(|| view! {
+                <ul class="warnings">
+                    {doc.warnings.clone().into_iter().map(|w| view! { <li>{w}</li> }).collect_view()}
+                </ul>
+            })}
             <dl class="facts">
                 <dt>"Kind"</dt><dd>{format!("{:?}", doc.kind).to_lowercase()}</dd>
                 {doc.exit_code.map(|c| view! { <dt>"Exit code"</dt><dd>{c}</dd> })}

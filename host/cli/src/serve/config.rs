@@ -191,7 +191,7 @@ impl Settings {
                 RepoConfig {
                     url: url.to_string(),
                     github: None,
-                    pipeline: "sentinel.yml".into(),
+                    pipeline: None,
                 },
             );
         }

@@ -49,8 +49,12 @@ const DELIVERIES_KEPT_DAYS: i64 = 30;
 
 /// `sentinel serve`.
 pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let project = std::fs::canonicalize(&paths.dir)
-        .with_context(|| format!("project folder {}", paths.dir.display()))?;
+    let dir = paths
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    let project =
+        std::fs::canonicalize(&dir).with_context(|| format!("project folder {}", dir.display()))?;
     let settings = Settings::resolve(&args, paths.state.clone(), paths.results.clone(), &project)?;
     if args.print_config {
         print!("{}", settings.to_toml()?);
@@ -77,6 +81,10 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         );
     };
     let secrets_key = settings.secrets_key()?.map(Arc::new);
+    // Outputs kept for re-runs are sealed with the server's key when it has one.
+    if let Some(key) = &secrets_key {
+        store.set_sealing_key(key.clone());
+    }
     let github_secret = settings.github_secret()?;
     let containers = context::docker_or_unavailable().await;
     let steps = sentinel_wasm::WasmExecutor::new(&dirs.state.join("cache/wasm"))?;
@@ -119,6 +127,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         checkouts,
         secrets_key: secrets_key.clone(),
         catalog: context::step_catalog(),
+        kept: dirs.state.join("kept"),
     };
     let worker = Worker::new(
         engine,

@@ -3,7 +3,9 @@
 //! reach; git runs with a minimal environment and no prompts), its pipeline
 //! file, the secrets that pipeline names (opened from the database), the
 //! git context (`SENTINEL_COMMIT`, `SENTINEL_BRANCH`, `SENTINEL_REPO`) and,
-//! for a re-run from a stage, the earlier results it keeps.
+//! for a re-run from a stage, the earlier results it keeps — the outputs
+//! as they were (kept sealed) and the files those stages made; a stage
+//! whose outputs or files are no longer kept runs again, and says why.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,8 @@ use std::sync::Arc;
 use sentinel_api::{GitContext, StageName, StageStatus};
 use sentinel_engine::ports::{QueueEntry, Store};
 use sentinel_engine::queue::Resolve;
-use sentinel_engine::{Reused, RunRequest};
+use sentinel_engine::workspace::FileSet;
+use sentinel_engine::{ResolveError, Reused, RunRequest};
 use sentinel_server::{RepoConfig, RunSpec};
 use sentinel_store::SledStore;
 use sentinel_store::secrets::SecretsKey;
@@ -25,6 +28,8 @@ pub struct Resolver {
     pub checkouts: PathBuf,
     pub secrets_key: Option<Arc<SecretsKey>>,
     pub catalog: sentinel_pipeline::DirCatalog,
+    /// Where the files of runs' stages are kept (`<state>/kept`).
+    pub kept: PathBuf,
 }
 
 /// Runs git with only what it needs from the environment.
@@ -97,13 +102,13 @@ pub async fn checkout(
 impl Resolver {
     /// The engine's request for a queued run; its checkout is removed when
     /// it cannot run.
-    pub async fn resolve(&self, e: QueueEntry) -> Result<RunRequest, String> {
+    pub async fn resolve(&self, e: QueueEntry) -> Result<RunRequest, ResolveError> {
         let dir = self.checkouts.join(e.run_id.as_str());
         let r = self.prepare(e, &dir).await;
         if r.is_err() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
-        r
+        r.map_err(ResolveError::permanent)
     }
 
     async fn prepare(&self, e: QueueEntry, dir: &Path) -> Result<RunRequest, String> {
@@ -116,7 +121,24 @@ impl Resolver {
             )
         })?;
         let (commit, branch) = checkout(&repo.url, &spec.git_ref, dir).await?;
-        let file = dir.join(&repo.pipeline);
+        let file = match &repo.pipeline {
+            Some(p) => dir.join(p),
+            None => sentinel_pipeline::dialect::find_pipeline(dir)
+                .map(|(f, _)| f)
+                .ok_or_else(|| {
+                    format!(
+                        "{} at {} has no pipeline file (looked for {})",
+                        spec.repo,
+                        &commit[..12.min(commit.len())],
+                        sentinel_pipeline::dialect::usual_names().join(", ")
+                    )
+                })?,
+        };
+        let shown = file
+            .strip_prefix(dir)
+            .unwrap_or(&file)
+            .display()
+            .to_string();
         let catalog = self.catalog.clone();
         let plan =
             tokio::task::spawn_blocking(move || sentinel_pipeline::load_with(&file, &catalog))
@@ -125,7 +147,7 @@ impl Resolver {
                 .map_err(|err| match err {
                     sentinel_pipeline::LoadError::Invalid(d) => format!(
                         "{} at {} is not valid: {}",
-                        repo.pipeline,
+                        shown,
                         &commit[..12.min(commit.len())],
                         d.0.iter()
                             .map(|x| x.to_string())
@@ -160,9 +182,9 @@ impl Resolver {
             };
             secrets.insert(name.clone(), v.clone());
         }
-        let reuse = match (&spec.rerun_of, &spec.from) {
+        let (reuse, not_reused) = match (&spec.rerun_of, &spec.from) {
             (Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
-            _ => BTreeMap::new(),
+            _ => (BTreeMap::new(), BTreeMap::new()),
         };
         Ok(RunRequest {
             plan,
@@ -179,18 +201,21 @@ impl Resolver {
             secrets,
             run_id: Some(e.run_id.clone()),
             reuse,
+            not_reused,
         })
     }
 
     /// The stages of `earlier` a re-run from `from` keeps: every stage that
-    /// succeeded there, except `from` and the stages after it, and except
-    /// sensitive ones (their outputs were never stored).
+    /// succeeded there, except `from` and the stages after it, with its
+    /// outputs as they were and the files it made. A stage whose outputs or
+    /// files are no longer kept is run again, with the reason.
+    #[allow(clippy::type_complexity)]
     async fn reused(
         &self,
         earlier: &sentinel_api::RunId,
         from: &StageName,
         plan: &sentinel_pipeline::Plan,
-    ) -> Result<BTreeMap<StageName, Reused>, String> {
+    ) -> Result<(BTreeMap<StageName, Reused>, BTreeMap<StageName, String>), String> {
         if !plan.stages.iter().any(|s| &s.name == from) {
             return Err(format!("the pipeline has no stage `{from}` any more"));
         }
@@ -212,20 +237,56 @@ impl Resolver {
             .get_stages(earlier)
             .await
             .map_err(|err| err.to_string())?;
-        Ok(docs
-            .into_iter()
-            .filter(|d| d.status == StageStatus::Succeeded && !d.sensitive)
-            .filter(|d| !again.contains(&d.name))
-            .filter(|d| plan.stages.iter().any(|s| s.name == d.name))
-            .map(|d| {
-                let reused = Reused {
-                    run: earlier.clone(),
-                    output: d.output.unwrap_or_default(),
-                    outputs: d.outputs,
-                };
-                (d.name, reused)
-            })
-            .collect())
+        let kept_dir = self.kept.join(earlier.as_str());
+        let mut reuse = BTreeMap::new();
+        let mut not = BTreeMap::new();
+        for d in docs {
+            let Some(stage) = plan.stages.iter().find(|s| s.name == d.name) else {
+                continue;
+            };
+            if d.status != StageStatus::Succeeded || again.contains(&d.name) {
+                continue;
+            }
+            let outputs = self
+                .store
+                .kept_outputs(earlier, &d.name)
+                .await
+                .map_err(|err| err.to_string())?;
+            let Some(outputs) = outputs else {
+                not.insert(
+                    d.name,
+                    format!("its outputs in run {earlier} are no longer kept"),
+                );
+                continue;
+            };
+            let files = kept_dir.join(d.name.as_str());
+            let needs_files =
+                sentinel_engine::prepare::capture_of(Path::new("/"), earlier, stage, true)
+                    .is_some();
+            let files = if files.is_dir() {
+                Some(FileSet {
+                    dir: files,
+                    files: 0,
+                    bytes: 0,
+                })
+            } else if needs_files {
+                not.insert(
+                    d.name,
+                    format!("the files it made in run {earlier} are no longer kept"),
+                );
+                continue;
+            } else {
+                None
+            };
+            let reused = Reused {
+                run: earlier.clone(),
+                output: outputs.output,
+                outputs: outputs.outputs,
+                files,
+            };
+            reuse.insert(d.name, reused);
+        }
+        Ok((reuse, not))
     }
 
     /// As the worker's [`Resolve`].

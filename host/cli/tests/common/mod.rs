@@ -114,6 +114,7 @@ pub async fn run(project: &Project, opts: Opts) -> RunDoc {
             jobs: opts.jobs.max(1),
             state_dir: project.state.clone(),
             keep_workspace: false,
+            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
         },
     };
     let progress: ProgressFn = Arc::new(|_| {});

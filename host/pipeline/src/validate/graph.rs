@@ -82,7 +82,7 @@ pub(super) fn derive_sensitivity(mut stages: Vec<StagePlan>) -> Vec<StagePlan> {
             .flat_map(|t| t.refs())
             .filter_map(Ref::stage)
             .any(|n| sensitive.contains(n));
-        if matches!(s.action, Action::Step { .. }) && reads_sensitive {
+        if matches!(s.action, Action::Step(_)) && reads_sensitive {
             s.sensitive = true;
         }
         if s.sensitive {

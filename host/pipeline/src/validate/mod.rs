@@ -1,6 +1,6 @@
-//! Pure validation: raw schema → [`Plan`]. No I/O happens here; problems are
-//! reported with the path of the offending value, which the caller turns
-//! into a line and column.
+//! Pure validation: a dialect's [`Draft`] → [`Plan`]. No I/O happens here;
+//! every problem is reported at the position the draft carries, which is a
+//! position in the file the user wrote, whatever its dialect.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,11 +8,11 @@ use std::time::Duration;
 use sentinel_api::StageName;
 
 use crate::de::did_you_mean;
-use crate::plan::{EnvValue, Plan, ServicePlan};
-use crate::raw::RawPipeline;
+use crate::draft::{At, Draft, EnvDraft, Issue, VarDraft};
+use crate::plan::{EnvValue, Plan, ServicePlan, WorkspaceOptions};
 use crate::step::StepAnswers;
 use crate::template::{self, Ref, Template};
-use crate::yaml::PathSeg;
+use crate::yaml::Pos;
 
 mod graph;
 mod stage;
@@ -23,41 +23,16 @@ use stage::{limits, stage_plan};
 /// Most stages a pipeline may have.
 pub const MAX_STAGES: usize = 500;
 
-/// One problem, located by a path into the document.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Issue {
-    pub path: Vec<PathSeg>,
-    pub message: String,
-    pub hint: Option<String>,
-}
-
-pub(super) fn key(s: &str) -> PathSeg {
-    PathSeg::Key(s.to_string())
-}
-
-pub(super) fn key_name(s: &str) -> PathSeg {
-    PathSeg::KeyName(s.to_string())
-}
-
 pub(super) struct Ctx<'a> {
-    raw: &'a RawPipeline,
+    draft: &'a Draft,
     issues: Vec<Issue>,
     steps: &'a StepAnswers,
     step_names: &'a [String],
 }
 
 impl Ctx<'_> {
-    pub(super) fn issue(
-        &mut self,
-        path: Vec<PathSeg>,
-        message: impl Into<String>,
-        hint: Option<String>,
-    ) {
-        self.issues.push(Issue {
-            path,
-            message: message.into(),
-            hint,
-        });
+    pub(super) fn issue(&mut self, pos: Pos, message: impl Into<String>, hint: Option<String>) {
+        self.issues.push(Issue::new(pos, message, hint));
     }
 }
 
@@ -91,95 +66,76 @@ pub(super) fn parse_duration(s: &str) -> Option<Duration> {
         .filter(|d| !d.is_zero())
 }
 
-/// Validates a raw pipeline. `default_name` names the pipeline when the file
-/// does not (the folder's name).
+/// Validates a draft. `default_name` names the pipeline when the file does
+/// not (the folder's name). The reader's own issues come back with the
+/// validation's, in file order.
 pub fn validate(
-    raw: &RawPipeline,
+    draft: &Draft,
     default_name: &str,
     steps: &StepAnswers,
     step_names: &[String],
 ) -> Result<Plan, Vec<Issue>> {
     let mut cx = Ctx {
-        raw,
-        issues: Vec::new(),
+        draft,
+        issues: draft.issues.clone(),
         steps,
         step_names,
     };
 
-    if raw.version != 1 {
-        cx.issue(
-            vec![key("version")],
-            format!(
-                "unsupported version {}; this Sentinel reads version 1",
-                raw.version
-            ),
-            None,
-        );
-        return Err(cx.issues);
-    }
-
     // Secrets.
     let mut secrets = Vec::new();
-    for (i, s) in raw.secrets.iter().enumerate() {
-        if !env_name_ok(s) {
+    for s in &draft.secrets {
+        if !env_name_ok(&s.value) {
             cx.issue(
-                vec![key("secrets"), PathSeg::Index(i)],
-                format!("secret name `{s}` is not a valid variable name"),
+                s.pos,
+                format!("secret name `{}` is not a valid variable name", s.value),
                 None,
             );
-        } else if secrets.contains(s) {
+        } else if secrets.contains(&s.value) {
             cx.issue(
-                vec![key("secrets"), PathSeg::Index(i)],
-                format!("secret `{s}` is declared twice"),
+                s.pos,
+                format!("secret `{}` is declared twice", s.value),
                 None,
             );
         } else {
-            secrets.push(s.clone());
+            secrets.push(s.value.clone());
         }
     }
 
     // Pipeline env: literals, `${run.*}`, `${git.*}`, or taken from the host.
     let mut env = BTreeMap::new();
-    for (name, value) in &raw.env {
-        let path = vec![key("env"), key(name)];
-        check_env_name(&mut cx, vec![key("env"), key_name(name)], name);
+    for VarDraft { name, value } in &draft.env {
+        check_env_name(&mut cx, name);
         match value {
-            None => {
-                env.insert(name.clone(), EnvValue::FromHost);
+            EnvDraft::FromHost(_) => {
+                env.insert(name.value.clone(), EnvValue::FromHost);
             }
-            Some(v) => {
-                if let Some(t) = parse_template(&mut cx, path.clone(), v) {
+            EnvDraft::Template(v) => {
+                if let Some(t) = parse_template(&mut cx, v) {
                     for r in t.refs() {
                         if !matches!(
                             r,
                             Ref::RunId | Ref::GitCommit | Ref::GitBranch | Ref::GitRepo
                         ) {
                             cx.issue(
-                                path.clone(),
+                                v.pos,
                                 format!("`{r}` cannot be used in the pipeline's `env:`"),
                                 Some("pipeline-wide variables may use ${run.*} and ${git.*}; name secrets and stage outputs in the stage that uses them".into()),
                             );
                         }
                     }
-                    env.insert(name.clone(), EnvValue::Value(t));
+                    env.insert(name.value.clone(), EnvValue::Value(t));
                 }
             }
         }
     }
 
-    let defaults = &raw.defaults;
-    let default_limits = limits(
-        &mut cx,
-        vec![key("defaults")],
-        defaults,
-        None,
-        !raw.services.is_empty(),
-    );
+    let default_limits = limits(&mut cx, &draft.defaults, None, !draft.services.is_empty());
 
     // Services.
     let mut services = Vec::new();
-    for (name, svc) in &raw.services {
-        let path = vec![key("services"), key(name)];
+    for svc in &draft.services {
+        let name = &svc.name.value;
         let dns_ok = name.len() <= 63
             && name
                 .bytes()
@@ -187,45 +143,40 @@ pub fn validate(
             && name.as_bytes().first().is_some_and(u8::is_ascii_lowercase);
         if !dns_ok {
             cx.issue(
-                vec![key("services"), key_name(name)],
+                svc.name.pos,
                 format!("service name `{name}` must be a host name: lower-case letters, digits and `-`, starting with a letter"),
                 None,
             );
         }
-        let image = svc.image.clone().or_else(|| raw.box_image.clone());
+        let image = svc.image.clone().or_else(|| draft.box_image.clone());
         if image.is_none() {
             cx.issue(
-                path.clone(),
+                svc.pos,
                 format!("service `{name}` has no `image` and the pipeline has no `box`"),
                 None,
             );
         }
         let mut svc_env = BTreeMap::new();
         for (k, v) in &svc.env {
-            check_env_name(
-                &mut cx,
-                vec![key("services"), key(name), key("env"), key_name(k)],
-                k,
-            );
-            let vpath = vec![key("services"), key(name), key("env"), key(k)];
-            if let Some(t) = parse_template(&mut cx, vpath.clone(), v) {
-                check_refs(&mut cx, &vpath, &t, None, &secrets);
+            check_env_name(&mut cx, k);
+            if let Some(t) = parse_template(&mut cx, v) {
+                check_refs(&mut cx, v.pos, &t, None, &secrets);
                 if let Some(r) = t.refs().find(|r| r.stage().is_some()) {
                     cx.issue(
-                        vpath,
+                        v.pos,
                         format!("a service cannot use `{r}`: services start before the stages"),
                         None,
                     );
                 }
-                svc_env.insert(k.clone(), t);
+                svc_env.insert(k.value.clone(), t);
             }
         }
         let ready_timeout = match &svc.ready_timeout {
             None => Duration::from_secs(60),
-            Some(s) => parse_duration(s).unwrap_or_else(|| {
+            Some(s) => parse_duration(&s.value).unwrap_or_else(|| {
                 cx.issue(
-                    [path.clone(), vec![key("ready_timeout")]].concat(),
-                    format!("`{s}` is not a duration"),
+                    s.pos,
+                    format!("`{}` is not a duration", s.value),
                     Some("write it like `30s`, `5m` or `1h30m`".into()),
                 );
                 Duration::from_secs(60)
@@ -241,31 +192,30 @@ pub fn validate(
         });
     }
     // Stages.
-    if raw.stages.is_empty() {
-        cx.issue(vec![key("stages")], "the pipeline has no stages", None);
+    if draft.stages.is_empty() {
+        cx.issue(draft.stages_pos, "the pipeline has no stages", None);
     }
-    if raw.stages.len() > MAX_STAGES {
+    if draft.stages.len() > MAX_STAGES {
         cx.issue(
-            vec![key("stages")],
+            draft.stages_pos,
             format!(
                 "the pipeline has {} stages; the limit is {MAX_STAGES}",
-                raw.stages.len()
+                draft.stages.len()
             ),
             None,
         );
         return Err(cx.issues);
     }
-    let names: Vec<&str> = raw.stages.keys().map(String::as_str).collect();
     let mut stages = Vec::new();
-    for (name, stage) in &raw.stages {
-        let parsed: StageName = match name.parse() {
+    for stage in &draft.stages {
+        let parsed: StageName = match stage.name.value.parse() {
             Ok(n) => n,
             Err(e) => {
-                cx.issue(vec![key("stages"), key_name(name)], e.to_string(), None);
+                cx.issue(stage.name.pos, e.to_string(), None);
                 continue;
             }
         };
-        if let Some(plan) = stage_plan(&mut cx, &names, &secrets, &default_limits, parsed, stage) {
+        if let Some(plan) = stage_plan(&mut cx, &secrets, &default_limits, parsed, stage) {
             stages.push(plan);
         }
     }
@@ -283,13 +233,19 @@ pub fn validate(
                 .map(StageName::as_str)
                 .collect::<Vec<_>>()
                 .join(" → ");
+            let pos = draft
+                .stages
+                .iter()
+                .find(|s| s.name.value == first.as_str())
+                .map_or(draft.stages_pos, |s| s.name.pos);
+            let fields = match draft.dialect {
+                crate::dialect::Dialect::Dockercise => "`after`, `env` or `vol`",
+                _ => "`after:`, a `${stages…}` reference or `volumes:`",
+            };
             cx.issue(
-                vec![key("stages"), key_name(first.as_str())],
+                pos,
                 format!("dependency cycle: {path}"),
-                Some(
-                    "remove one of these edges (`after:`, a `${stages…}` reference or `volumes:`)"
-                        .into(),
-                ),
+                Some(format!("remove one of these edges ({fields})")),
             );
             return Err(cx.issues);
         }
@@ -297,40 +253,43 @@ pub fn validate(
 
     let stages = derive_sensitivity(stages);
     Ok(Plan {
-        version: raw.version,
-        name: raw.name.clone().unwrap_or_else(|| default_name.to_string()),
+        version: draft.version,
+        name: draft
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name.to_string()),
         secrets,
         env,
         services,
         stages,
+        workspace: WorkspaceOptions {
+            git: draft.workspace.git,
+        },
     })
 }
 
-pub(super) fn check_env_name(cx: &mut Ctx<'_>, path: Vec<PathSeg>, name: &str) {
-    if !env_name_ok(name) {
+pub(super) fn check_env_name(cx: &mut Ctx<'_>, name: &At<String>) {
+    let n = &name.value;
+    if !env_name_ok(n) {
         cx.issue(
-            path,
-            format!("`{name}` is not a valid variable name"),
+            name.pos,
+            format!("`{n}` is not a valid variable name"),
             Some("use letters, digits and `_`, not starting with a digit".into()),
         );
-    } else if name.starts_with("SENTINEL_") {
+    } else if n.starts_with("SENTINEL_") {
         cx.issue(
-            path,
-            format!("`{name}`: names starting with `SENTINEL_` are reserved for Sentinel"),
+            name.pos,
+            format!("`{n}`: names starting with `SENTINEL_` are reserved for Sentinel"),
             None,
         );
     }
 }
 
-pub(super) fn parse_template(
-    cx: &mut Ctx<'_>,
-    path: Vec<PathSeg>,
-    value: &str,
-) -> Option<Template> {
-    match template::parse(value) {
+pub(super) fn parse_template(cx: &mut Ctx<'_>, value: &At<String>) -> Option<Template> {
+    match template::parse(&value.value) {
         Ok(t) => Some(t),
         Err(e) => {
-            cx.issue(path, e.message, e.hint);
+            cx.issue(value.pos, e.message, e.hint);
             None
         }
     }
@@ -339,36 +298,34 @@ pub(super) fn parse_template(
 /// Checks that every reference of `t` names something that exists.
 pub(super) fn check_refs(
     cx: &mut Ctx<'_>,
-    path: &[PathSeg],
+    pos: Pos,
     t: &Template,
     this: Option<&StageName>,
     secrets: &[String],
 ) {
     for r in t.refs() {
         match r {
-            Ref::Env(n) if !cx.raw.env.contains_key(n) => {
-                let hint = did_you_mean(n, cx.raw.env.keys().map(String::as_str)).or_else(|| {
-                    Some(format!(
-                        "declare it in the pipeline's `env:` (`{n}: ~` takes it from the host)"
-                    ))
-                });
-                cx.issue(path.to_vec(), format!("unknown variable `{r}`"), hint);
+            Ref::Env(n) if !cx.draft.has_env(n) => {
+                let hint =
+                    did_you_mean(n, cx.draft.env.iter().map(|v| v.name.as_str())).or_else(|| {
+                        Some(format!(
+                            "declare it in the pipeline's `env:` (`{n}: ~` takes it from the host)"
+                        ))
+                    });
+                cx.issue(pos, format!("unknown variable `{r}`"), hint);
             }
             Ref::Secret(n) if !secrets.contains(n) => {
                 let hint = did_you_mean(n, secrets.iter().map(String::as_str))
                     .or_else(|| Some("declare it in the pipeline's `secrets:` list".into()));
-                cx.issue(path.to_vec(), format!("unknown secret `{r}`"), hint);
+                cx.issue(pos, format!("unknown secret `{r}`"), hint);
             }
             Ref::StageOutput(s) | Ref::StageNamedOutput(s, _) => {
                 if Some(s) == this {
-                    cx.issue(
-                        path.to_vec(),
-                        format!("stage `{s}` cannot use its own output"),
-                        None,
-                    );
-                } else if !cx.raw.stages.contains_key(s.as_str()) {
-                    let hint = did_you_mean(s.as_str(), cx.raw.stages.keys().map(String::as_str));
-                    cx.issue(path.to_vec(), format!("unknown stage `{s}` in `{r}`"), hint);
+                    cx.issue(pos, format!("stage `{s}` cannot use its own output"), None);
+                } else if !cx.draft.has_stage(s.as_str()) {
+                    let hint =
+                        did_you_mean(s.as_str(), cx.draft.stages.iter().map(|s| s.name.as_str()));
+                    cx.issue(pos, format!("unknown stage `{s}` in `{r}`"), hint);
                 }
             }
             _ => {}

@@ -1,52 +1,49 @@
-//! One stage's plan: its action, environment, limits, services and references.
+//! One stage's plan: its action, environment, limits, volumes and references.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use sentinel_api::StageName;
 
-use super::{
-    Ctx, check_env_name, check_refs, key, key_name, parse_bytes, parse_duration, parse_template,
-};
+use super::{Ctx, check_env_name, check_refs, parse_bytes, parse_duration, parse_template};
 use crate::de::did_you_mean;
-use crate::plan::{Action, Limits, Network, StagePlan, When};
-use crate::raw::{RawDefaults, RawStage, RawWhen};
+use crate::draft::{ActionDraft, At, EnvDraft, LimitsDraft, StageDraft};
+use crate::plan::{
+    Action, ContainerAction, EnvValue, Limits, Network, StagePlan, StepAction, Volume, When,
+};
 use crate::template::{Ref, Template};
-use crate::yaml::PathSeg;
 
 pub(super) fn limits(
     cx: &mut Ctx<'_>,
-    path: Vec<PathSeg>,
-    d: &RawDefaults,
+    d: &LimitsDraft,
     base: Option<&Limits>,
     has_services: bool,
 ) -> Limits {
-    let at = |k: &str| [path.clone(), vec![key(k)]].concat();
     let timeout = match &d.timeout {
-        Some(s) => parse_duration(s).unwrap_or_else(|| {
+        Some(s) => parse_duration(&s.value).unwrap_or_else(|| {
             cx.issue(
-                at("timeout"),
-                format!("`{s}` is not a duration"),
+                s.pos,
+                format!("`{}` is not a duration", s.value),
                 Some("write it like `90s`, `20m` or `1h30m`".into()),
             );
             Limits::DEFAULT_TIMEOUT
         }),
         None => base.map_or(Limits::DEFAULT_TIMEOUT, |b| b.timeout),
     };
-    let mut bytes = |field: &str, v: &Option<String>, default: u64, min: u64| match v {
-        Some(s) => match parse_bytes(s) {
+    let mut bytes = |v: &Option<At<String>>, default: u64, min: u64| match v {
+        Some(s) => match parse_bytes(&s.value) {
             Some(n) if n >= min => n,
             Some(_) => {
                 cx.issue(
-                    at(field),
-                    format!("`{s}` is too small; the least is {min} bytes"),
+                    s.pos,
+                    format!("`{}` is too small; the least is {min} bytes", s.value),
                     None,
                 );
                 default
             }
             None => {
                 cx.issue(
-                    at(field),
-                    format!("`{s}` is not a size"),
+                    s.pos,
+                    format!("`{}` is not a size", s.value),
                     Some("write it like `512m`, `2g` or a number of bytes".into()),
                 );
                 default
@@ -55,39 +52,39 @@ pub(super) fn limits(
         None => default,
     };
     let memory = bytes(
-        "memory",
         &d.memory,
         base.map_or(Limits::DEFAULT_MEMORY, |b| b.memory),
         6 << 20,
     );
     let log_limit = bytes(
-        "log_limit",
         &d.log_limit,
         base.map_or(Limits::DEFAULT_LOG_LIMIT, |b| b.log_limit),
         1024,
     );
-    let cpus = match d.cpus {
-        Some(c) if !(c > 0.0 && c <= 1024.0) => {
+    let cpus = match &d.cpus {
+        Some(c) if !(c.value > 0.0 && c.value <= 1024.0) => {
             cx.issue(
-                at("cpus"),
-                format!("`{c}` CPUs is not a usable limit"),
+                c.pos,
+                format!("`{}` CPUs is not a usable limit", c.value),
                 Some("use a positive number such as `0.5` or `2`".into()),
             );
             None
         }
-        Some(c) => Some(c),
+        Some(c) => Some(c.value),
         None => base.and_then(|b| b.cpus),
     };
-    let network = match d.network.as_deref() {
-        Some("none") => Network::None,
-        Some("bridge") => Network::Bridge,
-        Some("run") => Network::Run,
-        Some(other) => {
-            let hint = did_you_mean(other, ["none", "bridge", "run"])
-                .or_else(|| Some("use `none`, `bridge` or `run`".into()));
-            cx.issue(at("network"), format!("unknown network `{other}`"), hint);
-            Network::None
-        }
+    let network = match &d.network {
+        Some(n) => match n.value.as_str() {
+            "none" => Network::None,
+            "bridge" => Network::Bridge,
+            "run" => Network::Run,
+            other => {
+                let hint = did_you_mean(other, ["none", "bridge", "run"])
+                    .or_else(|| Some("use `none`, `bridge` or `run`".into()));
+                cx.issue(n.pos, format!("unknown network `{other}`"), hint);
+                Network::None
+            }
+        },
         None => base.map_or(
             if has_services {
                 Network::Run
@@ -97,27 +94,28 @@ pub(super) fn limits(
             |b| b.network,
         ),
     };
-    let pids = match d.pids {
-        Some(0) => {
-            cx.issue(at("pids"), "`pids` must be at least 1", None);
+    let pids = match &d.pids {
+        Some(p) if p.value == 0 => {
+            cx.issue(p.pos, "`pids` must be at least 1", None);
             Limits::DEFAULT_PIDS
         }
-        Some(p) => p,
+        Some(p) => p.value,
         None => base.map_or(Limits::DEFAULT_PIDS, |b| b.pids),
     };
     let user = match &d.user {
         Some(u) => {
-            let ok = u.split(':').count() <= 2
-                && u.split(':')
+            let ok = u.value.split(':').count() <= 2
+                && u.value
+                    .split(':')
                     .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
             if !ok {
                 cx.issue(
-                    at("user"),
-                    format!("user `{u}` must be numeric: `uid` or `uid:gid`"),
+                    u.pos,
+                    format!("user `{}` must be numeric: `uid` or `uid:gid`", u.value),
                     None,
                 );
             }
-            Some(u.clone())
+            Some(u.value.clone())
         }
         None => base.and_then(|b| b.user.clone()),
     };
@@ -132,53 +130,34 @@ pub(super) fn limits(
     }
 }
 
-pub(super) fn stage_plan(
+/// The action of a stage, once its meaning is checked.
+fn action(
     cx: &mut Ctx<'_>,
-    names: &[&str],
     secrets: &[String],
-    defaults: &Limits,
-    name: StageName,
-    s: &RawStage,
-) -> Option<StagePlan> {
-    let base = vec![key("stages"), key(name.as_str())];
-    let at = |k: &str| [base.clone(), vec![key(k)]].concat();
-    let before = cx.issues.len();
-
-    let action = match (&s.run, &s.step) {
-        (Some(_), Some(_)) => {
-            cx.issue(
-                at("step"),
-                format!("stage `{name}` has both `run` and `step`; a stage is one or the other"),
-                None,
-            );
-            None
-        }
-        (None, None) => {
-            cx.issue(
-                base.clone(),
-                format!(
-                    "stage `{name}` has neither `run` (a container) nor `step` (a WebAssembly step)"
-                ),
-                None,
-            );
-            None
-        }
-        (Some(script), None) => {
-            if !s.with.is_empty() {
-                cx.issue(
-                    at("with"),
-                    "`with:` sets a step's settings; container stages use `env:`",
-                    None,
-                );
-            }
-            match s.image.clone().or_else(|| cx.raw.box_image.clone()) {
-                Some(image) if !image.trim().is_empty() => Some(Action::Container {
-                    image,
-                    script: script.clone(),
-                }),
+    name: &StageName,
+    s: &StageDraft,
+) -> Option<Action> {
+    match s.action.as_ref()? {
+        ActionDraft::Container {
+            image,
+            script,
+            shell,
+        } => {
+            let image = image
+                .as_ref()
+                .map(|i| i.value.clone())
+                .or_else(|| cx.draft.box_image.clone());
+            match image {
+                Some(image) if !image.trim().is_empty() => {
+                    Some(Action::Container(ContainerAction {
+                        image,
+                        script: script.value.clone(),
+                        shell: *shell,
+                    }))
+                }
                 _ => {
                     cx.issue(
-                        base.clone(),
+                        s.pos,
                         format!("stage `{name}` has no `image` and the pipeline has no `box`"),
                         Some("set `image:` on the stage or `box:` at the top of the file".into()),
                     );
@@ -186,51 +165,42 @@ pub(super) fn stage_plan(
                 }
             }
         }
-        (None, Some(step)) => {
-            if s.image.is_some() {
-                cx.issue(
-                    at("image"),
-                    "a step stage has no image; remove `image:`",
-                    None,
-                );
-            }
-            if !s.env.is_empty() {
-                cx.issue(
-                    at("env"),
-                    "a step gets only its `with:` settings; `env:` is for container stages",
-                    None,
-                );
-            }
+        ActionDraft::Step {
+            step,
+            with: given,
+            with_pos,
+        } => {
             let mut with = BTreeMap::new();
-            for (k, v) in &s.with {
-                let p = [base.clone(), vec![key("with"), key(k)]].concat();
-                if let Some(t) = parse_template(cx, p.clone(), v) {
-                    check_refs(cx, &p, &t, Some(&name), secrets);
-                    with.insert(k.clone(), t);
+            for (k, v) in given {
+                if let Some(t) = parse_template(cx, v) {
+                    check_refs(cx, v.pos, &t, Some(name), secrets);
+                    with.insert(k.value.clone(), t);
                 }
             }
-            match cx.steps.get(step) {
+            match cx.steps.get(&step.value) {
                 Some(Ok(resolved)) => {
                     let manifest = &resolved.manifest;
-                    for k in s.with.keys() {
-                        if !manifest.settings.contains_key(k) {
-                            let hint =
-                                did_you_mean(k, manifest.settings.keys().map(String::as_str))
-                                    .or_else(|| {
-                                        Some(format!(
-                                            "`{}` has the settings: {}",
-                                            manifest.name,
-                                            manifest
-                                                .settings
-                                                .keys()
-                                                .cloned()
-                                                .collect::<Vec<_>>()
-                                                .join(", ")
-                                        ))
-                                    });
+                    for (k, _) in given {
+                        if !manifest.settings.contains_key(&k.value) {
+                            let hint = did_you_mean(
+                                &k.value,
+                                manifest.settings.keys().map(String::as_str),
+                            )
+                            .or_else(|| {
+                                Some(format!(
+                                    "`{}` has the settings: {}",
+                                    manifest.name,
+                                    manifest
+                                        .settings
+                                        .keys()
+                                        .cloned()
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ))
+                            });
                             cx.issue(
-                                [base.clone(), vec![key("with"), key_name(k)]].concat(),
-                                format!("step `{}` has no setting `{k}`", manifest.name),
+                                k.pos,
+                                format!("step `{}` has no setting `{}`", manifest.name, k.value),
                                 hint,
                             );
                         }
@@ -244,102 +214,134 @@ pub(super) fn stage_plan(
                                 with.insert(k.clone(), Template::literal(d.clone()));
                             }
                             None if spec.required => cx.issue(
-                                if s.with.is_empty() {
-                                    base.clone()
-                                } else {
-                                    at("with")
-                                },
+                                *with_pos,
                                 format!("step `{}` needs the setting `{k}`", manifest.name),
                                 Some(format!("add `{k}: …` under `with:`")),
                             ),
                             None => {}
                         }
                     }
-                    Some(Action::Step {
-                        step: step.clone(),
+                    Some(Action::Step(StepAction {
+                        step: step.value.clone(),
                         with,
                         resolved: Box::new(resolved.clone()),
-                    })
+                    }))
                 }
                 Some(Err(e)) => {
-                    let bare = step.split('@').next().unwrap_or(step);
+                    let bare = step.value.split('@').next().unwrap_or(&step.value);
                     let hint = did_you_mean(bare, cx.step_names.iter().map(String::as_str));
-                    cx.issue(at("step"), e.clone(), hint);
+                    cx.issue(step.pos, e.to_string(), hint);
                     None
                 }
                 None => {
-                    cx.issue(at("step"), format!("step `{step}` was not resolved"), None);
+                    cx.issue(
+                        step.pos,
+                        format!("step `{}` was not resolved", step.value),
+                        None,
+                    );
                     None
                 }
             }
         }
-    };
+    }
+}
+
+/// Where a path-form volume may be seen: an absolute path that hides
+/// nothing Sentinel mounts.
+fn volume_path_problem(path: &str) -> Option<&'static str> {
+    if !path.starts_with('/') {
+        return Some("must be an absolute path");
+    }
+    if path.split('/').any(|seg| seg == "..") {
+        return Some("must not contain `..`");
+    }
+    let p = path.trim_end_matches('/');
+    if p.is_empty() || p == "/workspace" || p == "/sentinel" || p.starts_with("/sentinel/") {
+        return Some("would hide the workspace or Sentinel's own folder");
+    }
+    None
+}
+
+pub(super) fn stage_plan(
+    cx: &mut Ctx<'_>,
+    secrets: &[String],
+    defaults: &Limits,
+    name: StageName,
+    s: &StageDraft,
+) -> Option<StagePlan> {
+    let before = cx.issues.len();
+    let action = action(cx, secrets, &name, s);
 
     let mut needs = BTreeSet::new();
-    let dep_list = |cx: &mut Ctx<'_>, field: &str, items: Vec<&str>| -> Vec<StageName> {
-        let mut out = Vec::new();
-        for (i, dep) in items.into_iter().enumerate() {
-            let p = [base.clone(), vec![key(field), PathSeg::Index(i)]].concat();
-            if dep == name.as_str() {
-                cx.issue(p, format!("stage `{name}` cannot depend on itself"), None);
-            } else if !names.contains(&dep) {
-                let hint = did_you_mean(dep, names.iter().copied());
-                cx.issue(p, format!("unknown stage `{dep}` in `{field}`"), hint);
-            } else if let Ok(d) = dep.parse::<StageName>() {
-                out.push(d);
-            }
+    let dep = |cx: &mut Ctx<'_>, field: &str, d: &At<String>| -> Option<StageName> {
+        if d.value == name.as_str() {
+            cx.issue(
+                d.pos,
+                format!("stage `{name}` cannot depend on itself"),
+                None,
+            );
+        } else if !cx.draft.has_stage(&d.value) {
+            let hint = did_you_mean(&d.value, cx.draft.stages.iter().map(|s| s.name.as_str()));
+            cx.issue(
+                d.pos,
+                format!("unknown stage `{}` in `{field}`", d.value),
+                hint,
+            );
+        } else if let Ok(n) = d.value.parse::<StageName>() {
+            return Some(n);
         }
-        out
+        None
     };
-    let after = dep_list(cx, "after", s.after.items());
-    let volumes = dep_list(cx, "volumes", s.volumes.items());
+    let after: Vec<StageName> = s.after.iter().filter_map(|d| dep(cx, "after", d)).collect();
+    let mut volumes = Vec::new();
+    for v in &s.volumes {
+        let Some(stage) = dep(cx, s.volumes_field, &v.stage) else {
+            continue;
+        };
+        if let Some(p) = &v.path
+            && let Some(problem) = volume_path_problem(&p.value)
+        {
+            cx.issue(
+                p.pos,
+                format!("the path `{}` of a volume {problem}", p.value),
+                Some("see another stage's files at a path of their own, like `/deps`".into()),
+            );
+        }
+        volumes.push(Volume {
+            stage,
+            path: v.path.as_ref().map(|p| p.value.clone()),
+        });
+    }
     needs.extend(after.iter().cloned());
-    needs.extend(volumes.iter().cloned());
+    needs.extend(volumes.iter().map(|v| v.stage.clone()));
 
     let mut env = BTreeMap::new();
-    for (k, v) in &s.env {
-        check_env_name(
-            cx,
-            [base.clone(), vec![key("env"), key_name(k)]].concat(),
-            k,
-        );
-        let p = [base.clone(), vec![key("env"), key(k)]].concat();
-        if let Some(t) = parse_template(cx, p.clone(), v) {
-            check_refs(cx, &p, &t, Some(&name), secrets);
-            env.insert(k.clone(), t);
+    for var in &s.env {
+        check_env_name(cx, &var.name);
+        match &var.value {
+            EnvDraft::FromHost(_) => {
+                env.insert(var.name.value.clone(), EnvValue::FromHost);
+            }
+            EnvDraft::Template(v) => {
+                if let Some(t) = parse_template(cx, v) {
+                    check_refs(cx, v.pos, &t, Some(&name), secrets);
+                    env.insert(var.name.value.clone(), EnvValue::Value(t));
+                }
+            }
         }
     }
 
-    let limits = limits(
-        cx,
-        base.clone(),
-        &RawDefaults {
-            timeout: s.timeout.clone(),
-            memory: s.memory.clone(),
-            cpus: s.cpus,
-            network: s.network.clone(),
-            log_limit: s.log_limit.clone(),
-            pids: s.pids,
-            user: s.user.clone(),
-        },
-        Some(defaults),
-        false,
-    );
+    let limits = limits(cx, &s.limits, Some(defaults), false);
 
     let action = action?;
     if cx.issues.len() > before {
         return None;
     }
-    let when = match s.when {
-        RawWhen::OnSuccess => When::OnSuccess,
-        RawWhen::OnFailure => When::OnFailure,
-        RawWhen::Always => When::Always,
-    };
     let mut plan = StagePlan {
         name,
         action,
         needs: Vec::new(),
-        when,
+        when: s.when,
         finalizer: false,
         env,
         volumes,
@@ -349,7 +351,7 @@ pub(super) fn stage_plan(
     for t in plan.templates() {
         needs.extend(t.refs().filter_map(Ref::stage).cloned());
     }
-    plan.finalizer = when != When::OnSuccess && needs.is_empty();
+    plan.finalizer = s.when != When::OnSuccess && needs.is_empty();
     plan.needs = needs.into_iter().collect();
     Some(plan)
 }

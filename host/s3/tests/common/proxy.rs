@@ -3,6 +3,9 @@
 //! brought back on the same port: while down it refuses connections, and a
 //! kept-alive connection is closed before its next request is forwarded —
 //! so a request either reached the server and was answered, or never left.
+//! It can also keep the PUT requests it forwards (head and body) and flip a
+//! byte of their bodies on the way, to check what the sink sends and that
+//! the server refuses bytes that do not match their checksum.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
+/// PUT requests as received: (head, body).
+pub type Puts = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 #[derive(Debug, Clone)]
 pub struct Proxy {
     pub addr: SocketAddr,
@@ -20,6 +26,12 @@ pub struct Proxy {
     /// `"PUT /bucket/key"` → times forwarded.
     pub counts: Arc<Mutex<BTreeMap<String, usize>>>,
     listener: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    /// Keep PUTs (their head and body).
+    pub keep: Arc<AtomicBool>,
+    /// Flip the last byte of PUT bodies.
+    pub corrupt: Arc<AtomicBool>,
+    /// The PUTs kept: (head, body as received).
+    pub puts: Puts,
 }
 
 impl Proxy {
@@ -31,6 +43,9 @@ impl Proxy {
             up: Arc::new(AtomicBool::new(true)),
             counts: Arc::default(),
             listener: Arc::default(),
+            keep: Arc::default(),
+            corrupt: Arc::default(),
+            puts: Arc::default(),
         };
         p.serve(listener);
         p
@@ -91,7 +106,23 @@ impl Proxy {
                 .entry(format!("{method} {path}"))
                 .or_default() += 1;
             server.get_mut().write_all(head.as_bytes()).await?;
-            copy_body(&mut client, server.get_mut(), len).await?;
+            let touch = method == "PUT"
+                && (self.keep.load(Ordering::SeqCst) || self.corrupt.load(Ordering::SeqCst));
+            if touch {
+                let mut body = vec![0u8; len as usize];
+                client.read_exact(&mut body).await?;
+                if self.keep.load(Ordering::SeqCst) {
+                    self.puts.lock().unwrap().push((head.clone(), body.clone()));
+                }
+                if self.corrupt.load(Ordering::SeqCst)
+                    && let Some(last) = body.last_mut()
+                {
+                    *last ^= 0x01;
+                }
+                server.get_mut().write_all(&body).await?;
+            } else {
+                copy_body(&mut client, server.get_mut(), len).await?;
+            }
             let Some((rhead, rlen, chunked)) = read_head(&mut server).await? else {
                 return Ok(());
             };

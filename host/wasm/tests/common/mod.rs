@@ -1,6 +1,7 @@
 //! Runs real step components (built by `scripts/build-steps.sh`) through the
-//! runtime, the way the engine does: a log channel, a private folder, a
-//! workspace, and a stop token fired at the deadline.
+//! runtime, the way the engine does: a log channel, a local workspace (with
+//! the step's private folder beside it), and a stop token fired at the
+//! deadline.
 
 #![allow(dead_code)]
 
@@ -9,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sentinel_engine::Executor;
-use sentinel_engine::exec::{Chunk, Outcome, StageJob, StepJob, Stream};
+use sentinel_engine::exec::{
+    Chunk, Inputs, LocalWorkspace, Outcome, StageJob, StepWork, Stream, Var, Work,
+};
 use sentinel_engine::lease::Owner;
 use sentinel_pipeline::step::{ResolvedStep, load_local};
 use sentinel_pipeline::{Limits, Network, WorkspaceAccess};
@@ -46,8 +49,11 @@ pub struct Run {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub took: Duration,
-    pub workspace: tempfile::TempDir,
-    pub private: tempfile::TempDir,
+    /// The workspace folder (kept until the run is dropped).
+    pub workspace: PathBuf,
+    /// What the step wrote to `$SENTINEL_OUTPUT`.
+    pub outputs: Option<String>,
+    _root: tempfile::TempDir,
 }
 
 pub struct Spec {
@@ -76,11 +82,11 @@ impl Default for Spec {
 }
 
 pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
-    let workspace = tempfile::tempdir().unwrap();
-    let private = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(private.path().join("artifacts")).unwrap();
-    std::fs::write(private.path().join("output"), "").unwrap();
-    (spec.setup)(workspace.path());
+    let root = tempfile::tempdir().unwrap();
+    let ws = LocalWorkspace::at(root.path().to_path_buf());
+    std::fs::create_dir_all(&ws.dir).unwrap();
+    (spec.setup)(&ws.dir);
+    let workspace = ws.dir.clone();
     let (tx, mut rx) = mpsc::channel::<Chunk>(64);
     let collector = tokio::spawn(async move {
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -96,9 +102,18 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
         run_id: "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap(),
         stage: "probe".parse().unwrap(),
         owner: Owner::current(),
-        image: String::new(),
-        script: String::new(),
-        env: spec.env,
+        work: Work::Step(StepWork {
+            name: step.manifest.name.clone(),
+            wasm: step.wasm.clone(),
+            digest: step.digest.clone(),
+            workspace: spec.workspace,
+            http: spec.http,
+        }),
+        env: spec
+            .env
+            .into_iter()
+            .map(|(k, v)| Var::plain(k, v))
+            .collect(),
         limits: Limits {
             timeout: spec.timeout,
             memory: spec.memory,
@@ -109,16 +124,10 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
             user: None,
         },
         user: String::new(),
-        workspace: workspace.path().to_path_buf(),
-        private_dir: private.path().to_path_buf(),
+        workspace: Arc::new(ws),
+        inputs: Inputs::default(),
+        capture: None,
         log: tx,
-        step: Some(StepJob {
-            name: step.manifest.name.clone(),
-            wasm: step.wasm.clone(),
-            digest: step.digest.clone(),
-            workspace: spec.workspace,
-            http: spec.http,
-        }),
     };
     let stop = CancellationToken::new();
     let timer = {
@@ -141,7 +150,8 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
         stderr,
         took,
         workspace,
-        private,
+        outputs: report.outputs,
+        _root: root,
     }
 }
 

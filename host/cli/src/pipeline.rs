@@ -1,0 +1,135 @@
+//! Which pipeline file a command works on and how it is read: the file as
+//! `-f FILE` or a positional argument, else the first usual name of any
+//! dialect in the project folder (`sentinel.yml` first), said on stderr;
+//! the project folder is `-C` when given, else the file's folder. Also
+//! `sentinel convert`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use sentinel_pipeline::{Dialect, LoadError, Plan};
+
+use crate::Paths;
+use crate::context;
+
+/// The pipeline file of a command.
+#[derive(Debug, Clone, Args)]
+pub struct FileArgs {
+    /// The pipeline file (any dialect). Default: the first of `sentinel.yml`,
+    /// `dockercise.yml`, … found in the project folder.
+    #[arg(value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// The pipeline file, as a flag.
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "file"
+    )]
+    flag: Option<PathBuf>,
+}
+
+/// The chosen file and the project folder it belongs to.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    pub file: PathBuf,
+    pub project: PathBuf,
+    /// True when no file was named and one was looked for.
+    pub found: bool,
+}
+
+impl FileArgs {
+    /// A named file, when one was given.
+    pub fn named(&self) -> Option<&Path> {
+        self.file.as_deref().or(self.flag.as_deref())
+    }
+
+    /// The file and project folder; an error lists the names looked for.
+    pub fn choose(&self, paths: &Paths) -> anyhow::Result<Chosen> {
+        if let Some(file) = self.named() {
+            let project = match &paths.dir {
+                Some(d) => d.clone(),
+                None => match file.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                    _ => PathBuf::from("."),
+                },
+            };
+            return Ok(Chosen {
+                file: file.to_path_buf(),
+                project,
+                found: false,
+            });
+        }
+        let project = paths.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        match sentinel_pipeline::dialect::find_pipeline(&project) {
+            Some((file, _)) => Ok(Chosen {
+                file,
+                project,
+                found: true,
+            }),
+            None => anyhow::bail!(
+                "no pipeline file in {}: looked for {} (name one: `sentinel run FILE`)",
+                project.display(),
+                sentinel_pipeline::dialect::usual_names().join(", ")
+            ),
+        }
+    }
+}
+
+/// Says which file a command uses, when it looked for one.
+pub fn say_chosen(c: &Chosen) {
+    if c.found {
+        let dialect = Dialect::from_file_name(&c.file).unwrap_or(Dialect::Sentinel);
+        eprintln!("using {} ({dialect})", c.file.display());
+    }
+}
+
+/// Loads and validates a file, printing its diagnostics; `Err` holds the
+/// exit code.
+pub fn load(file: &Path) -> Result<Plan, ExitCode> {
+    match sentinel_pipeline::load_with(file, &context::step_catalog()) {
+        Ok(p) => Ok(p),
+        Err(e) => Err(report(e)),
+    }
+}
+
+fn report(e: LoadError) -> ExitCode {
+    match e {
+        LoadError::Invalid(d) => {
+            for diag in &d.0 {
+                eprintln!("error: {diag}");
+            }
+        }
+        e => eprintln!("error: {e}"),
+    }
+    ExitCode::from(2)
+}
+
+/// `sentinel convert`: the file as a native `sentinel.yml` on stdout,
+/// once it is valid.
+pub fn convert(paths: &Paths, args: &FileArgs) -> anyhow::Result<ExitCode> {
+    let chosen = args.choose(paths)?;
+    say_chosen(&chosen);
+    let (src, file) = match sentinel_pipeline::read_file(&chosen.file) {
+        Ok(x) => x,
+        Err(e) => return Ok(report(e)),
+    };
+    let dialect = Dialect::from_file_name(&chosen.file);
+    let draft = match sentinel_pipeline::dialect::read(&src, &file, dialect) {
+        Ok(d) => d,
+        Err(d) => return Ok(report(LoadError::Invalid(d))),
+    };
+    let base = chosen
+        .file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    if let Err(d) =
+        sentinel_pipeline::plan_draft(&draft, &file, "pipeline", &context::step_catalog(), &base)
+    {
+        return Ok(report(LoadError::Invalid(d)));
+    }
+    print!("{}", sentinel_pipeline::convert::to_native(&draft, &file));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,212 @@
+//! What a run and each of its stages need before they start: the preflight
+//! (host variables and secrets present, secrets long enough to mask), the
+//! services' environment, and a stage's [`StageRun`] — its environment,
+//! its inputs (`out/` files, volumes with the files they carry) and where
+//! its created files are kept for a re-run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sentinel_api::{RunId, StageName};
+use sentinel_pipeline::{Action, EnvValue, Plan, Ref, StagePlan};
+
+use crate::env::{EnvError, EnvInputs, StageEnv, resolve, stage_env};
+use crate::exec::{Inputs, Var, VolumeInput};
+use crate::masker::SecretSet;
+use crate::record::Recorder;
+use crate::run::{PreflightError, RunRequest};
+
+/// Checks what a run needs from the host, before anything is created, and
+/// builds the secret set from the run's secrets.
+pub fn preflight(req: &RunRequest) -> Result<Arc<SecretSet>, PreflightError> {
+    let plan = &req.plan;
+    let pipeline_vars = plan
+        .env
+        .iter()
+        .filter(|(_, v)| matches!(v, EnvValue::FromHost))
+        .map(|(k, _)| k.as_str());
+    let stage_vars = plan.stages.iter().flat_map(|s| s.host_vars());
+    let missing: BTreeSet<&str> = pipeline_vars
+        .chain(stage_vars)
+        .filter(|name| !req.host_env.contains_key(*name))
+        .collect();
+    if let Some(name) = missing.first() {
+        let users: Vec<&str> = plan
+            .stages
+            .iter()
+            .filter(|s| s.host_vars().any(|v| v == *name))
+            .map(|s| s.name.as_str())
+            .collect();
+        let by = if users.is_empty() {
+            "the pipeline's `env:`".to_string()
+        } else {
+            format!("stage `{}`", users.join("`, `"))
+        };
+        let more = match missing.len() {
+            1 => String::new(),
+            n => format!(
+                " (nor {}: {} more)",
+                missing
+                    .iter()
+                    .skip(1)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                n - 1
+            ),
+        };
+        return Err(PreflightError::Missing(format!(
+            "environment variable `{name}` is not set{more}; {by} takes it from the environment sentinel runs in"
+        )));
+    }
+    let used = plan
+        .stages
+        .iter()
+        .flat_map(|s| s.templates())
+        .chain(plan.services.iter().flat_map(|s| s.env.values()))
+        .flat_map(|t| t.refs())
+        .filter_map(|r| match r {
+            Ref::Secret(n) => Some(n.clone()),
+            _ => None,
+        });
+    for name in used {
+        if !req.secrets.contains_key(&name) {
+            return Err(PreflightError::Missing(format!(
+                "secret `{name}` is not set (export {name}=… in the environment sentinel runs in)"
+            )));
+        }
+    }
+    let mut set = SecretSet::new();
+    for name in &plan.secrets {
+        if let Some(v) = req.secrets.get(name) {
+            set = set
+                .with([v.as_bytes()])
+                .map_err(|source| PreflightError::Secret {
+                    name: name.clone(),
+                    source,
+                })?;
+        }
+    }
+    Ok(Arc::new(set))
+}
+
+/// The services' environment, resolved.
+pub fn service_env(
+    req: &RunRequest,
+    run_id: &RunId,
+) -> Result<Vec<(sentinel_pipeline::ServicePlan, Vec<Var>)>, String> {
+    let empty = BTreeMap::new();
+    let inputs = EnvInputs {
+        plan: &req.plan,
+        run_id,
+        git: req.git.as_ref(),
+        host_env: &req.host_env,
+        secrets: &req.secrets,
+        outputs: &empty,
+        sensitive: &[],
+        run_status: "running",
+        failed_stages: String::new(),
+    };
+    req.plan
+        .services
+        .iter()
+        .map(|svc| {
+            let vars = svc
+                .env
+                .iter()
+                .map(|(k, t)| {
+                    let secret = t.refs().any(|r| matches!(r, Ref::Secret(_)));
+                    t.render(|r| resolve(&inputs, r)).map(|value| Var {
+                        name: k.clone(),
+                        value,
+                        secret,
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("service `{}`: {e}", svc.name))?;
+            Ok((svc.clone(), vars))
+        })
+        .collect()
+}
+
+/// Builds a stage's environment from the run so far.
+pub fn env_of(
+    req: &RunRequest,
+    rec: &Recorder,
+    plan: &Plan,
+    stage: &StagePlan,
+    cancelled: bool,
+) -> Result<StageEnv, EnvError> {
+    let outputs = rec.outputs();
+    let sensitive = rec.sensitive();
+    let inputs = EnvInputs {
+        plan,
+        run_id: &rec.run_id,
+        git: req.git.as_ref(),
+        host_env: &req.host_env,
+        secrets: &req.secrets,
+        outputs: &outputs,
+        sensitive: &sensitive,
+        run_status: rec.status_so_far(cancelled),
+        failed_stages: rec.failed_stages(),
+    };
+    stage_env(&inputs, stage)
+}
+
+/// A stage's inputs: the `out/` files of the stages finished so far, and
+/// its volumes with the files their stages left (when kept).
+pub fn inputs_of(rec: &Recorder, stage: &StagePlan) -> Inputs {
+    Inputs {
+        outputs: rec.outs(),
+        volumes: stage
+            .volumes
+            .iter()
+            .map(|v| VolumeInput {
+                volume: v.clone(),
+                files: rec.files_of(&v.stage),
+            })
+            .collect(),
+    }
+}
+
+/// Where the files of a run's stages are kept (`<state>/kept/<run>`).
+pub fn kept_dir(state_dir: &Path, run: &RunId) -> PathBuf {
+    state_dir.join("kept").join(run.as_str())
+}
+
+/// Where a stage's created files are kept, when it can change the
+/// workspace at all (a step that may only read it changes nothing).
+pub fn capture_of(state_dir: &Path, run: &RunId, stage: &StagePlan, keep: bool) -> Option<PathBuf> {
+    let writes = match &stage.action {
+        Action::Container(_) => true,
+        Action::Step(s) => {
+            s.resolved.manifest.capabilities.workspace == sentinel_pipeline::WorkspaceAccess::Write
+        }
+    };
+    (keep && writes).then(|| kept_dir(state_dir, run).join(stage.name.as_str()))
+}
+
+/// Keeps the files of the newest `keep` runs of a state folder and removes
+/// older ones (their re-runs run those stages again, and say so).
+pub fn prune_kept(state_dir: &Path, keep: usize) {
+    let root = state_dir.join("kept");
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let mut runs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    runs.sort();
+    let drop = runs.len().saturating_sub(keep);
+    for old in runs.into_iter().take(drop) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+}
+
+/// The stages whose files a re-run restores, in the plan's order.
+pub fn restored(plan: &Plan, reuse: &BTreeMap<StageName, crate::run::Reused>) -> Vec<PathBuf> {
+    plan.stages
+        .iter()
+        .filter_map(|s| reuse.get(&s.name))
+        .filter_map(|r| r.files.as_ref().map(|f| f.dir.clone()))
+        .collect()
+}

@@ -1,0 +1,322 @@
+//! `sentinel.yml` version 1: the version is read first, the file is
+//! deserialised into the raw schema ([`crate::raw`], which also gives the
+//! JSON Schema), and each value goes into the draft with its position. The
+//! syntax rules of this dialect (a stage is `run:` or `step:`, settings go
+//! in `with:`) are checked here; their meaning is the shared validation's.
+
+use crate::de;
+use crate::draft::{
+    ActionDraft, At, Draft, EnvDraft, Issue, LimitsDraft, ServiceDraft, StageDraft, VarDraft,
+    VolumeDraft, WorkspaceDraft,
+};
+use crate::plan::{Shell, When};
+use crate::raw::{RawDefaults, RawPipeline, RawVolume, RawWhen};
+use crate::yaml::{Node, PathSeg, Value};
+use crate::{Diagnostics, dialect::Dialect};
+
+use super::one;
+
+fn key(s: &str) -> PathSeg {
+    PathSeg::Key(s.to_string())
+}
+
+fn key_name(s: &str) -> PathSeg {
+    PathSeg::KeyName(s.to_string())
+}
+
+/// Reads a `sentinel.yml` document.
+pub(super) fn read(root: Node, file: &str) -> Result<Draft, Diagnostics> {
+    // Detect the version before reading anything else.
+    match (&root.value, root.get("version")) {
+        (Value::Map(_), Some(v)) => match &v.value {
+            Value::Scalar(s, _) if s == "1" => {}
+            Value::Scalar(s, _) => {
+                return Err(one(
+                    file,
+                    v.pos,
+                    format!("unsupported version `{s}`; this Sentinel reads version 1"),
+                    None,
+                ));
+            }
+            _ => return Err(one(file, v.pos, "`version` must be a number".into(), None)),
+        },
+        (Value::Map(_), None) => {
+            return Err(one(
+                file,
+                root.pos,
+                "missing `version`".into(),
+                Some("start the file with `version: 1`".into()),
+            ));
+        }
+        _ => {
+            return Err(one(
+                file,
+                root.pos,
+                format!("a pipeline file is a mapping, found {}", root.kind()),
+                None,
+            ));
+        }
+    }
+
+    // Top-level `x-…` keys are free-form extensions (a place for anchors).
+    let mut root = root;
+    if let Value::Map(entries) = &mut root.value {
+        entries.retain(|(k, _)| !matches!(&k.value, Value::Scalar(s, _) if s.starts_with("x-")));
+    }
+    let raw: RawPipeline = de::from_node(&root)
+        .map_err(|e| one(file, e.pos.unwrap_or(root.pos), e.message, e.hint))?;
+    Ok(Reader {
+        root: &root,
+        issues: Vec::new(),
+    }
+    .draft(&raw))
+}
+
+struct Reader<'a> {
+    root: &'a Node,
+    issues: Vec<Issue>,
+}
+
+impl Reader<'_> {
+    fn at(&self, path: &[PathSeg]) -> crate::yaml::Pos {
+        self.root.locate(path)
+    }
+
+    fn value<T: Clone>(&self, path: &[PathSeg], v: &T) -> At<T> {
+        At::new(v.clone(), self.at(path))
+    }
+
+    fn issue(&mut self, path: &[PathSeg], message: impl Into<String>) {
+        let pos = self.at(path);
+        self.issues.push(Issue::new(pos, message, None));
+    }
+
+    fn vars(
+        &self,
+        base: &[PathSeg],
+        env: &std::collections::BTreeMap<String, Option<String>>,
+    ) -> Vec<VarDraft> {
+        env.iter()
+            .map(|(k, v)| {
+                let name = At::new(k.clone(), self.at(&[base, &[key_name(k)]].concat()));
+                let vpos = self.at(&[base, &[key(k)]].concat());
+                let value = match v {
+                    None => EnvDraft::FromHost(vpos),
+                    Some(v) => EnvDraft::Template(At::new(v.clone(), vpos)),
+                };
+                VarDraft { name, value }
+            })
+            .collect()
+    }
+
+    fn limits(&self, base: &[PathSeg], d: &RawDefaults) -> LimitsDraft {
+        let at = |field: &str| [base, &[key(field)]].concat();
+        let s = |field: &str, v: &Option<String>| v.as_ref().map(|v| self.value(&at(field), v));
+        LimitsDraft {
+            timeout: s("timeout", &d.timeout),
+            memory: s("memory", &d.memory),
+            cpus: d.cpus.map(|c| At::new(c, self.at(&at("cpus")))),
+            network: s("network", &d.network),
+            log_limit: s("log_limit", &d.log_limit),
+            pids: d.pids.map(|p| At::new(p, self.at(&at("pids")))),
+            user: s("user", &d.user),
+        }
+    }
+
+    fn draft(mut self, raw: &RawPipeline) -> Draft {
+        let secrets = raw
+            .secrets
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.value(&[key("secrets"), PathSeg::Index(i)], s))
+            .collect();
+        let env = self.vars(&[key("env")], &raw.env);
+        let defaults = self.limits(&[key("defaults")], &raw.defaults);
+        let services = raw
+            .services
+            .iter()
+            .map(|(name, svc)| {
+                let base = [key("services"), key(name)];
+                ServiceDraft {
+                    name: At::new(name.clone(), self.at(&[key("services"), key_name(name)])),
+                    pos: self.at(&base),
+                    image: svc.image.clone(),
+                    command: svc.command.clone(),
+                    env: svc
+                        .env
+                        .iter()
+                        .map(|(k, v)| {
+                            let env = [&base[..], &[key("env")]].concat();
+                            (
+                                At::new(k.clone(), self.at(&[&env[..], &[key_name(k)]].concat())),
+                                At::new(v.clone(), self.at(&[&env[..], &[key(k)]].concat())),
+                            )
+                        })
+                        .collect(),
+                    ready: svc.ready.clone(),
+                    ready_timeout: svc
+                        .ready_timeout
+                        .as_ref()
+                        .map(|t| self.value(&[&base[..], &[key("ready_timeout")]].concat(), t)),
+                }
+            })
+            .collect();
+        let mut stages = Vec::new();
+        for (name, s) in &raw.stages {
+            let base = vec![key("stages"), key(name)];
+            let at = |k: &str| [base.clone(), vec![key(k)]].concat();
+            // A stage whose name is not valid is reported by the validation only.
+            let checked = name.parse::<sentinel_api::StageName>().is_ok();
+            let action = match (&s.run, &s.step) {
+                (Some(_), Some(_)) => {
+                    if checked {
+                        self.issue(
+                            &at("step"),
+                            format!(
+                                "stage `{name}` has both `run` and `step`; a stage is one or the other"
+                            ),
+                        );
+                    }
+                    None
+                }
+                (None, None) => {
+                    if checked {
+                        self.issue(
+                            &base,
+                            format!(
+                                "stage `{name}` has neither `run` (a container) nor `step` (a WebAssembly step)"
+                            ),
+                        );
+                    }
+                    None
+                }
+                (Some(script), None) => {
+                    if checked && !s.with.is_empty() {
+                        self.issue(
+                            &at("with"),
+                            "`with:` sets a step's settings; container stages use `env:`",
+                        );
+                    }
+                    Some(ActionDraft::Container {
+                        image: s.image.as_ref().map(|i| self.value(&at("image"), i)),
+                        script: self.value(&at("run"), script),
+                        shell: Shell::Strict,
+                    })
+                }
+                (None, Some(step)) => {
+                    if checked && s.image.is_some() {
+                        self.issue(&at("image"), "a step stage has no image; remove `image:`");
+                    }
+                    if checked && !s.env.is_empty() {
+                        self.issue(
+                            &at("env"),
+                            "a step gets only its `with:` settings; `env:` is for container stages",
+                        );
+                    }
+                    let with_base = at("with");
+                    Some(ActionDraft::Step {
+                        step: self.value(&at("step"), step),
+                        with: s
+                            .with
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    At::new(
+                                        k.clone(),
+                                        self.at(&[&with_base[..], &[key_name(k)]].concat()),
+                                    ),
+                                    At::new(
+                                        v.clone(),
+                                        self.at(&[&with_base[..], &[key(k)]].concat()),
+                                    ),
+                                )
+                            })
+                            .collect(),
+                        with_pos: if s.with.is_empty() {
+                            self.at(&base)
+                        } else {
+                            self.at(&with_base)
+                        },
+                    })
+                }
+            };
+            let list = |field: &str, items: Vec<&str>| -> Vec<At<String>> {
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        At::new(
+                            d.to_string(),
+                            self.at(&[&at(field)[..], &[PathSeg::Index(i)]].concat()),
+                        )
+                    })
+                    .collect()
+            };
+            let after = list("after", s.after.items());
+            let volumes = s
+                .volumes
+                .items()
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let item = [&at("volumes")[..], &[PathSeg::Index(i)]].concat();
+                    match v {
+                        RawVolume::Stage(stage) => VolumeDraft {
+                            stage: self.value(&item, stage),
+                            path: None,
+                        },
+                        RawVolume::At { stage, path } => VolumeDraft {
+                            stage: self.value(&[&item[..], &[key("stage")]].concat(), stage),
+                            path: Some(self.value(&[&item[..], &[key("path")]].concat(), path)),
+                        },
+                    }
+                })
+                .collect();
+            let limits = self.limits(
+                &base,
+                &RawDefaults {
+                    timeout: s.timeout.clone(),
+                    memory: s.memory.clone(),
+                    cpus: s.cpus,
+                    network: s.network.clone(),
+                    log_limit: s.log_limit.clone(),
+                    pids: s.pids,
+                    user: s.user.clone(),
+                },
+            );
+            stages.push(StageDraft {
+                name: At::new(name.clone(), self.at(&[key("stages"), key_name(name)])),
+                pos: self.at(&base),
+                action,
+                after,
+                volumes,
+                volumes_field: "volumes",
+                env: self.vars(&at("env"), &s.env),
+                when: match s.when {
+                    RawWhen::OnSuccess => When::OnSuccess,
+                    RawWhen::OnFailure => When::OnFailure,
+                    RawWhen::Always => When::Always,
+                },
+                sensitive: s.sensitive,
+                limits,
+                notes: Vec::new(),
+            });
+        }
+        Draft {
+            dialect: Dialect::Sentinel,
+            version: raw.version,
+            name: raw.name.clone(),
+            box_image: raw.box_image.clone(),
+            env,
+            secrets,
+            defaults,
+            services,
+            stages_pos: self.at(&[key("stages")]),
+            stages,
+            workspace: WorkspaceDraft {
+                git: raw.workspace.git,
+            },
+            issues: self.issues,
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The dialect-neutral draft of a pipeline: what every reader (`sentinel.yml`
+//! v1, dockercise, …) produces and what validation and planning consume.
+//! Every value carries its position in the *original* file, so an error
+//! found by the shared validation points into the file the user wrote,
+//! whatever its dialect.
+
+use crate::plan::{Shell, When};
+use crate::yaml::Pos;
+
+/// A value and where it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct At<T> {
+    pub value: T,
+    pub pos: Pos,
+}
+
+impl<T> At<T> {
+    pub fn new(value: T, pos: Pos) -> Self {
+        Self { value, pos }
+    }
+}
+
+impl At<String> {
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+}
+
+/// A problem a reader or the validation found, at its position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub pos: Pos,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Issue {
+    pub fn new(pos: Pos, message: impl Into<String>, hint: Option<String>) -> Self {
+        Self {
+            pos,
+            message: message.into(),
+            hint,
+        }
+    }
+}
+
+/// The value of a variable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnvDraft {
+    /// A value that may hold `${…}` references.
+    Template(At<String>),
+    /// Taken from the environment `sentinel` runs in (`NAME: ~`).
+    FromHost(Pos),
+}
+
+impl EnvDraft {
+    pub fn pos(&self) -> Pos {
+        match self {
+            Self::Template(t) => t.pos,
+            Self::FromHost(p) => *p,
+        }
+    }
+}
+
+/// One variable: its name (at the key) and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VarDraft {
+    pub name: At<String>,
+    pub value: EnvDraft,
+}
+
+/// Limits as written (each absent when not set).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LimitsDraft {
+    pub timeout: Option<At<String>>,
+    pub memory: Option<At<String>>,
+    pub cpus: Option<At<f64>>,
+    pub network: Option<At<String>>,
+    pub log_limit: Option<At<String>>,
+    pub pids: Option<At<u32>>,
+    pub user: Option<At<String>>,
+}
+
+/// A sidecar container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceDraft {
+    /// The name, at its key.
+    pub name: At<String>,
+    /// Where the service's mapping starts.
+    pub pos: Pos,
+    pub image: Option<String>,
+    pub command: Option<String>,
+    pub env: Vec<(At<String>, At<String>)>,
+    pub ready: Option<String>,
+    pub ready_timeout: Option<At<String>>,
+}
+
+/// What a stage does, as its dialect wrote it. Readers report the syntax
+/// of their own dialect; the shared validation checks the meaning.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ActionDraft {
+    /// A script in a container; no image means the pipeline's `box`.
+    Container {
+        image: Option<At<String>>,
+        script: At<String>,
+        shell: Shell,
+    },
+    /// A WebAssembly step and its settings (`key` at its key, value at its value).
+    Step {
+        step: At<String>,
+        with: Vec<(At<String>, At<String>)>,
+        /// Where "missing setting" errors point.
+        with_pos: Pos,
+    },
+}
+
+/// A stage whose files another stage uses, and where it sees them
+/// (`None`: in the shared workspace, where they were written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeDraft {
+    pub stage: At<String>,
+    pub path: Option<At<String>>,
+}
+
+/// One stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageDraft {
+    /// The name, at its key.
+    pub name: At<String>,
+    /// Where the stage's mapping starts.
+    pub pos: Pos,
+    /// `None` when the reader already reported why there is none.
+    pub action: Option<ActionDraft>,
+    /// `after:` entries; the field's name is used in messages.
+    pub after: Vec<At<String>>,
+    pub volumes: Vec<VolumeDraft>,
+    /// The name of the volumes field in this dialect (`volumes`, `vol`).
+    pub volumes_field: &'static str,
+    pub env: Vec<VarDraft>,
+    pub when: When,
+    pub sensitive: bool,
+    pub limits: LimitsDraft,
+    /// How the reader mapped the stage, for `sentinel convert`'s comments.
+    pub notes: Vec<String>,
+}
+
+/// Options of the run's workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkspaceDraft {
+    /// Copy the project's `.git` folder into the workspace.
+    pub git: bool,
+}
+
+impl Default for WorkspaceDraft {
+    fn default() -> Self {
+        Self { git: true }
+    }
+}
+
+/// A whole pipeline as a reader understood it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Draft {
+    /// The dialect it was read from.
+    pub dialect: crate::dialect::Dialect,
+    /// The format version (1 for every dialect but a future native one).
+    pub version: u32,
+    pub name: Option<String>,
+    /// The default image of container stages and services.
+    pub box_image: Option<String>,
+    pub env: Vec<VarDraft>,
+    pub secrets: Vec<At<String>>,
+    pub defaults: LimitsDraft,
+    pub services: Vec<ServiceDraft>,
+    /// Where the stages start (the `stages:` value, or the document).
+    pub stages_pos: Pos,
+    pub stages: Vec<StageDraft>,
+    pub workspace: WorkspaceDraft,
+    /// Problems the reader found (validation adds its own).
+    pub issues: Vec<Issue>,
+}
+
+impl Draft {
+    /// True when a stage of this name is declared.
+    pub fn has_stage(&self, name: &str) -> bool {
+        self.stages.iter().any(|s| s.name.value == name)
+    }
+
+    /// True when the pipeline's `env:` declares `name`.
+    pub fn has_env(&self, name: &str) -> bool {
+        self.env.iter().any(|v| v.name.value == name)
+    }
+
+    /// Every `step:` reference, once each.
+    pub fn step_refs(&self) -> std::collections::BTreeSet<String> {
+        self.stages
+            .iter()
+            .filter_map(|s| match &s.action {
+                Some(ActionDraft::Step { step, .. }) => Some(step.value.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
