@@ -1,7 +1,9 @@
 //! `sentinel run --s3 …` against the real S3 server on loopback (Garage,
 //! started by `scripts/s3-server.sh`): the results land in the bucket under
 //! the prefix as well as in the results folder, readable from the bucket's
-//! website; with S3 unreachable the run still succeeds and says what waits.
+//! website; with S3 unreachable the run still succeeds and says what waits;
+//! a run whose process died, recovered by a read command that has no
+//! bucket, reaches the bucket `interrupted` through the outbox.
 
 mod common;
 
@@ -14,21 +16,31 @@ const PIPELINE: &str = "version: 1\nstages:\n  pluck:\n    step: jq-pluck@1\n   
 
 use sentinel_testkit::s3_server as s3;
 
-fn run(p: &Project, s3: &BTreeMap<String, String>, url: &str, endpoint: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .arg("-C")
+/// `sentinel ARGS` on the project, with the S3 server's credentials.
+fn sentinel(p: &Project, s3: &BTreeMap<String, String>, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sentinel"));
+    c.arg("-C")
         .arg(&p.source)
         .args(["--state"])
         .arg(&p.state)
         .args(["--results"])
         .arg(&p.results)
-        .args(["run", "--json", "--s3", url, "--s3-endpoint", endpoint])
-        .args(["--s3-region", &s3["S3_REGION"], "--s3-path-style"])
+        .args(args)
         .env("AWS_ACCESS_KEY_ID", &s3["AWS_ACCESS_KEY_ID"])
         .env("AWS_SECRET_ACCESS_KEY", &s3["AWS_SECRET_ACCESS_KEY"])
-        .env_remove("AWS_PROFILE")
-        .output()
-        .unwrap()
+        .env_remove("AWS_PROFILE");
+    c
+}
+
+fn run(p: &Project, s3: &BTreeMap<String, String>, url: &str, endpoint: &str) -> Output {
+    sentinel(
+        p,
+        s3,
+        &["run", "--json", "--s3", url, "--s3-endpoint", endpoint],
+    )
+    .args(["--s3-region", &s3["S3_REGION"], "--s3-path-style"])
+    .output()
+    .unwrap()
 }
 
 fn run_id(out: &Output) -> String {
@@ -86,5 +98,86 @@ fn an_unreachable_bucket_does_not_fail_the_run() {
     assert!(
         err.contains("could not reach s3://nowhere/x/ yet"),
         "says what waits: {err}"
+    );
+}
+
+#[test]
+fn a_dead_run_recovered_by_a_read_command_reaches_the_bucket_interrupted() {
+    let s3 = s3();
+    let spin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../steps/dist/guests/spin/step.wasm");
+    assert!(spin.is_file(), "run scripts/build-steps.sh first");
+    let p = Project::new(&format!(
+        "version: 1\nstages:\n  forever:\n    step: '{}'\n",
+        spin.display()
+    ));
+    let prefix = format!("dead-{}", std::process::id());
+    let url = format!("s3://{}/{prefix}", s3["S3_BUCKET"]);
+    let mut child = sentinel(&p, &s3, &["run", "--s3", &url, "--s3-endpoint"])
+        .arg(&s3["S3_ENDPOINT"])
+        .args(["--s3-region", &s3["S3_REGION"], "--s3-path-style"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Once the bucket shows the run going, the process dies without warning.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let id = loop {
+        let runs = std::fs::read_dir(p.results.join("run"))
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|d| d.ok())
+            .map(|d| d.file_name().to_string_lossy().into_owned());
+        if let Some(id) = runs {
+            let page = sentinel_testkit::website_get(
+                &s3,
+                &s3["S3_BUCKET"],
+                &format!("{prefix}/run/{id}/run.json"),
+            );
+            let running = page.status == 200
+                && serde_json::from_slice::<serde_json::Value>(&page.body)
+                    .is_ok_and(|v| v["status"] == "running");
+            if running {
+                break id;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never reached the bucket"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = |key: &str| from_website(&s3["S3_BUCKET"], key)["status"].clone();
+    assert_eq!(status(&format!("{prefix}/run/{id}/run.json")), "running");
+
+    // A read command recovers it, without the bucket: the local folder says
+    // so at once, the bucket's results wait in the outbox.
+    let out = sentinel(&p, &s3, &["runs"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("was interrupted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status_out = sentinel(&p, &s3, &["outbox", "status"]).output().unwrap();
+    let said = String::from_utf8_lossy(&status_out.stdout).into_owned();
+    assert!(
+        !said.starts_with("0 result"),
+        "results wait for the bucket: {said}"
+    );
+    assert_eq!(status(&format!("{prefix}/run/{id}/run.json")), "running");
+
+    // The next command that has the bucket (here the outbox's own) sends them.
+    let sent = sentinel(&p, &s3, &["outbox", "retry"]).output().unwrap();
+    assert!(
+        sent.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&sent.stdout),
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    assert_eq!(
+        status(&format!("{prefix}/run/{id}/run.json")),
+        "interrupted"
     );
 }

@@ -27,6 +27,10 @@ stages:
     run: |
       echo "commit=$SENTINEL_COMMIT branch=$SENTINEL_BRANCH repo=$SENTINEL_REPO"
       echo "built at $(date +%s%N)"
+      date +%s%N > built.txt
+  key:
+    sensitive: true
+    run: echo "key-$(date +%s%N)"
   slow:
     after: [build]
     run: |
@@ -35,8 +39,10 @@ stages:
     after: [slow]
     env:
       GATE: ${secrets.GATE}
+      K: ${stages.key.output}
     run: |
       echo "gate is $GATE"
+      echo "inputs: key $(echo "$K" | md5sum | cut -c1-12) built $(cat built.txt)"
       test "$GATE" = open-sesame-value
 "#;
 
@@ -186,6 +192,14 @@ async fn the_server_end_to_end() {
         gate_log.contains("gate is ***") && !gate_log.contains("closed-door"),
         "{gate_log}"
     );
+    let inputs = |log: &str| {
+        log.lines()
+            .find(|l| l.starts_with("inputs:"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first_inputs = inputs(&gate_log);
+    assert!(first_inputs.contains(" built 1"), "{gate_log}");
     let (_, build_log) = c.text(&format!("/api/v1/runs/{id}/stages/build/log")).await;
     assert!(
         build_log.contains(&format!("commit={commit} branch=main repo={app_url}")),
@@ -229,6 +243,7 @@ async fn the_server_end_to_end() {
         doc("build")
     );
     assert_eq!(doc("slow")["reason"], format!("reused from run {id}"));
+    assert_eq!(doc("key")["reason"], format!("reused from run {id}"));
     assert!(doc("gate")["reason"].is_null(), "gate ran again");
     let (_, gate_log) = c
         .text(&format!("/api/v1/runs/{again}/stages/gate/log"))
@@ -237,6 +252,9 @@ async fn the_server_end_to_end() {
         gate_log.contains("gate is ***") && !gate_log.contains("open-sesame"),
         "{gate_log}"
     );
+    // It saw exactly the first run's inputs: the sensitive output as it was
+    // (not a masked one) and the file the reused build made.
+    assert_eq!(inputs(&gate_log), first_inputs, "{gate_log}");
     // A stage that succeeded is not a place to re-run from.
     let (status, _) = c
         .call(

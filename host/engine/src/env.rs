@@ -244,3 +244,52 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
     }
     Ok(env)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_setting_too_short_to_mask_is_refused() {
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline/tests/golden");
+        let yaml = "version: 1\nsecrets: [TOKEN]\nstages:\n  greet:\n    step: ./fixtures/greet/step.wasm\n    with: {name: world, token: '${secrets.TOKEN}'}\n";
+        let plan = sentinel_pipeline::parse_str_with(
+            yaml,
+            "sentinel.yml",
+            "p",
+            &sentinel_pipeline::NoSteps,
+            &fixtures,
+        )
+        .unwrap();
+        let run_id: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
+        let empty = BTreeMap::new();
+        let env_with = |token: &str| {
+            let secrets = BTreeMap::from([("TOKEN".to_string(), token.to_string())]);
+            let inputs = EnvInputs {
+                plan: &plan,
+                run_id: &run_id,
+                git: None,
+                host_env: &empty,
+                secrets: &secrets,
+                outputs: &BTreeMap::new(),
+                sensitive: &[],
+                run_status: "running",
+                failed_stages: String::new(),
+            };
+            stage_env(&inputs, &plan.stages[0])
+        };
+        let e = env_with("abc").unwrap_err().to_string();
+        assert!(
+            e.contains("setting `token` is a secret") && e.contains("at least 4 bytes"),
+            "{e}"
+        );
+        let ok = env_with("long-enough-token").unwrap();
+        assert_eq!(ok.secret_values, vec!["long-enough-token".to_string()]);
+        assert!(
+            ok.vars
+                .iter()
+                .any(|v| v.secret && v.value == "long-enough-token")
+        );
+    }
+}

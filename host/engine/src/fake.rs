@@ -337,11 +337,26 @@ pub struct MemSink {
     index: Mutex<Vec<RunSummary>>,
     /// While set, every write fails as if the sink could not be reached.
     pub away: std::sync::atomic::AtomicBool,
+    /// Runs whose every write is refused for good (as a bucket refuses a
+    /// request it will never accept).
+    pub refused: Mutex<Vec<RunId>>,
 }
 
 impl MemSink {
     fn put(&self, key: String, bytes: Vec<u8>) -> Result<(), StorageError> {
         self.reachable()?;
+        if self
+            .refused
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| key.contains(r.as_str()))
+        {
+            return Err(StorageError::permanent(
+                format!("put {key}"),
+                "403 Forbidden",
+            ));
+        }
         self.writes.lock().unwrap().push(key.clone());
         self.objects.lock().unwrap().insert(key, bytes);
         Ok(())
@@ -415,6 +430,9 @@ impl ResultsSink for MemSink {
     }
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError> {
         self.reachable()?;
+        if self.refused.lock().unwrap().contains(&summary.id) {
+            return Err(StorageError::permanent("update the index", "403 Forbidden"));
+        }
         let mut index = self.index.lock().unwrap();
         RunSummary::upsert(&mut index, summary.clone());
         let page = IndexPage {

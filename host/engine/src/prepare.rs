@@ -38,10 +38,10 @@ pub fn preflight(req: &RunRequest) -> Result<Arc<SecretSet>, PreflightError> {
             .filter(|s| s.host_vars().any(|v| v == *name))
             .map(|s| s.name.as_str())
             .collect();
-        let by = if users.is_empty() {
-            "the pipeline's `env:`".to_string()
-        } else {
-            format!("stage `{}`", users.join("`, `"))
+        let by = match users.as_slice() {
+            [] => "the pipeline's `env:` takes".to_string(),
+            [one] => format!("stage `{one}` takes"),
+            many => format!("stages `{}` take", many.join("`, `")),
         };
         let more = match missing.len() {
             1 => String::new(),
@@ -57,7 +57,7 @@ pub fn preflight(req: &RunRequest) -> Result<Arc<SecretSet>, PreflightError> {
             ),
         };
         return Err(PreflightError::Missing(format!(
-            "environment variable `{name}` is not set{more}; {by} takes it from the environment sentinel runs in"
+            "environment variable `{name}` is not set{more}; {by} it from the environment sentinel runs in"
         )));
     }
     let used = plan

@@ -343,3 +343,61 @@ async fn record_unstarted(
     engine.sink.put_run(&run).await?;
     engine.sink.update_index(&RunSummary::of(&run)).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::{FakeExecutor, MemSink, MemStore};
+    use crate::ports::Store;
+
+    fn entry(id: &RunId) -> QueueEntry {
+        QueueEntry {
+            run_id: id.clone(),
+            pipeline: "p".into(),
+            trigger: sentinel_api::Trigger {
+                kind: sentinel_api::TriggerKind::Api,
+                by: None,
+            },
+            request: serde_json::Value::Null,
+            attempt: 1,
+            enqueued: Utc::now(),
+            claim: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unstarted_run_changes_status_through_the_transition_function() {
+        let store = Arc::new(MemStore::default());
+        let engine = Engine {
+            exec: Arc::new(FakeExecutor::default()),
+            store: store.clone(),
+            sink: Arc::new(MemSink::default()),
+            config: crate::EngineConfig {
+                jobs: 1,
+                state_dir: std::env::temp_dir(),
+                keep_workspace: false,
+                keep_files: 0,
+            },
+        };
+        let id: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
+        record_unstarted(&engine, &entry(&id), RunStatus::Cancelled, "cancelled")
+            .await
+            .unwrap();
+        let run = store.get_run(&id).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Cancelled);
+
+        // A run already final (but not marked finished) is never moved to
+        // another final state: the transition refuses it.
+        let other: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S1".parse().unwrap();
+        let mut done = run.clone();
+        done.id = other.clone();
+        done.status = RunStatus::Succeeded;
+        done.finished = None;
+        store.put_run(&done, true).await.unwrap();
+        record_unstarted(&engine, &entry(&other), RunStatus::Failed, "nope")
+            .await
+            .unwrap();
+        let after = store.get_run(&other).await.unwrap().unwrap();
+        assert_eq!(after.status, RunStatus::Succeeded);
+    }
+}

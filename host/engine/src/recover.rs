@@ -28,7 +28,7 @@ pub struct Recovery {
 
 impl Recovery {
     /// Reports what happened on `say` (a line each), newest first.
-    pub fn report(&self, say: impl Fn(String)) {
+    pub fn report(&self, mut say: impl FnMut(String)) {
         if let Some(e) = &self.listing {
             say(format!("cannot look for interrupted runs: {e}"));
         }

@@ -602,7 +602,13 @@ mod tests {
         std::fs::write(src.path().join("a/b/f.txt"), "x").unwrap();
         std::fs::create_dir_all(src.path().join(".sentinel/db")).unwrap();
         std::fs::create_dir_all(src.path().join("target/debug")).unwrap();
-        std::fs::write(src.path().join("target/debug/big"), "y").unwrap();
+        std::fs::write(src.path().join("target/debug/big"), "y".repeat(4096)).unwrap();
+        // Reading a FIFO blocks: a copy that entered `target/` would hang here.
+        let fifo = std::process::Command::new("mkfifo")
+            .arg(src.path().join("target/debug/fifo"))
+            .status()
+            .unwrap();
+        assert!(fifo.success());
         std::fs::create_dir_all(src.path().join("cache")).unwrap();
         std::fs::write(src.path().join("cache/c"), "z").unwrap();
         std::fs::create_dir_all(src.path().join(".git")).unwrap();

@@ -148,3 +148,19 @@ fn json_schema_is_committed_and_current() {
         "docs/sentinel.schema.json is stale: run `sentinel schema > docs/sentinel.schema.json`"
     );
 }
+
+#[test]
+fn blessing_is_refused_under_ci() {
+    // The test binary runs itself with both set: the golden test must fail,
+    // not rewrite the expected files and pass.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "golden_files", "--nocapture"])
+        .env("CI", "true")
+        .env("SENTINEL_BLESS", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "blessing passed under CI: {text}");
+    assert!(text.contains("refused under CI=true"), "{text}");
+}

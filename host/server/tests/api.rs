@@ -422,3 +422,17 @@ async fn the_first_page_lists_runs_accepted_but_not_started() {
     .await;
     assert_eq!(v["queued"], serde_json::json!([]));
 }
+
+#[test]
+fn rewriting_the_openapi_document_is_refused_under_ci() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "the_committed_openapi_document_is_current"])
+        .env("CI", "true")
+        .env("SENTINEL_WRITE_OPENAPI", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the rewrite passed under CI: {text}");
+    assert!(text.contains("refused under CI=true"), "{text}");
+}

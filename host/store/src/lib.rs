@@ -489,6 +489,35 @@ mod tests {
         assert_eq!(reopened.get_run(&a.id).await.unwrap().unwrap().id, a.id);
     }
 
+    #[tokio::test]
+    async fn every_open_run_is_found_however_old() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::try_open(dir.path()).unwrap();
+            store
+                .put_run(&run("01JDX3K6Q2T8W9V5M4N3P00000"), false)
+                .await
+                .unwrap();
+            for i in 1..1200 {
+                let mut r = run(&format!("01JDX3K6Q2T8W9V5M4N3P{i:05}"));
+                r.status = RunStatus::Succeeded;
+                store.put_run(&r, false).await.unwrap();
+            }
+            let open = store.open_runs().await.unwrap();
+            assert_eq!(open.len(), 1);
+            assert_eq!(open[0].id.as_str(), "01JDX3K6Q2T8W9V5M4N3P00000");
+            // A database written before the `open` tree existed is indexed once.
+            store.open.clear().unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = SledStore::try_open(dir.path()).unwrap();
+        assert_eq!(store.open_runs().await.unwrap().len(), 1);
+        let mut done = run("01JDX3K6Q2T8W9V5M4N3P00000");
+        done.status = RunStatus::Interrupted;
+        store.put_run(&done, true).await.unwrap();
+        assert!(store.open_runs().await.unwrap().is_empty());
+    }
+
     #[test]
     fn refuses_unknown_versions() {
         let e = decode::<u32>(br#"{"v":2,"doc":1}"#).unwrap_err();

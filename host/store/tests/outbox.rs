@@ -154,3 +154,61 @@ async fn results_go_straight_through_while_the_sink_answers() {
     assert_eq!(mem.writes.lock().unwrap().len(), 1);
     assert!(!tmp.path().join("spool").exists(), "nothing spooled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_refused_for_good_is_parked_without_blocking_other_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemSink::default());
+    let store = open(&tmp.path().join("db")).await;
+    let sink = OutboxSink::start(
+        mem.clone(),
+        Arc::new(store.clone()) as Arc<dyn Outbox>,
+        tmp.path().join("spool"),
+    )
+    .await;
+    let bad: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S0".parse().unwrap();
+    let good: RunId = "01JDX3K6Q2T8W9V5M4N3P2R1S1".parse().unwrap();
+    mem.refused.lock().unwrap().push(bad.clone());
+    // The refused run's result waits; another run's, written after it, too
+    // (the order holds) — until the refused one is parked.
+    sink.put_run(&run_doc(&bad, RunStatus::Running))
+        .await
+        .unwrap();
+    sink.put_run(&run_doc(&good, RunStatus::Running))
+        .await
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while sink.waiting() > 0 {
+        assert!(Instant::now() < until, "{} still waiting", sink.waiting());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink.parked(), 1, "the refused result is kept, parked");
+    assert!(
+        mem.objects
+            .lock()
+            .unwrap()
+            .contains_key(&keys::run_doc(&good)),
+        "the other run's result went out"
+    );
+    // A later result of the parked run waits behind it (its order holds);
+    // other runs go straight through.
+    sink.put_run(&run_doc(&bad, RunStatus::Succeeded))
+        .await
+        .unwrap();
+    sink.put_run(&run_doc(&good, RunStatus::Succeeded))
+        .await
+        .unwrap();
+    assert_eq!((sink.waiting(), sink.parked()), (0, 2));
+    let parked = store.parked().await.unwrap();
+    assert!(parked.iter().all(|p| p.item.run() == &bad));
+    assert!(parked[0].reason.contains("403"), "{}", parked[0].reason);
+
+    // Retried once the sink accepts it: both go out, in order.
+    mem.refused.lock().unwrap().clear();
+    assert_eq!(sink.retry_parked().await.unwrap(), 2);
+    assert!(sink.settle(Duration::from_secs(30)).await);
+    assert_eq!(sink.parked(), 0);
+    let doc: RunDoc =
+        serde_json::from_slice(&mem.objects.lock().unwrap()[&keys::run_doc(&bad)]).unwrap();
+    assert_eq!(doc.status, RunStatus::Succeeded, "the newer one last");
+}

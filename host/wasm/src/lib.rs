@@ -157,6 +157,9 @@ pub struct WasmExecutor {
     cache_dir: PathBuf,
     compat: String,
     pres: Arc<Mutex<HashMap<String, CommandPre<Host>>>>,
+    /// One compile per component at a time: a second step of the same
+    /// component waits for the first's instead of compiling it again.
+    compiling: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl std::fmt::Debug for WasmExecutor {
@@ -208,6 +211,7 @@ impl WasmExecutor {
             cache_dir: cache_dir.to_path_buf(),
             compat,
             pres: Default::default(),
+            compiling: Default::default(),
         })
     }
 
@@ -218,6 +222,17 @@ impl WasmExecutor {
         digest: &str,
     ) -> Result<CommandPreHandle, PrepareError> {
         let poisoned = |e: &dyn std::fmt::Display| PrepareError::Runtime(e.to_string());
+        if let Some(pre) = self.pres.lock().map_err(|e| poisoned(&e))?.get(digest) {
+            return Ok(CommandPreHandle(pre.clone()));
+        }
+        let gate = self
+            .compiling
+            .lock()
+            .map_err(|e| poisoned(&e))?
+            .entry(digest.to_string())
+            .or_default()
+            .clone();
+        let _one = gate.lock().await;
         if let Some(pre) = self.pres.lock().map_err(|e| poisoned(&e))?.get(digest) {
             return Ok(CommandPreHandle(pre.clone()));
         }
