@@ -3,14 +3,33 @@
 # server, Chromium), builds the web app, checks formatting and lints (the
 # host workspace and the web app), then runs the whole workspace's tests
 # against the real Docker engine, S3 server, server process and browser.
-# Exits non-zero on any failure.
+# Prints how long each phase took; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}"
-scripts/setup.sh
-scripts/build-web.sh
-cargo fmt --all --check
-cargo fmt --manifest-path web/Cargo.toml --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo clippy --manifest-path web/Cargo.toml --target wasm32-unknown-unknown --quiet -- -D warnings
-cargo test --workspace
+
+timings=()
+phase() {
+  local name=$1
+  shift
+  local start=$SECONDS
+  echo "== $name"
+  "$@"
+  timings+=("$(printf '%-34s %5ds' "$name" $((SECONDS - start)))")
+}
+report() {
+  local code=$?
+  echo "== phases"
+  for t in "${timings[@]}"; do echo "  $t"; done
+  echo "  $(printf '%-34s %5ds' total "$SECONDS")"
+  exit "$code"
+}
+trap report EXIT
+
+phase "set-up (tools, Docker, S3, steps)" scripts/setup.sh
+phase "web app" scripts/build-web.sh
+phase "format" sh -c 'cargo fmt --all --check && cargo fmt --manifest-path web/Cargo.toml --check'
+phase "lints (host)" cargo clippy --workspace --all-targets --quiet -- -D warnings
+phase "lints (web app)" cargo clippy --manifest-path web/Cargo.toml --target wasm32-unknown-unknown --quiet -- -D warnings
+phase "build the tests" cargo test --workspace --no-run --quiet
+phase "tests" cargo test --workspace

@@ -1,11 +1,15 @@
 //! The runs index (`runs/index.json`): which runs exist, newest first.
 //!
-//! Layout 2 (`"schema": 2`): the root names *chunks*, newest first; a chunk
-//! (`runs/index/<name>.json`) holds the summaries of the runs whose ids lie
+//! Layout 2 (`"schema": 2`): the root holds the newest runs (its *head*,
+//! at most [`HEAD_MAX`]) and how many *chunks* hold the older ones; the
+//! chunk list (`runs/index/chunks.json`) names them, newest first; a chunk
+//! (`runs/index/<runId>.json`) holds the summaries of the runs whose ids lie
 //! from its `from` up to the next newer chunk's `from` (the oldest chunk
-//! takes everything older too), newest first. Adding or changing a run
-//! rewrites one chunk (and the root when a chunk splits), so publishing the
-//! ten-thousandth run costs what the first did; removing a run is as cheap.
+//! takes everything older too), newest first. A new run, or a change to one
+//! of the newest, rewrites the small root only; every [`HEAD_MAX`]/2 runs the
+//! oldest of the head move into the newest chunk; a change to an older run
+//! rewrites its chunk. So publishing the ten-thousandth run costs what the
+//! first did; removing a run is as cheap.
 //!
 //! Layout 1 (`"schema": 1`, written before): pages of 100 summaries,
 //! `runs/index.json`, `runs/index-1.json`, …, each naming the next. Readers
@@ -19,6 +23,13 @@ use crate::docs::{IndexPage, RunSummary};
 /// The root's key.
 pub const ROOT: &str = "runs/index.json";
 
+/// The chunk list's key.
+pub const CHUNKS: &str = "runs/index/chunks.json";
+
+/// The most runs the root holds itself; past it, the oldest half move into
+/// the chunks.
+pub const HEAD_MAX: usize = 16;
+
 /// The schema of the chunked layout.
 pub const INDEX_SCHEMA: u32 = 2;
 
@@ -26,10 +37,22 @@ pub const INDEX_SCHEMA: u32 = 2;
 pub const CHUNK_MAX: usize = 200;
 
 /// `runs/index.json`, layout 2.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexRoot {
     pub schema: u32,
-    /// Newest first.
+    /// The newest runs, newest first.
+    pub head: Vec<RunSummary>,
+    /// How many chunks hold older runs (0: the chunk list is not needed).
+    pub chunks: u32,
+    /// The newest run the chunks hold: every newer one belongs in the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<RunId>,
+}
+
+/// `runs/index/chunks.json`: the chunks, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkList {
+    pub schema: u32,
     pub chunks: Vec<ChunkRef>,
 }
 
@@ -42,12 +65,33 @@ pub struct ChunkRef {
     pub key: String,
 }
 
-/// `runs/index/<name>.json`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `runs/index/<runId>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexChunk {
     pub schema: u32,
     /// Newest first.
     pub runs: Vec<RunSummary>,
+}
+
+impl Default for IndexChunk {
+    fn default() -> Self {
+        Self {
+            schema: INDEX_SCHEMA,
+            runs: Vec::new(),
+        }
+    }
+}
+
+impl Default for IndexRoot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Default for ChunkList {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// The key of a new chunk starting at `from`.
@@ -57,6 +101,24 @@ pub fn chunk_key(from: &RunId) -> String {
 
 impl IndexRoot {
     /// An empty index.
+    pub fn new() -> Self {
+        Self {
+            schema: INDEX_SCHEMA,
+            head: Vec::new(),
+            chunks: 0,
+            floor: None,
+        }
+    }
+
+    /// True when `id` belongs in the head: it is newer than every run the
+    /// chunks hold (or there are none).
+    pub fn in_head(&self, id: &RunId) -> bool {
+        self.chunks == 0 || self.floor.as_ref().is_none_or(|f| id > f)
+    }
+}
+
+impl ChunkList {
+    /// No chunks.
     pub fn new() -> Self {
         Self {
             schema: INDEX_SCHEMA,
@@ -174,7 +236,7 @@ mod tests {
 
     #[test]
     fn runs_go_to_the_chunk_of_their_range() {
-        let root = IndexRoot {
+        let root = ChunkList {
             schema: 2,
             chunks: vec![
                 ChunkRef {
@@ -195,7 +257,7 @@ mod tests {
             Some(1),
             "the oldest takes older runs"
         );
-        assert_eq!(IndexRoot::new().chunk_for(&id(1)), None);
+        assert_eq!(ChunkList::new().chunk_for(&id(1)), None);
     }
 
     #[test]
@@ -203,7 +265,7 @@ mod tests {
         let e = decode_root(br#"{"schema": 3, "whatever": true}"#).unwrap_err();
         assert!(e.to_string().contains("schema 3"), "{e}");
         assert!(matches!(
-            decode_root(br#"{"schema":2,"chunks":[]}"#).unwrap(),
+            decode_root(br#"{"schema":2,"head":[],"chunks":0}"#).unwrap(),
             IndexDoc::Chunks(_)
         ));
         assert!(matches!(

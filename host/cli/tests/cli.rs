@@ -399,18 +399,12 @@ fn a_document_of_an_unknown_schema_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let results = tmp.path().join(".sentinel/results");
     let id = "01JDX3K6Q2T8W9V5M4N3P2R1S0";
-    std::fs::create_dir_all(results.join("runs/index")).unwrap();
+    std::fs::create_dir_all(results.join("runs")).unwrap();
     std::fs::create_dir_all(results.join(format!("run/{id}"))).unwrap();
-    let key = format!("runs/index/{id}.json");
     std::fs::write(
         results.join("runs/index.json"),
-        format!(r#"{{"schema": 2, "chunks": [{{"from": "{id}", "key": "{key}"}}]}}"#),
-    )
-    .unwrap();
-    std::fs::write(
-        results.join(&key),
         format!(
-            r#"{{"schema": 2, "runs": [{{"id": "{id}", "pipeline": "p", "status": "succeeded", "created": "2026-12-01T00:00:00Z"}}]}}"#
+            r#"{{"schema": 2, "chunks": 0, "head": [{{"id": "{id}", "pipeline": "p", "status": "succeeded", "created": "2026-12-01T00:00:00Z"}}]}}"#
         ),
     )
     .unwrap();

@@ -18,12 +18,17 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use sentinel_engine::exec::{
-    Chunk, LocalWorkspace, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, Var,
+    Chunk, ExecError, LocalWorkspace, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, Var,
     WORKSPACE_MOUNT, Work, env_file,
 };
 use sentinel_pipeline::{ContainerAction, Network};
 
 use crate::{DockerExecutor, is_not_found, labels, object_name};
+
+/// A failure whose message a stage's reason shows (Docker refused or failed).
+pub(crate) fn fail(message: String) -> ExecError {
+    ExecError::said(sentinel_engine::ErrorKind::Permanent, message)
+}
 
 /// Where a container finds the file of its secret variables.
 pub(crate) const SECRETS_MOUNT: &str = "/run/sentinel/env";
@@ -69,11 +74,11 @@ fn command(action: &ContainerAction, with_secrets: bool) -> (Vec<String>, Vec<St
 }
 
 /// Resolves an image to its id; tries a pull when it is not present.
-pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String, String> {
+pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String, ExecError> {
     match ex.docker.inspect_image(image).await {
         Ok(i) => return Ok(i.id.unwrap_or_default()),
         Err(e) if is_not_found(&e) => {}
-        Err(e) => return Err(format!("cannot inspect image `{image}`: {e}")),
+        Err(e) => return Err(fail(format!("cannot inspect image `{image}`: {e}"))),
     }
     let opts = CreateImageOptions {
         from_image: Some(image.to_string()),
@@ -95,10 +100,14 @@ pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String,
             .inspect_image(image)
             .await
             .map(|i| i.id.unwrap_or_default())
-            .map_err(|e| format!("image `{image}` was pulled but cannot be inspected: {e}")),
-        Err(e) => Err(format!(
+            .map_err(|e| {
+                fail(format!(
+                    "image `{image}` was pulled but cannot be inspected: {e}"
+                ))
+            }),
+        Err(e) => Err(fail(format!(
             "image `{image}` is not present on the Docker host and could not be pulled ({e}); build or load it first"
-        )),
+        ))),
     }
 }
 
@@ -128,7 +137,7 @@ pub(crate) async fn run(
     };
     let image_id = match image_id(ex, &action.image).await {
         Ok(id) => id,
-        Err(e) => return StageReport::of(Outcome::StartFailed(e)),
+        Err(e) => return StageReport::of(Outcome::StartFailed(e.to_string())),
     };
     let failed = |e: String| StageReport {
         outcome: Outcome::StartFailed(e),
@@ -138,7 +147,7 @@ pub(crate) async fn run(
     let network = if job.limits.network == Network::Run {
         match crate::services::ensure_network(ex, &job.run_id, &job.owner).await {
             Ok(n) => Some(n),
-            Err(e) => return failed(e),
+            Err(e) => return failed(e.to_string()),
         }
     } else {
         None
@@ -146,7 +155,7 @@ pub(crate) async fn run(
     let prepared = prepare(ws, &job).await;
     let (private, binds, secrets) = match prepared {
         Ok(p) => p,
-        Err(e) => return failed(e),
+        Err(e) => return failed(e.to_string()),
     };
     let mut env: Vec<String> = job
         .env
@@ -273,12 +282,12 @@ pub(crate) async fn run(
 async fn prepare(
     ws: &LocalWorkspace,
     job: &StageJob,
-) -> Result<(std::path::PathBuf, Vec<String>, Option<std::path::PathBuf>), String> {
+) -> Result<(std::path::PathBuf, Vec<String>, Option<std::path::PathBuf>), ExecError> {
     ws.write_outputs(&job.inputs.outputs)
-        .map_err(|e| format!("cannot write out/: {e}"))?;
+        .map_err(|e| fail(format!("cannot write out/: {e}")))?;
     let private = ws
         .container_private(&job.stage, &job.user)
-        .map_err(|e| format!("cannot prepare the stage's folder: {e}"))?;
+        .map_err(|e| fail(format!("cannot prepare the stage's folder: {e}")))?;
     let mut binds = vec![
         format!("{}:{WORKSPACE_MOUNT}:rw", ws.dir.display()),
         format!("{}:{PRIVATE_MOUNT}:rw", private.display()),
@@ -286,10 +295,10 @@ async fn prepare(
     for v in &job.inputs.volumes {
         let Some(path) = &v.volume.path else { continue };
         let Some(files) = &v.files else {
-            return Err(format!(
+            return Err(fail(format!(
                 "the files of `{}` are not kept, so they cannot be shown at {path}",
                 v.volume.stage
-            ));
+            )));
         };
         binds.push(format!("{}:{path}:ro", files.dir.display()));
     }
@@ -298,7 +307,7 @@ async fn prepare(
         None
     } else {
         let file = secrets_file(&ws.root, job.stage.as_str(), &secret)
-            .map_err(|e| format!("cannot write the stage's secret variables: {e}"))?;
+            .map_err(|e| fail(format!("cannot write the stage's secret variables: {e}")))?;
         binds.push(format!("{}:{SECRETS_MOUNT}:ro", file.display()));
         Some(file)
     };

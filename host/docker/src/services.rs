@@ -21,7 +21,7 @@ use sentinel_engine::exec::{ExecError, RunContext, Var};
 use sentinel_engine::lease::Owner;
 use sentinel_pipeline::ServicePlan;
 
-use crate::container::{SECRETS_MOUNT, image_id, secrets_file};
+use crate::container::{SECRETS_MOUNT, fail, image_id, secrets_file};
 use crate::{DockerExecutor, labels, object_name};
 
 /// The run's network, created on first use.
@@ -29,7 +29,7 @@ pub(crate) async fn ensure_network(
     ex: &DockerExecutor,
     run: &RunId,
     owner: &Owner,
-) -> Result<String, String> {
+) -> Result<String, ExecError> {
     let mut networks = ex.networks.lock().await;
     if let Some(n) = networks.get(run) {
         return Ok(n.clone());
@@ -44,7 +44,7 @@ pub(crate) async fn ensure_network(
     ex.docker
         .create_network(req)
         .await
-        .map_err(|e| format!("cannot create the run's network: {e}"))?;
+        .map_err(|e| fail(format!("cannot create the run's network: {e}")))?;
     networks.insert(run.clone(), name.clone());
     Ok(name)
 }
@@ -56,7 +56,7 @@ pub(crate) async fn start(ex: &DockerExecutor, ctx: &RunContext) -> Result<(), E
     }
     let network = ensure_network(ex, &ctx.run_id, &ctx.owner)
         .await
-        .map_err(|e| ExecError::said(ErrorKind::Transient, e))?;
+        .map_err(|e| ExecError::said(ErrorKind::Transient, e.to_string()))?;
     let mut started = Vec::new();
     for (svc, env) in &ctx.services {
         let id = start_one(ex, ctx, &network, svc, env).await.map_err(|e| {
@@ -81,7 +81,7 @@ async fn wrapped(
     ex: &DockerExecutor,
     image: &str,
     command: Option<&String>,
-) -> Result<(Vec<String>, Vec<String>), String> {
+) -> Result<(Vec<String>, Vec<String>), ExecError> {
     let mut argv = match command {
         Some(c) => vec!["sh".to_string(), "-c".to_string(), c.clone()],
         None => {
@@ -89,7 +89,7 @@ async fn wrapped(
                 .docker
                 .inspect_image(image)
                 .await
-                .map_err(|e| format!("cannot inspect image `{image}`: {e}"))?
+                .map_err(|e| fail(format!("cannot inspect image `{image}`: {e}")))?
                 .config
                 .unwrap_or_default();
             let mut argv = config.entrypoint.unwrap_or_default();
@@ -113,7 +113,7 @@ async fn start_one(
     network: &str,
     svc: &ServicePlan,
     env: &[Var],
-) -> Result<String, String> {
+) -> Result<String, ExecError> {
     image_id(ex, &svc.image).await?;
     let secret: Vec<Var> = env.iter().filter(|v| v.secret).cloned().collect();
     let mut binds = Vec::new();
@@ -128,7 +128,7 @@ async fn start_one(
     } else {
         let root = ctx.runs_dir.join(ctx.run_id.as_str());
         let file = secrets_file(&root, &format!("service-{}", svc.name), &secret)
-            .map_err(|e| format!("cannot write its secret variables: {e}"))?;
+            .map_err(|e| fail(format!("cannot write its secret variables: {e}")))?;
         binds.push(format!("{}:{SECRETS_MOUNT}:ro", file.display()));
         let (e, c) = wrapped(ex, &svc.image, svc.command.as_ref()).await?;
         (Some(e), Some(c))
@@ -175,11 +175,11 @@ async fn start_one(
             body,
         )
         .await
-        .map_err(|e| format!("cannot create the container: {e}"))?;
+        .map_err(|e| fail(format!("cannot create the container: {e}")))?;
     ex.docker
         .start_container(&created.id, None)
         .await
-        .map_err(|e| format!("cannot start: {e}"))?;
+        .map_err(|e| fail(format!("cannot start: {e}")))?;
     Ok(created.id)
 }
 
@@ -189,7 +189,7 @@ async fn wait_ready(
     id: &str,
     cmd: &str,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ExecError> {
     let deadline = Instant::now() + timeout;
     let mut last = String::new();
     loop {
@@ -197,13 +197,13 @@ async fn wait_ready(
             .docker
             .inspect_container(id, None)
             .await
-            .map_err(|e| format!("cannot be inspected: {e}"))?;
+            .map_err(|e| fail(format!("cannot be inspected: {e}")))?;
         let state = info.state.unwrap_or_default();
         if state.running != Some(true) {
-            return Err(format!(
+            return Err(fail(format!(
                 "exited (code {}) before it was ready",
                 state.exit_code.unwrap_or(-1)
-            ));
+            )));
         }
         let exec = ex
             .docker
@@ -217,7 +217,7 @@ async fn wait_ready(
                 },
             )
             .await
-            .map_err(|e| format!("readiness check cannot run: {e}"))?;
+            .map_err(|e| fail(format!("readiness check cannot run: {e}")))?;
         if let Ok(StartExecResults::Attached { mut output, .. }) =
             ex.docker.start_exec(&exec.id, None).await
         {
@@ -246,11 +246,11 @@ async fn wait_ready(
             } else {
                 format!(": {last}")
             };
-            return Err(format!(
+            return Err(fail(format!(
                 "did not become ready within {} (`{cmd}` exited {}){detail}",
                 humantime::format_duration(timeout),
                 code.map_or("abnormally".to_string(), |c| c.to_string())
-            ));
+            )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -91,11 +91,20 @@ pub fn preflight(req: &RunRequest) -> Result<Arc<SecretSet>, PreflightError> {
     Ok(Arc::new(set))
 }
 
+/// A service variable that could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[error("service `{service}`: {source}")]
+pub struct ServiceEnvError {
+    pub service: String,
+    #[source]
+    pub source: EnvError,
+}
+
 /// The services' environment, resolved.
 pub fn service_env(
     req: &RunRequest,
     run_id: &RunId,
-) -> Result<Vec<(sentinel_pipeline::ServicePlan, Vec<Var>)>, String> {
+) -> Result<Vec<(sentinel_pipeline::ServicePlan, Vec<Var>)>, ServiceEnvError> {
     let empty = BTreeMap::new();
     let inputs = EnvInputs {
         plan: &req.plan,
@@ -124,7 +133,10 @@ pub fn service_env(
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("service `{}`: {e}", svc.name))?;
+                .map_err(|source| ServiceEnvError {
+                    service: svc.name.clone(),
+                    source,
+                })?;
             Ok((svc.clone(), vars))
         })
         .collect()

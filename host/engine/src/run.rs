@@ -300,7 +300,7 @@ impl Engine {
 
         let services = match service_env(req, &rec.run_id) {
             Ok(s) => s,
-            Err(e) => return self.fail_all(rec, e, progress).await,
+            Err(e) => return self.fail_all(rec, e.to_string(), progress).await,
         };
         let ctx = RunContext {
             run_id: rec.run_id.clone(),

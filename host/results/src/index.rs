@@ -1,14 +1,16 @@
 //! Writing and reading the runs index ([`sentinel_api::index`], layout 2)
-//! over any object storage: adding, changing or removing a run reads the
-//! root and one chunk and writes one chunk — two more objects when a chunk
-//! splits — whatever the number of runs. An index of layout 1 (pages) is
-//! converted by the first write. Readers dedup by id, since a chunk being
-//! split briefly shares runs with its new neighbour.
+//! over any object storage. A new run, or a change to one of the newest,
+//! reads and rewrites the small root only; every [`HEAD_MAX`]/2 runs the
+//! head's oldest move into the newest chunk (a chunk read and written, the
+//! chunk list too when it splits); a change to an older run rewrites its
+//! chunk — whatever the number of runs. An index of layout 1 (pages) is
+//! converted by the first write. Readers dedup by id, since runs being moved
+//! are briefly in two places (always written to the new place first).
 
 use async_trait::async_trait;
 use sentinel_api::index::{
-    CHUNK_MAX, ChunkRef, INDEX_SCHEMA, IndexChunk, IndexDoc, IndexRoot, ROOT, chunk_key,
-    decode_root, extend_unique,
+    CHUNK_MAX, CHUNKS, ChunkList, ChunkRef, HEAD_MAX, INDEX_SCHEMA, IndexChunk, IndexDoc,
+    IndexRoot, ROOT, chunk_key, decode_root, extend_unique,
 };
 use sentinel_api::keys::{self, INDEX_PAGE_SIZE};
 use sentinel_api::{IndexPage, RunId, RunSummary};
@@ -23,26 +25,40 @@ pub trait IndexStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
 }
 
+/// The index's documents are written compact: the root is rewritten on
+/// nearly every change, so its size is what each change costs.
 fn encode<T: serde::Serialize>(doc: &T) -> Result<Vec<u8>, StorageError> {
-    let mut bytes = serde_json::to_vec_pretty(doc)
-        .map_err(|e| StorageError::permanent("encode the index", e))?;
-    bytes.push(b'\n');
-    Ok(bytes)
+    serde_json::to_vec(doc).map_err(|e| StorageError::permanent("encode the index", e))
 }
 
 fn decode_err(key: &str, e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
     StorageError::permanent(format!("read {key}"), e)
 }
 
-async fn chunk(store: &dyn IndexStore, key: &str) -> Result<IndexChunk, StorageError> {
+async fn read<T: serde::de::DeserializeOwned + Default>(
+    store: &dyn IndexStore,
+    key: &str,
+) -> Result<T, StorageError> {
     match store.get(key).await? {
         Some(b) => sentinel_api::decode(&b, key, &[u64::from(INDEX_SCHEMA)])
             .map_err(|e| decode_err(key, e)),
-        // A chunk the root names but that is not written yet is empty.
-        None => Ok(IndexChunk {
-            schema: INDEX_SCHEMA,
-            runs: Vec::new(),
-        }),
+        // Named but not written yet: empty.
+        None => Ok(T::default()),
+    }
+}
+
+async fn write<T: serde::Serialize + Sync>(
+    store: &dyn IndexStore,
+    key: &str,
+    doc: &T,
+) -> Result<(), StorageError> {
+    store.put(key, encode(doc)?).await
+}
+
+fn chunk(runs: Vec<RunSummary>) -> IndexChunk {
+    IndexChunk {
+        schema: INDEX_SCHEMA,
+        runs,
     }
 }
 
@@ -75,21 +91,23 @@ async fn convert(store: &dyn IndexStore, first: IndexPage) -> Result<IndexRoot, 
         extend_unique(&mut runs, page.runs);
     }
     runs.sort_by(|a, b| b.id.cmp(&a.id));
-    let mut root = IndexRoot::new();
+    let mut list = ChunkList::new();
     for part in runs.chunks(INDEX_PAGE_SIZE) {
         let Some(oldest) = part.last() else { continue };
         let key = chunk_key(&oldest.id);
-        let doc = IndexChunk {
-            schema: INDEX_SCHEMA,
-            runs: part.to_vec(),
-        };
-        store.put(&key, encode(&doc)?).await?;
-        root.chunks.push(ChunkRef {
+        write(store, &key, &chunk(part.to_vec())).await?;
+        list.chunks.push(ChunkRef {
             from: oldest.id.clone(),
             key,
         });
     }
-    store.put(ROOT, encode(&root)?).await?;
+    let root = IndexRoot {
+        chunks: list.chunks.len() as u32,
+        floor: runs.first().map(|r| r.id.clone()),
+        ..IndexRoot::new()
+    };
+    write(store, CHUNKS, &list).await?;
+    write(store, ROOT, &root).await?;
     for old in pages.iter().skip(1) {
         store.delete(old).await?;
     }
@@ -114,65 +132,122 @@ pub async fn apply(store: &dyn IndexStore, change: &Change) -> Result<(), Storag
 /// Adds `summary` to the index, or replaces the run's entry.
 pub async fn upsert(store: &dyn IndexStore, summary: &RunSummary) -> Result<(), StorageError> {
     let mut root = root(store).await?;
-    let Some(i) = root.chunk_for(&summary.id) else {
-        let key = chunk_key(&summary.id);
-        let doc = IndexChunk {
-            schema: INDEX_SCHEMA,
-            runs: vec![summary.clone()],
-        };
-        store.put(&key, encode(&doc)?).await?;
-        root.chunks.push(ChunkRef {
-            from: summary.id.clone(),
-            key,
-        });
-        return store.put(ROOT, encode(&root)?).await;
-    };
-    let key = root.chunks[i].key.clone();
-    let mut doc = chunk(store, &key).await?;
-    RunSummary::upsert(&mut doc.runs, summary.clone());
-    if doc.runs.len() <= CHUNK_MAX {
-        return store.put(&key, encode(&doc)?).await;
+    if !root.in_head(&summary.id) {
+        return upsert_in_chunk(store, summary).await;
     }
-    // Split: the newer half becomes a chunk of its own, written and named
-    // by the root before the older half leaves this one (a reader in
-    // between sees some runs twice, never none).
+    RunSummary::upsert(&mut root.head, summary.clone());
+    if root.head.len() > HEAD_MAX {
+        // The oldest half go to the chunks: written there first, then
+        // taken out of the head.
+        let older = root.head.split_off(HEAD_MAX / 2);
+        if let Some(newest) = older.first() {
+            root.floor = Some(newest.id.clone());
+        }
+        root.chunks = move_to_chunks(store, older).await?;
+    }
+    write(store, ROOT, &root).await
+}
+
+/// Adds runs (newest first, all newer than any chunk's) to the newest
+/// chunk, splitting it when it is full; returns how many chunks there are.
+async fn move_to_chunks(
+    store: &dyn IndexStore,
+    runs: Vec<RunSummary>,
+) -> Result<u32, StorageError> {
+    let mut list: ChunkList = read(store, CHUNKS).await?;
+    let Some(newest) = list.chunks.first().cloned() else {
+        let Some(oldest) = runs.last().map(|r| r.id.clone()) else {
+            return Ok(0);
+        };
+        let key = chunk_key(&oldest);
+        write(store, &key, &chunk(runs)).await?;
+        list.chunks.push(ChunkRef { from: oldest, key });
+        write(store, CHUNKS, &list).await?;
+        return Ok(1);
+    };
+    let mut doc: IndexChunk = read(store, &newest.key).await?;
+    for r in runs {
+        RunSummary::upsert(&mut doc.runs, r);
+    }
+    write_chunk(store, &mut list, 0, doc).await?;
+    Ok(list.chunks.len() as u32)
+}
+
+/// Writes chunk `i` of the list, splitting it when it is full: the newer
+/// half becomes a chunk of its own, written and listed before the older
+/// half leaves this one (a reader in between sees some runs twice, never
+/// none).
+async fn write_chunk(
+    store: &dyn IndexStore,
+    list: &mut ChunkList,
+    i: usize,
+    mut doc: IndexChunk,
+) -> Result<(), StorageError> {
+    let key = list.chunks[i].key.clone();
+    if doc.runs.len() <= CHUNK_MAX {
+        return write(store, &key, &doc).await;
+    }
     let older = doc.runs.split_off(doc.runs.len() / 2);
     let newer = std::mem::replace(&mut doc.runs, older);
     let Some(from) = newer.last().map(|r| r.id.clone()) else {
         return Ok(());
     };
     let new_key = chunk_key(&from);
-    let both = IndexChunk {
-        schema: INDEX_SCHEMA,
-        runs: newer,
+    write(store, &new_key, &chunk(newer)).await?;
+    list.chunks.insert(i, ChunkRef { from, key: new_key });
+    write(store, CHUNKS, list).await?;
+    write(store, &key, &doc).await
+}
+
+/// Adds or replaces a run older than the head, in its chunk.
+async fn upsert_in_chunk(store: &dyn IndexStore, summary: &RunSummary) -> Result<(), StorageError> {
+    let mut list: ChunkList = read(store, CHUNKS).await?;
+    let Some(i) = list.chunk_for(&summary.id) else {
+        return Ok(());
     };
-    store.put(&new_key, encode(&both)?).await?;
-    root.chunks.insert(i, ChunkRef { from, key: new_key });
-    store.put(ROOT, encode(&root)?).await?;
-    store.put(&key, encode(&doc)?).await
+    let mut doc: IndexChunk = read(store, &list.chunks[i].key).await?;
+    RunSummary::upsert(&mut doc.runs, summary.clone());
+    let before = list.chunks.len();
+    write_chunk(store, &mut list, i, doc).await?;
+    if list.chunks.len() != before {
+        let mut root = root(store).await?;
+        root.chunks = list.chunks.len() as u32;
+        write(store, ROOT, &root).await?;
+    }
+    Ok(())
 }
 
 /// Removes a run from the index (nothing when it is not there).
 pub async fn remove(store: &dyn IndexStore, id: &RunId) -> Result<(), StorageError> {
     let mut root = root(store).await?;
-    let Some(i) = root.chunk_for(id) else {
+    if root.head.iter().any(|r| &r.id == id) {
+        root.head.retain(|r| &r.id != id);
+        return write(store, ROOT, &root).await;
+    }
+    let mut list: ChunkList = read(store, CHUNKS).await?;
+    let Some(i) = list.chunk_for(id) else {
         return Ok(());
     };
-    let key = root.chunks[i].key.clone();
-    let mut doc = chunk(store, &key).await?;
+    let key = list.chunks[i].key.clone();
+    let mut doc: IndexChunk = read(store, &key).await?;
     let before = doc.runs.len();
     doc.runs.retain(|r| &r.id != id);
     if doc.runs.len() == before {
         return Ok(());
     }
-    if doc.runs.is_empty() && root.chunks.len() > 1 {
+    if doc.runs.is_empty() {
         // Its range goes to the next older chunk (or, for the oldest, the
         // next newer one takes everything older).
-        let gone = root.chunks.remove(i);
-        store.put(ROOT, encode(&root)?).await?;
-        return store.delete(&gone.key).await;
+        list.chunks.remove(i);
+        write(store, CHUNKS, &list).await?;
+        root.chunks = list.chunks.len() as u32;
+        if root.chunks == 0 {
+            root.floor = None;
+        }
+        write(store, ROOT, &root).await?;
+        return store.delete(&key).await;
     }
-    store.put(&key, encode(&doc)?).await
+    write(store, &key, &doc).await
 }
 
 /// The runs of the index, newest first, at most `limit`.
@@ -183,11 +258,16 @@ pub async fn list(store: &dyn IndexStore, limit: usize) -> Result<Vec<RunSummary
     let mut runs = Vec::new();
     match decode_root(&bytes).map_err(|e| decode_err(ROOT, e))? {
         IndexDoc::Chunks(root) => {
-            for c in &root.chunks {
-                if runs.len() >= limit {
-                    break;
+            extend_unique(&mut runs, root.head);
+            if root.chunks > 0 && runs.len() < limit {
+                let list: ChunkList = read(store, CHUNKS).await?;
+                for c in &list.chunks {
+                    if runs.len() >= limit {
+                        break;
+                    }
+                    let doc: IndexChunk = read(store, &c.key).await?;
+                    extend_unique(&mut runs, doc.runs);
                 }
-                extend_unique(&mut runs, chunk(store, &c.key).await?.runs);
             }
         }
         IndexDoc::Pages(first) => {
@@ -261,12 +341,17 @@ mod tests {
             upsert(&mem, &summary(i)).await.unwrap();
             most = most.max(*mem.writes.lock().unwrap() - before);
         }
-        assert!(most <= 3, "an insert wrote {most} objects");
+        assert!(most <= 4, "an insert wrote {most} objects");
         let all = list(&mem, usize::MAX).await.unwrap();
         assert_eq!(all.len(), 1000);
         assert!(all.windows(2).all(|w| w[0].id > w[1].id), "newest first");
         assert_eq!(list(&mem, 10).await.unwrap()[0].id, summary(999).id);
 
+        // A new run touches the root alone.
+        let before = *mem.writes.lock().unwrap();
+        upsert(&mem, &summary(1000)).await.unwrap();
+        remove(&mem, &summary(1000).id).await.unwrap();
+        assert_eq!(*mem.writes.lock().unwrap() - before, 2);
         // A change in the middle and a removal touch one chunk each.
         let mut again = summary(500);
         again.status = sentinel_api::RunStatus::Failed;
@@ -280,13 +365,20 @@ mod tests {
             all.iter().find(|r| r.id == again.id).unwrap().status,
             sentinel_api::RunStatus::Failed
         );
-        // Emptying a chunk drops it from the root.
+        // Emptying a chunk drops it from the list.
         for i in 0..1000 {
             remove(&mem, &summary(i).id).await.unwrap();
         }
         assert!(list(&mem, usize::MAX).await.unwrap().is_empty());
         let root: IndexRoot = serde_json::from_slice(&mem.objects.lock().unwrap()[ROOT]).unwrap();
-        assert_eq!(root.chunks.len(), 1);
+        assert_eq!(root.chunks, 0, "emptied chunks are dropped");
+        assert!(
+            !mem.objects
+                .lock()
+                .unwrap()
+                .keys()
+                .any(|k| k.starts_with("runs/index/01"))
+        );
     }
 
     #[tokio::test]

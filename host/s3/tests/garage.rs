@@ -88,7 +88,6 @@ async fn a_run_lands_under_the_prefix_in_the_results_layout() {
             format!("run/{id}/quiet.json"),
             format!("run/{id}/run.json"),
             "runs/index.json".to_string(),
-            format!("runs/index/{id}.json"),
         ],
         "the documented layout under the prefix (a stage that printed nothing has no log)"
     );

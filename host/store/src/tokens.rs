@@ -26,14 +26,19 @@ pub enum Scope {
     Admin,
 }
 
+/// A scope name that is none of `read`, `trigger`, `admin`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scope `{0}` (read, trigger or admin)")]
+pub struct UnknownScope(pub String);
+
 impl std::str::FromStr for Scope {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownScope;
+    fn from_str(s: &str) -> Result<Self, UnknownScope> {
         match s {
             "read" => Ok(Scope::Read),
             "trigger" => Ok(Scope::Trigger),
             "admin" => Ok(Scope::Admin),
-            other => Err(format!("unknown scope `{other}` (read, trigger or admin)")),
+            other => Err(UnknownScope(other.to_string())),
         }
     }
 }

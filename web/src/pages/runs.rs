@@ -5,7 +5,9 @@
 //! lead the list.
 
 use leptos::prelude::*;
-use sentinel_api::index::{IndexChunk, IndexDoc, ROOT, decode_root, extend_unique, schema_of};
+use sentinel_api::index::{
+    CHUNKS, ChunkList, IndexChunk, IndexDoc, ROOT, decode_root, extend_unique, schema_of,
+};
 use sentinel_api::{IndexPage, RunSummary, keys};
 
 use super::{ErrorBox, Refresh};
@@ -26,7 +28,8 @@ fn wanted() -> usize {
 /// The index's parts still to read, in order (chunk or page keys).
 type Pending = Vec<String>;
 
-/// Reads one part of the index: a chunk, or a page (which names the next).
+/// Reads one part of the index: the chunk list (which names the chunks), a
+/// chunk, or a page of an older layout (which names the next).
 async fn part(source: &Source, key: &str) -> Result<(Vec<RunSummary>, Pending), FetchError> {
     let url = source.url(key);
     let Some(text) = fetch::text_opt(&url).await? else {
@@ -40,6 +43,10 @@ async fn part(source: &Source, key: &str) -> Result<(Vec<RunSummary>, Pending), 
         1 => {
             let page: IndexPage = sentinel_api::decode(text.as_bytes(), key, &[1]).map_err(wrap)?;
             Ok((page.runs, page.next.into_iter().collect()))
+        }
+        _ if key == CHUNKS => {
+            let list: ChunkList = sentinel_api::decode(text.as_bytes(), key, &[2]).map_err(wrap)?;
+            Ok((Vec::new(), list.chunks.into_iter().map(|c| c.key).collect()))
         }
         _ => {
             let chunk: IndexChunk =
@@ -63,7 +70,10 @@ async fn load(source: &Source, want: usize) -> Result<(Vec<RunSummary>, Pending)
         what: e.to_string(),
     })?;
     let (mut runs, mut pending) = match root {
-        IndexDoc::Chunks(root) => (Vec::new(), root.chunks.into_iter().map(|c| c.key).collect()),
+        IndexDoc::Chunks(root) => {
+            let more = (root.chunks > 0).then(|| CHUNKS.to_string());
+            (root.head, more.into_iter().collect())
+        }
         IndexDoc::Pages(page) => (page.runs, page.next.into_iter().collect::<Pending>()),
     };
     while runs.len() < want && !pending.is_empty() {
