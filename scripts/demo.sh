@@ -18,6 +18,13 @@ echo
 # Containers and WebAssembly steps together (jq-pluck plucks a key that stays masked).
 "$bin" -C examples/steps run -v
 echo
+# A dockercise file, unchanged (the seed's example on local images), and
+# what it is as a sentinel.yml.
+(cd examples/dockercise && AWS_DEFAULT_REGION=eu-west-1 "../../$bin" run -v dockercise.yml)
+echo
+"$bin" convert examples/dockercise/dockercise.yml | head -20
+echo "…"
+echo
 # Publishing: s3sync to the S3 server on loopback, notify to a loopback webhook.
 eval "$(scripts/s3-server.sh)"
 export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
@@ -30,7 +37,7 @@ sleep 0.5
 echo "published site: curl -H 'Host: $S3_BUCKET.web.localhost' http://127.0.0.1:3902/publish-demo/index.html"
 curl -s -H "Host: $S3_BUCKET.web.localhost" http://127.0.0.1:3902/publish-demo/index.html
 echo
-echo "Open the results: $(pwd)/examples/{demo,steps,publish}/.sentinel/results"
+echo "Open the results: $(pwd)/examples/{demo,steps,dockercise,publish}/.sentinel/results"
 echo "(runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"
 echo
 # The server: sentinel serve on the embedded default, the demo pipeline

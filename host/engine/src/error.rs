@@ -39,9 +39,50 @@ impl ErrorKind {
 /// The cause of an error, kept as the error it was.
 pub type Cause = Box<dyn StdError + Send + Sync + 'static>;
 
+/// The constructors every port error shares: what was being done, its
+/// kind, and its cause.
+macro_rules! port_error {
+    ($name:ident) => {
+        impl $name {
+            /// A failure that will not pass by itself.
+            pub fn permanent(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
+                Self::new(context, ErrorKind::Permanent, cause.into())
+            }
+
+            /// A failure that may pass (the other side is away).
+            pub fn transient(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
+                Self::new(context, ErrorKind::Transient, cause.into())
+            }
+
+            /// A failure whose message says it all.
+            pub fn said(kind: ErrorKind, message: impl Into<String>) -> Self {
+                Self::new(String::new(), kind, message.into().into())
+            }
+
+            /// An I/O failure, classified by [`ErrorKind::of_io`].
+            pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
+                Self::new(context, ErrorKind::of_io(&e), Box::new(e))
+            }
+
+            fn new(context: impl Into<String>, kind: ErrorKind, cause: Cause) -> Self {
+                Self {
+                    context: context.into(),
+                    kind,
+                    cause,
+                }
+            }
+
+            /// True when trying again may help.
+            pub fn is_transient(&self) -> bool {
+                self.kind == ErrorKind::Transient
+            }
+        }
+    };
+}
+
 /// A failure of the store, the results sink or the outbox.
 #[derive(Debug, thiserror::Error)]
-#[error("{context}: {cause}")]
+#[error("{}{cause}", if context.is_empty() { String::new() } else { format!("{context}: ") })]
 pub struct StorageError {
     /// What was being done (`put s3://bucket/key`, `read index`).
     pub context: String,
@@ -50,39 +91,7 @@ pub struct StorageError {
     pub cause: Cause,
 }
 
-impl StorageError {
-    /// A failure that will not pass by itself.
-    pub fn permanent(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
-        Self {
-            context: context.into(),
-            kind: ErrorKind::Permanent,
-            cause: cause.into(),
-        }
-    }
-
-    /// A failure that may pass (the other side is away).
-    pub fn transient(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
-        Self {
-            context: context.into(),
-            kind: ErrorKind::Transient,
-            cause: cause.into(),
-        }
-    }
-
-    /// An I/O failure, classified by [`ErrorKind::of_io`].
-    pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
-        Self {
-            context: context.into(),
-            kind: ErrorKind::of_io(&e),
-            cause: Box::new(e),
-        }
-    }
-
-    /// True when trying again may help.
-    pub fn is_transient(&self) -> bool {
-        self.kind == ErrorKind::Transient
-    }
-}
+port_error!(StorageError);
 
 /// A failure of an executor outside a stage's own outcome: preparing the
 /// workspace or the run's resources.
@@ -95,41 +104,7 @@ pub struct ExecError {
     pub cause: Cause,
 }
 
-impl ExecError {
-    pub fn permanent(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
-        Self {
-            context: context.into(),
-            kind: ErrorKind::Permanent,
-            cause: cause.into(),
-        }
-    }
-
-    pub fn transient(context: impl Into<String>, cause: impl Into<Cause>) -> Self {
-        Self {
-            context: context.into(),
-            kind: ErrorKind::Transient,
-            cause: cause.into(),
-        }
-    }
-
-    /// A failure whose message says it all.
-    pub fn said(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            context: String::new(),
-            kind,
-            cause: message.into().into(),
-        }
-    }
-
-    /// An I/O failure, classified by [`ErrorKind::of_io`].
-    pub fn io(context: impl Into<String>, e: std::io::Error) -> Self {
-        Self {
-            context: context.into(),
-            kind: ErrorKind::of_io(&e),
-            cause: Box::new(e),
-        }
-    }
-}
+port_error!(ExecError);
 
 /// Why a queued run could not be turned into a run (the repository could
 /// not be fetched, its pipeline is invalid, a secret is missing).

@@ -28,6 +28,28 @@ use crate::exec::{Chunk, Executor, Outcome, RunContext, StageJob, StageReport, S
 use crate::lease::Lease;
 use crate::ports::{Event, KeptOutputs, ResultsSink, StorageError, Store};
 
+/// A run document for tests: a local run of pipeline `p` in `status`.
+pub fn run_doc(id: &RunId, status: sentinel_api::RunStatus) -> RunDoc {
+    RunDoc {
+        schema: sentinel_api::SCHEMA_VERSION,
+        id: id.clone(),
+        pipeline: "p".into(),
+        status,
+        reason: None,
+        trigger: sentinel_api::Trigger {
+            kind: sentinel_api::TriggerKind::Local,
+            by: None,
+        },
+        git: None,
+        created: chrono::Utc::now(),
+        started: None,
+        finished: None,
+        duration_ms: None,
+        stages: vec![],
+        sentinel: "0".into(),
+    }
+}
+
 /// An executor that interprets the fake command language.
 #[derive(Debug, Default)]
 pub struct FakeExecutor {

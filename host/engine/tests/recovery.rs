@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sentinel_api::{RunDoc, RunId, RunStatus, StageDoc, StageName, Trigger, TriggerKind};
-use sentinel_engine::fake::{FakeExecutor, MemSink, MemStore};
+use sentinel_api::{RunDoc, RunId, RunStatus, StageDoc, StageName};
+use sentinel_engine::fake::{FakeExecutor, MemSink, MemStore, run_doc};
 use sentinel_engine::lease::Lease;
 use sentinel_engine::ports::{Event, KeptOutputs, StorageError, Store};
 use sentinel_engine::{Engine, EngineConfig, RunRequest, Signals};
@@ -77,22 +77,8 @@ impl Store for Damaged {
 
 fn running(id: &RunId) -> RunDoc {
     RunDoc {
-        schema: 1,
-        id: id.clone(),
-        pipeline: "p".into(),
-        status: RunStatus::Running,
-        reason: None,
-        trigger: Trigger {
-            kind: TriggerKind::Local,
-            by: None,
-        },
-        git: None,
-        created: Utc::now(),
         started: Some(Utc::now()),
-        finished: None,
-        duration_ms: None,
-        stages: vec![],
-        sentinel: "0".into(),
+        ..run_doc(id, RunStatus::Running)
     }
 }
 

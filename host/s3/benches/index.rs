@@ -21,7 +21,6 @@ use sentinel_api::index::{
 };
 use sentinel_api::{
     ResolvedInputs, RunDoc, RunId, RunStatus, RunSummary, StageDoc, StageKind, StageStatus,
-    Trigger, TriggerKind,
 };
 use sentinel_engine::ports::ResultsSink;
 use sentinel_results::LocalSink;
@@ -37,22 +36,9 @@ fn id(n: u32) -> RunId {
 
 fn run_doc(n: u32, status: RunStatus) -> RunDoc {
     RunDoc {
-        schema: 1,
-        id: id(n),
-        pipeline: "bench".into(),
-        status,
-        reason: None,
-        trigger: Trigger {
-            kind: TriggerKind::Local,
-            by: None,
-        },
-        git: None,
-        created: Utc::now(),
         started: Some(Utc::now()),
-        finished: None,
         duration_ms: Some(1200),
-        stages: vec![],
-        sentinel: "bench".into(),
+        ..sentinel_engine::fake::run_doc(&id(n), status)
     }
 }
 

@@ -93,7 +93,7 @@ mod tests {
         let mode = std::fs::metadata(tmp.path().join("seal.key")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(mode.permissions().mode() & 0o777, 0o600);
-        for entry in walkdir(tmp.path()) {
+        for entry in crate::files_under(tmp.path()) {
             let bytes = std::fs::read(&entry).unwrap();
             assert!(
                 !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
@@ -101,18 +101,5 @@ mod tests {
                 entry.display()
             );
         }
-    }
-
-    fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(walkdir(&p));
-            } else {
-                out.push(p);
-            }
-        }
-        out
     }
 }

@@ -429,31 +429,29 @@ impl SledStore {
     }
 }
 
+/// Every file under `dir`, for tests that look for a value in clear.
+#[cfg(test)]
+pub(crate) fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::Utc;
-    use sentinel_api::{RunStatus, Trigger, TriggerKind};
+    use sentinel_api::RunStatus;
 
     fn run(id: &str) -> RunDoc {
-        RunDoc {
-            schema: 1,
-            id: id.parse().unwrap(),
-            pipeline: "p".into(),
-            status: RunStatus::Running,
-            reason: None,
-            trigger: Trigger {
-                kind: TriggerKind::Local,
-                by: None,
-            },
-            git: None,
-            created: Utc::now(),
-            started: None,
-            finished: None,
-            duration_ms: None,
-            stages: vec![],
-            sentinel: "0".into(),
-        }
+        sentinel_engine::fake::run_doc(&id.parse().unwrap(), RunStatus::Running)
     }
 
     #[tokio::test]

@@ -234,7 +234,7 @@ mod tests {
             assert!(db.remove_secret("OTHER").await.unwrap());
         }
         // Nothing under the state folder holds the value.
-        for entry in walk(tmp.path()) {
+        for entry in crate::files_under(tmp.path()) {
             let bytes = std::fs::read(&entry).unwrap();
             assert!(
                 !bytes.windows(value.len()).any(|w| w == value.as_bytes()),
@@ -242,19 +242,6 @@ mod tests {
                 entry.display()
             );
         }
-    }
-
-    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-        out
     }
 
     #[test]

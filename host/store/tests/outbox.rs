@@ -6,34 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use sentinel_api::{RunDoc, RunId, RunStatus, Trigger, TriggerKind, keys};
-use sentinel_engine::fake::MemSink;
+use sentinel_api::{RunDoc, RunId, RunStatus, keys};
+use sentinel_engine::fake::{MemSink, run_doc};
 use sentinel_engine::log::LogBody;
 use sentinel_engine::outbox::OutboxSink;
 use sentinel_engine::ports::{Outbox, ResultsSink};
 use sentinel_store::{OpenError, SledStore};
-
-fn run_doc(id: &RunId, status: RunStatus) -> RunDoc {
-    RunDoc {
-        schema: 1,
-        id: id.clone(),
-        pipeline: "p".into(),
-        status,
-        reason: None,
-        trigger: Trigger {
-            kind: TriggerKind::Local,
-            by: None,
-        },
-        git: None,
-        created: Utc::now(),
-        started: None,
-        finished: None,
-        duration_ms: None,
-        stages: vec![],
-        sentinel: "0".into(),
-    }
-}
 
 /// Opens the database, waiting for an earlier handle's last clone to go.
 async fn open(dir: &std::path::Path) -> SledStore {
