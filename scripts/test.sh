@@ -9,18 +9,24 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$(pwd)/target}"
 
 timings=()
+current=""
+started=0
 phase() {
-  local name=$1
+  current=$1
   shift
-  local start=$SECONDS
-  echo "== $name"
+  started=$SECONDS
+  echo "== $current"
   "$@"
-  timings+=("$(printf '%-34s %5ds' "$name" $((SECONDS - start)))")
+  timings+=("$(printf '%-34s %5ds' "$current" $((SECONDS - started)))")
+  current=""
 }
 report() {
   local code=$?
   echo "== phases"
   for t in "${timings[@]}"; do echo "  $t"; done
+  if [ -n "$current" ]; then
+    echo "  $(printf '%-34s %5ds  (failed)' "$current" $((SECONDS - started)))"
+  fi
   echo "  $(printf '%-34s %5ds' total "$SECONDS")"
   exit "$code"
 }

@@ -246,17 +246,31 @@ async fn artifacts_zipped() -> Result<(), String> {
 
 async fn oom_is_named() -> Result<(), String> {
     let p = Project::new(&pipeline(
-        "  hog: {memory: 16m, run: 'dd if=/dev/zero of=/dev/null bs=128M count=1'}\n",
+        "  hog: {memory: 16m, run: 'dd if=/dev/zero of=/dev/null bs=128M count=1'}\n\
+         \x20 child: {memory: 16m, run: 'dd if=/dev/zero of=/dev/null bs=128M count=1 || exit 3'}\n\
+         \x20 survivor: {memory: 16m, run: 'dd if=/dev/zero of=/dev/null bs=128M count=1 || true'}\n",
     ));
     let r = run(&p, Opts::default()).await;
-    let hog = p.stage(&r, "hog").await;
+    // The last command killed, a child killed and the script failing
+    // otherwise: both are OOM kills; a script that recovers succeeds.
+    for name in ["hog", "child"] {
+        let s = p.stage(&r, name).await;
+        ensure!(
+            s.status == StageStatus::Failed && s.failure == Some(FailureKind::OomKilled),
+            "{name}: {:?} {:?} {:?}",
+            s.status,
+            s.failure,
+            s.reason
+        );
+    }
+    let survivor = p.stage(&r, "survivor").await;
     ensure!(
-        hog.status == StageStatus::Failed && hog.failure == Some(FailureKind::OomKilled),
-        "hog: {:?} {:?} {:?}",
-        hog.status,
-        hog.failure,
-        hog.reason
+        survivor.status == StageStatus::Succeeded,
+        "survivor: {:?} {:?}",
+        survivor.status,
+        survivor.reason
     );
+    let hog = p.stage(&r, "hog").await;
     ensure!(
         hog.reason
             .as_deref()

@@ -3,7 +3,7 @@
 //! (unprivileged, limited, labelled; secret variables in a file its shell
 //! reads, never in the container's configuration), attach before starting
 //! so no output is lost, stream stdout/stderr to the engine, wait or stop,
-//! read the exit code and the OOM flag, capture the files it changed, and
+//! read the exit code and whether Docker saw an OOM kill, capture the files it changed, and
 //! always remove the container.
 
 use std::collections::HashMap;
@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    RemoveContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
+    KillContainerOptions, RemoveContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -56,21 +56,35 @@ pub(crate) fn secrets_file(
     Ok(path)
 }
 
-/// The entrypoint and command of a script: its shell reads the secret
-/// variables' file first when there is one, then runs the script.
+/// Where, in a container's private folder, its shell leaves the number of
+/// processes the kernel's OOM killer ended in the container.
+const OOM_KILLS: &str = "oom-kills";
+
+/// The entrypoint and command of a script. A shell of its own runs the
+/// script (after reading the secret variables' file when there is one);
+/// when the script fails, it copies the kernel's count of OOM kills in the
+/// container's memory cgroup (v2 `memory.events`, v1 `memory.oom_control`)
+/// to [`OOM_KILLS`]. That count is the kernel's word, read while the
+/// container lives: Docker's own flag can miss an OOM kill on a busy host.
 fn command(action: &ContainerAction, with_secrets: bool) -> (Vec<String>, Vec<String>) {
     let flags = action.shell.flags().join(" ");
-    if with_secrets {
-        let loader = format!(". {SECRETS_MOUNT} && exec sh {flags} \"$1\"");
-        (
-            vec!["sh".into(), "-c".into(), loader, "sentinel".into()],
-            vec![action.script.clone()],
-        )
+    let load = if with_secrets {
+        format!(". {SECRETS_MOUNT} || exit 1; ")
     } else {
-        let mut entry = vec!["sh".to_string()];
-        entry.extend(action.shell.flags().iter().map(|f| f.to_string()));
-        (entry, vec![action.script.clone()])
-    }
+        String::new()
+    };
+    let outer = format!(
+        "{load}sh {flags} \"$1\"; rc=$?; \
+         if [ \"$rc\" -ne 0 ]; then \
+         for f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do \
+         [ -r \"$f\" ] || continue; \
+         while read -r k v; do [ \"$k\" = oom_kill ] && echo \"$v\" > {PRIVATE_MOUNT}/{OOM_KILLS}; done < \"$f\"; \
+         break; done 2>/dev/null; fi; exit \"$rc\""
+    );
+    (
+        vec!["sh".into(), "-c".into(), outer, "sentinel".into()],
+        vec![action.script.clone()],
+    )
 }
 
 /// Resolves an image to its id; tries a pull when it is not present.
@@ -220,7 +234,7 @@ pub(crate) async fn run(
         }
     };
     let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
-    let outcome = run_created(ex, &id, job.log.clone(), stop).await;
+    let outcome = run_created(ex, &id, &private, job.log.clone(), stop).await;
     remove_secrets(secrets);
     // Removal is off the stage's critical path; `end_run` waits for it.
     let docker = ex.docker.clone();
@@ -323,6 +337,7 @@ fn remove_secrets(file: Option<std::path::PathBuf>) {
 async fn run_created(
     ex: &DockerExecutor,
     id: &str,
+    private: &std::path::Path,
     log: tokio::sync::mpsc::Sender<Chunk>,
     stop: CancellationToken,
 ) -> Outcome {
@@ -363,8 +378,10 @@ async fn run_created(
             }
         }
     });
+    let oom = watch_for_oom(ex, id);
     if let Err(e) = ex.docker.start_container(id, None).await {
         pump.abort();
+        oom.abort();
         return Outcome::StartFailed(format!("cannot start the container: {e}"));
     }
     let mut wait = ex.docker.wait_container(id, None);
@@ -390,28 +407,86 @@ async fn run_created(
         tracing::warn!("container output did not close within 10 s of exit");
     }
     if stopped {
+        oom.abort();
         return Outcome::Stopped;
     }
-    // Docker learns of an OOM kill from an event that can come a moment
-    // after the exit. Only its word counts: a script killed by SIGKILL for
-    // another reason (exit code 137) is not an OOM kill.
-    let mut attempts = 0;
-    loop {
-        let state = match ex.docker.inspect_container(id, None).await {
-            Ok(info) => info.state.unwrap_or_default(),
-            Err(e) => return Outcome::Error(format!("cannot inspect the finished container: {e}")),
-        };
-        let code = state.exit_code.unwrap_or(-1);
-        if state.oom_killed == Some(true) {
-            return Outcome::OomKilled;
-        }
-        if code != 137 {
-            return Outcome::Exited { code };
-        }
-        if attempts >= 10 {
-            return Outcome::Signalled { code, signal: 9 };
-        }
-        attempts += 1;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    exit_outcome(ex, id, private, oom).await
 }
+
+/// Watches the daemon's events for the container's `oom` event, from a
+/// moment before it starts (`since` closes the gap between subscribing and
+/// starting). Resolves to true once one arrives.
+fn watch_for_oom(ex: &DockerExecutor, id: &str) -> tokio::task::JoinHandle<bool> {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(1))
+        .unwrap_or(0);
+    let filters = HashMap::from([
+        ("type".to_string(), vec!["container".to_string()]),
+        ("container".to_string(), vec![id.to_string()]),
+        ("event".to_string(), vec!["oom".to_string()]),
+    ]);
+    let options = EventsOptions {
+        since: Some(since.to_string()),
+        until: None,
+        filters: Some(filters),
+    };
+    let mut events = ex.docker.events(Some(options));
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(e) if e.action.as_deref() == Some("oom") => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::debug!("container events ended: {e}");
+                    return false;
+                }
+            }
+        }
+        false
+    })
+}
+
+/// How a finished container ended. A failed script was ended by the OOM
+/// killer when the kernel counted an OOM kill in its container (see
+/// [`command`]) or Docker says so: the `OOMKilled` flag of its state, or its
+/// `oom` event, which can trail the exit by a moment. Exit code 137 is a
+/// SIGKILL; without the kernel's count (its shell was killed too) the
+/// event is awaited briefly before calling it a plain SIGKILL.
+async fn exit_outcome(
+    ex: &DockerExecutor,
+    id: &str,
+    private: &std::path::Path,
+    mut oom: tokio::task::JoinHandle<bool>,
+) -> Outcome {
+    let state = match ex.docker.inspect_container(id, None).await {
+        Ok(info) => info.state.unwrap_or_default(),
+        Err(e) => {
+            oom.abort();
+            return Outcome::Error(format!("cannot inspect the finished container: {e}"));
+        }
+    };
+    let code = state.exit_code.unwrap_or(-1);
+    let kernel = std::fs::read_to_string(private.join(OOM_KILLS))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    let outcome = if code == 0 {
+        Outcome::Exited { code }
+    } else if kernel.is_some_and(|n| n > 0) || state.oom_killed == Some(true) {
+        Outcome::OomKilled
+    } else if code != 137 {
+        Outcome::Exited { code }
+    } else if kernel.is_some() {
+        Outcome::Signalled { code, signal: 9 }
+    } else {
+        match tokio::time::timeout(OOM_EVENT_GRACE, &mut oom).await {
+            Ok(Ok(true)) => Outcome::OomKilled,
+            _ => Outcome::Signalled { code, signal: 9 },
+        }
+    };
+    oom.abort();
+    outcome
+}
+
+/// How long a SIGKILLed container's `oom` event is awaited after its exit.
+const OOM_EVENT_GRACE: Duration = Duration::from_secs(2);

@@ -300,7 +300,7 @@ impl Engine {
 
         let services = match service_env(req, &rec.run_id) {
             Ok(s) => s,
-            Err(e) => return self.fail_all(rec, e.to_string(), progress).await,
+            Err(e) => return self.fail_all(rec, e.to_string(), progress, signals).await,
         };
         let ctx = RunContext {
             run_id: rec.run_id.clone(),
@@ -329,7 +329,12 @@ impl Engine {
             Ok(ws) => ws,
             Err(e) => {
                 return self
-                    .fail_all(rec, format!("the run could not start: {e}"), progress)
+                    .fail_all(
+                        rec,
+                        format!("the run could not start: {e}"),
+                        progress,
+                        signals,
+                    )
                     .await;
             }
         };
@@ -340,7 +345,12 @@ impl Engine {
         };
         if let Err(e) = started {
             return self
-                .fail_all(rec, format!("the run could not start: {e}"), progress)
+                .fail_all(
+                    rec,
+                    format!("the run could not start: {e}"),
+                    progress,
+                    signals,
+                )
                 .await;
         }
         let keep = self.config.keep_files > 0;
@@ -525,19 +535,28 @@ impl Engine {
         status
     }
 
-    /// Ends a run that could not start: every stage is skipped with the reason.
+    /// Ends a run that could not start: every stage is skipped with the
+    /// reason — or, when the run was cancelled meanwhile, cancelled.
     async fn fail_all(
         &self,
         rec: &mut Recorder,
         reason: String,
         progress: &ProgressFn,
+        signals: &Signals,
     ) -> RunStatus {
+        let cancelled = signals.cancel.is_cancelled();
+        let (event, reason, status) = if cancelled {
+            let why = "the run was cancelled before its stages started".to_string();
+            (StageEvent::Cancel, why, RunStatus::Cancelled)
+        } else {
+            (StageEvent::Skip, reason, RunStatus::Failed)
+        };
         for s in rec.plan.clone().stages.iter() {
-            rec.stage_event(&s.name, StageEvent::Skip, Some(reason.clone()), progress)
+            rec.stage_event(&s.name, event, Some(reason.clone()), progress)
                 .await;
         }
         rec.set_reason(Some(reason));
-        RunStatus::Failed
+        status
     }
 
     /// Marks runs whose owner died `interrupted`, publishes that, and removes
