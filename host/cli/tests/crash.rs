@@ -190,11 +190,9 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
     }
     for run in &runs {
         assert!(run.status.is_final(), "run {} is {}", run.id, run.status);
-        let finals = db
-            .get_events(&run.id)
-            .await
-            .unwrap()
-            .into_iter()
+        let events = db.get_events(&run.id).await.unwrap();
+        let finals = events
+            .iter()
             .filter(|e| e.stage.is_none())
             .filter(|e| {
                 matches!(
@@ -203,7 +201,11 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
                 )
             })
             .count();
-        assert_eq!(finals, 1, "run {} ended {finals} times", run.id);
+        assert_eq!(
+            finals, 1,
+            "run {} ended {finals} times: {events:#?}",
+            run.id
+        );
         let left = common::leftovers(Some(run.id.as_str())).await;
         assert!(left.is_empty(), "run {} left {left:?}", run.id);
     }

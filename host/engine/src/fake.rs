@@ -251,6 +251,16 @@ impl Store for MemStore {
             .insert(run.id.clone(), run.clone());
         Ok(())
     }
+    async fn end_run(&self, run: &RunDoc, event: &Event) -> Result<(), StorageError> {
+        let mut runs = self.runs.lock().unwrap();
+        let mut events = self.events.lock().unwrap();
+        runs.insert(run.id.clone(), run.clone());
+        events
+            .entry(run.id.clone())
+            .or_default()
+            .push(event.clone());
+        Ok(())
+    }
     async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError> {
         self.stages
             .lock()

@@ -48,6 +48,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError>;
     /// Appends to the run's history.
     async fn append_event(&self, run: &RunId, event: &Event) -> Result<(), StorageError>;
+    /// Saves a run's final document and appends its final event, both or
+    /// neither, durably: a crash between the two cannot leave a run that
+    /// ended in its history but is still open (and so would end twice).
+    async fn end_run(&self, run: &RunDoc, event: &Event) -> Result<(), StorageError>;
     async fn get_run(&self, id: &RunId) -> Result<Option<RunDoc>, StorageError>;
     async fn get_stages(&self, id: &RunId) -> Result<Vec<StageDoc>, StorageError>;
     async fn get_events(&self, id: &RunId) -> Result<Vec<Event>, StorageError>;

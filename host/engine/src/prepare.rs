@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sentinel_api::{RunId, StageName};
-use sentinel_pipeline::{Action, EnvValue, Plan, Ref, StagePlan};
+use sentinel_pipeline::{EnvValue, Plan, Ref, StagePlan};
 
 use crate::env::{EnvError, EnvInputs, StageEnv, resolve, stage_env};
 use crate::exec::{Inputs, Var, VolumeInput};
@@ -190,12 +190,7 @@ pub fn kept_dir(state_dir: &Path, run: &RunId) -> PathBuf {
 /// Where a stage's created files are kept, when it can change the
 /// workspace at all (a step that may only read it changes nothing).
 pub fn capture_of(state_dir: &Path, run: &RunId, stage: &StagePlan, keep: bool) -> Option<PathBuf> {
-    let writes = match &stage.action {
-        Action::Container(_) => true,
-        Action::Step(s) => {
-            s.resolved.manifest.capabilities.workspace == sentinel_pipeline::WorkspaceAccess::Write
-        }
-    };
+    let writes = stage.action.writes_workspace();
     (keep && writes).then(|| kept_dir(state_dir, run).join(stage.name.as_str()))
 }
 

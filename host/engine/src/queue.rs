@@ -338,8 +338,7 @@ async fn record_unstarted(
     run.reason = Some(reason.to_string());
     run.finished = Some(now);
     let e = crate::docs::event(None, status.as_str(), run.reason.clone());
-    engine.store.append_event(&run.id, &e).await?;
-    engine.store.put_run(&run, true).await?;
+    engine.store.end_run(&run, &e).await?;
     engine.sink.put_run(&run).await?;
     engine.sink.update_index(&RunSummary::of(&run)).await
 }

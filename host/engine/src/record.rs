@@ -13,7 +13,7 @@ use sentinel_api::{
     FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStatus, RunSummary, StageName,
     StageStatus, Trigger,
 };
-use sentinel_pipeline::{Action, Plan};
+use sentinel_pipeline::Plan;
 use sha2::Digest;
 
 use crate::docs::{apply_run_event, apply_stage_event, event, new_run_doc, run_entries};
@@ -57,18 +57,12 @@ impl Recorder {
             .stages
             .iter()
             .map(|s| {
-                let (image, script_sha256, step) = match &s.action {
-                    Action::Container(c) => (
-                        Some(c.image.clone()),
-                        Some(hex::encode(sha2::Sha256::digest(c.script.as_bytes()))),
-                        None,
-                    ),
-                    Action::Step(st) => (
-                        None,
-                        None,
-                        Some(format!("{} ({})", st.step, st.resolved.digest)),
-                    ),
-                };
+                let from = s.action.provenance();
+                let image = from.image.map(str::to_string);
+                let script_sha256 = from
+                    .script
+                    .map(|t| hex::encode(sha2::Sha256::digest(t.as_bytes())));
+                let step = from.step;
                 StageState {
                     name: s.name.clone(),
                     kind: s.kind(),
@@ -537,13 +531,12 @@ impl Recorder {
             self.run.finished,
         );
         let e = event(None, self.run.status.as_str(), self.run.reason.clone());
-        if let Err(err) = self.store.append_event(&self.run_id, &e).await {
-            tracing::warn!("cannot record an event: {err}");
-        }
         self.publish_run(true).await;
         self.publisher.flush().await;
-        if let Err(e) = self.store.put_run(&self.run_doc(), true).await {
-            tracing::error!("cannot store the finished run: {e}");
+        // The end and its event together: a crash before this leaves an
+        // open run that recovery ends once, as `interrupted`.
+        if let Err(err) = self.store.end_run(&self.run_doc(), &e).await {
+            tracing::error!("cannot store the finished run: {err}");
         }
     }
 }

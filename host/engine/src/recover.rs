@@ -133,16 +133,19 @@ async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), Storage
             entry.status = to;
         }
     }
-    if !run.status.is_final() {
+    let ended = (!run.status.is_final()).then(|| {
         apply_run_event(&mut run, RunEvent::Interrupt);
         run.reason = Some(why.to_string());
         run.finished = Some(now);
-        let e = crate::docs::event(None, run.status.as_str(), run.reason.clone());
-        engine.store.append_event(id, &e).await?;
-    }
+        crate::docs::event(None, run.status.as_str(), run.reason.clone())
+    });
     engine.sink.put_run(&run).await?;
     engine.sink.update_index(&RunSummary::of(&run)).await?;
-    engine.store.put_run(&run, true).await?;
+    match ended {
+        // Its end and its history's last line, together.
+        Some(e) => engine.store.end_run(&run, &e).await?,
+        None => engine.store.put_run(&run, true).await?,
+    }
     engine.exec.end_run(id).await;
     engine.store.remove_lease(id).await?;
     let root = dirs.root.clone();

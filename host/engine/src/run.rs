@@ -325,6 +325,16 @@ impl Engine {
                 _ = signals.cancel.cancelled() => Err("cancelled while preparing the workspace".into()),
             },
         };
+        let made = match made {
+            Ok(ws) => {
+                *workspace = Some(ws.clone());
+                tokio::select! {
+                    r = self.exec.start_run(&ctx) => r.map(|()| ws).map_err(|e| e.to_string()),
+                    _ = signals.cancel.cancelled() => Err("cancelled while starting services".into()),
+                }
+            }
+            Err(e) => Err(e),
+        };
         let ws = match made {
             Ok(ws) => ws,
             Err(e) => {
@@ -338,21 +348,6 @@ impl Engine {
                     .await;
             }
         };
-        *workspace = Some(ws.clone());
-        let started = tokio::select! {
-            r = self.exec.start_run(&ctx) => r.map_err(|e| e.to_string()),
-            _ = signals.cancel.cancelled() => Err("cancelled while starting services".into()),
-        };
-        if let Err(e) = started {
-            return self
-                .fail_all(
-                    rec,
-                    format!("the run could not start: {e}"),
-                    progress,
-                    signals,
-                )
-                .await;
-        }
         let keep = self.config.keep_files > 0;
 
         let mut running = JoinSet::new();

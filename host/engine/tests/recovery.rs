@@ -28,6 +28,9 @@ impl Store for Damaged {
     async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError> {
         self.inner.put_stage(stage).await
     }
+    async fn end_run(&self, run: &RunDoc, event: &Event) -> Result<(), StorageError> {
+        self.inner.end_run(run, event).await
+    }
     async fn append_event(&self, run: &RunId, event: &Event) -> Result<(), StorageError> {
         self.inner.append_event(run, event).await
     }

@@ -241,6 +241,43 @@ impl Action {
             Self::Step(_) => false,
         }
     }
+
+    /// True when the action can change the workspace (a step whose manifest
+    /// only lets it read the workspace changes nothing).
+    pub fn writes_workspace(&self) -> bool {
+        match self {
+            Self::Container(_) => true,
+            Self::Step(s) => {
+                s.resolved.manifest.capabilities.workspace == crate::step::WorkspaceAccess::Write
+            }
+        }
+    }
+
+    /// What a stage document records of where the action came from.
+    pub fn provenance(&self) -> Provenance<'_> {
+        match self {
+            Self::Container(c) => Provenance {
+                image: Some(&c.image),
+                script: Some(&c.script),
+                step: None,
+            },
+            Self::Step(s) => Provenance {
+                image: None,
+                script: None,
+                step: Some(format!("{} ({})", s.step, s.resolved.digest)),
+            },
+        }
+    }
+}
+
+/// Where an action came from: a container's image and script, or a step's
+/// name and digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance<'a> {
+    pub image: Option<&'a str>,
+    pub script: Option<&'a str>,
+    /// `name (digest)`.
+    pub step: Option<String>,
 }
 
 /// A stage whose files this stage uses, and where it sees them.

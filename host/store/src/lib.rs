@@ -268,6 +268,25 @@ impl Store for SledStore {
         Ok(())
     }
 
+    async fn end_run(&self, run: &RunDoc, event: &Event) -> Result<(), StorageError> {
+        use sled::Transactional;
+        let value = encode(run)?;
+        let event = encode(event)?;
+        let key = run.id.as_str().as_bytes();
+        let seq = self.db.generate_id().map_err(|e| err("event id", e))?;
+        let mut event_key = format!("{}/", run.id).into_bytes();
+        event_key.extend_from_slice(&seq.to_be_bytes());
+        (&self.runs, &self.open, &self.events)
+            .transaction(|(runs, opened, events)| {
+                runs.insert(key, value.as_slice())?;
+                opened.remove(key)?;
+                events.insert(event_key.as_slice(), event.as_slice())?;
+                Ok::<(), sled::transaction::ConflictableTransactionError>(())
+            })
+            .map_err(|e| err("end run", e))?;
+        self.flush().await
+    }
+
     async fn put_stage(&self, stage: &StageDoc) -> Result<(), StorageError> {
         self.stages
             .insert(
