@@ -134,24 +134,39 @@ fn network_mode(ex_network: Option<&str>, wanted: Network) -> String {
     }
 }
 
-/// Runs one container stage to its end.
-pub(crate) async fn run(
+/// A stage's container, created and not yet started, with what it uses on
+/// this machine.
+pub(crate) struct Created {
+    pub id: String,
+    pub name: String,
+    pub image_id: String,
+    /// The stage's private folder (seen at [`PRIVATE_MOUNT`]).
+    pub private: std::path::PathBuf,
+    /// The file of its secret variables, removed when it ends.
+    pub secrets: Option<std::path::PathBuf>,
+}
+
+/// How a stage's container is made: its image, process and whether its
+/// standard input stays open (a job's agent reads its steps there).
+pub(crate) struct Spec {
+    pub image: String,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub stdin: bool,
+}
+
+/// Creates a stage's container: checks the image, lays out its inputs,
+/// and creates it unprivileged, limited and labelled. A failure is the
+/// stage's report.
+pub(crate) async fn create(
     ex: &DockerExecutor,
-    job: StageJob,
-    stop: CancellationToken,
-) -> StageReport {
-    let Work::Container(action) = job.work.clone() else {
-        return StageReport::of(Outcome::StartFailed("not a container stage".into()));
-    };
-    let workspace = job.workspace.clone();
-    let Some(ws) = workspace.local() else {
-        return StageReport::of(Outcome::StartFailed(
-            "the Docker executor runs stages on a workspace of this machine".into(),
-        ));
-    };
-    let image_id = match image_id(ex, &action.image).await {
+    job: &StageJob,
+    ws: &LocalWorkspace,
+    spec: Spec,
+) -> Result<Created, StageReport> {
+    let image_id = match image_id(ex, &spec.image).await {
         Ok(id) => id,
-        Err(e) => return StageReport::of(Outcome::StartFailed(e.to_string())),
+        Err(e) => return Err(StageReport::of(Outcome::StartFailed(e.to_string()))),
     };
     let failed = |e: String| StageReport {
         outcome: Outcome::StartFailed(e),
@@ -161,15 +176,14 @@ pub(crate) async fn run(
     let network = if job.limits.network == Network::Run {
         match crate::services::ensure_network(ex, &job.run_id, &job.owner).await {
             Ok(n) => Some(n),
-            Err(e) => return failed(e.to_string()),
+            Err(e) => return Err(failed(e.to_string())),
         }
     } else {
         None
     };
-    let prepared = prepare(ws, &job).await;
-    let (private, binds, secrets) = match prepared {
+    let (private, binds, secrets) = match prepare(ws, job).await {
         Ok(p) => p,
-        Err(e) => return failed(e.to_string()),
+        Err(e) => return Err(failed(e.to_string())),
     };
     let mut env: Vec<String> = job
         .env
@@ -180,12 +194,11 @@ pub(crate) async fn run(
     if !job.env.iter().any(|v| v.name == "HOME") {
         env.push("HOME=/tmp".into());
     }
-    let (entrypoint, cmd) = command(&action, secrets.is_some());
     let name = object_name(&job.run_id, job.stage.as_str());
     let body = ContainerCreateBody {
-        image: Some(action.image.clone()),
-        entrypoint: Some(entrypoint),
-        cmd: Some(cmd),
+        image: Some(spec.image.clone()),
+        entrypoint: Some(spec.entrypoint),
+        cmd: Some(spec.cmd),
         env: Some(env),
         user: Some(job.user.clone()),
         working_dir: Some(WORKSPACE_MOUNT.into()),
@@ -197,6 +210,9 @@ pub(crate) async fn run(
         )),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
+        attach_stdin: Some(spec.stdin),
+        open_stdin: Some(spec.stdin),
+        stdin_once: Some(false),
         tty: Some(false),
         host_config: Some(HostConfig {
             binds: Some(binds),
@@ -226,17 +242,24 @@ pub(crate) async fn run(
             body,
         )
         .await;
-    let id = match created {
-        Ok(c) => c.id,
+    match created {
+        Ok(c) => Ok(Created {
+            id: c.id,
+            name,
+            image_id,
+            private,
+            secrets,
+        }),
         Err(e) => {
             remove_secrets(secrets);
-            return failed(format!("cannot create the container: {e}"));
+            Err(failed(format!("cannot create the container: {e}")))
         }
-    };
-    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
-    let outcome = run_created(ex, &id, &private, job.log.clone(), stop).await;
-    remove_secrets(secrets);
-    // Removal is off the stage's critical path; `end_run` waits for it.
+    }
+}
+
+/// Removes a stage's container off the stage's critical path; `end_run`
+/// waits for the removal.
+pub(crate) async fn remove_later(ex: &DockerExecutor, id: String, name: String) {
     let docker = ex.docker.clone();
     let removal = tokio::spawn(async move {
         let opts = RemoveContainerOptions {
@@ -251,6 +274,45 @@ pub(crate) async fn run(
         }
     });
     ex.removals.lock().await.push(removal);
+}
+
+/// Runs one container stage to its end.
+pub(crate) async fn run(
+    ex: &DockerExecutor,
+    job: StageJob,
+    stop: CancellationToken,
+) -> StageReport {
+    let Work::Container(action) = job.work.clone() else {
+        return StageReport::of(Outcome::StartFailed("not a container stage".into()));
+    };
+    let workspace = job.workspace.clone();
+    let Some(ws) = workspace.local() else {
+        return StageReport::of(Outcome::StartFailed(
+            "the Docker executor runs stages on a workspace of this machine".into(),
+        ));
+    };
+    let with_secrets = job.env.iter().any(|v| v.secret);
+    let (entrypoint, cmd) = command(&action, with_secrets);
+    let spec = Spec {
+        image: action.image.clone(),
+        entrypoint,
+        cmd,
+        stdin: false,
+    };
+    let Created {
+        id,
+        name,
+        image_id,
+        private,
+        secrets,
+    } = match create(ex, &job, ws, spec).await {
+        Ok(c) => c,
+        Err(report) => return report,
+    };
+    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+    let outcome = run_created(ex, &id, &private, job.log.clone(), stop).await;
+    remove_secrets(secrets);
+    remove_later(ex, id, name).await;
     let (outputs, artifacts) = ws.take_private(&private, false);
     let mut warnings = Vec::new();
     let files = match (&job.capture, since) {
@@ -328,7 +390,7 @@ async fn prepare(
     Ok((private, binds, secrets))
 }
 
-fn remove_secrets(file: Option<std::path::PathBuf>) {
+pub(crate) fn remove_secrets(file: Option<std::path::PathBuf>) {
     if let Some(f) = file {
         let _ = std::fs::remove_file(f);
     }

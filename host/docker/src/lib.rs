@@ -11,7 +11,10 @@
 //! one ([`sentinel_engine::exec::LocalWorkspace`]), bind-mounted.
 
 mod container;
+mod job;
 mod services;
+
+pub use job::JobContainer;
 
 use std::collections::HashMap;
 
