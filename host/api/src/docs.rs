@@ -52,8 +52,28 @@ pub enum StageKind {
     Container,
     /// A WebAssembly step.
     Step,
+    /// Script steps run in turn in one container.
+    Job,
     /// A Docker image build.
     BuildImage,
+}
+
+/// One step of a job, in its stage document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStepDoc {
+    pub name: String,
+    /// `succeeded`, `failed`, `skipped` or `cancelled`.
+    pub status: StageStatus,
+    /// An after-step (it runs whatever happened before it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub after: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Why it ended so, when it did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One stage as listed in `run.json`: enough to draw the DAG.
@@ -197,6 +217,9 @@ pub struct StageDoc {
     /// kept for a re-run. Older readers ignore it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A job's steps, in order (after-steps last). Older readers ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<JobStepDoc>,
 }
 
 /// One run in the paged index.

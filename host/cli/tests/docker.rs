@@ -244,6 +244,115 @@ async fn artifacts_zipped() -> Result<(), String> {
     Ok(())
 }
 
+async fn job_steps_share_one_container() -> Result<(), String> {
+    let p = Project::new(&pipeline(concat!(
+        "  build:\n",
+        "    steps:\n",
+        "      - name: write\n",
+        "        run: echo one > /tmp/note; echo wrote\n",
+        "      - name: read\n",
+        "        run: cat /tmp/note; exit 4\n",
+        "      - run: echo never\n",
+        "    after_steps:\n",
+        "      - name: report\n",
+        "        run: echo \"result $SENTINEL_JOB_RESULT\"\n",
+        "  fine:\n",
+        "    steps:\n",
+        "      - run: echo a\n",
+        "      - run: echo \"who=$SENTINEL_STAGE\" >> \"$SENTINEL_OUTPUT\"; echo b\n",
+        "    after_steps:\n",
+        "      - run: echo \"after $SENTINEL_JOB_RESULT\"\n",
+    )));
+    let r = run(&p, Opts::default()).await;
+    let build = p.stage(&r, "build").await;
+    ensure!(
+        build.kind == sentinel_api::StageKind::Job
+            && build.status == StageStatus::Failed
+            && build.exit_code == Some(4),
+        "build: {:?} {:?} {:?} {:?}",
+        build.kind,
+        build.status,
+        build.exit_code,
+        build.reason
+    );
+    let steps: Vec<(String, StageStatus, bool)> = build
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.status, s.after))
+        .collect();
+    ensure!(
+        steps
+            == vec![
+                ("write".to_string(), StageStatus::Succeeded, false),
+                ("read".to_string(), StageStatus::Failed, false),
+                ("step-3".to_string(), StageStatus::Skipped, false),
+                ("report".to_string(), StageStatus::Succeeded, true),
+            ],
+        "steps {steps:?}"
+    );
+    let log = p.log(&r, "build");
+    ensure!(
+        log.contains("wrote") && log.contains("one") && !log.contains("never"),
+        "a file outside the workspace is seen by the next step: {log}"
+    );
+    ensure!(log.contains("result failed"), "after-step result: {log}");
+    ensure!(log.contains("── step read"), "step sections: {log}");
+    let fine = p.stage(&r, "fine").await;
+    ensure!(
+        fine.status == StageStatus::Succeeded
+            && fine.output.as_deref() == Some("a\nb\nafter passed")
+            && fine.outputs.get("who").map(String::as_str) == Some("fine"),
+        "fine: {:?} {:?} {:?} {:?}",
+        fine.status,
+        fine.output,
+        fine.outputs,
+        fine.reason
+    );
+    ensure!(
+        p.log(&r, "fine").contains("after passed"),
+        "after-step of a passed job"
+    );
+    Ok(())
+}
+
+async fn a_timed_out_job_still_runs_its_after_steps() -> Result<(), String> {
+    let p = Project::new(&pipeline(concat!(
+        "  slow:\n",
+        "    timeout: 2s\n",
+        "    steps:\n",
+        "      - run: echo started; sleep 60\n",
+        "      - run: echo never\n",
+        "    after_steps:\n",
+        "      - run: echo \"after $SENTINEL_JOB_RESULT\"\n",
+    )));
+    let t = Instant::now();
+    let r = run(&p, Opts::default()).await;
+    ensure!(t.elapsed() < Duration::from_secs(30), "the step was killed");
+    let slow = p.stage(&r, "slow").await;
+    ensure!(
+        slow.status == StageStatus::TimedOut,
+        "slow: {:?} {:?}",
+        slow.status,
+        slow.reason
+    );
+    let statuses: Vec<StageStatus> = slow.steps.iter().map(|s| s.status).collect();
+    ensure!(
+        statuses
+            == vec![
+                StageStatus::Cancelled,
+                StageStatus::Skipped,
+                StageStatus::Succeeded
+            ],
+        "steps {statuses:?}"
+    );
+    let log = p.log(&r, "slow");
+    ensure!(
+        log.contains("started") && log.contains("after failed") && !log.contains("never"),
+        "log {log}"
+    );
+    Ok(())
+}
+
 async fn oom_is_named() -> Result<(), String> {
     let p = Project::new(&pipeline(
         "  hog: {memory: 16m, run: 'dd if=/dev/zero of=/dev/null bs=128M count=1'}\n\
@@ -511,6 +620,8 @@ async fn docker_suite() {
         long_line_straddling_docker_split,
         artifacts_zipped,
         oom_is_named,
+        job_steps_share_one_container,
+        a_timed_out_job_still_runs_its_after_steps,
         timeout_is_named,
         cancel_still_runs_always,
         service_reached_by_name,

@@ -314,35 +314,7 @@ pub(crate) async fn run(
     remove_secrets(secrets);
     remove_later(ex, id, name).await;
     let (outputs, artifacts) = ws.take_private(&private, false);
-    let mut warnings = Vec::new();
-    let files = match (&job.capture, since) {
-        (Some(to), Some(t)) => {
-            let (dir, to) = (ws.dir.clone(), to.clone());
-            let got = tokio::task::spawn_blocking(move || {
-                sentinel_engine::workspace::capture_dir(&dir, t, &to)
-            })
-            .await;
-            match got {
-                Ok(Ok(Some(set))) => Some(set),
-                Ok(Ok(None)) => {
-                    warnings.push(format!(
-                        "its files are not kept for a re-run: they are more than {} bytes",
-                        sentinel_engine::workspace::CAPTURE_LIMIT
-                    ));
-                    None
-                }
-                Ok(Err(e)) => {
-                    warnings.push(format!("its files could not be kept for a re-run: {e}"));
-                    None
-                }
-                Err(e) => {
-                    warnings.push(format!("its files could not be kept for a re-run: {e}"));
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let (files, warnings) = capture(ws, &job, since).await;
     StageReport {
         outcome,
         image_id: Some(image_id),
@@ -350,6 +322,41 @@ pub(crate) async fn run(
         artifacts,
         files,
         warnings,
+        steps: Vec::new(),
+    }
+}
+
+/// The files a stage created or changed since `since`, kept when its job
+/// asks for them; what went wrong is a warning for its document.
+pub(crate) async fn capture(
+    ws: &LocalWorkspace,
+    job: &StageJob,
+    since: Option<std::time::SystemTime>,
+) -> (Option<sentinel_engine::exec::FileSet>, Vec<String>) {
+    let (Some(to), Some(t)) = (&job.capture, since) else {
+        return (None, Vec::new());
+    };
+    let (dir, to) = (ws.dir.clone(), to.clone());
+    let got =
+        tokio::task::spawn_blocking(move || sentinel_engine::workspace::capture_dir(&dir, t, &to))
+            .await;
+    match got {
+        Ok(Ok(Some(set))) => (Some(set), Vec::new()),
+        Ok(Ok(None)) => (
+            None,
+            vec![format!(
+                "its files are not kept for a re-run: they are more than {} bytes",
+                sentinel_engine::workspace::CAPTURE_LIMIT
+            )],
+        ),
+        Ok(Err(e)) => (
+            None,
+            vec![format!("its files could not be kept for a re-run: {e}")],
+        ),
+        Err(e) => (
+            None,
+            vec![format!("its files could not be kept for a re-run: {e}")],
+        ),
     }
 }
 

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use bollard::query_parameters::{AttachContainerOptions, KillContainerOptions};
 use futures_util::StreamExt;
-use sentinel_engine::exec::{Chunk, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream};
+use sentinel_api::{JobStepDoc, StageStatus};
+use sentinel_engine::exec::{Chunk, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, Work};
 use sentinel_pipeline::Shell;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -283,7 +284,7 @@ impl JobContainer {
         }
     }
 
-    async fn signal(&self, signal: &str) {
+    async fn signal(&mut self, signal: &str) {
         let Some(c) = &self.created else { return };
         let opts = KillContainerOptions {
             signal: signal.into(),
@@ -294,7 +295,7 @@ impl JobContainer {
     }
 
     /// Why the agent is gone.
-    async fn ended(&self) -> Outcome {
+    async fn ended(&mut self) -> Outcome {
         let Some(c) = &self.created else {
             return Outcome::Error("the job's container has ended".into());
         };
@@ -325,6 +326,163 @@ impl JobContainer {
         let private = c.private.clone();
         self.ex.discard(c).await;
         Some(private)
+    }
+}
+
+/// How long a job's after-steps may run once its steps were stopped (the
+/// job timed out or was cancelled).
+const AFTER_STEPS_GRACE: Duration = Duration::from_secs(300);
+
+/// Runs a job stage: its steps in turn in one container until one fails
+/// (the rest are skipped) or `stop` fires (the running one is killed, the
+/// rest skipped), then its after-steps whatever happened, seeing
+/// `SENTINEL_JOB_RESULT` (`passed` or `failed`). An after-step's failure is
+/// recorded but does not change the job's result. Each step's section of
+/// the log starts with a line naming it (on standard error, so a job's
+/// output is what its steps printed).
+pub(crate) async fn run(
+    ex: &DockerExecutor,
+    job: StageJob,
+    stop: CancellationToken,
+) -> StageReport {
+    let Work::Job(action) = job.work.clone() else {
+        return StageReport::of(Outcome::StartFailed("not a job".into()));
+    };
+    let workspace = job.workspace.clone();
+    let Some(ws) = workspace.local() else {
+        return StageReport::of(Outcome::StartFailed(
+            "the Docker executor runs jobs on a workspace of this machine".into(),
+        ));
+    };
+    let mut jc = match ex.open_job(&job, &action.image, action.shell).await {
+        Ok(jc) => jc,
+        Err(report) => return report,
+    };
+    let image_id = jc.image_id().map(str::to_string);
+    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+    let mut steps = Vec::new();
+    let mut outcome = Outcome::Exited { code: 0 };
+    for step in &action.steps {
+        if outcome != (Outcome::Exited { code: 0 }) {
+            steps.push(skipped(&step.name, false));
+            continue;
+        }
+        let (o, doc) = run_step(&mut jc, &job, &step.name, &step.script, false, &stop).await;
+        steps.push(doc);
+        outcome = o;
+    }
+    let result = if outcome == (Outcome::Exited { code: 0 }) {
+        "passed"
+    } else {
+        "failed"
+    };
+    let after_stop = CancellationToken::new();
+    let grace = if stop.is_cancelled() {
+        let t = after_stop.clone();
+        Some(tokio::spawn(async move {
+            tokio::time::sleep(AFTER_STEPS_GRACE).await;
+            t.cancel();
+        }))
+    } else {
+        // Until the job's own stop; then the grace.
+        let (t, stop) = (after_stop.clone(), stop.clone());
+        Some(tokio::spawn(async move {
+            stop.cancelled().await;
+            tokio::time::sleep(AFTER_STEPS_GRACE).await;
+            t.cancel();
+        }))
+    };
+    let mut warnings = Vec::new();
+    for step in &action.after_steps {
+        let script = format!(
+            "SENTINEL_JOB_RESULT={result}; export SENTINEL_JOB_RESULT\n{}",
+            step.script
+        );
+        let (o, doc) = run_step(&mut jc, &job, &step.name, &script, true, &after_stop).await;
+        if o != (Outcome::Exited { code: 0 }) {
+            warnings.push(format!(
+                "after-step `{}` did not succeed; it does not change the job's result",
+                step.name
+            ));
+        }
+        steps.push(doc);
+    }
+    if let Some(g) = grace {
+        g.abort();
+    }
+    let private = jc.close().await;
+    let (outputs, artifacts) = match &private {
+        Some(p) => ws.take_private(p, false),
+        None => (None, None),
+    };
+    let (files, mut kept) = crate::container::capture(ws, &job, since).await;
+    warnings.append(&mut kept);
+    StageReport {
+        outcome,
+        image_id,
+        outputs,
+        artifacts,
+        files,
+        warnings,
+        steps,
+    }
+}
+
+/// Runs one step of a job and describes how it ended.
+async fn run_step(
+    jc: &mut JobContainer,
+    job: &StageJob,
+    name: &str,
+    script: &str,
+    after: bool,
+    stop: &CancellationToken,
+) -> (Outcome, JobStepDoc) {
+    let kind = if after { "after-step" } else { "step" };
+    let header = Chunk {
+        stream: Stream::Stderr,
+        bytes: format!("── {kind} {name}\n").into_bytes(),
+    };
+    let _ = job.log.send(header).await;
+    let started = std::time::Instant::now();
+    let o = jc.run(script, &job.log, stop).await;
+    let (status, exit_code, reason) = match &o {
+        Outcome::Exited { code: 0 } => (StageStatus::Succeeded, Some(0), None),
+        Outcome::Exited { code } => (
+            StageStatus::Failed,
+            Some(*code),
+            Some(format!("exit code {code}")),
+        ),
+        Outcome::OomKilled => (
+            StageStatus::Failed,
+            None,
+            Some("killed by the kernel: out of memory".into()),
+        ),
+        Outcome::Stopped => (
+            StageStatus::Cancelled,
+            None,
+            Some("stopped: the job timed out or was cancelled".into()),
+        ),
+        other => (StageStatus::Failed, None, Some(format!("{other:?}"))),
+    };
+    let doc = JobStepDoc {
+        name: name.to_string(),
+        status,
+        after,
+        exit_code,
+        duration_ms: Some(started.elapsed().as_millis() as u64),
+        reason,
+    };
+    (o, doc)
+}
+
+fn skipped(name: &str, after: bool) -> JobStepDoc {
+    JobStepDoc {
+        name: name.to_string(),
+        status: StageStatus::Skipped,
+        after,
+        exit_code: None,
+        duration_ms: None,
+        reason: Some("an earlier step did not succeed".into()),
     }
 }
 

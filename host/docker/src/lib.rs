@@ -183,7 +183,10 @@ impl Executor for DockerExecutor {
     }
 
     async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
-        container::run(self, job, stop).await
+        match &job.work {
+            sentinel_engine::exec::Work::Job(_) => job::run(self, job, stop).await,
+            _ => container::run(self, job, stop).await,
+        }
     }
 
     async fn end_run(&self, run_id: &RunId) {

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sentinel_api::{RunId, StageName};
-use sentinel_pipeline::{ContainerAction, Limits, ServicePlan, Volume};
+use sentinel_pipeline::{ContainerAction, JobAction, Limits, ServicePlan, Volume};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -113,6 +113,8 @@ pub enum Work {
     Container(ContainerAction),
     /// A WebAssembly step.
     Step(StepWork),
+    /// Script steps in turn in one container.
+    Job(JobAction),
 }
 
 /// A volume with the files it carries: the captured files of an earlier
@@ -201,6 +203,8 @@ pub struct StageReport {
     pub files: Option<FileSet>,
     /// Things the executor noticed that the stage's document should say.
     pub warnings: Vec<String>,
+    /// A job's steps, as they ended.
+    pub steps: Vec<sentinel_api::JobStepDoc>,
 }
 
 impl Default for Outcome {
@@ -272,7 +276,7 @@ impl Dispatch {
     fn for_work(&self, work: &Work) -> &Arc<dyn Executor> {
         match work {
             Work::Step(_) => &self.steps,
-            Work::Container(_) => &self.containers,
+            Work::Container(_) | Work::Job(_) => &self.containers,
         }
     }
 }

@@ -120,6 +120,7 @@ impl FakeExecutor {
             artifacts,
             files,
             warnings: Vec::new(),
+            steps: Vec::new(),
         }
     }
 }
@@ -133,6 +134,12 @@ async fn interpret(
     let workspace = &ws.dir;
     let script = match &job.work {
         Work::Container(c) => c.script.clone(),
+        Work::Job(j) => j
+            .steps
+            .iter()
+            .map(|s| s.script.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
         Work::Step(s) => format!("fail-start the fake executor runs no step ({})", s.name),
     };
     let send = |stream, text: String| {

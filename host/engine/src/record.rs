@@ -95,6 +95,7 @@ impl Recorder {
                     artifacts_dir: None,
                     files: None,
                     warnings: Vec::new(),
+                    steps: Vec::new(),
                 }
             })
             .collect();
@@ -421,6 +422,7 @@ impl Recorder {
         state.artifacts_dir = r.artifacts.take();
         state.files = r.files.take();
         state.warnings.append(&mut r.warnings);
+        state.steps = std::mem::take(&mut r.steps);
         let duration = duration_ms(state.started, state.finished);
         self.after_stage_change(&r.name, r.status, r.reason, duration, progress)
             .await;

@@ -62,6 +62,8 @@ pub struct StageResult {
     pub files: Option<FileSet>,
     /// What its document should say besides its status.
     pub warnings: Vec<String>,
+    /// A job's steps.
+    pub steps: Vec<sentinel_api::JobStepDoc>,
 }
 
 impl StageResult {
@@ -90,6 +92,7 @@ impl StageResult {
             artifacts: None,
             files,
             warnings: Vec::new(),
+            steps: Vec::new(),
         }
     }
 }
@@ -106,6 +109,7 @@ fn human_bytes(n: u64) -> String {
 fn work(plan: &StagePlan, http: &[String]) -> Work {
     match &plan.action {
         Action::Container(c) => Work::Container(c.clone()),
+        Action::Job(j) => Work::Job(j.clone()),
         Action::Step(s) => Work::Step(StepWork {
             name: s.resolved.manifest.name.clone(),
             wasm: s.resolved.wasm.clone(),
@@ -185,6 +189,7 @@ pub async fn run_stage(
         artifacts: report.artifacts,
         files: report.files,
         warnings: report.warnings,
+        steps: report.steps,
     };
     let mut fail = |status, failure, reason: String| {
         result.status = status;

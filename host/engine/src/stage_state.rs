@@ -43,6 +43,8 @@ pub struct StageState {
     pub files: Option<crate::workspace::FileSet>,
     /// What its document says besides its status (withheld files, …).
     pub warnings: Vec<String>,
+    /// A job's steps, as they ended.
+    pub steps: Vec<sentinel_api::JobStepDoc>,
 }
 
 pub(crate) fn duration_ms(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<u64> {
@@ -99,6 +101,15 @@ impl StageState {
             artifacts: self.artifacts.clone(),
             inputs: self.inputs.clone(),
             warnings: self.warnings.iter().map(|w| secrets.mask_str(w)).collect(),
+            steps: self
+                .steps
+                .iter()
+                .map(|s| sentinel_api::JobStepDoc {
+                    name: secrets.mask_str(&s.name),
+                    reason: s.reason.as_ref().map(|r| secrets.mask_str(r)),
+                    ..s.clone()
+                })
+                .collect(),
         }
     }
 }

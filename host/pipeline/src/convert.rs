@@ -191,6 +191,26 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                     }
                 }
             }
+            Some(ActionDraft::Job {
+                image,
+                steps,
+                after_steps,
+                shell: _,
+            }) => {
+                if let Some(i) = image {
+                    let _ = writeln!(out, "    image: {}", scalar(&i.value));
+                }
+                for (field, list) in [("steps", steps), ("after_steps", after_steps)] {
+                    if list.is_empty() {
+                        continue;
+                    }
+                    let _ = writeln!(out, "    {field}:");
+                    for step in list {
+                        let _ = writeln!(out, "      - name: {}", scalar(&step.name.value));
+                        value(&mut out, 8, "run", &step.script.value);
+                    }
+                }
+            }
             Some(ActionDraft::Step { step, with, .. }) => {
                 let _ = writeln!(out, "    step: {}", scalar(&step.value));
                 if !with.is_empty() {

@@ -105,6 +105,13 @@ pub enum ActionDraft {
         script: At<String>,
         shell: Shell,
     },
+    /// Script steps in one container; no image means the pipeline's `box`.
+    Job {
+        image: Option<At<String>>,
+        steps: Vec<JobStepDraft>,
+        after_steps: Vec<JobStepDraft>,
+        shell: Shell,
+    },
     /// A WebAssembly step and its settings (`key` at its key, value at its value).
     Step {
         step: At<String>,
@@ -112,6 +119,14 @@ pub enum ActionDraft {
         /// Where "missing setting" errors point.
         with_pos: Pos,
     },
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStepDraft {
+    /// Its name (given, or made from its place), at the step.
+    pub name: At<String>,
+    pub script: At<String>,
 }
 
 /// A stage whose files another stage uses, and where it sees them

@@ -22,8 +22,8 @@ use std::path::Path;
 
 pub use dialect::Dialect;
 pub use plan::{
-    Action, ContainerAction, EnvValue, Limits, Network, Plan, Provenance, ServicePlan, Shell,
-    StagePlan, StepAction, Volume, When, WorkspaceOptions,
+    Action, ContainerAction, EnvValue, JobAction, JobStep, Limits, Network, Plan, Provenance,
+    ServicePlan, Shell, StagePlan, StepAction, Volume, When, WorkspaceOptions,
 };
 pub use step::{
     DirCatalog, NoSteps, ResolvedStep, StepCatalog, StepError, StepManifest, WorkspaceAccess,

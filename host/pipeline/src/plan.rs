@@ -194,6 +194,36 @@ pub struct ContainerAction {
     pub shell: Shell,
 }
 
+/// Script steps run in turn in one container of `image`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobAction {
+    pub image: String,
+    pub steps: Vec<JobStep>,
+    /// Run after `steps`, whatever happened to them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after_steps: Vec<JobStep>,
+    #[serde(skip_serializing_if = "Shell::is_default")]
+    pub shell: Shell,
+}
+
+impl JobAction {
+    /// Every script of the job, steps then after-steps, one per line group.
+    pub fn scripts(&self) -> String {
+        self.steps
+            .iter()
+            .chain(&self.after_steps)
+            .map(|s| format!("# {}\n{}\n", s.name, s.script))
+            .collect()
+    }
+}
+
+/// One step of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobStep {
+    pub name: String,
+    pub script: String,
+}
+
 /// A WebAssembly step with its settings (every setting of the manifest: the
 /// value from `with:`, else the manifest's default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -214,6 +244,8 @@ pub enum Action {
     Container(ContainerAction),
     /// A WebAssembly step.
     Step(StepAction),
+    /// Script steps in one container.
+    Job(JobAction),
 }
 
 impl Action {
@@ -222,6 +254,7 @@ impl Action {
         match self {
             Self::Container(_) => StageKind::Container,
             Self::Step(_) => StageKind::Step,
+            Self::Job(_) => StageKind::Job,
         }
     }
 
@@ -229,7 +262,7 @@ impl Action {
     pub fn templates(&self) -> impl Iterator<Item = &Template> {
         let with = match self {
             Self::Step(s) => Some(s.with.values()),
-            Self::Container(_) => None,
+            Self::Container(_) | Self::Job(_) => None,
         };
         with.into_iter().flatten()
     }
@@ -237,7 +270,7 @@ impl Action {
     /// True when the action runs in a container (and so needs Docker).
     pub fn needs_containers(&self) -> bool {
         match self {
-            Self::Container(_) => true,
+            Self::Container(_) | Self::Job(_) => true,
             Self::Step(_) => false,
         }
     }
@@ -246,7 +279,7 @@ impl Action {
     /// only lets it read the workspace changes nothing).
     pub fn writes_workspace(&self) -> bool {
         match self {
-            Self::Container(_) => true,
+            Self::Container(_) | Self::Job(_) => true,
             Self::Step(s) => {
                 s.resolved.manifest.capabilities.workspace == crate::step::WorkspaceAccess::Write
             }
@@ -256,9 +289,14 @@ impl Action {
     /// What a stage document records of where the action came from.
     pub fn provenance(&self) -> Provenance<'_> {
         match self {
+            Self::Job(j) => Provenance {
+                image: Some(&j.image),
+                script: Some(j.scripts().into()),
+                step: None,
+            },
             Self::Container(c) => Provenance {
                 image: Some(&c.image),
-                script: Some(&c.script),
+                script: Some(c.script.as_str().into()),
                 step: None,
             },
             Self::Step(s) => Provenance {
@@ -275,7 +313,8 @@ impl Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provenance<'a> {
     pub image: Option<&'a str>,
-    pub script: Option<&'a str>,
+    /// The script (a job's: every step's, in order).
+    pub script: Option<std::borrow::Cow<'a, str>>,
     /// `name (digest)`.
     pub step: Option<String>,
 }

@@ -43,6 +43,17 @@ pub struct RawPipeline {
     pub workspace: RawWorkspace,
 }
 
+/// One step of a job.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, expecting = "a step mapping")]
+pub struct RawJobStep {
+    /// Its name in logs and documents (default `step-<n>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The script, run by `sh -e` in the job's container from `/workspace`.
+    pub run: String,
+}
+
 /// How the run's workspace is made: a copy of the project folder without
 /// what `.gitignore` and `.sentinelignore` exclude.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -141,6 +152,13 @@ pub struct RawStage {
     /// A WebAssembly step (`name@version` or a path to a `.wasm`).
     #[serde(default)]
     pub step: Option<String>,
+    /// A job: script steps run in turn in one container (instead of `run:`).
+    #[serde(default)]
+    pub steps: Option<Vec<RawJobStep>>,
+    /// Steps of a job that run after its steps, whatever happened to them
+    /// (`$SENTINEL_JOB_RESULT` says `passed` or `failed`).
+    #[serde(default)]
+    pub after_steps: Option<Vec<RawJobStep>>,
     /// Settings of a step; each key becomes `SENTINEL_<STEP>_<KEY>`.
     #[serde(default)]
     pub with: BTreeMap<String, String>,

@@ -66,6 +66,7 @@ fn stage_doc(n: u32) -> StageDoc {
         artifacts: None,
         inputs: ResolvedInputs::default(),
         warnings: vec![],
+        steps: vec![],
     }
 }
 

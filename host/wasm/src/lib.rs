@@ -505,6 +505,7 @@ impl Executor for WasmExecutor {
             artifacts,
             files,
             warnings,
+            steps: Vec::new(),
         }
     }
 

@@ -6,11 +6,11 @@
 
 use crate::de;
 use crate::draft::{
-    ActionDraft, At, Draft, EnvDraft, Issue, LimitsDraft, ServiceDraft, StageDraft, VarDraft,
-    VolumeDraft, WorkspaceDraft,
+    ActionDraft, At, Draft, EnvDraft, Issue, JobStepDraft, LimitsDraft, ServiceDraft, StageDraft,
+    VarDraft, VolumeDraft, WorkspaceDraft,
 };
 use crate::plan::{Shell, When};
-use crate::raw::{RawDefaults, RawPipeline, RawVolume, RawWhen};
+use crate::raw::{RawDefaults, RawJobStep, RawPipeline, RawVolume, RawWhen};
 use crate::yaml::{Node, PathSeg, Value};
 use crate::{Diagnostics, dialect::Dialect};
 
@@ -123,6 +123,25 @@ impl Reader<'_> {
         }
     }
 
+    /// A job's steps, each named (`<prefix>-<n>` when it has no name).
+    fn job_steps(&self, base: &[PathSeg], steps: &[RawJobStep], prefix: &str) -> Vec<JobStepDraft> {
+        steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                let item = [base, &[PathSeg::Index(i)]].concat();
+                let name = match &step.name {
+                    Some(n) => self.value(&[&item[..], &[key("name")]].concat(), n),
+                    None => At::new(format!("{prefix}-{}", i + 1), self.at(&item)),
+                };
+                JobStepDraft {
+                    name,
+                    script: self.value(&[&item[..], &[key("run")]].concat(), &step.run),
+                }
+            })
+            .collect()
+    }
+
     fn draft(mut self, raw: &RawPipeline) -> Draft {
         let secrets = raw
             .secrets
@@ -167,7 +186,49 @@ impl Reader<'_> {
             let at = |k: &str| [base.clone(), vec![key(k)]].concat();
             // A stage whose name is not valid is reported by the validation only.
             let checked = name.parse::<sentinel_api::StageName>().is_ok();
+            if checked && s.after_steps.is_some() && s.steps.is_none() {
+                self.issue(
+                    &at("after_steps"),
+                    format!("stage `{name}` has `after_steps` but no `steps`; after-steps belong to a job"),
+                );
+            }
             let action = match (&s.run, &s.step) {
+                _ if s.steps.is_some() && (s.run.is_some() || s.step.is_some()) => {
+                    if checked {
+                        let other = if s.run.is_some() { "run" } else { "step" };
+                        self.issue(
+                            &at("steps"),
+                            format!(
+                                "stage `{name}` has both `{other}` and `steps`; a stage is one or the other"
+                            ),
+                        );
+                    }
+                    None
+                }
+                (None, None) if s.steps.is_some() => {
+                    if checked && !s.with.is_empty() {
+                        self.issue(
+                            &at("with"),
+                            "`with:` sets a step's settings; jobs use `env:`",
+                        );
+                    }
+                    let steps =
+                        self.job_steps(&at("steps"), s.steps.as_deref().unwrap_or(&[]), "step");
+                    let after_steps = self.job_steps(
+                        &at("after_steps"),
+                        s.after_steps.as_deref().unwrap_or(&[]),
+                        "after-step",
+                    );
+                    if checked && steps.is_empty() {
+                        self.issue(&at("steps"), format!("job `{name}` has no steps"));
+                    }
+                    Some(ActionDraft::Job {
+                        image: s.image.as_ref().map(|i| self.value(&at("image"), i)),
+                        steps,
+                        after_steps,
+                        shell: Shell::Strict,
+                    })
+                }
                 (Some(_), Some(_)) => {
                     if checked {
                         self.issue(

@@ -8,7 +8,8 @@ use super::{Ctx, check_env_name, check_refs, parse_bytes, parse_duration, parse_
 use crate::de::did_you_mean;
 use crate::draft::{ActionDraft, At, EnvDraft, LimitsDraft, StageDraft};
 use crate::plan::{
-    Action, ContainerAction, EnvValue, Limits, Network, StagePlan, StepAction, Volume, When,
+    Action, ContainerAction, EnvValue, JobAction, JobStep, Limits, Network, StagePlan, StepAction,
+    Volume, When,
 };
 use crate::template::{Ref, Template};
 
@@ -143,27 +144,51 @@ fn action(
             script,
             shell,
         } => {
-            let image = image
-                .as_ref()
-                .map(|i| i.value.clone())
-                .or_else(|| cx.draft.box_image.clone());
-            match image {
-                Some(image) if !image.trim().is_empty() => {
-                    Some(Action::Container(ContainerAction {
-                        image,
-                        script: script.value.clone(),
-                        shell: *shell,
-                    }))
-                }
-                _ => {
+            let image = stage_image(cx, name, s, image.as_ref())?;
+            Some(Action::Container(ContainerAction {
+                image,
+                script: script.value.clone(),
+                shell: *shell,
+            }))
+        }
+        ActionDraft::Job {
+            image,
+            steps,
+            after_steps,
+            shell,
+        } => {
+            let mut seen = std::collections::BTreeSet::new();
+            for step in steps.iter().chain(after_steps) {
+                let n = &step.name.value;
+                if n.trim().is_empty() || n.len() > 100 || n.contains('\n') {
                     cx.issue(
-                        s.pos,
-                        format!("stage `{name}` has no `image` and the pipeline has no `box`"),
-                        Some("set `image:` on the stage or `box:` at the top of the file".into()),
+                        step.name.pos,
+                        format!("step name `{n}` must be one line of 1 to 100 characters"),
+                        None,
                     );
-                    None
+                } else if !seen.insert(n.clone()) {
+                    cx.issue(
+                        step.name.pos,
+                        format!("job `{name}` has two steps named `{n}`"),
+                        Some("give each step its own `name:`".into()),
+                    );
                 }
             }
+            let image = stage_image(cx, name, s, image.as_ref())?;
+            let job_steps = |list: &[crate::draft::JobStepDraft]| {
+                list.iter()
+                    .map(|st| JobStep {
+                        name: st.name.value.clone(),
+                        script: st.script.value.clone(),
+                    })
+                    .collect()
+            };
+            Some(Action::Job(JobAction {
+                image,
+                steps: job_steps(steps),
+                after_steps: job_steps(after_steps),
+                shell: *shell,
+            }))
         }
         ActionDraft::Step {
             step,
@@ -242,6 +267,29 @@ fn action(
                     None
                 }
             }
+        }
+    }
+}
+
+/// The image of a container stage or job: its own, else the pipeline's `box`.
+fn stage_image(
+    cx: &mut Ctx<'_>,
+    name: &StageName,
+    s: &StageDraft,
+    image: Option<&At<String>>,
+) -> Option<String> {
+    match image
+        .map(|i| i.value.clone())
+        .or_else(|| cx.draft.box_image.clone())
+    {
+        Some(image) if !image.trim().is_empty() => Some(image),
+        _ => {
+            cx.issue(
+                s.pos,
+                format!("stage `{name}` has no `image` and the pipeline has no `box`"),
+                Some("set `image:` on the stage or `box:` at the top of the file".into()),
+            );
+            None
         }
     }
 }
