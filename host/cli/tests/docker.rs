@@ -296,7 +296,14 @@ async fn job_steps_share_one_container() -> Result<(), String> {
         "a file outside the workspace is seen by the next step: {log}"
     );
     ensure!(log.contains("result failed"), "after-step result: {log}");
-    ensure!(log.contains("── step read"), "step sections: {log}");
+    let at = |needle: &str| log.find(needle).unwrap_or(usize::MAX);
+    ensure!(
+        at("── step write") < at("wrote")
+            && at("wrote") < at("── step read")
+            && at("── step read") < at("one")
+            && at("one") < at("── after-step report"),
+        "each step's section in order: {log}"
+    );
     let fine = p.stage(&r, "fine").await;
     ensure!(
         fine.status == StageStatus::Succeeded

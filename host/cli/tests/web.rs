@@ -29,7 +29,11 @@ env:
   MODE: ~
 stages:
   prepare:
-    run: echo "preparing"
+    steps:
+      - name: fetch
+        run: echo "preparing"
+      - name: compile
+        run: echo "compiled"
   check:
     after: [prepare]
     env:
@@ -153,6 +157,22 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
         "colours rendered"
     );
     b.screenshot("web-static-stage-log").await;
+
+    // A job's page lists its steps.
+    b.client.back().await.unwrap();
+    b.click(r#".node[data-stage="prepare"]"#).await;
+    let steps = b
+        .wait_text(
+            "table.steps",
+            |t| t.contains("compile"),
+            "the job's steps are listed",
+        )
+        .await;
+    assert!(
+        steps.contains("fetch") && steps.contains("succeeded"),
+        "{steps}"
+    );
+    b.screenshot("web-static-job-steps").await;
 
     // A missing results prefix: an error naming the URL.
     let missing = sentinel_testkit::website_url(

@@ -253,6 +253,8 @@ pub fn spawn_log_writer(
             }
             let i = usize::from(chunk.stream == Stream::Stderr);
             out.clear();
+            // The other stream's finished lines first: they came before.
+            maskers[1 - i].flush_at_line_end(&mut out);
             maskers[i].push(&chunk.bytes, &mut out);
             if let Some(live) = cfg.live.as_mut() {
                 live(&out);
@@ -346,6 +348,26 @@ mod tests {
             s.stdout, b"key: s3cr3t-value\n",
             "the output keeps the raw value, in memory only"
         );
+    }
+
+    #[tokio::test]
+    async fn lines_of_the_two_streams_keep_their_order() {
+        let err = |s: &str| Chunk {
+            stream: Stream::Stderr,
+            bytes: s.as_bytes().to_vec(),
+        };
+        let chunks = vec![
+            err("-- step one\n"),
+            out("first\n"),
+            err("warning: s3cr"),
+            out("second\n"),
+            err("3t-value\n"),
+            out("third\n"),
+        ];
+        let (log, _) = run(1 << 20, false, chunks).await;
+        // A finished line is not held back when the other stream speaks;
+        // an unfinished one is (it may hold the start of a secret).
+        assert_eq!(log, "-- step one\nfirst\nsecond\nwarning: ***\nthird\n");
     }
 
     #[tokio::test]

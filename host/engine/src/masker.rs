@@ -35,6 +35,8 @@ pub struct SecretSet {
     patterns: Vec<Vec<u8>>,
     matcher: Option<AhoCorasick>,
     max_len: usize,
+    /// Some pattern holds a newline (a match can span lines).
+    multiline: bool,
 }
 
 impl std::fmt::Debug for SecretSet {
@@ -160,6 +162,7 @@ impl SecretSet {
             next.patterns.sort();
             next.patterns.dedup();
             next.max_len = next.patterns.iter().map(Vec::len).max().unwrap_or(0);
+            next.multiline = next.patterns.iter().any(|p| p.contains(&b'\n'));
             next.matcher = Some(
                 AhoCorasick::builder()
                     .match_kind(MatchKind::LeftmostLongest)
@@ -274,6 +277,16 @@ impl StreamMasker {
         let safe = buf.len().saturating_sub(self.set.max_len - 1);
         let end = emit(matcher, &buf, safe, out);
         self.carry = buf.split_off(end);
+    }
+
+    /// Emits what is held back when it ends a line and no secret spans
+    /// lines: a match starting in it would have to hold that newline, so
+    /// none can end in what comes later. The log writer calls it when the
+    /// other stream speaks, so lines of the two streams keep their order.
+    pub fn flush_at_line_end(&mut self, out: &mut Vec<u8>) {
+        if self.carry.last() == Some(&b'\n') && !self.set.multiline {
+            self.finish(out);
+        }
     }
 
     /// Flushes what is held back, at the end of the stream.

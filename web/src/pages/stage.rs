@@ -245,6 +245,24 @@ fn StageHead(doc: StageDoc, zip_url: String) -> impl IntoView {
                 {doc.inputs.image.clone().map(|i| view! { <dt>"Image"</dt><dd><code>{i}</code></dd> })}
                 {(doc.log_cut_bytes > 0).then(|| view! { <dt>"Log"</dt><dd>{format!("{} bytes cut from the middle", doc.log_cut_bytes)}</dd> })}
             </dl>
+            {(!doc.steps.is_empty()).then(|| view! {
+                <h2>"Steps"</h2>
+                <table class="steps">
+                    {doc.steps.clone().into_iter().map(|s| {
+                        let st = s.status.as_str();
+                        let name = if s.after { format!("{} (after)", s.name) } else { s.name.clone() };
+                        view! {
+                            <tr>
+                                <td><span class=status::class(st)>{format!("{} {st}", status::symbol(st))}</span></td>
+                                <th>{name}</th>
+                                <td>{s.exit_code.map(|c| format!("exit code {c}")).unwrap_or_default()}</td>
+                                <td>{status::duration(s.duration_ms)}</td>
+                                <td>{s.reason.clone().unwrap_or_default()}</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </table>
+            })}
             {(!outputs.is_empty()).then(|| view! {
                 <h2>"Outputs"</h2>
                 <table class="outputs">
