@@ -126,7 +126,7 @@ async fn outputs_env_and_workspace() -> Result<(), String> {
 
 async fn secrets_masked_in_env_and_log() -> Result<(), String> {
     let p = Project::new(&format!(
-        "version: 1\nbox: {}\nsecrets: [API_KEY]\nenv: {{GREETING: hi}}\ndefaults: {{network: none}}\nstages:\n  use:\n    env: {{KEY: '${{secrets.API_KEY}}'}}\n    run: |\n      echo \"greeting=$GREETING key=$KEY\"\n      echo \"$KEY\" | base64\n      env | grep -c API_KEY || true\n  blind:\n    run: 'echo \"key=[$KEY]\"'\n",
+        "version: 1\nbox: {}\nsecrets: [API_KEY]\nenv: {{GREETING: hi}}\ndefaults: {{network: none}}\nstages:\n  use:\n    env: {{KEY: '${{secrets.API_KEY}}'}}\n    run: |\n      echo \"greeting=$GREETING key=$KEY\"\n      echo \"$KEY\" | base64\n      env | grep -c API_KEY || true\n  blind:\n    run: 'echo \"key=[$KEY]\"'\n  job:\n    env: {{KEY: '${{secrets.API_KEY}}'}}\n    steps:\n      - run: echo \"step key=$KEY\"\n      - run: echo \"$KEY\" | base64\n    after_steps:\n      - run: echo \"after key=$KEY\" >&2\n",
         common::IMAGE
     ));
     let secret = "sk-live-0123456789abcdef";
@@ -159,6 +159,16 @@ async fn secrets_masked_in_env_and_log() -> Result<(), String> {
     ensure!(
         p.log(&r, "blind").contains("key=[]"),
         "a stage that does not name the secret does not get it"
+    );
+    // A job's steps are masked as a stage is, after-steps included.
+    let log = p.log(&r, "job");
+    ensure!(
+        log.contains("step key=***") && log.contains("after key=***"),
+        "masked in every step's log: {log}"
+    );
+    ensure!(
+        !log.contains(secret) && !log.contains(&STANDARD.encode(secret)[..30]),
+        "secret or its base64 leaked from a job: {log}"
     );
     let holder = p.file_holding(secret.as_bytes());
     ensure!(holder.is_none(), "{holder:?} holds the secret");

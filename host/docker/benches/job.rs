@@ -59,7 +59,7 @@ async fn main() {
             let o = jc.run("echo one line", &tx, &stop).await;
             assert_eq!(o, Outcome::Exited { code: 0 });
         }
-        jc.close().await;
+        jc.close(&tx).await;
         job.push(t.elapsed());
         ex.end_run(&sj.run_id).await;
 

@@ -166,7 +166,7 @@ impl DockerExecutor {
         let line = format!("{}\n", jc.nonce);
         if let Err(e) = jc.send(&line).await {
             let image_id = jc.created.as_ref().map(|c| c.image_id.clone());
-            jc.close().await;
+            jc.close(&job.log).await;
             return Err(StageReport {
                 outcome: Outcome::StartFailed(format!("cannot talk to the job's agent: {e}")),
                 image_id,
@@ -315,11 +315,27 @@ impl JobContainer {
         }
     }
 
-    /// Ends the job: the agent's input is closed and the container removed
-    /// (off the critical path; `end_run` waits for it). Returns the job's
-    /// private folder, for its outputs and artifacts.
-    pub async fn close(mut self) -> Option<PathBuf> {
+    /// Ends the job: the agent's input is closed, what it still wrote goes
+    /// to `log`, and the container is removed (off the critical path;
+    /// `end_run` waits for it). Returns the job's private folder, for its
+    /// outputs and artifacts.
+    pub async fn close(mut self, log: &mpsc::Sender<Chunk>) -> Option<PathBuf> {
+        // The agent ends at the end of its input; what its last step wrote
+        // (standard error can trail the end line) still reaches the log.
         let _ = self.input.shutdown().await;
+        let drain = async {
+            while let Some(event) = self.events.recv().await {
+                if let Event::Out(chunk) = event {
+                    let _ = log.send(chunk).await;
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the job's output did not close within 5 s of its end");
+        }
         self.pump.abort();
         let c = self.created.take()?;
         let _ = std::fs::remove_dir_all(c.private.join("steps"));
@@ -410,7 +426,7 @@ pub(crate) async fn run(
     if let Some(g) = grace {
         g.abort();
     }
-    let private = jc.close().await;
+    let private = jc.close(&job.log).await;
     let (outputs, artifacts) = match &private {
         Some(p) => ws.take_private(p, false),
         None => (None, None),

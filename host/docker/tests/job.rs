@@ -117,7 +117,17 @@ async fn ten_steps_share_one_container_and_nothing_is_left() {
     .await;
     assert_eq!(o, Outcome::Exited { code: 0 }, "{log}");
     assert_eq!(log, "one 2 3 4 5 6 7 8 9 /workspace\nno newline");
-    jc.close().await;
+    // What the last step writes on standard error is not lost, even when it
+    // trails the step's end: closing the job delivers it.
+    let (o, mut log) = step(&mut jc, "echo late >&2").await;
+    assert_eq!(o, Outcome::Exited { code: 0 });
+    let (tx, mut rx) = mpsc::channel::<Chunk>(64);
+    jc.close(&tx).await;
+    drop(tx);
+    while let Some(c) = rx.recv().await {
+        log.push_str(&String::from_utf8_lossy(&c.bytes));
+    }
+    assert_eq!(log, "late\n");
     f.ex.end_run(&f.job.run_id).await;
     assert!(
         containers(&f.ex, &f.job.run_id).await.is_empty(),
@@ -172,7 +182,8 @@ async fn a_failed_or_stopped_step_leaves_the_job_usable() {
     assert_eq!(o, Outcome::Exited { code: 0 });
     assert_eq!(log.trim(), "0", "the stopped step's processes are gone");
     assert_eq!(containers(&f.ex, &f.job.run_id).await.len(), 1);
-    jc.close().await;
+    let (tx, _rx) = mpsc::channel(64);
+    jc.close(&tx).await;
     f.ex.end_run(&f.job.run_id).await;
     assert!(containers(&f.ex, &f.job.run_id).await.is_empty());
 }
