@@ -68,23 +68,36 @@ const OOM_KILLS: &str = "oom-kills";
 /// container lives: Docker's own flag can miss an OOM kill on a busy host.
 fn command(action: &ContainerAction, with_secrets: bool) -> (Vec<String>, Vec<String>) {
     let flags = action.shell.flags().join(" ");
-    let load = if with_secrets {
-        format!(". {SECRETS_MOUNT} || exit 1; ")
-    } else {
-        String::new()
-    };
     let outer = format!(
-        "{load}sh {flags} \"$1\"; rc=$?; \
-         if [ \"$rc\" -ne 0 ]; then \
-         for f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do \
-         [ -r \"$f\" ] || continue; \
-         while read -r k v; do [ \"$k\" = oom_kill ] && echo \"$v\" > {PRIVATE_MOUNT}/{OOM_KILLS}; done < \"$f\"; \
-         break; done 2>/dev/null; fi; exit \"$rc\""
+        "{}{OOM_COUNT}\nsh {flags} \"$1\"; rc=$?; \
+         [ \"$rc\" -eq 0 ] || ooms > {PRIVATE_MOUNT}/{OOM_KILLS}; exit \"$rc\"",
+        secrets_loader(with_secrets)
     );
     (
         vec!["sh".into(), "-c".into(), outer, "sentinel".into()],
         vec![action.script.clone()],
     )
+}
+
+/// A shell function `ooms` printing the kernel's count of OOM kills in the
+/// container's memory cgroup (v2 `memory.events`, v1 `memory.oom_control`),
+/// or `-` when it cannot be read.
+pub(crate) const OOM_COUNT: &str = r#"ooms() {
+  for f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
+    [ -r "$f" ] || continue
+    while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done < "$f"
+  done 2>/dev/null
+  echo -
+}"#;
+
+/// What a container's shell runs first: reading the secret variables'
+/// file, when the stage has secrets.
+pub(crate) fn secrets_loader(with_secrets: bool) -> String {
+    if with_secrets {
+        format!(". {SECRETS_MOUNT} || exit 1; ")
+    } else {
+        String::new()
+    }
 }
 
 /// Resolves an image to its id; tries a pull when it is not present.

@@ -33,18 +33,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::DockerExecutor;
-use crate::container::{Created, SECRETS_MOUNT, Spec, create, remove_later, remove_secrets};
+use crate::container::{
+    Created, OOM_COUNT, Spec, create, remove_later, remove_secrets, secrets_loader,
+};
 
 /// The agent: the job container's process (see the module's docs).
 /// `$1` is the shell flags of the steps.
+/// It uses [`OOM_COUNT`]'s `ooms`, defined before it.
 const AGENT: &str = r#"IFS= read -r nonce || exit 0
-ooms() {
-  for f in /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control; do
-    [ -r "$f" ] || continue
-    while read -r k v; do [ "$k" = oom_kill ] && { echo "$v"; return; }; done < "$f"
-  done 2>/dev/null
-  echo -
-}
 killed=0
 trap 'killed=1; for d in /proc/[0-9]*; do i=${d#/proc/}; [ "$i" = "$$" ] || kill -9 "$i"; done 2>/dev/null' USR1
 while IFS= read -r step; do
@@ -98,17 +94,13 @@ impl DockerExecutor {
                 "the Docker executor runs jobs on a workspace of this machine".into(),
             )));
         };
-        let load = if job.env.iter().any(|v| v.secret) {
-            format!(". {SECRETS_MOUNT} || exit 1; ")
-        } else {
-            String::new()
-        };
+        let load = secrets_loader(job.env.iter().any(|v| v.secret));
         let spec = Spec {
             image: image.to_string(),
             entrypoint: vec![
                 "sh".into(),
                 "-c".into(),
-                format!("{load}{AGENT}"),
+                format!("{load}{OOM_COUNT}\n{AGENT}"),
                 "sentinel-agent".into(),
                 shell.flags()[..shell.flags().len() - 1].join(" "),
             ],
@@ -393,20 +385,15 @@ pub(crate) async fn run(
         "failed"
     };
     let after_stop = CancellationToken::new();
-    let grace = if stop.is_cancelled() {
-        let t = after_stop.clone();
-        Some(tokio::spawn(async move {
-            tokio::time::sleep(AFTER_STEPS_GRACE).await;
-            t.cancel();
-        }))
-    } else {
-        // Until the job's own stop; then the grace.
+    // After-steps run until the job's own stop (at once when it already
+    // fired), then for the grace at most.
+    let grace = {
         let (t, stop) = (after_stop.clone(), stop.clone());
-        Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             stop.cancelled().await;
             tokio::time::sleep(AFTER_STEPS_GRACE).await;
             t.cancel();
-        }))
+        })
     };
     let mut warnings = Vec::new();
     for step in &action.after_steps {
@@ -423,9 +410,7 @@ pub(crate) async fn run(
         }
         steps.push(doc);
     }
-    if let Some(g) = grace {
-        g.abort();
-    }
+    grace.abort();
     let private = jc.close(&job.log).await;
     let (outputs, artifacts) = match &private {
         Some(p) => ws.take_private(p, false),
