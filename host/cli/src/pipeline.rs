@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use sentinel_pipeline::{Dialect, LoadError, Plan};
+use sentinel_pipeline::{Dialect, LoadError, Plan, Select};
 
 use crate::Paths;
 use crate::context;
@@ -28,6 +28,14 @@ pub struct FileArgs {
         conflicts_with = "file"
     )]
     flag: Option<PathBuf>,
+    /// The pipeline to run of a file that holds several (a wercker.yml's;
+    /// default `build`).
+    #[arg(long, value_name = "NAME")]
+    pipeline: Option<String>,
+    /// A deploy target of that pipeline (wercker's): its step list runs
+    /// instead of the pipeline's `steps`.
+    #[arg(long, value_name = "NAME")]
+    deploy_target: Option<String>,
 }
 
 /// The chosen file and the project folder it belongs to.
@@ -43,6 +51,14 @@ impl FileArgs {
     /// A named file, when one was given.
     pub fn named(&self) -> Option<&Path> {
         self.file.as_deref().or(self.flag.as_deref())
+    }
+
+    /// The pipeline and deploy target chosen.
+    pub fn select(&self) -> Select {
+        Select {
+            pipeline: self.pipeline.clone(),
+            deploy_target: self.deploy_target.clone(),
+        }
     }
 
     /// The file and project folder; an error lists the names looked for.
@@ -87,8 +103,8 @@ pub fn say_chosen(c: &Chosen) {
 
 /// Loads and validates a file, printing its diagnostics; `Err` holds the
 /// exit code.
-pub fn load(file: &Path) -> Result<Plan, ExitCode> {
-    match sentinel_pipeline::load_with(file, &context::step_catalog()) {
+pub fn load(file: &Path, select: &Select) -> Result<Plan, ExitCode> {
+    match sentinel_pipeline::load_selected(file, &context::step_catalog(), select) {
         Ok(p) => Ok(p),
         Err(e) => Err(report(e)),
     }
@@ -116,10 +132,11 @@ pub fn convert(paths: &Paths, args: &FileArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return Ok(report(e)),
     };
     let dialect = Dialect::from_file_name(&chosen.file);
-    let draft = match sentinel_pipeline::dialect::read(&src, &file, dialect) {
-        Ok(d) => d,
-        Err(d) => return Ok(report(LoadError::Invalid(d))),
-    };
+    let draft =
+        match sentinel_pipeline::dialect::read_selected(&src, &file, dialect, &args.select()) {
+            Ok(d) => d,
+            Err(d) => return Ok(report(LoadError::Invalid(d))),
+        };
     let base = chosen
         .file
         .parent()

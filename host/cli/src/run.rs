@@ -75,7 +75,7 @@ pub fn validate(paths: &Paths, args: &FileArgs, json: bool) -> anyhow::Result<Ex
     let chosen = args.choose(paths)?;
     say_chosen(&chosen);
     let file = chosen.file;
-    let plan = match load(&file) {
+    let plan = match load(&file, &args.select()) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -121,7 +121,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     say_chosen(&chosen);
     let dirs = Dirs::of(paths, &chosen.project)?;
     let file = chosen.file;
-    let plan = match load(&file) {
+    let plan = match load(&file, &args.file.select()) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };

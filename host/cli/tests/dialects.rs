@@ -4,6 +4,10 @@
 //! stops it before anything starts, named; the file is found by its usual
 //! name when none is given; and `sentinel convert` turns every example into
 //! a `sentinel.yml` that runs to the same stages, statuses and outputs.
+//! The seed's `wercker.yml` shape runs unchanged too: its build pipeline's
+//! steps in one container, a wercker step folder, a service by name,
+//! after-steps seeing the result. A WebAssembly step inside a job works on
+//! the files the job's earlier steps wrote.
 
 mod common;
 
@@ -38,10 +42,14 @@ fn text(b: &[u8]) -> String {
 /// A project folder holding a copy of an example's files.
 fn copy_of(example: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(examples().join(example)).unwrap() {
+    let from = examples().join(example);
+    for e in walkdir::WalkDir::new(&from).min_depth(1) {
         let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        let to = tmp.path().join(e.path().strip_prefix(&from).unwrap());
+        if e.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else if e.file_type().is_file() {
+            std::fs::copy(e.path(), to).unwrap();
         }
     }
     tmp
@@ -182,17 +190,27 @@ async fn a_missing_host_variable_stops_the_run_before_it_starts_named() {
 async fn converted_examples_run_to_the_same_result() {
     common::docker().await;
     let token = ("DEMO_TOKEN", "demo-token-for-the-convert-test");
-    for (example, file) in [("demo", "sentinel.yml"), ("dockercise", "dockercise.yml")] {
+    for (example, file) in [
+        ("demo", "sentinel.yml"),
+        ("dockercise", "dockercise.yml"),
+        ("wercker", "wercker.yml"),
+    ] {
         let original = copy_of(example);
-        let out = sentinel(original.path(), &["run", file], &[REGION, token]);
+        let steps = original.path().join("steps");
+        let steps = ("SENTINEL_STEPS_PATH", steps.to_str().unwrap());
+        let out = sentinel(original.path(), &["run", file], &[REGION, token, steps]);
         assert!(out.status.success(), "{example}: {}", text(&out.stderr));
 
         let converted = copy_of(example);
-        let native = sentinel(converted.path(), &["convert", file], &[]);
+        let native = sentinel(converted.path(), &["convert", file], &[steps]);
         assert!(native.status.success(), "{}", text(&native.stderr));
         std::fs::remove_file(converted.path().join(file)).unwrap();
         std::fs::write(converted.path().join("sentinel.yml"), &native.stdout).unwrap();
-        let out = sentinel(converted.path(), &["run", "sentinel.yml"], &[REGION, token]);
+        let out = sentinel(
+            converted.path(),
+            &["run", "sentinel.yml"],
+            &[REGION, token, steps],
+        );
         assert!(
             out.status.success(),
             "{example} converted:\n{}\n{}",
@@ -206,4 +224,170 @@ async fn converted_examples_run_to_the_same_result() {
             text(&native.stdout)
         );
     }
+}
+
+/// The steps of a job's stage document: (name, status, after-step).
+fn job_steps(run: &Value, stage: &str) -> Vec<(String, String, bool)> {
+    let docs = run["stages"].as_array().unwrap();
+    let doc = docs.iter().find(|d| d["name"] == stage).unwrap();
+    doc["steps"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["status"].as_str().unwrap_or_default().to_string(),
+                s["after"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}
+
+/// A stage's log, from the project's results folder.
+fn log_of(dir: &Path, run: &Value, stage: &str) -> String {
+    let id = run["run"]["id"].as_str().unwrap();
+    std::fs::read_to_string(dir.join(format!(".sentinel/results/run/{id}/{stage}.log")))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_seed_wercker_file_runs_unchanged() {
+    common::docker().await;
+    let p = copy_of("wercker");
+    let steps_path = p.path().join("steps");
+    let steps_env = ("SENTINEL_STEPS_PATH", steps_path.to_str().unwrap());
+
+    // Found by its usual name; `build` by default.
+    let out = sentinel(p.path(), &["run"], &[steps_env]);
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{}\n{err}", text(&out.stdout));
+    assert!(err.contains("using ./wercker.yml (wercker)"), "{err}");
+    let run = last_run(p.path());
+    let stages = outcome(&run);
+    assert_eq!(stages.len(), 1, "one pipeline, one job: {stages:?}");
+    assert_eq!(stages[0].1, "succeeded", "{stages:?}");
+    let s = |n: &str, after| (n.to_string(), "succeeded".to_string(), after);
+    assert_eq!(
+        job_steps(&run, "build"),
+        [
+            s("install a tool outside the workspace", false),
+            s("use it", false),
+            s("greet", false),
+            s("ask the service", false),
+            s("output", false),
+            s("report", true),
+        ]
+    );
+    let log = log_of(p.path(), &run, "build");
+    for needle in [
+        "tool says built on",  // a file outside the workspace, seen by the next step
+        "greeting from greet", // wercker's helper functions in a step folder
+        "greet: hello from the box!", // a setting expanded in the container, a default
+        "pong",                // the service, by name
+        "build passed",        // WERCKER_RESULT in an after-step
+    ] {
+        assert!(log.contains(needle), "`{needle}` in the log:\n{log}");
+    }
+    let id = run["run"]["id"].as_str().unwrap();
+    assert!(
+        p.path()
+            .join(format!(".sentinel/results/run/{id}/build.zip"))
+            .is_file(),
+        "the output folder is published as build.zip"
+    );
+
+    // A failing step skips the rest; the after-steps still run and see it.
+    let out = sentinel(p.path(), &["run", "--pipeline", "broken"], &[steps_env]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let run = last_run(p.path());
+    assert_eq!(
+        job_steps(&run, "broken"),
+        [
+            ("fails".to_string(), "failed".to_string(), false),
+            ("skipped".to_string(), "skipped".to_string(), false),
+            ("report".to_string(), "succeeded".to_string(), true),
+        ]
+    );
+    let log = log_of(p.path(), &run, "broken");
+    assert!(
+        log.contains("before") && !log.contains("never printed") && !log.contains("never runs"),
+        "`set -e` ends the script at `false`: {log}"
+    );
+    assert!(log.contains("broken failed"), "{log}");
+}
+
+#[tokio::test]
+async fn a_wercker_step_missing_a_required_setting_stops_before_any_container() {
+    common::docker().await;
+    let p = copy_of("wercker");
+    let file = p.path().join("wercker.yml");
+    let yml = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        yml.replace(
+            "        to: $GREETING from the box\n",
+            "        punctuation: '?'\n",
+        ),
+    )
+    .unwrap();
+    let steps_path = p.path().join("steps");
+    let out = sentinel(
+        p.path(),
+        &["run", "wercker.yml"],
+        &[("SENTINEL_STEPS_PATH", steps_path.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("wercker.yml:24:9: step `greet` needs the setting `to`"),
+        "{err}"
+    );
+    assert!(
+        !p.path().join(".sentinel/results/run").exists(),
+        "nothing ran"
+    );
+}
+
+#[tokio::test]
+async fn a_webassembly_step_in_a_job_sees_what_earlier_steps_wrote() {
+    common::docker().await;
+    let p = tempfile::tempdir().unwrap();
+    std::fs::write(
+        p.path().join("sentinel.yml"),
+        format!(
+            r#"version: 1
+box: {image}
+defaults: {{network: none, timeout: 60s}}
+stages:
+  release:
+    env: {{FILTER: .version}}
+    steps:
+      - name: report
+        run: |
+          echo '{{"version": "1.2.3"}}' > report.json
+      - name: pluck
+        step: jq-pluck@1
+        with: {{file: report.json, filter: $FILTER, raw: "true"}}
+      - name: after
+        run: echo "still in the job"; test -f report.json
+"#,
+            image = common::IMAGE
+        ),
+    )
+    .unwrap();
+    let out = sentinel(p.path(), &["run"], &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let run = last_run(p.path());
+    let s = |n: &str| (n.to_string(), "succeeded".to_string(), false);
+    assert_eq!(
+        job_steps(&run, "release"),
+        [s("report"), s("pluck"), s("after")]
+    );
+    let log = log_of(p.path(), &run, "release");
+    let at = |needle: &str| log.find(needle).unwrap_or(usize::MAX);
+    assert!(
+        at("── step pluck") < at("1.2.3") && at("1.2.3") < at("still in the job"),
+        "the step read the file the first step wrote, with the job's $FILTER, in turn: {log}"
+    );
 }

@@ -48,7 +48,7 @@ async fn main() {
         // A job: one container, ten steps.
         let sj = stage_job(&runs, &project).await;
         let t = Instant::now();
-        let mut jc = match ex.open_job(&sj, IMAGE, Shell::Strict).await {
+        let mut jc = match ex.open_job(&sj, IMAGE, Shell::Strict, &[]).await {
             Ok(jc) => jc,
             Err(r) => panic!("the job did not start: {:?}", r.outcome),
         };

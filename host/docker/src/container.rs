@@ -166,6 +166,8 @@ pub(crate) struct Spec {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub stdin: bool,
+    /// More folders of this machine to show (`host:container:ro`).
+    pub binds: Vec<String>,
 }
 
 /// Creates a stage's container: checks the image, lays out its inputs,
@@ -194,10 +196,11 @@ pub(crate) async fn create(
     } else {
         None
     };
-    let (private, binds, secrets) = match prepare(ws, job).await {
+    let (private, mut binds, secrets) = match prepare(ws, job).await {
         Ok(p) => p,
         Err(e) => return Err(failed(e.to_string())),
     };
+    binds.extend(spec.binds);
     let mut env: Vec<String> = job
         .env
         .iter()
@@ -237,9 +240,11 @@ pub(crate) async fn create(
             security_opt: Some(vec!["no-new-privileges".into()]),
             privileged: Some(false),
             network_mode: Some(network_mode(network.as_deref(), job.limits.network)),
+            // `exec`: Docker's tmpfs is `noexec` unless told, and build
+            // tools run what they put in /tmp (`go test`, a step's helper).
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_string(),
-                "rw,nosuid,nodev,size=256m".to_string(),
+                "rw,exec,nosuid,nodev,size=256m".to_string(),
             )])),
             ..Default::default()
         }),
@@ -311,6 +316,7 @@ pub(crate) async fn run(
         entrypoint,
         cmd,
         stdin: false,
+        binds: Vec::new(),
     };
     let Created {
         id,

@@ -26,7 +26,9 @@ use std::time::Duration;
 use bollard::query_parameters::{AttachContainerOptions, KillContainerOptions};
 use futures_util::StreamExt;
 use sentinel_api::{JobStepDoc, StageStatus};
-use sentinel_engine::exec::{Chunk, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream, Work};
+use sentinel_engine::exec::{
+    Chunk, JobStepRun, Outcome, PRIVATE_MOUNT, StageJob, StageReport, StepWork, Stream, Var, Work,
+};
 use sentinel_pipeline::Shell;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -87,6 +89,7 @@ impl DockerExecutor {
         job: &StageJob,
         image: &str,
         shell: Shell,
+        mounts: &[(std::path::PathBuf, String)],
     ) -> Result<JobContainer, StageReport> {
         let workspace = job.workspace.clone();
         let Some(ws) = workspace.local() else {
@@ -106,6 +109,10 @@ impl DockerExecutor {
             ],
             cmd: Vec::new(),
             stdin: true,
+            binds: mounts
+                .iter()
+                .map(|(host, at)| format!("{}:{at}:ro", host.display()))
+                .collect(),
         };
         let created = create(self, job, ws, spec).await?;
         let failed = |created: Created, e: String| {
@@ -337,6 +344,44 @@ impl JobContainer {
     }
 }
 
+/// Runs a WebAssembly step of a job with `exec` (the run's WebAssembly
+/// runtime) on the job's workspace, its output in the job's log.
+async fn run_wasm(
+    job: &StageJob,
+    exec: Option<&std::sync::Arc<dyn sentinel_engine::exec::Executor>>,
+    at: Step<'_>,
+    work: &StepWork,
+    env: Vec<Var>,
+    stop: &CancellationToken,
+) -> Outcome {
+    let Some(exec) = exec else {
+        return Outcome::StartFailed(format!(
+            "step `{}` is a WebAssembly step and no WebAssembly runtime was given",
+            at.name
+        ));
+    };
+    // Its own private folder: the job's container has the stage's.
+    let mut sub = format!("{}--{}", job.stage, at.index + 1);
+    if sub.len() > sentinel_api::StageName::MAX_LEN {
+        sub = format!("job--{}", at.index + 1);
+    }
+    let stage = sub.parse().unwrap_or_else(|_| job.stage.clone());
+    let step_job = StageJob {
+        run_id: job.run_id.clone(),
+        stage,
+        owner: job.owner.clone(),
+        work: Work::Step(work.clone()),
+        env,
+        limits: job.limits.clone(),
+        user: job.user.clone(),
+        workspace: job.workspace.clone(),
+        inputs: Default::default(),
+        capture: None,
+        log: job.log.clone(),
+    };
+    exec.run_stage(step_job, stop.child_token()).await.outcome
+}
+
 /// How long a job's after-steps may run once its steps were stopped (the
 /// job timed out or was cancelled).
 const AFTER_STEPS_GRACE: Duration = Duration::from_secs(300);
@@ -362,7 +407,10 @@ pub(crate) async fn run(
             "the Docker executor runs jobs on a workspace of this machine".into(),
         ));
     };
-    let mut jc = match ex.open_job(&job, &action.image, action.shell).await {
+    let mut jc = match ex
+        .open_job(&job, &action.image, action.shell, &action.mounts)
+        .await
+    {
         Ok(jc) => jc,
         Err(report) => return report,
     };
@@ -370,12 +418,18 @@ pub(crate) async fn run(
     let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
     let mut steps = Vec::new();
     let mut outcome = Outcome::Exited { code: 0 };
-    for step in &action.steps {
+    let wasm = action.steps_executor.as_ref();
+    for (i, step) in action.steps.iter().enumerate() {
         if outcome != (Outcome::Exited { code: 0 }) {
             steps.push(skipped(&step.name, false));
             continue;
         }
-        let (o, doc) = run_step(&mut jc, &job, &step.name, &step.script, false, &stop).await;
+        let at = Step {
+            name: &step.name,
+            index: i,
+            after: false,
+        };
+        let (o, doc) = run_step(&mut jc, &job, wasm, at, &step.run, None, &stop).await;
         steps.push(doc);
         outcome = o;
     }
@@ -396,12 +450,22 @@ pub(crate) async fn run(
         })
     };
     let mut warnings = Vec::new();
-    for step in &action.after_steps {
-        let script = format!(
-            "SENTINEL_JOB_RESULT={result}; export SENTINEL_JOB_RESULT\n{}",
-            step.script
-        );
-        let (o, doc) = run_step(&mut jc, &job, &step.name, &script, true, &after_stop).await;
+    for (i, step) in action.after_steps.iter().enumerate() {
+        let at = Step {
+            name: &step.name,
+            index: action.steps.len() + i,
+            after: true,
+        };
+        let (o, doc) = run_step(
+            &mut jc,
+            &job,
+            wasm,
+            at,
+            &step.run,
+            Some(result),
+            &after_stop,
+        )
+        .await;
         if o != (Outcome::Exited { code: 0 }) {
             warnings.push(format!(
                 "after-step `{}` did not succeed; it does not change the job's result",
@@ -429,23 +493,50 @@ pub(crate) async fn run(
     }
 }
 
-/// Runs one step of a job and describes how it ended.
+/// Where a step is in its job.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    name: &'a str,
+    /// Its place among the job's steps and after-steps.
+    index: usize,
+    after: bool,
+}
+
+/// Runs one step of a job and describes how it ended: a script in the
+/// job's container, a WebAssembly step in its sandbox on the same
+/// workspace. `result` is the job's result, for an after-step.
 async fn run_step(
     jc: &mut JobContainer,
     job: &StageJob,
-    name: &str,
-    script: &str,
-    after: bool,
+    wasm: Option<&std::sync::Arc<dyn sentinel_engine::exec::Executor>>,
+    at: Step<'_>,
+    run: &JobStepRun,
+    result: Option<&str>,
     stop: &CancellationToken,
 ) -> (Outcome, JobStepDoc) {
-    let kind = if after { "after-step" } else { "step" };
+    let (kind, name) = (if at.after { "after-step" } else { "step" }, at.name);
     let header = Chunk {
         stream: Stream::Stderr,
         bytes: format!("── {kind} {name}\n").into_bytes(),
     };
     let _ = job.log.send(header).await;
     let started = std::time::Instant::now();
-    let o = jc.run(script, &job.log, stop).await;
+    let o = match run {
+        JobStepRun::Script(script) => {
+            let script = match result {
+                Some(r) => format!("SENTINEL_JOB_RESULT={r}; export SENTINEL_JOB_RESULT\n{script}"),
+                None => script.clone(),
+            };
+            jc.run(&script, &job.log, stop).await
+        }
+        JobStepRun::Wasm { work, env } => {
+            let mut env = env.clone();
+            if let Some(r) = result {
+                env.push(Var::plain("SENTINEL_JOB_RESULT", r));
+            }
+            run_wasm(job, wasm, at, work, env, stop).await
+        }
+    };
     let (status, exit_code, reason) = match &o {
         Outcome::Exited { code: 0 } => (StageStatus::Succeeded, Some(0), None),
         Outcome::Exited { code } => (
@@ -468,7 +559,7 @@ async fn run_step(
     let doc = JobStepDoc {
         name: name.to_string(),
         status,
-        after,
+        after: at.after,
         exit_code,
         duration_ms: Some(started.elapsed().as_millis() as u64),
         reason,

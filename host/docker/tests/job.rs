@@ -92,7 +92,7 @@ async fn step_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_steps_share_one_container_and_nothing_is_left() {
     let f = fixture().await;
-    let mut jc = match f.ex.open_job(&f.job, IMAGE, Shell::Strict).await {
+    let mut jc = match f.ex.open_job(&f.job, IMAGE, Shell::Strict, &[]).await {
         Ok(jc) => jc,
         Err(r) => panic!("the job did not start: {:?}", r.outcome),
     };
@@ -138,7 +138,7 @@ async fn ten_steps_share_one_container_and_nothing_is_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_or_stopped_step_leaves_the_job_usable() {
     let f = fixture().await;
-    let mut jc = match f.ex.open_job(&f.job, IMAGE, Shell::Strict).await {
+    let mut jc = match f.ex.open_job(&f.job, IMAGE, Shell::Strict, &[]).await {
         Ok(jc) => jc,
         Err(r) => panic!("the job did not start: {:?}", r.outcome),
     };

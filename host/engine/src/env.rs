@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use sentinel_api::{GitContext, RunId, StageName};
-use sentinel_pipeline::{EnvValue, Plan, Ref, StagePlan, Template, When};
+use sentinel_pipeline::script_step::script_setting_env;
+use sentinel_pipeline::step::{setting_env_name, split_reference};
+use sentinel_pipeline::{EnvValue, JobRun, Plan, Ref, StagePlan, StepAction, Template, When};
 
 use crate::exec::{PRIVATE_MOUNT, Var, WORKSPACE_MOUNT};
 use crate::masker::MIN_SECRET_LEN;
@@ -63,6 +65,19 @@ pub struct StageEnv {
     /// Values of a step's secret settings: they join the masker.
     pub secret_values: Vec<String>,
     /// A step's allowed HTTP hosts, settings substituted.
+    pub http: Vec<String>,
+    /// A job's steps' settings, by step name.
+    pub steps: BTreeMap<String, StepSettings>,
+}
+
+/// One step's resolved settings.
+#[derive(Debug, Default, Clone)]
+pub struct StepSettings {
+    /// `SENTINEL_<STEP>_<KEY>` (a wercker script step's `WERCKER_…`).
+    pub vars: Vec<Var>,
+    /// As documents may show them.
+    pub shown: BTreeMap<String, String>,
+    /// A WebAssembly step's allowed HTTP hosts, settings substituted.
     pub http: Vec<String>,
 }
 
@@ -175,45 +190,10 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
         }
     }
     if let sentinel_pipeline::Action::Step(step) = &stage.action {
-        let manifest = &step.resolved.manifest;
-        let mut values = BTreeMap::new();
-        for (k, t) in &step.with {
-            let value = t.render(|r| resolve(inputs, r))?;
-            let secret = manifest.settings.get(k).is_some_and(|s| s.secret);
-            let shown = if is_secret(inputs, t) {
-                t.to_string()
-            } else if secret {
-                "***".to_string()
-            } else {
-                value.clone()
-            };
-            if secret && !value.is_empty() {
-                if value.len() < MIN_SECRET_LEN {
-                    return Err(EnvError::ShortSecret {
-                        setting: k.clone(),
-                        source: crate::masker::MaskError::TooShort(value.len()),
-                    });
-                }
-                env.secret_values.push(value.clone());
-            }
-            env.settings.insert(k.clone(), shown);
-            set_var(
-                &mut env.vars,
-                &sentinel_pipeline::step::setting_env_name(&manifest.name, k),
-                value.clone(),
-                secret || is_secret(inputs, t),
-            );
-            values.insert(k.clone(), value);
-        }
-        for entry in &manifest.capabilities.http {
-            let mut host = entry.clone();
-            for (k, v) in &values {
-                host = host.replace(&format!("{{{k}}}"), &host_of(v));
-            }
-            if !host.contains('{') && !host.is_empty() {
-                env.http.push(host.to_ascii_lowercase());
-            }
-        }
+        let settings = step_settings(inputs, step, &mut env.secret_values)?;
+        env.vars.extend(settings.vars);
+        env.settings = settings.shown;
+        env.http = settings.http;
         return Ok(env);
     }
     for (k, v) in &inputs.plan.env {
@@ -242,12 +222,141 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
         env.recorded.insert(k.clone(), shown);
         set_var(&mut env.vars, k, value, secret);
     }
+    if let sentinel_pipeline::Action::Job(job) = &stage.action {
+        for st in job.steps.iter().chain(&job.after_steps) {
+            if let JobRun::Step(step) = &st.run {
+                let settings = step_settings(inputs, step, &mut env.secret_values)?;
+                env.steps.insert(st.name.clone(), settings);
+            }
+        }
+    }
     Ok(env)
+}
+
+/// A step's settings resolved: its variables, what documents may show of
+/// them, and (for a WebAssembly step) the hosts it may reach. A secret
+/// value joins `secret_values`, refused when too short to mask.
+fn step_settings(
+    inputs: &EnvInputs<'_>,
+    step: &StepAction,
+    secret_values: &mut Vec<String>,
+) -> Result<StepSettings, EnvError> {
+    let manifest = &step.resolved.manifest;
+    let mut out = StepSettings::default();
+    let mut values = BTreeMap::new();
+    for (k, t) in &step.with {
+        let value = t.render(|r| resolve(inputs, r))?;
+        let secret = manifest.settings.get(k).is_some_and(|s| s.secret);
+        let shown = if is_secret(inputs, t) {
+            t.to_string()
+        } else if secret {
+            "***".to_string()
+        } else {
+            value.clone()
+        };
+        if secret && !value.is_empty() {
+            if value.len() < MIN_SECRET_LEN {
+                return Err(EnvError::ShortSecret {
+                    setting: k.clone(),
+                    source: crate::masker::MaskError::TooShort(value.len()),
+                });
+            }
+            secret_values.push(value.clone());
+        }
+        out.shown.insert(k.clone(), shown);
+        let name = match step.resolved.script {
+            Some(kind) => script_setting_env(kind.prefix(), split_reference(&step.step).1, k),
+            None => setting_env_name(&manifest.name, k),
+        };
+        out.vars.retain(|v| v.name != name);
+        out.vars.push(Var {
+            name,
+            value: value.clone(),
+            secret: secret || is_secret(inputs, t),
+        });
+        values.insert(k.clone(), value);
+    }
+    for entry in &manifest.capabilities.http {
+        let mut host = entry.clone();
+        for (k, v) in &values {
+            host = host.replace(&format!("{{{k}}}"), &host_of(v));
+        }
+        if !host.contains('{') && !host.is_empty() {
+            out.http.push(host.to_ascii_lowercase());
+        }
+    }
+    Ok(out)
+}
+
+/// Expands `$NAME` and `${NAME}` in a step setting with the job's
+/// variables, as the job's shell would (an unknown name is empty; a `$`
+/// not followed by a name stays); also says whether a secret was used.
+pub fn expand_job_vars(value: &str, vars: &[Var]) -> (String, bool) {
+    fn ident_len(s: &str) -> usize {
+        let b = s.as_bytes();
+        if !b
+            .first()
+            .is_some_and(|c| c.is_ascii_alphabetic() || *c == b'_')
+        {
+            return 0;
+        }
+        b.iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || **c == b'_')
+            .count()
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut secret = false;
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, tail) = match after.strip_prefix('{') {
+            Some(b) => match b.find('}') {
+                Some(e) if e > 0 && ident_len(&b[..e]) == e => (&b[..e], &b[e + 1..]),
+                _ => ("", after),
+            },
+            None => {
+                let n = ident_len(after);
+                (&after[..n], &after[n..])
+            }
+        };
+        if name.is_empty() {
+            out.push('$');
+            rest = after;
+            continue;
+        }
+        if let Some(v) = vars.iter().rev().find(|v| v.name == name) {
+            out.push_str(&v.value);
+            secret |= v.secret;
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    (out, secret)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_variables_expand_as_a_shell_would() {
+        let vars = [
+            Var::plain("A", "1"),
+            Var {
+                name: "KEY".into(),
+                value: "s3cr3t".into(),
+                secret: true,
+            },
+        ];
+        assert_eq!(expand_job_vars("x$A-${A}y", &vars), ("x1-1y".into(), false));
+        assert_eq!(expand_job_vars("$KEY", &vars), ("s3cr3t".into(), true));
+        assert_eq!(
+            expand_job_vars("$NOPE.$ 5$ ${}", &vars),
+            (".$ 5$ ${}".into(), false)
+        );
+        assert_eq!(expand_job_vars("cost $5", &vars), ("cost $5".into(), false));
+    }
 
     #[test]
     fn a_secret_setting_too_short_to_mask_is_refused() {

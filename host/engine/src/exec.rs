@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sentinel_api::{RunId, StageName};
-use sentinel_pipeline::{ContainerAction, JobAction, Limits, ServicePlan, Volume};
+use sentinel_pipeline::{ContainerAction, Limits, ServicePlan, Shell, Volume};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -113,8 +113,74 @@ pub enum Work {
     Container(ContainerAction),
     /// A WebAssembly step.
     Step(StepWork),
-    /// Script steps in turn in one container.
-    Job(JobAction),
+    /// Steps in turn in one container.
+    Job(JobWork),
+}
+
+/// Where a job's container sees its script steps' folders (read-only).
+pub const STEPS_MOUNT: &str = "/sentinel-steps";
+
+/// A job with everything resolved: each step's script (a script step's is
+/// made here: its settings exported, its `run.sh` run) or WebAssembly work.
+#[derive(Debug, Clone)]
+pub struct JobWork {
+    pub image: String,
+    pub shell: Shell,
+    pub steps: Vec<JobStepWork>,
+    /// Run after `steps`, whatever happened to them.
+    pub after_steps: Vec<JobStepWork>,
+    /// Script step folders of this machine and where the container sees
+    /// them (read-only).
+    pub mounts: Vec<(PathBuf, String)>,
+    /// Runs the job's WebAssembly steps (on the job's workspace); set by
+    /// [`Dispatch`].
+    pub steps_executor: Option<Arc<dyn Executor>>,
+}
+
+/// One step of a job.
+#[derive(Debug, Clone)]
+pub struct JobStepWork {
+    pub name: String,
+    pub run: JobStepRun,
+}
+
+/// What a job's step runs.
+#[derive(Debug, Clone)]
+pub enum JobStepRun {
+    /// A script for the job's shell.
+    Script(String),
+    /// A WebAssembly step with its environment (context and settings).
+    Wasm { work: StepWork, env: Vec<Var> },
+}
+
+impl JobWork {
+    /// A job of scripts only (tests, benchmarks).
+    pub fn scripts(image: &str, steps: &[(&str, &str)], after_steps: &[(&str, &str)]) -> Self {
+        let list = |l: &[(&str, &str)]| {
+            l.iter()
+                .map(|(n, s)| JobStepWork {
+                    name: n.to_string(),
+                    run: JobStepRun::Script(s.to_string()),
+                })
+                .collect()
+        };
+        Self {
+            image: image.to_string(),
+            shell: Shell::Strict,
+            steps: list(steps),
+            after_steps: list(after_steps),
+            mounts: Vec::new(),
+            steps_executor: None,
+        }
+    }
+
+    /// True when a step runs in the WebAssembly sandbox.
+    pub fn has_wasm(&self) -> bool {
+        self.steps
+            .iter()
+            .chain(&self.after_steps)
+            .any(|s| matches!(s.run, JobStepRun::Wasm { .. }))
+    }
 }
 
 /// A volume with the files it carries: the captured files of an earlier
@@ -296,7 +362,12 @@ impl Executor for Dispatch {
         self.steps.start_run(ctx).await
     }
 
-    async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
+    async fn run_stage(&self, mut job: StageJob, stop: CancellationToken) -> StageReport {
+        if let Work::Job(j) = &mut job.work
+            && j.has_wasm()
+        {
+            j.steps_executor = Some(self.steps.clone());
+        }
         self.for_work(&job.work).clone().run_stage(job, stop).await
     }
 

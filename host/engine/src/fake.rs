@@ -137,7 +137,10 @@ async fn interpret(
         Work::Job(j) => j
             .steps
             .iter()
-            .map(|s| s.script.as_str())
+            .map(|s| match &s.run {
+                crate::exec::JobStepRun::Script(script) => script.as_str(),
+                crate::exec::JobStepRun::Wasm { .. } => "fail-start the fake executor runs no step",
+            })
             .collect::<Vec<_>>()
             .join("\n"),
         Work::Step(s) => format!("fail-start the fake executor runs no step ({})", s.name),

@@ -13,6 +13,7 @@ pub mod env;
 pub mod error;
 pub mod exec;
 pub mod fake;
+pub mod job;
 pub mod lease;
 pub mod log;
 pub mod masker;

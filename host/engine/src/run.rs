@@ -439,6 +439,7 @@ impl Engine {
                             user: s.limits.user.clone().unwrap_or_else(|| user.clone()),
                             secrets: rec.secrets(),
                             http: env.http.clone(),
+                            steps: env.steps,
                             inputs: inputs_of(rec, s),
                             capture: capture_of(&self.config.state_dir, &rec.run_id, s, keep),
                         };

@@ -36,6 +36,8 @@ pub struct StageRun {
     pub secrets: Arc<SecretSet>,
     /// A step's allowed HTTP hosts.
     pub http: Vec<String>,
+    /// A job's steps' settings, by step name.
+    pub steps: BTreeMap<String, crate::env::StepSettings>,
     pub inputs: Inputs,
     /// Where the files it creates or changes are kept (`None`: not kept).
     pub capture: Option<PathBuf>,
@@ -105,11 +107,12 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
-/// The work of a plan's action.
-fn work(plan: &StagePlan, http: &[String]) -> Work {
-    match &plan.action {
+/// The work of a stage's action.
+fn work(s: &StageRun) -> Work {
+    let http = &s.http;
+    match &s.plan.action {
         Action::Container(c) => Work::Container(c.clone()),
-        Action::Job(j) => Work::Job(j.clone()),
+        Action::Job(j) => Work::Job(crate::job::work(j, &s.env, &s.steps)),
         Action::Step(s) => Work::Step(StepWork {
             name: s.resolved.manifest.name.clone(),
             wasm: s.resolved.wasm.clone(),
@@ -145,7 +148,7 @@ pub async fn run_stage(
         run_id: s.run_id.clone(),
         stage: name.clone(),
         owner: s.owner.clone(),
-        work: work(&s.plan, &s.http),
+        work: work(&s),
         env: s.env.clone(),
         limits: s.plan.limits.clone(),
         user: s.user.clone(),

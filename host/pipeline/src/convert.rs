@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::dialect::Dialect;
-use crate::draft::{ActionDraft, Draft, EnvDraft, LimitsDraft, VarDraft};
+use crate::draft::{ActionDraft, Draft, EnvDraft, JobRunDraft, LimitsDraft, VarDraft};
 use crate::plan::{Shell, When};
 
 /// A scalar as YAML: plain when that reads back as the same string, else
@@ -195,8 +195,17 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                 image,
                 steps,
                 after_steps,
-                shell: _,
+                shell,
             }) => {
+                // A `sh` job (wercker's) keeps its scripts' own `set -e` choice.
+                let plain = if *shell == Shell::Plain {
+                    out.push_str(
+                        "    # its scripts ran with `sh`: `set +e` keeps each one's own choice\n",
+                    );
+                    "set +e\n"
+                } else {
+                    ""
+                };
                 if let Some(i) = image {
                     let _ = writeln!(out, "    image: {}", scalar(&i.value));
                 }
@@ -207,7 +216,31 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                     let _ = writeln!(out, "    {field}:");
                     for step in list {
                         let _ = writeln!(out, "      - name: {}", scalar(&step.name.value));
-                        value(&mut out, 8, "run", &step.script.value);
+                        match &step.run {
+                            JobRunDraft::Script(script) => {
+                                value(&mut out, 8, "run", &format!("{plain}{}", script.value))
+                            }
+                            JobRunDraft::Step {
+                                step,
+                                with,
+                                templates,
+                                ..
+                            } => {
+                                let _ = writeln!(out, "        step: {}", scalar(&step.value));
+                                if !with.is_empty() {
+                                    out.push_str("        with:\n");
+                                    for (k, v) in with {
+                                        // Plain text stays plain: `${` would read as a reference.
+                                        let v = if *templates {
+                                            v.value.clone()
+                                        } else {
+                                            v.value.replace("${", "$${")
+                                        };
+                                        value(&mut out, 10, &scalar(&k.value), &v);
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }

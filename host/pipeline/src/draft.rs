@@ -126,7 +126,24 @@ pub enum ActionDraft {
 pub struct JobStepDraft {
     /// Its name (given, or made from its place), at the step.
     pub name: At<String>,
-    pub script: At<String>,
+    pub run: JobRunDraft,
+}
+
+/// What a job's step runs, as written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobRunDraft {
+    /// A script for the job's shell.
+    Script(At<String>),
+    /// A step (script or WebAssembly) and its settings.
+    Step {
+        step: At<String>,
+        with: Vec<(At<String>, At<String>)>,
+        /// Where "missing setting" errors point.
+        with_pos: Pos,
+        /// The values are templates (`${…}`); else plain text (wercker's,
+        /// whose `$NAME`s the job's shell expands).
+        templates: bool,
+    },
 }
 
 /// A stage whose files another stage uses, and where it sees them
@@ -209,9 +226,19 @@ impl Draft {
     pub fn step_refs(&self) -> std::collections::BTreeSet<String> {
         self.stages
             .iter()
-            .filter_map(|s| match &s.action {
-                Some(ActionDraft::Step { step, .. }) => Some(step.value.clone()),
-                _ => None,
+            .flat_map(|s| match &s.action {
+                Some(ActionDraft::Step { step, .. }) => vec![step.value.clone()],
+                Some(ActionDraft::Job {
+                    steps, after_steps, ..
+                }) => steps
+                    .iter()
+                    .chain(after_steps)
+                    .filter_map(|st| match &st.run {
+                        JobRunDraft::Step { step, .. } => Some(step.value.clone()),
+                        JobRunDraft::Script(_) => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
             })
             .collect()
     }

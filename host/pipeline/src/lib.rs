@@ -12,6 +12,7 @@ pub mod dialect;
 pub mod draft;
 pub mod plan;
 pub mod raw;
+pub mod script_step;
 pub mod step;
 pub mod template;
 pub mod validate;
@@ -20,10 +21,10 @@ pub mod yaml;
 use std::fmt;
 use std::path::Path;
 
-pub use dialect::Dialect;
+pub use dialect::{Dialect, Select};
 pub use plan::{
-    Action, ContainerAction, EnvValue, JobAction, JobStep, Limits, Network, Plan, Provenance,
-    ServicePlan, Shell, StagePlan, StepAction, Volume, When, WorkspaceOptions,
+    Action, ContainerAction, EnvValue, JobAction, JobRun, JobStep, Limits, Network, Plan,
+    Provenance, ServicePlan, Shell, StagePlan, StepAction, Volume, When, WorkspaceOptions,
 };
 pub use step::{
     DirCatalog, NoSteps, ResolvedStep, StepCatalog, StepError, StepManifest, WorkspaceAccess,
@@ -89,6 +90,16 @@ pub fn load(path: &Path) -> Result<Plan, LoadError> {
 /// Reads and validates the pipeline file at `path`, resolving steps with
 /// `catalog`. Its dialect is the one its name says, else its content's.
 pub fn load_with(path: &Path, catalog: &dyn StepCatalog) -> Result<Plan, LoadError> {
+    load_selected(path, catalog, &Select::default())
+}
+
+/// Like [`load_with`], choosing the pipeline (and deploy target) of a file
+/// that holds several.
+pub fn load_selected(
+    path: &Path,
+    catalog: &dyn StepCatalog,
+    select: &Select,
+) -> Result<Plan, LoadError> {
     let (src, file) = read_file(path)?;
     let folder = path
         .canonicalize()
@@ -101,7 +112,8 @@ pub fn load_with(path: &Path, catalog: &dyn StepCatalog) -> Result<Plan, LoadErr
         .unwrap_or_else(|| "pipeline".to_string());
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dialect = Dialect::from_file_name(path);
-    Ok(parse_str_as(&src, &file, &folder, dialect, catalog, &base)?)
+    let draft = dialect::read_selected(&src, &file, dialect, select)?;
+    Ok(plan_draft(&draft, &file, &folder, catalog, &base)?)
 }
 
 /// Reads a pipeline file's text, refusing one larger than the cap.

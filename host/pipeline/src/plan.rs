@@ -207,13 +207,34 @@ pub struct JobAction {
 }
 
 impl JobAction {
-    /// Every script of the job, steps then after-steps, one per line group.
+    /// Every step of the job, steps then after-steps, one per line group: a
+    /// script as written, a step as `# step: name (digest)`.
     pub fn scripts(&self) -> String {
         self.steps
             .iter()
             .chain(&self.after_steps)
-            .map(|s| format!("# {}\n{}\n", s.name, s.script))
+            .map(|s| match &s.run {
+                JobRun::Script(script) => format!("# {}\n{script}\n", s.name),
+                JobRun::Step(st) => format!(
+                    "# {}\n# step: {} ({})\n",
+                    s.name, st.step, st.resolved.digest
+                ),
+            })
             .collect()
+    }
+
+    /// The job's script steps (folders mounted into its container), once each.
+    pub fn script_steps(&self) -> Vec<&StepAction> {
+        let mut seen = Vec::<&StepAction>::new();
+        for s in self.steps.iter().chain(&self.after_steps) {
+            if let JobRun::Step(st) = &s.run
+                && st.resolved.script.is_some()
+                && !seen.iter().any(|x| x.resolved.wasm == st.resolved.wasm)
+            {
+                seen.push(st);
+            }
+        }
+        seen
     }
 }
 
@@ -221,7 +242,20 @@ impl JobAction {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct JobStep {
     pub name: String,
-    pub script: String,
+    #[serde(flatten)]
+    pub run: JobRun,
+}
+
+/// What a job's step runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobRun {
+    /// A script, run by the job's shell.
+    Script(String),
+    /// A step: a script step (its folder's `run.sh`, in the job's
+    /// container) or a WebAssembly step (in its sandbox, on the job's
+    /// workspace).
+    Step(StepAction),
 }
 
 /// A WebAssembly step with its settings (every setting of the manifest: the
@@ -258,13 +292,22 @@ impl Action {
         }
     }
 
-    /// The templates of the action itself (a step's settings).
-    pub fn templates(&self) -> impl Iterator<Item = &Template> {
-        let with = match self {
-            Self::Step(s) => Some(s.with.values()),
-            Self::Container(_) | Self::Job(_) => None,
-        };
-        with.into_iter().flatten()
+    /// The templates of the action itself (step settings, a job's steps' too).
+    pub fn templates(&self) -> Box<dyn Iterator<Item = &Template> + '_> {
+        match self {
+            Self::Step(s) => Box::new(s.with.values()),
+            Self::Container(_) => Box::new(std::iter::empty()),
+            Self::Job(j) => Box::new(
+                j.steps
+                    .iter()
+                    .chain(&j.after_steps)
+                    .filter_map(|s| match &s.run {
+                        JobRun::Step(st) => Some(st.with.values()),
+                        JobRun::Script(_) => None,
+                    })
+                    .flatten(),
+            ),
+        }
     }
 
     /// True when the action runs in a container (and so needs Docker).

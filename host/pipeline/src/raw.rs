@@ -51,7 +51,17 @@ pub struct RawJobStep {
     #[serde(default)]
     pub name: Option<String>,
     /// The script, run by `sh -e` in the job's container from `/workspace`.
-    pub run: String,
+    #[serde(default)]
+    pub run: Option<String>,
+    /// A step instead of a script: a script step (a folder with a manifest
+    /// and a `run.sh`, run in the job's container) or a WebAssembly step
+    /// (run in its sandbox on the job's workspace).
+    #[serde(default)]
+    pub step: Option<String>,
+    /// The step's settings (`${…}` references allowed; `$NAME` is one of
+    /// the job's variables).
+    #[serde(default)]
+    pub with: IndexMap<String, String>,
 }
 
 /// How the run's workspace is made: a copy of the project folder without

@@ -191,14 +191,25 @@ impl StepError {
     }
 }
 
-/// A step resolved to its manifest and component.
+/// A step resolved to its manifest and package.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ResolvedStep {
     pub manifest: StepManifest,
-    /// The component file.
+    /// The component file (for a script step: its `run.sh`).
     pub wasm: PathBuf,
-    /// `sha256:<hex>` of the component.
+    /// `sha256:<hex>` of the component (of a script step: of its folder).
     pub digest: String,
+    /// A script step's manifest kind; `None` for a WebAssembly step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<crate::script_step::ScriptManifest>,
+}
+
+impl ResolvedStep {
+    /// A script step's folder (it runs in a job's container); `None` for a
+    /// WebAssembly step.
+    pub fn script_dir(&self) -> Option<&Path> {
+        self.script.and(self.wasm.parent())
+    }
 }
 
 /// Resolves step references. Implementations do I/O; they run before the
@@ -216,17 +227,36 @@ pub struct NoSteps;
 
 impl StepCatalog for NoSteps {
     fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, StepError> {
-        if reference.ends_with(".wasm") {
-            return load_local(&base.join(reference));
-        }
-        Err(StepError::Unknown {
-            reference: reference.to_string(),
-            no_folders: false,
+        resolve_path(reference, base).unwrap_or_else(|| {
+            Err(StepError::Unknown {
+                reference: reference.to_string(),
+                no_folders: false,
+            })
         })
     }
     fn names(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// A reference that is a path (`./x/step.wasm`, or `./folder` of a script
+/// step), resolved against `base`; `None` when it is a name.
+fn resolve_path(reference: &str, base: &Path) -> Option<Result<ResolvedStep, StepError>> {
+    if reference.ends_with(".wasm") {
+        return Some(load_local(&base.join(reference)));
+    }
+    if !(reference.starts_with("./") || reference.starts_with("../") || reference.starts_with('/'))
+    {
+        return None;
+    }
+    let dir = base.join(reference);
+    Some(load_script(&dir).unwrap_or_else(|| {
+        Err(StepError::Read {
+            path: dir.join("run.sh").display().to_string(),
+            message: "no such file (a script step is a folder with a manifest and a run.sh)".into(),
+            manifest: false,
+        })
+    }))
 }
 
 /// Loads `dir/step.wasm` + `dir/step.toml`-style pairs: a `.wasm` with a
@@ -248,7 +278,45 @@ pub fn load_local(wasm: &Path) -> Result<ResolvedStep, StepError> {
         manifest,
         wasm: wasm.to_path_buf(),
         digest: format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+        script: None,
     })
+}
+
+/// Loads a script step folder (`run.sh` beside a manifest); `None` when the
+/// folder holds no `run.sh`.
+pub fn load_script(dir: &Path) -> Option<Result<ResolvedStep, StepError>> {
+    let (manifest, kind) = match crate::script_step::load_folder(dir)? {
+        Ok(m) => m,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(
+        crate::script_step::folder_digest(dir).map(|digest| ResolvedStep {
+            manifest,
+            wasm: dir.join("run.sh"),
+            digest,
+            script: Some(kind),
+        }),
+    )
+}
+
+/// The step of a folder: a WebAssembly step (`step.wasm`) or a script step
+/// (`run.sh`); `None` when it is neither.
+fn load_dir(dir: &Path) -> Option<Result<ResolvedStep, StepError>> {
+    let wasm = dir.join("step.wasm");
+    if wasm.is_file() {
+        return Some(load_local(&wasm));
+    }
+    load_script(dir)
+}
+
+/// Splits a reference into its owner (if any), name and wanted version
+/// (`acme/deploy@1.2` → `acme`, `deploy`, `1.2`).
+pub fn split_reference(reference: &str) -> (Option<&str>, &str, &str) {
+    let (path, want) = reference.split_once('@').unwrap_or((reference, ""));
+    match path.split_once('/') {
+        Some((owner, name)) => (Some(owner), name, want),
+        None => (None, path, want),
+    }
 }
 
 /// Steps found in folders laid out as `<dir>/<name>/step.{wasm,toml}`
@@ -260,16 +328,23 @@ pub struct DirCatalog {
 
 impl StepCatalog for DirCatalog {
     fn resolve(&self, reference: &str, base: &Path) -> Result<ResolvedStep, StepError> {
-        if reference.ends_with(".wasm") {
-            return load_local(&base.join(reference));
+        if let Some(local) = resolve_path(reference, base) {
+            return local;
         }
-        let (name, want) = reference.split_once('@').unwrap_or((reference, ""));
-        for dir in &self.dirs {
-            let wasm = dir.join(name).join("step.wasm");
-            if wasm.is_file() {
-                let step = load_local(&wasm)?;
+        let (owner, name, want) = split_reference(reference);
+        // `owner/name` is looked for under `<dir>/owner/name`, then `<dir>/name`.
+        let candidates = self.dirs.iter().flat_map(|dir| {
+            owner
+                .map(|o| dir.join(o).join(name))
+                .into_iter()
+                .chain([dir.join(name)])
+        });
+        for dir in candidates {
+            if let Some(step) = load_dir(&dir) {
+                let step = step?;
                 let have = &step.manifest.version;
                 let matches = want.is_empty()
+                    || want == "*"
                     || have == want
                     || (want.split('.').count() < 3 && have.starts_with(&format!("{want}.")));
                 if !matches {
@@ -296,7 +371,10 @@ impl StepCatalog for DirCatalog {
                 names.extend(
                     entries
                         .flatten()
-                        .filter(|e| e.path().join("step.wasm").is_file())
+                        .filter(|e| {
+                            let p = e.path();
+                            p.join("step.wasm").is_file() || p.join("run.sh").is_file()
+                        })
                         .map(|e| e.file_name().to_string_lossy().into_owned()),
                 );
             }

@@ -1,5 +1,7 @@
 //! Golden files: each `tests/golden/NAME.yaml` (a `sentinel.yml`) and each
-//! `tests/golden/dockercise/NAME.yaml` (a dockercise file) has either
+//! `tests/golden/dockercise/NAME.yaml` (a dockercise file) and each
+//! `tests/golden/wercker/NAME.yaml` (a wercker.yml, whose first line may
+//! choose the pipeline: `# select: pipeline=deploy deploy_target=prod`) has either
 //! `NAME.json` (the expected plan) or `NAME.err` (the expected
 //! diagnostics). Set `SENTINEL_BLESS=1` to write the expected files from
 //! the current output — never under CI, where it would make any output pass.
@@ -8,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use sentinel_pipeline::{Dialect, NoSteps, Plan, Shell};
+use sentinel_pipeline::{Dialect, DirCatalog, NoSteps, Plan, Select, Shell, StepCatalog};
 
 fn blessing() -> bool {
     let bless = std::env::var_os("SENTINEL_BLESS").is_some();
@@ -39,11 +41,46 @@ fn as_converted(mut plan: Plan) -> Plan {
             c.script = format!("set +e\n{}", c.script);
             c.shell = Shell::Strict;
         }
+        if let sentinel_pipeline::Action::Job(j) = &mut s.action
+            && j.shell == Shell::Plain
+        {
+            for st in j.steps.iter_mut().chain(&mut j.after_steps) {
+                if let sentinel_pipeline::JobRun::Script(script) = &mut st.run {
+                    *script = format!("set +e\n{script}");
+                }
+            }
+            j.shell = Shell::Strict;
+        }
     }
     plan
 }
 
+/// The pipeline a case chooses, from a first line like
+/// `# select: pipeline=deploy deploy_target=production`.
+fn select_of(src: &str) -> Select {
+    let mut select = Select::default();
+    if let Some(rest) = src.lines().next().and_then(|l| l.strip_prefix("# select:")) {
+        for pair in rest.split_whitespace() {
+            match pair.split_once('=') {
+                Some(("pipeline", v)) => select.pipeline = Some(v.to_string()),
+                Some(("deploy_target", v)) => select.deploy_target = Some(v.to_string()),
+                _ => panic!("unknown select `{pair}`"),
+            }
+        }
+    }
+    select
+}
+
 fn run_golden(dir: &Path, dialect: Option<Dialect>, at_least: usize) {
+    run_golden_with(dir, dialect, at_least, &NoSteps)
+}
+
+fn run_golden_with(
+    dir: &Path,
+    dialect: Option<Dialect>,
+    at_least: usize,
+    catalog: &dyn StepCatalog,
+) {
     let bless = blessing();
     let cases = cases(dir);
     assert!(
@@ -57,22 +94,27 @@ fn run_golden(dir: &Path, dialect: Option<Dialect>, at_least: usize) {
         let name = case.file_stem().unwrap().to_string_lossy().into_owned();
         let src = std::fs::read_to_string(case).unwrap();
         let file = format!("{name}.yaml");
-        let parsed = sentinel_pipeline::parse_str_as(
-            &src,
-            &file,
-            "golden",
-            dialect,
-            &NoSteps,
-            Path::new("."),
-        );
+        let select = select_of(&src);
+        let parsed = sentinel_pipeline::dialect::read_selected(&src, &file, dialect, &select)
+            .and_then(|draft| {
+                sentinel_pipeline::plan_draft(&draft, &file, "golden", catalog, Path::new("."))
+            });
         let (actual, ext) = match &parsed {
             Ok(plan) => (serde_json::to_string_pretty(plan).unwrap() + "\n", "json"),
             Err(d) => (d.to_string() + "\n", "err"),
         };
         if let Ok(plan) = &parsed {
-            let draft = sentinel_pipeline::dialect::read(&src, &file, dialect).unwrap();
+            let draft =
+                sentinel_pipeline::dialect::read_selected(&src, &file, dialect, &select).unwrap();
             let native = sentinel_pipeline::convert::to_native(&draft, &file);
-            match sentinel_pipeline::parse_str(&native, "converted.yml", "golden") {
+            let back = sentinel_pipeline::parse_str_with(
+                &native,
+                "converted.yml",
+                "golden",
+                catalog,
+                Path::new("."),
+            );
+            match back {
                 Ok(back) if back == as_converted(plan.clone()) => {}
                 Ok(back) => failures.push(format!(
                     "{name}: the converted file reads back as another plan:\n{native}\n{}",
@@ -128,6 +170,16 @@ fn golden_files() {
 fn dockercise_golden_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dockercise");
     run_golden(&dir, Some(Dialect::Dockercise), 20);
+}
+
+#[test]
+fn wercker_golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/wercker");
+    // Relative, so the plans name the same paths on every machine.
+    let catalog = DirCatalog {
+        dirs: vec!["tests/golden/wercker/steps".into()],
+    };
+    run_golden_with(&dir, Some(Dialect::Wercker), 30, &catalog);
 }
 
 #[test]

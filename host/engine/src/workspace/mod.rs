@@ -162,6 +162,9 @@ impl LocalWorkspace {
     pub fn container_private(&self, stage: &StageName, user: &str) -> io::Result<PathBuf> {
         let dir = self.stages.join(stage.as_str());
         std::fs::create_dir_all(dir.join("artifacts"))?;
+        // Scratch folders a job's steps share (wercker's cache and report dirs).
+        std::fs::create_dir_all(dir.join("cache"))?;
+        std::fs::create_dir_all(dir.join("report"))?;
         std::fs::write(dir.join("output"), b"")?;
         hand_over(&dir, user)?;
         Ok(dir)

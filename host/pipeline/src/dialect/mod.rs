@@ -5,6 +5,9 @@
 
 mod dockercise;
 mod v1;
+mod wercker;
+
+pub use wercker::Select;
 
 use std::path::Path;
 
@@ -20,10 +23,12 @@ pub enum Dialect {
     /// dockercise: a top-level map of stages with `img`, `run`, `after`,
     /// `env` and `vol`.
     Dockercise,
+    /// `wercker.yml`: a `box`, `services` and pipelines of steps.
+    Wercker,
 }
 
 /// Every dialect, in the order their usual file names are looked for.
-pub const DIALECTS: &[Dialect] = &[Dialect::Sentinel, Dialect::Dockercise];
+pub const DIALECTS: &[Dialect] = &[Dialect::Sentinel, Dialect::Dockercise, Dialect::Wercker];
 
 impl Dialect {
     /// The dialect's name in messages and flags.
@@ -31,6 +36,7 @@ impl Dialect {
         match self {
             Self::Sentinel => "sentinel",
             Self::Dockercise => "dockercise",
+            Self::Wercker => "wercker",
         }
     }
 
@@ -48,6 +54,12 @@ impl Dialect {
                 ".dockercise.yml",
                 "dockercise.yaml",
                 ".dockercise.yaml",
+            ],
+            Self::Wercker => &[
+                "wercker.yml",
+                ".wercker.yml",
+                "wercker.yaml",
+                ".wercker.yaml",
             ],
         }
     }
@@ -76,7 +88,8 @@ impl Dialect {
 
     /// The dialect of a parsed document, from its content: a `version` key
     /// means Sentinel's; a top-level map holding a stage map with `img` or
-    /// `run` means dockercise. `None` when it looks like neither.
+    /// `run` means dockercise; one holding a pipeline with `steps` means
+    /// wercker's. `None` when it looks like none of them.
     pub fn from_content(root: &Node) -> Option<Self> {
         let Value::Map(entries) = &root.value else {
             return None;
@@ -85,10 +98,13 @@ impl Dialect {
             return Some(Self::Sentinel);
         }
         let stage_like = |n: &Node| n.get("img").is_some() || n.get("run").is_some();
+        if entries.iter().any(|(_, v)| stage_like(v)) {
+            return Some(Self::Dockercise);
+        }
         entries
             .iter()
-            .any(|(_, v)| stage_like(v))
-            .then_some(Self::Dockercise)
+            .any(|(_, v)| v.get("steps").is_some())
+            .then_some(Self::Wercker)
     }
 }
 
@@ -122,13 +138,35 @@ pub fn usual_names() -> Vec<&'static str> {
 /// Reads `src` into a draft. The dialect is `dialect` when given, else the
 /// one the file's content says (Sentinel's when it says nothing).
 pub fn read(src: &str, file: &str, dialect: Option<Dialect>) -> Result<Draft, Diagnostics> {
+    read_selected(src, file, dialect, &Select::default())
+}
+
+/// Like [`read`], choosing the pipeline (and deploy target) of a file that
+/// holds several (wercker's); a dialect of one pipeline refuses a choice.
+pub fn read_selected(
+    src: &str,
+    file: &str,
+    dialect: Option<Dialect>,
+    select: &Select,
+) -> Result<Draft, Diagnostics> {
     let root = yaml::parse(src, Caps::default()).map_err(|e| one(file, e.pos, e.message, None))?;
     let dialect = dialect
         .or_else(|| Dialect::from_content(&root))
         .unwrap_or(Dialect::Sentinel);
+    if dialect != Dialect::Wercker && *select != Select::default() {
+        return Err(one(
+            file,
+            root.pos,
+            format!(
+                "a {dialect} file holds one pipeline: there is no pipeline or deploy target to choose"
+            ),
+            None,
+        ));
+    }
     match dialect {
         Dialect::Sentinel => v1::read(root, file),
         Dialect::Dockercise => dockercise::read(root, file),
+        Dialect::Wercker => wercker::read(root, file, select),
     }
 }
 
@@ -154,6 +192,8 @@ mod tests {
             (".dockercise.yml", Some(Dialect::Dockercise)),
             ("test.dockercise.yaml", Some(Dialect::Dockercise)),
             ("deploy.graphci.yaml", Some(Dialect::Dockercise)),
+            ("wercker.yml", Some(Dialect::Wercker)),
+            (".wercker.yml", Some(Dialect::Wercker)),
             ("ci.yml", None),
         ] {
             assert_eq!(Dialect::from_file_name(Path::new(name)), want, "{name}");
@@ -166,6 +206,10 @@ mod tests {
         assert_eq!(
             Dialect::from_content(&doc("a:\n  img: x\n  run: y\nb:\n  run: z\n")),
             Some(Dialect::Dockercise)
+        );
+        assert_eq!(
+            Dialect::from_content(&doc("box: alpine\nbuild:\n  steps: [x]\n")),
+            Some(Dialect::Wercker)
         );
         assert_eq!(Dialect::from_content(&doc("a: 1\n")), None);
     }

@@ -6,8 +6,8 @@
 
 use crate::de;
 use crate::draft::{
-    ActionDraft, At, Draft, EnvDraft, Issue, JobStepDraft, LimitsDraft, ServiceDraft, StageDraft,
-    VarDraft, VolumeDraft, WorkspaceDraft,
+    ActionDraft, At, Draft, EnvDraft, Issue, JobRunDraft, JobStepDraft, LimitsDraft, ServiceDraft,
+    StageDraft, VarDraft, VolumeDraft, WorkspaceDraft,
 };
 use crate::plan::{Shell, When};
 use crate::raw::{RawDefaults, RawJobStep, RawPipeline, RawVolume, RawWhen};
@@ -124,7 +124,12 @@ impl Reader<'_> {
     }
 
     /// A job's steps, each named (`<prefix>-<n>` when it has no name).
-    fn job_steps(&self, base: &[PathSeg], steps: &[RawJobStep], prefix: &str) -> Vec<JobStepDraft> {
+    fn job_steps(
+        &mut self,
+        base: &[PathSeg],
+        steps: &[RawJobStep],
+        prefix: &str,
+    ) -> Vec<JobStepDraft> {
         steps
             .iter()
             .enumerate()
@@ -134,10 +139,50 @@ impl Reader<'_> {
                     Some(n) => self.value(&[&item[..], &[key("name")]].concat(), n),
                     None => At::new(format!("{prefix}-{}", i + 1), self.at(&item)),
                 };
-                JobStepDraft {
-                    name,
-                    script: self.value(&[&item[..], &[key("run")]].concat(), &step.run),
-                }
+                let run = match (&step.run, &step.step) {
+                    (Some(run), None) => {
+                        if !step.with.is_empty() {
+                            self.issue(
+                                &[&item[..], &[key("with")]].concat(),
+                                "`with:` sets a step's settings; a `run:` step has none",
+                            );
+                        }
+                        JobRunDraft::Script(self.value(&[&item[..], &[key("run")]].concat(), run))
+                    }
+                    (None, Some(reference)) => {
+                        let with_path = [&item[..], &[key("with")]].concat();
+                        let with = step
+                            .with
+                            .iter()
+                            .map(|(k, v)| {
+                                let kp = [&with_path[..], &[key_name(k)]].concat();
+                                let vp = [&with_path[..], &[key(k)]].concat();
+                                (self.value(&kp, k), self.value(&vp, v))
+                            })
+                            .collect();
+                        let with_pos = if step.with.is_empty() {
+                            self.at(&item)
+                        } else {
+                            self.at(&with_path)
+                        };
+                        JobRunDraft::Step {
+                            step: self.value(&[&item[..], &[key("step")]].concat(), reference),
+                            with,
+                            with_pos,
+                            templates: true,
+                        }
+                    }
+                    (run, _) => {
+                        let why = if run.is_some() {
+                            "has both `run` and `step`; a step is one or the other"
+                        } else {
+                            "needs `run` (a script) or `step` (a step)"
+                        };
+                        self.issue(&item, format!("step `{}` {why}", name.value));
+                        JobRunDraft::Script(At::new(String::new(), name.pos))
+                    }
+                };
+                JobStepDraft { name, run }
             })
             .collect()
     }

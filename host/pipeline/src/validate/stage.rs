@@ -6,10 +6,10 @@ use sentinel_api::StageName;
 
 use super::{Ctx, check_env_name, check_refs, parse_bytes, parse_duration, parse_template};
 use crate::de::did_you_mean;
-use crate::draft::{ActionDraft, At, EnvDraft, LimitsDraft, StageDraft};
+use crate::draft::{ActionDraft, At, EnvDraft, JobRunDraft, JobStepDraft, LimitsDraft, StageDraft};
 use crate::plan::{
-    Action, ContainerAction, EnvValue, JobAction, JobStep, Limits, Network, StagePlan, StepAction,
-    Volume, When,
+    Action, ContainerAction, EnvValue, JobAction, JobRun, JobStep, Limits, Network, StagePlan,
+    StepAction, Volume, When,
 };
 use crate::template::{Ref, Template};
 
@@ -174,19 +174,34 @@ fn action(
                     );
                 }
             }
-            let image = stage_image(cx, name, s, image.as_ref())?;
-            let job_steps = |list: &[crate::draft::JobStepDraft]| {
+            let image = stage_image(cx, name, s, image.as_ref());
+            let job_steps = |cx: &mut Ctx<'_>, list: &[JobStepDraft]| -> Vec<JobStep> {
                 list.iter()
-                    .map(|st| JobStep {
-                        name: st.name.value.clone(),
-                        script: st.script.value.clone(),
+                    .filter_map(|st| {
+                        let run = match &st.run {
+                            JobRunDraft::Script(script) => JobRun::Script(script.value.clone()),
+                            JobRunDraft::Step {
+                                step,
+                                with,
+                                with_pos,
+                                templates,
+                            } => JobRun::Step(step_action(
+                                cx, secrets, name, step, with, *with_pos, *templates,
+                            )?),
+                        };
+                        Some(JobStep {
+                            name: st.name.value.clone(),
+                            run,
+                        })
                     })
                     .collect()
             };
+            let steps = job_steps(cx, steps);
+            let after_steps = job_steps(cx, after_steps);
             Some(Action::Job(JobAction {
-                image,
-                steps: job_steps(steps),
-                after_steps: job_steps(after_steps),
+                image: image?,
+                steps,
+                after_steps,
                 shell: *shell,
             }))
         }
@@ -195,80 +210,117 @@ fn action(
             with: given,
             with_pos,
         } => {
-            let mut with = BTreeMap::new();
-            for (k, v) in given {
-                if let Some(t) = parse_template(cx, v) {
-                    check_refs(cx, v.pos, &t, Some(name), secrets);
-                    with.insert(k.value.clone(), t);
-                }
+            let action = step_action(cx, secrets, name, step, given, *with_pos, true)?;
+            if action.resolved.script.is_some() {
+                cx.issue(
+                    step.pos,
+                    format!(
+                        "`{}` is a script step: it runs in a job's container",
+                        step.value
+                    ),
+                    Some(format!(
+                        "make the stage a job: `steps: [{{step: {}}}]`",
+                        step.value
+                    )),
+                );
+                return None;
             }
-            match cx.steps.get(&step.value) {
-                Some(Ok(resolved)) => {
-                    let manifest = &resolved.manifest;
-                    for (k, _) in given {
-                        if !manifest.settings.contains_key(&k.value) {
-                            let hint = did_you_mean(
-                                &k.value,
-                                manifest.settings.keys().map(String::as_str),
-                            )
-                            .or_else(|| {
-                                Some(format!(
-                                    "`{}` has the settings: {}",
-                                    manifest.name,
-                                    manifest
-                                        .settings
-                                        .keys()
-                                        .cloned()
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ))
-                            });
-                            cx.issue(
-                                k.pos,
-                                format!("step `{}` has no setting `{}`", manifest.name, k.value),
-                                hint,
-                            );
-                        }
-                    }
-                    for (k, spec) in &manifest.settings {
-                        if with.contains_key(k) {
-                            continue;
-                        }
-                        match &spec.default {
-                            Some(d) => {
-                                with.insert(k.clone(), Template::literal(d.clone()));
-                            }
-                            None if spec.required => cx.issue(
-                                *with_pos,
-                                format!("step `{}` needs the setting `{k}`", manifest.name),
-                                Some(format!("add `{k}: …` under `with:`")),
-                            ),
-                            None => {}
-                        }
-                    }
-                    Some(Action::Step(StepAction {
-                        step: step.value.clone(),
-                        with,
-                        resolved: Box::new(resolved.clone()),
-                    }))
-                }
-                Some(Err(e)) => {
-                    let bare = step.value.split('@').next().unwrap_or(&step.value);
-                    let hint = did_you_mean(bare, cx.step_names.iter().map(String::as_str));
-                    cx.issue(step.pos, e.to_string(), hint);
-                    None
-                }
-                None => {
-                    cx.issue(
-                        step.pos,
-                        format!("step `{}` was not resolved", step.value),
-                        None,
-                    );
-                    None
-                }
-            }
+            Some(Action::Step(action))
         }
     }
+}
+
+/// A step and its settings, checked against its manifest: every setting
+/// known (a wercker manifest's script step takes any, as wercker did),
+/// every required one given, defaults filled in. `templates`: the values
+/// may hold `${…}` references; else they are taken as written.
+fn step_action(
+    cx: &mut Ctx<'_>,
+    secrets: &[String],
+    name: &StageName,
+    step: &At<String>,
+    given: &[(At<String>, At<String>)],
+    with_pos: crate::yaml::Pos,
+    templates: bool,
+) -> Option<StepAction> {
+    let mut with = BTreeMap::new();
+    for (k, v) in given {
+        if !templates {
+            with.insert(k.value.clone(), Template::literal(v.value.clone()));
+        } else if let Some(t) = parse_template(cx, v) {
+            check_refs(cx, v.pos, &t, Some(name), secrets);
+            with.insert(k.value.clone(), t);
+        }
+    }
+    let resolved = match cx.steps.get(&step.value) {
+        Some(Ok(resolved)) => resolved,
+        Some(Err(e)) => {
+            let (_, bare, _) = crate::step::split_reference(&step.value);
+            let hint = did_you_mean(bare, cx.step_names.iter().map(String::as_str));
+            cx.issue(step.pos, e.to_string(), hint);
+            return None;
+        }
+        None => {
+            cx.issue(
+                step.pos,
+                format!("step `{}` was not resolved", step.value),
+                None,
+            );
+            return None;
+        }
+    };
+    let manifest = &resolved.manifest;
+    let lenient = resolved.script == Some(crate::script_step::ScriptManifest::Wercker);
+    for (k, _) in given {
+        if !lenient && !manifest.settings.contains_key(&k.value) {
+            let hint = did_you_mean(&k.value, manifest.settings.keys().map(String::as_str))
+                .or_else(|| {
+                    Some(format!(
+                        "`{}` has the settings: {}",
+                        manifest.name,
+                        manifest
+                            .settings
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                });
+            cx.issue(
+                k.pos,
+                format!("step `{}` has no setting `{}`", manifest.name, k.value),
+                hint,
+            );
+        }
+    }
+    for (k, spec) in &manifest.settings {
+        if with.contains_key(k) {
+            continue;
+        }
+        match &spec.default {
+            Some(d) => {
+                with.insert(k.clone(), Template::literal(d.clone()));
+            }
+            None if spec.required => {
+                let hint = if templates {
+                    format!("add `{k}: …` under `with:`")
+                } else {
+                    format!("add `{k}: …` to the step's settings")
+                };
+                cx.issue(
+                    with_pos,
+                    format!("step `{}` needs the setting `{k}`", manifest.name),
+                    Some(hint),
+                )
+            }
+            None => {}
+        }
+    }
+    Some(StepAction {
+        step: step.value.clone(),
+        with,
+        resolved: Box::new(resolved.clone()),
+    })
 }
 
 /// The image of a container stage or job: its own, else the pipeline's `box`.
@@ -284,11 +336,18 @@ fn stage_image(
     {
         Some(image) if !image.trim().is_empty() => Some(image),
         _ => {
-            cx.issue(
-                s.pos,
-                format!("stage `{name}` has no `image` and the pipeline has no `box`"),
-                Some("set `image:` on the stage or `box:` at the top of the file".into()),
-            );
+            let (message, hint) = if cx.draft.dialect == crate::Dialect::Wercker {
+                (
+                    format!("pipeline `{name}` has no `box`"),
+                    "set `box:` at the top of the file or in the pipeline",
+                )
+            } else {
+                (
+                    format!("stage `{name}` has no `image` and the pipeline has no `box`"),
+                    "set `image:` on the stage or `box:` at the top of the file",
+                )
+            };
+            cx.issue(s.pos, message, Some(hint.into()));
             None
         }
     }

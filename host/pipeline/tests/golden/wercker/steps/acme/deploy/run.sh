@@ -1,0 +1,1 @@
+echo "deploying to $WERCKER_DEPLOY_TARGET"

@@ -1,0 +1,2 @@
+#!/bin/sh
+npm install $WERCKER_NPM_INSTALL_OPTIONS
