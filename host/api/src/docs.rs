@@ -117,6 +117,10 @@ pub struct RunDoc {
     pub stages: Vec<RunStageEntry>,
     /// The version of Sentinel that ran it.
     pub sentinel: String,
+    /// The run whose published output this run started from (a deploy
+    /// from a build: `sentinel run --from-run RUN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_run: Option<RunId>,
 }
 
 impl RunDoc {

@@ -105,6 +105,7 @@ async fn main() {
                 duration_ms: Some(1234),
                 stages: Vec::new(),
                 sentinel: "bench".into(),
+                from_run: None,
             };
             db.put_run(&doc, i + 1 == STORED).await.unwrap();
         }

@@ -80,6 +80,7 @@ async fn main() {
             duration_ms: Some(1000 + i as u64),
             stages: Vec::new(),
             sentinel: "bench".into(),
+            from_run: None,
         };
         sink.update_index(&RunSummary::of(&run)).await.unwrap();
     }

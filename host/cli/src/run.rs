@@ -34,6 +34,11 @@ pub struct RunArgs {
     /// A file of `NAME=value` lines with secret values (else they come from the environment).
     #[arg(long)]
     secrets_file: Option<PathBuf>,
+    /// Start from what a succeeded run published (its jobs' output folders,
+    /// `<stage>.zip` in its results) instead of the project's files: a
+    /// deploy from a build. Read from the results folder, else the bucket.
+    #[arg(long, value_name = "RUN")]
+    from_run: Option<sentinel_api::RunId>,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -115,6 +120,53 @@ fn skip_name(outer: &Path, inner: &Path) -> Option<String> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
 }
 
+/// The output a succeeded run published, unzipped into a folder of the
+/// state folder: one job's output as the folder itself, several each in a
+/// folder named after its stage.
+async fn restore_output(
+    sink: &dyn sentinel_engine::ports::ResultsSink,
+    from: &sentinel_api::RunId,
+    state: &Path,
+) -> anyhow::Result<PathBuf> {
+    let Some(run) = sink.get_run(from).await? else {
+        anyhow::bail!("no run {from} in the results at {}", sink.location());
+    };
+    if run.status != sentinel_api::RunStatus::Succeeded {
+        anyhow::bail!(
+            "run {from} {}: a run starts from the output of a succeeded run",
+            run.status
+        );
+    }
+    let mut zips = Vec::new();
+    for stage in &run.stages {
+        if let Some(zip) = sink.get_artifacts(from, &stage.name).await? {
+            zips.push((stage.name.clone(), zip));
+        }
+    }
+    if zips.is_empty() {
+        anyhow::bail!(
+            "run {from} published no output: its stages left nothing in $SENTINEL_ARTIFACTS ($WERCKER_OUTPUT_DIR)"
+        );
+    }
+    let dir = state.join("from-run").join(from.as_str());
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    let several = zips.len() > 1;
+    for (stage, zip) in zips {
+        let to = if several {
+            dir.join(stage.as_str())
+        } else {
+            dir.clone()
+        };
+        sentinel_results::unzip_into(&zip, &to)
+            .map_err(|e| anyhow::anyhow!("cannot unzip the output of `{stage}`: {e}"))?;
+    }
+    eprintln!("starting from the output of run {from}");
+    Ok(dir)
+}
+
 /// `sentinel run`.
 pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     let chosen = args.file.choose(paths)?;
@@ -153,6 +205,19 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut skip = vec![".sentinel".to_string()];
     skip.extend(skip_name(&dirs.project, &dirs.state));
     skip.extend(skip_name(&dirs.project, &dirs.results));
+    let source = match &args.from_run {
+        Some(from) => match restore_output(engine.sink.as_ref(), from, &dirs.state).await {
+            Ok(dir) => {
+                skip.clear();
+                dir
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        None => dirs.project.clone(),
+    };
 
     let signals = Signals::default();
     {
@@ -184,7 +249,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mode = Mode::detect(args.json);
     let req = RunRequest {
         plan,
-        source: dirs.project.clone(),
+        source,
         skip,
         trigger: Trigger {
             kind: TriggerKind::Local,
@@ -196,6 +261,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         run_id: None,
         reuse: Default::default(),
         not_reused: Default::default(),
+        from_run: args.from_run.clone(),
     };
     let run = match engine.run(req, reporter(mode, args.follow), signals).await {
         Ok(r) => r,

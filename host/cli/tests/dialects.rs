@@ -297,6 +297,27 @@ async fn the_seed_wercker_file_runs_unchanged() {
         "the output folder is published as build.zip"
     );
 
+    // The deploy pipeline starts from the build's output folder.
+    let build_id = id.to_string();
+    let out = sentinel(
+        p.path(),
+        &[
+            "run",
+            "--pipeline",
+            "deploy",
+            "--deploy-target",
+            "production",
+            "--from-run",
+            &build_id,
+        ],
+        &[steps_env],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deploy = last_run(p.path());
+    assert_eq!(deploy["run"]["from_run"], build_id.as_str(), "{deploy}");
+    let log = log_of(p.path(), &deploy, "deploy");
+    assert!(log.contains("shipping app v1 to production"), "{log}");
+
     // A failing step skips the rest; the after-steps still run and see it.
     let out = sentinel(p.path(), &["run", "--pipeline", "broken"], &[steps_env]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

@@ -622,6 +622,75 @@ async fn hardened_container() -> Result<(), String> {
     Ok(())
 }
 
+async fn a_committed_job_image_holds_none_of_the_runs_values() -> Result<(), String> {
+    let tag = format!("sentinel-test/committed:{}", std::process::id());
+    let p = Project::new(&format!(
+        "version: 1\nbox: {}\nsecrets: [API_KEY]\ndefaults: {{network: none, timeout: 60s}}\nstages:\n  image:\n    env: {{PLAIN: plain-value-4711, KEY: '${{secrets.API_KEY}}'}}\n    commit: {tag}\n    user: '0:0'\n    steps:\n      - run: echo \"made by the job\" > /made-by-job; echo \"$PLAIN\"\n      - run: cat /made-by-job\n  use:\n    env: {{IMAGE: '${{stages.image.outputs.image}}'}}\n    run: echo \"committed $IMAGE\"\n",
+        common::IMAGE
+    ));
+    let secret = "sk-commit-0123456789abcdef";
+    let opts = Opts {
+        secrets: BTreeMap::from([("API_KEY".to_string(), secret.to_string())]),
+        ..Default::default()
+    };
+    let r = run(&p, opts).await;
+    let inspect = std::process::Command::new("docker")
+        .args(["image", "inspect", &tag])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let shown = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    let made = std::process::Command::new("docker")
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            &tag,
+            "cat",
+            "/made-by-job",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let _ = std::process::Command::new("docker")
+        .args(["image", "rm", "-f", &tag])
+        .output();
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
+    ensure!(
+        p.log(&r, "use").contains(&format!("committed {tag}")),
+        "the image is the stage's output: {}",
+        p.log(&r, "use")
+    );
+    ensure!(inspect.status.success(), "the image exists: {shown}");
+    let image: serde_json::Value =
+        serde_json::from_str(&shown).map_err(|e| format!("{e}: {shown}"))?;
+    let config = &image[0]["Config"];
+    let text = config.to_string();
+    ensure!(
+        !text.contains("plain-value-4711") && !text.contains(secret) && !text.contains("SENTINEL_"),
+        "no value of the run in the image's config: {text}"
+    );
+    ensure!(
+        !text.contains("sentinel-agent") && config["Cmd"] == serde_json::json!(["sh"]),
+        "the base image's command, not the job's agent: {text}"
+    );
+    ensure!(
+        config["Labels"]["dev.sentinel.run"] == ""
+            && config["Labels"]["dev.sentinel.committed-from"] == format!("{}/image", r.id),
+        "Sentinel's labels blanked, the origin named: {text}"
+    );
+    ensure!(
+        String::from_utf8_lossy(&made.stdout).contains("made by the job"),
+        "the container's files are in the image: {:?}",
+        made
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_suite() {
     common::docker().await;
@@ -647,6 +716,7 @@ async fn docker_suite() {
         missing_image_says_so,
         log_limit_keeps_head_and_tail,
         hardened_container,
+        a_committed_job_image_holds_none_of_the_runs_values,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

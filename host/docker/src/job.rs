@@ -192,6 +192,11 @@ impl std::fmt::Debug for JobContainer {
 }
 
 impl JobContainer {
+    /// The job's container, while it exists.
+    pub(crate) fn container_id(&self) -> Option<&str> {
+        self.created.as_ref().map(|c| c.id.as_str())
+    }
+
     /// The id of the image the job runs in.
     pub fn image_id(&self) -> Option<&str> {
         self.created.as_ref().map(|c| c.image_id.as_str())
@@ -407,8 +412,18 @@ pub(crate) async fn run(
             "the Docker executor runs jobs on a workspace of this machine".into(),
         ));
     };
+    // A job committed as an image gets every variable through the file,
+    // so its container's configuration (which `docker commit` copies)
+    // holds none of the run's values.
+    let opened = if action.commit.is_some() {
+        let mut j = job.clone();
+        j.env.iter_mut().for_each(|v| v.secret = true);
+        std::borrow::Cow::Owned(j)
+    } else {
+        std::borrow::Cow::Borrowed(&job)
+    };
     let mut jc = match ex
-        .open_job(&job, &action.image, action.shell, &action.mounts)
+        .open_job(&opened, &action.image, action.shell, &action.mounts)
         .await
     {
         Ok(jc) => jc,
@@ -432,6 +447,28 @@ pub(crate) async fn run(
         let (o, doc) = run_step(&mut jc, &job, wasm, at, &step.run, None, &stop).await;
         steps.push(doc);
         outcome = o;
+    }
+    let mut committed = None;
+    if let (Some(to), Outcome::Exited { code: 0 }, Some(id)) =
+        (&action.commit, &outcome, jc.container_id())
+    {
+        let from = format!("{}/{}", job.run_id, job.stage);
+        match crate::commit::commit(ex, id, &action.image, to, &from).await {
+            Ok(image) => {
+                let note = format!("── committed the container as {to} ({image})\n");
+                let _ = job
+                    .log
+                    .send(Chunk {
+                        stream: Stream::Stderr,
+                        bytes: note.into_bytes(),
+                    })
+                    .await;
+                committed = Some(format!("image={to}\nimage_id={image}\n"));
+            }
+            Err(e) => {
+                outcome = Outcome::Error(format!("cannot commit the container as `{to}`: {e}"))
+            }
+        }
     }
     let result = if outcome == (Outcome::Exited { code: 0 }) {
         "passed"
@@ -476,10 +513,18 @@ pub(crate) async fn run(
     }
     grace.abort();
     let private = jc.close(&job.log).await;
-    let (outputs, artifacts) = match &private {
+    let (mut outputs, artifacts) = match &private {
         Some(p) => ws.take_private(p, false),
         None => (None, None),
     };
+    // The committed image is an output of the stage.
+    if let Some(image) = committed {
+        let mut text = outputs.unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        outputs = Some(text + &image);
+    }
     let (files, mut kept) = crate::container::capture(ws, &job, since).await;
     warnings.append(&mut kept);
     StageReport {

@@ -10,6 +10,7 @@
 //! configuration (`docker inspect` shows none). The workspace is the local
 //! one ([`sentinel_engine::exec::LocalWorkspace`]), bind-mounted.
 
+mod commit;
 mod container;
 mod job;
 mod services;
@@ -204,7 +205,9 @@ impl Executor for DockerExecutor {
             labels
                 .get(LABEL_OWNER)
                 .and_then(|o| Owner::from_label(o))
-                .is_some_and(|o| o.is_alive())
+                // No owner that parses: not a container of a run (one
+                // started from a committed image); not ours to remove.
+                .is_none_or(|o| o.is_alive())
         })
         .await
     }

@@ -46,6 +46,7 @@ pub(crate) fn new_run_doc(
         duration_ms: None,
         stages,
         sentinel: env!("CARGO_PKG_VERSION").to_string(),
+        from_run: None,
     }
 }
 

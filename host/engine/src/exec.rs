@@ -132,6 +132,8 @@ pub struct JobWork {
     /// Script step folders of this machine and where the container sees
     /// them (read-only).
     pub mounts: Vec<(PathBuf, String)>,
+    /// Commit the container as this image once the steps succeeded.
+    pub commit: Option<String>,
     /// Runs the job's WebAssembly steps (on the job's workspace); set by
     /// [`Dispatch`].
     pub steps_executor: Option<Arc<dyn Executor>>,
@@ -170,6 +172,7 @@ impl JobWork {
             steps: list(steps),
             after_steps: list(after_steps),
             mounts: Vec::new(),
+            commit: None,
             steps_executor: None,
         }
     }

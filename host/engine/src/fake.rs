@@ -47,6 +47,7 @@ pub fn run_doc(id: &RunId, status: sentinel_api::RunStatus) -> RunDoc {
         duration_ms: None,
         stages: vec![],
         sentinel: "0".into(),
+        from_run: None,
     }
 }
 
@@ -515,6 +516,18 @@ impl ResultsSink for MemSink {
             .lock()
             .unwrap()
             .get(&keys::stage_log(run, stage))
+            .cloned())
+    }
+    async fn get_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .objects
+            .lock()
+            .unwrap()
+            .get(&keys::stage_artifacts(run, stage))
             .cloned())
     }
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {

@@ -150,6 +150,7 @@ pub fn work(job: &JobAction, env: &[Var], settings: &BTreeMap<String, StepSettin
         steps: job.steps.iter().map(one).collect(),
         after_steps: job.after_steps.iter().map(one).collect(),
         mounts,
+        commit: job.commit.clone(),
         steps_executor: None,
     }
 }

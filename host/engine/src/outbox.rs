@@ -417,6 +417,14 @@ impl ResultsSink for OutboxSink {
         self.reader()?.get_log(run, stage).await
     }
 
+    async fn get_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.reader()?.get_artifacts(run, stage).await
+    }
+
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
         self.reader()?.list_index(limit).await
     }

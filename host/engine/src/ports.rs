@@ -117,6 +117,12 @@ pub trait ResultsSink: Send + Sync + std::fmt::Debug {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError>;
+    /// A stage's artifacts zip, as published.
+    async fn get_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError>;
     /// Runs of the index, newest first, at most `limit` (reading only the
     /// pages it needs).
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError>;

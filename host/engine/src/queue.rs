@@ -318,6 +318,7 @@ async fn record_unstarted(
         duration_ms: None,
         stages: Vec::new(),
         sentinel: env!("CARGO_PKG_VERSION").to_string(),
+        from_run: None,
     });
     if run.status.is_final() && run.finished.is_some() {
         // Ended already (its runner recorded it): one final state only.

@@ -119,6 +119,11 @@ impl Recorder {
         }
     }
 
+    /// Records the run this one started from.
+    pub fn set_from_run(&mut self, from: Option<RunId>) {
+        self.run.from_run = from;
+    }
+
     /// The `out/<stage>` files of the stages finished so far.
     pub fn outs(&self) -> Vec<(StageName, Arc<Vec<u8>>)> {
         self.outs.clone()

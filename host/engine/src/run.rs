@@ -70,6 +70,9 @@ pub struct RunRequest {
     /// Why a stage a re-run could have kept runs again (what was no longer
     /// kept); said in its document.
     pub not_reused: BTreeMap<StageName, String>,
+    /// The run whose published output is this run's source (a deploy from
+    /// a build), recorded in the run document.
+    pub from_run: Option<RunId>,
 }
 
 /// A stage's result taken from an earlier run, exactly as it was.
@@ -103,6 +106,7 @@ impl RunRequest {
             run_id: None,
             reuse: BTreeMap::new(),
             not_reused: BTreeMap::new(),
+            from_run: None,
         }
     }
 }
@@ -198,6 +202,7 @@ impl Engine {
             req.trigger.clone(),
             req.git.clone(),
         );
+        rec.set_from_run(req.from_run.clone());
 
         // Accepted: durable before anything runs; the lease's durable write makes the run durable too.
         self.store.put_run(&rec.run_doc(), false).await?;

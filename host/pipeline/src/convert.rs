@@ -196,7 +196,11 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                 steps,
                 after_steps,
                 shell,
+                commit,
             }) => {
+                if let Some(c) = commit {
+                    let _ = writeln!(out, "    commit: {}", scalar(&c.value));
+                }
                 // A `sh` job (wercker's) keeps its scripts' own `set -e` choice.
                 let plain = if *shell == Shell::Plain {
                     out.push_str(

@@ -111,6 +111,8 @@ pub enum ActionDraft {
         steps: Vec<JobStepDraft>,
         after_steps: Vec<JobStepDraft>,
         shell: Shell,
+        /// Commit the container as this image when the steps succeed.
+        commit: Option<At<String>>,
     },
     /// A WebAssembly step and its settings (`key` at its key, value at its value).
     Step {

@@ -204,6 +204,9 @@ pub struct JobAction {
     pub after_steps: Vec<JobStep>,
     #[serde(skip_serializing_if = "Shell::is_default")]
     pub shell: Shell,
+    /// Commit the container as this image once the steps succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
 }
 
 impl JobAction {

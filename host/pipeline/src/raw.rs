@@ -169,6 +169,10 @@ pub struct RawStage {
     /// (`$SENTINEL_JOB_RESULT` says `passed` or `failed`).
     #[serde(default)]
     pub after_steps: Option<Vec<RawJobStep>>,
+    /// A job's container committed as this image (`repo:tag`) once its
+    /// steps succeeded; the image is the stage's output `image`.
+    #[serde(default)]
+    pub commit: Option<String>,
     /// Settings of a step; each key becomes `SENTINEL_<STEP>_<KEY>`.
     #[serde(default)]
     pub with: BTreeMap<String, String>,

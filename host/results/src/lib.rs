@@ -15,4 +15,4 @@ mod zipdir;
 pub use local::LocalSink;
 pub use mirror::Mirrored;
 pub use pages::index_pages;
-pub use zipdir::zip_dir;
+pub use zipdir::{unzip_into, zip_dir};

@@ -261,6 +261,18 @@ impl ResultsSink for LocalSink {
         }
     }
 
+    async fn get_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        match tokio::fs::read(self.path(&keys::stage_artifacts(run, stage))).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err("read artifacts", e)),
+        }
+    }
+
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || finish(index::list(&Folder(&this), limit)))

@@ -60,8 +60,12 @@ impl ResultsSink for Mirrored {
         self.mirror.remove_from_index(run).await
     }
 
+    /// From the primary, else (a run recorded on another machine) the mirror.
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
-        self.primary.get_run(run).await
+        match self.primary.get_run(run).await? {
+            Some(doc) => Ok(Some(doc)),
+            None => self.mirror.get_run(run).await,
+        }
     }
 
     async fn get_stage(
@@ -78,6 +82,17 @@ impl ResultsSink for Mirrored {
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError> {
         self.primary.get_log(run, stage).await
+    }
+
+    async fn get_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.primary.get_artifacts(run, stage).await? {
+            Some(zip) => Ok(Some(zip)),
+            None => self.mirror.get_artifacts(run, stage).await,
+        }
     }
 
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {

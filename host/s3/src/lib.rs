@@ -323,6 +323,14 @@ impl ResultsSink for S3Sink {
         self.get_bytes(&keys::stage_log(run, stage)).await
     }
 
+    async fn get_artifacts(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        self.get_bytes(&keys::stage_artifacts(run, stage)).await
+    }
+
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
         index::list(self, limit).await
     }

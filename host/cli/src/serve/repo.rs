@@ -187,6 +187,7 @@ impl Resolver {
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
         Ok(RunRequest {
+            from_run: None,
             plan,
             source: dir.to_path_buf(),
             skip: Vec::new(),

@@ -237,6 +237,12 @@ impl Reader<'_> {
                     format!("stage `{name}` has `after_steps` but no `steps`; after-steps belong to a job"),
                 );
             }
+            if checked && s.commit.is_some() && s.steps.is_none() {
+                self.issue(
+                    &at("commit"),
+                    "`commit:` commits a job's container: give the stage `steps:`",
+                );
+            }
             let action = match (&s.run, &s.step) {
                 _ if s.steps.is_some() && (s.run.is_some() || s.step.is_some()) => {
                     if checked {
@@ -272,6 +278,7 @@ impl Reader<'_> {
                         steps,
                         after_steps,
                         shell: Shell::Strict,
+                        commit: s.commit.as_ref().map(|c| self.value(&at("commit"), c)),
                     })
                 }
                 (Some(_), Some(_)) => {

@@ -354,6 +354,7 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
             steps,
             after_steps,
             shell: Shell::Plain,
+            commit: None,
         }),
         after: Vec::new(),
         volumes: Vec::new(),

@@ -156,7 +156,17 @@ fn action(
             steps,
             after_steps,
             shell,
+            commit,
         } => {
+            if let Some(c) = commit
+                && let Some(why) = image_ref_problem(&c.value)
+            {
+                cx.issue(
+                    c.pos,
+                    format!("`commit: {}` {why}", c.value),
+                    Some("write it like `registry.example.com/team/app:1.2`".into()),
+                );
+            }
             let mut seen = std::collections::BTreeSet::new();
             for step in steps.iter().chain(after_steps) {
                 let n = &step.name.value;
@@ -203,6 +213,7 @@ fn action(
                 steps,
                 after_steps,
                 shell: *shell,
+                commit: commit.as_ref().map(|c| c.value.clone()),
             }))
         }
         ActionDraft::Step {
@@ -351,6 +362,30 @@ fn stage_image(
             None
         }
     }
+}
+
+/// Why a name is not an image reference to commit to (`repo[:tag]`, the
+/// repository lower-case), if it is not.
+fn image_ref_problem(r: &str) -> Option<&'static str> {
+    let (repo, tag) = match r.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
+        _ => (r, None),
+    };
+    let repo_ok = !repo.is_empty()
+        && repo.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:".contains(&b))
+        });
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    });
+    (!(repo_ok && tag_ok))
+        .then_some("is not an image name: a lower-case repository, optionally `:tag`")
 }
 
 /// Where a path-form volume may be seen: an absolute path that hides

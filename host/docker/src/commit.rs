@@ -1,0 +1,114 @@
+//! Committing a job's container as an image (`commit: repo:tag`). `docker
+//! commit` would copy the container's configuration — the run's variables,
+//! Sentinel's agent as the entrypoint, its labels — so the image is given
+//! the base image's configuration instead: its env, user, entrypoint,
+//! command, working folder and labels. The job's variables reach its
+//! container through a file, never its configuration, so none of their
+//! values can be merged in. Sentinel's labels are blanked (a container
+//! started from the image later is no run's), and the image says where it
+//! came from in `dev.sentinel.committed-from`.
+
+use bollard::models::ContainerConfig;
+use bollard::query_parameters::CommitContainerOptions;
+
+use crate::{DockerExecutor, LABEL_KIND, LABEL_OWNER, LABEL_RUN, LABEL_STAGE};
+
+/// The label naming the run and stage an image was committed from.
+pub const LABEL_COMMITTED_FROM: &str = "dev.sentinel.committed-from";
+
+/// A shell's usual search path, for a base image that sets none.
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Splits `repo[:tag]` (a registry's port is part of the repository).
+fn split_ref(to: &str) -> (&str, &str) {
+    match to.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+        _ => (to, "latest"),
+    }
+}
+
+/// Commits `container` as `to`, with `base`'s configuration; returns the
+/// new image's id.
+pub(crate) async fn commit(
+    ex: &DockerExecutor,
+    container: &str,
+    base: &str,
+    to: &str,
+    from: &str,
+) -> Result<String, String> {
+    let image = ex
+        .docker
+        .inspect_image(base)
+        .await
+        .map_err(|e| format!("cannot inspect `{base}`: {e}"))?;
+    let cfg = image.config.unwrap_or_default();
+    let mut labels = cfg.labels.clone().unwrap_or_default();
+    for key in [LABEL_RUN, LABEL_OWNER, LABEL_KIND, LABEL_STAGE] {
+        labels.insert(key.to_string(), String::new());
+    }
+    labels.insert(LABEL_COMMITTED_FROM.to_string(), from.to_string());
+    // An empty list would let Docker take the container's own.
+    let env = match cfg.env.filter(|e| !e.is_empty()) {
+        Some(env) => env,
+        None => vec![DEFAULT_PATH.to_string()],
+    };
+    // An empty (not absent) entrypoint: Docker takes the container's own
+    // (the agent) for an absent one.
+    let entrypoint = Some(cfg.entrypoint.unwrap_or_default());
+    let cmd = match cfg.cmd {
+        Some(c) if !c.is_empty() => Some(c),
+        _ if entrypoint.as_ref().is_some_and(|e| !e.is_empty()) => Some(Vec::new()),
+        _ => Some(vec!["sh".to_string()]),
+    };
+    let config = ContainerConfig {
+        user: Some(
+            cfg.user
+                .filter(|u| !u.is_empty())
+                .unwrap_or_else(|| "0".into()),
+        ),
+        env: Some(env),
+        entrypoint,
+        cmd,
+        working_dir: Some(
+            cfg.working_dir
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| "/".into()),
+        ),
+        labels: Some(labels),
+        exposed_ports: cfg.exposed_ports,
+        volumes: cfg.volumes,
+        stop_signal: cfg.stop_signal,
+        healthcheck: cfg.healthcheck,
+        ..Default::default()
+    };
+    let (repo, tag) = split_ref(to);
+    let opts = CommitContainerOptions {
+        container: Some(container.to_string()),
+        repo: Some(repo.to_string()),
+        tag: Some(tag.to_string()),
+        comment: Some(format!("committed by Sentinel from {from}")),
+        pause: true,
+        ..Default::default()
+    };
+    let done = ex
+        .docker
+        .commit_container(opts, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(done.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_at_the_tag() {
+        assert_eq!(split_ref("app:1.2"), ("app", "1.2"));
+        assert_eq!(
+            split_ref("reg:5000/team/app"),
+            ("reg:5000/team/app", "latest")
+        );
+        assert_eq!(split_ref("reg:5000/app:v1"), ("reg:5000/app", "v1"));
+    }
+}
