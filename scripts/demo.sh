@@ -25,6 +25,16 @@ echo
 "$bin" convert examples/dockercise/dockercise.yml | head -20
 echo "…"
 echo
+# A wercker.yml, unchanged: the build pipeline's steps in one container (a
+# wercker step folder among them), then the deploy from the build's output.
+(
+  cd examples/wercker
+  export SENTINEL_STEPS_PATH="$PWD/steps"
+  "../../$bin" run -v
+  build=$("../../$bin" show last --json | jq -r .run.id)
+  "../../$bin" run -v --pipeline deploy --deploy-target production --from-run "$build"
+)
+echo
 # Publishing: s3sync to the S3 server on loopback, notify to a loopback webhook.
 eval "$(scripts/s3-server.sh)"
 export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
@@ -37,7 +47,7 @@ sleep 0.5
 echo "published site: curl -H 'Host: $S3_BUCKET.web.localhost' http://127.0.0.1:3902/publish-demo/index.html"
 curl -s -H "Host: $S3_BUCKET.web.localhost" http://127.0.0.1:3902/publish-demo/index.html
 echo
-echo "Open the results: $(pwd)/examples/{demo,steps,dockercise,publish}/.sentinel/results"
+echo "Open the results: $(pwd)/examples/{demo,steps,dockercise,wercker,publish}/.sentinel/results"
 echo "(runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"
 echo
 # The server: sentinel serve on the embedded default, the demo pipeline

@@ -691,6 +691,80 @@ async fn a_committed_job_image_holds_none_of_the_runs_values() -> Result<(), Str
     Ok(())
 }
 
+async fn idle_and_step_timeouts_are_named() -> Result<(), String> {
+    let p = Project::new(&pipeline(concat!(
+        "  quiet:\n",
+        "    idle_timeout: 1s\n",
+        "    run: echo start; sleep 30\n",
+        "  chatty:\n",
+        "    idle_timeout: 2s\n",
+        "    run: for i in 1 2 3 4; do echo tick; sleep 1; done\n",
+        "  job:\n",
+        "    steps:\n",
+        "      - name: slow\n",
+        "        timeout: 1s\n",
+        "        run: echo slow; sleep 30\n",
+        "      - name: never\n",
+        "        run: echo never\n",
+        "    after_steps:\n",
+        "      - run: echo \"after $SENTINEL_JOB_RESULT\"\n",
+    )));
+    let started = Instant::now();
+    let r = run(&p, Opts::default()).await;
+    ensure!(
+        started.elapsed() < Duration::from_secs(25),
+        "the limits stopped the sleeps: {:?}",
+        started.elapsed()
+    );
+    let quiet = p.stage(&r, "quiet").await;
+    ensure!(
+        quiet.status == StageStatus::TimedOut
+            && quiet.reason.as_deref() == Some("timed out: no output for 1s (idle_timeout)"),
+        "quiet: {:?} {:?}",
+        quiet.status,
+        quiet.reason
+    );
+    ensure!(
+        p.log(&r, "quiet").contains("start"),
+        "what it printed is kept"
+    );
+    let chatty = p.stage(&r, "chatty").await;
+    ensure!(
+        chatty.status == StageStatus::Succeeded,
+        "output keeps a stage alive: {:?} {:?}",
+        chatty.status,
+        chatty.reason
+    );
+    let job = p.stage(&r, "job").await;
+    ensure!(
+        job.status == StageStatus::TimedOut
+            && job.reason.as_deref() == Some("step `slow` timed out after 1s"),
+        "job: {:?} {:?}",
+        job.status,
+        job.reason
+    );
+    let steps: Vec<(String, StageStatus)> = job
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.status))
+        .collect();
+    ensure!(
+        steps
+            == vec![
+                ("slow".to_string(), StageStatus::TimedOut),
+                ("never".to_string(), StageStatus::Skipped),
+                ("after-step-1".to_string(), StageStatus::Succeeded),
+            ],
+        "steps {steps:?}"
+    );
+    ensure!(
+        p.log(&r, "job").contains("after failed"),
+        "the after-steps ran: {}",
+        p.log(&r, "job")
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_suite() {
     common::docker().await;
@@ -717,6 +791,7 @@ async fn docker_suite() {
         log_limit_keeps_head_and_tail,
         hardened_container,
         a_committed_job_image_holds_none_of_the_runs_values,
+        idle_and_step_timeouts_are_named,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

@@ -329,7 +329,8 @@ pub(crate) async fn run(
         Err(report) => return report,
     };
     let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
-    let outcome = run_created(ex, &id, &private, job.log.clone(), stop).await;
+    let marker = job.limits.idle_timeout.is_some();
+    let outcome = run_created(ex, &id, &private, job.log.clone(), marker, stop).await;
     remove_secrets(secrets);
     remove_later(ex, id, name).await;
     let (outputs, artifacts) = ws.take_private(&private, false);
@@ -427,8 +428,10 @@ async fn run_created(
     id: &str,
     private: &std::path::Path,
     log: tokio::sync::mpsc::Sender<Chunk>,
+    started_marker: bool,
     stop: CancellationToken,
 ) -> Outcome {
+    let started = started_marker.then(|| log.clone());
     let attach = AttachContainerOptions {
         stream: true,
         stdout: true,
@@ -471,6 +474,15 @@ async fn run_created(
         pump.abort();
         oom.abort();
         return Outcome::StartFailed(format!("cannot start the container: {e}"));
+    }
+    // An empty chunk says the process started: an idle limit counts from here.
+    if let Some(log) = started {
+        let _ = log
+            .send(Chunk {
+                stream: Stream::Stdout,
+                bytes: Vec::new(),
+            })
+            .await;
     }
     let mut wait = ex.docker.wait_container(id, None);
     let stopped = tokio::select! {

@@ -443,6 +443,7 @@ pub(crate) async fn run(
             name: &step.name,
             index: i,
             after: false,
+            timeout: step.timeout,
         };
         let (o, doc) = run_step(&mut jc, &job, wasm, at, &step.run, None, &stop).await;
         steps.push(doc);
@@ -492,6 +493,7 @@ pub(crate) async fn run(
             name: &step.name,
             index: action.steps.len() + i,
             after: true,
+            timeout: step.timeout,
         };
         let (o, doc) = run_step(
             &mut jc,
@@ -545,6 +547,8 @@ struct Step<'a> {
     /// Its place among the job's steps and after-steps.
     index: usize,
     after: bool,
+    /// Its own timeout.
+    timeout: Option<Duration>,
 }
 
 /// Runs one step of a job and describes how it ended: a script in the
@@ -566,6 +570,19 @@ async fn run_step(
     };
     let _ = job.log.send(header).await;
     let started = std::time::Instant::now();
+    // The step's own timeout stops it alone; the job goes on to its
+    // after-steps as after a failure.
+    let step_stop = stop.child_token();
+    let fired = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timer = at.timeout.map(|limit| {
+        let (fired, step_stop) = (fired.clone(), step_stop.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            fired.store(true, std::sync::atomic::Ordering::SeqCst);
+            step_stop.cancel();
+        })
+    });
+    let stop = &step_stop;
     let o = match run {
         JobStepRun::Script(script) => {
             let script = match result {
@@ -582,6 +599,15 @@ async fn run_step(
             run_wasm(job, wasm, at, work, env, stop).await
         }
     };
+    if let Some(t) = timer {
+        t.abort();
+    }
+    let o = match (o, at.timeout) {
+        (Outcome::Stopped, Some(limit)) if fired.load(std::sync::atomic::Ordering::SeqCst) => {
+            Outcome::TimedOut(format!("step `{name}` timed out after {limit:?}"))
+        }
+        (o, _) => o,
+    };
     let (status, exit_code, reason) = match &o {
         Outcome::Exited { code: 0 } => (StageStatus::Succeeded, Some(0), None),
         Outcome::Exited { code } => (
@@ -594,6 +620,7 @@ async fn run_step(
             None,
             Some("killed by the kernel: out of memory".into()),
         ),
+        Outcome::TimedOut(m) => (StageStatus::TimedOut, None, Some(m.clone())),
         Outcome::Stopped => (
             StageStatus::Cancelled,
             None,

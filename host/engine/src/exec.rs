@@ -144,6 +144,8 @@ pub struct JobWork {
 pub struct JobStepWork {
     pub name: String,
     pub run: JobStepRun,
+    /// The step's own timeout.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// What a job's step runs.
@@ -163,6 +165,7 @@ impl JobWork {
                 .map(|(n, s)| JobStepWork {
                     name: n.to_string(),
                     run: JobStepRun::Script(s.to_string()),
+                    timeout: None,
                 })
                 .collect()
         };
@@ -252,6 +255,9 @@ pub enum Outcome {
     Trap(String),
     /// It was stopped because `stop` fired.
     Stopped,
+    /// It was stopped by a limit of its own (a job step's timeout); the
+    /// message says which.
+    TimedOut(String),
     /// It could not start (image missing, invalid configuration…).
     StartFailed(String),
     /// The executor failed while it ran.

@@ -142,6 +142,7 @@ pub fn work(job: &JobAction, env: &[Var], settings: &BTreeMap<String, StepSettin
         JobStepWork {
             name: s.name.clone(),
             run,
+            timeout: s.timeout,
         }
     };
     JobWork {

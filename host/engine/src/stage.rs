@@ -134,6 +134,49 @@ pub async fn run_stage(
     let started = Utc::now();
     let name = s.plan.name.clone();
     let (tx, rx) = mpsc::channel(64);
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let idle = Arc::new(AtomicBool::new(false));
+    let stage_stop = stop.child_token();
+    // With an idle limit, output passes a watcher that stops the stage when
+    // nothing came for that long. The clock starts when the executor says
+    // the process started (an empty chunk, not logged) or with its first
+    // output: a container still being created or pulled is not idle.
+    let (tx, rx, watcher) = match s.plan.limits.idle_timeout {
+        Some(limit) => {
+            let (wtx, mut wrx) = mpsc::channel::<crate::exec::Chunk>(64);
+            let (idle, stage_stop) = (idle.clone(), stage_stop.clone());
+            let watcher = tokio::spawn(async move {
+                let mut counting = false;
+                loop {
+                    let next = if counting {
+                        tokio::time::timeout(limit, wrx.recv()).await
+                    } else {
+                        Ok(wrx.recv().await)
+                    };
+                    match next {
+                        Ok(Some(chunk)) => {
+                            counting = true;
+                            if !chunk.bytes.is_empty() && tx.send(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => return,
+                        Err(_) => {
+                            idle.store(true, Ordering::SeqCst);
+                            stage_stop.cancel();
+                            // Keep forwarding what the stage prints while it stops.
+                            while let Some(chunk) = wrx.recv().await {
+                                let _ = tx.send(chunk).await;
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+            (wtx, rx, Some(watcher))
+        }
+        None => (tx, rx, None),
+    };
     let log = spawn_log_writer(
         LogConfig {
             path: s.dirs.log(&name),
@@ -157,9 +200,7 @@ pub async fn run_stage(
         capture: s.capture.clone(),
         log: tx,
     };
-    let timed_out = Arc::new(AtomicBool::new(false));
     let deadline = s.plan.limits.timeout;
-    let stage_stop = stop.child_token();
     let timer = {
         let stage_stop = stage_stop.clone();
         let timed_out = timed_out.clone();
@@ -171,6 +212,10 @@ pub async fn run_stage(
     };
     let report = exec.run_stage(job, stage_stop).await;
     timer.abort();
+    if let Some(w) = watcher {
+        // The job (and its sender) is gone: the watcher ends once drained.
+        let _ = w.await;
+    }
     let log = log.await.unwrap_or_else(|e| LogSummary {
         error: Some(format!("the log writer failed: {e}")),
         ..LogSummary::default()
@@ -249,6 +294,15 @@ pub async fn run_stage(
                 humantime::format_duration(s.plan.limits.timeout)
             ),
         ),
+        Outcome::Stopped if idle.load(Ordering::SeqCst) => fail(
+            StageStatus::TimedOut,
+            FailureKind::Timeout,
+            format!(
+                "timed out: no output for {} (idle_timeout)",
+                humantime::format_duration(s.plan.limits.idle_timeout.unwrap_or_default())
+            ),
+        ),
+        Outcome::TimedOut(m) => fail(StageStatus::TimedOut, FailureKind::Timeout, m),
         Outcome::Stopped => fail(
             StageStatus::Cancelled,
             FailureKind::Cancelled,

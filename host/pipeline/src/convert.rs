@@ -88,6 +88,10 @@ fn limits(out: &mut String, indent: usize, l: &LimitsDraft) {
         }
     };
     line("timeout", l.timeout.as_ref().map(|v| scalar(&v.value)));
+    line(
+        "idle_timeout",
+        l.idle_timeout.as_ref().map(|v| scalar(&v.value)),
+    );
     line("memory", l.memory.as_ref().map(|v| scalar(&v.value)));
     line("cpus", l.cpus.as_ref().map(|v| v.value.to_string()));
     line("network", l.network.as_ref().map(|v| scalar(&v.value)));
@@ -98,6 +102,7 @@ fn limits(out: &mut String, indent: usize, l: &LimitsDraft) {
 
 fn limits_set(l: &LimitsDraft) -> bool {
     l.timeout.is_some()
+        || l.idle_timeout.is_some()
         || l.memory.is_some()
         || l.cpus.is_some()
         || l.network.is_some()
@@ -220,6 +225,9 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                     let _ = writeln!(out, "    {field}:");
                     for step in list {
                         let _ = writeln!(out, "      - name: {}", scalar(&step.name.value));
+                        if let Some(t) = &step.timeout {
+                            let _ = writeln!(out, "        timeout: {}", scalar(&t.value));
+                        }
                         match &step.run {
                             JobRunDraft::Script(script) => {
                                 value(&mut out, 8, "run", &format!("{plain}{}", script.value))

@@ -73,6 +73,7 @@ pub struct VarDraft {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LimitsDraft {
     pub timeout: Option<At<String>>,
+    pub idle_timeout: Option<At<String>>,
     pub memory: Option<At<String>>,
     pub cpus: Option<At<f64>>,
     pub network: Option<At<String>>,
@@ -129,6 +130,8 @@ pub struct JobStepDraft {
     /// Its name (given, or made from its place), at the step.
     pub name: At<String>,
     pub run: JobRunDraft,
+    /// The step's own timeout.
+    pub timeout: Option<At<String>>,
 }
 
 /// What a job's step runs, as written.

@@ -113,12 +113,26 @@ fn ser_ms<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_millis() as u64)
 }
 
+fn ser_opt_ms<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_ms(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// The effective limits of one stage (stage value, else pipeline default,
 /// else the built-in default).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Limits {
     #[serde(rename = "timeout_ms", serialize_with = "ser_ms")]
     pub timeout: Duration,
+    /// Stopped as timed out after printing nothing for this long.
+    #[serde(
+        rename = "idle_timeout_ms",
+        serialize_with = "ser_opt_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
     /// Bytes.
     pub memory: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,6 +160,12 @@ impl Limits {
             "timeout".into(),
             humantime::format_duration(self.timeout).to_string(),
         );
+        if let Some(idle) = self.idle_timeout {
+            m.insert(
+                "idle_timeout".into(),
+                humantime::format_duration(idle).to_string(),
+            );
+        }
         m.insert("memory".into(), self.memory.to_string());
         if let Some(c) = self.cpus {
             m.insert("cpus".into(), c.to_string());
@@ -247,6 +267,13 @@ pub struct JobStep {
     pub name: String,
     #[serde(flatten)]
     pub run: JobRun,
+    /// The step's own timeout (the job's bounds it too).
+    #[serde(
+        rename = "timeout_ms",
+        serialize_with = "ser_opt_ms",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
 }
 
 /// What a job's step runs.

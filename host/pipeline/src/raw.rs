@@ -62,6 +62,10 @@ pub struct RawJobStep {
     /// the job's variables).
     #[serde(default)]
     pub with: IndexMap<String, String>,
+    /// How long this step may run (`90s`, `5m`); the job's own `timeout`
+    /// bounds every step too.
+    #[serde(default)]
+    pub timeout: Option<String>,
 }
 
 /// How the run's workspace is made: a copy of the project folder without
@@ -91,6 +95,10 @@ pub struct RawDefaults {
     /// How long a stage may run (`90s`, `20m`, `1h30m`). Default `1h`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// How long a container stage or job may go without printing anything
+    /// before it is stopped as timed out (`10m`). Default: no limit.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
     /// Memory limit of a container stage (`512m`, `2g`, bytes). Default `2g`.
     #[serde(default)]
     pub memory: Option<String>,
@@ -198,6 +206,9 @@ pub struct RawStage {
     /// How long the stage may run.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// How long it may print nothing before it is stopped as timed out.
+    #[serde(default)]
+    pub idle_timeout: Option<String>,
     /// Memory limit of the container.
     #[serde(default)]
     pub memory: Option<String>,

@@ -52,6 +52,7 @@ pub async fn stage_job(
         env,
         limits: Limits {
             timeout: Limits::DEFAULT_TIMEOUT,
+            idle_timeout: None,
             memory: 256 << 20,
             cpus: None,
             network: Network::None,

@@ -114,6 +114,7 @@ impl Reader<'_> {
         let s = |field: &str, v: &Option<String>| v.as_ref().map(|v| self.value(&at(field), v));
         LimitsDraft {
             timeout: s("timeout", &d.timeout),
+            idle_timeout: s("idle_timeout", &d.idle_timeout),
             memory: s("memory", &d.memory),
             cpus: d.cpus.map(|c| At::new(c, self.at(&at("cpus")))),
             network: s("network", &d.network),
@@ -182,7 +183,11 @@ impl Reader<'_> {
                         JobRunDraft::Script(At::new(String::new(), name.pos))
                     }
                 };
-                JobStepDraft { name, run }
+                let timeout = step
+                    .timeout
+                    .as_ref()
+                    .map(|t| self.value(&[&item[..], &[key("timeout")]].concat(), t));
+                JobStepDraft { name, run, timeout }
             })
             .collect()
     }
@@ -389,6 +394,7 @@ impl Reader<'_> {
                 &base,
                 &RawDefaults {
                     timeout: s.timeout.clone(),
+                    idle_timeout: s.idle_timeout.clone(),
                     memory: s.memory.clone(),
                     cpus: s.cpus,
                     network: s.network.clone(),

@@ -135,6 +135,7 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
     let mut box_node = None;
     let mut services_node = None;
     let mut timeout = None;
+    let mut idle = None;
     let mut source_dir = None;
     for (k, v) in entries {
         let key = scalar(k).unwrap_or_default();
@@ -142,11 +143,7 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
             "box" => box_node = Some(v),
             "services" => services_node = Some(v),
             "command-timeout" => timeout = r.minutes(key, v),
-            "no-response-timeout" => {
-                if r.minutes(key, v).is_some() {
-                    r.notes.push("`no-response-timeout` is read but not enforced yet: the job's `command-timeout` bounds it".into());
-                }
-            }
+            "no-response-timeout" => idle = r.minutes(key, v),
             "source-dir" => match scalar(v) {
                 Some(s) if !s.starts_with('/') && !s.split('/').any(|p| p == "..") => {
                     source_dir = Some(s.trim_end_matches('/').to_string())
@@ -339,6 +336,7 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
     }
     let limits = LimitsDraft {
         timeout: timeout.map(|(m, pos)| At::new(format!("{m}m"), pos)),
+        idle_timeout: idle.map(|(m, pos)| At::new(format!("{m}m"), pos)),
         ..LimitsDraft::default()
     };
     let mut notes = std::mem::take(&mut r.notes);
@@ -693,6 +691,7 @@ impl Reader {
             return Some(JobStepDraft {
                 name,
                 run: JobRunDraft::Script(At::new(script, code.pos)),
+                timeout: None,
             });
         }
         if let Some(c) = cwd {
@@ -711,6 +710,7 @@ impl Reader {
                 with_pos,
                 templates: false,
             },
+            timeout: None,
         })
     }
 }

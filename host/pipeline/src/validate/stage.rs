@@ -13,6 +13,20 @@ use crate::plan::{
 };
 use crate::template::{Ref, Template};
 
+/// A duration as written (`90s`, `20m`, `1h30m`); `None` (reported) when
+/// it is not one.
+fn duration(cx: &mut Ctx<'_>, s: &At<String>) -> Option<std::time::Duration> {
+    let d = parse_duration(&s.value);
+    if d.is_none() {
+        cx.issue(
+            s.pos,
+            format!("`{}` is not a duration", s.value),
+            Some("write it like `90s`, `20m` or `1h30m`".into()),
+        );
+    }
+    d
+}
+
 pub(super) fn limits(
     cx: &mut Ctx<'_>,
     d: &LimitsDraft,
@@ -20,15 +34,12 @@ pub(super) fn limits(
     has_services: bool,
 ) -> Limits {
     let timeout = match &d.timeout {
-        Some(s) => parse_duration(&s.value).unwrap_or_else(|| {
-            cx.issue(
-                s.pos,
-                format!("`{}` is not a duration", s.value),
-                Some("write it like `90s`, `20m` or `1h30m`".into()),
-            );
-            Limits::DEFAULT_TIMEOUT
-        }),
+        Some(s) => duration(cx, s).unwrap_or(Limits::DEFAULT_TIMEOUT),
         None => base.map_or(Limits::DEFAULT_TIMEOUT, |b| b.timeout),
+    };
+    let idle_timeout = match &d.idle_timeout {
+        Some(s) => duration(cx, s),
+        None => base.and_then(|b| b.idle_timeout),
     };
     let mut bytes = |v: &Option<At<String>>, default: u64, min: u64| match v {
         Some(s) => match parse_bytes(&s.value) {
@@ -122,6 +133,7 @@ pub(super) fn limits(
     };
     Limits {
         timeout,
+        idle_timeout,
         memory,
         cpus,
         network,
@@ -202,6 +214,7 @@ fn action(
                         Some(JobStep {
                             name: st.name.value.clone(),
                             run,
+                            timeout: st.timeout.as_ref().and_then(|t| duration(cx, t)),
                         })
                     })
                     .collect()

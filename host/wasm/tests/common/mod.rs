@@ -116,6 +116,7 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
             .collect(),
         limits: Limits {
             timeout: spec.timeout,
+            idle_timeout: None,
             memory: spec.memory,
             cpus: None,
             network: Network::None,
