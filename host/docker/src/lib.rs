@@ -13,6 +13,7 @@
 mod commit;
 mod container;
 mod job;
+mod job_run;
 mod services;
 
 pub use job::JobContainer;
@@ -185,7 +186,7 @@ impl Executor for DockerExecutor {
 
     async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
         match &job.work {
-            sentinel_engine::exec::Work::Job(_) => job::run(self, job, stop).await,
+            sentinel_engine::exec::Work::Job(_) => job_run::run(self, job, stop).await,
             _ => container::run(self, job, stop).await,
         }
     }

@@ -140,6 +140,13 @@ proptest! {
             input.extend_from_slice(&text);
         }
 
+        // The prefix alone, masked: it may itself hold a secret line (a
+        // random prefix once equalled a line of the secret), which must go.
+        let mut alone = StreamMasker::new(set.clone());
+        let mut prefix_out = Vec::new();
+        alone.push(&prefix, &mut prefix_out);
+        alone.finish(&mut prefix_out);
+
         let mut masker = StreamMasker::new(set);
         let mut out = Vec::new();
         let mut rest = input.as_slice();
@@ -154,6 +161,8 @@ proptest! {
 
         prop_assert!(!contains(&out, &core), "a {form:?} form of a {}-byte secret leaked", secret.len());
         prop_assert!(contains(&out, b"***"));
-        prop_assert!(out.starts_with(&prefix[..prefix.len().min(1)]) || prefix.is_empty());
+        if prefix_out == prefix {
+            prop_assert!(out.starts_with(&prefix[..prefix.len().min(1)]) || prefix.is_empty());
+        }
     }
 }
