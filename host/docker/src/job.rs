@@ -13,9 +13,10 @@
 //! `\n<nonce> <exit code> <OOM kills so far>` on its standard output. The
 //! host splits the output on those lines, so each step gets its own log;
 //! the nonce is never in the container's configuration, so a step cannot
-//! print a line that ends it. Standard error is not split by the agent:
-//! what a step writes there in its last instant can reach the next step's
-//! log. Stopping a step sends `SIGUSR1` to the agent, which kills every
+//! print a line that ends it. The agent marks the end of each step on
+//! standard error too (`\n<nonce> -`), and a step ends once both streams
+//! said so: what a step writes on standard error in its last instant is in
+//! its own section of the log, never lost at the job's end. Stopping a step sends `SIGUSR1` to the agent, which kills every
 //! process in the container but itself (what earlier steps left running in
 //! the background too) and reports the step. The step loop of a job stage
 //! is in `job_run.rs`.
@@ -50,6 +51,7 @@ while IFS= read -r step; do
   wait "$pid" 2>/dev/null; rc=$?
   while [ "$killed" = 1 ] && kill -0 "$pid" 2>/dev/null; do wait "$pid" 2>/dev/null; done
   [ "$killed" = 1 ] && rc=137
+  printf '\n%s -\n' "$nonce" >&2
   printf '\n%s %s %s\n' "$nonce" "$rc" "$(ooms)"
 done
 "#;
@@ -62,6 +64,8 @@ enum Event {
         code: i64,
         ooms: Option<u64>,
     },
+    /// A step's standard error is complete (the agent's marker there).
+    ErrEnd,
 }
 
 /// A job's running container.
@@ -239,8 +243,22 @@ impl JobContainer {
             return Outcome::Error(format!("cannot talk to the job's agent: {e}"));
         }
         let mut stopping = false;
+        // The step's end on standard output (its code), and on standard error.
+        let mut ended: Option<Outcome> = None;
+        let mut err_ended = false;
         loop {
-            let event = if stopping {
+            if let Some(o) = &ended
+                && err_ended
+            {
+                return o.clone();
+            }
+            let event = if let Some(o) = &ended {
+                // Standard error's marker trails at most a moment.
+                match tokio::time::timeout(Duration::from_secs(5), self.events.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => return o.clone(),
+                }
+            } else if stopping {
                 match tokio::time::timeout(Duration::from_secs(10), self.events.recv()).await {
                     Ok(e) => e,
                     Err(_) => {
@@ -266,16 +284,20 @@ impl JobContainer {
                     let _ = std::fs::remove_file(&file);
                     let before = self.ooms.unwrap_or(0);
                     self.ooms = ooms.or(self.ooms);
-                    return if stopping {
+                    ended = Some(if stopping {
                         Outcome::Stopped
                     } else if code != 0 && ooms.is_some_and(|n| n > before) {
                         Outcome::OomKilled
                     } else {
                         Outcome::Exited { code }
-                    };
+                    });
                 }
+                Some(Event::ErrEnd) => err_ended = true,
                 None => {
                     self.alive = false;
+                    if let Some(o) = ended {
+                        return o;
+                    }
                     return if stopping {
                         Outcome::Stopped
                     } else {
@@ -362,6 +384,7 @@ async fn pump(
 ) {
     let needle = format!("\n{nonce} ").into_bytes();
     let mut pending: Vec<u8> = Vec::new();
+    let mut pending_err: Vec<u8> = Vec::new();
     while let Some(item) = output.next().await {
         let (stream, bytes) = match item {
             Ok(bollard::container::LogOutput::StdOut { message })
@@ -373,36 +396,38 @@ async fn pump(
                 break;
             }
         };
-        if stream == Stream::Stderr {
-            let chunk = Chunk {
-                stream,
-                bytes: bytes.to_vec(),
+        let buf = if stream == Stream::Stderr {
+            &mut pending_err
+        } else {
+            &mut pending
+        };
+        buf.extend_from_slice(&bytes);
+        for event in split(buf, &needle, stream) {
+            let event = match (stream, event) {
+                (Stream::Stderr, Event::End { .. }) => Event::ErrEnd,
+                (_, e) => e,
             };
-            if tx.send(Event::Out(chunk)).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        pending.extend_from_slice(&bytes);
-        for event in split(&mut pending, &needle) {
             if tx.send(event).await.is_err() {
                 return;
             }
         }
     }
-    if !pending.is_empty() {
-        let chunk = Chunk {
-            stream: Stream::Stdout,
-            bytes: std::mem::take(&mut pending),
-        };
-        let _ = tx.send(Event::Out(chunk)).await;
+    for (stream, rest) in [(Stream::Stdout, pending), (Stream::Stderr, pending_err)] {
+        if !rest.is_empty() {
+            let chunk = Chunk {
+                stream,
+                bytes: rest,
+            };
+            let _ = tx.send(Event::Out(chunk)).await;
+        }
     }
 }
 
 /// Takes from `pending` what can be told apart: output before an
 /// end-of-step line, the line itself, and output that cannot be the start
 /// of one. What might be the start of one stays in `pending`.
-fn split(pending: &mut Vec<u8>, needle: &[u8]) -> Vec<Event> {
+fn split(pending: &mut Vec<u8>, needle: &[u8], stream: Stream) -> Vec<Event> {
+    let out = |bytes: Vec<u8>| Event::Out(Chunk { stream, bytes });
     let mut events = Vec::new();
     loop {
         match find(pending, needle) {
@@ -443,13 +468,6 @@ fn split(pending: &mut Vec<u8>, needle: &[u8]) -> Vec<Event> {
     }
 }
 
-fn out(bytes: Vec<u8>) -> Event {
-    Event::Out(Chunk {
-        stream: Stream::Stdout,
-        bytes,
-    })
-}
-
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -464,6 +482,7 @@ mod tests {
             .map(|e| match e {
                 Event::Out(c) => format!("out:{}", String::from_utf8_lossy(&c.bytes)),
                 Event::End { code, ooms } => format!("end:{code}:{ooms:?}"),
+                Event::ErrEnd => "err-end".into(),
             })
             .collect()
     }
@@ -472,20 +491,26 @@ mod tests {
     fn output_is_split_on_end_lines_across_chunks() {
         let needle = b"\nN ".to_vec();
         let mut pending = b"hello\nwor".to_vec();
-        assert_eq!(texts(&split(&mut pending, &needle)), ["out:hello\nwor"]);
+        assert_eq!(
+            texts(&split(&mut pending, &needle, Stream::Stdout)),
+            ["out:hello\nwor"]
+        );
         pending.extend_from_slice(b"ld\n");
-        assert_eq!(texts(&split(&mut pending, &needle)), ["out:ld"]);
+        assert_eq!(
+            texts(&split(&mut pending, &needle, Stream::Stdout)),
+            ["out:ld"]
+        );
         assert_eq!(pending, b"\n", "a newline may start an end line");
         pending.extend_from_slice(b"N 3 ");
-        assert!(split(&mut pending, &needle).is_empty());
+        assert!(split(&mut pending, &needle, Stream::Stdout).is_empty());
         pending.extend_from_slice(b"0\nnext");
         assert_eq!(
-            texts(&split(&mut pending, &needle)),
+            texts(&split(&mut pending, &needle, Stream::Stdout)),
             ["end:3:Some(0)", "out:next"]
         );
         let mut pending = b"no newline\nN 0 -\n\nN 1 -\n".to_vec();
         assert_eq!(
-            texts(&split(&mut pending, &needle)),
+            texts(&split(&mut pending, &needle, Stream::Stdout)),
             ["out:no newline", "end:0:None", "end:1:None"]
         );
         assert!(pending.is_empty());
