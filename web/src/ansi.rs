@@ -171,18 +171,52 @@ fn skip_escape(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Option<V
     None
 }
 
+/// A job's step header (`── step NAME`, `── after-step NAME`): the step's
+/// name and whether it is an after-step.
+pub fn step_header(line: &str) -> Option<(&str, bool)> {
+    if let Some(name) = line.strip_prefix("── step ") {
+        return Some((name.trim_end(), false));
+    }
+    line.strip_prefix("── after-step ")
+        .map(|name| (name.trim_end(), true))
+}
+
+/// The line number of each step's header in a job's log, in order.
+pub fn step_lines(log: &str) -> Vec<(String, bool, usize)> {
+    log.lines()
+        .enumerate()
+        .filter_map(|(i, l)| step_header(l).map(|(name, after)| (name.to_string(), after, i + 1)))
+        .collect()
+}
+
 /// The log as rows: `<div class="line" id="L<n>">` with a link to itself.
 /// `href(n)` is the link of line `n`; `mark` highlights lines containing it.
+/// A job's log is cut into one collapsible section per step
+/// (`<details class="section">`, its header line the summary).
 pub fn render(log: &str, href: &dyn Fn(usize) -> String, mark: &str) -> String {
     let mut out = String::with_capacity(log.len() * 2);
     let mut style = Style::default();
     let needle = mark.to_lowercase();
+    let mut in_section = false;
     for (i, line) in log.lines().enumerate() {
         let n = i + 1;
         let hit = !needle.is_empty() && plain(line).to_lowercase().contains(&needle);
+        let header = step_header(line);
+        let tag = if header.is_some() { "summary" } else { "div" };
+        if let Some((name, _)) = header {
+            if in_section {
+                out.push_str("</details>");
+            }
+            in_section = true;
+            out.push_str("<details class=\"section\" open data-step=\"");
+            for c in name.chars() {
+                escape(c, &mut out);
+            }
+            out.push_str("\">");
+        }
         let _ = write!(
             out,
-            "<div class=\"line{}\" id=\"L{n}\"><a class=\"ln\" href=\"{}\">{n}</a><span class=\"text\">",
+            "<{tag} class=\"line{}\" id=\"L{n}\"><a class=\"ln\" href=\"{}\">{n}</a><span class=\"text\">",
             if hit { " hit" } else { "" },
             href(n)
         );
@@ -211,7 +245,10 @@ pub fn render(log: &str, href: &dyn Fn(usize) -> String, mark: &str) -> String {
         if open {
             out.push_str("</span>");
         }
-        out.push_str("</span></div>");
+        let _ = write!(out, "</span></{tag}>");
+    }
+    if in_section {
+        out.push_str("</details>");
     }
     out
 }

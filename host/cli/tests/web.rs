@@ -172,6 +172,32 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
         steps.contains("fetch") && steps.contains("succeeded"),
         "{steps}"
     );
+    // Each step's log is a collapsible section; a step links to its own.
+    b.wait_attr(r#"details.section[data-step="compile"]"#, "open", "true")
+        .await;
+    b.click("table.steps a.step-link").await;
+    let target = b
+        .wait_text(
+            ".log .target",
+            |t| t.contains("── step"),
+            "a step's link marks its header line",
+        )
+        .await;
+    assert!(target.contains("── step fetch"), "{target}");
+    b.click(r#"details.section[data-step="fetch"] > summary .text"#)
+        .await;
+    assert_eq!(
+        b.attr(r#"details.section[data-step="fetch"]"#, "open")
+            .await,
+        None,
+        "a section collapses"
+    );
+    assert!(
+        b.attr(r#"details.section[data-step="compile"]"#, "open")
+            .await
+            .is_some(),
+        "the other stays open"
+    );
     b.screenshot("web-static-job-steps").await;
 
     // A missing results prefix: an error naming the URL.

@@ -413,11 +413,12 @@ impl MemSink {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        self.objects
-            .lock()
-            .unwrap()
-            .get(key)
-            .and_then(|b| serde_json::from_slice(b).ok())
+        self.object(key)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    fn object(&self, key: &str) -> Option<Vec<u8>> {
+        self.objects.lock().unwrap().get(key).cloned()
     }
 }
 
@@ -511,24 +512,14 @@ impl ResultsSink for MemSink {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .get(&keys::stage_log(run, stage))
-            .cloned())
+        Ok(self.object(&keys::stage_log(run, stage)))
     }
     async fn get_artifacts(
         &self,
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self
-            .objects
-            .lock()
-            .unwrap()
-            .get(&keys::stage_artifacts(run, stage))
-            .cloned())
+        Ok(self.object(&keys::stage_artifacts(run, stage)))
     }
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
         Ok(self

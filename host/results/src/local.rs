@@ -108,6 +108,15 @@ impl LocalSink {
         self.root.join(key)
     }
 
+    /// A file's bytes; `None` when it does not exist.
+    async fn read_opt(&self, key: &str, what: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match tokio::fs::read(self.path(key)).await {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(err(what, e)),
+        }
+    }
+
     async fn put_json<T: Serialize + Sync>(
         &self,
         key: String,
@@ -254,11 +263,8 @@ impl ResultsSink for LocalSink {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        match tokio::fs::read(self.path(&keys::stage_log(run, stage))).await {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err("read log", e)),
-        }
+        self.read_opt(&keys::stage_log(run, stage), "read log")
+            .await
     }
 
     async fn get_artifacts(
@@ -266,11 +272,8 @@ impl ResultsSink for LocalSink {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        match tokio::fs::read(self.path(&keys::stage_artifacts(run, stage))).await {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(err("read artifacts", e)),
-        }
+        self.read_opt(&keys::stage_artifacts(run, stage), "read artifacts")
+            .await
     }
 
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {

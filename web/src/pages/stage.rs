@@ -1,6 +1,8 @@
 //! A stage: its status, failure reason, outputs, artifacts and log — ANSI
 //! colours rendered, every line linkable, searchable, downloadable; while
 //! it runs (live mode) the log follows its tail, until the reader scrolls up.
+//! A job's log is one collapsible section per step, each step in the steps
+//! table linking to its section.
 
 use leptos::html::Div;
 use leptos::prelude::*;
@@ -179,7 +181,7 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     view! {
         <nav class="crumbs"><a href="#/">"Runs"</a>" / "<a href=run_href>{run_id.to_string()}</a>" / "<span>{stage.clone()}</span></nav>
         {move || error.get().map(|e| view! { <ErrorBox error=e /> })}
-        {move || doc.get().map(|d| view! { <StageHead doc=d zip_url=zip_url.clone() /> })}
+        {move || doc.get().map(|d| view! { <StageHead doc=d zip_url=zip_url.clone() log=log /> })}
         {move || (doc.get().is_none() && live_mode && error.get().is_none()).then(|| view! {
             <h1><span class="status status-running">"● running"</span>" "{stage.clone()}</h1>
         })}
@@ -201,7 +203,7 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
 }
 
 #[component]
-fn StageHead(doc: StageDoc, zip_url: String) -> impl IntoView {
+fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl IntoView {
     let source = expect_context::<Source>();
     let Token(token) = expect_context::<Token>();
     let st = doc.status.as_str();
@@ -251,10 +253,24 @@ fn StageHead(doc: StageDoc, zip_url: String) -> impl IntoView {
                     {doc.steps.clone().into_iter().map(|s| {
                         let st = s.status.as_str();
                         let name = if s.after { format!("{} (after)", s.name) } else { s.name.clone() };
+                        // The step's section of the log, once the log is there.
+                        let (run, stage) = (doc.run_id.to_string(), doc.name.to_string());
+                        let (step, after) = (s.name.clone(), s.after);
+                        let href = move || {
+                            ansi::step_lines(&log.get())
+                                .into_iter()
+                                .find(|(n, a, _)| *n == step && *a == after)
+                                .map(|(_, _, line)| {
+                                    Route::Stage { run: run.clone(), stage: stage.clone(), line: Some(line) }.href()
+                                })
+                        };
                         view! {
                             <tr>
                                 <td><span class=status::class(st)>{format!("{} {st}", status::symbol(st))}</span></td>
-                                <th>{name}</th>
+                                <th>{move || match href() {
+                                    Some(h) => view! { <a class="step-link" href=h>{name.clone()}</a> }.into_any(),
+                                    None => view! { <span>{name.clone()}</span> }.into_any(),
+                                }}</th>
                                 <td>{s.exit_code.map(|c| format!("exit code {c}")).unwrap_or_default()}</td>
                                 <td>{status::duration(s.duration_ms)}</td>
                                 <td>{s.reason.clone().unwrap_or_default()}</td>
