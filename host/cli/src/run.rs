@@ -122,14 +122,31 @@ fn skip_name(outer: &Path, inner: &Path) -> Option<String> {
 
 /// The output a succeeded run published, unzipped into a folder of the
 /// state folder: one job's output as the folder itself, several each in a
-/// folder named after its stage.
+/// folder named after its stage. Read from the results folder, else from
+/// the bucket (`bucket`: a run recorded on another machine).
 async fn restore_output(
-    sink: &dyn sentinel_engine::ports::ResultsSink,
+    local: &dyn sentinel_engine::ports::ResultsSink,
+    bucket: Option<&dyn sentinel_engine::ports::ResultsSink>,
     from: &sentinel_api::RunId,
     state: &Path,
 ) -> anyhow::Result<PathBuf> {
-    let Some(run) = sink.get_run(from).await? else {
-        anyhow::bail!("no run {from} in the results at {}", sink.location());
+    let mut sink = local;
+    let mut run = local.get_run(from).await?;
+    if run.is_none()
+        && let Some(b) = bucket
+    {
+        run = b
+            .get_run(from)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read run {from} from {}: {e}", b.location()))?;
+        sink = b;
+    }
+    let Some(run) = run else {
+        let where_ = match bucket {
+            Some(b) => format!("{} or {}", local.location(), b.location()),
+            None => local.location(),
+        };
+        anyhow::bail!("no run {from} in the results at {where_}");
     };
     if run.status != sentinel_api::RunStatus::Succeeded {
         anyhow::bail!(
@@ -206,7 +223,16 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     skip.extend(skip_name(&dirs.project, &dirs.state));
     skip.extend(skip_name(&dirs.project, &dirs.results));
     let source = match &args.from_run {
-        Some(from) => match restore_output(engine.sink.as_ref(), from, &dirs.state).await {
+        Some(from) => match restore_output(
+            engine.sink.as_ref(),
+            outbox
+                .as_ref()
+                .map(|o| o.as_ref() as &dyn sentinel_engine::ports::ResultsSink),
+            from,
+            &dirs.state,
+        )
+        .await
+        {
             Ok(dir) => {
                 skip.clear();
                 dir

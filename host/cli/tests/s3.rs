@@ -3,7 +3,8 @@
 //! the prefix as well as in the results folder, readable from the bucket's
 //! website; with S3 unreachable the run still succeeds and says what waits;
 //! a run whose process died, recovered by a read command that has no
-//! bucket, reaches the bucket `interrupted` through the outbox.
+//! bucket, reaches the bucket `interrupted` through the outbox; a deploy on
+//! another machine starts from the output its build published there.
 
 mod common;
 
@@ -177,5 +178,84 @@ fn a_dead_run_recovered_by_a_read_command_reaches_the_bucket_interrupted() {
     assert_eq!(
         status(&format!("{prefix}/run/{id}/run.json")),
         "interrupted"
+    );
+}
+
+#[test]
+fn a_deploy_elsewhere_starts_from_the_builds_output_in_the_bucket() {
+    let s3 = s3();
+    let prefix = format!("from-run-{}", std::process::id());
+    let url = format!("s3://{}/{prefix}", s3["S3_BUCKET"]);
+    let build = Project::new(
+        "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n  build:\n    steps:\n      - run: echo 'app v2' > \"$SENTINEL_ARTIFACTS/app.txt\"\n",
+    );
+    let id = run_id(&run(&build, &s3, &url, &s3["S3_ENDPOINT"]));
+
+    // Another project, state and results folder: only the bucket knows the build.
+    let deploy = Project::new(
+        "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n  deploy: {run: 'cat app.txt'}\n",
+    );
+    let out = sentinel(
+        &deploy,
+        &s3,
+        &[
+            "run",
+            "--json",
+            "--from-run",
+            &id,
+            "--s3",
+            &url,
+            "--s3-endpoint",
+        ],
+    )
+    .args([
+        &s3["S3_ENDPOINT"],
+        "--s3-region",
+        &s3["S3_REGION"],
+        "--s3-path-style",
+    ])
+    .output()
+    .unwrap();
+    let deployed = run_id(&out);
+    let doc: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(deploy.results.join(format!("run/{deployed}/run.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(doc["from_run"], id.as_str(), "the run names its build");
+    let stage: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(deploy.results.join(format!("run/{deployed}/deploy.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stage["output"], "app v2",
+        "the build's output is the workspace"
+    );
+
+    // A run the bucket does not know: said, nothing runs.
+    let out = sentinel(
+        &deploy,
+        &s3,
+        &[
+            "run",
+            "--from-run",
+            "01M000000000000000000000AA",
+            "--s3",
+            &url,
+            "--s3-endpoint",
+        ],
+    )
+    .args([
+        &s3["S3_ENDPOINT"],
+        "--s3-region",
+        &s3["S3_REGION"],
+        "--s3-path-style",
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no run 01M000000000000000000000AA in the results at"),
+        "{err}"
     );
 }

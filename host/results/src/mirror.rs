@@ -60,12 +60,8 @@ impl ResultsSink for Mirrored {
         self.mirror.remove_from_index(run).await
     }
 
-    /// From the primary, else (a run recorded on another machine) the mirror.
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
-        match self.primary.get_run(run).await? {
-            Some(doc) => Ok(Some(doc)),
-            None => self.mirror.get_run(run).await,
-        }
+        self.primary.get_run(run).await
     }
 
     async fn get_stage(
@@ -89,10 +85,7 @@ impl ResultsSink for Mirrored {
         run: &RunId,
         stage: &StageName,
     ) -> Result<Option<Vec<u8>>, StorageError> {
-        match self.primary.get_artifacts(run, stage).await? {
-            Some(zip) => Ok(Some(zip)),
-            None => self.mirror.get_artifacts(run, stage).await,
-        }
+        self.primary.get_artifacts(run, stage).await
     }
 
     async fn list_index(&self, limit: usize) -> Result<Vec<RunSummary>, StorageError> {
