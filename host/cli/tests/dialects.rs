@@ -273,6 +273,7 @@ async fn the_seed_wercker_file_runs_unchanged() {
         [
             s("install a tool outside the workspace", false),
             s("use it", false),
+            s("an export carries over", false),
             s("greet", false),
             s("ask the service", false),
             s("output", false),
@@ -282,6 +283,7 @@ async fn the_seed_wercker_file_runs_unchanged() {
     let log = log_of(p.path(), &run, "build");
     for needle in [
         "tool says built on",  // a file outside the workspace, seen by the next step
+        "flavour release",     // an export seen by the next step, as in wercker's one shell
         "greeting from greet", // wercker's helper functions in a step folder
         "greet: hello from the box!", // a setting expanded in the container, a default
         "pong",                // the service, by name
@@ -361,7 +363,7 @@ async fn a_wercker_step_missing_a_required_setting_stops_before_any_container() 
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     let err = text(&out.stderr);
     assert!(
-        err.contains("wercker.yml:24:9: step `greet` needs the setting `to`"),
+        err.contains("wercker.yml:29:9: step `greet` needs the setting `to`"),
         "{err}"
     );
     assert!(

@@ -16,7 +16,9 @@ use crate::env::{StepSettings, expand_job_vars};
 use crate::exec::{JobStepRun, JobStepWork, JobWork, STEPS_MOUNT, StepWork, Var};
 
 /// The helper functions wercker's own init step defined for every step
-/// (`success`, `info`, `warn`, `debug`, `error`, `fail`, `setMessage`).
+/// (`success`, `info`, `warn`, `debug`, `error`, `fail`, `setMessage`),
+/// and the variables earlier steps exported, kept for the next at exit (as
+/// wercker's one shared shell had them).
 const WERCKER_HELPERS: &str = r#"_message() { printf '%b%b%b\n' "$2" "$1" '\033[m'; }
 success() { _message "$1" '\033[32m\033[1m'; }
 info() { _message "$1" '\033[37m\033[1m'; }
@@ -26,6 +28,8 @@ error() { _message "error: $1" '\033[31m\033[1m'; }
 setMessage() { [ -n "$WERCKER_REPORT_MESSAGE_FILE" ] && echo "$1" > "$WERCKER_REPORT_MESSAGE_FILE"; return 0; }
 fail() { _message "failed: $1" '\033[31m\033[1m'; setMessage "$1"; exit 1; }
 if [ -n "${SENTINEL_JOB_RESULT:-}" ]; then export WERCKER_RESULT="$SENTINEL_JOB_RESULT"; fi
+if [ -f /tmp/.wercker-env ]; then . /tmp/.wercker-env; fi
+trap 'export -p > /tmp/.wercker-env' EXIT
 "#;
 
 /// A value inside double quotes, where the shell still expands `$NAME`

@@ -3,6 +3,12 @@
 //! name), or `script:` with `name`, `code` and `cwd`.
 
 use super::{Reader, scalar, setting_text};
+
+/// The first lines of a wercker script step: the variables the steps before
+/// it exported are read, and its own are kept for the next when it ends
+/// (each step runs in its own `sh`; wercker's shared one).
+pub(crate) const SHARED_EXPORTS: &str =
+    "[ -f /tmp/.wercker-env ] && . /tmp/.wercker-env\ntrap 'export -p > /tmp/.wercker-env' EXIT\n";
 use crate::de::did_you_mean;
 use crate::draft::{At, JobRunDraft, JobStepDraft};
 use crate::yaml::{Node, Pos, Value};
@@ -140,7 +146,11 @@ impl Reader {
             } else {
                 "set -e\n"
             };
-            let script = format!("{result}{prelude}{cd}{strict}{}", code.value);
+            // wercker ran every step in one shell: what a step exports is
+            // there for the next (not for the after-steps, which wercker ran
+            // in a restarted container).
+            let shared = if after { "" } else { SHARED_EXPORTS };
+            let script = format!("{result}{shared}{prelude}{cd}{strict}{}", code.value);
             return Some(JobStepDraft {
                 name,
                 run: JobRunDraft::Script(At::new(script, code.pos)),
