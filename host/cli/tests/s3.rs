@@ -44,6 +44,20 @@ fn run(p: &Project, s3: &BTreeMap<String, String>, url: &str, endpoint: &str) ->
     .unwrap()
 }
 
+/// `sentinel run --from-run FROM` with the bucket.
+fn run_from(p: &Project, s3: &BTreeMap<String, String>, url: &str, from: &str) -> Output {
+    sentinel(p, s3, &["run", "--json", "--from-run", from, "--s3", url])
+        .args([
+            "--s3-endpoint",
+            &s3["S3_ENDPOINT"],
+            "--s3-region",
+            &s3["S3_REGION"],
+        ])
+        .arg("--s3-path-style")
+        .output()
+        .unwrap()
+}
+
 fn run_id(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -195,28 +209,7 @@ fn a_deploy_elsewhere_starts_from_the_builds_output_in_the_bucket() {
     let deploy = Project::new(
         "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n  deploy: {run: 'cat app.txt'}\n",
     );
-    let out = sentinel(
-        &deploy,
-        &s3,
-        &[
-            "run",
-            "--json",
-            "--from-run",
-            &id,
-            "--s3",
-            &url,
-            "--s3-endpoint",
-        ],
-    )
-    .args([
-        &s3["S3_ENDPOINT"],
-        "--s3-region",
-        &s3["S3_REGION"],
-        "--s3-path-style",
-    ])
-    .output()
-    .unwrap();
-    let deployed = run_id(&out);
+    let deployed = run_id(&run_from(&deploy, &s3, &url, &id));
     let doc: serde_json::Value = serde_json::from_slice(
         &std::fs::read(deploy.results.join(format!("run/{deployed}/run.json"))).unwrap(),
     )
@@ -232,26 +225,7 @@ fn a_deploy_elsewhere_starts_from_the_builds_output_in_the_bucket() {
     );
 
     // A run the bucket does not know: said, nothing runs.
-    let out = sentinel(
-        &deploy,
-        &s3,
-        &[
-            "run",
-            "--from-run",
-            "01M000000000000000000000AA",
-            "--s3",
-            &url,
-            "--s3-endpoint",
-        ],
-    )
-    .args([
-        &s3["S3_ENDPOINT"],
-        "--s3-region",
-        &s3["S3_REGION"],
-        "--s3-path-style",
-    ])
-    .output()
-    .unwrap();
+    let out = run_from(&deploy, &s3, &url, "01M000000000000000000000AA");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
