@@ -224,6 +224,56 @@ pub struct StageDoc {
     /// A job's steps, in order (after-steps last). Older readers ignore it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<JobStepDoc>,
+    /// What its cache did. Older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheDoc>,
+}
+
+/// How a stage's cache was found at its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheResult {
+    /// An entry with exactly the key.
+    Hit,
+    /// The newest entry matching the key or a restore key as a prefix.
+    Partial,
+    /// Nothing matched.
+    Miss,
+}
+
+impl CacheResult {
+    /// The name used in documents.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::Partial => "partial",
+            Self::Miss => "miss",
+        }
+    }
+}
+
+/// What a stage's cache did: the key it asked for, what it restored and
+/// what it saved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheDoc {
+    /// The key, rendered.
+    pub key: String,
+    pub result: CacheResult,
+    /// The key of the entry restored (a hit's is `key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_key: Option<String>,
+    /// The branch the restored entry was saved on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_branch: Option<String>,
+    /// Bytes restored (the entry's archive).
+    #[serde(default)]
+    pub restored_bytes: u64,
+    /// Bytes saved as a new entry under `key`, when one was saved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_bytes: Option<u64>,
+    /// Why nothing was saved, or what went wrong (a cache never fails a stage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// One run in the paged index.

@@ -11,8 +11,8 @@ pub mod keys;
 pub mod status;
 
 pub use docs::{
-    GitContext, IndexPage, JobStepDoc, ResolvedInputs, RunDoc, RunStageEntry, RunSummary,
-    SCHEMA_VERSION, StageDoc, StageKind, Trigger, TriggerKind,
+    CacheDoc, CacheResult, GitContext, IndexPage, JobStepDoc, ResolvedInputs, RunDoc,
+    RunStageEntry, RunSummary, SCHEMA_VERSION, StageDoc, StageKind, Trigger, TriggerKind,
 };
 pub use ids::{IdError, RunId, StageName};
 pub use index::{SchemaError, decode};

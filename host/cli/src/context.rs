@@ -186,6 +186,15 @@ pub fn engine(
 /// Where bundled and installed steps are looked up: `SENTINEL_STEPS_PATH`
 /// (colon-separated), then `steps/` beside the binary, then the nearest
 /// `steps/dist` above it (a source checkout).
+/// The cache of `sentinel run`: `<state>/caches`, with the default policy.
+pub fn local_cache(state: &Path) -> Arc<sentinel_engine::cache::Cache> {
+    use sentinel_engine::cache::{Cache, CacheDir, CachePolicy};
+    Arc::new(Cache::new(
+        Arc::new(CacheDir::new(state.join("caches"))),
+        CachePolicy::default(),
+    ))
+}
+
 pub fn step_catalog() -> sentinel_pipeline::DirCatalog {
     let mut dirs: Vec<PathBuf> = std::env::var("SENTINEL_STEPS_PATH")
         .map(|p| std::env::split_paths(&p).collect())

@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// deploy from a build. Read from the results folder, else the bucket.
     #[arg(long, value_name = "RUN")]
     from_run: Option<sentinel_api::RunId>,
+    /// Run without the cache: nothing restored, nothing saved.
+    #[arg(long)]
+    no_cache: bool,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -288,7 +291,27 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         reuse: Default::default(),
         not_reused: Default::default(),
         from_run: args.from_run.clone(),
+        cache: None,
     };
+    let mut req = req;
+    if !args.no_cache {
+        let project = req
+            .git
+            .as_ref()
+            .and_then(|g| g.repo.clone())
+            .unwrap_or_else(|| {
+                std::path::absolute(&dirs.project)
+                    .unwrap_or_default()
+                    .display()
+                    .to_string()
+            });
+        req.cache = Some(sentinel_engine::cache::CacheAccess {
+            cache: context::local_cache(&dirs.state),
+            project,
+            default_branch: "main".into(),
+            write: true,
+        });
+    }
     let run = match engine.run(req, reporter(mode, args.follow), signals).await {
         Ok(r) => r,
         Err(e) => {
@@ -309,6 +332,14 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
             .as_ref()
             .map(|r| format!(": {r}"))
             .unwrap_or_default();
+        if let Ok(stages) = engine.store.get_stages(&run.id).await {
+            for (name, c) in stages
+                .iter()
+                .filter_map(|d| Some((&d.name, d.cache.as_ref()?)))
+            {
+                eprintln!("cache {name}: {}", sentinel_engine::cache::describe(c));
+            }
+        }
         eprintln!("run {} {}{took}{why}", run.id, run.status);
         eprintln!("results: {}", folder.display());
     }

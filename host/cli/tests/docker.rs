@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use common::{Opts, Project, leftovers, pipeline, run};
-use sentinel_api::{FailureKind, RunStatus, StageStatus};
+use sentinel_api::{FailureKind, RunStatus, StageDoc, StageStatus};
 use sentinel_engine::Signals;
 
 type Case = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -765,6 +765,137 @@ async fn idle_and_step_timeouts_are_named() -> Result<(), String> {
     Ok(())
 }
 
+/// A project's cache in its state folder, with `budget` bytes.
+fn cache_of(p: &Project, budget: u64) -> sentinel_engine::cache::CacheAccess {
+    use sentinel_engine::cache::{Cache, CacheAccess, CacheDir, CachePolicy};
+    CacheAccess {
+        cache: std::sync::Arc::new(Cache::new(
+            std::sync::Arc::new(CacheDir::new(p.state.join("caches"))),
+            CachePolicy {
+                budget,
+                ..CachePolicy::default()
+            },
+        )),
+        project: "cache-test".into(),
+        default_branch: "main".into(),
+        write: true,
+    }
+}
+
+async fn the_cache_carries_files_between_runs() -> Result<(), String> {
+    let p = Project::new(&pipeline(concat!(
+        "  deps:\n",
+        "    steps:\n",
+        "      - run: cat deps/seen 2>/dev/null || echo none; cat \"$SENTINEL_CACHE_DIR/tool\" 2>/dev/null || echo no-tool\n",
+        "      - run: mkdir -p deps; echo \"from-$(cat lock)\" > deps/seen; echo \"tool-$(cat lock)\" > \"$SENTINEL_CACHE_DIR/tool\"\n",
+        "    cache:\n",
+        "      key: deps-${hash(lock)}\n",
+        "      restore_keys: [deps-]\n",
+        "      paths: [deps, $SENTINEL_CACHE_DIR]\n",
+        "  broken:\n",
+        "    run: mkdir -p out2; echo x > out2/y; exit 3\n",
+        "    cache: {key: broken, paths: [out2]}\n",
+    )));
+    std::fs::write(p.source.join("lock"), "v1").map_err(|e| e.to_string())?;
+    let opts = || Opts {
+        cache: Some(cache_of(&p, 1 << 30)),
+        ..Opts::default()
+    };
+    let cache = |d: &StageDoc| {
+        d.cache
+            .clone()
+            .ok_or_else(|| format!("{} has no cache document", d.name))
+    };
+    let r1 = run(&p, opts()).await;
+    let c1 = cache(&p.stage(&r1, "deps").await)?;
+    ensure!(
+        c1.result == sentinel_api::CacheResult::Miss && c1.saved_bytes.is_some_and(|n| n > 0),
+        "first run: {c1:?}"
+    );
+    ensure!(
+        p.log(&r1, "deps").contains("none\nno-tool"),
+        "{}",
+        p.log(&r1, "deps")
+    );
+    // A failed stage saves nothing.
+    let b = cache(&p.stage(&r1, "broken").await)?;
+    ensure!(
+        b.saved_bytes.is_none()
+            && b.note
+                .as_deref()
+                .is_some_and(|n| n.contains("did not succeed")),
+        "broken: {b:?}"
+    );
+
+    // The same lock file: an exact hit, restored in the workspace and the
+    // stage's cache folder, and not saved again.
+    let r2 = run(&p, opts()).await;
+    let c2 = cache(&p.stage(&r2, "deps").await)?;
+    ensure!(
+        c2.result == sentinel_api::CacheResult::Hit && c2.key == c1.key && c2.saved_bytes.is_none(),
+        "second run: {c2:?}"
+    );
+    let log = p.log(&r2, "deps");
+    ensure!(
+        log.contains("from-v1") && log.contains("tool-v1") && log.contains("── cache: hit"),
+        "{log}"
+    );
+    // A changed lock file: a prefix hit through `restore_keys`, and a new entry.
+    std::fs::write(p.source.join("lock"), "v2").map_err(|e| e.to_string())?;
+    let r3 = run(&p, opts()).await;
+    let d3 = p.stage(&r3, "deps").await;
+    let c3 = cache(&d3)?;
+    ensure!(
+        d3.status == StageStatus::Succeeded
+            && c3.result == sentinel_api::CacheResult::Partial
+            && c3.restored_key.as_deref() == Some(c1.key.as_str())
+            && c3.key != c1.key
+            && c3.saved_bytes.is_some(),
+        "third run: {c3:?} {:?}",
+        d3.reason
+    );
+    ensure!(
+        p.log(&r3, "deps").contains("from-v1"),
+        "{}",
+        p.log(&r3, "deps")
+    );
+    let entries = cache_of(&p, 1 << 30)
+        .cache
+        .entries("cache-test")
+        .await
+        .map_err(|e| e.to_string())?;
+    let keys: Vec<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    ensure!(
+        keys == [c3.key.as_str(), c1.key.as_str()],
+        "entries {keys:?}"
+    );
+    // A budget smaller than two entries evicts the least recently used.
+    std::fs::write(p.source.join("lock"), "v3").map_err(|e| e.to_string())?;
+    let small = entries.iter().map(|e| e.size).max().unwrap_or(0) * 2;
+    let r4 = run(
+        &p,
+        Opts {
+            cache: Some(cache_of(&p, small)),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let c4 = cache(&p.stage(&r4, "deps").await)?;
+    let left: Vec<String> = cache_of(&p, small)
+        .cache
+        .entries("cache-test")
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    ensure!(
+        left == [c4.key.clone(), c3.key.clone()],
+        "after eviction {left:?} (v1 was least recently used)"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_suite() {
     common::docker().await;
@@ -792,6 +923,7 @@ async fn docker_suite() {
         hardened_container,
         a_committed_job_image_holds_none_of_the_runs_values,
         idle_and_step_timeouts_are_named,
+        the_cache_carries_files_between_runs,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

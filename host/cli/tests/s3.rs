@@ -233,3 +233,76 @@ fn a_deploy_elsewhere_starts_from_the_builds_output_in_the_bucket() {
         "{err}"
     );
 }
+
+/// Two servers with their own state folders share one cache in a private
+/// prefix of the bucket: what the first saved, the second restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_cache_lives_in_the_bucket() {
+    use common::server::{Client, Server, bare_repo, free_port};
+    common::docker().await;
+    let s3 = s3();
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = concat!(
+        "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n",
+        "  deps:\n",
+        "    steps:\n",
+        "      - run: cat \"$SENTINEL_CACHE_DIR/tool\" 2>/dev/null || echo no-tool\n",
+        "      - run: echo \"tool-$(cat lock)\" > \"$SENTINEL_CACHE_DIR/tool\"\n",
+        "    cache: {key: 'deps-${hash(lock)}', paths: [$SENTINEL_CACHE_DIR]}\n",
+    );
+    let (url, _) = bare_repo(
+        &tmp.path().join("app"),
+        &[("sentinel.yml", pipeline), ("lock", "v1")],
+    );
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.app]\nurl = \"{url}\"\n[cache]\nurl = \"s3://{}/cache-{}\"\nendpoint = \"{}\"\nregion = \"{}\"\npath_style = true\n",
+            s3["S3_BUCKET"],
+            std::process::id(),
+            s3["S3_ENDPOINT"],
+            s3["S3_REGION"],
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3["AWS_ACCESS_KEY_ID"].as_str()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            s3["AWS_SECRET_ACCESS_KEY"].as_str(),
+        ),
+    ];
+    let mut docs = Vec::new();
+    for state in ["state-a", "state-b"] {
+        let port = free_port().to_string();
+        let server = Server::start(
+            &tmp.path().join(state),
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ],
+            &env,
+        );
+        let c = Client::new(&server.url, &server.admin);
+        let id = c.trigger("app").await;
+        let v = c.wait_final(&id).await;
+        assert_eq!(v["run"]["status"], "succeeded", "{v}\n{}", server.log());
+        let (_, log) = c.text(&format!("/api/v1/runs/{id}/stages/deps/log")).await;
+        docs.push((v["stages"][0]["cache"].clone(), log));
+        server.stop();
+    }
+    let (first, log1) = &docs[0];
+    assert_eq!(first["result"], "miss", "{first}");
+    assert!(
+        first["saved_bytes"].as_u64().is_some_and(|n| n > 0),
+        "{first}"
+    );
+    assert!(log1.contains("no-tool"), "{log1}");
+    let (second, log2) = &docs[1];
+    assert_eq!(second["result"], "hit", "{second}");
+    assert_eq!(second["key"], first["key"]);
+    assert!(log2.contains("tool-v1"), "restored from the bucket: {log2}");
+}

@@ -33,7 +33,10 @@ stages:
       - name: fetch
         run: echo "preparing"
       - name: compile
-        run: echo "compiled"
+        run: echo "compiled" > "$SENTINEL_CACHE_DIR/compiled"
+    cache:
+      key: web-${hash(README.txt)}
+      paths: [$SENTINEL_CACHE_DIR]
   check:
     after: [prepare]
     env:
@@ -171,6 +174,14 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
     assert!(
         steps.contains("fetch") && steps.contains("succeeded"),
         "{steps}"
+    );
+    // What the job's cache did: the third run restored what the first saved.
+    let cache = b
+        .wait_text("dd.cache", |t| t.contains("web-"), "the cache is shown")
+        .await;
+    assert!(
+        cache.starts_with("hit web-") && cache.contains("restored"),
+        "{cache}"
     );
     // Each step's log is a collapsible section; a step links to its own.
     b.wait_attr(r#"details.section[data-step="compile"]"#, "open", "true")

@@ -166,6 +166,14 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
     for (k, v) in context {
         set(&mut env.vars, k, v);
     }
+    if !matches!(stage.action, sentinel_pipeline::Action::Step(_)) {
+        // Kept between runs when the stage's `cache:` names it.
+        set(
+            &mut env.vars,
+            "SENTINEL_CACHE_DIR",
+            format!("{PRIVATE_MOUNT}/cache"),
+        );
+    }
     if stage.when != When::OnSuccess {
         set(
             &mut env.vars,

@@ -313,6 +313,44 @@ pub trait Workspace: Send + Sync + std::fmt::Debug {
     async fn close_view(&self, view: View) -> Result<(), ExecError>;
     /// Removes the workspace; idempotent.
     async fn remove(&self);
+    /// The SHA-256 of the workspace files matching `patterns` (a cache key's
+    /// `${hash(…)}`).
+    async fn hash_files(&self, patterns: &[String]) -> Result<String, ExecError> {
+        let _ = patterns;
+        Err(ExecError::said(
+            crate::error::ErrorKind::Permanent,
+            format!("the workspace at {} keeps no cache", self.describe()),
+        ))
+    }
+    /// Puts a cache entry (a tar made by [`Workspace::pack_cache`]) back
+    /// into the workspace and `stage`'s cache folder, owned by `user`.
+    async fn restore_cache(
+        &self,
+        stage: &StageName,
+        archive: &std::path::Path,
+        staging: &std::path::Path,
+        user: &str,
+    ) -> Result<(), ExecError> {
+        let _ = (stage, archive, staging, user);
+        Err(ExecError::said(
+            crate::error::ErrorKind::Permanent,
+            format!("the workspace at {} keeps no cache", self.describe()),
+        ))
+    }
+    /// Packs a cache's `paths` (of the workspace and `stage`'s cache
+    /// folder) into the tar file `to`; returns its size.
+    async fn pack_cache(
+        &self,
+        stage: &StageName,
+        paths: &[sentinel_pipeline::CachePath],
+        to: &std::path::Path,
+    ) -> Result<u64, ExecError> {
+        let _ = (stage, paths, to);
+        Err(ExecError::said(
+            crate::error::ErrorKind::Permanent,
+            format!("the workspace at {} keeps no cache", self.describe()),
+        ))
+    }
 }
 
 /// Runs stages. See the module documentation for the lifecycle.

@@ -8,6 +8,7 @@
 //! (local folder, S3), whose failures are typed ([`error`]). It never names
 //! Docker, sled or S3.
 
+pub mod cache;
 pub mod docs;
 pub mod env;
 pub mod error;

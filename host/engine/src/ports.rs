@@ -130,6 +130,25 @@ pub trait ResultsSink: Send + Sync + std::fmt::Debug {
     fn location(&self) -> String;
 }
 
+/// Where cache entries and their index live: a folder of this machine or a
+/// private S3 prefix. Names are relative (`<project>/index.json`,
+/// `<project>/<entry>.tar`); the cache's policy lives in [`crate::cache`].
+#[async_trait]
+pub trait CacheBackend: Send + Sync + std::fmt::Debug {
+    /// A small object (an index), or `None` when there is none.
+    async fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Writes a small object, replacing it.
+    async fn write(&self, name: &str, bytes: &[u8]) -> Result<(), StorageError>;
+    /// Copies an entry into the file `to`; `false` when it is not there.
+    async fn download(&self, name: &str, to: &Path) -> Result<bool, StorageError>;
+    /// Stores the file `from` as an entry.
+    async fn upload(&self, name: &str, from: &Path) -> Result<(), StorageError>;
+    /// Removes an object; removing what is not there is no error.
+    async fn delete(&self, name: &str) -> Result<(), StorageError>;
+    /// Where it is, for messages.
+    fn location(&self) -> String;
+}
+
 /// One result waiting to be published; files live in the outbox's spool
 /// folder until they are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

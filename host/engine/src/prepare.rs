@@ -166,6 +166,77 @@ pub fn env_of(
     stage_env(&inputs, stage)
 }
 
+/// A stage's cache with its references resolved (file hashes are made
+/// when it starts); `None` when the stage has none or the run uses no
+/// cache.
+pub fn cache_of(
+    req: &RunRequest,
+    rec: &Recorder,
+    plan: &Plan,
+    stage: &StagePlan,
+) -> Option<crate::cache::StageCache> {
+    use crate::cache::Piece;
+    use sentinel_pipeline::KeyPart;
+    let (c, access) = (stage.cache.as_ref()?, req.cache.as_ref()?);
+    let outputs = BTreeMap::new();
+    let inputs = EnvInputs {
+        plan,
+        run_id: &rec.run_id,
+        git: req.git.as_ref(),
+        host_env: &req.host_env,
+        secrets: &req.secrets,
+        outputs: &outputs,
+        sensitive: &[],
+        run_status: "",
+        failed_stages: String::new(),
+    };
+    let pieces = |k: &sentinel_pipeline::CacheKey| -> Result<Vec<Piece>, String> {
+        k.0.iter()
+            .map(|p| match p {
+                KeyPart::Lit(t) => Ok(Piece::Text(t.clone())),
+                KeyPart::Hash(files) => Ok(Piece::Hash(files.clone())),
+                KeyPart::Ref(r) => crate::env::resolve(&inputs, r)
+                    .map(Piece::Text)
+                    .map_err(|e| e.to_string()),
+            })
+            .collect()
+    };
+    let built = (|| -> Result<_, String> {
+        let key = pieces(&c.key)?;
+        let restore_keys = c
+            .restore_keys
+            .iter()
+            .map(&pieces)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((key, restore_keys))
+    })();
+    let (key, restore_keys) = match built {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(stage = %stage.name, "no cache: its key cannot be made: {e}");
+            return None;
+        }
+    };
+    let branch = req
+        .git
+        .as_ref()
+        .and_then(|g| g.branch.clone())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| access.default_branch.clone());
+    Some(crate::cache::StageCache {
+        cache: access.cache.clone(),
+        scope: crate::cache::Scope {
+            project: access.project.clone(),
+            branch,
+            default_branch: access.default_branch.clone(),
+            write: access.write,
+        },
+        key,
+        restore_keys,
+        paths: c.paths.clone(),
+    })
+}
+
 /// A stage's inputs: the `out/` files of the stages finished so far, and
 /// its volumes with the files their stages left (when kept).
 pub fn inputs_of(rec: &Recorder, stage: &StagePlan) -> Inputs {

@@ -96,6 +96,7 @@ impl Recorder {
                     files: None,
                     warnings: Vec::new(),
                     steps: Vec::new(),
+                    cache: None,
                 }
             })
             .collect();
@@ -428,6 +429,7 @@ impl Recorder {
         state.files = r.files.take();
         state.warnings.append(&mut r.warnings);
         state.steps = std::mem::take(&mut r.steps);
+        state.cache = r.cache.take();
         let duration = duration_ms(state.started, state.finished);
         self.after_stage_change(&r.name, r.status, r.reason, duration, progress)
             .await;

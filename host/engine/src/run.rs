@@ -20,7 +20,7 @@ use crate::lease::{Lease, Owner};
 use crate::log::LiveLog;
 use crate::ports::{ResultsSink, Store};
 use crate::prepare::{
-    capture_of, env_of, inputs_of, kept_dir, preflight, prune_kept, restored, service_env,
+    cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, prune_kept, restored, service_env,
 };
 use crate::record::Recorder;
 use crate::stage::{StageResult, StageRun, run_stage};
@@ -73,6 +73,8 @@ pub struct RunRequest {
     /// The run whose published output is this run's source (a deploy from
     /// a build), recorded in the run document.
     pub from_run: Option<RunId>,
+    /// The cache stages with `cache:` use (`None`: no cache).
+    pub cache: Option<crate::cache::CacheAccess>,
 }
 
 /// A stage's result taken from an earlier run, exactly as it was.
@@ -107,6 +109,7 @@ impl RunRequest {
             reuse: BTreeMap::new(),
             not_reused: BTreeMap::new(),
             from_run: None,
+            cache: None,
         }
     }
 }
@@ -447,6 +450,7 @@ impl Engine {
                             steps: env.steps,
                             inputs: inputs_of(rec, s),
                             capture: capture_of(&self.config.state_dir, &rec.run_id, s, keep),
+                            cache: cache_of(req, rec, &plan, s),
                         };
                         let live: Option<LiveLog> = {
                             let progress = progress.clone();

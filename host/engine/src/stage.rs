@@ -41,6 +41,8 @@ pub struct StageRun {
     pub inputs: Inputs,
     /// Where the files it creates or changes are kept (`None`: not kept).
     pub capture: Option<PathBuf>,
+    /// Its cache, restored before it starts and saved when it succeeds.
+    pub cache: Option<crate::cache::StageCache>,
 }
 
 /// How a stage ended, before it is recorded.
@@ -66,6 +68,8 @@ pub struct StageResult {
     pub warnings: Vec<String>,
     /// A job's steps.
     pub steps: Vec<sentinel_api::JobStepDoc>,
+    /// What its cache did.
+    pub cache: Option<sentinel_api::CacheDoc>,
 }
 
 impl StageResult {
@@ -95,6 +99,7 @@ impl StageResult {
             files,
             warnings: Vec::new(),
             steps: Vec::new(),
+            cache: None,
         }
     }
 }
@@ -134,6 +139,9 @@ pub async fn run_stage(
     let started = Utc::now();
     let name = s.plan.name.clone();
     let (tx, rx) = mpsc::channel(64);
+    // Lines of Sentinel's own (the cache's) go to the log directly, not
+    // through the idle watcher: they are not the process's output.
+    let direct = tx.clone();
     let timed_out = Arc::new(AtomicBool::new(false));
     let idle = Arc::new(AtomicBool::new(false));
     let stage_stop = stop.child_token();
@@ -187,6 +195,22 @@ pub async fn run_stage(
         },
         rx,
     );
+    let cache_tmp = s.dirs.root.join("cache");
+    let cache = match &s.cache {
+        Some(c) => {
+            let started = c.start(&*s.workspace, &name, &s.user, &cache_tmp).await;
+            let line = format!("── cache: {}\n", crate::cache::describe(&started.doc));
+            let _ = direct
+                .send(crate::exec::Chunk {
+                    stream: crate::exec::Stream::Stderr,
+                    bytes: line.into_bytes(),
+                })
+                .await;
+            Some(started)
+        }
+        None => None,
+    };
+    drop(direct);
     let job = StageJob {
         run_id: s.run_id.clone(),
         stage: name.clone(),
@@ -238,6 +262,7 @@ pub async fn run_stage(
         files: report.files,
         warnings: report.warnings,
         steps: report.steps,
+        cache: None,
     };
     let mut fail = |status, failure, reason: String| {
         result.status = status;
@@ -340,6 +365,13 @@ pub async fn run_stage(
         result.status = StageStatus::Failed;
         result.failure = Some(FailureKind::RuntimeError);
         result.reason = Some(why);
+    }
+    if let (Some(c), Some(started)) = (&s.cache, cache) {
+        let ok = result.status == StageStatus::Succeeded;
+        result.cache = Some(
+            c.finish(started, &*s.workspace, &result.name, ok, s.secrets.clone())
+                .await,
+        );
     }
     let secrets = s.secrets.clone();
     let (log_body, artifacts, files) = (
@@ -478,7 +510,7 @@ pub fn withhold_secrets(dir: &Path, secrets: &SecretSet, warnings: &mut Vec<Stri
 
 /// True when the file holds a secret; read in chunks that overlap by the
 /// longest pattern, so a secret across two chunks is found.
-fn file_leaks(path: &Path, secrets: &SecretSet) -> std::io::Result<bool> {
+pub(crate) fn file_leaks(path: &Path, secrets: &SecretSet) -> std::io::Result<bool> {
     use std::io::Read;
     let mut f = std::fs::File::open(path)?;
     let keep = secrets.longest_pattern();

@@ -45,6 +45,8 @@ pub struct StageState {
     pub warnings: Vec<String>,
     /// A job's steps, as they ended.
     pub steps: Vec<sentinel_api::JobStepDoc>,
+    /// What its cache did.
+    pub cache: Option<sentinel_api::CacheDoc>,
 }
 
 pub(crate) fn duration_ms(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<u64> {
@@ -110,6 +112,12 @@ impl StageState {
                     ..s.clone()
                 })
                 .collect(),
+            cache: self.cache.as_ref().map(|c| sentinel_api::CacheDoc {
+                key: secrets.mask_str(&c.key),
+                restored_key: c.restored_key.as_ref().map(|k| secrets.mask_str(k)),
+                note: c.note.as_ref().map(|n| secrets.mask_str(n)),
+                ..c.clone()
+            }),
         }
     }
 }

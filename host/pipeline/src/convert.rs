@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::dialect::Dialect;
-use crate::draft::{ActionDraft, Draft, EnvDraft, JobRunDraft, LimitsDraft, VarDraft};
+use crate::draft::{ActionDraft, At, Draft, EnvDraft, JobRunDraft, LimitsDraft, VarDraft};
 use crate::plan::{Shell, When};
 
 /// A scalar as YAML: plain when that reads back as the same string, else
@@ -300,6 +300,23 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
             out.push_str("    sensitive: true\n");
         }
         limits(&mut out, 4, &s.limits);
+        if let Some(c) = &s.cache {
+            let list = |l: &[At<String>]| {
+                l.iter()
+                    .map(|v| scalar(&v.value))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            out.push_str(
+                "    cache:
+",
+            );
+            let _ = writeln!(out, "      key: {}", scalar(&c.key.value));
+            if !c.restore_keys.is_empty() {
+                let _ = writeln!(out, "      restore_keys: [{}]", list(&c.restore_keys));
+            }
+            let _ = writeln!(out, "      paths: [{}]", list(&c.paths));
+        }
     }
     out
 }

@@ -159,6 +159,16 @@ pub struct VolumeDraft {
     pub path: Option<At<String>>,
 }
 
+/// A stage's cache, as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheDraft {
+    /// Where `cache:` is.
+    pub pos: Pos,
+    pub key: At<String>,
+    pub restore_keys: Vec<At<String>>,
+    pub paths: Vec<At<String>>,
+}
+
 /// One stage.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageDraft {
@@ -177,6 +187,8 @@ pub struct StageDraft {
     pub when: When,
     pub sensitive: bool,
     pub limits: LimitsDraft,
+    /// Files kept between runs.
+    pub cache: Option<CacheDraft>,
     /// How the reader mapped the stage, for `sentinel convert`'s comments.
     pub notes: Vec<String>,
 }

@@ -6,6 +6,7 @@
 //! Every error is a [`Diagnostic`] with the file, line and column, and a hint
 //! ("did you mean …") where one helps.
 
+pub mod cache;
 pub mod convert;
 pub mod de;
 pub mod dialect;
@@ -21,6 +22,7 @@ pub mod yaml;
 use std::fmt;
 use std::path::Path;
 
+pub use cache::{CacheKey, CachePath, CachePlan, KeyPart};
 pub use dialect::{Dialect, Select};
 pub use plan::{
     Action, ContainerAction, EnvValue, JobAction, JobRun, JobStep, Limits, Network, Plan,

@@ -447,6 +447,9 @@ pub struct StagePlan {
     pub volumes: Vec<Volume>,
     pub sensitive: bool,
     pub limits: Limits,
+    /// Files kept between runs (container stages and jobs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::cache::CachePlan>,
 }
 
 impl StagePlan {

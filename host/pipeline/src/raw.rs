@@ -227,6 +227,25 @@ pub struct RawStage {
     /// User the container runs as (`uid` or `uid:gid`).
     #[serde(default)]
     pub user: Option<String>,
+    /// Files kept between runs: restored at start, saved on success.
+    #[serde(default)]
+    pub cache: Option<RawCache>,
+}
+
+/// A container stage's or job's cache.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a cache mapping with `key` and `paths`"
+)]
+pub struct RawCache {
+    /// The entry's key: text with `${hash(FILES)}`, `${run.id}`, `${git.*}`, `${env.X}`.
+    pub key: String,
+    /// Prefixes tried in order when no entry has exactly `key`; the newest match wins.
+    #[serde(default)]
+    pub restore_keys: Vec<String>,
+    /// Workspace folders or files kept (`$SENTINEL_CACHE_DIR`: the stage's own cache folder).
+    pub paths: Vec<String>,
 }
 
 /// One name or a list of names (`after: build` or `after: [build, test]`).

@@ -67,6 +67,7 @@ fn stage_doc(n: u32) -> StageDoc {
         inputs: ResolvedInputs::default(),
         warnings: vec![],
         steps: vec![],
+        cache: None,
     }
 }
 

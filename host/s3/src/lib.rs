@@ -6,6 +6,7 @@
 //! artifacts go up in parts; every upload carries a SHA-256 checksum the
 //! server verifies.
 
+mod cache;
 mod upload;
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use sentinel_api::{RunDoc, RunId, RunSummary, SCHEMA_VERSION, StageDoc, StageNam
 use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
 use sentinel_results::index::{self, IndexStore};
 
+pub use cache::S3Cache;
 pub use upload::PART_SIZE;
 
 /// Where results go in S3.

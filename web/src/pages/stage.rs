@@ -202,6 +202,34 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     .into_any()
 }
 
+/// What the stage's cache did: hit, partial or miss, what was restored
+/// from where, what was saved, and why not.
+fn cache_view(c: sentinel_api::CacheDoc) -> impl IntoView {
+    let result = c.result.as_str();
+    let size = |n: u64| match n {
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    };
+    let on = c
+        .restored_branch
+        .clone()
+        .map(|b| format!(" (branch {b})"))
+        .unwrap_or_default();
+    let restored = c.restored_key.clone().map(|k| {
+        let from = (k != c.key).then(|| view! { " from "<code>{k}</code> });
+        view! { " · restored "{size(c.restored_bytes)}{from}{on} }
+    });
+    let saved = c.saved_bytes.map(|n| format!(" · saved {}", size(n)));
+    let note = c
+        .note
+        .clone()
+        .map(|n| view! { <span class="note">{format!(" · {n}")}</span> });
+    view! {
+        <span class=format!("cache-{result}")>{result}</span>" "<code>{c.key.clone()}</code>{restored}{saved}{note}
+    }
+}
+
 #[component]
 fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl IntoView {
     let source = expect_context::<Source>();
@@ -246,6 +274,7 @@ fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl Into
                 <dt>"Took"</dt><dd>{status::duration(doc.duration_ms)}</dd>
                 {doc.inputs.image.clone().map(|i| view! { <dt>"Image"</dt><dd><code>{i}</code></dd> })}
                 {(doc.log_cut_bytes > 0).then(|| view! { <dt>"Log"</dt><dd>{format!("{} bytes cut from the middle", doc.log_cut_bytes)}</dd> })}
+                {doc.cache.clone().map(|c| view! { <dt>"Cache"</dt><dd class="cache">{cache_view(c)}</dd> })}
             </dl>
             {(!doc.steps.is_empty()).then(|| view! {
                 <h2>"Steps"</h2>

@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub github_webhook_secret_file: Option<PathBuf>,
     pub web: Option<PathBuf>,
     pub s3: Option<S3Section>,
+    pub cache: Option<CacheSection>,
     #[serde(default)]
     pub api: Option<ApiConfig>,
     #[serde(default)]
@@ -46,6 +47,47 @@ pub struct S3Section {
     pub region: Option<String>,
     #[serde(default)]
     pub path_style: bool,
+}
+
+/// The cache of stages with `cache:`: a private S3 prefix (never inside
+/// the results prefix, which may be a public website), else
+/// `<state>/caches`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// `s3://bucket/prefix`; absent: the state folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub path_style: bool,
+    /// Total size of a repository's entries, in MiB (least recently used go first).
+    pub budget_mib: u64,
+    /// Entries unused for this many days are removed.
+    pub ttl_days: u64,
+    /// A larger entry is not saved, in MiB.
+    pub max_entry_mib: u64,
+    /// The branch every branch's runs fall back on.
+    pub default_branch: String,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        let p = sentinel_engine::cache::CachePolicy::default();
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            path_style: false,
+            budget_mib: p.budget >> 20,
+            ttl_days: p.ttl.as_secs() / 86_400,
+            max_entry_mib: p.max_entry >> 20,
+            default_branch: "main".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -122,6 +164,7 @@ pub struct Settings {
     pub web: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub s3: Option<S3Section>,
+    pub cache: CacheSection,
     pub api: ApiConfig,
 }
 
@@ -207,6 +250,24 @@ impl Settings {
         if let Some(s3) = &s3 {
             sentinel_s3::S3Config::from_url(&s3.url).map_err(anyhow::Error::msg)?;
         }
+        let cache = file.cache.clone().unwrap_or_default();
+        if let Some(url) = &cache.url {
+            let c = sentinel_s3::S3Config::from_url(url)
+                .map_err(|e| anyhow::anyhow!("[cache] url: {e}"))?;
+            if let Some(r) = s3
+                .as_ref()
+                .and_then(|s| sentinel_s3::S3Config::from_url(&s.url).ok())
+                && r.bucket == c.bucket
+                && (r.prefix.is_empty()
+                    || c.prefix == r.prefix
+                    || c.prefix.starts_with(&format!("{}/", r.prefix)))
+            {
+                anyhow::bail!(
+                    "[cache] url `{url}` lies inside the results at `{}`; the results may be a public website, so the cache needs a prefix (or bucket) of its own",
+                    s3.as_ref().map(|s| s.url.as_str()).unwrap_or_default()
+                );
+            }
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -226,8 +287,36 @@ impl Settings {
             github_webhook_secret_file: file.github_webhook_secret_file,
             web: args.web.clone().or(file.web).or_else(default_web),
             s3,
+            cache,
             api,
         })
+    }
+
+    /// The cache stages with `cache:` use.
+    pub async fn cache_store(
+        &self,
+        state: &Path,
+    ) -> anyhow::Result<std::sync::Arc<sentinel_engine::cache::Cache>> {
+        use sentinel_engine::cache::{Cache, CacheDir, CachePolicy};
+        let c = &self.cache;
+        let policy = CachePolicy {
+            budget: c.budget_mib << 20,
+            ttl: std::time::Duration::from_secs(c.ttl_days * 86_400),
+            max_entry: c.max_entry_mib << 20,
+        };
+        let backend: std::sync::Arc<dyn sentinel_engine::ports::CacheBackend> = match &c.url {
+            None => std::sync::Arc::new(CacheDir::new(state.join("caches"))),
+            Some(url) => {
+                let mut cfg = sentinel_s3::S3Config::from_url(url).map_err(anyhow::Error::msg)?;
+                cfg.endpoint = c.endpoint.clone();
+                cfg.region = c.region.clone();
+                cfg.path_style = c.path_style;
+                std::sync::Arc::new(sentinel_s3::S3Cache::new(
+                    sentinel_s3::S3Sink::connect(cfg).await,
+                ))
+            }
+        };
+        Ok(std::sync::Arc::new(Cache::new(backend, policy)))
     }
 
     /// The S3 configuration, if results also go to a bucket.
@@ -334,5 +423,28 @@ mod tests {
         std::fs::write(&file, "lisen = 1\n").unwrap();
         let e = read_file(&file).unwrap_err().to_string();
         assert!(e.contains(":1:1") && e.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_stays_out_of_the_results() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("server.toml");
+        let resolve = |cache: &str| {
+            std::fs::write(
+                &file,
+                format!("[s3]\nurl = \"s3://ci/results\"\n[cache]\nurl = \"{cache}\"\nbudget_mib = 512\n"),
+            )
+            .unwrap();
+            let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
+            Settings::resolve(&t.a, None, None, tmp.path())
+        };
+        for inside in ["s3://ci/results", "s3://ci/results/cache"] {
+            let e = resolve(inside).unwrap_err().to_string();
+            assert!(e.contains("lies inside the results"), "{inside}: {e}");
+        }
+        let s = resolve("s3://ci/cache").unwrap();
+        assert_eq!(s.cache.budget_mib, 512);
+        assert_eq!(s.cache.max_entry_mib, 1000, "wercker's cap by default");
+        assert!(resolve("s3://other/results").is_ok());
     }
 }

@@ -128,6 +128,10 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         secrets_key: secrets_key.clone(),
         catalog: context::step_catalog(),
         kept: dirs.state.join("kept"),
+        cache: Some((
+            settings.cache_store(&dirs.state).await?,
+            settings.cache.default_branch.clone(),
+        )),
     };
     let worker = Worker::new(
         engine,

@@ -30,6 +30,8 @@ pub struct Resolver {
     pub catalog: sentinel_pipeline::DirCatalog,
     /// Where the files of runs' stages are kept (`<state>/kept`).
     pub kept: PathBuf,
+    /// The cache of stages with `cache:`, and the branch every branch falls back on.
+    pub cache: Option<(Arc<sentinel_engine::cache::Cache>, String)>,
 }
 
 /// Runs git with only what it needs from the environment.
@@ -188,6 +190,16 @@ impl Resolver {
         };
         Ok(RunRequest {
             from_run: None,
+            // Every run the server starts may write the cache; a fork's pull
+            // request (when the server builds them) must not.
+            cache: self.cache.as_ref().map(|(cache, default_branch)| {
+                sentinel_engine::cache::CacheAccess {
+                    cache: cache.clone(),
+                    project: spec.repo.clone(),
+                    default_branch: default_branch.clone(),
+                    write: true,
+                }
+            }),
             plan,
             source: dir.to_path_buf(),
             skip: Vec::new(),

@@ -100,6 +100,8 @@ pub struct Opts {
     pub secrets: BTreeMap<String, String>,
     pub signals: Signals,
     pub jobs: usize,
+    /// The cache stages with `cache:` use.
+    pub cache: Option<sentinel_engine::cache::CacheAccess>,
 }
 
 /// Runs the project's pipeline with the real Docker executor, sled and results folder.
@@ -120,6 +122,7 @@ pub async fn run(project: &Project, opts: Opts) -> RunDoc {
     let progress: ProgressFn = Arc::new(|_| {});
     let req = RunRequest {
         secrets: opts.secrets,
+        cache: opts.cache,
         ..RunRequest::local(plan, project.source.clone())
     };
     engine

@@ -240,6 +240,57 @@ impl Workspace for LocalWorkspace {
         Ok(())
     }
 
+    async fn hash_files(&self, patterns: &[String]) -> Result<String, ExecError> {
+        let (dir, patterns) = (self.dir.clone(), patterns.to_vec());
+        tokio::task::spawn_blocking(move || crate::cache::archive::hash_files(&dir, &patterns))
+            .await
+            .map_err(|e| ExecError::permanent("hash files", e))?
+            .map_err(|e| ExecError::said(crate::error::ErrorKind::Permanent, e))
+    }
+
+    async fn restore_cache(
+        &self,
+        stage: &StageName,
+        archive: &Path,
+        staging: &Path,
+        user: &str,
+    ) -> Result<(), ExecError> {
+        let (dir, cache) = (
+            self.dir.clone(),
+            self.stages.join(stage.as_str()).join("cache"),
+        );
+        let (archive, staging, user) = (
+            archive.to_path_buf(),
+            staging.to_path_buf(),
+            user.to_string(),
+        );
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            // Restored files belong to the stage's user.
+            let own = |p: &Path| hand_over(p, &user);
+            crate::cache::archive::unpack(&archive, &staging, &dir, &cache, &own).map(|_| ())
+        })
+        .await
+        .map_err(|e| ExecError::permanent("restore the cache", e))?
+        .map_err(|e| ExecError::io("restore the cache", e))
+    }
+
+    async fn pack_cache(
+        &self,
+        stage: &StageName,
+        paths: &[sentinel_pipeline::CachePath],
+        to: &Path,
+    ) -> Result<u64, ExecError> {
+        let (dir, cache) = (
+            self.dir.clone(),
+            self.stages.join(stage.as_str()).join("cache"),
+        );
+        let (paths, to) = (paths.to_vec(), to.to_path_buf());
+        tokio::task::spawn_blocking(move || crate::cache::archive::pack(&dir, &cache, &paths, &to))
+            .await
+            .map_err(|e| ExecError::permanent("save the cache", e))?
+            .map_err(|e| ExecError::io("save the cache", e))
+    }
+
     async fn remove(&self) {
         let (dir, stages) = (self.dir.clone(), self.stages.clone());
         let _ = tokio::task::spawn_blocking(move || {

@@ -308,6 +308,7 @@ fn read_stage(
         when: When::OnSuccess,
         sensitive,
         limits: LimitsDraft::default(),
+        cache: None,
         notes,
     })
 }

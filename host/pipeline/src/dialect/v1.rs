@@ -6,8 +6,8 @@
 
 use crate::de;
 use crate::draft::{
-    ActionDraft, At, Draft, EnvDraft, Issue, JobRunDraft, JobStepDraft, LimitsDraft, ServiceDraft,
-    StageDraft, VarDraft, VolumeDraft, WorkspaceDraft,
+    ActionDraft, At, CacheDraft, Draft, EnvDraft, Issue, JobRunDraft, JobStepDraft, LimitsDraft,
+    ServiceDraft, StageDraft, VarDraft, VolumeDraft, WorkspaceDraft,
 };
 use crate::plan::{Shell, When};
 use crate::raw::{RawDefaults, RawJobStep, RawPipeline, RawVolume, RawWhen};
@@ -121,6 +121,22 @@ impl Reader<'_> {
             log_limit: s("log_limit", &d.log_limit),
             pids: d.pids.map(|p| At::new(p, self.at(&at("pids")))),
             user: s("user", &d.user),
+        }
+    }
+
+    fn cache(&self, base: &[PathSeg], c: &crate::raw::RawCache) -> CacheDraft {
+        let at = |field: &str| [base, &[key(field)]].concat();
+        let list = |field: &str, l: &[String]| {
+            l.iter()
+                .enumerate()
+                .map(|(i, v)| self.value(&[&at(field)[..], &[PathSeg::Index(i)]].concat(), v))
+                .collect()
+        };
+        CacheDraft {
+            pos: self.at(base),
+            key: self.value(&at("key"), &c.key),
+            restore_keys: list("restore_keys", &c.restore_keys),
+            paths: list("paths", &c.paths),
         }
     }
 
@@ -418,6 +434,7 @@ impl Reader<'_> {
                 },
                 sensitive: s.sensitive,
                 limits,
+                cache: s.cache.as_ref().map(|c| self.cache(&at("cache"), c)),
                 notes: Vec::new(),
             });
         }

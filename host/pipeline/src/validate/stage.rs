@@ -5,13 +5,77 @@ use std::collections::{BTreeMap, BTreeSet};
 use sentinel_api::StageName;
 
 use super::{Ctx, check_env_name, check_refs, parse_bytes, parse_duration, parse_template};
+use crate::cache::{CachePlan, KeyPart};
 use crate::de::did_you_mean;
-use crate::draft::{ActionDraft, At, EnvDraft, JobRunDraft, JobStepDraft, LimitsDraft, StageDraft};
+use crate::draft::{
+    ActionDraft, At, CacheDraft, EnvDraft, JobRunDraft, JobStepDraft, LimitsDraft, StageDraft,
+};
 use crate::plan::{
     Action, ContainerAction, EnvValue, JobAction, JobRun, JobStep, Limits, Network, StagePlan,
     StepAction, Volume, When,
 };
 use crate::template::{Ref, Template};
+
+/// A stage's `cache:`, checked.
+fn cache(cx: &mut Ctx<'_>, c: &CacheDraft, is_step: bool) -> Option<CachePlan> {
+    if is_step {
+        cx.issue(
+            c.pos,
+            "`cache:` keeps a container's or a job's files between runs; a WebAssembly step has none",
+            None,
+        );
+        return None;
+    }
+    let before = cx.issues.len();
+    let key = |cx: &mut Ctx<'_>, k: &At<String>| match crate::cache::parse_key(&k.value) {
+        Ok(parsed) => {
+            let refs = Template(
+                parsed
+                    .0
+                    .iter()
+                    .filter_map(|p| match p {
+                        KeyPart::Ref(r) => Some(crate::template::Part::Ref(r.clone())),
+                        _ => None,
+                    })
+                    .collect(),
+            );
+            check_refs(cx, k.pos, &refs, None, &[]);
+            Some(parsed)
+        }
+        Err(e) => {
+            cx.issue(k.pos, e.message, e.hint);
+            None
+        }
+    };
+    let main = key(cx, &c.key);
+    let restore_keys: Vec<_> = c.restore_keys.iter().filter_map(|k| key(cx, k)).collect();
+    let mut paths = Vec::new();
+    for p in &c.paths {
+        match crate::cache::parse_path(&p.value) {
+            Ok(path) if !paths.contains(&path) => paths.push(path),
+            Ok(_) => {}
+            Err(why) => cx.issue(
+                p.pos,
+                format!("the cache path `{}` {why}", p.value),
+                Some(format!(
+                    "cache folders of the workspace, like `target`, or `{}` (the stage's own cache folder)",
+                    crate::cache::STAGE_CACHE
+                )),
+            ),
+        }
+    }
+    if c.paths.is_empty() {
+        cx.issue(c.pos, "`cache:` has no `paths`; name what it keeps", None);
+    }
+    if cx.issues.len() > before {
+        return None;
+    }
+    Some(CachePlan {
+        key: main?,
+        restore_keys,
+        paths,
+    })
+}
 
 /// A duration as written (`90s`, `20m`, `1h30m`); `None` (reported) when
 /// it is not one.
@@ -487,6 +551,8 @@ pub(super) fn stage_plan(
     }
 
     let limits = limits(cx, &s.limits, Some(defaults), false);
+    let is_step = matches!(s.action, Some(ActionDraft::Step { .. }));
+    let cache = s.cache.as_ref().and_then(|c| cache(cx, c, is_step));
 
     let action = action?;
     if cx.issues.len() > before {
@@ -502,6 +568,7 @@ pub(super) fn stage_plan(
         volumes,
         sensitive: s.sensitive,
         limits,
+        cache,
     };
     for t in plan.templates() {
         needs.extend(t.refs().filter_map(Ref::stage).cloned());

@@ -18,8 +18,8 @@ use crate::Diagnostics;
 use crate::de::did_you_mean;
 use crate::dialect::Dialect;
 use crate::draft::{
-    ActionDraft, At, Draft, EnvDraft, Issue, LimitsDraft, ServiceDraft, StageDraft, VarDraft,
-    WorkspaceDraft,
+    ActionDraft, At, CacheDraft, Draft, EnvDraft, Issue, LimitsDraft, ServiceDraft, StageDraft,
+    VarDraft, WorkspaceDraft,
 };
 use crate::plan::{Shell, When};
 use crate::yaml::{Node, Pos, Style, Value};
@@ -346,6 +346,10 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
         0,
         format!("wercker pipeline `{name}`: its steps run in turn in one container (a job)"),
     );
+    notes.insert(
+        1,
+        "$WERCKER_CACHE_DIR comes from the newest cache a successful run saved and is saved again when this one succeeds".into(),
+    );
     let stage = StageDraft {
         name: At::new(name.clone(), *key_pos),
         pos: body.pos,
@@ -363,6 +367,12 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
         when: When::OnSuccess,
         sensitive: false,
         limits,
+        cache: Some(CacheDraft {
+            pos: body.pos,
+            key: At::new("wercker-${run.id}".into(), body.pos),
+            restore_keys: vec![At::new("wercker-".into(), body.pos)],
+            paths: vec![At::new(crate::cache::STAGE_CACHE.into(), body.pos)],
+        }),
         notes,
     };
     Ok(Draft {
