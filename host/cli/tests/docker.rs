@@ -765,6 +765,53 @@ async fn idle_and_step_timeouts_are_named() -> Result<(), String> {
     Ok(())
 }
 
+async fn a_stage_is_made_ready_while_its_dependencies_run() -> Result<(), String> {
+    let p = Project::new(&pipeline(concat!(
+        "  slow-a:\n",
+        "    run: sleep 3; echo from-a\n",
+        "  warmed-b:\n",
+        "    after: slow-a\n",
+        "    env: {X: '${stages.slow-a.output}'}\n",
+        "    run: echo \"b sees $X\"; cat; echo stdin-empty; exit 3\n",
+    )));
+    let p = std::sync::Arc::new(p);
+    let started = Instant::now();
+    let handle = {
+        let p = p.clone();
+        tokio::spawn(async move { run(&p, Opts::default()).await })
+    };
+    // Its container is up while `slow-a` still sleeps.
+    let mut seen = false;
+    while !handle.is_finished() && started.elapsed() < Duration::from_secs(30) {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "--format", "{{.Label \"dev.sentinel.stage\"}}"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let up = String::from_utf8_lossy(&out.stdout).into_owned();
+        if up.lines().any(|l| l == "slow-a") && up.lines().any(|l| l == "warmed-b") {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = handle.await.map_err(|e| e.to_string())?;
+    ensure!(seen, "no container of `warmed-b` while `slow-a` ran");
+    let b = p.stage(&r, "warmed-b").await;
+    ensure!(
+        b.status == StageStatus::Failed && b.exit_code == Some(3),
+        "b: {:?} {:?} {:?}",
+        b.status,
+        b.exit_code,
+        b.reason
+    );
+    let log = p.log(&r, "warmed-b");
+    ensure!(
+        log.contains("b sees from-a\nstdin-empty"),
+        "the earlier output reached it, its input was empty: {log}"
+    );
+    Ok(())
+}
+
 /// A project's cache in its state folder, with `budget` bytes.
 fn cache_of(p: &Project, budget: u64) -> sentinel_engine::cache::CacheAccess {
     use sentinel_engine::cache::{Cache, CacheAccess, CacheDir, CachePolicy};
@@ -924,6 +971,7 @@ async fn docker_suite() {
         a_committed_job_image_holds_none_of_the_runs_values,
         idle_and_step_timeouts_are_named,
         the_cache_carries_files_between_runs,
+        a_stage_is_made_ready_while_its_dependencies_run,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

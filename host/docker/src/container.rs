@@ -66,7 +66,7 @@ const OOM_KILLS: &str = "oom-kills";
 /// container's memory cgroup (v2 `memory.events`, v1 `memory.oom_control`)
 /// to [`OOM_KILLS`]. That count is the kernel's word, read while the
 /// container lives: Docker's own flag can miss an OOM kill on a busy host.
-fn command(action: &ContainerAction, with_secrets: bool) -> (Vec<String>, Vec<String>) {
+pub(crate) fn command(action: &ContainerAction, with_secrets: bool) -> (Vec<String>, Vec<String>) {
     let flags = action.shell.flags().join(" ");
     let outer = format!(
         "{}{OOM_COUNT}\nsh {flags} \"$1\"; rc=$?; \
@@ -303,6 +303,9 @@ pub(crate) async fn run(
     let Work::Container(action) = job.work.clone() else {
         return StageReport::of(Outcome::StartFailed("not a container stage".into()));
     };
+    if let Some(w) = crate::warm::take(ex, &job).await {
+        return crate::warm::run(ex, job, w, stop).await;
+    }
     let workspace = job.workspace.clone();
     let Some(ws) = workspace.local() else {
         return StageReport::of(Outcome::StartFailed(
@@ -330,7 +333,7 @@ pub(crate) async fn run(
     };
     let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
     let marker = job.limits.idle_timeout.is_some();
-    let outcome = run_created(ex, &id, &private, job.log.clone(), marker, stop).await;
+    let outcome = run_created(ex, &id, &private, job.log.clone(), marker, stop, Begin::Start).await;
     remove_secrets(secrets);
     remove_later(ex, id, name).await;
     let (outputs, artifacts) = ws.take_private(&private, false);
@@ -423,24 +426,34 @@ pub(crate) fn remove_secrets(file: Option<std::path::PathBuf>) {
     }
 }
 
-async fn run_created(
+/// How a created container's script begins: the container is started, or
+/// (a warm one, started ahead and waiting) told to go on its standard input.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    Start,
+    Go,
+}
+
+pub(crate) async fn run_created(
     ex: &DockerExecutor,
     id: &str,
     private: &std::path::Path,
     log: tokio::sync::mpsc::Sender<Chunk>,
     started_marker: bool,
     stop: CancellationToken,
+    begin: Begin,
 ) -> Outcome {
     let started = started_marker.then(|| log.clone());
     let attach = AttachContainerOptions {
         stream: true,
         stdout: true,
         stderr: true,
+        stdin: begin == Begin::Go,
         logs: false,
         ..Default::default()
     };
-    let mut output = match ex.docker.attach_container(id, Some(attach)).await {
-        Ok(a) => a.output,
+    let (mut output, mut input) = match ex.docker.attach_container(id, Some(attach)).await {
+        Ok(a) => (a.output, a.input),
         Err(e) => return Outcome::StartFailed(format!("cannot attach to the container: {e}")),
     };
     let pump = tokio::spawn(async move {
@@ -470,10 +483,27 @@ async fn run_created(
         }
     });
     let oom = watch_for_oom(ex, id);
-    if let Err(e) = ex.docker.start_container(id, None).await {
+    let begun = match begin {
+        Begin::Start => ex
+            .docker
+            .start_container(id, None)
+            .await
+            .map_err(|e| format!("cannot start the container: {e}")),
+        Begin::Go => {
+            use tokio::io::AsyncWriteExt;
+            let sent = async {
+                input.write_all(b"go\n").await?;
+                input.flush().await
+            };
+            sent.await
+                .map_err(|e| format!("cannot tell the ready container to go: {e}"))
+        }
+    };
+    drop(input);
+    if let Err(e) = begun {
         pump.abort();
         oom.abort();
-        return Outcome::StartFailed(format!("cannot start the container: {e}"));
+        return Outcome::StartFailed(e);
     }
     // An empty chunk says the process started: an idle limit counts from here.
     if let Some(log) = started {

@@ -15,6 +15,7 @@ mod container;
 mod job;
 mod job_run;
 mod services;
+mod warm;
 
 pub use job::JobContainer;
 
@@ -56,6 +57,8 @@ pub struct DockerExecutor {
     networks: std::sync::Arc<Mutex<HashMap<RunId, String>>>,
     /// Container removals still under way.
     removals: std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Containers made ready ahead of their stages.
+    warm: warm::WarmMap,
 }
 
 /// Lower-case names for Docker objects of a run.
@@ -105,6 +108,7 @@ impl DockerExecutor {
             docker,
             networks: Default::default(),
             removals: Default::default(),
+            warm: Default::default(),
         })
     }
 
@@ -191,7 +195,12 @@ impl Executor for DockerExecutor {
         }
     }
 
+    async fn prewarm(&self, w: sentinel_engine::exec::WarmStage) {
+        warm::prewarm(self, w).await
+    }
+
     async fn end_run(&self, run_id: &RunId) {
+        warm::end_run(self, run_id).await;
         let pending: Vec<_> = self.removals.lock().await.drain(..).collect();
         for removal in pending {
             let _ = removal.await;

@@ -353,6 +353,20 @@ pub trait Workspace: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A stage that will probably run soon (its dependencies are under way),
+/// for an executor to get ready ahead of it.
+#[derive(Debug, Clone)]
+pub struct WarmStage {
+    pub run_id: RunId,
+    pub stage: StageName,
+    pub owner: Owner,
+    pub work: Work,
+    pub limits: Limits,
+    /// `uid:gid` the process will run as.
+    pub user: String,
+    pub workspace: Arc<dyn Workspace>,
+}
+
 /// Runs stages. See the module documentation for the lifecycle.
 #[async_trait]
 pub trait Executor: Send + Sync + std::fmt::Debug {
@@ -368,6 +382,15 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     }
     /// Sets up per-run resources (network, services).
     async fn start_run(&self, ctx: &RunContext) -> Result<(), ExecError>;
+    /// Gets ready for a stage that will probably run soon — pull its image,
+    /// create and start its container waiting for its inputs — so that
+    /// [`Executor::run_stage`] only hands it its environment. Returns at
+    /// once (the work goes on in the background) and never fails: a stage
+    /// not made ready runs the usual way; one that never runs is removed
+    /// with the run. The default does nothing.
+    async fn prewarm(&self, warm: WarmStage) {
+        let _ = warm;
+    }
     /// Runs one stage to its end, or until `stop` fires.
     async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport;
     /// Removes every resource of the run. Idempotent.
@@ -416,6 +439,10 @@ impl Executor for Dispatch {
             j.steps_executor = Some(self.steps.clone());
         }
         self.for_work(&job.work).clone().run_stage(job, stop).await
+    }
+
+    async fn prewarm(&self, warm: WarmStage) {
+        self.for_work(&warm.work).prewarm(warm.clone()).await
     }
 
     async fn end_run(&self, run_id: &RunId) {

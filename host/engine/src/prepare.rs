@@ -237,6 +237,55 @@ pub fn cache_of(
     })
 }
 
+/// The stages to get ready now (at most `cap` made ready and not started
+/// at a time): pending container stages that run on success, whose
+/// dependencies are all running, done or themselves made ready, and whose
+/// inputs do not depend on what those produce (no volume at a path of its
+/// own). Stages without dependencies start at once and need none.
+pub fn to_warm<'p>(
+    plan: &'p Plan,
+    rec: &Recorder,
+    req: &RunRequest,
+    warmed: &BTreeSet<StageName>,
+    cap: usize,
+) -> Vec<&'p StagePlan> {
+    use sentinel_api::StageStatus as S;
+    let pending = |n: &StageName| rec.state(n).status == S::Pending;
+    let mut waiting = warmed.iter().filter(|n| pending(n)).count();
+    let mut now: BTreeSet<&StageName> = BTreeSet::new();
+    let mut out = Vec::new();
+    loop {
+        let before = out.len();
+        for s in &plan.stages {
+            if waiting >= cap {
+                return out;
+            }
+            let ready_soon = |n: &StageName| {
+                matches!(rec.state(n).status, S::Running | S::Succeeded)
+                    || (pending(n) && (warmed.contains(n) || now.contains(n)))
+            };
+            if pending(&s.name)
+                && !warmed.contains(&s.name)
+                && !now.contains(&s.name)
+                && !s.needs.is_empty()
+                && !s.finalizer
+                && s.when == sentinel_pipeline::When::OnSuccess
+                && matches!(s.action, sentinel_pipeline::Action::Container(_))
+                && s.volumes.iter().all(|v| v.path.is_none())
+                && !req.reuse.contains_key(&s.name)
+                && s.needs.iter().all(ready_soon)
+            {
+                now.insert(&s.name);
+                out.push(s);
+                waiting += 1;
+            }
+        }
+        if out.len() == before {
+            return out;
+        }
+    }
+}
+
 /// A stage's inputs: the `out/` files of the stages finished so far, and
 /// its volumes with the files their stages left (when kept).
 pub fn inputs_of(rec: &Recorder, stage: &StagePlan) -> Inputs {

@@ -20,7 +20,7 @@ use crate::lease::{Lease, Owner};
 use crate::log::LiveLog;
 use crate::ports::{ResultsSink, Store};
 use crate::prepare::{
-    cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, prune_kept, restored, service_env,
+    cache_of, capture_of, env_of, to_warm, inputs_of, kept_dir, preflight, prune_kept, restored, service_env,
 };
 use crate::record::Recorder;
 use crate::stage::{StageResult, StageRun, run_stage};
@@ -362,6 +362,7 @@ impl Engine {
         let mut tokens: BTreeMap<StageName, (CancellationToken, bool)> = BTreeMap::new();
         let mut cancelled = false;
         let mut aborted = false;
+        let mut warmed = std::collections::BTreeSet::new();
         loop {
             // Decide every pending stage whose dependencies are final.
             let mut changed = false;
@@ -481,6 +482,26 @@ impl Engine {
                         .await;
                         changed = true;
                     }
+                }
+            }
+            // Get the next container stages ready while their dependencies run.
+            if !cancelled {
+                for s in to_warm(&plan, rec, req, &warmed, self.config.jobs.max(1) * 2) {
+                    warmed.insert(s.name.clone());
+                    let sentinel_pipeline::Action::Container(c) = &s.action else {
+                        continue;
+                    };
+                    self.exec
+                        .prewarm(crate::exec::WarmStage {
+                            run_id: rec.run_id.clone(),
+                            stage: s.name.clone(),
+                            owner: owner.clone(),
+                            work: crate::exec::Work::Container(c.clone()),
+                            limits: s.limits.clone(),
+                            user: s.limits.user.clone().unwrap_or_else(|| user.clone()),
+                            workspace: ws.clone(),
+                        })
+                        .await;
                 }
             }
             if changed {
