@@ -812,6 +812,106 @@ async fn a_stage_is_made_ready_while_its_dependencies_run() -> Result<(), String
     Ok(())
 }
 
+async fn reused_stages_share_one_warm_container() -> Result<(), String> {
+    let p = std::sync::Arc::new(Project::new(&pipeline(concat!(
+        "  r-seed:\n",
+        "    reuse: true\n",
+        "    run: echo seeded > /tmp/shared-note; echo \"out=$SENTINEL_STAGE\" >> \"$SENTINEL_OUTPUT\"; echo err-line >&2\n",
+        "  r-one:\n",
+        "    after: r-seed\n",
+        "    reuse: true\n",
+        "    env: {X: '${stages.r-seed.outputs.out}'}\n",
+        "    run: cat /tmp/shared-note; echo \"one got $X\"; cat; echo empty-input\n",
+        "  r-two:\n",
+        "    after: r-seed\n",
+        "    reuse: true\n",
+        "    run: echo art > \"$SENTINEL_ARTIFACTS/a.txt\"; exit 5\n",
+        "  r-slow:\n",
+        "    after: r-seed\n",
+        "    reuse: true\n",
+        "    timeout: 2s\n",
+        "    run: sleep 30 & sleep 30; echo never\n",
+        "  r-join:\n",
+        "    after: [r-one]\n",
+        "    reuse: true\n",
+        "    run: echo joined\n",
+    ))));
+    let handle = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            run(
+                &p,
+                Opts {
+                    jobs: 4,
+                    ..Opts::default()
+                },
+            )
+            .await
+        })
+    };
+    // No stage has a container of its own; one shared container runs them.
+    let (mut own, mut shared) = (Vec::new(), false);
+    while !handle.is_finished() {
+        let out = std::process::Command::new("docker")
+            .args(["ps", "-a", "--format", "{{.Label \"dev.sentinel.stage\"}}"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        for l in String::from_utf8_lossy(&out.stdout).lines() {
+            shared |= l.starts_with("shared-");
+            if l.starts_with("r-") && !own.contains(&l.to_string()) {
+                own.push(l.to_string());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = handle.await.map_err(|e| e.to_string())?;
+    ensure!(
+        shared && own.is_empty(),
+        "shared: {shared}, containers of their own: {own:?}"
+    );
+    let st = |n: &'static str| {
+        let p = p.clone();
+        let r = r.clone();
+        async move { p.stage(&r, n).await }
+    };
+    let seed = st("r-seed").await;
+    ensure!(
+        seed.status == StageStatus::Succeeded
+            && seed.outputs.get("out").map(String::as_str) == Some("r-seed"),
+        "seed: {:?} {:?} {:?}",
+        seed.status,
+        seed.outputs,
+        seed.reason
+    );
+    ensure!(p.log(&r, "r-seed").contains("err-line"), "stderr is logged");
+    let one = p.log(&r, "r-one");
+    ensure!(
+        one.contains("seeded") && one.contains("one got r-seed") && one.contains("empty-input"),
+        "a file outside the workspace is shared, outputs arrive, input is empty: {one}"
+    );
+    let two = st("r-two").await;
+    ensure!(
+        two.status == StageStatus::Failed && two.exit_code == Some(5) && two.artifacts.is_some(),
+        "two: {:?} {:?} {:?}",
+        two.status,
+        two.exit_code,
+        two.artifacts
+    );
+    let slow = st("r-slow").await;
+    ensure!(
+        slow.status == StageStatus::TimedOut && !p.log(&r, "r-slow").contains("never"),
+        "slow: {:?} {:?}",
+        slow.status,
+        slow.reason
+    );
+    ensure!(
+        st("r-join").await.status == StageStatus::Succeeded
+            && p.log(&r, "r-join").contains("joined"),
+        "join"
+    );
+    Ok(())
+}
+
 /// A project's cache in its state folder, with `budget` bytes.
 fn cache_of(p: &Project, budget: u64) -> sentinel_engine::cache::CacheAccess {
     use sentinel_engine::cache::{Cache, CacheAccess, CacheDir, CachePolicy};
@@ -972,6 +1072,7 @@ async fn docker_suite() {
         idle_and_step_timeouts_are_named,
         the_cache_carries_files_between_runs,
         a_stage_is_made_ready_while_its_dependencies_run,
+        reused_stages_share_one_warm_container,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

@@ -303,6 +303,9 @@ pub(crate) async fn run(
     let Work::Container(action) = job.work.clone() else {
         return StageReport::of(Outcome::StartFailed("not a container stage".into()));
     };
+    if crate::shared::applies(&job) {
+        return crate::shared::run(ex, job, stop).await;
+    }
     if let Some(w) = crate::warm::take(ex, &job).await {
         return crate::warm::run(ex, job, w, stop).await;
     }
@@ -333,7 +336,16 @@ pub(crate) async fn run(
     };
     let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
     let marker = job.limits.idle_timeout.is_some();
-    let outcome = run_created(ex, &id, &private, job.log.clone(), marker, stop, Begin::Start).await;
+    let outcome = run_created(
+        ex,
+        &id,
+        &private,
+        job.log.clone(),
+        marker,
+        stop,
+        Begin::Start,
+    )
+    .await;
     remove_secrets(secrets);
     remove_later(ex, id, name).await;
     let (outputs, artifacts) = ws.take_private(&private, false);

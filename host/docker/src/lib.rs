@@ -15,6 +15,7 @@ mod container;
 mod job;
 mod job_run;
 mod services;
+mod shared;
 mod warm;
 
 pub use job::JobContainer;
@@ -59,6 +60,8 @@ pub struct DockerExecutor {
     removals: std::sync::Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Containers made ready ahead of their stages.
     warm: warm::WarmMap,
+    /// Containers shared by `reuse: true` stages.
+    shared: shared::SharedMap,
 }
 
 /// Lower-case names for Docker objects of a run.
@@ -109,6 +112,7 @@ impl DockerExecutor {
             networks: Default::default(),
             removals: Default::default(),
             warm: Default::default(),
+            shared: Default::default(),
         })
     }
 
@@ -201,6 +205,7 @@ impl Executor for DockerExecutor {
 
     async fn end_run(&self, run_id: &RunId) {
         warm::end_run(self, run_id).await;
+        shared::end_run(self, run_id).await;
         let pending: Vec<_> = self.removals.lock().await.drain(..).collect();
         for removal in pending {
             let _ = removal.await;

@@ -11,14 +11,14 @@
 use std::path::PathBuf;
 
 use sentinel_api::{RunId, StageName};
-use sentinel_engine::exec::{
-    Inputs, Outcome, StageJob, StageReport, WarmStage, Work, env_file,
-};
+use sentinel_engine::exec::{Inputs, Outcome, StageJob, StageReport, WarmStage, Work, env_file};
 use sentinel_pipeline::{ContainerAction, Limits};
 use tokio_util::sync::CancellationToken;
 
 use crate::DockerExecutor;
-use crate::container::{Begin, SECRETS_MOUNT, Spec, capture, command, create, remove_later, run_created};
+use crate::container::{
+    Begin, SECRETS_MOUNT, Spec, capture, command, create, remove_later, run_created,
+};
 
 /// A container started ahead and waiting for its stage.
 #[derive(Debug)]
@@ -35,12 +35,26 @@ pub(crate) struct Warm {
 }
 
 /// Where the warm containers of the runs are, by run and stage.
-pub(crate) type WarmMap =
-    std::sync::Arc<tokio::sync::Mutex<std::collections::HashMap<(RunId, StageName), tokio::task::JoinHandle<Option<Warm>>>>>;
+pub(crate) type WarmMap = std::sync::Arc<
+    tokio::sync::Mutex<
+        std::collections::HashMap<(RunId, StageName), tokio::task::JoinHandle<Option<Warm>>>,
+    >,
+>;
 
 /// Starts making a stage's container ready, in the background.
 pub(crate) async fn prewarm(ex: &DockerExecutor, w: WarmStage) {
     if !matches!(w.work, Work::Container(_)) || w.workspace.local().is_none() {
+        return;
+    }
+    if w.limits.reuse {
+        // The run's shared container, made now if it is not there yet.
+        let job = pseudo_job(&w);
+        let ex = ex.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::shared::get(&ex, &job).await {
+                tracing::debug!("shared container not made ahead: {e}");
+            }
+        });
         return;
     }
     let key = (w.run_id.clone(), w.stage.clone());
@@ -56,7 +70,10 @@ pub(crate) async fn prewarm(ex: &DockerExecutor, w: WarmStage) {
 /// standard input (which the script then does not see).
 fn warm_command(action: &ContainerAction) -> (Vec<String>, Vec<String>) {
     let (mut entrypoint, cmd) = command(action, true);
-    entrypoint[2] = format!("IFS= read -r _ || exit 1; exec </dev/null; {}", entrypoint[2]);
+    entrypoint[2] = format!(
+        "IFS= read -r _ || exit 1; exec </dev/null; {}",
+        entrypoint[2]
+    );
     (entrypoint, cmd)
 }
 
@@ -66,21 +83,7 @@ async fn make(ex: &DockerExecutor, w: WarmStage) -> Option<Warm> {
     };
     let ws = w.workspace.local()?;
     let env_file = empty_env_file(&ws.root, w.stage.as_str()).ok()?;
-    let (log, _) = tokio::sync::mpsc::channel(1);
-    // No variable at all: they come through the file at the stage's turn.
-    let job = StageJob {
-        run_id: w.run_id.clone(),
-        stage: w.stage.clone(),
-        owner: w.owner.clone(),
-        work: w.work.clone(),
-        env: Vec::new(),
-        limits: w.limits.clone(),
-        user: w.user.clone(),
-        workspace: w.workspace.clone(),
-        inputs: Inputs::default(),
-        capture: None,
-        log,
-    };
+    let job = pseudo_job(&w);
     let (entrypoint, cmd) = warm_command(action);
     let spec = Spec {
         image: action.image.clone(),
@@ -115,6 +118,25 @@ async fn make(ex: &DockerExecutor, w: WarmStage) -> Option<Warm> {
     })
 }
 
+/// The stage as a job with no variable at all (they come through the file
+/// at the stage's turn) and no inputs.
+fn pseudo_job(w: &WarmStage) -> StageJob {
+    let (log, _) = tokio::sync::mpsc::channel(1);
+    StageJob {
+        run_id: w.run_id.clone(),
+        stage: w.stage.clone(),
+        owner: w.owner.clone(),
+        work: w.work.clone(),
+        env: Vec::new(),
+        limits: w.limits.clone(),
+        user: w.user.clone(),
+        workspace: w.workspace.clone(),
+        inputs: Inputs::default(),
+        capture: None,
+        log,
+    }
+}
+
 /// An empty variables file a container can read, written in place later
 /// (a bind-mounted file keeps its inode).
 fn empty_env_file(root: &std::path::Path, stage: &str) -> std::io::Result<PathBuf> {
@@ -135,7 +157,11 @@ fn empty_env_file(root: &std::path::Path, stage: &str) -> std::io::Result<PathBu
 /// The stage's warm container, when one was made and fits the stage; a
 /// misfit is removed before the stage makes its own (same name).
 pub(crate) async fn take(ex: &DockerExecutor, job: &StageJob) -> Option<Warm> {
-    let handle = ex.warm.lock().await.remove(&(job.run_id.clone(), job.stage.clone()))?;
+    let handle = ex
+        .warm
+        .lock()
+        .await
+        .remove(&(job.run_id.clone(), job.stage.clone()))?;
     let warm = handle.await.ok()??;
     let fits = matches!(&job.work, Work::Container(a) if *a == warm.action)
         && job.limits == warm.limits
@@ -174,15 +200,25 @@ pub(crate) async fn end_run(ex: &DockerExecutor, run: &RunId) {
 
 /// Runs a stage in its warm container: its `out/` files and variables
 /// written, then the go.
-pub(crate) async fn run(ex: &DockerExecutor, job: StageJob, warm: Warm, stop: CancellationToken) -> StageReport {
+pub(crate) async fn run(
+    ex: &DockerExecutor,
+    job: StageJob,
+    warm: Warm,
+    stop: CancellationToken,
+) -> StageReport {
     let Some(ws) = job.workspace.local() else {
         discard(ex, warm).await;
-        return StageReport::of(Outcome::StartFailed("the workspace is not on this machine".into()));
+        return StageReport::of(Outcome::StartFailed(
+            "the workspace is not on this machine".into(),
+        ));
     };
     let ready = ws
         .write_outputs(&job.inputs.outputs)
         .map_err(|e| format!("cannot write out/: {e}"))
-        .and_then(|()| fill(&warm.env_file, &job).map_err(|e| format!("cannot write the stage's variables: {e}")));
+        .and_then(|()| {
+            fill(&warm.env_file, &job)
+                .map_err(|e| format!("cannot write the stage's variables: {e}"))
+        });
     if let Err(e) = ready {
         let image_id = warm.image_id.clone();
         discard(ex, warm).await;
@@ -194,7 +230,16 @@ pub(crate) async fn run(ex: &DockerExecutor, job: StageJob, warm: Warm, stop: Ca
     }
     let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
     let marker = job.limits.idle_timeout.is_some();
-    let outcome = run_created(ex, &warm.id, &warm.private, job.log.clone(), marker, stop, Begin::Go).await;
+    let outcome = run_created(
+        ex,
+        &warm.id,
+        &warm.private,
+        job.log.clone(),
+        marker,
+        stop,
+        Begin::Go,
+    )
+    .await;
     let _ = std::fs::remove_file(&warm.env_file);
     remove_later(ex, warm.id.clone(), warm.name.clone()).await;
     let (outputs, artifacts) = ws.take_private(&warm.private, false);
@@ -213,7 +258,10 @@ pub(crate) async fn run(ex: &DockerExecutor, job: StageJob, warm: Warm, stop: Ca
 /// Writes every variable of the stage into its file, in place.
 fn fill(path: &std::path::Path, job: &StageJob) -> std::io::Result<()> {
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)?;
     f.write_all(env_file(&job.env).as_bytes())?;
     f.sync_data()
 }

@@ -20,7 +20,8 @@ use crate::lease::{Lease, Owner};
 use crate::log::LiveLog;
 use crate::ports::{ResultsSink, Store};
 use crate::prepare::{
-    cache_of, capture_of, env_of, to_warm, inputs_of, kept_dir, preflight, prune_kept, restored, service_env,
+    cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, prune_kept, restored,
+    service_env, to_warm,
 };
 use crate::record::Recorder;
 use crate::stage::{StageResult, StageRun, run_stage};

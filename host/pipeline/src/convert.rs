@@ -98,6 +98,7 @@ fn limits(out: &mut String, indent: usize, l: &LimitsDraft) {
     line("log_limit", l.log_limit.as_ref().map(|v| scalar(&v.value)));
     line("pids", l.pids.as_ref().map(|v| v.value.to_string()));
     line("user", l.user.as_ref().map(|v| scalar(&v.value)));
+    line("reuse", l.reuse.as_ref().map(|v| v.value.to_string()));
 }
 
 fn limits_set(l: &LimitsDraft) -> bool {

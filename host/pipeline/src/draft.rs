@@ -80,6 +80,7 @@ pub struct LimitsDraft {
     pub log_limit: Option<At<String>>,
     pub pids: Option<At<u32>>,
     pub user: Option<At<String>>,
+    pub reuse: Option<At<bool>>,
 }
 
 /// A sidecar container.

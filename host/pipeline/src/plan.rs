@@ -144,6 +144,9 @@ pub struct Limits {
     /// `uid[:gid]`, when set in the file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// A container stage runs in the run's shared warm container.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub reuse: bool,
 }
 
 impl Limits {
@@ -175,6 +178,9 @@ impl Limits {
         m.insert("pids".into(), self.pids.to_string());
         if let Some(u) = &self.user {
             m.insert("user".into(), u.clone());
+        }
+        if self.reuse {
+            m.insert("reuse".into(), "true".into());
         }
         m
     }

@@ -120,6 +120,11 @@ pub struct RawDefaults {
     /// running `sentinel`, or `1000:1000` when that is root.
     #[serde(default)]
     pub user: Option<String>,
+    /// Run container stages with the same image, user, limits and network
+    /// in one warm container of the run (sharing its file system outside
+    /// the workspace). Default `false`.
+    #[serde(default)]
+    pub reuse: Option<bool>,
 }
 
 /// A sidecar container.
@@ -227,6 +232,11 @@ pub struct RawStage {
     /// User the container runs as (`uid` or `uid:gid`).
     #[serde(default)]
     pub user: Option<String>,
+    /// Run in the run's warm container shared with other container stages
+    /// of the same image, user, limits and network (`defaults: {reuse: true}`
+    /// for every one).
+    #[serde(default)]
+    pub reuse: Option<bool>,
     /// Files kept between runs: restored at start, saved on success.
     #[serde(default)]
     pub cache: Option<RawCache>,

@@ -59,6 +59,7 @@ pub async fn stage_job(
             log_limit: Limits::DEFAULT_LOG_LIMIT,
             pids: 64,
             user: None,
+            reuse: false,
         },
         user: "1000:1000".into(),
         workspace: Arc::new(ws),

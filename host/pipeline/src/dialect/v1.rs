@@ -121,6 +121,7 @@ impl Reader<'_> {
             log_limit: s("log_limit", &d.log_limit),
             pids: d.pids.map(|p| At::new(p, self.at(&at("pids")))),
             user: s("user", &d.user),
+            reuse: d.reuse.map(|r| At::new(r, self.at(&at("reuse")))),
         }
     }
 
@@ -417,6 +418,7 @@ impl Reader<'_> {
                     log_limit: s.log_limit.clone(),
                     pids: s.pids,
                     user: s.user.clone(),
+                    reuse: s.reuse,
                 },
             );
             stages.push(StageDraft {

@@ -195,7 +195,12 @@ pub(super) fn limits(
         }
         None => base.and_then(|b| b.user.clone()),
     };
+    let reuse = match &d.reuse {
+        Some(r) => r.value,
+        None => base.is_some_and(|b| b.reuse),
+    };
     Limits {
+        reuse,
         timeout,
         idle_timeout,
         memory,
@@ -552,6 +557,16 @@ pub(super) fn stage_plan(
 
     let limits = limits(cx, &s.limits, Some(defaults), false);
     let is_step = matches!(s.action, Some(ActionDraft::Step { .. }));
+    if let Some(r) = &s.limits.reuse
+        && r.value
+        && !matches!(s.action, Some(ActionDraft::Container { .. }) | None)
+    {
+        cx.issue(
+            r.pos,
+            "`reuse:` shares a warm container among container stages (`run:`); a job already runs its steps in one container and a step has none",
+            None,
+        );
+    }
     let cache = s.cache.as_ref().and_then(|c| cache(cx, c, is_step));
 
     let action = action?;

@@ -123,6 +123,7 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
             log_limit: spec.log_limit,
             pids: 1,
             user: None,
+            reuse: false,
         },
         user: String::new(),
         workspace: Arc::new(ws),
