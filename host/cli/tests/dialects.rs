@@ -287,6 +287,7 @@ async fn the_seed_wercker_file_runs_unchanged() {
         "greeting from greet", // wercker's helper functions in a step folder
         "greet: hello from the box!", // a setting expanded in the container, a default
         "pong",                // the service, by name
+        "linked pong",         // and through wercker's link variables
         "build passed",        // WERCKER_RESULT in an after-step
     ] {
         assert!(log.contains(needle), "`{needle}` in the log:\n{log}");

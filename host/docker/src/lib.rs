@@ -62,6 +62,8 @@ pub struct DockerExecutor {
     warm: warm::WarmMap,
     /// Containers shared by `reuse: true` stages.
     shared: shared::SharedMap,
+    /// Docker-link variables of each run's services (`links: true`).
+    links: std::sync::Arc<Mutex<HashMap<RunId, Vec<sentinel_engine::exec::Var>>>>,
 }
 
 /// Lower-case names for Docker objects of a run.
@@ -113,6 +115,7 @@ impl DockerExecutor {
             removals: Default::default(),
             warm: Default::default(),
             shared: Default::default(),
+            links: Default::default(),
         })
     }
 
@@ -192,7 +195,18 @@ impl Executor for DockerExecutor {
         services::start(self, ctx).await
     }
 
-    async fn run_stage(&self, job: StageJob, stop: CancellationToken) -> StageReport {
+    async fn run_stage(&self, mut job: StageJob, stop: CancellationToken) -> StageReport {
+        // A stage on the run's network sees its linked services' variables
+        // (its own variables win).
+        if job.limits.network == sentinel_pipeline::Network::Run
+            && let Some(links) = self.links.lock().await.get(&job.run_id)
+        {
+            for v in links {
+                if !job.env.iter().any(|e| e.name == v.name) {
+                    job.env.push(v.clone());
+                }
+            }
+        }
         match &job.work {
             sentinel_engine::exec::Work::Job(_) => job_run::run(self, job, stop).await,
             _ => container::run(self, job, stop).await,
@@ -206,6 +220,7 @@ impl Executor for DockerExecutor {
     async fn end_run(&self, run_id: &RunId) {
         warm::end_run(self, run_id).await;
         shared::end_run(self, run_id).await;
+        self.links.lock().await.remove(run_id);
         let pending: Vec<_> = self.removals.lock().await.drain(..).collect();
         for removal in pending {
             let _ = removal.await;

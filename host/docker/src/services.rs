@@ -58,11 +58,18 @@ pub(crate) async fn start(ex: &DockerExecutor, ctx: &RunContext) -> Result<(), E
         .await
         .map_err(|e| ExecError::said(ErrorKind::Transient, e.to_string()))?;
     let mut started = Vec::new();
+    let mut links = Vec::new();
     for (svc, env) in &ctx.services {
         let id = start_one(ex, ctx, &network, svc, env).await.map_err(|e| {
             ExecError::said(ErrorKind::Permanent, format!("service `{}`: {e}", svc.name))
         })?;
+        if svc.links {
+            links.extend(link_vars(ex, &id, &network, &svc.name).await);
+        }
         started.push((svc, id));
+    }
+    if !links.is_empty() {
+        ex.links.lock().await.insert(ctx.run_id.clone(), links);
     }
     for (svc, id) in started {
         if let Some(cmd) = &svc.ready {
@@ -74,6 +81,63 @@ pub(crate) async fn start(ex: &DockerExecutor, ctx: &RunContext) -> Result<(), E
         }
     }
     Ok(())
+}
+
+/// The variables Docker's links gave a container linked to a service, from
+/// its address on the run's network and the ports its image exposes:
+/// `<NAME>_PORT=tcp://ADDR:P` (the lowest port), and for each port
+/// `<NAME>_PORT_<P>_TCP=tcp://ADDR:P`, `…_ADDR`, `…_PORT`, `…_PROTO`.
+async fn link_vars(ex: &DockerExecutor, id: &str, network: &str, name: &str) -> Vec<Var> {
+    let Ok(info) = ex.docker.inspect_container(id, None).await else {
+        return Vec::new();
+    };
+    let ip = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.get(network).and_then(|e| e.ip_address.clone()))
+        .unwrap_or_default();
+    let mut ports: Vec<(u16, String)> = info
+        .config
+        .and_then(|c| c.exposed_ports)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+            Some((port.parse().ok()?, proto.to_string()))
+        })
+        .collect();
+    ports.sort();
+    link_env(name, &ip, &ports)
+}
+
+/// The link variables of service `name` at `ip` with `ports`.
+pub(crate) fn link_env(name: &str, ip: &str, ports: &[(u16, String)]) -> Vec<Var> {
+    if ip.is_empty() {
+        return Vec::new();
+    }
+    let prefix: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut vars = Vec::new();
+    for (i, (port, proto)) in ports.iter().enumerate() {
+        let url = format!("{proto}://{ip}:{port}");
+        if i == 0 {
+            vars.push(Var::plain(format!("{prefix}_PORT"), url.clone()));
+        }
+        let base = format!("{prefix}_PORT_{port}_{}", proto.to_ascii_uppercase());
+        vars.push(Var::plain(format!("{base}_ADDR"), ip));
+        vars.push(Var::plain(format!("{base}_PORT"), port.to_string()));
+        vars.push(Var::plain(format!("{base}_PROTO"), proto.clone()));
+        vars.push(Var::plain(base, url));
+    }
+    vars
 }
 
 /// The image's own entrypoint and command, run after the secrets file is read.
@@ -253,5 +317,32 @@ async fn wait_ready(
             )));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn link_variables_are_the_ones_docker_gave() {
+        let vars = super::link_env(
+            "redis-db",
+            "172.18.0.2",
+            &[(6379, "tcp".into()), (16379, "tcp".into())],
+        );
+        let got: Vec<String> = vars
+            .iter()
+            .map(|v| format!("{}={}", v.name, v.value))
+            .collect();
+        for want in [
+            "REDIS_DB_PORT=tcp://172.18.0.2:6379",
+            "REDIS_DB_PORT_6379_TCP=tcp://172.18.0.2:6379",
+            "REDIS_DB_PORT_6379_TCP_ADDR=172.18.0.2",
+            "REDIS_DB_PORT_6379_TCP_PORT=6379",
+            "REDIS_DB_PORT_6379_TCP_PROTO=tcp",
+            "REDIS_DB_PORT_16379_TCP_ADDR=172.18.0.2",
+        ] {
+            assert!(got.contains(&want.to_string()), "{want} in {got:?}");
+        }
+        assert!(super::link_env("x", "", &[(1, "tcp".into())]).is_empty());
     }
 }

@@ -167,6 +167,9 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
             if let Some(r) = &s.ready {
                 value(&mut out, 4, "ready", r);
             }
+            if s.links {
+                out.push_str("    links: true\n");
+            }
             if let Some(t) = &s.ready_timeout {
                 let _ = writeln!(out, "    ready_timeout: {}", scalar(&t.value));
             }

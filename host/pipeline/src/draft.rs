@@ -95,6 +95,8 @@ pub struct ServiceDraft {
     pub env: Vec<(At<String>, At<String>)>,
     pub ready: Option<String>,
     pub ready_timeout: Option<At<String>>,
+    /// Stages get Docker-link variables for it.
+    pub links: bool,
 }
 
 /// What a stage does, as its dialect wrote it. Readers report the syntax

@@ -496,4 +496,7 @@ pub struct ServicePlan {
     pub ready: Option<String>,
     #[serde(rename = "ready_timeout_ms", serialize_with = "ser_ms")]
     pub ready_timeout: Duration,
+    /// Stages on the run's network get Docker-link variables for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub links: bool,
 }

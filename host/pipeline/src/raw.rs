@@ -146,6 +146,11 @@ pub struct RawService {
     /// How long to wait for readiness. Default `60s`.
     #[serde(default)]
     pub ready_timeout: Option<String>,
+    /// Give every stage on the run's network the variables Docker's links
+    /// gave (`<NAME>_PORT_<N>_TCP_ADDR`, `_PORT`, `<NAME>_PORT`…), as
+    /// wercker did. Default `false`.
+    #[serde(default)]
+    pub links: bool,
 }
 
 /// When a stage runs, given how its dependencies ended.

@@ -244,6 +244,7 @@ impl Reader<'_> {
                         .ready_timeout
                         .as_ref()
                         .map(|t| self.value(&[&base[..], &[key("ready_timeout")]].concat(), t)),
+                    links: svc.links,
                 }
             })
             .collect();

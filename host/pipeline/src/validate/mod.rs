@@ -189,6 +189,7 @@ pub fn validate(
             env: svc_env,
             ready: svc.ready.clone(),
             ready_timeout,
+            links: svc.links,
         });
     }
     // Stages.

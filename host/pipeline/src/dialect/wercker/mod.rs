@@ -562,6 +562,7 @@ impl Reader {
                 env,
                 ready: None,
                 ready_timeout: None,
+                links: true,
             });
         }
         out
