@@ -123,6 +123,13 @@ fn skip_name(outer: &Path, inner: &Path) -> Option<String> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
 }
 
+/// What a deploy starts from: the build's output folder, and the images
+/// its jobs committed (the image each ran in, the image it became).
+struct FromRun {
+    dir: PathBuf,
+    committed: Vec<(String, String)>,
+}
+
 /// The output a succeeded run published, unzipped into a folder of the
 /// state folder: one job's output as the folder itself, several each in a
 /// folder named after its stage. Read from the results folder, else from
@@ -132,7 +139,7 @@ async fn restore_output(
     bucket: Option<&dyn sentinel_engine::ports::ResultsSink>,
     from: &sentinel_api::RunId,
     state: &Path,
-) -> anyhow::Result<PathBuf> {
+) -> anyhow::Result<FromRun> {
     let mut sink = local;
     let mut run = local.get_run(from).await?;
     if run.is_none()
@@ -158,12 +165,19 @@ async fn restore_output(
         );
     }
     let mut zips = Vec::new();
+    let mut committed = Vec::new();
     for stage in &run.stages {
         if let Some(zip) = sink.get_artifacts(from, &stage.name).await? {
             zips.push((stage.name.clone(), zip));
         }
+        if stage.kind == sentinel_api::StageKind::Job
+            && let Some(doc) = sink.get_stage(from, &stage.name).await?
+            && let (Some(ran_in), Some(image)) = (&doc.inputs.image, doc.outputs.get("image"))
+        {
+            committed.push((ran_in.clone(), image.clone()));
+        }
     }
-    if zips.is_empty() {
+    if zips.is_empty() && committed.is_empty() {
         anyhow::bail!(
             "run {from} published no output: its stages left nothing in $SENTINEL_ARTIFACTS ($WERCKER_OUTPUT_DIR)"
         );
@@ -184,7 +198,24 @@ async fn restore_output(
             .map_err(|e| anyhow::anyhow!("cannot unzip the output of `{stage}`: {e}"))?;
     }
     eprintln!("starting from the output of run {from}");
-    Ok(dir)
+    Ok(FromRun { dir, committed })
+}
+
+/// A deploy's jobs that run in the box its build ran in run in the image
+/// the build committed instead (wercker's deploy "in the image of the
+/// build"); says which.
+fn use_committed(plan: &mut sentinel_pipeline::Plan, committed: &[(String, String)]) {
+    for s in &mut plan.stages {
+        if let sentinel_pipeline::Action::Job(j) = &mut s.action
+            && let Some((_, image)) = committed.iter().find(|(ran_in, _)| *ran_in == j.image)
+        {
+            eprintln!(
+                "job `{}` runs in the build's committed image {image}",
+                s.name
+            );
+            j.image = image.clone();
+        }
+    }
 }
 
 /// `sentinel run`.
@@ -193,7 +224,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     say_chosen(&chosen);
     let dirs = Dirs::of(paths, &chosen.project)?;
     let file = chosen.file;
-    let plan = match load(&file, &args.file.select()) {
+    let mut plan = match load(&file, &args.file.select()) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -236,9 +267,10 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         )
         .await
         {
-            Ok(dir) => {
+            Ok(from) => {
                 skip.clear();
-                dir
+                use_committed(&mut plan, &from.committed);
+                from.dir
             }
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -415,3 +415,61 @@ stages:
         "the step read the file the first step wrote, with the job's $FILTER, in turn: {log}"
     );
 }
+
+/// A build that commits its job's container: the deploy started from it
+/// runs its job in that image (its box was the build's), with the build's
+/// output as its workspace.
+#[tokio::test]
+async fn a_deploy_runs_in_the_image_its_build_committed() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = format!("sentinel-test/deploy-base:{}", std::process::id());
+    let header = format!(
+        "version: 1\nbox: {}\ndefaults: {{network: none}}\nstages:\n",
+        common::IMAGE
+    );
+    std::fs::write(
+        tmp.path().join("build.yml"),
+        format!(
+            "{header}  build:\n    user: '0:0'\n    commit: {tag}\n    steps:\n      - run: echo 'tool from the build' > /deploy-tool; echo app > \"$SENTINEL_ARTIFACTS/app.txt\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("deploy.yml"),
+        format!("{header}  deploy:\n    steps:\n      - run: cat /deploy-tool; cat app.txt\n"),
+    )
+    .unwrap();
+    let out = sentinel(tmp.path(), &["run", "--json", "-f", "build.yml"], &[]);
+    let cleanup = || {
+        let _ = Command::new("docker")
+            .args(["image", "rm", "-f", &tag])
+            .output();
+    };
+    if !out.status.success() {
+        cleanup();
+        panic!("{}", text(&out.stderr));
+    }
+    let build: Value = serde_json::from_str(text(&out.stdout).lines().last().unwrap()).unwrap();
+    let id = build["id"].as_str().unwrap().to_string();
+    let out = sentinel(
+        tmp.path(),
+        &["run", "-f", "deploy.yml", "--from-run", &id],
+        &[],
+    );
+    cleanup();
+    let err = text(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "job `deploy` runs in the build's committed image {tag}"
+        )),
+        "{err}"
+    );
+    let run = last_run(tmp.path());
+    let log = log_of(tmp.path(), &run, "deploy");
+    assert!(
+        log.contains("tool from the build") && log.contains("app"),
+        "the committed image and the build's output: {log}"
+    );
+}
