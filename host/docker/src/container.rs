@@ -438,6 +438,19 @@ pub(crate) fn remove_secrets(file: Option<std::path::PathBuf>) {
     }
 }
 
+/// Attaching to a container's output (and to its input when `stdin`),
+/// from now on.
+pub(crate) fn attach_options(stdin: bool) -> AttachContainerOptions {
+    AttachContainerOptions {
+        stream: true,
+        stdin,
+        stdout: true,
+        stderr: true,
+        logs: false,
+        ..Default::default()
+    }
+}
+
 /// How a created container's script begins: the container is started, or
 /// (a warm one, started ahead and waiting) told to go on its standard input.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -456,14 +469,7 @@ pub(crate) async fn run_created(
     begin: Begin,
 ) -> Outcome {
     let started = started_marker.then(|| log.clone());
-    let attach = AttachContainerOptions {
-        stream: true,
-        stdout: true,
-        stderr: true,
-        stdin: begin == Begin::Go,
-        logs: false,
-        ..Default::default()
-    };
+    let attach = attach_options(begin == Begin::Go);
     let (mut output, mut input) = match ex.docker.attach_container(id, Some(attach)).await {
         Ok(a) => (a.output, a.input),
         Err(e) => return Outcome::StartFailed(format!("cannot attach to the container: {e}")),

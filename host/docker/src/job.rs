@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bollard::query_parameters::{AttachContainerOptions, KillContainerOptions};
+use bollard::query_parameters::KillContainerOptions;
 use futures_util::StreamExt;
 use sentinel_engine::exec::{Chunk, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Stream};
 use sentinel_pipeline::Shell;
@@ -125,14 +125,7 @@ impl DockerExecutor {
             };
             (created, report)
         };
-        let attach = AttachContainerOptions {
-            stream: true,
-            stdin: true,
-            stdout: true,
-            stderr: true,
-            logs: false,
-            ..Default::default()
-        };
+        let attach = crate::container::attach_options(true);
         let attached = match self
             .docker
             .attach_container(&created.id, Some(attach))

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bollard::query_parameters::AttachContainerOptions;
 use futures_util::StreamExt;
 use sentinel_api::RunId;
 use sentinel_engine::exec::{
@@ -176,14 +175,7 @@ async fn make(ex: &DockerExecutor, job: &StageJob, key: String) -> Option<Arc<Sh
             return None;
         }
     };
-    let attach = AttachContainerOptions {
-        stream: true,
-        stdin: true,
-        stdout: true,
-        stderr: true,
-        logs: false,
-        ..Default::default()
-    };
+    let attach = crate::container::attach_options(true);
     let attached = match ex.docker.attach_container(&created.id, Some(attach)).await {
         Ok(a) => a,
         Err(e) => {

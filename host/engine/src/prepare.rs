@@ -153,17 +153,30 @@ pub fn env_of(
     let outputs = rec.outputs();
     let sensitive = rec.sensitive();
     let inputs = EnvInputs {
+        outputs: &outputs,
+        sensitive: &sensitive,
+        run_status: rec.status_so_far(cancelled),
+        failed_stages: rec.failed_stages(),
+        ..env_inputs(req, rec, plan)
+    };
+    stage_env(&inputs, stage)
+}
+
+/// What references resolve against before any stage ran.
+fn env_inputs<'a>(req: &'a RunRequest, rec: &'a Recorder, plan: &'a Plan) -> EnvInputs<'a> {
+    type Outputs = BTreeMap<StageName, (String, BTreeMap<String, String>)>;
+    static NO_OUTPUTS: Outputs = BTreeMap::new();
+    EnvInputs {
         plan,
         run_id: &rec.run_id,
         git: req.git.as_ref(),
         host_env: &req.host_env,
         secrets: &req.secrets,
-        outputs: &outputs,
-        sensitive: &sensitive,
-        run_status: rec.status_so_far(cancelled),
-        failed_stages: rec.failed_stages(),
-    };
-    stage_env(&inputs, stage)
+        outputs: &NO_OUTPUTS,
+        sensitive: &[],
+        run_status: "",
+        failed_stages: String::new(),
+    }
 }
 
 /// A stage's cache with its references resolved (file hashes are made
@@ -178,18 +191,7 @@ pub fn cache_of(
     use crate::cache::Piece;
     use sentinel_pipeline::KeyPart;
     let (c, access) = (stage.cache.as_ref()?, req.cache.as_ref()?);
-    let outputs = BTreeMap::new();
-    let inputs = EnvInputs {
-        plan,
-        run_id: &rec.run_id,
-        git: req.git.as_ref(),
-        host_env: &req.host_env,
-        secrets: &req.secrets,
-        outputs: &outputs,
-        sensitive: &[],
-        run_status: "",
-        failed_stages: String::new(),
-    };
+    let inputs = env_inputs(req, rec, plan);
     let pieces = |k: &sentinel_pipeline::CacheKey| -> Result<Vec<Piece>, String> {
         k.0.iter()
             .map(|p| match p {
