@@ -9,7 +9,7 @@ CARGO_TARGET_DIR=steps/target cargo build --quiet --release --target wasm32-wasi
 out=steps/target/wasm32-wasip2/release
 dist=steps/dist
 rm -rf "$dist.tmp" && mkdir -p "$dist.tmp/guests"
-for step in jq-pluck notify s3sync; do
+for step in http jq-pluck notify s3sync; do
   mkdir -p "$dist.tmp/$step"
   cp "$out/$step.wasm" "$dist.tmp/$step/step.wasm"
   cp "steps/$step/step.toml" "$dist.tmp/$step/step.toml"

@@ -85,8 +85,12 @@ impl Step {
 
     /// Sets a named output (`${stages.X.outputs.KEY}`).
     pub fn set_output(&self, key: &str, value: &str) -> Result<(), Error> {
-        let path = std::env::var("SENTINEL_OUTPUT").map_err(|_| fail("SENTINEL_OUTPUT is not set"))?;
-        let mut f = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+        let path =
+            std::env::var("SENTINEL_OUTPUT").map_err(|_| fail("SENTINEL_OUTPUT is not set"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)?;
         if value.contains('\n') {
             let delim = "SENTINEL_EOF_7f3a";
             writeln!(f, "{key}<<{delim}\n{value}\n{delim}")?;
@@ -103,7 +107,10 @@ impl Step {
 
     /// The folder whose files become the stage's artifacts.
     pub fn artifacts_dir(&self) -> PathBuf {
-        PathBuf::from(self.context("ARTIFACTS").unwrap_or_else(|| "/sentinel/artifacts".into()))
+        PathBuf::from(
+            self.context("ARTIFACTS")
+                .unwrap_or_else(|| "/sentinel/artifacts".into()),
+        )
     }
 
     /// Logs a line to the stage log (stderr).

@@ -33,14 +33,32 @@ fn prefix(step: &str) -> String {
 }
 
 /// Reads the settings of `step` from `vars`.
-pub fn from_env<T: DeserializeOwned>(step: &str, vars: impl Iterator<Item = (String, String)>) -> Result<T, SettingsError> {
+pub fn from_env<T: DeserializeOwned>(
+    step: &str,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<T, SettingsError> {
     let p = prefix(step);
     let map: BTreeMap<String, String> = vars
-        .filter_map(|(k, v)| k.strip_prefix(&p).map(|rest| (rest.to_ascii_lowercase(), v)))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&p)
+                .map(|rest| (rest.to_ascii_lowercase(), v))
+        })
         .collect();
-    T::deserialize(Settings { map: map.into_iter().collect(), i: 0, value: None }).map_err(|e| {
-        match e.0.strip_prefix("missing setting `").and_then(|r| r.strip_suffix('`')) {
-            Some(field) => SettingsError(format!("missing setting `{field}` ({p}{})", field.to_ascii_uppercase())),
+    T::deserialize(Settings {
+        map: map.into_iter().collect(),
+        i: 0,
+        value: None,
+    })
+    .map_err(|e| {
+        match e
+            .0
+            .strip_prefix("missing setting `")
+            .and_then(|r| r.strip_suffix('`'))
+        {
+            Some(field) => SettingsError(format!(
+                "missing setting `{field}` ({p}{})",
+                field.to_ascii_uppercase()
+            )),
             None => e,
         }
     })
@@ -66,7 +84,10 @@ impl<'de> de::Deserializer<'de> for Settings {
 
 impl<'de> MapAccess<'de> for Settings {
     type Error = SettingsError;
-    fn next_key_seed<K: de::DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, SettingsError> {
+    fn next_key_seed<K: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, SettingsError> {
         match self.map.get(self.i) {
             Some((k, v)) => {
                 self.value = Some(v.clone());
@@ -76,7 +97,10 @@ impl<'de> MapAccess<'de> for Settings {
             None => Ok(None),
         }
     }
-    fn next_value_seed<V: de::DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, SettingsError> {
+    fn next_value_seed<V: de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, SettingsError> {
         let v = self.value.take().unwrap_or_default();
         seed.deserialize(Value(v))
     }
@@ -99,7 +123,11 @@ impl<'de> de::Deserializer<'de> for Value {
         visitor.visit_string(self.0)
     }
     fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, SettingsError> {
-        if self.0.is_empty() { visitor.visit_none() } else { visitor.visit_some(self) }
+        if self.0.is_empty() {
+            visitor.visit_none()
+        } else {
+            visitor.visit_some(self)
+        }
     }
     parse!(deserialize_bool visit_bool bool, deserialize_u8 visit_u8 u8, deserialize_u16 visit_u16 u16,
         deserialize_u32 visit_u32 u32, deserialize_u64 visit_u64 u64, deserialize_i32 visit_i32 i32,

@@ -421,3 +421,62 @@ fn a_document_of_an_unknown_schema_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The http step from a pipeline: its bearer token, a secret, reaches the
+/// receiver and no file of the run (log, documents, state) holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_steps_token_reaches_the_receiver_and_nothing_else() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = "deploy-token-0123456789abcdef";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&chunk[..n]);
+        }
+        let body = "deployed v7";
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        sock.write_all(reply.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&head).to_ascii_lowercase()
+    });
+    let p = Project::new(&format!(
+        "version: 1\nsecrets: [DEPLOY_TOKEN]\nstages:\n  call:\n    step: http\n    with:\n      url: http://127.0.0.1:{port}/deploy\n      token: ${{secrets.DEPLOY_TOKEN}}\n"
+    ));
+    let out = sentinel(&p.source, &["run", "--json"])
+        .env("DEPLOY_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = receiver.await.unwrap();
+    assert!(
+        head.contains(&format!("authorization: bearer {token}")),
+        "{head}"
+    );
+    let run: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let id = run["id"].as_str().unwrap();
+    let show: serde_json::Value =
+        serde_json::from_slice(&run_ok(&p.source, &["show", id, "--json"]).stdout).unwrap();
+    assert_eq!(show["stages"][0]["output"], "deployed v7");
+    assert_eq!(
+        p.file_holding(token.as_bytes()),
+        None,
+        "a file holds the token"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(token));
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(token));
+}

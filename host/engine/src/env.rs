@@ -83,11 +83,24 @@ pub struct StepSettings {
 
 /// The host (and port) of a URL-like value: `https://h:9000/x` → `h:9000`.
 pub fn host_of(value: &str) -> String {
-    let rest = value.split_once("://").map_or(value, |(_, r)| r);
+    let (scheme, rest) = value.split_once("://").map_or(("", value), |(s, r)| (s, r));
     let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
-    host.rsplit_once('@')
+    let host = host
+        .rsplit_once('@')
         .map_or(host, |(_, h)| h)
-        .to_ascii_lowercase()
+        .to_ascii_lowercase();
+    // A URL's host and port: the scheme's port when it names none.
+    let has_port = match host.strip_prefix('[') {
+        Some(v6) => v6.contains("]:"),
+        None => host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok()),
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" if !has_port => format!("{host}:80"),
+        "https" if !has_port => format!("{host}:443"),
+        _ => host,
+    }
 }
 
 /// Resolves one reference; the error names what is missing.
@@ -346,6 +359,19 @@ pub fn expand_job_vars(value: &str, vars: &[Var]) -> (String, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_urls_host_comes_with_its_port() {
+        assert_eq!(
+            host_of("https://Hooks.Example.com/x?y"),
+            "hooks.example.com:443"
+        );
+        assert_eq!(host_of("http://user:pw@127.0.0.1:9000/p"), "127.0.0.1:9000");
+        assert_eq!(host_of("http://example.com"), "example.com:80");
+        assert_eq!(host_of("http://[::1]/"), "[::1]:80");
+        assert_eq!(host_of("http://[::1]:8080/"), "[::1]:8080");
+        assert_eq!(host_of("s3.example.com"), "s3.example.com");
+    }
 
     #[test]
     fn job_variables_expand_as_a_shell_would() {

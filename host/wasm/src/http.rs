@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-/// True when `host` (`name` or `name:port`) matches an allowlist entry:
-/// `name` (any port), `name:port`, or `*.suffix`.
+/// True when `host` at `port` matches an allowlist entry: `name:port`, or
+/// `name` (the web's ports only, 80 and 443), or `*.suffix` (with or
+/// without a port, likewise).
 pub fn allowed(allow: &[String], host: &str, port: Option<u16>) -> bool {
     let host = host.to_ascii_lowercase();
     allow.iter().any(|entry| {
@@ -19,7 +20,11 @@ pub fn allowed(allow: &[String], host: &str, port: Option<u16>) -> bool {
             Some(suffix) => host.ends_with(&format!(".{suffix}")),
             None => host == name,
         };
-        name_ok && (want_port.is_none() || want_port == port)
+        let port_ok = match want_port {
+            Some(p) => port == Some(p),
+            None => matches!(port, Some(80 | 443)),
+        };
+        name_ok && port_ok
     })
 }
 
@@ -88,6 +93,9 @@ mod tests {
         assert!(!allowed(&allow, "evil-amazonaws.com", Some(443)));
         assert!(allowed(&allow, "127.0.0.1", Some(9000)));
         assert!(!allowed(&allow, "127.0.0.1", Some(9001)));
+        // A name without a port allows the web's ports only.
+        assert!(!allowed(&allow, "hooks.example.com", Some(8443)));
+        assert!(allowed(&allow, "hooks.example.com", Some(80)));
         assert!(!allowed(&[], "anything", Some(80)));
     }
 }

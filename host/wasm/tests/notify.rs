@@ -4,95 +4,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
+use common::http::server;
 use common::{Spec, assert_ok, component, run, text};
 use sentinel_engine::exec::Outcome;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-#[derive(Debug, Clone, Default)]
-struct Seen {
-    head: String,
-    body: String,
-}
-
-/// A one-purpose HTTP server: records requests, answers with `reply`.
-async fn server(ip: &str, reply: String) -> (String, Arc<Mutex<Vec<Seen>>>) {
-    let listener = TcpListener::bind(format!("{ip}:0")).await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let seen: Arc<Mutex<Vec<Seen>>> = Default::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            let head_end = loop {
-                let n = sock.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break None;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break Some(i + 4);
-                }
-            };
-            let Some(head_end) = head_end else { continue };
-            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap_or(0))
-                })
-                .unwrap_or(0);
-            let chunked = head
-                .to_ascii_lowercase()
-                .contains("transfer-encoding: chunked");
-            loop {
-                let done = if chunked {
-                    buf[head_end..].windows(5).any(|w| w == b"0\r\n\r\n")
-                } else {
-                    buf.len() >= head_end + len
-                };
-                if done {
-                    break;
-                }
-                let n = sock.read(&mut chunk).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            let raw = &buf[head_end..];
-            let body = if chunked {
-                dechunk(raw)
-            } else {
-                String::from_utf8_lossy(raw).into_owned()
-            };
-            log.lock().unwrap().push(Seen { head, body });
-            let _ = sock.write_all(reply.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        }
-    });
-    (addr, seen)
-}
-
-/// Decodes a chunked HTTP/1.1 body.
-fn dechunk(mut raw: &[u8]) -> String {
-    let mut out = Vec::new();
-    while let Some(i) = raw.windows(2).position(|w| w == b"\r\n") {
-        let size =
-            usize::from_str_radix(String::from_utf8_lossy(&raw[..i]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        out.extend_from_slice(&raw[i + 2..i + 2 + size]);
-        raw = &raw[i + 2 + size + 2..];
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 fn settings(url: &str, format: &str) -> Vec<(String, String)> {
     vec![
@@ -118,7 +32,7 @@ const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\
 #[tokio::test]
 async fn posts_the_run_to_the_webhook() {
     let step = component("notify");
-    let (addr, seen) = server("127.0.0.1", OK.into()).await;
+    let (addr, seen) = server("127.0.0.1", vec![OK.into()]).await;
     let url = format!("http://{addr}/hooks/ci");
     let r = run(
         &step,
@@ -147,7 +61,7 @@ async fn posts_the_run_to_the_webhook() {
             "failed_stages": ["test", "lint"], "message": "nightly", "link": "http://results.example/run/01J"})
     );
 
-    let (addr, seen) = server("127.0.0.1", OK.into()).await;
+    let (addr, seen) = server("127.0.0.1", vec![OK.into()]).await;
     let r = run(
         &step,
         Spec {
@@ -169,11 +83,11 @@ async fn posts_the_run_to_the_webhook() {
 #[tokio::test]
 async fn a_redirect_to_another_host_is_not_followed() {
     let step = component("notify");
-    let (other, other_seen) = server("127.0.0.2", OK.into()).await;
+    let (other, other_seen) = server("127.0.0.2", vec![OK.into()]).await;
     let redirect = format!(
         "HTTP/1.1 302 Found\r\nLocation: http://{other}/steal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    let (addr, _) = server("127.0.0.1", redirect).await;
+    let (addr, _) = server("127.0.0.1", vec![redirect]).await;
     let r = run(
         &step,
         Spec {
@@ -194,7 +108,7 @@ async fn a_redirect_to_another_host_is_not_followed() {
 #[tokio::test]
 async fn a_host_outside_the_allowlist_is_refused() {
     let step = component("notify");
-    let (addr, seen) = server("127.0.0.1", OK.into()).await;
+    let (addr, seen) = server("127.0.0.1", vec![OK.into()]).await;
     let r = run(
         &step,
         Spec {
