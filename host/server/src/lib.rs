@@ -15,6 +15,7 @@ pub mod live;
 mod logs;
 pub mod metrics;
 pub mod openapi;
+pub mod request_id;
 mod routes;
 mod runs;
 

@@ -259,6 +259,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     api.fallback(web_app)
         .layer(RequestBodyLimitLayer::new(limit))
         .merge(hooks)
+        .layer(axum::middleware::from_fn(crate::request_id::request_id))
         .with_state(state)
 }
 

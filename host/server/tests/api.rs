@@ -436,3 +436,34 @@ fn rewriting_the_openapi_document_is_refused_under_ci() {
     assert!(!out.status.success(), "the rewrite passed under CI: {text}");
     assert!(text.contains("refused under CI=true"), "{text}");
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let a = api(false).await;
+    let get = |id: Option<&str>, path: &str| {
+        let mut req = Request::get(path);
+        if let Some(id) = id {
+            req = req.header("x-request-id", id);
+        }
+        a.app.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    // Generated when the request has none: a ULID, a new one each time.
+    let one = get(None, "/health").await.unwrap();
+    let two = get(None, "/api/v1/runs").await.unwrap();
+    let id =
+        |r: &axum::response::Response| r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(
+        two.status(),
+        StatusCode::UNAUTHORIZED,
+        "errors carry one too"
+    );
+    assert_eq!(id(&one).len(), 26, "{}", id(&one));
+    assert_ne!(id(&one), id(&two));
+    // Kept when the request sends a usable one; replaced when not.
+    let kept = get(Some("trace-4711"), "/health").await.unwrap();
+    assert_eq!(id(&kept), "trace-4711");
+    let long = "x".repeat(200);
+    let replaced = get(Some(&long), "/no/such/path").await.unwrap();
+    assert_eq!(replaced.status(), StatusCode::NOT_FOUND);
+    assert_eq!(id(&replaced).len(), 26);
+}
