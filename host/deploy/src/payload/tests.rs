@@ -231,7 +231,7 @@ fn a_two_gib_decompression_bomb_is_refused_within_the_cap() {
     assert_eq!(err, PayloadError::TooLarge { cap: MAX_BYTES });
     // Entries each small enough but too many bytes in all: refused at the cap.
     let big = vec![b'x'; 700 << 10];
-    let e = vec![
+    let e = [
         ("a.json".to_string(), F, big.clone()),
         ("b.service".to_string(), F, big.clone()),
     ];
