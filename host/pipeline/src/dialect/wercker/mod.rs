@@ -369,8 +369,8 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
         limits,
         cache: Some(CacheDraft {
             pos: body.pos,
-            key: At::new("wercker-${run.id}".into(), body.pos),
-            restore_keys: vec![At::new("wercker-".into(), body.pos)],
+            key: At::new(format!("wercker-{name}-${{run.id}}"), body.pos),
+            restore_keys: vec![At::new(format!("wercker-{name}-"), body.pos)],
             paths: vec![At::new(crate::cache::STAGE_CACHE.into(), body.pos)],
         }),
         notes,
