@@ -39,11 +39,16 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// A project folder holding a copy of an example's files.
+/// A project folder holding a copy of an example's files (not the state
+/// folder a demo run left there).
 fn copy_of(example: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     let from = examples().join(example);
-    for e in walkdir::WalkDir::new(&from).min_depth(1) {
+    let walk = walkdir::WalkDir::new(&from)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|e| e.file_name() != ".sentinel");
+    for e in walk {
         let e = e.unwrap();
         let to = tmp.path().join(e.path().strip_prefix(&from).unwrap());
         if e.file_type().is_dir() {
