@@ -68,18 +68,20 @@ fn default_limit() -> usize {
     50
 }
 
+/// The runs list: each stored run document served as it is stored (never
+/// decoded and encoded again), newest first.
 pub(crate) async fn list_runs(
     State(s): St,
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     s.authorize(&headers, Scope::Read)?;
     let before = q.before.as_deref().map(parse_run_id).transpose()?;
     let limit = q.limit.clamp(1, 500);
     let store = s.store.clone();
     let b = before.clone();
     let (runs, queued) = tokio::task::spawn_blocking(move || {
-        let runs = store.runs_page(b.as_ref(), limit)?;
+        let runs = store.runs_page_raw(b.as_ref(), limit)?;
         // The first page also names the runs accepted but not started.
         let queued = match b {
             None => store.unstarted(MAX_QUEUED_LISTED)?,
@@ -90,11 +92,23 @@ pub(crate) async fn list_runs(
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    let next = (runs.len() == limit).then(|| runs.last().map(|r| r.id.clone()));
+    let next = (runs.len() == limit).then(|| runs.last().map(|(id, _)| id.clone()));
     let queued: Vec<Value> = queued.iter().map(queued_view).collect();
-    Ok(Json(
-        json!({ "runs": runs, "next": next.flatten(), "queued": queued }),
-    ))
+    let mut body = Vec::with_capacity(runs.iter().map(|(_, d)| d.len() + 1).sum::<usize>() + 64);
+    body.extend_from_slice(b"{\"runs\":[");
+    for (i, (_, doc)) in runs.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(doc);
+    }
+    body.extend_from_slice(b"],\"next\":");
+    serde_json::to_writer(&mut body, &next.flatten()).map_err(ApiError::internal)?;
+    body.extend_from_slice(b",\"queued\":");
+    serde_json::to_writer(&mut body, &queued).map_err(ApiError::internal)?;
+    body.push(b'}');
+    let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    Ok(axum::response::IntoResponse::into_response((headers, body)))
 }
 
 /// The most not-yet-started runs the list names.

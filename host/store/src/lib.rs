@@ -20,6 +20,7 @@
 pub mod kept;
 pub mod outbox;
 mod queue;
+mod runs;
 pub mod secrets;
 pub mod tokens;
 
@@ -75,6 +76,9 @@ pub struct SledStore {
     /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
     outbox_len: Arc<AtomicUsize>,
     parked_len: Arc<AtomicUsize>,
+    /// Runs by status, counted once and then kept as runs are written
+    /// (`/metrics` reads it without walking the runs).
+    run_counts: Arc<std::sync::Mutex<Option<std::collections::BTreeMap<String, u64>>>>,
     /// What seals kept outputs: the server's secrets key, else the state
     /// folder's own (`seal.key`).
     seal: Arc<std::sync::RwLock<Arc<secrets::SecretsKey>>>,
@@ -156,6 +160,7 @@ impl SledStore {
         let parked = tree("parked")?;
         let store = Self {
             outbox_len: Arc::new(AtomicUsize::new(outbox.len())),
+            run_counts: Arc::default(),
             parked_len: Arc::new(AtomicUsize::new(parked.len())),
             outbox,
             parked,
@@ -251,9 +256,10 @@ impl Store for SledStore {
         let value = encode(run)?;
         let key = run.id.as_str().as_bytes();
         let open = !run.status.is_final();
+        let old = std::cell::RefCell::new(None);
         (&self.runs, &self.open)
             .transaction(|(runs, opened)| {
-                runs.insert(key, value.as_slice())?;
+                *old.borrow_mut() = runs.insert(key, value.as_slice())?;
                 if open {
                     opened.insert(key, &[])?;
                 } else {
@@ -262,6 +268,7 @@ impl Store for SledStore {
                 Ok::<(), sled::transaction::ConflictableTransactionError>(())
             })
             .map_err(|e| err("put run", e))?;
+        self.counted(old.into_inner().as_deref(), run.status);
         if durable {
             self.flush().await?;
         }
@@ -276,14 +283,16 @@ impl Store for SledStore {
         let seq = self.db.generate_id().map_err(|e| err("event id", e))?;
         let mut event_key = format!("{}/", run.id).into_bytes();
         event_key.extend_from_slice(&seq.to_be_bytes());
+        let old = std::cell::RefCell::new(None);
         (&self.runs, &self.open, &self.events)
             .transaction(|(runs, opened, events)| {
-                runs.insert(key, value.as_slice())?;
+                *old.borrow_mut() = runs.insert(key, value.as_slice())?;
                 opened.remove(key)?;
                 events.insert(event_key.as_slice(), event.as_slice())?;
                 Ok::<(), sled::transaction::ConflictableTransactionError>(())
             })
             .map_err(|e| err("end run", e))?;
+        self.counted(old.into_inner().as_deref(), run.status);
         self.flush().await
     }
 
@@ -396,55 +405,6 @@ impl Store for SledStore {
                     .and_then(|(_, v)| decode(&v))
             })
             .collect()
-    }
-}
-
-impl SledStore {
-    /// Runs newest first, starting after `before` (a cursor: the last id of
-    /// the previous page).
-    pub fn runs_page(
-        &self,
-        before: Option<&RunId>,
-        limit: usize,
-    ) -> Result<Vec<RunDoc>, StorageError> {
-        let iter = match before {
-            Some(id) => self.runs.range(..id.as_str().as_bytes()),
-            None => self.runs.iter(),
-        };
-        iter.rev()
-            .take(limit)
-            .map(|kv| {
-                kv.map_err(|e| err("list runs", e))
-                    .and_then(|(_, v)| decode(&v))
-            })
-            .collect()
-    }
-
-    /// How many runs there are in each status.
-    pub fn run_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StorageError> {
-        #[derive(Deserialize)]
-        struct Status {
-            status: sentinel_api::RunStatus,
-        }
-        let mut counts = std::collections::BTreeMap::new();
-        for kv in self.runs.iter() {
-            let (_, v) = kv.map_err(|e| err("runs", e))?;
-            let s: Status = decode(&v)?;
-            *counts.entry(s.status.as_str().to_string()).or_insert(0) += 1;
-        }
-        Ok(counts)
-    }
-
-    /// The newest run of the pipeline `name` (looking at the newest `scan` runs).
-    pub fn last_run_of(&self, name: &str, scan: usize) -> Result<Option<RunDoc>, StorageError> {
-        for kv in self.runs.iter().rev().take(scan) {
-            let (_, v) = kv.map_err(|e| err("runs", e))?;
-            let run: RunDoc = decode(&v)?;
-            if run.pipeline == name {
-                return Ok(Some(run));
-            }
-        }
-        Ok(None)
     }
 }
 

@@ -1,0 +1,159 @@
+//! Reading runs in bulk: pages of the runs list (as stored, not decoded),
+//! the newest run of a pipeline, and the runs counted by status (counted
+//! once, then kept as runs are written).
+
+use serde::Deserialize;
+
+use sentinel_api::{RunDoc, RunId};
+use sentinel_engine::ports::StorageError;
+
+use crate::{SledStore, VALUE_VERSION, decode, err};
+
+/// A run's status, read from its stored document.
+#[derive(Deserialize)]
+struct RunStatusOnly {
+    status: sentinel_api::RunStatus,
+}
+
+/// The document inside a stored value, as JSON bytes: cut out of the
+/// envelope `encode` writes (`{"v":N,"doc":…}`), else decoded and encoded
+/// again.
+fn doc_bytes(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let head = format!("{{\"v\":{VALUE_VERSION},\"doc\":");
+    if let Some(doc) = bytes
+        .strip_prefix(head.as_bytes())
+        .and_then(|rest| rest.strip_suffix(b"}"))
+    {
+        return Ok(doc.to_vec());
+    }
+    let doc: serde_json::Value = decode(bytes)?;
+    serde_json::to_vec(&doc).map_err(|e| err("encode", e))
+}
+
+impl SledStore {
+    /// How many runs there are in each status: counted from the runs
+    /// once, then kept as runs are written.
+    pub fn run_counts(&self) -> Result<std::collections::BTreeMap<String, u64>, StorageError> {
+        let mut kept = self
+            .run_counts
+            .lock()
+            .map_err(|_| err("count runs", "poisoned"))?;
+        if let Some(c) = kept.as_ref() {
+            return Ok(c.clone());
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for kv in self.runs.iter() {
+            let (_, v) = kv.map_err(|e| err("runs", e))?;
+            let s: RunStatusOnly = decode(&v)?;
+            *counts.entry(s.status.as_str().to_string()).or_insert(0) += 1;
+        }
+        *kept = Some(counts.clone());
+        Ok(counts)
+    }
+
+    /// Moves a run from its old status (`old`: its value before) to `new`
+    /// in the kept counts, once they are kept.
+    pub(crate) fn counted(&self, old: Option<&[u8]>, new: sentinel_api::RunStatus) {
+        let Ok(mut kept) = self.run_counts.lock() else {
+            return;
+        };
+        let Some(counts) = kept.as_mut() else { return };
+        if let Some(old) = old.and_then(|b| decode::<RunStatusOnly>(b).ok())
+            && let Some(n) = counts.get_mut(old.status.as_str())
+        {
+            *n = n.saturating_sub(1);
+        }
+        *counts.entry(new.as_str().to_string()).or_insert(0) += 1;
+    }
+
+    /// A page of runs (newest first, older than `before`) as their stored
+    /// JSON documents, not decoded: the runs list serves them as they are.
+    pub fn runs_page_raw(
+        &self,
+        before: Option<&RunId>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        let iter = match before {
+            Some(id) => self.runs.range(..id.as_str().as_bytes()),
+            None => self.runs.iter(),
+        };
+        iter.rev()
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.map_err(|e| err("list runs", e))?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), doc_bytes(&v)?))
+            })
+            .collect()
+    }
+
+    /// The newest run of the pipeline `name` (looking at the newest `scan` runs).
+    pub fn last_run_of(&self, name: &str, scan: usize) -> Result<Option<RunDoc>, StorageError> {
+        for kv in self.runs.iter().rev().take(scan) {
+            let (_, v) = kv.map_err(|e| err("runs", e))?;
+            let run: RunDoc = decode(&v)?;
+            if run.pipeline == name {
+                return Ok(Some(run));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sentinel_api::RunStatus;
+    use sentinel_engine::ports::Store;
+
+    use super::*;
+
+    fn run(id: &str, status: RunStatus) -> RunDoc {
+        sentinel_engine::fake::run_doc(&id.parse().unwrap(), status)
+    }
+
+    #[tokio::test]
+    async fn counts_are_kept_as_runs_change_and_pages_are_the_stored_documents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::try_open(dir.path()).unwrap();
+        let ids = [
+            "01JDX3K6Q2T8W9V5M4N3P2R1S0",
+            "01JDX3K6Q2T8W9V5M4N3P2R1S1",
+            "01JDX3K6Q2T8W9V5M4N3P2R1S2",
+        ];
+        store
+            .put_run(&run(ids[0], RunStatus::Succeeded), false)
+            .await
+            .unwrap();
+        // Counted once from the runs…
+        let first = store.run_counts().unwrap();
+        assert_eq!(first.get("succeeded"), Some(&1));
+        // …then kept as runs are written and change status.
+        store
+            .put_run(&run(ids[1], RunStatus::Running), false)
+            .await
+            .unwrap();
+        store
+            .put_run(&run(ids[2], RunStatus::Running), false)
+            .await
+            .unwrap();
+        let failed = run(ids[2], RunStatus::Failed);
+        store.put_run(&failed, false).await.unwrap();
+        let kept = store.run_counts().unwrap();
+        *store.run_counts.lock().unwrap() = None;
+        let walked = store.run_counts().unwrap();
+        assert_eq!(kept, walked);
+        assert_eq!(walked.get("running"), Some(&1));
+        assert_eq!(walked.get("failed"), Some(&1));
+        assert_eq!(walked.get("succeeded"), Some(&1));
+
+        let page = store.runs_page_raw(None, 2).unwrap();
+        let got: Vec<&str> = page.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(got, [ids[2], ids[1]], "newest first");
+        let doc: RunDoc = serde_json::from_slice(&page[0].1).unwrap();
+        assert_eq!(doc, failed);
+        let after = store
+            .runs_page_raw(Some(&ids[1].parse().unwrap()), 10)
+            .unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].0, ids[0]);
+    }
+}
