@@ -55,6 +55,16 @@ pub fn fail(message: impl Into<String>) -> Error {
     Error(message.into())
 }
 
+/// The error of a step that does not follow redirects (the sandbox would
+/// refuse another host or port anyway): who answered what, and where it
+/// pointed (`location`, the answer's `Location` header).
+pub fn redirect_refused(who: &str, status: impl fmt::Display, location: Option<&str>) -> Error {
+    fail(format!(
+        "{who} answered {status} to {}; redirects are not followed",
+        location.unwrap_or("?")
+    ))
+}
+
 /// The running step: its name and context.
 #[derive(Debug, Clone)]
 pub struct Step {

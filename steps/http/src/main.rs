@@ -5,7 +5,7 @@
 //! tried again `retries` times; redirects are never followed (only the
 //! URL's host and port are reachable anyway).
 
-use sentinel_step::{Error, Step, fail};
+use sentinel_step::{Error, Step, fail, redirect_refused};
 use serde::Deserialize;
 use wstd::http::{Body, Client, HeaderName, HeaderValue, Method, Request};
 use wstd::time::Duration;
@@ -158,13 +158,9 @@ async fn call(step: &Step) -> Result<(), Error> {
             let to = response
                 .headers()
                 .get("Location")
-                .and_then(|l| l.to_str().ok())
-                .unwrap_or("?")
-                .to_string();
-            return Err(fail(format!(
-                "{method_name} {} answered {status} to {to}; redirects are not followed",
-                s.url
-            )));
+                .and_then(|l| l.to_str().ok());
+            let who = format!("{method_name} {}", s.url);
+            return Err(redirect_refused(&who, status, to));
         }
         let code = status.as_u16();
         if !expect.iter().any(|(a, b)| (*a..=*b).contains(&code)) {

@@ -2,7 +2,7 @@
 //! far, failed stages, a link — to a webhook. `format: slack` sends
 //! `{"text": …}`; `generic` sends the fields. Redirects are not followed.
 
-use sentinel_step::{Error, Step, fail};
+use sentinel_step::{Error, Step, fail, redirect_refused};
 use serde::Deserialize;
 use wstd::http::{Body, Client, HeaderValue, Request};
 
@@ -78,12 +78,8 @@ async fn notify(step: &Step) -> Result<(), Error> {
         let to = response
             .headers()
             .get("Location")
-            .and_then(|l| l.to_str().ok())
-            .unwrap_or("?")
-            .to_string();
-        return Err(fail(format!(
-            "the webhook answered {status} to {to}; redirects are not followed"
-        )));
+            .and_then(|l| l.to_str().ok());
+        return Err(redirect_refused("the webhook", status, to));
     }
     if !status.is_success() {
         let mut body = response.into_body();
