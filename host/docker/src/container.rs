@@ -12,7 +12,7 @@ use std::time::Duration;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, EventsOptions,
-    KillContainerOptions, RemoveContainerOptions,
+    KillContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -35,25 +35,57 @@ pub(crate) const SECRETS_MOUNT: &str = "/run/sentinel/env";
 
 /// Writes the secret variables of a container to a file of their own
 /// (readable in the container; its folder closed to other users of the
-/// host), to be bind-mounted read-only at [`SECRETS_MOUNT`].
+/// host), to be bind-mounted read-only at [`SECRETS_MOUNT`]. `mode` is the
+/// file's (`0o444`; a warm container's, filled in place later, `0o644`).
 pub(crate) fn secrets_file(
     root: &std::path::Path,
     name: &str,
     vars: &[Var],
+    mode: u32,
 ) -> std::io::Result<std::path::PathBuf> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let dir = root.join("secrets");
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     let path = dir.join(format!("{name}.env"));
-    let _ = std::fs::remove_file(&path);
+    write_new(&path, env_file(vars).as_bytes(), mode)?;
+    Ok(path)
+}
+
+/// Writes `body` to `path` as a new file with `mode` (replacing what was
+/// there: a file left by an earlier attempt is never written through).
+pub(crate) fn write_new(path: &std::path::Path, body: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o444)
-        .open(&path)?;
-    std::io::Write::write_all(&mut f, env_file(vars).as_bytes())?;
-    Ok(path)
+        .mode(mode)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, body)
+}
+
+/// A finished container stage's report: its named outputs and artifacts
+/// from its private folder, the files it changed (when kept).
+pub(crate) async fn report(
+    ws: &LocalWorkspace,
+    job: &StageJob,
+    private: &std::path::Path,
+    since: Option<std::time::SystemTime>,
+    outcome: Outcome,
+    image_id: String,
+) -> StageReport {
+    let (outputs, artifacts) = ws.take_private(private, false);
+    let (files, warnings) = capture(ws, job, since).await;
+    StageReport {
+        outcome,
+        image_id: Some(image_id),
+        outputs,
+        artifacts,
+        files,
+        warnings,
+        steps: Vec::new(),
+    }
 }
 
 /// Where, in a container's private folder, its shell leaves the number of
@@ -280,14 +312,7 @@ pub(crate) async fn create(
 pub(crate) async fn remove_later(ex: &DockerExecutor, id: String, name: String) {
     let docker = ex.docker.clone();
     let removal = tokio::spawn(async move {
-        let opts = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        if let Err(e) = docker.remove_container(&id, Some(opts)).await
-            && !is_not_found(&e)
-        {
+        if let Err(e) = crate::remove_container(&docker, &id).await {
             tracing::warn!("cannot remove container {name}: {e}");
         }
     });
@@ -348,17 +373,7 @@ pub(crate) async fn run(
     .await;
     remove_secrets(secrets);
     remove_later(ex, id, name).await;
-    let (outputs, artifacts) = ws.take_private(&private, false);
-    let (files, warnings) = capture(ws, &job, since).await;
-    StageReport {
-        outcome,
-        image_id: Some(image_id),
-        outputs,
-        artifacts,
-        files,
-        warnings,
-        steps: Vec::new(),
-    }
+    report(ws, &job, &private, since, outcome, image_id).await
 }
 
 /// The files a stage created or changed since `since`, kept when its job
@@ -424,7 +439,7 @@ async fn prepare(
     let secrets = if secret.is_empty() {
         None
     } else {
-        let file = secrets_file(&ws.root, job.stage.as_str(), &secret)
+        let file = secrets_file(&ws.root, job.stage.as_str(), &secret, 0o444)
             .map_err(|e| fail(format!("cannot write the stage's secret variables: {e}")))?;
         binds.push(format!("{}:{SECRETS_MOUNT}:ro", file.display()));
         Some(file)

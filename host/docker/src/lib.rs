@@ -146,14 +146,9 @@ impl DockerExecutor {
                 continue;
             }
             let Some(id) = c.id else { continue };
-            let opts = RemoveContainerOptions {
-                force: true,
-                v: true,
-                ..Default::default()
-            };
-            match self.docker.remove_container(&id, Some(opts)).await {
-                Ok(()) => removed += 1,
-                Err(e) if is_not_found(&e) => {}
+            match remove_container(&self.docker, &id).await {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
                 Err(e) => tracing::warn!("cannot remove container {id}: {e}"),
             }
         }
@@ -176,6 +171,24 @@ impl DockerExecutor {
             }
         }
         removed
+    }
+}
+
+/// Removes a container (running or not) with its anonymous volumes;
+/// `Ok(false)` when it was gone already.
+pub(crate) async fn remove_container(
+    docker: &Docker,
+    id: &str,
+) -> Result<bool, bollard::errors::Error> {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match docker.remove_container(id, Some(opts)).await {
+        Ok(()) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

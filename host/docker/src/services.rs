@@ -191,7 +191,7 @@ async fn start_one(
         }
     } else {
         let root = ctx.runs_dir.join(ctx.run_id.as_str());
-        let file = secrets_file(&root, &format!("service-{}", svc.name), &secret)
+        let file = secrets_file(&root, &format!("service-{}", svc.name), &secret, 0o444)
             .map_err(|e| fail(format!("cannot write its secret variables: {e}")))?;
         binds.push(format!("{}:{SECRETS_MOUNT}:ro", file.display()));
         let (e, c) = wrapped(ex, &svc.image, svc.command.as_ref()).await?;

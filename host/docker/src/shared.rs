@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, OnceCell, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::DockerExecutor;
-use crate::container::{OOM_COUNT, Spec, capture, create};
+use crate::container::{OOM_COUNT, Spec, create, report, write_new};
 
 /// Where a shared container sees the run's stage folders.
 const STAGES_MOUNT: &str = "/sentinel-stages";
@@ -276,16 +276,9 @@ fn vars(job: &StageJob) -> Vec<Var> {
 
 /// Writes a stage's files into its private folder, owned by its user.
 fn lay_out(private: &Path, job: &StageJob, flags: &str, script: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let write = |name: &str, body: &[u8], mode: u32| -> std::io::Result<PathBuf> {
         let p = private.join(name);
-        let _ = std::fs::remove_file(&p);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&p)?;
-        std::io::Write::write_all(&mut f, body)?;
+        write_new(&p, body, mode)?;
         Ok(p)
     };
     let files = [
@@ -428,17 +421,7 @@ pub(crate) async fn run(
     done.cancel();
     let _ = tailer.await;
     clean(&private);
-    let (outputs, artifacts) = ws.take_private(&private, false);
-    let (files, warnings) = capture(ws, &job, since).await;
-    StageReport {
-        outcome,
-        image_id: Some(shared.image_id.clone()),
-        outputs,
-        artifacts,
-        files,
-        warnings,
-        steps: Vec::new(),
-    }
+    report(ws, &job, &private, since, outcome, shared.image_id.clone()).await
 }
 
 /// How a stage of the shared container ended: the OOM killer when the

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::DockerExecutor;
 use crate::container::{
-    Begin, SECRETS_MOUNT, Spec, capture, command, create, remove_later, run_created,
+    Begin, SECRETS_MOUNT, Spec, command, create, remove_later, report, run_created, secrets_file,
 };
 
 /// A container started ahead and waiting for its stage.
@@ -82,7 +82,7 @@ async fn make(ex: &DockerExecutor, w: WarmStage) -> Option<Warm> {
         return None;
     };
     let ws = w.workspace.local()?;
-    let env_file = empty_env_file(&ws.root, w.stage.as_str()).ok()?;
+    let env_file = secrets_file(&ws.root, w.stage.as_str(), &[], 0o644).ok()?;
     let job = pseudo_job(&w);
     let (entrypoint, cmd) = warm_command(action);
     let spec = Spec {
@@ -137,23 +137,6 @@ fn pseudo_job(w: &WarmStage) -> StageJob {
     }
 }
 
-/// An empty variables file a container can read, written in place later
-/// (a bind-mounted file keeps its inode).
-fn empty_env_file(root: &std::path::Path, stage: &str) -> std::io::Result<PathBuf> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = root.join("secrets");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    let path = dir.join(format!("{stage}.env"));
-    let _ = std::fs::remove_file(&path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&path)?;
-    Ok(path)
-}
-
 /// The stage's warm container, when one was made and fits the stage; a
 /// misfit is removed before the stage makes its own (same name).
 pub(crate) async fn take(ex: &DockerExecutor, job: &StageJob) -> Option<Warm> {
@@ -175,12 +158,9 @@ pub(crate) async fn take(ex: &DockerExecutor, job: &StageJob) -> Option<Warm> {
 }
 
 async fn discard(ex: &DockerExecutor, warm: Warm) {
-    let opts = bollard::query_parameters::RemoveContainerOptions {
-        force: true,
-        v: true,
-        ..Default::default()
-    };
-    let _ = ex.docker.remove_container(&warm.id, Some(opts)).await;
+    if let Err(e) = crate::remove_container(&ex.docker, &warm.id).await {
+        tracing::warn!("cannot remove container {}: {e}", warm.name);
+    }
     let _ = std::fs::remove_file(&warm.env_file);
 }
 
@@ -241,18 +221,8 @@ pub(crate) async fn run(
     )
     .await;
     let _ = std::fs::remove_file(&warm.env_file);
-    remove_later(ex, warm.id.clone(), warm.name.clone()).await;
-    let (outputs, artifacts) = ws.take_private(&warm.private, false);
-    let (files, warnings) = capture(ws, &job, since).await;
-    StageReport {
-        outcome,
-        image_id: Some(warm.image_id),
-        outputs,
-        artifacts,
-        files,
-        warnings,
-        steps: Vec::new(),
-    }
+    remove_later(ex, warm.id, warm.name).await;
+    report(ws, &job, &warm.private, since, outcome, warm.image_id).await
 }
 
 /// Writes every variable of the stage into its file, in place.
