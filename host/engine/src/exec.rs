@@ -317,10 +317,7 @@ pub trait Workspace: Send + Sync + std::fmt::Debug {
     /// `${hash(…)}`).
     async fn hash_files(&self, patterns: &[String]) -> Result<String, ExecError> {
         let _ = patterns;
-        Err(ExecError::said(
-            crate::error::ErrorKind::Permanent,
-            format!("the workspace at {} keeps no cache", self.describe()),
-        ))
+        Err(no_cache(self))
     }
     /// Puts a cache entry (a tar made by [`Workspace::pack_cache`]) back
     /// into the workspace and `stage`'s cache folder, owned by `user`.
@@ -332,10 +329,7 @@ pub trait Workspace: Send + Sync + std::fmt::Debug {
         user: &str,
     ) -> Result<(), ExecError> {
         let _ = (stage, archive, staging, user);
-        Err(ExecError::said(
-            crate::error::ErrorKind::Permanent,
-            format!("the workspace at {} keeps no cache", self.describe()),
-        ))
+        Err(no_cache(self))
     }
     /// Packs a cache's `paths` (of the workspace and `stage`'s cache
     /// folder) into the tar file `to`; returns its size.
@@ -346,10 +340,7 @@ pub trait Workspace: Send + Sync + std::fmt::Debug {
         to: &std::path::Path,
     ) -> Result<u64, ExecError> {
         let _ = (stage, paths, to);
-        Err(ExecError::said(
-            crate::error::ErrorKind::Permanent,
-            format!("the workspace at {} keeps no cache", self.describe()),
-        ))
+        Err(no_cache(self))
     }
 }
 
@@ -365,6 +356,14 @@ pub struct WarmStage {
     /// `uid:gid` the process will run as.
     pub user: String,
     pub workspace: Arc<dyn Workspace>,
+}
+
+/// The error of a workspace that implements no cache.
+fn no_cache<W: Workspace + ?Sized>(ws: &W) -> ExecError {
+    ExecError::said(
+        crate::error::ErrorKind::Permanent,
+        format!("the workspace at {} keeps no cache", ws.describe()),
+    )
 }
 
 /// Runs stages. See the module documentation for the lifecycle.

@@ -243,14 +243,15 @@ pub fn cache_of(
 /// at a time): pending container stages that run on success, whose
 /// dependencies are all running, done or themselves made ready, and whose
 /// inputs do not depend on what those produce (no volume at a path of its
-/// own). Stages without dependencies start at once and need none.
+/// own), each with its container. Stages without dependencies start at
+/// once and need none.
 pub fn to_warm<'p>(
     plan: &'p Plan,
     rec: &Recorder,
     req: &RunRequest,
     warmed: &BTreeSet<StageName>,
     cap: usize,
-) -> Vec<&'p StagePlan> {
+) -> Vec<(&'p StagePlan, &'p sentinel_pipeline::ContainerAction)> {
     use sentinel_api::StageStatus as S;
     let pending = |n: &StageName| rec.state(n).status == S::Pending;
     let mut waiting = warmed.iter().filter(|n| pending(n)).count();
@@ -266,19 +267,21 @@ pub fn to_warm<'p>(
                 matches!(rec.state(n).status, S::Running | S::Succeeded)
                     || (pending(n) && (warmed.contains(n) || now.contains(n)))
             };
+            let sentinel_pipeline::Action::Container(action) = &s.action else {
+                continue;
+            };
             if pending(&s.name)
                 && !warmed.contains(&s.name)
                 && !now.contains(&s.name)
                 && !s.needs.is_empty()
                 && !s.finalizer
                 && s.when == sentinel_pipeline::When::OnSuccess
-                && matches!(s.action, sentinel_pipeline::Action::Container(_))
                 && s.volumes.iter().all(|v| v.path.is_none())
                 && !req.reuse.contains_key(&s.name)
                 && s.needs.iter().all(ready_soon)
             {
                 now.insert(&s.name);
-                out.push(s);
+                out.push((s, action));
                 waiting += 1;
             }
         }

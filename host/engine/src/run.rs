@@ -364,6 +364,10 @@ impl Engine {
         let mut cancelled = false;
         let mut aborted = false;
         let mut warmed = std::collections::BTreeSet::new();
+        // The user a stage's process runs as.
+        let user_of = |s: &sentinel_pipeline::StagePlan| {
+            s.limits.user.clone().unwrap_or_else(|| user.clone())
+        };
         loop {
             // Decide every pending stage whose dependencies are final.
             let mut changed = false;
@@ -446,7 +450,7 @@ impl Engine {
                             dirs: dirs.clone(),
                             workspace: ws.clone(),
                             env: env.vars,
-                            user: s.limits.user.clone().unwrap_or_else(|| user.clone()),
+                            user: user_of(s),
                             secrets: rec.secrets(),
                             http: env.http.clone(),
                             steps: env.steps,
@@ -487,11 +491,8 @@ impl Engine {
             }
             // Get the next container stages ready while their dependencies run.
             if !cancelled {
-                for s in to_warm(&plan, rec, req, &warmed, self.config.jobs.max(1) * 2) {
+                for (s, c) in to_warm(&plan, rec, req, &warmed, self.config.jobs.max(1) * 2) {
                     warmed.insert(s.name.clone());
-                    let sentinel_pipeline::Action::Container(c) = &s.action else {
-                        continue;
-                    };
                     self.exec
                         .prewarm(crate::exec::WarmStage {
                             run_id: rec.run_id.clone(),
@@ -499,7 +500,7 @@ impl Engine {
                             owner: owner.clone(),
                             work: crate::exec::Work::Container(c.clone()),
                             limits: s.limits.clone(),
-                            user: s.limits.user.clone().unwrap_or_else(|| user.clone()),
+                            user: user_of(s),
                             workspace: ws.clone(),
                         })
                         .await;

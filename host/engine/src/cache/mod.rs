@@ -349,13 +349,24 @@ pub struct Started {
 }
 
 impl StageCache {
-    async fn render(&self, ws: &dyn Workspace, pieces: &[Piece]) -> Result<String, String> {
+    /// A key with its file hashes made; `hashes` keeps those made already
+    /// (the key and its restore keys often hash the same files).
+    async fn render(
+        &self,
+        ws: &dyn Workspace,
+        pieces: &[Piece],
+        hashes: &mut std::collections::BTreeMap<Vec<String>, String>,
+    ) -> Result<String, String> {
         let mut out = String::new();
         for p in pieces {
             match p {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Hash(files) => {
-                    out.push_str(&ws.hash_files(files).await.map_err(|e| e.to_string())?)
+                    if !hashes.contains_key(files) {
+                        let h = ws.hash_files(files).await.map_err(|e| e.to_string())?;
+                        hashes.insert(files.clone(), h);
+                    }
+                    out.push_str(&hashes[files]);
                 }
             }
         }
@@ -385,7 +396,8 @@ impl StageCache {
             save: false,
             tmp: tmp.join(format!("{stage}.tar")),
         };
-        let key = match self.render(ws, &self.key).await {
+        let mut hashes = std::collections::BTreeMap::new();
+        let key = match self.render(ws, &self.key, &mut hashes).await {
             Ok(k) => k,
             Err(e) => {
                 started.doc.note = Some(format!("no cache: the key cannot be made: {e}"));
@@ -395,7 +407,7 @@ impl StageCache {
         started.doc.key = key.clone();
         let mut restore_keys = Vec::new();
         for k in &self.restore_keys {
-            match self.render(ws, k).await {
+            match self.render(ws, k, &mut hashes).await {
                 Ok(k) => restore_keys.push(k),
                 Err(e) => started.doc.note = Some(format!("a restore key cannot be made: {e}")),
             }
@@ -469,35 +481,35 @@ impl StageCache {
             }
             return started.doc;
         }
-        let mut packed = ws
-            .pack_cache(stage, &self.paths, &started.tmp)
-            .await
-            .map_err(|e| e.to_string());
-        if packed.is_ok() {
-            let tar = started.tmp.clone();
-            let leaks = tokio::task::spawn_blocking(move || {
-                crate::stage::file_leaks(&tar, &secrets).unwrap_or(true)
-            })
-            .await
-            .unwrap_or(true);
-            if leaks {
-                packed = Err("one of its files holds a secret".into());
-            }
-        }
-        let result = match packed {
+        // The size is checked before the entry is read for secrets: an
+        // entry too large to keep is not read at all.
+        let result = match ws.pack_cache(stage, &self.paths, &started.tmp).await {
             Err(e) => Err(format!("not saved: {e}")),
             Ok(size) if size > self.cache.policy.max_entry => Err(format!(
                 "not saved: {} is more than the {} an entry may hold",
                 human(size),
                 human(self.cache.policy.max_entry)
             )),
-            Ok(size) => match self.cache.save(&self.scope, &doc.key, &started.tmp).await {
-                Ok(Saved::Stored { .. }) => Ok(size),
-                Ok(Saved::Exists) => Err(
-                    "not saved: an entry with this key exists (entries are never replaced)".into(),
-                ),
-                Err(e) => Err(format!("not saved to {}: {e}", self.cache.location())),
-            },
+            Ok(size) => {
+                let tar = started.tmp.clone();
+                let leaks = tokio::task::spawn_blocking(move || {
+                    crate::stage::file_leaks(&tar, &secrets).unwrap_or(true)
+                })
+                .await
+                .unwrap_or(true);
+                if leaks {
+                    Err("not saved: one of its files holds a secret".into())
+                } else {
+                    match self.cache.save(&self.scope, &doc.key, &started.tmp).await {
+                        Ok(Saved::Stored { .. }) => Ok(size),
+                        Ok(Saved::Exists) => Err(
+                            "not saved: an entry with this key exists (entries are never replaced)"
+                                .into(),
+                        ),
+                        Err(e) => Err(format!("not saved to {}: {e}", self.cache.location())),
+                    }
+                }
+            }
         };
         match result {
             Ok(size) => doc.saved_bytes = Some(size),
