@@ -186,12 +186,16 @@ pub fn engine(
 /// Where bundled and installed steps are looked up: `SENTINEL_STEPS_PATH`
 /// (colon-separated), then `steps/` beside the binary, then the nearest
 /// `steps/dist` above it (a source checkout).
-/// The cache of `sentinel run`: `<state>/caches`, with the default policy.
-pub fn local_cache(state: &Path) -> Arc<sentinel_engine::cache::Cache> {
-    use sentinel_engine::cache::{Cache, CacheDir, CachePolicy};
+/// The cache in the state folder (`<state>/caches`): `sentinel run`'s,
+/// and the server's when its `[cache]` names no bucket.
+pub fn local_cache(
+    state: &Path,
+    policy: sentinel_engine::cache::CachePolicy,
+) -> Arc<sentinel_engine::cache::Cache> {
+    use sentinel_engine::cache::{Cache, CacheDir};
     Arc::new(Cache::new(
         Arc::new(CacheDir::new(state.join("caches"))),
-        CachePolicy::default(),
+        policy,
     ))
 }
 

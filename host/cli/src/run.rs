@@ -70,11 +70,13 @@ impl S3Args {
         let Some(url) = &self.s3 else {
             return Ok(None);
         };
-        let mut cfg = sentinel_s3::S3Config::from_url(url).map_err(anyhow::Error::msg)?;
-        cfg.endpoint = self.s3_endpoint.clone();
-        cfg.region = self.s3_region.clone();
-        cfg.path_style = self.s3_path_style;
-        Ok(Some(cfg))
+        let cfg = sentinel_s3::S3Config::at(
+            url,
+            self.s3_endpoint.clone(),
+            self.s3_region.clone(),
+            self.s3_path_style,
+        );
+        Ok(Some(cfg.map_err(anyhow::Error::msg)?))
     }
 }
 
@@ -338,7 +340,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
                     .to_string()
             });
         req.cache = Some(sentinel_engine::cache::CacheAccess {
-            cache: context::local_cache(&dirs.state),
+            cache: context::local_cache(&dirs.state, Default::default()),
             project,
             default_branch: "main".into(),
             write: true,

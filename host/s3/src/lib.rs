@@ -43,6 +43,22 @@ pub struct S3Config {
 }
 
 impl S3Config {
+    /// A configuration from `s3://bucket/prefix` with its endpoint, region
+    /// and addressing (as a flag or a configuration file gives them).
+    pub fn at(
+        url: &str,
+        endpoint: Option<String>,
+        region: Option<String>,
+        path_style: bool,
+    ) -> Result<Self, AddressError> {
+        Ok(Self {
+            endpoint,
+            region,
+            path_style,
+            ..Self::from_url(url)?
+        })
+    }
+
     /// A configuration from `s3://bucket/prefix` (the prefix may be empty).
     pub fn from_url(url: &str) -> Result<Self, AddressError> {
         let rest = url

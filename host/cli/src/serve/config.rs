@@ -297,36 +297,32 @@ impl Settings {
         &self,
         state: &Path,
     ) -> anyhow::Result<std::sync::Arc<sentinel_engine::cache::Cache>> {
-        use sentinel_engine::cache::{Cache, CacheDir, CachePolicy};
+        use sentinel_engine::cache::{Cache, CachePolicy};
         let c = &self.cache;
         let policy = CachePolicy {
             budget: c.budget_mib << 20,
             ttl: std::time::Duration::from_secs(c.ttl_days * 86_400),
             max_entry: c.max_entry_mib << 20,
         };
-        let backend: std::sync::Arc<dyn sentinel_engine::ports::CacheBackend> = match &c.url {
-            None => std::sync::Arc::new(CacheDir::new(state.join("caches"))),
-            Some(url) => {
-                let mut cfg = sentinel_s3::S3Config::from_url(url).map_err(anyhow::Error::msg)?;
-                cfg.endpoint = c.endpoint.clone();
-                cfg.region = c.region.clone();
-                cfg.path_style = c.path_style;
-                std::sync::Arc::new(sentinel_s3::S3Cache::new(
-                    sentinel_s3::S3Sink::connect(cfg).await,
-                ))
-            }
+        let Some(url) = &c.url else {
+            return Ok(crate::context::local_cache(state, policy));
         };
-        Ok(std::sync::Arc::new(Cache::new(backend, policy)))
+        let cfg =
+            sentinel_s3::S3Config::at(url, c.endpoint.clone(), c.region.clone(), c.path_style)
+                .map_err(anyhow::Error::msg)?;
+        let backend = sentinel_s3::S3Cache::new(sentinel_s3::S3Sink::connect(cfg).await);
+        Ok(std::sync::Arc::new(Cache::new(
+            std::sync::Arc::new(backend),
+            policy,
+        )))
     }
 
     /// The S3 configuration, if results also go to a bucket.
     pub fn s3_config(&self) -> anyhow::Result<Option<sentinel_s3::S3Config>> {
         let Some(s) = &self.s3 else { return Ok(None) };
-        let mut cfg = sentinel_s3::S3Config::from_url(&s.url).map_err(anyhow::Error::msg)?;
-        cfg.endpoint = s.endpoint.clone();
-        cfg.region = s.region.clone();
-        cfg.path_style = s.path_style;
-        Ok(Some(cfg))
+        let cfg =
+            sentinel_s3::S3Config::at(&s.url, s.endpoint.clone(), s.region.clone(), s.path_style);
+        Ok(Some(cfg.map_err(anyhow::Error::msg)?))
     }
 
     /// The secrets key: `SENTINEL_SECRETS_KEY`, else the key file.
