@@ -19,9 +19,10 @@ struct RunStatusOnly {
 /// envelope `encode` writes (`{"v":N,"doc":…}`), else decoded and encoded
 /// again.
 fn doc_bytes(bytes: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let head = format!("{{\"v\":{VALUE_VERSION},\"doc\":");
+    static HEAD: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| format!("{{\"v\":{VALUE_VERSION},\"doc\":"));
     if let Some(doc) = bytes
-        .strip_prefix(head.as_bytes())
+        .strip_prefix(HEAD.as_bytes())
         .and_then(|rest| rest.strip_suffix(b"}"))
     {
         return Ok(doc.to_vec());
