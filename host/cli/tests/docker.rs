@@ -834,7 +834,7 @@ async fn reused_stages_share_one_warm_container() -> Result<(), String> {
         "  r-join:\n",
         "    after: [r-one]\n",
         "    reuse: true\n",
-        "    run: echo joined\n",
+        "    run: echo joined; echo \"home=$HOME\"\n",
     ))));
     let handle = {
         let p = p.clone();
@@ -906,7 +906,7 @@ async fn reused_stages_share_one_warm_container() -> Result<(), String> {
     );
     ensure!(
         st("r-join").await.status == StageStatus::Succeeded
-            && p.log(&r, "r-join").contains("joined"),
+            && p.log(&r, "r-join").contains("joined\nhome=/tmp"),
         "join"
     );
     Ok(())

@@ -252,11 +252,11 @@ impl Shared {
 }
 
 /// A stage's variables for the shared container: its private folder is
-/// `/sentinel-stages/<stage>`, not `/sentinel`.
+/// `/sentinel-stages/<stage>`, not `/sentinel`. (`HOME` is the container's
+/// own `/tmp` unless the stage sets it, as for a container of its own.)
 fn vars(job: &StageJob) -> Vec<Var> {
     let here = format!("{STAGES_MOUNT}/{}", job.stage);
-    let mut vars: Vec<Var> = job
-        .env
+    job.env
         .iter()
         .map(|v| {
             let mut v = v.clone();
@@ -267,11 +267,7 @@ fn vars(job: &StageJob) -> Vec<Var> {
             }
             v
         })
-        .collect();
-    if !vars.iter().any(|v| v.name == "HOME") {
-        vars.push(Var::plain("HOME", "/tmp"));
-    }
-    vars
+        .collect()
 }
 
 /// Writes a stage's files into its private folder, owned by its user.
