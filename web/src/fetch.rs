@@ -37,7 +37,11 @@ fn status_text(code: u16) -> &'static str {
 
 /// GETs `url` as text; `Ok(None)` for a 404 when `missing_ok`.
 async fn get(url: &str, missing_ok: bool) -> Result<Option<String>, FetchError> {
+    // Never from the browser's cache: a document changes while a run goes,
+    // and a heuristic freshness (or a revalidation by a modification time
+    // that counts whole seconds) would show an ended run as still going.
     let res = gloo_net::http::Request::get(url)
+        .cache(gloo_net::http::RequestCache::NoStore)
         .send()
         .await
         .map_err(|e| {

@@ -56,3 +56,8 @@ pub fn duration(ms: Option<u64>) -> String {
         Some(ms) => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
     }
 }
+
+/// The browser's clock, as a document's times are (UTC).
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(js_sys::Date::now() as i64).unwrap_or_default()
+}

@@ -22,6 +22,11 @@ pub enum TriggerKind {
     Api,
     /// A git push webhook.
     Webhook,
+    /// A deploy: a marker a watcher found, or a promotion.
+    Deploy,
+    /// Written by a newer Sentinel.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Who or what started a run.
@@ -121,6 +126,9 @@ pub struct RunDoc {
     /// from a build: `sentinel run --from-run RUN`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_run: Option<RunId>,
+    /// What it deploys, when a deploy marker or a promotion started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<crate::DeployFacts>,
 }
 
 impl RunDoc {

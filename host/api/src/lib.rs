@@ -4,12 +4,14 @@
 //! This crate has no heavy dependencies and builds for `wasm32` as well, so the
 //! web app shares these types with the host instead of re-declaring them.
 
+pub mod deploy;
 pub mod docs;
 pub mod ids;
 pub mod index;
 pub mod keys;
 pub mod status;
 
+pub use deploy::{DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus};
 pub use docs::{
     CacheDoc, CacheResult, GitContext, IndexPage, JobStepDoc, ResolvedInputs, RunDoc,
     RunStageEntry, RunSummary, SCHEMA_VERSION, StageDoc, StageKind, Trigger, TriggerKind,

@@ -106,6 +106,7 @@ async fn main() {
                 stages: Vec::new(),
                 sentinel: "bench".into(),
                 from_run: None,
+                deploy: None,
             };
             db.put_run(&doc, i + 1 == STORED).await.unwrap();
         }

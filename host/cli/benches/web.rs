@@ -81,6 +81,7 @@ async fn main() {
             stages: Vec::new(),
             sentinel: "bench".into(),
             from_run: None,
+            deploy: None,
         };
         sink.update_index(&RunSummary::of(&run)).await.unwrap();
     }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod context;
+mod deployments;
 mod outbox;
 mod pipeline;
 mod progress;
@@ -99,6 +100,8 @@ enum Command {
     Serve(serve::config::ServeArgs),
     /// Queue a run on a server.
     Trigger(trigger::TriggerArgs),
+    /// What is deployed where now, and the deploys before (from a server).
+    Deployments(deployments::DeploymentsArgs),
     /// The results web app.
     Web {
         #[command(subcommand)]
@@ -154,6 +157,7 @@ fn main() -> ExitCode {
             Command::Token { cmd } => admin::token(&cli.paths, cmd).await,
             Command::Secret { cmd } => secret::secret(&cli.paths, cmd).await,
             Command::Trigger(args) => trigger::trigger(&cli.paths, args).await,
+            Command::Deployments(args) => deployments::deployments(&cli.paths, args).await,
             Command::Web { cmd } => web::web(&cli.paths, cmd).await,
             Command::Serve(_) => unreachable!("handled above"),
         }

@@ -89,7 +89,9 @@ impl State {
                 } => {
                     serde_json::json!({"event": "stage", "stage": name, "status": status, "reason": reason, "duration_ms": duration_ms})
                 }
-                Progress::Log { .. } | Progress::Published { .. } => return,
+                Progress::Log { .. }
+                | Progress::Published { .. }
+                | Progress::RunRequeued { .. } => return,
                 Progress::RunFinished { run_id, status } => {
                     serde_json::json!({"event": "run_finished", "run": run_id, "status": status})
                 }
@@ -154,7 +156,7 @@ impl State {
                     None => self.line(text),
                 }
             }
-            Progress::Published { .. } => {}
+            Progress::Published { .. } | Progress::RunRequeued { .. } => {}
             Progress::RunFinished { .. } => {
                 for (_, bar) in self.bars.drain() {
                     bar.finish_and_clear();

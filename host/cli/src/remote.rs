@@ -3,9 +3,38 @@
 //! server's `server.json` in the state folder.
 
 use anyhow::Context as _;
+use clap::Args;
 use serde_json::Value;
 
+use crate::Paths;
+use crate::context::Dirs;
 use crate::serve::local;
+
+/// Which server a command talks to.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The server (else the one running on this state folder).
+    #[arg(long, env = "SENTINEL_SERVER", requires = "token")]
+    server: Option<String>,
+    /// A token with the scope the command needs.
+    #[arg(long, env = "SENTINEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    /// The server named, else the one running on the state folder.
+    pub fn remote(&self, paths: &Paths) -> anyhow::Result<Remote> {
+        match (&self.server, &self.token) {
+            (Some(url), Some(token)) => Ok(Remote::new(url, token)),
+            _ => {
+                let dirs = Dirs::new(paths)?;
+                Remote::local(&dirs.state).context(
+                    "no server: pass --server and --token (or SENTINEL_SERVER / SENTINEL_TOKEN), or start `sentinel serve` on this state folder",
+                )
+            }
+        }
+    }
+}
 
 /// A server to talk to.
 #[derive(Debug, Clone)]

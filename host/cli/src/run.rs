@@ -325,6 +325,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         reuse: Default::default(),
         not_reused: Default::default(),
         from_run: args.from_run.clone(),
+        deploy: None,
         cache: None,
     };
     let mut req = req;

@@ -4,14 +4,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 use reqwest::Method;
 use serde_json::json;
 
 use crate::Paths;
-use crate::context::Dirs;
-use crate::remote::Remote;
+use crate::remote::ServerArgs;
 
 #[derive(Debug, Args)]
 pub struct TriggerArgs {
@@ -20,12 +18,8 @@ pub struct TriggerArgs {
     /// The branch, tag or commit.
     #[arg(long = "ref", default_value = "HEAD")]
     git_ref: String,
-    /// The server (else the one running on this state folder).
-    #[arg(long, env = "SENTINEL_SERVER", requires = "token")]
-    server: Option<String>,
-    /// A token with the trigger scope.
-    #[arg(long, env = "SENTINEL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Wait for the run to end and exit with its result.
     #[arg(long)]
     wait: bool,
@@ -33,15 +27,7 @@ pub struct TriggerArgs {
 
 /// `sentinel trigger`.
 pub async fn trigger(paths: &Paths, args: TriggerArgs) -> anyhow::Result<ExitCode> {
-    let remote = match (&args.server, &args.token) {
-        (Some(url), Some(token)) => Remote::new(url, token),
-        _ => {
-            let dirs = Dirs::new(paths)?;
-            Remote::local(&dirs.state).context(
-                "no server: pass --server and --token (or SENTINEL_SERVER / SENTINEL_TOKEN), or start `sentinel serve` on this state folder",
-            )?
-        }
-    };
+    let remote = args.server.remote(paths)?;
     let v = remote
         .call(
             Method::POST,

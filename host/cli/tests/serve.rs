@@ -208,6 +208,15 @@ async fn the_server_end_to_end() {
     // The results folder is served read-only.
     let run_json = c.get(&format!("/results/run/{id}/run.json")).await;
     assert_eq!(run_json["id"], id.as_str());
+    // Never kept by a browser's cache: it changes while a run goes.
+    let res = c
+        .http
+        .get(format!("{}/results/run/{id}/run.json", c.url))
+        .bearer_auth(&c.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["cache-control"], "no-store");
     let (status, _) = c
         .call(
             reqwest::Method::PUT,

@@ -7,8 +7,10 @@
 
 pub mod marker;
 pub mod payload;
+pub mod source;
 pub mod version;
 
 pub use marker::Marker;
 pub use payload::{Metadata, Payload, PayloadError};
+pub use source::{Folder, Location, SourceError};
 pub use version::Version;

@@ -47,6 +47,7 @@ pub(crate) fn new_run_doc(
         stages,
         sentinel: env!("CARGO_PKG_VERSION").to_string(),
         from_run: None,
+        deploy: None,
     }
 }
 

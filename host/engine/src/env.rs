@@ -28,6 +28,8 @@ pub enum EnvError {
     NoOutput(String),
     #[error("stage `{stage}` set no output `{key}` (write `{key}=…` to $SENTINEL_OUTPUT)")]
     NoNamedOutput { stage: String, key: String },
+    #[error("`{0}`: this run deploys nothing (a deploy marker or a promotion starts a deploy run)")]
+    NotDeploy(String),
     #[error("setting `{setting}` is a secret: {source}")]
     ShortSecret {
         setting: String,
@@ -42,6 +44,8 @@ pub struct EnvInputs<'a> {
     pub plan: &'a Plan,
     pub run_id: &'a RunId,
     pub git: Option<&'a GitContext>,
+    /// What a deploy run deploys.
+    pub deploy: Option<&'a sentinel_api::DeployFacts>,
     pub host_env: &'a BTreeMap<String, String>,
     pub secrets: &'a BTreeMap<String, String>,
     /// Raw outputs of finished stages: the output and the named outputs.
@@ -136,6 +140,10 @@ pub fn resolve(inputs: &EnvInputs<'_>, r: &Ref) -> Result<String, EnvError> {
         Ref::GitCommit => Ok(git(|g| &g.commit)),
         Ref::GitBranch => Ok(git(|g| &g.branch)),
         Ref::GitRepo => Ok(git(|g| &g.repo)),
+        Ref::Deploy(field) => inputs
+            .deploy
+            .map(|d| field.of(d))
+            .ok_or_else(|| EnvError::NotDeploy(r.to_string())),
     }
 }
 
@@ -178,6 +186,11 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
     ];
     for (k, v) in context {
         set(&mut env.vars, k, v);
+    }
+    if let Some(d) = inputs.deploy {
+        for (k, v) in d.vars() {
+            set(&mut env.vars, k, v);
+        }
     }
     if !matches!(stage.action, sentinel_pipeline::Action::Step(_)) {
         // Kept between runs when the stage's `cache:` names it.
@@ -413,6 +426,7 @@ mod tests {
                 plan: &plan,
                 run_id: &run_id,
                 git: None,
+                deploy: None,
                 host_env: &empty,
                 secrets: &secrets,
                 outputs: &BTreeMap::new(),

@@ -48,6 +48,7 @@ pub fn run_doc(id: &RunId, status: sentinel_api::RunStatus) -> RunDoc {
         stages: vec![],
         sentinel: "0".into(),
         from_run: None,
+        deploy: None,
     }
 }
 

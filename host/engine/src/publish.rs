@@ -26,7 +26,7 @@ enum Job {
     Log(RunId, StageName, LogBody, Arc<SecretSet>),
     Artifacts(RunId, StageName, PathBuf),
     Stage(Box<StageDoc>),
-    Run(RunDoc, Arc<SecretSet>),
+    Run(Box<RunDoc>, Arc<SecretSet>),
     Index(RunSummary),
     Flush(oneshot::Sender<()>),
     /// Reported once everything sent before it is written.
@@ -67,7 +67,7 @@ impl Publisher {
 
     /// Publishes `run.json` after a final sweep for secrets.
     pub fn run(&self, doc: RunDoc, secrets: Arc<SecretSet>) {
-        let _ = self.tx.send(Job::Run(doc, secrets));
+        let _ = self.tx.send(Job::Run(Box::new(doc), secrets));
     }
 
     pub fn index(&self, summary: RunSummary) {
@@ -172,7 +172,7 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
             }
             Job::Run(doc, secrets) => {
-                pending = Some((doc, secrets));
+                pending = Some((*doc, secrets));
                 if last_run_write.elapsed() >= RUN_DOC_INTERVAL
                     && let Some((doc, secrets)) = pending.take()
                 {

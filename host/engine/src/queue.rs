@@ -205,6 +205,13 @@ impl Worker {
                     ..e
                 };
                 self.queue.enqueue(&next).await?;
+                (self.progress)(
+                    &next.run_id,
+                    Progress::RunRequeued {
+                        run_id: next.run_id.clone(),
+                        previous: e.run_id.clone(),
+                    },
+                );
                 again.push(next);
             }
         }
@@ -319,6 +326,7 @@ async fn record_unstarted(
         stages: Vec::new(),
         sentinel: env!("CARGO_PKG_VERSION").to_string(),
         from_run: None,
+        deploy: None,
     });
     if run.status.is_final() && run.finished.is_some() {
         // Ended already (its runner recorded it): one final state only.

@@ -125,6 +125,11 @@ impl Recorder {
         self.run.from_run = from;
     }
 
+    /// Records what the run deploys.
+    pub fn set_deploy(&mut self, deploy: Option<sentinel_api::DeployFacts>) {
+        self.run.deploy = deploy;
+    }
+
     /// The `out/<stage>` files of the stages finished so far.
     pub fn outs(&self) -> Vec<(StageName, Arc<Vec<u8>>)> {
         self.outs.clone()

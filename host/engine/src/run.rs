@@ -74,6 +74,9 @@ pub struct RunRequest {
     /// The run whose published output is this run's source (a deploy from
     /// a build), recorded in the run document.
     pub from_run: Option<RunId>,
+    /// What the run deploys (a deploy marker's or a promotion's run):
+    /// `${deploy.*}`, `DEPLOY_*` and the run document's `deploy`.
+    pub deploy: Option<sentinel_api::DeployFacts>,
     /// The cache stages with `cache:` use (`None`: no cache).
     pub cache: Option<crate::cache::CacheAccess>,
 }
@@ -110,6 +113,7 @@ impl RunRequest {
             reuse: BTreeMap::new(),
             not_reused: BTreeMap::new(),
             from_run: None,
+            deploy: None,
             cache: None,
         }
     }
@@ -142,6 +146,12 @@ pub enum Progress {
     RunFinished {
         run_id: RunId,
         status: RunStatus,
+    },
+    /// A run whose server died is queued again as a new run (`run_id`, a
+    /// new attempt of `previous`).
+    RunRequeued {
+        run_id: RunId,
+        previous: RunId,
     },
 }
 
@@ -207,6 +217,7 @@ impl Engine {
             req.git.clone(),
         );
         rec.set_from_run(req.from_run.clone());
+        rec.set_deploy(req.deploy.clone());
 
         // Accepted: durable before anything runs; the lease's durable write makes the run durable too.
         self.store.put_run(&rec.run_doc(), false).await?;

@@ -25,6 +25,55 @@ pub enum Ref {
     GitBranch,
     /// `${git.repo}`.
     GitRepo,
+    /// `${deploy.FIELD}`: a fact of the deploy a run deploys.
+    Deploy(DeployField),
+}
+
+/// The facts of a deploy (`${deploy.app}`…), each also a `DEPLOY_*` variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeployField {
+    App,
+    Version,
+    ImageVersion,
+    Instances,
+    Environment,
+    Domain,
+}
+
+impl DeployField {
+    /// Every field, in `${deploy.*}` order.
+    pub const ALL: [Self; 6] = [
+        Self::App,
+        Self::Version,
+        Self::ImageVersion,
+        Self::Instances,
+        Self::Environment,
+        Self::Domain,
+    ];
+
+    /// Its name in `${deploy.NAME}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::Version => "version",
+            Self::ImageVersion => "image_version",
+            Self::Instances => "instances",
+            Self::Environment => "environment",
+            Self::Domain => "domain",
+        }
+    }
+
+    /// Its value in `facts`.
+    pub fn of(self, facts: &sentinel_api::DeployFacts) -> String {
+        match self {
+            Self::App => facts.app.clone(),
+            Self::Version => facts.version.clone(),
+            Self::ImageVersion => facts.image_version.clone(),
+            Self::Instances => facts.instances.to_string(),
+            Self::Environment => facts.environment.clone(),
+            Self::Domain => facts.domain.clone(),
+        }
+    }
 }
 
 impl Ref {
@@ -48,6 +97,7 @@ impl fmt::Display for Ref {
             Self::GitCommit => f.write_str("${git.commit}"),
             Self::GitBranch => f.write_str("${git.branch}"),
             Self::GitRepo => f.write_str("${git.repo}"),
+            Self::Deploy(d) => write!(f, "${{deploy.{}}}", d.name()),
         }
     }
 }
@@ -127,7 +177,7 @@ fn err(offset: usize, message: impl Into<String>, hint: Option<&str>) -> Templat
     }
 }
 
-const HINT: &str = "references are ${env.X}, ${secrets.X}, ${stages.X.output}, ${stages.X.outputs.Y}, ${run.id}, ${git.commit}, ${git.branch}, ${git.repo}; write $${ for a literal ${";
+const HINT: &str = "references are ${env.X}, ${secrets.X}, ${stages.X.output}, ${stages.X.outputs.Y}, ${run.id}, ${git.commit}, ${git.branch}, ${git.repo}, ${deploy.X}; write $${ for a literal ${";
 
 /// Parses a value. `$${` is a literal `${`; a `$` not followed by `{` is literal.
 pub fn parse(value: &str) -> Result<Template, TemplateError> {
@@ -187,6 +237,11 @@ fn parse_ref(body: &str) -> Result<Ref, (String, Option<&'static str>)> {
         ["git", "commit"] => Ok(Ref::GitCommit),
         ["git", "branch"] => Ok(Ref::GitBranch),
         ["git", "repo"] => Ok(Ref::GitRepo),
+        ["deploy", field] => DeployField::ALL
+            .into_iter()
+            .find(|d| d.name() == *field)
+            .map(Ref::Deploy)
+            .ok_or_else(unknown),
         _ => Err(unknown()),
     }
 }
@@ -221,6 +276,20 @@ mod tests {
         assert!(parse("${env.X").is_err());
         assert!(parse("${stages.x}").is_err());
         assert_eq!(parse("${secrets.K}x${oops}").unwrap_err().offset, 13);
+    }
+
+    #[test]
+    fn deploy_facts_are_references() {
+        let t = parse("${deploy.app}@${deploy.image_version}").unwrap();
+        assert_eq!(
+            t.refs().cloned().collect::<Vec<_>>(),
+            vec![
+                Ref::Deploy(DeployField::App),
+                Ref::Deploy(DeployField::ImageVersion)
+            ]
+        );
+        assert_eq!(t.to_string(), "${deploy.app}@${deploy.image_version}");
+        assert!(parse("${deploy.nope}").is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! server verifies.
 
 mod cache;
+mod location;
 mod upload;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use sentinel_engine::ports::{LogBody, ResultsSink, StorageError};
 use sentinel_results::index::{self, IndexStore};
 
 pub use cache::S3Cache;
+pub use location::S3Location;
 pub use upload::PART_SIZE;
 
 /// Where results go in S3.

@@ -37,6 +37,10 @@ impl ApiError {
     pub fn too_many(m: impl Into<String>) -> Self {
         Self::new(StatusCode::TOO_MANY_REQUESTS, m)
     }
+    /// Something the server depends on (a bucket, a folder) cannot be reached.
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, m)
+    }
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!("{e}");
         Self::new(

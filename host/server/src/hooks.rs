@@ -130,6 +130,7 @@ pub(crate) async fn github(
         from: None,
         env: Default::default(),
         secrets: Default::default(),
+        deploy: None,
     };
     let entry = s.entry(
         &spec,

@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod badge;
+pub mod deploys;
 mod error;
 mod hooks;
 pub mod live;
@@ -33,10 +34,11 @@ use sentinel_store::secrets::SecretsKey;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{Caller, SESSION_COOKIE};
+pub use deploys::{Watcher, WatcherConfig, Watchers};
 pub use error::ApiError;
 pub use hooks::signature as github_signature;
 pub use routes::{Access, ROUTES, Route};
-pub use runs::RunSpec;
+pub use runs::{DeployRequest, RunSpec};
 
 /// A repository the server may run: triggers name it, never a URL or path.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +154,8 @@ pub struct AppState {
     pub results_dir: Option<PathBuf>,
     /// The built results web app, served at `/` (public: it holds no data).
     pub web_dir: Option<PathBuf>,
+    /// Deploy watchers (none by default).
+    pub watchers: Arc<deploys::Watchers>,
     limiter: Arc<auth::Limiter>,
 }
 
@@ -178,6 +182,7 @@ impl AppState {
             secrets_key: None,
             results_dir: None,
             web_dir: None,
+            watchers: Arc::default(),
             limiter,
         }
     }

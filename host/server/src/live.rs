@@ -151,6 +151,7 @@ impl LiveHub {
                     let _ = r.tx.send(RunEvent::Run { status: *status });
                 }
             }
+            Progress::RunRequeued { .. } => {}
         }
     }
 

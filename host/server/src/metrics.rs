@@ -2,13 +2,15 @@
 //! queue depth and outbox depth (read at scrape time, so they are right
 //! after a restart), stage durations by final status, and the start
 //! latency — from a run's acceptance to its first stage starting —
-//! observed as the worker reports progress.
+//! observed as the worker reports progress, and the deploy markers acted
+//! on by watcher and outcome.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -36,6 +38,7 @@ pub struct Metrics {
     outbox_parked: Gauge,
     stage_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     start_latency: Histogram,
+    deploy_markers: Family<Labels, Counter>,
     /// Runs accepted and not started yet, with when they were accepted.
     accepted: Mutex<HashMap<RunId, DateTime<Utc>>>,
 }
@@ -58,6 +61,12 @@ impl Default for Metrics {
             duration_histogram,
         );
         let start_latency = Histogram::new(exponential_buckets(0.001, 2.0, 20));
+        let deploy_markers = Family::<Labels, Counter>::default();
+        registry.register(
+            "deploy_markers",
+            "Deploy markers acted on, by watcher and outcome (queued, ignored, failed)",
+            deploy_markers.clone(),
+        );
         registry.register("runs", "Stored runs by status", runs.clone());
         registry.register("runs_running", "Runs going now", running.clone());
         registry.register(
@@ -94,6 +103,7 @@ impl Default for Metrics {
             outbox_parked,
             stage_seconds,
             start_latency,
+            deploy_markers,
             accepted: Mutex::default(),
         }
     }
@@ -105,6 +115,16 @@ impl Metrics {
         if let Ok(mut a) = self.accepted.lock() {
             a.insert(run.clone(), at);
         }
+    }
+
+    /// A watcher acted on a deploy marker.
+    pub fn deploy_marker(&self, watcher: &str, outcome: &str) {
+        self.deploy_markers
+            .get_or_create(&vec![
+                ("watcher".into(), watcher.into()),
+                ("outcome".into(), outcome.into()),
+            ])
+            .inc();
     }
 
     /// Takes one progress event of `run`.

@@ -20,7 +20,7 @@ use tower_http::services::ServeDir;
 use sentinel_store::tokens::Scope;
 
 use crate::runs::St;
-use crate::{ApiError, AppState, admin, badge, hooks, logs, runs};
+use crate::{ApiError, AppState, admin, badge, deploys, hooks, logs, runs};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +184,34 @@ pub const ROUTES: &[Route] = &[
         Access::Public,
         "Clear the session cookie",
         || delete(admin::close_session),
+    ),
+    r(
+        "GET",
+        "/api/v1/watchers",
+        READ,
+        "Deploy watchers: where each looks, how often, and its last poll",
+        || get(deploys::list_watchers),
+    ),
+    r(
+        "POST",
+        "/api/v1/watchers/{name}/poll",
+        TRIGGER,
+        "Poll a deploy watcher now; answers with what it found and did",
+        || post(deploys::poll_now),
+    ),
+    r(
+        "GET",
+        "/force",
+        TRIGGER,
+        "Poll every deploy watcher now (the artifactory monitor's spelling)",
+        || get(deploys::force),
+    ),
+    r(
+        "GET",
+        "/api/v1/deployments",
+        READ,
+        "What is deployed where now (`current`) and the history, newest first; `?app=`, `?environment=`, `?limit=` (≤ 1000)",
+        || get(deploys::deployments),
     ),
     r(
         "GET",
@@ -355,5 +383,12 @@ async fn results(
     if res.status() == StatusCode::NOT_FOUND {
         return Err(ApiError::not_found(format!("no results file {path}")));
     }
-    Ok(res.map(Body::new))
+    // Documents change while a run goes, and a modification time counts
+    // whole seconds: nothing here is kept by a cache.
+    let mut res = res.map(Body::new);
+    res.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
 }

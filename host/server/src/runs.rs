@@ -49,6 +49,20 @@ pub struct RunSpec {
     /// (`{"DEPLOY_TOKEN": "PROD_DEPLOY_TOKEN"}`); unnamed ones use their own name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// What the run deploys, and its checked payload (a deploy marker's run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<DeployRequest>,
+}
+
+/// A deploy run's facts and the payload it unpacks into `deploy/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub facts: sentinel_api::DeployFacts,
+    /// Its deployment; its checked payload is kept as
+    /// `<state>/payloads/<deployment>.tar.gz` (a re-run deploys it again).
+    pub deployment: String,
+    /// The payload's file name (`<domain>-<environment>-<app>-<version>.tar.gz`).
+    pub payload: String,
 }
 
 pub(crate) fn parse_run_id(id: &str) -> Result<RunId, ApiError> {
@@ -274,6 +288,7 @@ pub(crate) async fn trigger(
         from: None,
         env: req.env,
         secrets: req.secrets,
+        deploy: None,
     };
     s.queue_api(&spec, &caller).await
 }

@@ -14,9 +14,11 @@
 //! encrypted: see [`secrets`]), `open` (the runs not final yet, so recovery
 //! finds every one however old), `kept` (stages' outputs kept for re-runs,
 //! sealed like secrets: see [`kept`]), `parked` (results the sink refused
-//! for good: see [`outbox`]) and `meta` (settings of the state folder, such
-//! as the bucket its runs are mirrored to).
+//! for good: see [`outbox`]), `meta` (settings of the state folder, such
+//! as the bucket its runs are mirrored to) and the deployments' trees (see
+//! [`deploys`]).
 
+pub mod deploys;
 pub mod kept;
 pub mod outbox;
 mod queue;
@@ -73,6 +75,9 @@ pub struct SledStore {
     kept: sled::Tree,
     parked: sled::Tree,
     meta: sled::Tree,
+    deployments: sled::Tree,
+    deploy_marks: sled::Tree,
+    deploy_latest: sled::Tree,
     /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
     outbox_len: Arc<AtomicUsize>,
     parked_len: Arc<AtomicUsize>,
@@ -167,6 +172,9 @@ impl SledStore {
             open: tree("open")?,
             kept: tree("kept")?,
             meta: tree("meta")?,
+            deployments: tree("deployments")?,
+            deploy_marks: tree("deploy_marks")?,
+            deploy_latest: tree("deploy_latest")?,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             runs: tree("runs")?,
             stages: tree("stages")?,

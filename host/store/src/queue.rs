@@ -13,6 +13,22 @@ use sentinel_engine::ports::{Claim, QueueEntry, RunQueue, StorageError};
 
 use crate::{SledStore, decode, encode, err, get_decoded};
 
+/// Inside a transaction: queues the encoded entry `value` of `run` at
+/// sequence number `seq` (queue, queued, requests).
+pub(crate) fn queue_in(
+    queue: &sled::transaction::TransactionalTree,
+    queued: &sled::transaction::TransactionalTree,
+    requests: &sled::transaction::TransactionalTree,
+    seq: u64,
+    run: &RunId,
+    value: &[u8],
+) -> Result<(), sled::transaction::UnabortableTransactionError> {
+    queue.insert(&seq.to_be_bytes(), value)?;
+    queued.insert(run.as_str(), &seq.to_be_bytes())?;
+    requests.insert(run.as_str(), value)?;
+    Ok(())
+}
+
 impl SledStore {
     /// Queues `entry` unless a trigger with the same idempotency `key` (a
     /// webhook's delivery id) was queued before: returns the run id that
@@ -65,9 +81,7 @@ impl SledStore {
                 if let Some(key) = key {
                     deliveries.insert(key.as_bytes(), entry.run_id.as_str())?;
                 }
-                queue.insert(&seq.to_be_bytes(), value.clone())?;
-                queued.insert(entry.run_id.as_str(), &seq.to_be_bytes())?;
-                requests.insert(entry.run_id.as_str(), value.clone())?;
+                queue_in(queue, queued, requests, seq, &entry.run_id, &value)?;
                 Ok(None)
             },
         );

@@ -1,6 +1,8 @@
 //! Test support shared by the crates' tests (a dev-dependency only): the
-//! real S3 server on loopback, started by `scripts/s3-server.sh`, and reads
-//! through its bucket website endpoint.
+//! real S3 server on loopback, started by `scripts/s3-server.sh`, reads
+//! through its bucket website endpoint, and deploy payloads ([`payload`]).
+
+pub mod payload;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

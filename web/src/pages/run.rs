@@ -165,14 +165,19 @@ fn RunView(run: RunDoc) -> impl IntoView {
     )
     .to_lowercase();
     // The timeline: each stage's span within the run.
+    // A run going spans until now (this render; the next event redraws it).
     let t0 = run.started.unwrap_or(run.created);
+    let now = (!run.status.is_final()).then(status::now);
     let end = run
         .stages
         .iter()
-        .filter_map(|s| s.finished)
+        .flat_map(|s| [s.started, s.finished])
+        .flatten()
         .chain(run.finished)
+        .chain(now)
         .max()
-        .unwrap_or(t0);
+        .unwrap_or(t0)
+        .max(t0);
     let total = ((end - t0).num_milliseconds().max(1)) as f64;
     let bars = run
         .stages

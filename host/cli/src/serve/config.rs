@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use sentinel_server::{ApiConfig, RepoConfig};
+use sentinel_server::{ApiConfig, RepoConfig, WatcherConfig};
 
 /// The configuration file's shape (every field optional; see [`Settings`]).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -35,6 +35,9 @@ pub struct FileConfig {
     pub api: Option<ApiConfig>,
     #[serde(default)]
     pub repos: BTreeMap<String, RepoConfig>,
+    /// Deploy watchers, by name.
+    #[serde(default)]
+    pub watchers: BTreeMap<String, WatcherConfig>,
 }
 
 /// Where results go besides the local folder.
@@ -166,6 +169,8 @@ pub struct Settings {
     pub s3: Option<S3Section>,
     pub cache: CacheSection,
     pub api: ApiConfig,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub watchers: BTreeMap<String, WatcherConfig>,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -178,6 +183,44 @@ fn default_web() -> Option<PathBuf> {
     exe.ancestors()
         .map(|a| a.join("dist"))
         .find(|d| d.join("index.html").is_file())
+}
+
+/// A watcher's settings that cannot work, said before the server starts.
+fn check_watcher(name: &str, w: &WatcherConfig, api: &ApiConfig) -> anyhow::Result<()> {
+    let at = |what: String| anyhow::anyhow!("[watchers.{name}]: {what}");
+    if !sentinel_deploy::marker::app_ok(name) {
+        return Err(at(
+            "the name may hold letters, digits, `.`, `-` and `_`".into()
+        ));
+    }
+    if !api.repos.contains_key(&w.repo) {
+        return Err(at(format!(
+            "repo `{}` is not in [repos] (it has: {})",
+            w.repo,
+            api.repos.keys().cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if !sentinel_deploy::marker::app_ok(&w.environment) {
+        return Err(at(format!(
+            "environment `{}` must be letters, digits, `.`, `-` and `_`",
+            w.environment
+        )));
+    }
+    for (what, url) in [("markers", &w.markers), ("payloads", &w.payloads)] {
+        if url.starts_with("s3://") {
+            sentinel_s3::S3Config::from_url(url).map_err(|e| at(format!("{what}: {e}")))?;
+        } else if url.is_empty() {
+            return Err(at(format!(
+                "{what} is empty: give s3://bucket/prefix or a folder"
+            )));
+        }
+    }
+    if w.poll_seconds == 0 || w.max_payload_mib == 0 {
+        return Err(at(
+            "poll_seconds and max_payload_mib must be at least 1".into()
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a TOML file, naming the line and column of a mistake.
@@ -268,6 +311,9 @@ impl Settings {
                 );
             }
         }
+        for (name, w) in &file.watchers {
+            check_watcher(name, w, &api)?;
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -289,7 +335,57 @@ impl Settings {
             s3,
             cache,
             api,
+            watchers: file.watchers.clone(),
         })
+    }
+
+    /// The deploy watchers with their locations (S3 ones use the `[s3]`
+    /// section's endpoint, region and addressing unless they name their own).
+    pub async fn watchers(&self, state: &Path) -> anyhow::Result<sentinel_server::Watchers> {
+        let mut list = BTreeMap::new();
+        for (name, w) in &self.watchers {
+            let markers = self.location(w, &w.markers).await?;
+            let payloads = self.location(w, &w.payloads).await?;
+            list.insert(
+                name.clone(),
+                std::sync::Arc::new(sentinel_server::Watcher::new(
+                    name,
+                    w.clone(),
+                    markers,
+                    payloads,
+                )),
+            );
+        }
+        Ok(sentinel_server::Watchers {
+            list,
+            payloads_dir: state.join("payloads"),
+        })
+    }
+
+    async fn location(
+        &self,
+        w: &WatcherConfig,
+        at: &str,
+    ) -> anyhow::Result<std::sync::Arc<dyn sentinel_deploy::Location>> {
+        if !at.starts_with("s3://") {
+            let path = at.strip_prefix("file://").unwrap_or(at);
+            return Ok(std::sync::Arc::new(sentinel_deploy::Folder::new(path)));
+        }
+        let s3 = self.s3.as_ref();
+        let cfg = sentinel_s3::S3Config::at(
+            at,
+            w.endpoint
+                .clone()
+                .or_else(|| s3.and_then(|s| s.endpoint.clone())),
+            w.region
+                .clone()
+                .or_else(|| s3.and_then(|s| s.region.clone())),
+            w.path_style.unwrap_or(s3.is_some_and(|s| s.path_style)),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(std::sync::Arc::new(sentinel_s3::S3Location::new(
+            sentinel_s3::S3Sink::connect(cfg).await,
+        )))
     }
 
     /// The cache stages with `cache:` use.

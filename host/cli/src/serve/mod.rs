@@ -47,6 +47,45 @@ async fn stop_signal() {
 /// gets the same run).
 const DELIVERIES_KEPT_DAYS: i64 = 30;
 
+/// Records what became of a deploy run in its deployment, which its queued
+/// request names (a run that deploys nothing has none; a later attempt of a
+/// run is the deployment's run from then on). What a stop loses here, the
+/// deployments' reader takes from the run.
+fn deployment_follows(
+    store: &sentinel_store::SledStore,
+    run: &sentinel_api::RunId,
+    status: sentinel_api::RunStatus,
+) {
+    let (store, run) = (store.clone(), run.clone());
+    tokio::spawn(async move {
+        use sentinel_engine::ports::Store as _;
+        let Ok(Some(entry)) = store.request_of(&run) else {
+            return;
+        };
+        let Some(deploy) = serde_json::from_value::<sentinel_server::RunSpec>(entry.request)
+            .ok()
+            .and_then(|s| s.deploy)
+        else {
+            return;
+        };
+        let doc = if status.is_final() {
+            store.get_run(&run).await.ok().flatten()
+        } else {
+            None
+        };
+        let r = store.deployment_follows(
+            &deploy.deployment,
+            &run,
+            sentinel_api::DeploymentStatus::of_run(status),
+            doc.as_ref().and_then(|d| d.reason.clone()),
+            doc.as_ref().and_then(|d| d.finished),
+        );
+        if let Err(e) = r {
+            tracing::warn!(run = %run, "cannot record the deployment's status: {e}");
+        }
+    });
+}
+
 /// `sentinel serve`.
 pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let dir = paths
@@ -107,13 +146,21 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
     let progress: RunProgress = {
         let (live, metrics, checkouts) = (live.clone(), metrics.clone(), checkouts.clone());
+        let store = store.clone();
         Arc::new(move |run, p| {
             live.on_progress(run, &p);
             metrics.on_progress(run, &p);
             match &p {
-                Progress::RunStarted { .. } => tracing::info!(run = %run, "run started"),
+                Progress::RunRequeued { .. } => {
+                    deployment_follows(&store, run, sentinel_api::RunStatus::Queued);
+                }
+                Progress::RunStarted { .. } => {
+                    tracing::info!(run = %run, "run started");
+                    deployment_follows(&store, run, sentinel_api::RunStatus::Running);
+                }
                 Progress::RunFinished { status, .. } => {
                     tracing::info!(run = %run, status = %status, "run finished");
+                    deployment_follows(&store, run, *status);
                     let dir = checkouts.join(run.as_str());
                     tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
                 }
@@ -128,6 +175,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         secrets_key: secrets_key.clone(),
         catalog: context::step_catalog(),
         kept: dirs.state.join("kept"),
+        payloads: dirs.state.join("payloads"),
         cache: Some((
             settings.cache_store(&dirs.state).await?,
             settings.cache.default_branch.clone(),
@@ -167,6 +215,8 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     state.secrets_key = secrets_key;
     state.results_dir = Some(dirs.results.clone());
     state.web_dir = settings.web.clone();
+    state.watchers = Arc::new(settings.watchers(&dirs.state).await?);
+    let watching = state.clone();
     let app = sentinel_server::router(state);
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -185,6 +235,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
 
     let stop = CancellationToken::new();
     let working = tokio::spawn(worker.clone().serve(stop.clone()));
+    let watchers = tokio::spawn(sentinel_server::deploys::watch(watching, stop.clone()));
     let http_stop = stop.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -206,6 +257,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         });
     }
     let _ = working.await;
+    let _ = watchers.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     admin.remove(&store).await;
     if let Some(outbox) = outbox {

@@ -115,12 +115,16 @@ pub fn validate(
                     for r in t.refs() {
                         if !matches!(
                             r,
-                            Ref::RunId | Ref::GitCommit | Ref::GitBranch | Ref::GitRepo
+                            Ref::RunId
+                                | Ref::GitCommit
+                                | Ref::GitBranch
+                                | Ref::GitRepo
+                                | Ref::Deploy(_)
                         ) {
                             cx.issue(
                                 v.pos,
                                 format!("`{r}` cannot be used in the pipeline's `env:`"),
-                                Some("pipeline-wide variables may use ${run.*} and ${git.*}; name secrets and stage outputs in the stage that uses them".into()),
+                                Some("pipeline-wide variables may use ${run.*}, ${git.*} and ${deploy.*}; name secrets and stage outputs in the stage that uses them".into()),
                             );
                         }
                     }
@@ -281,6 +285,12 @@ pub(super) fn check_env_name(cx: &mut Ctx<'_>, name: &At<String>) {
         cx.issue(
             name.pos,
             format!("`{n}`: names starting with `SENTINEL_` are reserved for Sentinel"),
+            None,
+        );
+    } else if sentinel_api::deploy::DEPLOY_VARS.contains(&n.as_str()) {
+        cx.issue(
+            name.pos,
+            format!("`{n}` is reserved: a deploy run sets it (use `${{deploy.*}}` to read it)"),
             None,
         );
     }

@@ -1,0 +1,154 @@
+//! Deployments: what a deploy run deploys (its facts, which its stages read
+//! as `${deploy.*}` and `DEPLOY_*`), and the durable record of each deploy
+//! — requested by a marker, a promotion or a pipeline — with its status.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::RunId;
+
+/// What a deploy run deploys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployFacts {
+    pub app: String,
+    pub version: String,
+    pub environment: String,
+    /// The payload's `imageVersion`.
+    #[serde(default)]
+    pub image_version: String,
+    /// The payload's `numInstance`.
+    #[serde(default)]
+    pub instances: u64,
+    #[serde(default)]
+    pub domain: String,
+}
+
+impl DeployFacts {
+    /// The `DEPLOY_*` variables a deploy run's stages get, in a fixed order.
+    pub fn vars(&self) -> [(&'static str, String); 6] {
+        [
+            ("DEPLOY_APP", self.app.clone()),
+            ("DEPLOY_VERSION", self.version.clone()),
+            ("DEPLOY_IMAGE_VERSION", self.image_version.clone()),
+            ("DEPLOY_INSTANCES", self.instances.to_string()),
+            ("DEPLOY_ENVIRONMENT", self.environment.clone()),
+            ("DEPLOY_DOMAIN", self.domain.clone()),
+        ]
+    }
+}
+
+/// The names of the variables [`DeployFacts::vars`] sets: reserved.
+pub const DEPLOY_VARS: [&str; 6] = [
+    "DEPLOY_APP",
+    "DEPLOY_VERSION",
+    "DEPLOY_IMAGE_VERSION",
+    "DEPLOY_INSTANCES",
+    "DEPLOY_ENVIRONMENT",
+    "DEPLOY_DOMAIN",
+];
+
+/// Where a deploy came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeploySource {
+    /// A `.deploy` marker a watcher found.
+    Marker { watcher: String, key: String },
+    /// A person promoted a run.
+    Promotion {
+        from_run: RunId,
+        #[serde(default)]
+        rollback: bool,
+    },
+    /// A pipeline's stage.
+    Pipeline,
+    /// Written by a newer Sentinel.
+    #[serde(other)]
+    Unknown,
+}
+
+/// Where a deploy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentStatus {
+    /// Its run waits in the queue.
+    Queued,
+    Running,
+    Succeeded,
+    /// The payload was refused or the run failed: the reason says which.
+    Failed,
+    Cancelled,
+    /// Its run's server died.
+    Interrupted,
+    /// Not newer than what was deployed: nothing ran.
+    Ignored,
+    /// Written by a newer Sentinel: shown as unknown.
+    #[serde(other)]
+    Unknown,
+}
+
+impl DeploymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Interrupted => "interrupted",
+            Self::Ignored => "ignored",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// True once nothing more happens to it.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+
+    /// A deploy's status from its run's.
+    pub fn of_run(s: crate::RunStatus) -> Self {
+        use crate::RunStatus as R;
+        match s {
+            R::Queued => Self::Queued,
+            R::Running => Self::Running,
+            R::Succeeded => Self::Succeeded,
+            R::Failed => Self::Failed,
+            R::Cancelled => Self::Cancelled,
+            R::Interrupted => Self::Interrupted,
+        }
+    }
+}
+
+impl std::fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One deploy, durable: `deployments/<id>.json` in the results layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentDoc {
+    pub schema: u32,
+    /// Sorts by the time it was requested (a ULID).
+    pub id: String,
+    pub app: String,
+    pub environment: String,
+    pub version: String,
+    pub source: DeploySource,
+    pub status: DeploymentStatus,
+    /// Why it failed or was ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The run that deploys it (none when nothing ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+    pub requested: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    /// Who approved it, when an approval was needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// The payload's facts, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<DeployFacts>,
+}

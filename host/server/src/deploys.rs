@@ -1,0 +1,495 @@
+//! Deploy watchers and the deployments record. A watcher (server
+//! configuration) lists `<app>/<version>.deploy` markers at its location
+//! every `poll_seconds` — or at once on `POST /api/v1/watchers/{name}/poll`
+//! and the seed's `GET /force` — and acts on each marker once: older or
+//! equal versions are recorded as ignored; a newer one's payload is fetched
+//! and checked completely, then a refused payload is recorded as a failed
+//! deploy (nothing runs) and a good one queues a run of the watcher's
+//! repository with the payload in its workspace and the deploy's facts.
+//! `GET /api/v1/deployments` says what was deployed where, and by which run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use sentinel_api::{
+    DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, SCHEMA_VERSION, Trigger,
+    TriggerKind,
+};
+use sentinel_deploy::{Location, Marker, Version};
+use sentinel_store::deploys::{Decided, current};
+use sentinel_store::tokens::Scope;
+
+use crate::runs::{DeployRequest, RunSpec, St};
+use crate::{ApiError, AppState};
+
+/// A watcher as the server's configuration gives it (`[watchers.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatcherConfig {
+    /// The repository (of `[repos]`) whose pipeline deploys.
+    pub repo: String,
+    /// The branch, tag or commit of it to run.
+    #[serde(default = "default_ref", rename = "ref")]
+    pub git_ref: String,
+    /// The environment it deploys to.
+    pub environment: String,
+    /// The domain in the payloads' names.
+    #[serde(default)]
+    pub domain: String,
+    /// Where the markers are: `s3://bucket/prefix` or a folder.
+    pub markers: String,
+    /// Where the payloads are: `s3://bucket/prefix` or a folder.
+    pub payloads: String,
+    /// Seconds between polls.
+    #[serde(default = "default_poll")]
+    pub poll_seconds: u64,
+    /// The largest payload, uncompressed, in MiB.
+    #[serde(default = "default_payload_mib")]
+    pub max_payload_mib: u64,
+    /// The S3 endpoint, region and addressing of `s3://` locations (the
+    /// `[s3]` section's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+}
+
+fn default_ref() -> String {
+    "HEAD".into()
+}
+
+fn default_poll() -> u64 {
+    300
+}
+
+fn default_payload_mib() -> u64 {
+    sentinel_deploy::payload::MAX_BYTES >> 20
+}
+
+/// A watcher with its locations.
+#[derive(Debug)]
+pub struct Watcher {
+    pub name: String,
+    pub config: WatcherConfig,
+    pub markers: Arc<dyn Location>,
+    pub payloads: Arc<dyn Location>,
+    /// One poll of it at a time in this process (the store makes each
+    /// decision once across processes and restarts).
+    polling: tokio::sync::Mutex<Option<Value>>,
+}
+
+impl Watcher {
+    pub fn new(
+        name: &str,
+        config: WatcherConfig,
+        markers: Arc<dyn Location>,
+        payloads: Arc<dyn Location>,
+    ) -> Self {
+        Self {
+            name: name.to_string(),
+            config,
+            markers,
+            payloads,
+            polling: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// The server's watchers and where checked payloads are kept.
+#[derive(Debug, Default)]
+pub struct Watchers {
+    pub list: BTreeMap<String, Arc<Watcher>>,
+    /// `<state>/payloads`.
+    pub payloads_dir: PathBuf,
+}
+
+/// What one marker came to in a poll.
+#[derive(Debug, Clone, Serialize)]
+struct Seen {
+    key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    app: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    /// `queued`, `ignored`, `failed`, `waiting` (its payload is not there
+    /// yet, or could not be read: the next poll tries again) or `invalid`.
+    outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deployment: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
+}
+
+/// Stops the process between a marker's decision and its run's start, to
+/// test that a restart neither loses nor repeats the deploy. Debug builds
+/// only: `SENTINEL_FAILPOINT=deploy-decided`.
+fn failpoint_after_decision() {
+    #[cfg(debug_assertions)]
+    if std::env::var("SENTINEL_FAILPOINT").as_deref() == Ok("deploy-decided") {
+        eprintln!("failpoint deploy-decided: stopping");
+        std::process::abort();
+    }
+}
+
+impl AppState {
+    /// Polls `w` now: lists its markers and acts on each new one; the report.
+    pub async fn poll(&self, w: &Watcher) -> Result<Value, ApiError> {
+        let mut last = w.polling.lock().await;
+        let started = Utc::now();
+        let keys = w
+            .markers
+            .list("")
+            .await
+            .map_err(|e| ApiError::unavailable(format!("watcher `{}`: {e}", w.name)))?;
+        let mut markers = Vec::new();
+        let mut seen = Vec::new();
+        let mut already = 0usize;
+        for key in keys.iter().filter(|k| k.ends_with(".deploy")) {
+            match Marker::from_key("", key) {
+                Ok(m) => markers.push((m, key.clone())),
+                Err(why) => seen.push(Seen {
+                    key: key.clone(),
+                    app: None,
+                    version: None,
+                    outcome: "invalid".into(),
+                    reason: Some(why),
+                    deployment: None,
+                    run: None,
+                }),
+            }
+        }
+        // Oldest first, so a poll that finds several deploys them in order.
+        markers.sort_by(|a, b| (&a.0.app, &a.0.version).cmp(&(&b.0.app, &b.0.version)));
+        for (m, key) in markers {
+            let mark = format!("{}/{key}", w.name);
+            if self
+                .store
+                .marked(&mark)
+                .map_err(ApiError::internal)?
+                .is_some()
+            {
+                already += 1;
+                continue;
+            }
+            seen.push(self.act_on(w, &m, &key, &mark).await?);
+        }
+        let report = json!({
+            "watcher": w.name,
+            "polled": started,
+            "markers": keys.iter().filter(|k| k.ends_with(".deploy")).count(),
+            "already_acted_on": already,
+            "new": seen,
+        });
+        *last = Some(report.clone());
+        Ok(report)
+    }
+
+    /// Acts on a marker no deployment has acted on yet.
+    async fn act_on(
+        &self,
+        w: &Watcher,
+        m: &Marker,
+        key: &str,
+        mark: &str,
+    ) -> Result<Seen, ApiError> {
+        let c = &w.config;
+        let mut seen = Seen {
+            key: key.to_string(),
+            app: Some(m.app.clone()),
+            version: Some(m.version.to_string()),
+            outcome: String::new(),
+            reason: None,
+            deployment: None,
+            run: None,
+        };
+        let mut doc = DeploymentDoc {
+            schema: SCHEMA_VERSION,
+            id: ulid::Ulid::new().to_string(),
+            app: m.app.clone(),
+            environment: c.environment.clone(),
+            version: m.version.to_string(),
+            source: DeploySource::Marker {
+                watcher: w.name.clone(),
+                key: key.to_string(),
+            },
+            status: DeploymentStatus::Queued,
+            reason: None,
+            run: None,
+            requested: Utc::now(),
+            finished: None,
+            approver: None,
+            facts: None,
+        };
+        let newer = |latest: &str| latest.parse::<Version>().is_ok_and(|l| m.version > l);
+        let latest = self
+            .store
+            .latest_version(&c.environment, &m.app)
+            .map_err(ApiError::internal)?;
+        let mut entry = None;
+        let mut kept = None;
+        if latest.as_deref().is_none_or(newer) {
+            let payload_key = m.payload_key("", &c.domain, &c.environment);
+            let cap = c.max_payload_mib << 20;
+            let bytes = match w.payloads.read(&payload_key, cap).await {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => {
+                    // The build may not have finished uploading: next poll.
+                    seen.outcome = "waiting".into();
+                    seen.reason = Some(format!(
+                        "its payload {}/{payload_key} is not there yet",
+                        w.payloads.describe()
+                    ));
+                    return Ok(seen);
+                }
+                Err(sentinel_deploy::SourceError::TooLarge { cap, .. }) => {
+                    Err(sentinel_deploy::PayloadError::TooLarge { cap }.to_string())
+                }
+                Err(e) => {
+                    seen.outcome = "waiting".into();
+                    seen.reason = Some(e.to_string());
+                    return Ok(seen);
+                }
+            };
+            let folder = m.payload_name(&c.domain, &c.environment);
+            let folder = folder.trim_end_matches(".tar.gz").to_string();
+            let marker = m.clone();
+            let checked = match bytes {
+                Ok(b) => tokio::task::spawn_blocking(move || {
+                    let r = sentinel_deploy::payload::check(b.as_slice(), &marker, &folder, cap)
+                        .map_err(|e| e.to_string());
+                    r.map(|p| (p, b))
+                })
+                .await
+                .map_err(ApiError::internal)?,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Err(why) => {
+                    doc.status = DeploymentStatus::Failed;
+                    doc.reason = Some(format!("the payload {payload_key}: {why}"));
+                    doc.finished = Some(doc.requested);
+                }
+                Ok((p, bytes)) => {
+                    let facts = DeployFacts {
+                        app: m.app.clone(),
+                        version: m.version.to_string(),
+                        environment: c.environment.clone(),
+                        image_version: p.metadata.image_version.clone(),
+                        instances: p.metadata.instances,
+                        domain: c.domain.clone(),
+                    };
+                    doc.facts = Some(facts.clone());
+                    let file = self
+                        .watchers
+                        .payloads_dir
+                        .join(format!("{}.tar.gz", doc.id));
+                    keep_payload(&file, bytes).await?;
+                    kept = Some(file);
+                    let spec = RunSpec {
+                        repo: c.repo.clone(),
+                        git_ref: c.git_ref.clone(),
+                        branch: None,
+                        rerun_of: None,
+                        from: None,
+                        env: Default::default(),
+                        secrets: Default::default(),
+                        deploy: Some(DeployRequest {
+                            facts,
+                            deployment: doc.id.clone(),
+                            payload: m.payload_name(&c.domain, &c.environment),
+                        }),
+                    };
+                    entry = Some(self.entry(
+                        &spec,
+                        Trigger {
+                            kind: TriggerKind::Deploy,
+                            by: Some(format!("watcher:{}", w.name)),
+                        },
+                    ));
+                }
+            }
+        }
+        let decided = self
+            .store
+            .decide_marker(mark, &doc, entry.as_ref(), &newer)
+            .await
+            .map_err(ApiError::internal)?;
+        let doc = match decided {
+            Decided::New(doc) => *doc,
+            Decided::Known(id) => {
+                // Another poll acted on it meanwhile.
+                if let Some(f) = kept {
+                    let _ = tokio::fs::remove_file(f).await;
+                }
+                seen.outcome = "already acted on".into();
+                seen.deployment = Some(id);
+                return Ok(seen);
+            }
+        };
+        if doc.run.is_none()
+            && let Some(f) = kept
+        {
+            let _ = tokio::fs::remove_file(f).await;
+        }
+        if let (Some(e), Some(_)) = (&entry, &doc.run) {
+            failpoint_after_decision();
+            self.metrics.accepted(&e.run_id, e.enqueued);
+            self.control.queued();
+            tracing::info!(watcher = %w.name, app = %doc.app, version = %doc.version, run = %e.run_id, "deploy queued");
+        } else {
+            tracing::info!(watcher = %w.name, app = %doc.app, version = %doc.version, status = %doc.status, reason = doc.reason.as_deref().unwrap_or(""), "deploy marker not deployed");
+        }
+        self.metrics.deploy_marker(&w.name, doc.status.as_str());
+        seen.outcome = doc.status.as_str().to_string();
+        seen.reason = doc.reason.clone();
+        seen.deployment = Some(doc.id.clone());
+        seen.run = doc.run.as_ref().map(|r| r.to_string());
+        Ok(seen)
+    }
+
+    /// The watcher named `name`.
+    fn watcher(&self, name: &str) -> Result<Arc<Watcher>, ApiError> {
+        self.watchers.list.get(name).cloned().ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no watcher `{name}` (this server has: {})",
+                self.watchers
+                    .list
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+}
+
+/// Writes a checked payload where its run finds it, durably.
+async fn keep_payload(file: &std::path::Path, bytes: Vec<u8>) -> Result<(), ApiError> {
+    let file = file.to_path_buf();
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write as _;
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = file.with_extension("part");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &file)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)
+}
+
+/// Polls every watcher until `stop`, each every `poll_seconds`.
+pub async fn watch(state: AppState, stop: tokio_util::sync::CancellationToken) {
+    let mut tasks = Vec::new();
+    for w in state.watchers.list.values().cloned() {
+        let (state, stop) = (state.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let every = std::time::Duration::from_secs(w.config.poll_seconds.max(1));
+            loop {
+                if let Err(e) = state.poll(&w).await {
+                    tracing::warn!(watcher = %w.name, "poll failed: {}", e.message);
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// `POST /api/v1/watchers/{name}/poll`: polls now.
+pub(crate) async fn poll_now(
+    State(s): St,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Scope::Trigger)?;
+    let w = s.watcher(&name)?;
+    Ok(Json(s.poll(&w).await?))
+}
+
+/// `GET /force`: polls every watcher now (the monitor's spelling).
+pub(crate) async fn force(State(s): St, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Scope::Trigger)?;
+    let mut reports = Vec::new();
+    for w in s.watchers.list.values() {
+        reports.push(s.poll(w).await?);
+    }
+    Ok(Json(json!({ "watchers": reports })))
+}
+
+/// `GET /api/v1/watchers`: each watcher, its settings and its last poll.
+pub(crate) async fn list_watchers(
+    State(s): St,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Scope::Read)?;
+    let mut out = Vec::new();
+    for w in s.watchers.list.values() {
+        let last = match w.polling.try_lock() {
+            Ok(l) => l.clone(),
+            Err(_) => Some(json!({ "polling": true })),
+        };
+        out.push(json!({
+            "name": w.name,
+            "repo": w.config.repo,
+            "environment": w.config.environment,
+            "markers": w.markers.describe(),
+            "payloads": w.payloads.describe(),
+            "poll_seconds": w.config.poll_seconds,
+            "last_poll": last,
+        }));
+    }
+    Ok(Json(json!({ "watchers": out })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DeploymentsQuery {
+    app: Option<String>,
+    environment: Option<String>,
+    /// How many of the history to answer with (default 100, at most 1,000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/deployments`: what is deployed where now (`current`: per
+/// environment and app, the newest that succeeded), and the history,
+/// newest first.
+pub(crate) async fn deployments(
+    State(s): St,
+    headers: HeaderMap,
+    Query(q): Query<DeploymentsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Scope::Read)?;
+    let all = s
+        .store
+        .deployments(q.app.as_deref(), q.environment.as_deref())
+        .await
+        .map_err(ApiError::internal)?;
+    let now: Vec<&DeploymentDoc> = current(&all).into_values().collect();
+    let limit = q.limit.unwrap_or(100).min(1000);
+    Ok(Json(json!({
+        "current": now,
+        "deployments": all.iter().take(limit).collect::<Vec<_>>(),
+        "total": all.len(),
+    })))
+}
