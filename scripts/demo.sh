@@ -53,3 +53,6 @@ echo
 # The server: sentinel serve on the embedded default, the demo pipeline
 # triggered through its HTTP API.
 scripts/demo-server.sh
+echo
+# Deploys: a build's marker in the bucket, found by a second server's watcher.
+scripts/demo-deploy.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A loopback webhook receiver for the demo: prints every POSTed body."""
+"""A loopback webhook receiver for the demo: prints every POSTed body, its
+path and whether it came with a bearer token (never the token)."""
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -17,7 +18,12 @@ class Hook(BaseHTTPRequestHandler):
                 self.rfile.readline()
         else:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        print(f"webhook received: {body.decode(errors='replace')}", flush=True)
+        bearer = self.headers.get("Authorization", "").startswith("Bearer ")
+        with_token = " with a bearer token" if bearer else ""
+        print(
+            f"webhook received{with_token} at {self.path}: {body.decode(errors='replace')}",
+            flush=True,
+        )
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()

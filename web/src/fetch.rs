@@ -41,7 +41,7 @@ async fn get(url: &str, missing_ok: bool) -> Result<Option<String>, FetchError> 
     // and a heuristic freshness (or a revalidation by a modification time
     // that counts whole seconds) would show an ended run as still going.
     let res = gloo_net::http::Request::get(url)
-        .cache(gloo_net::http::RequestCache::NoStore)
+        .cache(web_sys::RequestCache::NoStore)
         .send()
         .await
         .map_err(|e| {

@@ -1,6 +1,7 @@
 //! Hash routes, so the app works from any static host (a bucket's website
 //! cannot rewrite paths): `#/` the runs, `#/run/<id>` a run,
-//! `#/run/<id>/<stage>` a stage, `#/run/<id>/<stage>/L<n>` a line of its log.
+//! `#/run/<id>/<stage>` a stage, `#/run/<id>/<stage>/L<n>` a line of its log,
+//! `#/deployments` what is deployed where.
 
 use leptos::prelude::*;
 
@@ -8,6 +9,7 @@ use leptos::prelude::*;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Runs,
+    Deployments,
     Run(String),
     Stage {
         run: String,
@@ -21,6 +23,7 @@ impl Route {
         let path = hash.trim_start_matches('#').trim_start_matches('/');
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         match parts.as_slice() {
+            ["deployments"] => Route::Deployments,
             ["run", id] => Route::Run(id.to_string()),
             ["run", id, stage] => Route::Stage {
                 run: id.to_string(),
@@ -39,6 +42,7 @@ impl Route {
     pub fn href(&self) -> String {
         match self {
             Route::Runs => "#/".into(),
+            Route::Deployments => "#/deployments".into(),
             Route::Run(id) => format!("#/run/{id}"),
             Route::Stage { run, stage, line } => match line {
                 Some(n) => format!("#/run/{run}/{stage}/L{n}"),

@@ -16,6 +16,9 @@ pub fn symbol(status: &str) -> &'static str {
         "skipped" => "↷",
         "cancelled" => "⊘",
         "interrupted" => "⚡",
+        "waiting_approval" => "‖",
+        "ignored" => "–",
+        "rejected" => "⊗",
         _ => "?",
     }
 }
@@ -24,8 +27,8 @@ pub fn symbol(status: &str) -> &'static str {
 pub fn colour(status: &str) -> &'static str {
     match status {
         "succeeded" => "#2da44e",
-        "failed" | "interrupted" => "#cf222e",
-        "running" => "#bf8700",
+        "failed" | "interrupted" | "rejected" => "#cf222e",
+        "running" | "waiting_approval" => "#bf8700",
         "cancelled" | "skipped" => "#8c959f",
         _ => "#6e7781",
     }

@@ -70,6 +70,9 @@ pub enum DeploySource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentStatus {
+    /// Its environment asks for an approval: nothing is queued until a
+    /// token with the `deploy` scope approves.
+    WaitingApproval,
     /// Its run waits in the queue.
     Queued,
     Running,
@@ -81,6 +84,8 @@ pub enum DeploymentStatus {
     Interrupted,
     /// Not newer than what was deployed: nothing ran.
     Ignored,
+    /// Its approval was refused, or did not come in time: nothing ran.
+    Rejected,
     /// Written by a newer Sentinel: shown as unknown.
     #[serde(other)]
     Unknown,
@@ -89,6 +94,7 @@ pub enum DeploymentStatus {
 impl DeploymentStatus {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::WaitingApproval => "waiting_approval",
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Succeeded => "succeeded",
@@ -96,13 +102,14 @@ impl DeploymentStatus {
             Self::Cancelled => "cancelled",
             Self::Interrupted => "interrupted",
             Self::Ignored => "ignored",
+            Self::Rejected => "rejected",
             Self::Unknown => "unknown",
         }
     }
 
     /// True once nothing more happens to it.
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Queued | Self::Running)
+        !matches!(self, Self::WaitingApproval | Self::Queued | Self::Running)
     }
 
     /// A deploy's status from its run's.
@@ -125,7 +132,35 @@ impl std::fmt::Display for DeploymentStatus {
     }
 }
 
-/// One deploy, durable: `deployments/<id>.json` in the results layout.
+/// An approval's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub approved: bool,
+    /// The token's name (`sentinel` for a wait that timed out).
+    pub by: String,
+    pub at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What is deployed where, as the results layout publishes it
+/// (`deployments/index.json`), for the web app and any reader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentsDoc {
+    pub schema: u32,
+    pub updated: DateTime<Utc>,
+    /// Per environment and app, the newest deployment that succeeded.
+    pub current: Vec<DeploymentDoc>,
+    /// The newest deployments (at most [`DeploymentsDoc::RECENT`]), newest first.
+    pub recent: Vec<DeploymentDoc>,
+}
+
+impl DeploymentsDoc {
+    /// How many deployments `recent` holds at most.
+    pub const RECENT: usize = 200;
+}
+
+/// One deploy, durable (in the server's state; published in [`DeploymentsDoc`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentDoc {
     pub schema: u32,
@@ -145,9 +180,10 @@ pub struct DeploymentDoc {
     pub requested: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<DateTime<Utc>>,
-    /// Who approved it, when an approval was needed.
+    /// Who approved or rejected it, and when (an environment that asks
+    /// for approval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approver: Option<String>,
+    pub approval: Option<Approval>,
     /// The payload's facts, when it had one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub facts: Option<DeployFacts>,

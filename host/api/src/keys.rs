@@ -15,6 +15,9 @@ pub fn index_page(page: u32) -> String {
     }
 }
 
+/// `deployments/index.json`: what is deployed where now, and the newest deployments.
+pub const DEPLOYMENTS: &str = "deployments/index.json";
+
 /// `run/<runId>/` — the folder of one run.
 pub fn run_dir(run: &RunId) -> String {
     format!("run/{run}")

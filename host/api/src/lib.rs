@@ -11,7 +11,9 @@ pub mod index;
 pub mod keys;
 pub mod status;
 
-pub use deploy::{DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus};
+pub use deploy::{
+    Approval, DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, DeploymentsDoc,
+};
 pub use docs::{
     CacheDoc, CacheResult, GitContext, IndexPage, JobStepDoc, ResolvedInputs, RunDoc,
     RunStageEntry, RunSummary, SCHEMA_VERSION, StageDoc, StageKind, Trigger, TriggerKind,

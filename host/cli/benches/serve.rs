@@ -19,6 +19,10 @@ use sentinel_store::tokens::Scope;
 
 #[path = "../tests/common/server.rs"]
 mod server;
+#[path = "common/wrk.rs"]
+mod wrk;
+
+use wrk::wrk;
 
 const STORED: usize = 10_000;
 
@@ -37,37 +41,6 @@ fn git(dir: &Path, args: &[&str]) {
         .expect("git")
         .success();
     assert!(ok, "git {args:?}");
-}
-
-/// Parses wrk's `--latency` report: (requests/s, p50 ms, p99 ms).
-fn wrk(url: &str, token: &str) -> (f64, f64, f64) {
-    let out = Command::new("wrk")
-        .args(["-t2", "-c16", "-d10s", "--latency", "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("wrk is needed (scripts/setup.sh installs it): {e}"));
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let ms = |s: &str| -> f64 {
-        let s = s.trim();
-        if let Some(v) = s.strip_suffix("us") {
-            v.parse::<f64>().unwrap() / 1000.0
-        } else if let Some(v) = s.strip_suffix("ms") {
-            v.parse().unwrap()
-        } else if let Some(v) = s.strip_suffix('s') {
-            v.parse::<f64>().unwrap() * 1000.0
-        } else {
-            panic!("wrk latency `{s}`")
-        }
-    };
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(str::to_string))
-            .unwrap_or_else(|| panic!("no `{prefix}` in wrk's report:\n{text}"))
-    };
-    let rps: f64 = field("Requests/sec:").trim().parse().unwrap();
-    assert!(!text.contains("Non-2xx"), "wrk saw error answers:\n{text}");
-    (rps, ms(&field("50%")), ms(&field("99%")))
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

@@ -1,11 +1,13 @@
 //! `sentinel deployments`: what is deployed where now, and the history,
-//! from a server's deployments record.
+//! from a server's deployments record; `sentinel promote` deploys a
+//! succeeded run to an environment, `sentinel approve` / `reject` answer a
+//! deploy that waits for an approval.
 
 use std::process::ExitCode;
 
 use clap::Args;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::Paths;
 use crate::remote::ServerArgs;
@@ -69,11 +71,7 @@ pub async fn deployments(paths: &Paths, args: DeploymentsArgs) -> anyhow::Result
     }
     let history = v["deployments"].as_array().cloned().unwrap_or_default();
     if !history.is_empty() {
-        println!(
-            "\nhistory ({} of {}), newest first:",
-            history.len(),
-            v["total"]
-        );
+        println!("\nhistory, newest first:");
         for d in &history {
             let status = d["status"].as_str().unwrap_or("unknown");
             let why = d["reason"]
@@ -88,6 +86,80 @@ pub async fn deployments(paths: &Paths, args: DeploymentsArgs) -> anyhow::Result
                 text(d, "environment"),
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    /// The succeeded run to deploy.
+    run: String,
+    /// The environment (of the server's `[environments]`).
+    #[arg(long)]
+    to: String,
+    /// Deploy a run older than the one deployed there now.
+    #[arg(long)]
+    rollback: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// `sentinel promote RUN --to ENV`.
+pub async fn promote(paths: &Paths, args: PromoteArgs) -> anyhow::Result<ExitCode> {
+    let remote = args.server.remote(paths)?;
+    let v = remote
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{}/promote", args.run),
+            Some(json!({ "to": args.to, "rollback": args.rollback })),
+        )
+        .await?;
+    println!("{}", text(&v, "deployment"));
+    match v["status"].as_str() {
+        Some("waiting_approval") => eprintln!(
+            "deployment {} waits for an approval (sentinel approve {0}, with a deploy token)",
+            text(&v, "deployment")
+        ),
+        _ => eprintln!(
+            "deployment {} queued as run {}",
+            text(&v, "deployment"),
+            text(&v, "run")
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct AnswerArgs {
+    /// The deployment that waits.
+    deployment: String,
+    /// Why (a rejection).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+/// `sentinel approve` (`approved`) or `sentinel reject`.
+pub async fn answer(paths: &Paths, args: AnswerArgs, approved: bool) -> anyhow::Result<ExitCode> {
+    let remote = args.server.remote(paths)?;
+    let (what, body) = if approved {
+        ("approve", None)
+    } else {
+        ("reject", Some(json!({ "reason": args.reason })))
+    };
+    let v = remote
+        .call(
+            Method::POST,
+            &format!("/api/v1/deployments/{}/{what}", args.deployment),
+            body,
+        )
+        .await?;
+    match v["run"].as_str() {
+        Some(run) if approved => {
+            println!("deployment {} approved: run {run} queued", args.deployment)
+        }
+        _ => println!("deployment {} {}", args.deployment, text(&v, "status")),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -102,6 +102,12 @@ enum Command {
     Trigger(trigger::TriggerArgs),
     /// What is deployed where now, and the deploys before (from a server).
     Deployments(deployments::DeploymentsArgs),
+    /// Deploy a succeeded run to an environment (on a server).
+    Promote(deployments::PromoteArgs),
+    /// Approve a deploy that waits for an approval (a deploy-scope token).
+    Approve(deployments::AnswerArgs),
+    /// Reject a deploy that waits for an approval (a deploy-scope token).
+    Reject(deployments::AnswerArgs),
     /// The results web app.
     Web {
         #[command(subcommand)]
@@ -158,6 +164,9 @@ fn main() -> ExitCode {
             Command::Secret { cmd } => secret::secret(&cli.paths, cmd).await,
             Command::Trigger(args) => trigger::trigger(&cli.paths, args).await,
             Command::Deployments(args) => deployments::deployments(&cli.paths, args).await,
+            Command::Promote(args) => deployments::promote(&cli.paths, args).await,
+            Command::Approve(args) => deployments::answer(&cli.paths, args, true).await,
+            Command::Reject(args) => deployments::answer(&cli.paths, args, false).await,
             Command::Web { cmd } => web::web(&cli.paths, cmd).await,
             Command::Serve(_) => unreachable!("handled above"),
         }

@@ -63,6 +63,17 @@ fn good(app: &str, version: &str) -> Vec<u8> {
 
 /// A server whose watcher `dev` watches `bucket`, deploying with `DEPLOYER`.
 fn start(tmp: &Path, bucket: &Bucket, poll_seconds: u64, env: &[(&str, &str)]) -> Server {
+    start_with(tmp, bucket, poll_seconds, env, &[])
+}
+
+/// [`start`] with more flags.
+fn start_with(
+    tmp: &Path,
+    bucket: &Bucket,
+    poll_seconds: u64,
+    env: &[(&str, &str)],
+    flags: &[&str],
+) -> Server {
     // One repository, however often the server starts.
     let repo = tmp.join("deployer");
     let url = if repo.join("app.git").exists() {
@@ -81,11 +92,9 @@ fn start(tmp: &Path, bucket: &Bucket, poll_seconds: u64, env: &[(&str, &str)]) -
     )
     .unwrap();
     let listen = format!("127.0.0.1:{}", free_port());
-    Server::start(
-        &tmp.join("state"),
-        &["--config", config.to_str().unwrap(), "--listen", &listen],
-        env,
-    )
+    let mut args = vec!["--config", config.to_str().unwrap(), "--listen", &listen];
+    args.extend_from_slice(flags);
+    Server::start(&tmp.join("state"), &args, env)
 }
 
 async fn poll(c: &Client) -> Value {
@@ -187,7 +196,7 @@ async fn newer_markers_deploy_in_order_once_and_older_ones_are_ignored() {
         assert_eq!(v["already_acted_on"], 3, "{v}");
     }
     let d = deployments(&c).await;
-    assert_eq!(d["total"], 3, "{d}");
+    assert_eq!(d["deployments"].as_array().unwrap().len(), 3, "{d}");
     let history: Vec<(&str, &str)> = d["deployments"]
         .as_array()
         .unwrap()
@@ -212,6 +221,27 @@ async fn newer_markers_deploy_in_order_once_and_older_ones_are_ignored() {
     assert_eq!(now[0]["version"], "1.0.1-22");
     assert_eq!(now[0]["environment"], ENV);
     assert_eq!(now[0]["run"], run22.as_str());
+    // The results say it too (the static site reads this document).
+    let published = server.state.join("results/deployments/index.json");
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let doc: Value = std::fs::read(&published)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if doc["current"][0]["version"] == "1.0.1-22"
+            && doc["recent"].as_array().map(Vec::len) == Some(3)
+        {
+            assert_eq!(doc["schema"], 1);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "{} says {doc}",
+            published.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The CLI asks the server running on the state folder.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
         .arg("--state")
@@ -425,7 +455,7 @@ async fn a_crash_between_decision_and_run_deploys_each_marker_exactly_once() {
             .unwrap()
             .iter()
             .all(|x| !matches!(x["status"].as_str(), Some("queued" | "running")));
-        if d["total"] == versions.len() && settled {
+        if d["deployments"].as_array().unwrap().len() == versions.len() && settled {
             break d;
         }
         assert!(std::time::Instant::now() < until, "{d}");
@@ -569,7 +599,7 @@ async fn a_build_publishes_to_the_bucket_and_the_watcher_deploys_it() {
     assert_eq!(status, 200, "{v}");
     // The server's first poll may have found it already.
     let d = c.get("/api/v1/deployments?app=billing").await;
-    assert_eq!(d["total"], 1, "{v} {d}");
+    assert_eq!(d["deployments"].as_array().unwrap().len(), 1, "{v} {d}");
     let run = d["deployments"][0]["run"].as_str().unwrap().to_string();
     let done = c.wait_final(&run).await;
     assert_eq!(done["run"]["status"], "succeeded", "{done}");
@@ -588,5 +618,77 @@ async fn a_build_publishes_to_the_bucket_and_the_watcher_deploys_it() {
         format!("s3://{bucket}/{prefix}/deploys"),
         "{w}"
     );
+    server.stop();
+}
+
+#[test]
+fn the_deploy_example_pipelines_are_valid() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/deploy");
+    for p in ["build/sentinel.yml", "deployer/sentinel.yml"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .arg("validate")
+            .arg(examples.join(p))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{p}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deployments_page_shows_each_environments_current_version() {
+    common::docker().await;
+    let dist = common::browser::dist();
+    let tmp = tempfile::tempdir().unwrap();
+    let bucket = Bucket(tmp.path().join("bucket"));
+    let server = start_with(
+        tmp.path(),
+        &bucket,
+        3600,
+        &[],
+        &["--web", dist.to_str().unwrap(), "--public-read"],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    bucket.publish("video-mobile", "3.1.0", &good("video-mobile", "3.1.0"));
+    bucket.publish(
+        "video-desktop",
+        "7.0.0-2",
+        &good("video-desktop", "7.0.0-2"),
+    );
+    bucket.publish("video-desktop", "7.0.0-1", b"not a tar");
+    let v = poll(&c).await;
+    for n in v["new"].as_array().unwrap() {
+        if let Some(run) = n["run"].as_str() {
+            assert_eq!(c.wait_final(run).await["run"]["status"], "succeeded");
+        }
+    }
+    let b = common::browser::Browser::start().await;
+    b.client
+        .goto(&format!("{}/#/deployments", server.url))
+        .await
+        .unwrap();
+    let at = |app: &str| {
+        format!(r#".environment[data-environment="{ENV}"] tr[data-app="{app}"] .version"#)
+    };
+    b.wait_text(&at("video-mobile"), |t| t == "3.1.0", "the current version")
+        .await;
+    b.wait_text(
+        &at("video-desktop"),
+        |t| t == "7.0.0-2",
+        "the current version",
+    )
+    .await;
+    // The history: the refused payload too, with its reason.
+    b.wait_text(
+        ".history .status-failed",
+        |t| t.contains("7.0.0-1") && t.contains("is not a .tar.gz"),
+        "the refused deploy in the history",
+    )
+    .await;
+    b.screenshot("web-deployments").await;
+    b.close().await;
     server.stop();
 }

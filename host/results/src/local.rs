@@ -117,7 +117,8 @@ impl LocalSink {
         }
     }
 
-    async fn put_json<T: Serialize + Sync>(
+    /// Writes a JSON document at `key` (pretty, atomically).
+    pub async fn put_json<T: Serialize + Sync>(
         &self,
         key: String,
         doc: &T,

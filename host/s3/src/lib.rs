@@ -197,7 +197,12 @@ impl S3Sink {
         upload::put_file(self, key, file, content_type).await
     }
 
-    async fn put_json<T: Serialize + Sync>(&self, key: &str, doc: &T) -> Result<(), StorageError> {
+    /// Writes a JSON document at `key` under the prefix (checksummed).
+    pub async fn put_json<T: Serialize + Sync>(
+        &self,
+        key: &str,
+        doc: &T,
+    ) -> Result<(), StorageError> {
         let mut bytes =
             serde_json::to_vec_pretty(doc).map_err(|e| StorageError::permanent("encode", e))?;
         bytes.push(b'\n');

@@ -34,7 +34,7 @@ use sentinel_store::secrets::SecretsKey;
 use serde::{Deserialize, Serialize};
 
 pub use auth::{Caller, SESSION_COOKIE};
-pub use deploys::{Watcher, WatcherConfig, Watchers};
+pub use deploys::{Deploys, EnvironmentConfig, Watcher, WatcherConfig};
 pub use error::ApiError;
 pub use hooks::signature as github_signature;
 pub use routes::{Access, ROUTES, Route};
@@ -154,8 +154,8 @@ pub struct AppState {
     pub results_dir: Option<PathBuf>,
     /// The built results web app, served at `/` (public: it holds no data).
     pub web_dir: Option<PathBuf>,
-    /// Deploy watchers (none by default).
-    pub watchers: Arc<deploys::Watchers>,
+    /// Deploy watchers and environments (none by default).
+    pub deploys: Arc<deploys::Deploys>,
     limiter: Arc<auth::Limiter>,
 }
 
@@ -182,7 +182,7 @@ impl AppState {
             secrets_key: None,
             results_dir: None,
             web_dir: None,
-            watchers: Arc::default(),
+            deploys: Arc::default(),
             limiter,
         }
     }

@@ -63,6 +63,7 @@ const fn r(
 
 const READ: Access = Access::Token(Scope::Read);
 const TRIGGER: Access = Access::Token(Scope::Trigger);
+const DEPLOY: Access = Access::Token(Scope::Deploy);
 const ADMIN: Access = Access::Token(Scope::Admin);
 
 /// Every endpoint of the server.
@@ -151,6 +152,13 @@ pub const ROUTES: &[Route] = &[
         || post(runs::rerun),
     ),
     r(
+        "POST",
+        "/api/v1/runs/{id}/promote",
+        TRIGGER,
+        "Deploy a succeeded run to an environment: `{\"to\": env, \"rollback\": false}` → `202 {\"deployment\", \"status\", \"run\"}` (`waiting_approval` when the environment asks for one)",
+        || post(deploys::promote),
+    ),
+    r(
         "GET",
         "/api/v1/runs/{id}/events",
         READ,
@@ -212,6 +220,27 @@ pub const ROUTES: &[Route] = &[
         READ,
         "What is deployed where now (`current`) and the history, newest first; `?app=`, `?environment=`, `?limit=` (≤ 1000)",
         || get(deploys::deployments),
+    ),
+    r(
+        "GET",
+        "/api/v1/deployments/{id}",
+        READ,
+        "One deployment",
+        || get(deploys::deployment),
+    ),
+    r(
+        "POST",
+        "/api/v1/deployments/{id}/approve",
+        DEPLOY,
+        "Approve a deployment that waits: its run is queued",
+        || post(deploys::approve),
+    ),
+    r(
+        "POST",
+        "/api/v1/deployments/{id}/reject",
+        DEPLOY,
+        "Reject a deployment that waits (`{\"reason\": …}` optional): nothing runs",
+        || post(deploys::reject),
     ),
     r(
         "GET",

@@ -58,11 +58,15 @@ pub struct RunSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployRequest {
     pub facts: sentinel_api::DeployFacts,
-    /// Its deployment; its checked payload is kept as
+    /// Its deployment; a marker's checked payload is kept as
     /// `<state>/payloads/<deployment>.tar.gz` (a re-run deploys it again).
     pub deployment: String,
-    /// The payload's file name (`<domain>-<environment>-<app>-<version>.tar.gz`).
-    pub payload: String,
+    /// A marker's payload file name (`<domain>-<environment>-<app>-<version>.tar.gz`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// A promotion's run: its published files and outputs go in `deploy/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_run: Option<RunId>,
 }
 
 pub(crate) fn parse_run_id(id: &str) -> Result<RunId, ApiError> {

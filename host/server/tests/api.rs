@@ -173,7 +173,7 @@ async fn no_valid_token_no_entry() {
         let below = match scope {
             Scope::Read => continue,
             Scope::Trigger => &a.read,
-            Scope::Admin => &a.trigger,
+            Scope::Deploy | Scope::Admin => &a.trigger,
         };
         let (status, json) = call(&a.app, method.clone(), path, Some(below), *body).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {json}");

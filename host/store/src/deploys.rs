@@ -1,17 +1,18 @@
 //! Deployments in sled: `deployments` (id → document), `deploy_marks` (a
 //! marker's key → the deployment that acted on it: each marker is acted
-//! on once, forever) and `deploy_latest` (`environment/app` → the newest
-//! version deployed or deploying there). A marker's decision — deploy, ignore or refuse — and the
+//! on once, forever), `deploy_latest` (`environment/app` → the newest
+//! version deployed or deploying there) and `deploy_current`
+//! (`environment/app` → the newest deployment that succeeded there) and
+//! `deploy_pending` (a deployment waiting for an approval → its run's
+//! queue entry, queued when it is approved). A marker's decision — deploy, ignore or refuse — and the
 //! queue entry of its run are one transaction, so a crash, a restart or two
 //! polls at once never deploy a marker twice.
-
-use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use sled::Transactional as _;
 use sled::transaction::ConflictableTransactionError;
 
-use sentinel_api::{DeploymentDoc, DeploymentStatus, RunId};
+use sentinel_api::{Approval, DeploymentDoc, DeploymentStatus, RunId};
 use sentinel_engine::ports::{QueueEntry, StorageError, Store as _};
 
 use crate::queue::queue_in;
@@ -55,13 +56,15 @@ impl SledStore {
 
     /// Acts on marker `mark` once: unless it was acted on before, records
     /// `doc` — ignored when its version is not `newer` than the latest of
-    /// its app there, else queued with `entry` (its run) or, without an
-    /// entry, as `doc` says (a refused payload). On disk before it returns.
+    /// its app there, else queued with `entry` (its run; held for an
+    /// approval when `hold`) or, without an entry, as `doc` says (a refused
+    /// payload). On disk before it returns.
     pub async fn decide_marker(
         &self,
         mark: &str,
         doc: &DeploymentDoc,
         entry: Option<&QueueEntry>,
+        hold: bool,
         newer: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Decided, StorageError> {
         let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
@@ -71,12 +74,13 @@ impl SledStore {
             &self.deploy_marks,
             &self.deployments,
             &self.deploy_latest,
+            &self.deploy_pending,
             &self.queue,
             &self.queued,
             &self.requests,
         );
-        let outcome =
-            trees.transaction(|(marks, deployments, latest_t, queue, queued, requests)| {
+        let outcome = trees.transaction(
+            |(marks, deployments, latest_t, pending, queue, queued, requests)| {
                 if let Some(id) = marks.get(mark.as_bytes())? {
                     return Ok(Decided::Known(String::from_utf8_lossy(&id).into_owned()));
                 }
@@ -95,15 +99,20 @@ impl SledStore {
                         doc.finished = Some(doc.requested);
                     }
                     (_, Some(entry), Some(value)) => {
-                        if queued.get(entry.run_id.as_str())?.is_some() {
-                            return Err(ConflictableTransactionError::Abort(format!(
-                                "run {} is already queued",
-                                entry.run_id
-                            )));
+                        if hold {
+                            pending.insert(doc.id.as_bytes(), value.as_slice())?;
+                            doc.status = DeploymentStatus::WaitingApproval;
+                        } else {
+                            if queued.get(entry.run_id.as_str())?.is_some() {
+                                return Err(ConflictableTransactionError::Abort(format!(
+                                    "run {} is already queued",
+                                    entry.run_id
+                                )));
+                            }
+                            queue_in(queue, queued, requests, seq, &entry.run_id, value)?;
+                            doc.run = Some(entry.run_id.clone());
                         }
-                        queue_in(queue, queued, requests, seq, &entry.run_id, value)?;
                         latest_t.insert(latest.as_slice(), doc.version.as_bytes())?;
-                        doc.run = Some(entry.run_id.clone());
                     }
                     _ => {}
                 }
@@ -112,13 +121,119 @@ impl SledStore {
                 deployments.insert(doc.id.as_bytes(), bytes)?;
                 marks.insert(mark.as_bytes(), doc.id.as_bytes())?;
                 Ok(Decided::New(Box::new(doc)))
-            });
+            },
+        );
         let decided = outcome.map_err(|e| match e {
             sled::transaction::TransactionError::Abort(m) => err("deploy decision", m),
             sled::transaction::TransactionError::Storage(e) => err("deploy decision", e),
         })?;
         self.flush().await?;
         Ok(decided)
+    }
+
+    /// Records a deployment asked for by a promotion, with its run's queue
+    /// entry — queued, or held until an approval when `hold` — in one
+    /// transaction, on disk before it returns.
+    pub async fn request_deployment(
+        &self,
+        doc: &DeploymentDoc,
+        entry: &QueueEntry,
+        hold: bool,
+    ) -> Result<DeploymentDoc, StorageError> {
+        let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
+        let value = encode(entry)?;
+        let mut doc = doc.clone();
+        if hold {
+            doc.status = DeploymentStatus::WaitingApproval;
+            doc.run = None;
+        } else {
+            doc.status = DeploymentStatus::Queued;
+            doc.run = Some(entry.run_id.clone());
+        }
+        let bytes = encode(&doc)?;
+        let trees = (
+            &self.deployments,
+            &self.deploy_pending,
+            &self.queue,
+            &self.queued,
+            &self.requests,
+        );
+        trees
+            .transaction(|(deployments, pending, queue, queued, requests)| {
+                if hold {
+                    pending.insert(doc.id.as_bytes(), value.as_slice())?;
+                } else {
+                    queue_in(queue, queued, requests, seq, &entry.run_id, &value)?;
+                }
+                deployments.insert(doc.id.as_bytes(), bytes.as_slice())?;
+                Ok::<(), ConflictableTransactionError>(())
+            })
+            .map_err(|e| err("deploy request", e))?;
+        self.flush().await?;
+        Ok(doc)
+    }
+
+    /// Answers a deployment that waits for an approval: approved, its run
+    /// is queued; refused, it is `rejected` and nothing runs. One
+    /// transaction, on disk before it returns. `Ok(Err(status))` when it
+    /// does not wait (any more), with its status (`Unknown`: there is no
+    /// such deployment).
+    pub async fn answer_approval(
+        &self,
+        id: &str,
+        approval: Approval,
+    ) -> Result<Result<DeploymentDoc, DeploymentStatus>, StorageError> {
+        let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
+        let trees = (
+            &self.deployments,
+            &self.deploy_pending,
+            &self.queue,
+            &self.queued,
+            &self.requests,
+        );
+        let outcome = trees.transaction(|(deployments, pending, queue, queued, requests)| {
+            let abort = |m: String| ConflictableTransactionError::Abort(m);
+            let Some(bytes) = deployments.get(id.as_bytes())? else {
+                return Ok(Err(DeploymentStatus::Unknown));
+            };
+            let mut doc: DeploymentDoc = decode(&bytes).map_err(|e| abort(e.to_string()))?;
+            let Some(value) = pending.get(id.as_bytes())? else {
+                return Ok(Err(doc.status));
+            };
+            pending.remove(id.as_bytes())?;
+            if approval.approved {
+                let entry: QueueEntry = decode(&value).map_err(|e| abort(e.to_string()))?;
+                queue_in(queue, queued, requests, seq, &entry.run_id, &value)?;
+                doc.status = DeploymentStatus::Queued;
+                doc.run = Some(entry.run_id);
+            } else {
+                doc.status = DeploymentStatus::Rejected;
+                doc.reason = approval.reason.clone();
+                doc.finished = Some(approval.at);
+            }
+            doc.approval = Some(approval.clone());
+            let bytes = encode(&doc).map_err(|e| abort(e.to_string()))?;
+            deployments.insert(id.as_bytes(), bytes)?;
+            Ok(Ok(doc))
+        });
+        let answer = outcome.map_err(|e| match e {
+            sled::transaction::TransactionError::Abort(m) => err("approval", m),
+            sled::transaction::TransactionError::Storage(e) => err("approval", e),
+        })?;
+        self.flush().await?;
+        Ok(answer)
+    }
+
+    /// The deployments waiting for an approval, oldest first.
+    pub fn waiting_approval(&self) -> Result<Vec<DeploymentDoc>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.deploy_pending.iter() {
+            let (k, _) = kv.map_err(|e| err("deploy pending", e))?;
+            if let Some(d) = self.deployment(&String::from_utf8_lossy(&k))? {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
 
     /// One deployment.
@@ -144,22 +259,41 @@ impl SledStore {
         doc.status = status;
         doc.reason = reason;
         doc.finished = finished;
+        self.put_deployment(&doc)
+    }
+
+    /// Stores a deployment; one that succeeded becomes its environment's
+    /// current version of its app unless a newer one is.
+    fn put_deployment(&self, doc: &DeploymentDoc) -> Result<(), StorageError> {
         self.deployments
-            .insert(id.as_bytes(), encode(&doc)?)
+            .insert(doc.id.as_bytes(), encode(doc)?)
             .map_err(|e| err("deployment", e))?;
+        if doc.status == DeploymentStatus::Succeeded {
+            let id = doc.id.as_bytes();
+            self.deploy_current
+                .fetch_and_update(latest_key(&doc.environment, &doc.app), |old| match old {
+                    Some(o) if o >= id => Some(o.to_vec()),
+                    _ => Some(id.to_vec()),
+                })
+                .map_err(|e| err("deploy current", e))?;
+        }
         Ok(())
     }
 
-    /// Every deployment, newest first, of `app` and `environment` when
-    /// given; one whose run went on without it being told (a server that
-    /// stopped) takes its run's status.
+    /// Up to `limit` deployments, newest first, of `app` and `environment`
+    /// when given. One whose run ended without it being told (a server that
+    /// stopped at that moment) takes its run's status, and keeps it.
     pub async fn deployments(
         &self,
         app: Option<&str>,
         environment: Option<&str>,
+        limit: usize,
     ) -> Result<Vec<DeploymentDoc>, StorageError> {
         let mut out = Vec::new();
         for kv in self.deployments.iter().rev() {
+            if out.len() >= limit {
+                break;
+            }
             let (_, v) = kv.map_err(|e| err("deployments", e))?;
             let mut d: DeploymentDoc = decode(&v)?;
             if app.is_some_and(|a| a != d.app) || environment.is_some_and(|e| e != d.environment) {
@@ -168,34 +302,35 @@ impl SledStore {
             if !d.status.is_final()
                 && let Some(run) = &d.run
                 && let Some(r) = self.get_run(run).await?
+                && r.status.is_final()
             {
                 d.status = DeploymentStatus::of_run(r.status);
-                if d.status.is_final() {
-                    d.reason = r.reason.clone();
-                    d.finished = r.finished;
-                }
+                d.reason = r.reason.clone();
+                d.finished = r.finished;
+                self.put_deployment(&d)?;
             }
             out.push(d);
         }
         Ok(out)
     }
-}
 
-/// What is deployed where now: per environment and app, the newest
-/// deployment that succeeded.
-pub fn current(all: &[DeploymentDoc]) -> BTreeMap<(String, String), &DeploymentDoc> {
-    let mut now: BTreeMap<(String, String), &DeploymentDoc> = BTreeMap::new();
-    for d in all
-        .iter()
-        .filter(|d| d.status == DeploymentStatus::Succeeded)
-    {
-        now.entry((d.environment.clone(), d.app.clone()))
-            .and_modify(|cur| {
-                if d.id > cur.id {
-                    *cur = d;
-                }
-            })
-            .or_insert(d);
+    /// What is deployed where now: per environment and app, the newest
+    /// deployment that succeeded (of `app` and `environment` when given).
+    pub fn current(
+        &self,
+        app: Option<&str>,
+        environment: Option<&str>,
+    ) -> Result<Vec<DeploymentDoc>, StorageError> {
+        let mut out = Vec::new();
+        for kv in self.deploy_current.iter() {
+            let (_, id) = kv.map_err(|e| err("deploy current", e))?;
+            if let Some(d) = self.deployment(&String::from_utf8_lossy(&id))?
+                && app.is_none_or(|a| a == d.app)
+                && environment.is_none_or(|e| e == d.environment)
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
     }
-    now
 }

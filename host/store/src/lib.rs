@@ -78,6 +78,8 @@ pub struct SledStore {
     deployments: sled::Tree,
     deploy_marks: sled::Tree,
     deploy_latest: sled::Tree,
+    deploy_current: sled::Tree,
+    deploy_pending: sled::Tree,
     /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
     outbox_len: Arc<AtomicUsize>,
     parked_len: Arc<AtomicUsize>,
@@ -175,6 +177,8 @@ impl SledStore {
             deployments: tree("deployments")?,
             deploy_marks: tree("deploy_marks")?,
             deploy_latest: tree("deploy_latest")?,
+            deploy_current: tree("deploy_current")?,
+            deploy_pending: tree("deploy_pending")?,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             runs: tree("runs")?,
             stages: tree("stages")?,

@@ -20,15 +20,17 @@ use crate::{SledStore, decode, encode, err, get_decoded};
 pub enum Scope {
     /// Read runs, stages and logs.
     Read,
-    /// Also trigger, cancel and re-run runs.
+    /// Also trigger, cancel and re-run runs, and promote a run.
     Trigger,
+    /// Also approve or reject a deploy to an environment that asks for it.
+    Deploy,
     /// Also manage tokens and secrets.
     Admin,
 }
 
-/// A scope name that is none of `read`, `trigger`, `admin`.
+/// A scope name that is none of `read`, `trigger`, `deploy`, `admin`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scope `{0}` (read, trigger or admin)")]
+#[error("unknown scope `{0}` (read, trigger, deploy or admin)")]
 pub struct UnknownScope(pub String);
 
 impl std::str::FromStr for Scope {
@@ -37,6 +39,7 @@ impl std::str::FromStr for Scope {
         match s {
             "read" => Ok(Scope::Read),
             "trigger" => Ok(Scope::Trigger),
+            "deploy" => Ok(Scope::Deploy),
             "admin" => Ok(Scope::Admin),
             other => Err(UnknownScope(other.to_string())),
         }

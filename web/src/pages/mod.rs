@@ -2,6 +2,7 @@
 //! snapshot" marker and refresh, or sign-in when live) and the page of the
 //! current route.
 
+mod deployments;
 mod run;
 mod runs;
 mod stage;
@@ -61,6 +62,7 @@ fn Shell(source: Source) -> impl IntoView {
     view! {
         <header>
             <a class="brand" href="#/">"Sentinel"</a>
+            <nav class="top"><a href="#/">"Runs"</a><a href="#/deployments">"Deployments"</a></nav>
             {is_static.then(|| view! {
                 <span class="snapshot" title=format!("read from {results}")>"static snapshot"</span>
                 <button on:click=move |_| refresh.0.update(|n| *n += 1)>"Refresh"</button>
@@ -70,6 +72,7 @@ fn Shell(source: Source) -> impl IntoView {
         <main>
             {move || match route.get() {
                 Route::Runs => view! { <runs::Runs /> }.into_any(),
+                Route::Deployments => view! { <deployments::Deployments /> }.into_any(),
                 Route::Run(id) => view! { <run::RunPage id=id /> }.into_any(),
                 Route::Stage { run, stage, line } => {
                     view! { <stage::StagePage run=run stage=stage line=line /> }.into_any()

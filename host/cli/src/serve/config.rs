@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use sentinel_server::{ApiConfig, RepoConfig, WatcherConfig};
+use sentinel_server::{ApiConfig, EnvironmentConfig, RepoConfig, WatcherConfig};
 
 /// The configuration file's shape (every field optional; see [`Settings`]).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -38,6 +38,9 @@ pub struct FileConfig {
     /// Deploy watchers, by name.
     #[serde(default)]
     pub watchers: BTreeMap<String, WatcherConfig>,
+    /// Environments deploys go to, by name (promotion, approval).
+    #[serde(default)]
+    pub environments: BTreeMap<String, EnvironmentConfig>,
 }
 
 /// Where results go besides the local folder.
@@ -171,6 +174,8 @@ pub struct Settings {
     pub api: ApiConfig,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub watchers: BTreeMap<String, WatcherConfig>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub environments: BTreeMap<String, EnvironmentConfig>,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -314,6 +319,19 @@ impl Settings {
         for (name, w) in &file.watchers {
             check_watcher(name, w, &api)?;
         }
+        for (name, e) in &file.environments {
+            if !sentinel_deploy::marker::app_ok(name) {
+                anyhow::bail!(
+                    "[environments.{name}]: the name may hold letters, digits, `.`, `-` and `_`"
+                );
+            }
+            if !api.repos.contains_key(&e.repo) {
+                anyhow::bail!("[environments.{name}]: repo `{}` is not in [repos]", e.repo);
+            }
+            if e.approval_timeout_hours == 0 {
+                anyhow::bail!("[environments.{name}]: approval_timeout_hours must be at least 1");
+            }
+        }
         Ok(Self {
             listen: args
                 .listen
@@ -336,12 +354,13 @@ impl Settings {
             cache,
             api,
             watchers: file.watchers.clone(),
+            environments: file.environments.clone(),
         })
     }
 
     /// The deploy watchers with their locations (S3 ones use the `[s3]`
     /// section's endpoint, region and addressing unless they name their own).
-    pub async fn watchers(&self, state: &Path) -> anyhow::Result<sentinel_server::Watchers> {
+    pub async fn deploys(&self, state: &Path) -> anyhow::Result<sentinel_server::Deploys> {
         let mut list = BTreeMap::new();
         for (name, w) in &self.watchers {
             let markers = self.location(w, &w.markers).await?;
@@ -356,9 +375,11 @@ impl Settings {
                 )),
             );
         }
-        Ok(sentinel_server::Watchers {
-            list,
+        Ok(sentinel_server::Deploys {
+            environments: self.environments.clone(),
+            watchers: list,
             payloads_dir: state.join("payloads"),
+            changed: Default::default(),
         })
     }
 
@@ -538,5 +559,49 @@ mod tests {
         assert_eq!(s.cache.budget_mib, 512);
         assert_eq!(s.cache.max_entry_mib, 1000, "wercker's cap by default");
         assert!(resolve("s3://other/results").is_ok());
+    }
+
+    #[test]
+    fn watchers_and_environments_that_cannot_work_are_refused_at_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("server.toml");
+        let resolve = |extra: &str| {
+            std::fs::write(
+                &file,
+                format!("[repos.deployer]\nurl = \"file:///srv/d.git\"\n{extra}"),
+            )
+            .unwrap();
+            let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
+            Settings::resolve(&t.a, None, None, tmp.path())
+        };
+        let watcher = |repo: &str, markers: &str| {
+            format!(
+                "[watchers.dev]\nrepo = \"{repo}\"\nenvironment = \"development\"\nmarkers = \"{markers}\"\npayloads = \"/srv/payloads\"\n"
+            )
+        };
+        let s = resolve(&watcher("deployer", "s3://releases/deploys")).unwrap();
+        assert_eq!(s.watchers["dev"].poll_seconds, 300, "the monitor's default");
+        assert_eq!(s.watchers["dev"].git_ref, "HEAD");
+        let e = resolve(&watcher("nope", "/srv/m")).unwrap_err().to_string();
+        assert!(
+            e.contains("[watchers.dev]: repo `nope` is not in [repos]"),
+            "{e}"
+        );
+        let e = resolve(&watcher("deployer", "s3:///x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[watchers.dev]: markers:"), "{e}");
+        let e = resolve("[environments.prod]\nrepo = \"nope\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[environments.prod]: repo `nope`"), "{e}");
+        let s = resolve("[environments.prod]\nrepo = \"deployer\"\napproval = true\n").unwrap();
+        assert!(s.environments["prod"].approval);
+        assert_eq!(s.environments["prod"].approval_timeout_hours, 24);
+        // A mistake names its line.
+        let e = resolve("[environments.prod]\nrepo = \"deployer\"\napprovel = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":5:1: unknown field `approvel`"), "{e}");
     }
 }

@@ -5,6 +5,8 @@
 //! configured, to S3 behind the durable outbox.
 
 pub mod config;
+mod deploy_files;
+mod deployments;
 pub mod local;
 mod repo;
 
@@ -53,10 +55,11 @@ const DELIVERIES_KEPT_DAYS: i64 = 30;
 /// deployments' reader takes from the run.
 fn deployment_follows(
     store: &sentinel_store::SledStore,
+    changed: &Arc<tokio::sync::Notify>,
     run: &sentinel_api::RunId,
     status: sentinel_api::RunStatus,
 ) {
-    let (store, run) = (store.clone(), run.clone());
+    let (store, run, changed) = (store.clone(), run.clone(), changed.clone());
     tokio::spawn(async move {
         use sentinel_engine::ports::Store as _;
         let Ok(Some(entry)) = store.request_of(&run) else {
@@ -80,8 +83,9 @@ fn deployment_follows(
             doc.as_ref().and_then(|d| d.reason.clone()),
             doc.as_ref().and_then(|d| d.finished),
         );
-        if let Err(e) = r {
-            tracing::warn!(run = %run, "cannot record the deployment's status: {e}");
+        match r {
+            Ok(()) => changed.notify_one(),
+            Err(e) => tracing::warn!(run = %run, "cannot record the deployment's status: {e}"),
         }
     });
 }
@@ -144,23 +148,25 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
 
     let live = Arc::new(sentinel_server::live::LiveHub::default());
     let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
+    // Told of every change to a deployment: the results' document follows.
+    let deployments_changed = Arc::new(tokio::sync::Notify::new());
     let progress: RunProgress = {
         let (live, metrics, checkouts) = (live.clone(), metrics.clone(), checkouts.clone());
-        let store = store.clone();
+        let (store, changed) = (store.clone(), deployments_changed.clone());
         Arc::new(move |run, p| {
             live.on_progress(run, &p);
             metrics.on_progress(run, &p);
             match &p {
                 Progress::RunRequeued { .. } => {
-                    deployment_follows(&store, run, sentinel_api::RunStatus::Queued);
+                    deployment_follows(&store, &changed, run, sentinel_api::RunStatus::Queued);
                 }
                 Progress::RunStarted { .. } => {
                     tracing::info!(run = %run, "run started");
-                    deployment_follows(&store, run, sentinel_api::RunStatus::Running);
+                    deployment_follows(&store, &changed, run, sentinel_api::RunStatus::Running);
                 }
                 Progress::RunFinished { status, .. } => {
                     tracing::info!(run = %run, status = %status, "run finished");
-                    deployment_follows(&store, run, *status);
+                    deployment_follows(&store, &changed, run, *status);
                     let dir = checkouts.join(run.as_str());
                     tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
                 }
@@ -176,6 +182,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         catalog: context::step_catalog(),
         kept: dirs.state.join("kept"),
         payloads: dirs.state.join("payloads"),
+        results: dirs.results.clone(),
         cache: Some((
             settings.cache_store(&dirs.state).await?,
             settings.cache.default_branch.clone(),
@@ -215,7 +222,22 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     state.secrets_key = secrets_key;
     state.results_dir = Some(dirs.results.clone());
     state.web_dir = settings.web.clone();
-    state.watchers = Arc::new(settings.watchers(&dirs.state).await?);
+    let mut deploys = settings.deploys(&dirs.state).await?;
+    deploys.changed = deployments_changed.clone();
+    state.deploys = Arc::new(deploys);
+    let bucket = match settings.s3_config()? {
+        Some(cfg) => Some(sentinel_s3::S3Sink::connect(cfg).await),
+        None => None,
+    };
+    // Its own token: cancelled once the runs going have ended.
+    let publish_stop = CancellationToken::new();
+    let publishing = tokio::spawn(deployments::publish(
+        store.clone(),
+        sentinel_results::LocalSink::new(&dirs.results),
+        bucket,
+        deployments_changed,
+        publish_stop.clone(),
+    ));
     let watching = state.clone();
     let app = sentinel_server::router(state);
 
@@ -235,7 +257,14 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
 
     let stop = CancellationToken::new();
     let working = tokio::spawn(worker.clone().serve(stop.clone()));
-    let watchers = tokio::spawn(sentinel_server::deploys::watch(watching, stop.clone()));
+    let watchers = tokio::spawn(sentinel_server::deploys::watch(
+        watching.clone(),
+        stop.clone(),
+    ));
+    let waits = tokio::spawn(sentinel_server::deploys::expire_waits(
+        watching,
+        stop.clone(),
+    ));
     let http_stop = stop.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -258,6 +287,9 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     }
     let _ = working.await;
     let _ = watchers.await;
+    let _ = waits.await;
+    publish_stop.cancel();
+    let _ = publishing.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     admin.remove(&store).await;
     if let Some(outbox) = outbox {

@@ -32,6 +32,8 @@ pub struct Resolver {
     pub kept: PathBuf,
     /// Where deploy payloads are kept once checked (`<state>/payloads`).
     pub payloads: PathBuf,
+    /// The local results folder (a promoted run's published files).
+    pub results: PathBuf,
     /// The cache of stages with `cache:`, and the branch every branch falls back on.
     pub cache: Option<(Arc<sentinel_engine::cache::Cache>, String)>,
 }
@@ -187,7 +189,7 @@ impl Resolver {
             secrets.insert(name.clone(), v.clone());
         }
         if let Some(d) = &spec.deploy {
-            self.unpack_payload(d, dir).await?;
+            super::deploy_files::place(d, dir, &self.payloads, &self.results, &self.store).await?;
         }
         let (reuse, not_reused) = match (&spec.rerun_of, &spec.from) {
             (Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
@@ -222,54 +224,6 @@ impl Resolver {
             reuse,
             not_reused,
         })
-    }
-
-    /// Puts a deploy's payload (checked again: it is read from disk) into
-    /// the checkout's `deploy/` folder; a file of the same name there is an
-    /// error, never overwritten.
-    async fn unpack_payload(
-        &self,
-        d: &sentinel_server::DeployRequest,
-        dir: &Path,
-    ) -> Result<(), String> {
-        let file = self.payloads.join(format!("{}.tar.gz", d.deployment));
-        let marker = sentinel_deploy::Marker {
-            app: d.facts.app.clone(),
-            version: d.facts.version.parse().map_err(|e| format!("{e}"))?,
-        };
-        let folder = d.payload.trim_end_matches(".tar.gz").to_string();
-        let dest = dir.join("deploy");
-        tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&file).map_err(|e| {
-                format!(
-                    "the payload of deployment {} is no longer kept ({}: {e})",
-                    file.file_stem().and_then(|s| s.to_str()).unwrap_or(""),
-                    file.display()
-                )
-            })?;
-            // It was checked under the watcher's cap when it was found.
-            let p = sentinel_deploy::payload::check(f, &marker, &folder, 1 << 30)
-                .map_err(|e| format!("the kept payload: {e}"))?;
-            match dest.symlink_metadata() {
-                Ok(m) if !m.is_dir() => {
-                    return Err("the repository's deploy/ is not a folder (a link or a file): the payload goes there".into());
-                }
-                Ok(_) => {}
-                Err(_) => std::fs::create_dir(&dest).map_err(|e| format!("deploy/: {e}"))?,
-            }
-            for (name, bytes) in p.files {
-                let to = dest.join(&name);
-                if to.symlink_metadata().is_ok() {
-                    return Err(format!(
-                        "the repository has deploy/{name}, which the payload would replace"
-                    ));
-                }
-                std::fs::write(&to, bytes).map_err(|e| format!("deploy/{name}: {e}"))?;
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| e.to_string())?
     }
 
     /// The stages of `earlier` a re-run from `from` keeps: every stage that

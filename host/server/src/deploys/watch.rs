@@ -1,117 +1,26 @@
-//! Deploy watchers and the deployments record. A watcher (server
-//! configuration) lists `<app>/<version>.deploy` markers at its location
-//! every `poll_seconds` — or at once on `POST /api/v1/watchers/{name}/poll`
-//! and the seed's `GET /force` — and acts on each marker once: older or
-//! equal versions are recorded as ignored; a newer one's payload is fetched
-//! and checked completely, then a refused payload is recorded as a failed
-//! deploy (nothing runs) and a good one queues a run of the watcher's
-//! repository with the payload in its workspace and the deploy's facts.
-//! `GET /api/v1/deployments` says what was deployed where, and by which run.
+//! A watcher's polls: markers listed, each new one acted on once (its
+//! payload fetched and checked before anything is queued), `/force`.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use sentinel_api::{
     DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, SCHEMA_VERSION, Trigger,
     TriggerKind,
 };
-use sentinel_deploy::{Location, Marker, Version};
-use sentinel_store::deploys::{Decided, current};
+use sentinel_deploy::{Marker, Version};
+use sentinel_store::deploys::Decided;
 use sentinel_store::tokens::Scope;
 
+use super::Watcher;
 use crate::runs::{DeployRequest, RunSpec, St};
 use crate::{ApiError, AppState};
-
-/// A watcher as the server's configuration gives it (`[watchers.NAME]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WatcherConfig {
-    /// The repository (of `[repos]`) whose pipeline deploys.
-    pub repo: String,
-    /// The branch, tag or commit of it to run.
-    #[serde(default = "default_ref", rename = "ref")]
-    pub git_ref: String,
-    /// The environment it deploys to.
-    pub environment: String,
-    /// The domain in the payloads' names.
-    #[serde(default)]
-    pub domain: String,
-    /// Where the markers are: `s3://bucket/prefix` or a folder.
-    pub markers: String,
-    /// Where the payloads are: `s3://bucket/prefix` or a folder.
-    pub payloads: String,
-    /// Seconds between polls.
-    #[serde(default = "default_poll")]
-    pub poll_seconds: u64,
-    /// The largest payload, uncompressed, in MiB.
-    #[serde(default = "default_payload_mib")]
-    pub max_payload_mib: u64,
-    /// The S3 endpoint, region and addressing of `s3://` locations (the
-    /// `[s3]` section's when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path_style: Option<bool>,
-}
-
-fn default_ref() -> String {
-    "HEAD".into()
-}
-
-fn default_poll() -> u64 {
-    300
-}
-
-fn default_payload_mib() -> u64 {
-    sentinel_deploy::payload::MAX_BYTES >> 20
-}
-
-/// A watcher with its locations.
-#[derive(Debug)]
-pub struct Watcher {
-    pub name: String,
-    pub config: WatcherConfig,
-    pub markers: Arc<dyn Location>,
-    pub payloads: Arc<dyn Location>,
-    /// One poll of it at a time in this process (the store makes each
-    /// decision once across processes and restarts).
-    polling: tokio::sync::Mutex<Option<Value>>,
-}
-
-impl Watcher {
-    pub fn new(
-        name: &str,
-        config: WatcherConfig,
-        markers: Arc<dyn Location>,
-        payloads: Arc<dyn Location>,
-    ) -> Self {
-        Self {
-            name: name.to_string(),
-            config,
-            markers,
-            payloads,
-            polling: tokio::sync::Mutex::new(None),
-        }
-    }
-}
-
-/// The server's watchers and where checked payloads are kept.
-#[derive(Debug, Default)]
-pub struct Watchers {
-    pub list: BTreeMap<String, Arc<Watcher>>,
-    /// `<state>/payloads`.
-    pub payloads_dir: PathBuf,
-}
 
 /// What one marker came to in a poll.
 #[derive(Debug, Clone, Serialize)]
@@ -229,7 +138,7 @@ impl AppState {
             run: None,
             requested: Utc::now(),
             finished: None,
-            approver: None,
+            approval: None,
             facts: None,
         };
         let newer = |latest: &str| latest.parse::<Version>().is_ok_and(|l| m.version > l);
@@ -291,10 +200,7 @@ impl AppState {
                         domain: c.domain.clone(),
                     };
                     doc.facts = Some(facts.clone());
-                    let file = self
-                        .watchers
-                        .payloads_dir
-                        .join(format!("{}.tar.gz", doc.id));
+                    let file = self.deploys.payloads_dir.join(format!("{}.tar.gz", doc.id));
                     keep_payload(&file, bytes).await?;
                     kept = Some(file);
                     let spec = RunSpec {
@@ -308,7 +214,8 @@ impl AppState {
                         deploy: Some(DeployRequest {
                             facts,
                             deployment: doc.id.clone(),
-                            payload: m.payload_name(&c.domain, &c.environment),
+                            payload: Some(m.payload_name(&c.domain, &c.environment)),
+                            from_run: None,
                         }),
                     };
                     entry = Some(self.entry(
@@ -323,7 +230,13 @@ impl AppState {
         }
         let decided = self
             .store
-            .decide_marker(mark, &doc, entry.as_ref(), &newer)
+            .decide_marker(
+                mark,
+                &doc,
+                entry.as_ref(),
+                self.deploys.needs_approval(&c.environment),
+                &newer,
+            )
             .await
             .map_err(ApiError::internal)?;
         let doc = match decided {
@@ -343,7 +256,9 @@ impl AppState {
         {
             let _ = tokio::fs::remove_file(f).await;
         }
-        if let (Some(e), Some(_)) = (&entry, &doc.run) {
+        if doc.status == DeploymentStatus::WaitingApproval {
+            tracing::info!(watcher = %w.name, app = %doc.app, version = %doc.version, deployment = %doc.id, "deploy waits for an approval");
+        } else if let (Some(e), Some(_)) = (&entry, &doc.run) {
             failpoint_after_decision();
             self.metrics.accepted(&e.run_id, e.enqueued);
             self.control.queued();
@@ -352,6 +267,7 @@ impl AppState {
             tracing::info!(watcher = %w.name, app = %doc.app, version = %doc.version, status = %doc.status, reason = doc.reason.as_deref().unwrap_or(""), "deploy marker not deployed");
         }
         self.metrics.deploy_marker(&w.name, doc.status.as_str());
+        self.deploys.changed.notify_one();
         seen.outcome = doc.status.as_str().to_string();
         seen.reason = doc.reason.clone();
         seen.deployment = Some(doc.id.clone());
@@ -361,11 +277,11 @@ impl AppState {
 
     /// The watcher named `name`.
     fn watcher(&self, name: &str) -> Result<Arc<Watcher>, ApiError> {
-        self.watchers.list.get(name).cloned().ok_or_else(|| {
+        self.deploys.watchers.get(name).cloned().ok_or_else(|| {
             ApiError::not_found(format!(
                 "no watcher `{name}` (this server has: {})",
-                self.watchers
-                    .list
+                self.deploys
+                    .watchers
                     .keys()
                     .cloned()
                     .collect::<Vec<_>>()
@@ -397,7 +313,7 @@ async fn keep_payload(file: &std::path::Path, bytes: Vec<u8>) -> Result<(), ApiE
 /// Polls every watcher until `stop`, each every `poll_seconds`.
 pub async fn watch(state: AppState, stop: tokio_util::sync::CancellationToken) {
     let mut tasks = Vec::new();
-    for w in state.watchers.list.values().cloned() {
+    for w in state.deploys.watchers.values().cloned() {
         let (state, stop) = (state.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let every = std::time::Duration::from_secs(w.config.poll_seconds.max(1));
@@ -432,7 +348,7 @@ pub(crate) async fn poll_now(
 pub(crate) async fn force(State(s): St, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Scope::Trigger)?;
     let mut reports = Vec::new();
-    for w in s.watchers.list.values() {
+    for w in s.deploys.watchers.values() {
         reports.push(s.poll(w).await?);
     }
     Ok(Json(json!({ "watchers": reports })))
@@ -445,7 +361,7 @@ pub(crate) async fn list_watchers(
 ) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Scope::Read)?;
     let mut out = Vec::new();
-    for w in s.watchers.list.values() {
+    for w in s.deploys.watchers.values() {
         let last = match w.polling.try_lock() {
             Ok(l) => l.clone(),
             Err(_) => Some(json!({ "polling": true })),
@@ -461,35 +377,4 @@ pub(crate) async fn list_watchers(
         }));
     }
     Ok(Json(json!({ "watchers": out })))
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct DeploymentsQuery {
-    app: Option<String>,
-    environment: Option<String>,
-    /// How many of the history to answer with (default 100, at most 1,000).
-    limit: Option<usize>,
-}
-
-/// `GET /api/v1/deployments`: what is deployed where now (`current`: per
-/// environment and app, the newest that succeeded), and the history,
-/// newest first.
-pub(crate) async fn deployments(
-    State(s): St,
-    headers: HeaderMap,
-    Query(q): Query<DeploymentsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    s.authorize(&headers, Scope::Read)?;
-    let all = s
-        .store
-        .deployments(q.app.as_deref(), q.environment.as_deref())
-        .await
-        .map_err(ApiError::internal)?;
-    let now: Vec<&DeploymentDoc> = current(&all).into_values().collect();
-    let limit = q.limit.unwrap_or(100).min(1000);
-    Ok(Json(json!({
-        "current": now,
-        "deployments": all.iter().take(limit).collect::<Vec<_>>(),
-        "total": all.len(),
-    })))
 }

@@ -1,0 +1,118 @@
+//! Benchmark (not a test) of the deployments record on a real server
+//! process: `wrk` on `GET /api/v1/deployments` (what is deployed where now,
+//! and the 100 newest) with 1,000 recorded deployments — 10 apps in 4
+//! environments — against `GET /health` on the same server as the
+//! baseline; the goal is p99 < 10 ms.
+//! Run with `cargo bench -p sentinel --bench deployments` (needs `wrk`:
+//! `scripts/setup.sh` installs it).
+
+use chrono::Utc;
+use sentinel_api::{DeploySource, DeploymentDoc, DeploymentStatus, SCHEMA_VERSION};
+use sentinel_store::SledStore;
+use sentinel_store::tokens::Scope;
+
+#[path = "../tests/common/server.rs"]
+mod server;
+#[path = "common/wrk.rs"]
+mod wrk;
+
+use wrk::wrk;
+
+const RECORDED: usize = 1_000;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let token = {
+        let db = SledStore::try_open(&state).unwrap();
+        for i in 0..RECORDED {
+            let (app, env) = (
+                format!("app-{}", i % 10),
+                ["dev", "qa", "staging", "prod"][i % 4],
+            );
+            let run = sentinel_engine::docs::new_run_id();
+            let doc = DeploymentDoc {
+                schema: SCHEMA_VERSION,
+                id: sentinel_engine::docs::new_run_id().to_string(),
+                app: app.clone(),
+                environment: env.into(),
+                version: format!("1.0.{}", i / 40),
+                source: DeploySource::Marker {
+                    watcher: format!("{env}-watcher"),
+                    key: format!("{app}/1.0.{}.deploy", i / 40),
+                },
+                status: DeploymentStatus::Queued,
+                reason: None,
+                run: None,
+                requested: Utc::now(),
+                finished: None,
+                approval: None,
+                facts: None,
+            };
+            let mark = format!("bench/{i}");
+            db.decide_marker(&mark, &doc, None, false, &|_| true)
+                .await
+                .unwrap();
+            let status = if i % 9 == 0 {
+                DeploymentStatus::Failed
+            } else {
+                DeploymentStatus::Succeeded
+            };
+            db.deployment_follows(&doc.id, &run, status, None, Some(Utc::now()))
+                .unwrap();
+        }
+        db.create_token("bench", Scope::Read).await.unwrap().0
+    };
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        "[api.rate_limit]\nper_second = 10000000\nburst = 10000000\n",
+    )
+    .unwrap();
+    let server = server::Server::start(
+        &state,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SENTINEL_LOG", "warn")],
+    );
+    let url = server.url.clone();
+    let check: serde_json::Value = reqwest::Client::new()
+        .get(format!("{url}/api/v1/deployments"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(check["current"].as_array().unwrap().len(), 40, "{check}");
+    assert_eq!(check["deployments"].as_array().unwrap().len(), 100);
+
+    println!(
+        "GET /api/v1/deployments with {RECORDED} recorded deployments (wrk -t2 -c16 -d10s, same server):"
+    );
+    let (h_rps, h_p50, h_p99) = wrk(&format!("{url}/health"), &token);
+    println!(
+        "  GET /health (baseline)                  {h_rps:>9.0} req/s  p50 {h_p50:.2} ms  p99 {h_p99:.2} ms"
+    );
+    for (what, path) in [
+        ("current + 100 newest", "/api/v1/deployments"),
+        (
+            "current in prod + 20",
+            "/api/v1/deployments?environment=prod&limit=20",
+        ),
+    ] {
+        let (rps, p50, p99) = wrk(&format!("{url}{path}"), &token);
+        println!(
+            "  {what:<38} {rps:>9.0} req/s  p50 {p50:.2} ms  p99 {p99:.2} ms   ratio to /health: {:.2}× the req/s; goal p99 < 10 ms: {:.2}× the limit",
+            rps / h_rps,
+            p99 / 10.0
+        );
+    }
+    server.stop();
+}
