@@ -34,6 +34,15 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
     v[key].as_str().unwrap_or("-")
 }
 
+/// A time of a document, to the second.
+fn time(v: &Value, key: &str) -> String {
+    v[key]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 /// `sentinel deployments`.
 pub async fn deployments(paths: &Paths, args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
     let remote = args.server.remote(paths)?;
@@ -80,7 +89,7 @@ pub async fn deployments(paths: &Paths, args: DeploymentsArgs) -> anyhow::Result
                 .unwrap_or_default();
             println!(
                 "  {}  {} {} → {}  {status}{why}",
-                text(d, "requested"),
+                time(d, "requested"),
                 text(d, "app"),
                 text(d, "version"),
                 text(d, "environment"),
