@@ -143,6 +143,33 @@ pub struct Approval {
     pub reason: Option<String>,
 }
 
+impl DeploymentDoc {
+    /// A deployment asked for now (queued until decided otherwise).
+    pub fn requested(
+        id: String,
+        app: &str,
+        environment: &str,
+        version: &str,
+        source: DeploySource,
+    ) -> Self {
+        Self {
+            schema: crate::SCHEMA_VERSION,
+            id,
+            app: app.to_string(),
+            environment: environment.to_string(),
+            version: version.to_string(),
+            source,
+            status: DeploymentStatus::Queued,
+            reason: None,
+            run: None,
+            requested: Utc::now(),
+            finished: None,
+            approval: None,
+            facts: None,
+        }
+    }
+}
+
 /// What is deployed where, as the results layout publishes it
 /// (`deployments/index.json`), for the web app and any reader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

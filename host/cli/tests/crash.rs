@@ -28,18 +28,6 @@ stages:
     run: echo two
 "#;
 
-/// A small xorshift, seeded from the clock (printed, to replay a failure).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
     common::docker().await;
@@ -54,7 +42,7 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
                 | 1
         });
     println!("seed {seed} (SENTINEL_CRASH_SEED={seed} replays it)");
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let (url, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", PIPELINE)]);
     let state = tmp.path().join("state");

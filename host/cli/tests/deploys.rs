@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::server::{Client, Server, bare_repo, free_port};
+use common::server::{Client, Server, bare_repo, bare_repo_once, free_port};
 use sentinel_testkit::payload::{self as kit, Entry, FILE};
 use serde_json::Value;
 
@@ -75,12 +75,7 @@ fn start_with(
     flags: &[&str],
 ) -> Server {
     // One repository, however often the server starts.
-    let repo = tmp.join("deployer");
-    let url = if repo.join("app.git").exists() {
-        format!("file://{}", repo.join("app.git").display())
-    } else {
-        bare_repo(&repo, &[("sentinel.yml", DEPLOYER)]).0
-    };
+    let url = bare_repo_once(&tmp.join("deployer"), &[("sentinel.yml", DEPLOYER)]);
     let config = tmp.join("server.toml");
     std::fs::write(
         &config,
@@ -378,18 +373,6 @@ async fn bad_payloads_fail_their_deploy_with_the_reason_and_run_nothing() {
     server.stop();
 }
 
-/// A small xorshift, seeded from the clock (printed, to replay a failure).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_decision_and_run_deploys_each_marker_exactly_once() {
     common::docker().await;
@@ -399,7 +382,7 @@ async fn a_crash_between_decision_and_run_deploys_each_marker_exactly_once() {
         .as_nanos() as u64
         | 1;
     println!("seed {seed}");
-    let mut rng = Rng(seed);
+    let mut rng = common::Rng(seed);
     let tmp = tempfile::tempdir().unwrap();
     let bucket = Bucket(tmp.path().join("bucket"));
     let mut versions = Vec::new();

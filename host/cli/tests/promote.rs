@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::browser::Browser;
-use common::server::{Client, Server, bare_repo, free_port};
+use common::server::{Client, Server, bare_repo_once, free_port};
 use serde_json::{Value, json};
 
 const APP: &str = r#"version: 1
@@ -45,14 +45,8 @@ stages:
 /// A server with the repositories `app` and `deployer`, `staging` (no
 /// approval) and `production` (approval).
 fn start(tmp: &Path, flags: &[&str]) -> Server {
-    let repo = |name: &str, pipeline: &str| {
-        let dir = tmp.join(name);
-        if dir.join("app.git").exists() {
-            format!("file://{}", dir.join("app.git").display())
-        } else {
-            bare_repo(&dir, &[("sentinel.yml", pipeline)]).0
-        }
-    };
+    let repo =
+        |name: &str, pipeline: &str| bare_repo_once(&tmp.join(name), &[("sentinel.yml", pipeline)]);
     let (app, deployer) = (repo("app", APP), repo("deployer", DEPLOYER));
     let config = tmp.join("server.toml");
     std::fs::write(

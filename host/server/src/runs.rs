@@ -54,6 +54,22 @@ pub struct RunSpec {
     pub deploy: Option<DeployRequest>,
 }
 
+impl RunSpec {
+    /// A deploy run of `repo` at `git_ref`.
+    pub fn deploy(repo: &str, git_ref: &str, deploy: DeployRequest) -> Self {
+        Self {
+            repo: repo.to_string(),
+            git_ref: git_ref.to_string(),
+            branch: None,
+            rerun_of: None,
+            from: None,
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            deploy: Some(deploy),
+        }
+    }
+}
+
 /// A deploy run's facts and the payload it unpacks into `deploy/`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeployRequest {

@@ -467,3 +467,85 @@ async fn every_response_carries_a_request_id() {
     assert_eq!(replaced.status(), StatusCode::NOT_FOUND);
     assert_eq!(id(&replaced).len(), 26);
 }
+
+/// A deploy held for approval since `hours_ago`.
+fn held(
+    hours_ago: i64,
+) -> (
+    sentinel_api::DeploymentDoc,
+    sentinel_engine::ports::QueueEntry,
+) {
+    let requested = chrono::Utc::now() - chrono::Duration::hours(hours_ago);
+    let mut doc = sentinel_api::DeploymentDoc::requested(
+        ulid::Ulid::new().to_string(),
+        "shop",
+        "production",
+        &format!("v{hours_ago}"),
+        sentinel_api::DeploySource::Promotion {
+            from_run: sentinel_engine::docs::new_run_id(),
+            rollback: false,
+        },
+    );
+    doc.requested = requested;
+    let entry = sentinel_engine::ports::QueueEntry {
+        run_id: sentinel_engine::docs::new_run_id(),
+        pipeline: "deployer".into(),
+        trigger: sentinel_api::Trigger {
+            kind: sentinel_api::TriggerKind::Deploy,
+            by: None,
+        },
+        request: serde_json::json!({"repo": "deployer", "ref": "main"}),
+        attempt: 1,
+        enqueued: requested,
+        claim: None,
+    };
+    (doc, entry)
+}
+
+/// A wait longer than its environment allows is rejected, saying so; one
+/// still within its time waits on.
+#[tokio::test]
+async fn a_wait_past_its_time_is_rejected_and_one_within_it_waits_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SledStore::try_open(tmp.path()).unwrap();
+    let queued = Arc::new(Counting::default());
+    let mut state = AppState::new(store.clone(), ApiConfig::default(), queued.clone());
+    state.deploys = Arc::new(sentinel_server::Deploys::new(
+        std::collections::BTreeMap::from([(
+            "production".to_string(),
+            sentinel_server::EnvironmentConfig {
+                repo: "deployer".into(),
+                git_ref: "main".into(),
+                domain: String::new(),
+                approval: true,
+                approval_timeout_hours: 2,
+            },
+        )]),
+        Default::default(),
+        tmp.path().join("payloads"),
+        Default::default(),
+    ));
+    let (late, e1) = held(3);
+    let (recent, e2) = held(1);
+    store.request_deployment(&late, &e1, true).await.unwrap();
+    store.request_deployment(&recent, &e2, true).await.unwrap();
+
+    assert_eq!(
+        sentinel_server::deploys::expire_due(&state, chrono::Utc::now()).await,
+        1
+    );
+    let d = store.deployment(&late.id).unwrap().unwrap();
+    assert_eq!(d.status, sentinel_api::DeploymentStatus::Rejected);
+    assert_eq!(d.reason.as_deref(), Some("no approval within 2 h"));
+    let a = d.approval.unwrap();
+    assert!(!a.approved);
+    assert_eq!(a.by, "sentinel");
+    let d = store.deployment(&recent.id).unwrap().unwrap();
+    assert_eq!(d.status, sentinel_api::DeploymentStatus::WaitingApproval);
+    assert_eq!(RunQueue::waiting(&store).await.unwrap(), 0, "nothing ran");
+    assert_eq!(queued.0.load(Ordering::SeqCst), 0);
+    // An hour and a half later, the other one's time is up too.
+    let later = chrono::Utc::now() + chrono::Duration::minutes(90);
+    assert_eq!(sentinel_server::deploys::expire_due(&state, later).await, 1);
+    assert!(store.waiting_approval().unwrap().is_empty());
+}

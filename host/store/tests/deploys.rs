@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use chrono::Utc;
 use sentinel_api::{
-    Approval, DeploySource, DeploymentDoc, DeploymentStatus, RunId, SCHEMA_VERSION, Trigger,
-    TriggerKind,
+    Approval, DeploySource, DeploymentDoc, DeploymentStatus, RunId, Trigger, TriggerKind,
 };
 use sentinel_engine::ports::{QueueEntry, RunQueue};
 use sentinel_store::SledStore;
@@ -29,24 +28,16 @@ fn entry() -> QueueEntry {
 }
 
 fn doc(version: &str) -> DeploymentDoc {
-    DeploymentDoc {
-        schema: SCHEMA_VERSION,
-        id: ulid::Ulid::new().to_string(),
-        app: "video".into(),
-        environment: "dev".into(),
-        version: version.into(),
-        source: DeploySource::Marker {
+    DeploymentDoc::requested(
+        ulid::Ulid::new().to_string(),
+        "video",
+        "dev",
+        version,
+        DeploySource::Marker {
             watcher: "w".into(),
             key: format!("video/{version}.deploy"),
         },
-        status: DeploymentStatus::Queued,
-        reason: None,
-        run: None,
-        requested: Utc::now(),
-        finished: None,
-        approval: None,
-        facts: None,
-    }
+    )
 }
 
 /// Versions as numbers, enough for these tests.

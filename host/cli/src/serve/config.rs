@@ -360,7 +360,11 @@ impl Settings {
 
     /// The deploy watchers with their locations (S3 ones use the `[s3]`
     /// section's endpoint, region and addressing unless they name their own).
-    pub async fn deploys(&self, state: &Path) -> anyhow::Result<sentinel_server::Deploys> {
+    pub async fn deploys(
+        &self,
+        state: &Path,
+        changed: std::sync::Arc<sentinel_server::deploys::Changes>,
+    ) -> anyhow::Result<sentinel_server::Deploys> {
         let mut list = BTreeMap::new();
         for (name, w) in &self.watchers {
             let markers = self.location(w, &w.markers).await?;
@@ -375,12 +379,12 @@ impl Settings {
                 )),
             );
         }
-        Ok(sentinel_server::Deploys {
-            environments: self.environments.clone(),
-            watchers: list,
-            payloads_dir: state.join("payloads"),
-            changed: Default::default(),
-        })
+        Ok(sentinel_server::Deploys::new(
+            self.environments.clone(),
+            list,
+            state.join("payloads"),
+            changed,
+        ))
     }
 
     async fn location(

@@ -11,8 +11,8 @@ use chrono::Utc;
 use sentinel_api::{DeploymentsDoc, SCHEMA_VERSION, keys};
 use sentinel_results::LocalSink;
 use sentinel_s3::S3Sink;
+use sentinel_server::deploys::Changes;
 use sentinel_store::SledStore;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// The document as the store has it now.
@@ -56,7 +56,7 @@ pub async fn publish(
     store: SledStore,
     local: LocalSink,
     bucket: Option<S3Sink>,
-    changed: Arc<Notify>,
+    changed: Arc<Changes>,
     stop: CancellationToken,
 ) {
     let mut owed = true;
@@ -70,7 +70,7 @@ pub async fn publish(
                 publish_once(&store, &local, bucket.as_ref()).await;
                 return;
             }
-            _ = changed.notified() => owed = true,
+            _ = changed.notify.notified() => owed = true,
             _ = tokio::time::sleep(wait) => owed = true,
         }
     }

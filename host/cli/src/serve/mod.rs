@@ -55,7 +55,7 @@ const DELIVERIES_KEPT_DAYS: i64 = 30;
 /// deployments' reader takes from the run.
 fn deployment_follows(
     store: &sentinel_store::SledStore,
-    changed: &Arc<tokio::sync::Notify>,
+    changed: &Arc<sentinel_server::deploys::Changes>,
     run: &sentinel_api::RunId,
     status: sentinel_api::RunStatus,
 ) {
@@ -84,7 +84,7 @@ fn deployment_follows(
             doc.as_ref().and_then(|d| d.finished),
         );
         match r {
-            Ok(()) => changed.notify_one(),
+            Ok(()) => changed.touch(),
             Err(e) => tracing::warn!(run = %run, "cannot record the deployment's status: {e}"),
         }
     });
@@ -149,7 +149,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     let live = Arc::new(sentinel_server::live::LiveHub::default());
     let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
     // Told of every change to a deployment: the results' document follows.
-    let deployments_changed = Arc::new(tokio::sync::Notify::new());
+    let deployments_changed = Arc::new(sentinel_server::deploys::Changes::default());
     let progress: RunProgress = {
         let (live, metrics, checkouts) = (live.clone(), metrics.clone(), checkouts.clone());
         let (store, changed) = (store.clone(), deployments_changed.clone());
@@ -222,9 +222,11 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     state.secrets_key = secrets_key;
     state.results_dir = Some(dirs.results.clone());
     state.web_dir = settings.web.clone();
-    let mut deploys = settings.deploys(&dirs.state).await?;
-    deploys.changed = deployments_changed.clone();
-    state.deploys = Arc::new(deploys);
+    state.deploys = Arc::new(
+        settings
+            .deploys(&dirs.state, deployments_changed.clone())
+            .await?,
+    );
     let bucket = match settings.s3_config()? {
         Some(cfg) => Some(sentinel_s3::S3Sink::connect(cfg).await),
         None => None,

@@ -164,3 +164,16 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// A small xorshift for crash tests' random moments (seeded from the clock
+/// and printed, to replay a failure).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}

@@ -46,6 +46,17 @@ pub fn bare_repo(root: &Path, files: &[(&str, &str)]) -> (String, String) {
     (format!("file://{b}"), commit)
 }
 
+/// The bare repository [`bare_repo`] made under `root`, made now if it is
+/// not there yet (a server started again names the same one).
+pub fn bare_repo_once(root: &Path, files: &[(&str, &str)]) -> String {
+    let bare = root.join("app.git");
+    if bare.exists() {
+        format!("file://{}", bare.display())
+    } else {
+        bare_repo(root, files).0
+    }
+}
+
 /// A port free now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

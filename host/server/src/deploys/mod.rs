@@ -31,8 +31,8 @@ use sentinel_store::tokens::Scope;
 use crate::ApiError;
 use crate::runs::St;
 
-pub use promote::expire_waits;
 pub(crate) use promote::{approve, promote, reject};
+pub use promote::{expire_due, expire_waits};
 pub use watch::watch;
 pub(crate) use watch::{force, list_watchers, poll_now};
 
@@ -121,9 +121,33 @@ pub struct Deploys {
     pub watchers: BTreeMap<String, Arc<Watcher>>,
     /// `<state>/payloads`.
     pub payloads_dir: PathBuf,
-    /// Told of every new deployment (the results' deployments document
-    /// is written again).
-    pub changed: Arc<tokio::sync::Notify>,
+    /// Told of every change to a deployment (the results' document is
+    /// written again; answers read before are stale).
+    pub changed: Arc<Changes>,
+    /// The last answers of `GET /api/v1/deployments`, by query, with the
+    /// generation of [`Changes`] they were made at.
+    answers: std::sync::Mutex<BTreeMap<String, (u64, axum::body::Bytes)>>,
+}
+
+/// Changes to the deployments: a generation, and a wake-up for the one
+/// task that publishes them.
+#[derive(Debug, Default)]
+pub struct Changes {
+    generation: std::sync::atomic::AtomicU64,
+    pub notify: tokio::sync::Notify,
+}
+
+impl Changes {
+    /// Something changed.
+    pub fn touch(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// An environment as the server's configuration gives it
@@ -153,6 +177,22 @@ fn default_wait_hours() -> u64 {
 }
 
 impl Deploys {
+    /// The deploy settings; `changed` is told of every change.
+    pub fn new(
+        environments: BTreeMap<String, EnvironmentConfig>,
+        watchers: BTreeMap<String, Arc<Watcher>>,
+        payloads_dir: PathBuf,
+        changed: Arc<Changes>,
+    ) -> Self {
+        Self {
+            environments,
+            watchers,
+            payloads_dir,
+            changed,
+            answers: Default::default(),
+        }
+    }
+
     /// Whether a deploy to `environment` waits for an approval.
     pub fn needs_approval(&self, environment: &str) -> bool {
         self.environments
@@ -184,20 +224,58 @@ pub(crate) struct DeploymentsQuery {
 
 /// `GET /api/v1/deployments`: what is deployed where now (`current`: per
 /// environment and app, the newest that succeeded), and the history,
-/// newest first.
+/// newest first. An answer is made once per change of the deployments and
+/// query (reads far outnumber deploys), then served as it is.
 pub(crate) async fn deployments(
     State(s): St,
     headers: HeaderMap,
     Query(q): Query<DeploymentsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse as _;
     s.authorize(&headers, Scope::Read)?;
     let (app, env) = (q.app.as_deref(), q.environment.as_deref());
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let current = s.store.current(app, env).map_err(ApiError::internal)?;
-    let history = s
-        .store
-        .deployments(app, env, limit)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(Json(json!({ "current": current, "deployments": history })))
+    let key = format!("{}\0{}\0{limit}", app.unwrap_or(""), env.unwrap_or(""));
+    let generation = s.deploys.changed.generation();
+    let known = s
+        .deploys
+        .answers
+        .lock()
+        .ok()
+        .and_then(|a| a.get(&key).filter(|(g, _)| *g == generation).cloned());
+    let body = match known {
+        Some((_, body)) => body,
+        None => {
+            #[derive(Serialize)]
+            struct Answer<'a> {
+                current: &'a [sentinel_api::DeploymentDoc],
+                deployments: &'a [sentinel_api::DeploymentDoc],
+            }
+            let current = s.store.current(app, env).map_err(ApiError::internal)?;
+            let history = s
+                .store
+                .deployments(app, env, limit)
+                .await
+                .map_err(ApiError::internal)?;
+            let body = axum::body::Bytes::from(
+                serde_json::to_vec(&Answer {
+                    current: &current,
+                    deployments: &history,
+                })
+                .map_err(ApiError::internal)?,
+            );
+            if let Ok(mut a) = s.deploys.answers.lock() {
+                if a.len() > 256 {
+                    a.clear();
+                }
+                a.insert(key, (generation, body.clone()));
+            }
+            body
+        }
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
 }

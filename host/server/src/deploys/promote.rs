@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use sentinel_api::{
-    Approval, DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, RunStatus,
-    SCHEMA_VERSION, Trigger, TriggerKind,
+    Approval, DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, RunStatus, Trigger,
+    TriggerKind,
 };
 use sentinel_engine::ports::Store as _;
 use sentinel_store::tokens::Scope;
@@ -127,39 +127,27 @@ pub(crate) async fn promote(
         instances: 1,
         domain: env.domain.clone(),
     };
-    let doc = DeploymentDoc {
-        schema: SCHEMA_VERSION,
-        id: ulid::Ulid::new().to_string(),
-        app,
-        environment: req.to.clone(),
-        version,
-        source: DeploySource::Promotion {
+    let mut doc = DeploymentDoc::requested(
+        ulid::Ulid::new().to_string(),
+        &app,
+        &req.to,
+        &version,
+        DeploySource::Promotion {
             from_run: from.clone(),
             rollback: older,
         },
-        status: DeploymentStatus::Queued,
-        reason: None,
-        run: None,
-        requested: Utc::now(),
-        finished: None,
-        approval: None,
-        facts: Some(facts.clone()),
-    };
-    let spec = RunSpec {
-        repo: env.repo.clone(),
-        git_ref: env.git_ref.clone(),
-        branch: None,
-        rerun_of: None,
-        from: None,
-        env: Default::default(),
-        secrets: Default::default(),
-        deploy: Some(DeployRequest {
+    );
+    doc.facts = Some(facts.clone());
+    let spec = RunSpec::deploy(
+        &env.repo,
+        &env.git_ref,
+        DeployRequest {
             facts,
             deployment: doc.id.clone(),
             payload: None,
             from_run: Some(from),
-        }),
-    };
+        },
+    );
     let by = caller.name().unwrap_or_else(|| "anonymous".into());
     let entry = s.entry(
         &spec,
@@ -177,7 +165,7 @@ pub(crate) async fn promote(
         s.metrics.accepted(&entry.run_id, entry.enqueued);
         s.control.queued();
     }
-    s.deploys.changed.notify_one();
+    s.deploys.changed.touch();
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "deployment": doc.id, "status": doc.status, "run": doc.run })),
@@ -243,7 +231,7 @@ impl AppState {
                     self.metrics.accepted(run, Utc::now());
                     self.control.queued();
                 }
-                self.deploys.changed.notify_one();
+                self.deploys.changed.touch();
                 tracing::info!(deployment = %doc.id, status = %doc.status, "deployment answered");
                 Ok(Json(json!(doc)))
             }
@@ -257,32 +245,42 @@ impl AppState {
     }
 }
 
-/// Rejects every deployment that waited longer than its environment
-/// allows, once a minute, until `stop`.
+/// Rejects every deployment that has waited for an approval longer than
+/// its environment allows, as of `now`; how many.
+pub async fn expire_due(state: &AppState, now: chrono::DateTime<Utc>) -> usize {
+    let waiting = match state.store.waiting_approval() {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!("cannot read the deployments waiting for approval: {e}");
+            return 0;
+        }
+    };
+    let mut ended = 0;
+    for d in waiting {
+        let hours = state
+            .deploys
+            .environments
+            .get(&d.environment)
+            .map_or(24, |e| e.approval_timeout_hours);
+        if now - d.requested < chrono::Duration::hours(hours as i64) {
+            continue;
+        }
+        let why = format!("no approval within {hours} h");
+        match state
+            .answer(&d.id, false, Some("sentinel".into()), Some(why))
+            .await
+        {
+            Ok(_) => ended += 1,
+            Err(e) => tracing::warn!(deployment = %d.id, "cannot end its wait: {}", e.message),
+        }
+    }
+    ended
+}
+
+/// Ends the waits that timed out, once a minute, until `stop`.
 pub async fn expire_waits(state: AppState, stop: tokio_util::sync::CancellationToken) {
     loop {
-        match state.store.waiting_approval() {
-            Ok(waiting) => {
-                for d in waiting {
-                    let hours = state
-                        .deploys
-                        .environments
-                        .get(&d.environment)
-                        .map_or(24, |e| e.approval_timeout_hours);
-                    if Utc::now() - d.requested < chrono::Duration::hours(hours as i64) {
-                        continue;
-                    }
-                    let why = format!("no approval within {hours} h");
-                    if let Err(e) = state
-                        .answer(&d.id, false, Some("sentinel".into()), Some(why))
-                        .await
-                    {
-                        tracing::warn!(deployment = %d.id, "cannot end its wait: {}", e.message);
-                    }
-                }
-            }
-            Err(e) => tracing::warn!("cannot read the deployments waiting for approval: {e}"),
-        }
+        expire_due(&state, Utc::now()).await;
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(60)) => {}

@@ -11,8 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use sentinel_api::{
-    DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, SCHEMA_VERSION, Trigger,
-    TriggerKind,
+    DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, Trigger, TriggerKind,
 };
 use sentinel_deploy::{Marker, Version};
 use sentinel_store::deploys::Decided;
@@ -123,24 +122,16 @@ impl AppState {
             deployment: None,
             run: None,
         };
-        let mut doc = DeploymentDoc {
-            schema: SCHEMA_VERSION,
-            id: ulid::Ulid::new().to_string(),
-            app: m.app.clone(),
-            environment: c.environment.clone(),
-            version: m.version.to_string(),
-            source: DeploySource::Marker {
+        let mut doc = DeploymentDoc::requested(
+            ulid::Ulid::new().to_string(),
+            &m.app,
+            &c.environment,
+            m.version.as_str(),
+            DeploySource::Marker {
                 watcher: w.name.clone(),
                 key: key.to_string(),
             },
-            status: DeploymentStatus::Queued,
-            reason: None,
-            run: None,
-            requested: Utc::now(),
-            finished: None,
-            approval: None,
-            facts: None,
-        };
+        );
         let newer = |latest: &str| latest.parse::<Version>().is_ok_and(|l| m.version > l);
         let latest = self
             .store
@@ -203,21 +194,16 @@ impl AppState {
                     let file = self.deploys.payloads_dir.join(format!("{}.tar.gz", doc.id));
                     keep_payload(&file, bytes).await?;
                     kept = Some(file);
-                    let spec = RunSpec {
-                        repo: c.repo.clone(),
-                        git_ref: c.git_ref.clone(),
-                        branch: None,
-                        rerun_of: None,
-                        from: None,
-                        env: Default::default(),
-                        secrets: Default::default(),
-                        deploy: Some(DeployRequest {
+                    let spec = RunSpec::deploy(
+                        &c.repo,
+                        &c.git_ref,
+                        DeployRequest {
                             facts,
                             deployment: doc.id.clone(),
                             payload: Some(m.payload_name(&c.domain, &c.environment)),
                             from_run: None,
-                        }),
-                    };
+                        },
+                    );
                     entry = Some(self.entry(
                         &spec,
                         Trigger {
@@ -267,7 +253,7 @@ impl AppState {
             tracing::info!(watcher = %w.name, app = %doc.app, version = %doc.version, status = %doc.status, reason = doc.reason.as_deref().unwrap_or(""), "deploy marker not deployed");
         }
         self.metrics.deploy_marker(&w.name, doc.status.as_str());
-        self.deploys.changed.notify_one();
+        self.deploys.changed.touch();
         seen.outcome = doc.status.as_str().to_string();
         seen.reason = doc.reason.clone();
         seen.deployment = Some(doc.id.clone());
