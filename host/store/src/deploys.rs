@@ -255,6 +255,10 @@ impl SledStore {
         let Some(mut doc) = self.deployment(id)? else {
             return Ok(());
         };
+        // A late word of a run's start never undoes its end.
+        if doc.run.as_ref() == Some(run) && doc.status.is_final() && !status.is_final() {
+            return Ok(());
+        }
         doc.run = Some(run.clone());
         doc.status = status;
         doc.reason = reason;
@@ -281,8 +285,7 @@ impl SledStore {
     }
 
     /// Up to `limit` deployments, newest first, of `app` and `environment`
-    /// when given. One whose run ended without it being told (a server that
-    /// stopped at that moment) takes its run's status, and keeps it.
+    /// when given, each settled (see [`SledStore::deployment_now`]).
     pub async fn deployments(
         &self,
         app: Option<&str>,
@@ -299,19 +302,65 @@ impl SledStore {
             if app.is_some_and(|a| a != d.app) || environment.is_some_and(|e| e != d.environment) {
                 continue;
             }
-            if !d.status.is_final()
-                && let Some(run) = &d.run
-                && let Some(r) = self.get_run(run).await?
-                && r.status.is_final()
-            {
-                d.status = DeploymentStatus::of_run(r.status);
-                d.reason = r.reason.clone();
-                d.finished = r.finished;
-                self.put_deployment(&d)?;
-            }
+            self.settle(&mut d).await?;
             out.push(d);
         }
         Ok(out)
+    }
+
+    /// Deployment `id`, with its run's outcome when that is not recorded yet.
+    pub async fn deployment_now(&self, id: &str) -> Result<Option<DeploymentDoc>, StorageError> {
+        let Some(mut d) = self.deployment(id)? else {
+            return Ok(None);
+        };
+        self.settle(&mut d).await?;
+        Ok(Some(d))
+    }
+
+    /// A deployment whose run ended without it being told (the word of
+    /// the run's end is on its way, or a server stopped at that moment)
+    /// takes its run's outcome, and keeps it — unless the run's server died
+    /// and it was queued again: then that run is the deployment's.
+    async fn settle(&self, d: &mut DeploymentDoc) -> Result<(), StorageError> {
+        if d.status.is_final() {
+            return Ok(());
+        }
+        let Some(run) = &d.run else { return Ok(()) };
+        let Some(r) = self.get_run(run).await? else {
+            return Ok(());
+        };
+        if !r.status.is_final() {
+            return Ok(());
+        }
+        match self.retry_of(&d.id)? {
+            Some((retry, claimed)) => {
+                d.run = Some(retry);
+                d.status = if claimed {
+                    DeploymentStatus::Running
+                } else {
+                    DeploymentStatus::Queued
+                };
+            }
+            None => {
+                d.status = DeploymentStatus::of_run(r.status);
+                d.reason = r.reason.clone();
+                d.finished = r.finished;
+            }
+        }
+        self.put_deployment(d)
+    }
+
+    /// The run of deployment `id` waiting in the queue (or claimed there),
+    /// if one is: a later attempt of a run whose server died.
+    fn retry_of(&self, id: &str) -> Result<Option<(RunId, bool)>, StorageError> {
+        for kv in self.queue.iter() {
+            let (_, v) = kv.map_err(|e| err("queue", e))?;
+            let e: QueueEntry = decode(&v)?;
+            if e.request["deploy"]["deployment"].as_str() == Some(id) {
+                return Ok(Some((e.run_id, e.claim.is_some())));
+            }
+        }
+        Ok(None)
     }
 
     /// What is deployed where now: per environment and app, the newest

@@ -208,7 +208,12 @@ pub(crate) async fn deployment(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     s.authorize(&headers, Scope::Read)?;
-    match s.store.deployment(&id).map_err(ApiError::internal)? {
+    match s
+        .store
+        .deployment_now(&id)
+        .await
+        .map_err(ApiError::internal)?
+    {
         Some(d) => Ok(Json(json!(d))),
         None => Err(ApiError::not_found(format!("no deployment {id}"))),
     }
@@ -251,12 +256,14 @@ pub(crate) async fn deployments(
                 current: &'a [sentinel_api::DeploymentDoc],
                 deployments: &'a [sentinel_api::DeploymentDoc],
             }
-            let current = s.store.current(app, env).map_err(ApiError::internal)?;
+            // The history first: reading it records the outcome of a run
+            // that ended a moment ago, which `current` then shows.
             let history = s
                 .store
                 .deployments(app, env, limit)
                 .await
                 .map_err(ApiError::internal)?;
+            let current = s.store.current(app, env).map_err(ApiError::internal)?;
             let body = axum::body::Bytes::from(
                 serde_json::to_vec(&Answer {
                     current: &current,

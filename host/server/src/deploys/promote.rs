@@ -74,6 +74,12 @@ pub(crate) async fn promote(
         )));
     }
     let app = run.pipeline.clone();
+    // The newest deployments there first take their runs' outcomes (a run
+    // that just ended may not be recorded in its deployment yet).
+    s.store
+        .deployments(Some(&app), Some(&req.to), 20)
+        .await
+        .map_err(ApiError::internal)?;
     // The run deployed there now, when a promotion put it there.
     let now = s
         .store

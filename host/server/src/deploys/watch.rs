@@ -335,7 +335,11 @@ pub(crate) async fn force(State(s): St, headers: HeaderMap) -> Result<Json<Value
     s.authorize(&headers, Scope::Trigger)?;
     let mut reports = Vec::new();
     for w in s.deploys.watchers.values() {
-        reports.push(s.poll(w).await?);
+        // One watcher that cannot read its bucket does not hide the others.
+        reports.push(match s.poll(w).await {
+            Ok(r) => r,
+            Err(e) => json!({ "watcher": w.name, "error": e.message }),
+        });
     }
     Ok(Json(json!({ "watchers": reports })))
 }
