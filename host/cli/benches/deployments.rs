@@ -59,22 +59,7 @@ async fn main() {
         }
         db.create_token("bench", Scope::Read).await.unwrap().0
     };
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        "[api.rate_limit]\nper_second = 10000000\nburst = 10000000\n",
-    )
-    .unwrap();
-    let server = server::Server::start(
-        &state,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[("SENTINEL_LOG", "warn")],
-    );
+    let server = wrk::unlimited_server(tmp.path(), &state, "");
     let url = server.url.clone();
     let check: serde_json::Value = reqwest::Client::new()
         .get(format!("{url}/api/v1/deployments"))

@@ -97,24 +97,10 @@ async fn main() {
     git(&repo, &["init", "--quiet", "--initial-branch=main"]);
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "--quiet", "-m", "bench"]);
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[api.rate_limit]\nper_second = 10000000\nburst = 10000000\n[repos.app]\nurl = \"file://{}\"\n",
-            repo.display()
-        ),
-    )
-    .unwrap();
-    let server = server::Server::start(
+    let server = wrk::unlimited_server(
+        tmp.path(),
         &state,
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        &[("SENTINEL_LOG", "warn")],
+        &format!("[repos.app]\nurl = \"file://{}\"\n", repo.display()),
     );
     let url = server.url.clone();
 

@@ -1,4 +1,5 @@
-//! `wrk` against a server, its report parsed (shared by the benchmarks).
+//! Shared by the benchmarks: `wrk` against a server, its report parsed,
+//! and a server started without rate limits.
 
 use std::process::Command;
 
@@ -31,4 +32,29 @@ pub fn wrk(url: &str, token: &str) -> (f64, f64, f64) {
     let rps: f64 = field("Requests/sec:").trim().parse().unwrap();
     assert!(!text.contains("Non-2xx"), "wrk saw error answers:\n{text}");
     (rps, ms(&field("50%")), ms(&field("99%")))
+}
+
+/// Starts `sentinel serve` on `state` with no rate limit (wrk is one
+/// token) and `extra` configuration (TOML) written beside it.
+pub fn unlimited_server(
+    tmp: &std::path::Path,
+    state: &std::path::Path,
+    extra: &str,
+) -> super::server::Server {
+    let config = tmp.join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[api.rate_limit]\nper_second = 10000000\nburst = 10000000\n{extra}"),
+    )
+    .unwrap();
+    super::server::Server::start(
+        state,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        &[("SENTINEL_LOG", "warn")],
+    )
 }
