@@ -80,7 +80,7 @@ fn start_with(
     std::fs::write(
         &config,
         format!(
-            "runs = 2\nmax_attempts = 5\n[repos.deployer]\nurl = \"{url}\"\n[watchers.dev]\nrepo = \"deployer\"\nref = \"main\"\nenvironment = \"{ENV}\"\ndomain = \"{DOMAIN}\"\nmarkers = \"{}\"\npayloads = \"{}\"\npoll_seconds = {poll_seconds}\n",
+            "runs = 2\nmax_attempts = 10\n[repos.deployer]\nurl = \"{url}\"\n[watchers.dev]\nrepo = \"deployer\"\nref = \"main\"\nenvironment = \"{ENV}\"\ndomain = \"{DOMAIN}\"\nmarkers = \"{}\"\npayloads = \"{}\"\npoll_seconds = {poll_seconds}\n",
             bucket.0.join("markers").display(),
             bucket.0.join("payloads").display(),
         ),
@@ -430,15 +430,14 @@ async fn a_crash_between_decision_and_run_deploys_each_marker_exactly_once() {
     // The last start: every marker ends in exactly one deployment.
     let server = start(tmp.path(), &bucket, 1, &[]);
     let c = Client::new(&server.url, &server.admin);
+    // Each ends succeeded: a run its server died under is tried again (a
+    // deployment may say `interrupted` for the moment between; the six
+    // crashes stay within the ten attempts the server allows).
     let until = std::time::Instant::now() + Duration::from_secs(120);
     let d = loop {
         let d = deployments(&c).await;
-        let settled = d["deployments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|x| !matches!(x["status"].as_str(), Some("queued" | "running")));
-        if d["deployments"].as_array().unwrap().len() == versions.len() && settled {
+        let all = d["deployments"].as_array().unwrap();
+        if all.len() == versions.len() && all.iter().all(|x| x["status"] == "succeeded") {
             break d;
         }
         assert!(std::time::Instant::now() < until, "{d}");

@@ -192,11 +192,20 @@ impl Worker {
         for e in taken {
             let why = "the sentinel process running it died";
             // Never started (no document) or left unfinished: interrupted.
-            let run = self.engine.store.get_run(&e.run_id).await?;
-            if !run.is_some_and(|r| r.status.is_final()) {
+            let ended = self
+                .engine
+                .store
+                .get_run(&e.run_id)
+                .await?
+                .map(|r| r.status)
+                .filter(|s| s.is_final());
+            if ended.is_none() {
                 record_unstarted(&self.engine, &e, RunStatus::Interrupted, why).await?;
             }
-            if e.attempt < self.config.max_attempts {
+            // A run that ended before its server died (between its end and
+            // its queue entry's removal) is not run again.
+            let interrupted = ended.is_none_or(|s| s == RunStatus::Interrupted);
+            if interrupted && e.attempt < self.config.max_attempts {
                 let next = QueueEntry {
                     run_id: new_run_id(),
                     attempt: e.attempt + 1,

@@ -511,8 +511,13 @@ impl Recorder {
     /// write); on run-level changes (`index`) also stores it and updates the
     /// index. Stage changes live in the stage documents, which recovery reads.
     async fn publish_run(&self, index: bool) {
+        self.publish_run_doc(index, index).await;
+    }
+
+    /// [`Recorder::publish_run`], storing the document only when `store`.
+    async fn publish_run_doc(&self, store: bool, index: bool) {
         let doc = self.run_doc();
-        if index && let Err(e) = self.store.put_run(&doc, false).await {
+        if store && let Err(e) = self.store.put_run(&doc, false).await {
             tracing::warn!("cannot store the run: {e}");
         }
         let summary = index.then(|| RunSummary::of(&doc));
@@ -545,10 +550,13 @@ impl Recorder {
             self.run.finished,
         );
         let e = event(None, self.run.status.as_str(), self.run.reason.clone());
-        self.publish_run(true).await;
+        // Published (document and index) but not stored yet: the store
+        // learns of the end only with its event, below.
+        self.publish_run_doc(false, true).await;
         self.publisher.flush().await;
         // The end and its event together: a crash before this leaves an
-        // open run that recovery ends once, as `interrupted`.
+        // open run that recovery ends once, as `interrupted` (and publishes
+        // again).
         if let Err(err) = self.store.end_run(&self.run_doc(), &e).await {
             tracing::error!("cannot store the finished run: {err}");
         }

@@ -332,7 +332,8 @@ impl SledStore {
         if !r.status.is_final() {
             return Ok(());
         }
-        match self.retry_of(&d.id)? {
+        // The queue entry of the run that just ended may still be there.
+        match self.retry_of(&d.id)?.filter(|(r, _)| r != run) {
             Some((retry, claimed)) => {
                 d.run = Some(retry);
                 d.status = if claimed {

@@ -194,6 +194,31 @@ async fn runs_of_a_dead_worker_are_interrupted_and_tried_again() {
     assert!(s.worker.reclaim().await.unwrap().is_empty());
 }
 
+/// A server that died after a run ended but before its queue entry was
+/// removed: the run is not run again, and keeps its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_ended_before_its_server_died_is_not_run_again() {
+    let s = setup(1, 3);
+    let done = entry(SLEEPY);
+    s.store.enqueue(&done).await.unwrap();
+    let dead = Owner {
+        pid: 999_999,
+        start_ticks: 1,
+        boot_id: "gone".into(),
+    };
+    s.store
+        .claim(&dead, Utc::now() + chrono::Duration::seconds(60))
+        .await
+        .unwrap()
+        .unwrap();
+    let doc = sentinel_engine::fake::run_doc(&done.run_id, RunStatus::Succeeded);
+    s.store.put_run(&doc, true).await.unwrap();
+    assert!(s.worker.reclaim().await.unwrap().is_empty(), "not again");
+    let run = s.store.get_run(&done.run_id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(RunQueue::waiting(&s.store).await.unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_that_cannot_start_fails_with_the_reason() {
     let s = setup(1, 1);
