@@ -252,7 +252,10 @@ impl JobContainer {
                     Err(_) => return o.clone(),
                 }
             } else if stopping {
-                match tokio::time::timeout(Duration::from_secs(10), self.events.recv()).await {
+                // A killed step's end comes at once from a live agent; a busy
+                // host may take a while to deliver the signal (a dead agent
+                // closes the stream, which ends this at once).
+                match tokio::time::timeout(Duration::from_secs(30), self.events.recv()).await {
                     Ok(e) => e,
                     Err(_) => {
                         self.alive = false;
