@@ -145,11 +145,9 @@ async fn queued_runs_run_with_their_ids_a_few_at_a_time() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_of_a_dead_worker_are_interrupted_and_tried_again() {
-    let s = setup(1, 2);
-    let lost = entry(SLEEPY);
-    s.store.enqueue(&lost).await.unwrap();
+/// Queues `e` and claims it for a worker that is gone; that worker.
+async fn claimed_by_the_dead(s: &Setup, e: &QueueEntry) -> Owner {
+    s.store.enqueue(e).await.unwrap();
     let dead = Owner {
         pid: 999_999,
         start_ticks: 1,
@@ -160,6 +158,14 @@ async fn runs_of_a_dead_worker_are_interrupted_and_tried_again() {
         .await
         .unwrap()
         .unwrap();
+    dead
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_a_dead_worker_are_interrupted_and_tried_again() {
+    let s = setup(1, 2);
+    let lost = entry(SLEEPY);
+    let dead = claimed_by_the_dead(&s, &lost).await;
 
     let again = s.worker.reclaim().await.unwrap();
     let run = s.store.get_run(&lost.run_id).await.unwrap().unwrap();
@@ -200,17 +206,7 @@ async fn runs_of_a_dead_worker_are_interrupted_and_tried_again() {
 async fn a_run_that_ended_before_its_server_died_is_not_run_again() {
     let s = setup(1, 3);
     let done = entry(SLEEPY);
-    s.store.enqueue(&done).await.unwrap();
-    let dead = Owner {
-        pid: 999_999,
-        start_ticks: 1,
-        boot_id: "gone".into(),
-    };
-    s.store
-        .claim(&dead, Utc::now() + chrono::Duration::seconds(60))
-        .await
-        .unwrap()
-        .unwrap();
+    claimed_by_the_dead(&s, &done).await;
     let doc = sentinel_engine::fake::run_doc(&done.run_id, RunStatus::Succeeded);
     s.store.put_run(&doc, true).await.unwrap();
     assert!(s.worker.reclaim().await.unwrap().is_empty(), "not again");
