@@ -16,7 +16,7 @@ use sentinel_api::{Approval, DeploymentDoc, DeploymentStatus, RunId};
 use sentinel_engine::ports::{QueueEntry, StorageError, Store as _};
 
 use crate::queue::queue_in;
-use crate::{SledStore, decode, encode, err, get_decoded};
+use crate::{SledStore, decode, encode, err, get_decoded, transaction_err};
 
 /// What a decision came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,10 +123,7 @@ impl SledStore {
                 Ok(Decided::New(Box::new(doc)))
             },
         );
-        let decided = outcome.map_err(|e| match e {
-            sled::transaction::TransactionError::Abort(m) => err("deploy decision", m),
-            sled::transaction::TransactionError::Storage(e) => err("deploy decision", e),
-        })?;
+        let decided = outcome.map_err(|e| transaction_err("deploy decision", e))?;
         self.flush().await?;
         Ok(decided)
     }
@@ -216,10 +213,7 @@ impl SledStore {
             deployments.insert(id.as_bytes(), bytes)?;
             Ok(Ok(doc))
         });
-        let answer = outcome.map_err(|e| match e {
-            sled::transaction::TransactionError::Abort(m) => err("approval", m),
-            sled::transaction::TransactionError::Storage(e) => err("approval", e),
-        })?;
+        let answer = outcome.map_err(|e| transaction_err("approval", e))?;
         self.flush().await?;
         Ok(answer)
     }

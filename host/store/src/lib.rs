@@ -96,6 +96,14 @@ fn err(context: &str, e: impl std::fmt::Display) -> StorageError {
     StorageError::permanent(context.to_string(), e.to_string())
 }
 
+/// A failed transaction, aborted with a message or failed in storage.
+fn transaction_err(context: &str, e: sled::transaction::TransactionError<String>) -> StorageError {
+    match e {
+        sled::transaction::TransactionError::Abort(m) => err(context, m),
+        sled::transaction::TransactionError::Storage(e) => err(context, e),
+    }
+}
+
 fn encode<T: Serialize>(doc: &T) -> Result<Vec<u8>, StorageError> {
     serde_json::to_vec(&Envelope {
         v: VALUE_VERSION,

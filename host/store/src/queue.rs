@@ -11,7 +11,7 @@ use sentinel_api::RunId;
 use sentinel_engine::lease::Owner;
 use sentinel_engine::ports::{Claim, QueueEntry, RunQueue, StorageError};
 
-use crate::{SledStore, decode, encode, err, get_decoded};
+use crate::{SledStore, decode, encode, err, get_decoded, transaction_err};
 
 /// Inside a transaction: queues the encoded entry `value` of `run` at
 /// sequence number `seq` (queue, queued, requests).
@@ -62,7 +62,7 @@ impl SledStore {
         key: Option<&str>,
         entry: &QueueEntry,
     ) -> Result<Option<String>, StorageError> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::transaction::ConflictableTransactionError;
         let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
         let value = encode(entry)?;
         let outcome = (&self.deliveries, &self.queue, &self.queued, &self.requests).transaction(
@@ -85,11 +85,7 @@ impl SledStore {
                 Ok(None)
             },
         );
-        match outcome {
-            Ok(owner) => Ok(owner),
-            Err(TransactionError::Abort(m)) => Err(err("enqueue", m)),
-            Err(TransactionError::Storage(e)) => Err(err("enqueue", e)),
-        }
+        outcome.map_err(|e| transaction_err("enqueue", e))
     }
 
     /// Removes run `run`'s queue entry `v` at `k`, only if it is still `v`;

@@ -64,7 +64,8 @@ impl AppState {
         let mut markers = Vec::new();
         let mut seen = Vec::new();
         let mut already = 0usize;
-        for key in keys.iter().filter(|k| k.ends_with(".deploy")) {
+        let keys: Vec<&String> = keys.iter().filter(|k| k.ends_with(".deploy")).collect();
+        for key in keys.iter().copied() {
             match Marker::from_key("", key) {
                 Ok(m) => markers.push((m, key.clone())),
                 Err(why) => seen.push(Seen {
@@ -96,7 +97,7 @@ impl AppState {
         let report = json!({
             "watcher": w.name,
             "polled": started,
-            "markers": keys.iter().filter(|k| k.ends_with(".deploy")).count(),
+            "markers": keys.len(),
             "already_acted_on": already,
             "new": seen,
         });
