@@ -59,8 +59,13 @@ pub enum DeploySource {
         #[serde(default)]
         rollback: bool,
     },
-    /// A pipeline's stage.
-    Pipeline,
+    /// A pipeline's approval gate (`approval: ENV` on a stage of `run`).
+    Pipeline {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        run: Option<RunId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stage: Option<crate::StageName>,
+    },
     /// Written by a newer Sentinel.
     #[serde(other)]
     Unknown,
@@ -122,6 +127,8 @@ impl DeploymentStatus {
             R::Failed => Self::Failed,
             R::Cancelled => Self::Cancelled,
             R::Interrupted => Self::Interrupted,
+            R::WaitingApproval => Self::WaitingApproval,
+            R::Unknown => Self::Unknown,
         }
     }
 }
@@ -143,7 +150,31 @@ pub struct Approval {
     pub reason: Option<String>,
 }
 
+/// An approval gate of a stage (`approval: ENV`), as its stage document
+/// records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateDoc {
+    /// The environment whose approval it waits for.
+    pub environment: String,
+    /// The deployment that asks for the approval (none for a run approved
+    /// on the command line).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub deployment: String,
+    /// The answer, once there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Approval>,
+}
+
 impl DeploymentDoc {
+    /// The run an approval gate of a pipeline paused, when this deployment
+    /// is such a gate's.
+    pub fn gate_run(&self) -> Option<&RunId> {
+        match &self.source {
+            DeploySource::Pipeline { run, .. } => run.as_ref(),
+            _ => None,
+        }
+    }
+
     /// A deployment asked for now (queued until decided otherwise).
     pub fn requested(
         id: String,

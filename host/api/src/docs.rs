@@ -235,6 +235,10 @@ pub struct StageDoc {
     /// What its cache did. Older readers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<CacheDoc>,
+    /// An approval gate's (`approval: ENV`) answer: who approved or refused
+    /// it, when. Older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::GateDoc>,
 }
 
 /// How a stage's cache was found at its start.

@@ -12,7 +12,7 @@ pub mod keys;
 pub mod status;
 
 pub use deploy::{
-    Approval, DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, DeploymentsDoc,
+    Approval, DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, DeploymentsDoc, GateDoc,
 };
 pub use docs::{
     CacheDoc, CacheResult, GitContext, IndexPage, JobStepDoc, ResolvedInputs, RunDoc,

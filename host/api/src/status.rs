@@ -22,12 +22,21 @@ pub enum StageStatus {
     Skipped,
     /// The host died while the stage was not final.
     Interrupted,
+    /// An approval gate (`approval: ENV`) waiting for its answer; the run
+    /// waits with it, holding nothing.
+    WaitingApproval,
+    /// Written by a newer Sentinel: shown as unknown.
+    #[serde(other)]
+    Unknown,
 }
 
 impl StageStatus {
     /// True once the stage can never change again.
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Queued | Self::Pending | Self::Running)
+        !matches!(
+            self,
+            Self::Queued | Self::Pending | Self::Running | Self::WaitingApproval | Self::Unknown
+        )
     }
 
     /// True for the outcomes that make a run fail.
@@ -47,6 +56,8 @@ impl StageStatus {
             Self::Cancelled => "cancelled",
             Self::Skipped => "skipped",
             Self::Interrupted => "interrupted",
+            Self::WaitingApproval => "waiting_approval",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -61,12 +72,21 @@ pub enum RunStatus {
     Failed,
     Cancelled,
     Interrupted,
+    /// Paused at an approval gate: no container, lease or worker slot is
+    /// held; an answer queues it again (the same run) to go on.
+    WaitingApproval,
+    /// Written by a newer Sentinel: shown as unknown.
+    #[serde(other)]
+    Unknown,
 }
 
 impl RunStatus {
     /// True once the run can never change again.
     pub fn is_final(self) -> bool {
-        !matches!(self, Self::Queued | Self::Running)
+        !matches!(
+            self,
+            Self::Queued | Self::Running | Self::WaitingApproval | Self::Unknown
+        )
     }
 
     /// The status as its lower-case wire name.
@@ -78,6 +98,8 @@ impl RunStatus {
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
             Self::Interrupted => "interrupted",
+            Self::WaitingApproval => "waiting_approval",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -116,4 +138,9 @@ pub enum FailureKind {
     Cancelled,
     /// The host process died.
     HostDied,
+    /// Its approval gate was refused (or timed out).
+    Rejected,
+    /// Written by a newer Sentinel.
+    #[serde(other)]
+    Unknown,
 }

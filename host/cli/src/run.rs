@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Run without the cache: nothing restored, nothing saved.
     #[arg(long)]
     no_cache: bool,
+    /// Approve the stages that wait for an approval to deploy to ENV
+    /// (`approval: ENV`); without it such a stage fails, saying so.
+    #[arg(long, value_name = "ENV")]
+    approve: Vec<String>,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -310,13 +314,15 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
 
     let mode = Mode::detect(args.json);
+    let by = std::env::var("USER").ok();
+    let gates = local_gates(&plan, &args.approve, by.as_deref().unwrap_or("you"));
     let req = RunRequest {
         plan,
         source,
         skip,
         trigger: Trigger {
             kind: TriggerKind::Local,
-            by: std::env::var("USER").ok(),
+            by: by.clone(),
         },
         git: context::git_context(&dirs.project),
         host_env,
@@ -327,6 +333,8 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         from_run: args.from_run.clone(),
         deploy: None,
         cache: None,
+        gates,
+        resume: None,
     };
     let mut req = req;
     if !args.no_cache {
@@ -392,4 +400,70 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         RunStatus::Cancelled => ExitCode::from(130),
         _ => ExitCode::from(1),
     })
+}
+
+/// The approval gates of a local run: those of the environments `--approve`
+/// names pass, approved by `by` now; the others are refused, saying how to
+/// approve them.
+fn local_gates(
+    plan: &sentinel_pipeline::Plan,
+    approve: &[String],
+    by: &str,
+) -> std::collections::BTreeMap<sentinel_api::StageName, sentinel_engine::gate::Gate> {
+    use sentinel_engine::gate::Gate;
+    plan.stages
+        .iter()
+        .filter_map(|s| Some((s.name.clone(), s.approval.as_ref()?)))
+        .map(|(name, env)| {
+            let gate = if approve.contains(env) {
+                let doc = sentinel_api::GateDoc {
+                    environment: env.clone(),
+                    deployment: String::new(),
+                    answer: None,
+                };
+                let answer = sentinel_api::Approval {
+                    approved: true,
+                    by: format!("{by} (sentinel run --approve {env})"),
+                    at: chrono::Utc::now(),
+                    reason: None,
+                };
+                Gate::answered(&doc, &answer, false)
+            } else {
+                Gate::nobody(env)
+            };
+            (name, gate)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sentinel_engine::gate::Gate;
+
+    #[test]
+    fn only_the_environments_approved_on_the_command_line_pass() {
+        let plan = sentinel_pipeline::parse_str(
+            "version: 1\nbox: b\nstages:\n  a: {run: x, approval: staging}\n  b: {run: y, approval: production}\n  c: {run: z}\n",
+            "sentinel.yml",
+            "p",
+        )
+        .unwrap();
+        let gates = local_gates(&plan, &["staging".to_string()], "ann");
+        assert_eq!(gates.len(), 2, "{gates:?}");
+        match &gates[&"a".parse().unwrap()] {
+            Gate::Pass { gate: Some(g), .. } => {
+                let answer = g.answer.as_ref().unwrap();
+                assert!(answer.approved);
+                assert!(answer.by.starts_with("ann"), "{answer:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &gates[&"b".parse().unwrap()] {
+            Gate::Refuse { reason, .. } => {
+                assert!(reason.contains("--approve production"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -5,7 +5,10 @@
 //! it — a `trigger` token may not — or rejects it; promoting an older run
 //! is a rollback, refused unless asked for; and the web app's Deployments
 //! page approves a waiting deploy with the signed-in token and then shows
-//! the environment's current version.
+//! the environment's current version. A pipeline stage's own approval gate
+//! (`approval: production`) pauses its run — no container, no queue entry
+//! — across a `kill -9` of the server, and the same run goes on when
+//! approved, ends failed when rejected and cancelled when cancelled.
 
 mod common;
 
@@ -42,17 +45,42 @@ stages:
       cat deploy/build/shop.txt
 "#;
 
-/// A server with the repositories `app` and `deployer`, `staging` (no
-/// approval) and `production` (approval).
+const GATED: &str = r#"version: 1
+name: gated
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  build:
+    run: |
+      mkdir -p dist
+      echo "v-$(date +%s%N)" > dist/version
+      cat dist/version
+  deploy:
+    after: build
+    approval: production
+    env:
+      BUILT: ${stages.build.output}
+    run: |
+      echo "deploying $BUILT"
+      echo "found $(cat dist/version)"
+  cleanup:
+    when: always
+    run: echo "cleaned up"
+"#;
+
+/// A server with the repositories `app`, `deployer` and `gated`, `staging`
+/// (no approval) and `production` (approval).
 fn start(tmp: &Path, flags: &[&str]) -> Server {
     let repo =
         |name: &str, pipeline: &str| bare_repo_once(&tmp.join(name), &[("sentinel.yml", pipeline)]);
     let (app, deployer) = (repo("app", APP), repo("deployer", DEPLOYER));
+    let gated = repo("gated", GATED);
     let config = tmp.join("server.toml");
     std::fs::write(
         &config,
         format!(
-            "[repos.app]\nurl = \"{app}\"\n[repos.deployer]\nurl = \"{deployer}\"\n[environments.staging]\nrepo = \"deployer\"\nref = \"main\"\n[environments.production]\nrepo = \"deployer\"\nref = \"main\"\napproval = true\napproval_timeout_hours = 2\n"
+            "[repos.app]\nurl = \"{app}\"\n[repos.gated]\nurl = \"{gated}\"\n[repos.deployer]\nurl = \"{deployer}\"\n[environments.staging]\nrepo = \"deployer\"\nref = \"main\"\n[environments.production]\nrepo = \"deployer\"\nref = \"main\"\napproval = true\napproval_timeout_hours = 2\n"
         ),
     )
     .unwrap();
@@ -286,5 +314,175 @@ async fn the_deployments_page_approves_a_waiting_deploy() {
     let d = admin.get(&format!("/api/v1/deployments/{waiting}")).await;
     assert_eq!(d["approval"]["by"], "token:release-manager", "{d}");
     b.close().await;
+    server.stop();
+}
+
+/// The gate deployment of run `run` (recorded a moment after the run
+/// shows it paused).
+async fn gate_of(c: &Client, run: &str) -> Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let d = c.get("/api/v1/deployments?app=gated").await;
+        let found = d["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["source"]["run"] == run)
+            .cloned();
+        if let Some(found) = found {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no deployment of run {run}'s gate: {d}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Run `run` once it has paused at its gate.
+async fn wait_paused(c: &Client, run: &str) -> Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = c.get(&format!("/api/v1/runs/{run}")).await;
+        if v["run"]["status"] == "waiting_approval" {
+            return v;
+        }
+        assert!(std::time::Instant::now() < until, "never paused: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Run `run` once it has ended, or the server's log.
+async fn ended(server: &Server, c: &Client, run: &str) -> Value {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let v = c.get(&format!("/api/v1/runs/{run}")).await;
+        let s = v["run"]["status"].as_str().unwrap_or_default();
+        if !matches!(s, "queued" | "running" | "waiting_approval") {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "run {run} did not end: {v}\n{}",
+            server.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A deployment as it is now.
+async fn deployment(c: &Client, d: &Value) -> Value {
+    c.get(&format!(
+        "/api/v1/deployments/{}",
+        d["id"].as_str().unwrap()
+    ))
+    .await
+}
+
+async fn answer(c: &Client, deployment: &Value, what: &str, body: Option<Value>) -> (u16, Value) {
+    let id = deployment["id"].as_str().unwrap();
+    c.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/deployments/{id}/{what}"),
+        body,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_gate_pauses_its_run_across_a_kill_and_the_same_run_goes_on() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), &[]);
+    let admin = Client::new(&server.url, &server.admin);
+    let trigger = Client::new(&server.url, &token(&admin, "ci", "trigger").await);
+    let deployer = token(&admin, "release-manager", "deploy").await;
+
+    let run = trigger.trigger("gated").await;
+    let paused = wait_paused(&trigger, &run).await;
+    assert_eq!(paused["run"]["status"], "waiting_approval", "{paused}");
+    let built_at = paused["run"]["stages"][0]["started"].clone();
+    let (_, build_log) = trigger
+        .text(&format!("/api/v1/runs/{run}/stages/build/log"))
+        .await;
+    let version = build_log.trim().to_string();
+    assert!(version.starts_with("v-"), "{build_log}");
+    // Holding nothing: no container, not in the queue.
+    assert!(common::leftovers(Some(&run)).await.is_empty());
+    let runs = trigger.get("/api/v1/runs").await;
+    assert!(runs["queued"].as_array().unwrap().is_empty(), "{runs}");
+    let gate = gate_of(&trigger, &run).await;
+    assert_eq!(gate["status"], "waiting_approval", "{gate}");
+    assert_eq!(gate["source"]["kind"], "pipeline", "{gate}");
+    assert_eq!(gate["source"]["stage"], "deploy", "{gate}");
+    assert_eq!(gate["environment"], "production", "{gate}");
+    let (status, _) = answer(&trigger, &gate, "approve", None).await;
+    assert_eq!(status, 403, "a trigger token may not approve");
+
+    // kill -9, then a new server: the run still waits, not interrupted.
+    drop(server);
+    let server = start(tmp.path(), &[]);
+    let boss = Client::new(&server.url, &deployer);
+    let trigger = Client::new(&server.url, &trigger.token);
+    let v = boss.get(&format!("/api/v1/runs/{run}")).await;
+    assert_eq!(v["run"]["status"], "waiting_approval", "{v}");
+    let (status, v) = answer(&boss, &gate, "approve", None).await;
+    assert_eq!(status, 200, "{v}");
+
+    // The same run goes on: `build` kept, its files and output back.
+    let done = ended(&server, &boss, &run).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    assert_eq!(done["run"]["stages"][0]["started"], built_at, "{done}");
+    let (_, log) = boss
+        .text(&format!("/api/v1/runs/{run}/stages/deploy/log"))
+        .await;
+    assert!(log.contains(&format!("deploying {version}")), "{log}");
+    assert!(log.contains(&format!("found {version}")), "{log}");
+    let deploy = done["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "deploy")
+        .unwrap();
+    let by = &deploy["approval"]["answer"]["by"];
+    assert_eq!(by, "token:release-manager", "{deploy}");
+    let gate_now = deployment(&boss, &gate).await;
+    assert_eq!(gate_now["status"], "succeeded", "{gate_now}");
+
+    // Rejected: the gate's stage fails, the `always` stage still runs.
+    let refused = trigger.trigger("gated").await;
+    wait_paused(&trigger, &refused).await;
+    let gate = gate_of(&trigger, &refused).await;
+    let (status, v) = answer(
+        &boss,
+        &gate,
+        "reject",
+        Some(json!({ "reason": "change freeze" })),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let done = ended(&server, &boss, &refused).await;
+    assert_eq!(done["run"]["status"], "failed", "{done}");
+    let reason = done["run"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("change freeze"), "{reason}");
+    trigger.wait_stage(&refused, "cleanup", "succeeded").await;
+
+    // Cancelled while it waits: it ends cancelled, after its `always` stage.
+    let cancelled = trigger.trigger("gated").await;
+    wait_paused(&trigger, &cancelled).await;
+    let (status, v) = trigger
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{cancelled}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let done = ended(&server, &boss, &cancelled).await;
+    assert_eq!(done["run"]["status"], "cancelled", "{done}");
+    trigger.wait_stage(&cancelled, "cleanup", "succeeded").await;
+    let gate = deployment(&boss, &gate_of(&boss, &cancelled).await).await;
+    assert_eq!(gate["status"], "cancelled", "{gate}");
     server.stop();
 }

@@ -81,6 +81,26 @@ impl Lease {
     }
 }
 
+/// Renews `lease` in `store` every 10 s until the task is aborted.
+pub fn keep_alive(
+    store: std::sync::Arc<dyn crate::ports::Store>,
+    lease: Lease,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let lease = Lease {
+                heartbeat: Utc::now(),
+                ..lease.clone()
+            };
+            if let Err(e) = store.put_lease(&lease).await {
+                tracing::warn!("cannot renew the run's lease: {e}");
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -323,17 +323,41 @@ pub fn capture_of(state_dir: &Path, run: &RunId, stage: &StagePlan, keep: bool) 
 
 /// Keeps the files of the newest `keep` runs of a state folder and removes
 /// older ones (their re-runs run those stages again, and say so).
-pub fn prune_kept(state_dir: &Path, keep: usize) {
+pub fn prune_kept(state_dir: &Path, keep: usize, spare: &std::collections::BTreeSet<String>) {
     let root = state_dir.join("kept");
     let Ok(entries) = std::fs::read_dir(&root) else {
         return;
     };
-    let mut runs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+    let mut runs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| !spare.contains(e.file_name().to_string_lossy().as_ref()))
+        .map(|e| e.path())
+        .collect();
     runs.sort();
     let drop = runs.len().saturating_sub(keep);
     for old in runs.into_iter().take(drop) {
         let _ = std::fs::remove_dir_all(old);
     }
+}
+
+/// [`prune_kept`] in the background, sparing the runs paused at an
+/// approval gate (their files wait with them); nothing is pruned when the
+/// open runs cannot be listed.
+pub async fn prune_kept_sparing(store: &dyn crate::ports::Store, config: &crate::EngineConfig) {
+    let open = match store.open_runs().await {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::warn!("cannot list the open runs, so no kept files are pruned: {e}");
+            return;
+        }
+    };
+    let spare: std::collections::BTreeSet<String> = open
+        .into_iter()
+        .filter(|r| r.status == sentinel_api::RunStatus::WaitingApproval)
+        .map(|r| r.id.to_string())
+        .collect();
+    let (state, keep) = (config.state_dir.clone(), config.keep_files);
+    let _ = tokio::task::spawn_blocking(move || prune_kept(&state, keep, &spare)).await;
 }
 
 /// The stages whose files a re-run restores, in the plan's order.

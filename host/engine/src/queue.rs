@@ -1,8 +1,10 @@
 //! Runs from the durable queue. A [`Worker`] claims the oldest waiting run
 //! (at most `runs` at once), keeps its claim alive while the run goes, and
-//! removes it from the queue once the run is final. At start-up,
+//! removes it from the queue once the run is final — or, paused at its
+//! approval gates, hands it to its [`Hold`]. At start-up,
 //! [`Worker::reclaim`] takes back runs whose worker died: they end
-//! `interrupted` and, while attempts remain, are queued again as a new run.
+//! `interrupted` and, while attempts remain, are queued again as a new run
+//! (a run that had paused is held instead).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,27 @@ pub type Resolve = Arc<
 
 /// Receives each run's progress, with the run's id.
 pub type RunProgress = Arc<dyn Fn(&RunId, Progress) + Send + Sync>;
+
+/// Holds a run paused at its approval gates until they are answered (the
+/// server records what each gate waits for and takes the run out of the
+/// queue, in one transaction) — or, with [`HoldOp::Cancel`], cancels a run
+/// held so (it was cancelled while it paused). `Ok(true)`: the run was
+/// queued again (a gate answered meanwhile).
+pub type Hold = Arc<
+    dyn Fn(
+            QueueEntry,
+            HoldOp,
+        ) -> std::pin::Pin<Box<dyn Future<Output = Result<bool, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What a [`Hold`] is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldOp {
+    Hold,
+    Cancel,
+}
 
 /// What [`Worker::cancel`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +91,8 @@ pub struct Worker {
     wake: Notify,
     /// The signals of the runs going now, to cancel them.
     signals: Mutex<BTreeMap<RunId, Signals>>,
+    /// Where a paused run goes (none: it stays paused, out of the queue).
+    hold: std::sync::OnceLock<Hold>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -96,7 +121,35 @@ impl Worker {
             progress,
             wake: Notify::new(),
             signals: Mutex::default(),
+            hold: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets where runs paused at their approval gates go (once).
+    pub fn on_hold(&self, hold: Hold) {
+        let _ = self.hold.set(hold);
+    }
+
+    /// Hands paused run `entry` to the hold; true when that took it out of
+    /// the queue (or queued it again). A hold that fails is reported: the
+    /// run stays paused with nothing to answer.
+    async fn hold_paused(&self, entry: &QueueEntry, op: HoldOp) -> bool {
+        let Some(hold) = self.hold.get() else {
+            tracing::warn!(run = %entry.run_id, "the run waits for an approval nobody here can give");
+            return false;
+        };
+        match hold(entry.clone(), op).await {
+            Ok(again) => {
+                if again {
+                    self.notify();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(run = %entry.run_id, "cannot hold the run for its approval: {e}");
+                false
+            }
+        }
     }
 
     /// Says a run was queued (the worker also looks now and then).
@@ -192,13 +245,18 @@ impl Worker {
         for e in taken {
             let why = "the sentinel process running it died";
             // Never started (no document) or left unfinished: interrupted.
-            let ended = self
+            let status = self
                 .engine
                 .store
                 .get_run(&e.run_id)
                 .await?
-                .map(|r| r.status)
-                .filter(|s| s.is_final());
+                .map(|r| r.status);
+            // Paused at its gates before it was held: held now.
+            if status == Some(RunStatus::WaitingApproval) {
+                self.hold_paused(&e, HoldOp::Hold).await;
+                continue;
+            }
+            let ended = status.filter(|s| s.is_final());
             if ended.is_none() {
                 record_unstarted(&self.engine, &e, RunStatus::Interrupted, why).await?;
             }
@@ -281,6 +339,7 @@ impl Worker {
         if let Ok(mut s) = self.signals.lock() {
             s.insert(id.clone(), signals.clone());
         }
+        let mut paused = false;
         let failed = match (self.resolve)(entry.clone()).await {
             Err(reason) => Some((RunStatus::Failed, reason.to_string())),
             Ok(_) if signals.cancel.is_cancelled() => Some((
@@ -293,21 +352,45 @@ impl Worker {
                     let (all, id) = (self.progress.clone(), id.clone());
                     Arc::new(move |p: Progress| all(&id, p))
                 };
-                let done = self.engine.run(req, progress, signals).await;
-                done.err().map(|e| (RunStatus::Failed, e.to_string()))
+                match self.engine.run(req, progress, signals.clone()).await {
+                    Ok(doc) => {
+                        paused = doc.status == RunStatus::WaitingApproval;
+                        None
+                    }
+                    Err(e) => Some((RunStatus::Failed, e.to_string())),
+                }
             }
         };
+        heartbeat.abort();
+        // A paused run's hold takes it out of the queue itself; a cancel
+        // that came while it paused (its signals are still here) cancels
+        // it once held — one that comes later finds it held.
+        if paused {
+            let held = self.hold_paused(&entry, HoldOp::Hold).await;
+            if let Ok(mut s) = self.signals.lock() {
+                s.remove(&id);
+            }
+            if held && signals_cancelled(&signals) {
+                self.hold_paused(&entry, HoldOp::Cancel).await;
+            }
+            if held {
+                return;
+            }
+        }
         if let Ok(mut s) = self.signals.lock() {
             s.remove(&id);
         }
         if let Some((status, reason)) = failed {
             self.end_unstarted(&entry, status, &reason).await;
         }
-        heartbeat.abort();
         if let Err(e) = self.queue.finish(&id).await {
             tracing::error!("run {id}: cannot remove it from the queue: {e}");
         }
     }
+}
+
+fn signals_cancelled(s: &Signals) -> bool {
+    s.cancel.is_cancelled() || s.abort.is_cancelled()
 }
 
 /// Records a queued run that ends without running (or whose runner died

@@ -1,6 +1,7 @@
 //! Recovery after a crash: runs whose owner process died are marked
 //! `interrupted` (stages too), that is published, and their resources
-//! (containers, networks, run folders) are removed. Every open run is
+//! (containers, networks, run folders) are removed. A run paused at an
+//! approval gate is no such run: it waits, holding nothing, and is left so. Every open run is
 //! looked at, however old, and each is recovered on its own: one that
 //! cannot be is reported, and neither the others nor new runs wait for it.
 
@@ -58,7 +59,8 @@ async fn dead_runs(engine: &Engine) -> Result<Vec<(RunId, String)>, StorageError
         })
         .collect();
     for run in engine.store.open_runs().await? {
-        if !leased.contains(&run.id) {
+        // A paused run holds no lease: it waits for its approval.
+        if !leased.contains(&run.id) && run.status != sentinel_api::RunStatus::WaitingApproval {
             dead.push((
                 run.id,
                 "the sentinel process running it died before taking its lease".into(),
@@ -80,7 +82,8 @@ pub async fn recover(engine: &Engine) -> Recovery {
     };
     for (id, why) in dead {
         match interrupt(engine, &id, &why).await {
-            Ok(()) => out.recovered.push(id),
+            Ok(true) => out.recovered.push(id),
+            Ok(false) => {}
             Err(e) => {
                 tracing::error!("run {id}: cannot mark it interrupted: {e}");
                 out.failed.push((id, e));
@@ -90,11 +93,18 @@ pub async fn recover(engine: &Engine) -> Recovery {
     out
 }
 
-async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), StorageError> {
+/// Marks run `id` interrupted; false when it was paused at an approval
+/// gate (then only what its process left behind goes).
+async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<bool, StorageError> {
     let Some(mut run) = engine.store.get_run(id).await? else {
         engine.store.remove_lease(id).await?;
-        return Ok(());
+        return Ok(true);
     };
+    if run.status == sentinel_api::RunStatus::WaitingApproval {
+        engine.exec.end_run(id).await;
+        engine.store.remove_lease(id).await?;
+        return Ok(false);
+    }
     let dirs = RunDirs::new(&engine.config.state_dir, id);
     let now = Utc::now();
     let mut stages = engine.store.get_stages(id).await?;
@@ -151,5 +161,5 @@ async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<(), Storage
     let root = dirs.root.clone();
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(root)).await;
     tracing::warn!("run {id} was interrupted: {why}");
-    Ok(())
+    Ok(true)
 }

@@ -10,20 +10,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::Utc;
-use sentinel_api::{GitContext, RunDoc, RunId, RunStatus, StageName, StageStatus, Trigger};
-use sentinel_pipeline::Plan;
+use sentinel_api::{RunDoc, RunId, RunStatus, StageName, StageStatus};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec::{Executor, RunContext, Source, Workspace};
+use crate::gate::{Gate, Stuck};
 use crate::lease::{Lease, Owner};
 use crate::log::LiveLog;
 use crate::ports::{ResultsSink, Store};
 use crate::prepare::{
-    cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, prune_kept, restored,
-    service_env, to_warm,
+    cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, restored, service_env, to_warm,
 };
 use crate::record::Recorder;
+pub use crate::request::{Reused, RunRequest};
 use crate::stage::{StageResult, StageRun, run_stage};
 use crate::transition::{Decision, RunEvent, StageEvent, decide, run_outcome};
 use crate::workspace::{FileSet, RunDirs, default_user, runs_dir};
@@ -45,78 +45,6 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// How many runs keep their stages' files by default.
     pub const KEEP_FILES: usize = 20;
-}
-
-/// A request to run a plan.
-#[derive(Debug, Clone)]
-pub struct RunRequest {
-    pub plan: Plan,
-    /// The folder copied into the run's workspace.
-    pub source: PathBuf,
-    /// Top-level names in `source` not copied (the state folder, say).
-    pub skip: Vec<String>,
-    pub trigger: Trigger,
-    pub git: Option<GitContext>,
-    /// The environment Sentinel runs in, for `NAME: ~` variables.
-    pub host_env: BTreeMap<String, String>,
-    /// Secret values by name.
-    pub secrets: BTreeMap<String, String>,
-    /// The run's id when it was given at acceptance (a queued run); a new
-    /// one otherwise.
-    pub run_id: Option<RunId>,
-    /// Stages not run again but taken from an earlier run (a re-run from a
-    /// failed stage): each is recorded succeeded with its earlier outputs,
-    /// and its files are put back in the workspace before any stage starts.
-    pub reuse: BTreeMap<StageName, Reused>,
-    /// Why a stage a re-run could have kept runs again (what was no longer
-    /// kept); said in its document.
-    pub not_reused: BTreeMap<StageName, String>,
-    /// The run whose published output is this run's source (a deploy from
-    /// a build), recorded in the run document.
-    pub from_run: Option<RunId>,
-    /// What the run deploys (a deploy marker's or a promotion's run):
-    /// `${deploy.*}`, `DEPLOY_*` and the run document's `deploy`.
-    pub deploy: Option<sentinel_api::DeployFacts>,
-    /// The cache stages with `cache:` use (`None`: no cache).
-    pub cache: Option<crate::cache::CacheAccess>,
-}
-
-/// A stage's result taken from an earlier run, exactly as it was.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reused {
-    /// The run it comes from.
-    pub run: RunId,
-    /// Its trimmed stdout (`${stages.<name>.output}`, `out/<name>`), raw.
-    pub output: String,
-    /// Its named outputs, raw.
-    pub outputs: BTreeMap<String, String>,
-    /// The files it created or changed (none for a step that only reads).
-    pub files: Option<FileSet>,
-}
-
-impl RunRequest {
-    /// A request started from this machine (`sentinel run`), with no git
-    /// context, host variables or secrets; set those fields as needed.
-    pub fn local(plan: Plan, source: PathBuf) -> Self {
-        Self {
-            plan,
-            source,
-            skip: Vec::new(),
-            trigger: Trigger {
-                kind: sentinel_api::TriggerKind::Local,
-                by: None,
-            },
-            git: None,
-            host_env: BTreeMap::new(),
-            secrets: BTreeMap::new(),
-            run_id: None,
-            reuse: BTreeMap::new(),
-            not_reused: BTreeMap::new(),
-            from_run: None,
-            deploy: None,
-            cache: None,
-        }
-    }
 }
 
 /// What the engine reports as a run goes.
@@ -218,6 +146,9 @@ impl Engine {
         );
         rec.set_from_run(req.from_run.clone());
         rec.set_deploy(req.deploy.clone());
+        if let Some(r) = &req.resume {
+            rec.resume(r, &req.reuse);
+        }
 
         // Accepted: durable before anything runs; the lease's durable write makes the run durable too.
         self.store.put_run(&rec.run_doc(), false).await?;
@@ -234,27 +165,14 @@ impl Engine {
             stages: plan.stages.iter().map(|s| s.name.clone()).collect(),
         });
 
-        let heartbeat = {
-            let store = self.store.clone();
-            let lease = Lease {
+        let heartbeat = crate::lease::keep_alive(
+            self.store.clone(),
+            Lease {
                 run_id: run_id.clone(),
                 owner: owner.clone(),
                 heartbeat: Utc::now(),
-            };
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-                loop {
-                    tick.tick().await;
-                    let lease = Lease {
-                        heartbeat: Utc::now(),
-                        ..lease.clone()
-                    };
-                    if let Err(e) = store.put_lease(&lease).await {
-                        tracing::warn!("cannot renew the run's lease: {e}");
-                    }
-                }
-            })
-        };
+            },
+        );
 
         let mut workspace = None;
         let status = self
@@ -271,11 +189,19 @@ impl Engine {
 
         self.exec.end_run(&run_id).await;
         heartbeat.abort();
+        let paused = status == RunStatus::WaitingApproval;
+        // Paused on disk while it still holds its lease: recovery leaves a
+        // paused run alone.
+        if paused {
+            rec.pause().await;
+        }
         // Released before the final, durable write, which makes both durable.
         if let Err(e) = self.store.remove_lease(&run_id).await {
             tracing::warn!("cannot release the run's lease: {e}");
         }
-        rec.finish(status).await;
+        if !paused {
+            rec.finish(status).await;
+        }
         if !self.config.keep_workspace {
             if let Some(ws) = &workspace {
                 ws.remove().await;
@@ -283,8 +209,8 @@ impl Engine {
             let root = dirs.root.clone();
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(root)).await;
         }
-        let (state, keep) = (self.config.state_dir.clone(), self.config.keep_files);
-        let _ = tokio::task::spawn_blocking(move || prune_kept(&state, keep)).await;
+        // The files of a paused run's stages wait with it.
+        crate::prepare::prune_kept_sparing(self.store.as_ref(), &self.config).await;
         progress(Progress::RunFinished {
             run_id: run_id.clone(),
             status: rec.run.status,
@@ -372,9 +298,12 @@ impl Engine {
 
         let mut running = JoinSet::new();
         let mut tokens: BTreeMap<StageName, (CancellationToken, bool)> = BTreeMap::new();
-        let mut cancelled = false;
+        // Cancelled while it waited at a gate: it goes on only to end so
+        // (its `always` stages run).
+        let mut cancelled = req.gates.values().any(|g| matches!(g, Gate::Cancel { .. }));
         let mut aborted = false;
         let mut warmed = std::collections::BTreeSet::new();
+        let mut paused = false;
         // The user a stage's process runs as.
         let user_of = |s: &sentinel_pipeline::StagePlan| {
             s.limits.user.clone().unwrap_or_else(|| user.clone())
@@ -409,6 +338,11 @@ impl Engine {
                             continue;
                         }
                         changed = true;
+                        if !req.reuse.contains_key(&s.name)
+                            && !rec.at_gate(s, &req.gates, progress).await
+                        {
+                            continue;
+                        }
                         if let Some(prev) = req.reuse.get(&s.name) {
                             rec.stage_event(&s.name, StageEvent::Start, None, progress)
                                 .await;
@@ -489,6 +423,9 @@ impl Engine {
                         changed = true;
                     }
                     Decision::Cancel => {
+                        if let Some(Gate::Cancel { gate }) = req.gates.get(&s.name) {
+                            rec.cancelled_gate(&s.name, gate.clone());
+                        }
                         rec.stage_event(
                             &s.name,
                             StageEvent::Cancel,
@@ -521,7 +458,14 @@ impl Engine {
                 continue;
             }
             if running.is_empty() {
-                break;
+                match rec.when_stuck(cancelled, progress).await {
+                    Stuck::Done => break,
+                    Stuck::Pause => {
+                        paused = true;
+                        break;
+                    }
+                    Stuck::GatesClosed => continue,
+                }
             }
             tokio::select! {
                 done = running.join_next() => {
@@ -550,6 +494,10 @@ impl Engine {
                     }
                 }
             }
+        }
+        if paused {
+            rec.set_reason(Some(rec.pause_reason()));
+            return RunStatus::WaitingApproval;
         }
         // A stage task that panicked leaves its stage running: close it.
         for s in plan.stages.iter() {

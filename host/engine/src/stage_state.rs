@@ -47,6 +47,8 @@ pub struct StageState {
     pub steps: Vec<sentinel_api::JobStepDoc>,
     /// What its cache did.
     pub cache: Option<sentinel_api::CacheDoc>,
+    /// Its approval gate, once reached.
+    pub approval: Option<sentinel_api::GateDoc>,
 }
 
 pub(crate) fn duration_ms(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<u64> {
@@ -117,6 +119,13 @@ impl StageState {
                 restored_key: c.restored_key.as_ref().map(|k| secrets.mask_str(k)),
                 note: c.note.as_ref().map(|n| secrets.mask_str(n)),
                 ..c.clone()
+            }),
+            approval: self.approval.as_ref().map(|g| sentinel_api::GateDoc {
+                answer: g.answer.as_ref().map(|a| sentinel_api::Approval {
+                    reason: a.reason.as_ref().map(|r| secrets.mask_str(r)),
+                    ..a.clone()
+                }),
+                ..g.clone()
             }),
         }
     }

@@ -20,6 +20,10 @@ pub enum StageEvent {
     Cancel,
     /// The host died.
     Interrupt,
+    /// Its approval gate has no answer yet: it waits (and the run with it).
+    Wait,
+    /// Its approval gate's run goes on: it is pending again.
+    Resume,
 }
 
 /// A transition that the state machine does not allow.
@@ -32,7 +36,9 @@ pub struct InvalidTransition {
 
 /// The stage state machine:
 /// `queued → pending → running → succeeded | failed | timed_out | cancelled`,
-/// `queued | pending → skipped | cancelled`, any non-final → `interrupted`.
+/// `queued | pending → skipped | cancelled`, any non-final → `interrupted`;
+/// an approval gate `pending → waiting_approval → pending | skipped |
+/// cancelled`.
 pub fn transition(from: StageStatus, event: StageEvent) -> Result<StageStatus, InvalidTransition> {
     use StageEvent as E;
     use StageStatus as S;
@@ -44,9 +50,11 @@ pub fn transition(from: StageStatus, event: StageEvent) -> Result<StageStatus, I
         {
             to
         }
-        (S::Queued | S::Pending, E::Skip) => S::Skipped,
-        (S::Queued | S::Pending | S::Running, E::Cancel) => S::Cancelled,
-        (S::Queued | S::Pending | S::Running, E::Interrupt) => S::Interrupted,
+        (S::Queued | S::Pending | S::WaitingApproval, E::Skip) => S::Skipped,
+        (S::Queued | S::Pending | S::Running | S::WaitingApproval, E::Cancel) => S::Cancelled,
+        (S::Queued | S::Pending | S::Running | S::WaitingApproval, E::Interrupt) => S::Interrupted,
+        (S::Pending, E::Wait) => S::WaitingApproval,
+        (S::WaitingApproval, E::Resume) => S::Pending,
         _ => return Err(InvalidTransition { from, event }),
     };
     Ok(to)
@@ -59,18 +67,27 @@ pub enum RunEvent {
     /// All stages are final; the status is derived from them.
     Finish(RunStatus),
     Interrupt,
+    /// Nothing can go on before an approval gate is answered.
+    Wait,
 }
 
 /// The run state machine: `queued → running → succeeded | failed | cancelled`,
-/// any non-final → `interrupted`, `queued → failed` (it could not start).
+/// any non-final → `interrupted`, `queued → failed` (it could not start),
+/// `running → waiting_approval → running | failed | cancelled` (an
+/// approval gate: it starts again once answered).
 pub fn run_transition(from: RunStatus, event: RunEvent) -> Option<RunStatus> {
     use RunEvent as E;
     use RunStatus as S;
     match (from, event) {
-        (S::Queued, E::Start) => Some(S::Running),
+        (S::Queued | S::WaitingApproval, E::Start) => Some(S::Running),
         (S::Running, E::Finish(to)) if to.is_final() && to != S::Interrupted => Some(to),
-        (S::Queued, E::Finish(to)) if matches!(to, S::Failed | S::Cancelled) => Some(to),
-        (S::Queued | S::Running, E::Interrupt) => Some(S::Interrupted),
+        (S::Queued | S::WaitingApproval, E::Finish(to))
+            if matches!(to, S::Failed | S::Cancelled) =>
+        {
+            Some(to)
+        }
+        (S::Queued | S::Running | S::WaitingApproval, E::Interrupt) => Some(S::Interrupted),
+        (S::Running, E::Wait) => Some(S::WaitingApproval),
         _ => None,
     }
 }
@@ -146,7 +163,8 @@ mod tests {
     use StageEvent as E;
     use StageStatus as S;
 
-    const ALL: [S; 9] = [
+    const ALL: [S; 10] = [
+        S::WaitingApproval,
         S::Queued,
         S::Pending,
         S::Running,
@@ -161,7 +179,15 @@ mod tests {
     /// The whole table: every (status, event) pair and its expected result.
     #[test]
     fn stage_transition_table() {
-        let mut events = vec![E::Schedule, E::Start, E::Skip, E::Cancel, E::Interrupt];
+        let mut events = vec![
+            E::Schedule,
+            E::Start,
+            E::Skip,
+            E::Cancel,
+            E::Interrupt,
+            E::Wait,
+            E::Resume,
+        ];
         events.extend(ALL.iter().map(|s| E::Finish(*s)));
         let expected = |from: S, ev: E| -> Option<S> {
             match (from, ev) {
@@ -171,13 +197,15 @@ mod tests {
                 (S::Running, E::Finish(S::Failed)) => Some(S::Failed),
                 (S::Running, E::Finish(S::TimedOut)) => Some(S::TimedOut),
                 (S::Running, E::Finish(S::Cancelled)) => Some(S::Cancelled),
-                (S::Queued, E::Skip) | (S::Pending, E::Skip) => Some(S::Skipped),
-                (S::Queued, E::Cancel) | (S::Pending, E::Cancel) | (S::Running, E::Cancel) => {
+                (S::Queued | S::Pending | S::WaitingApproval, E::Skip) => Some(S::Skipped),
+                (S::Queued | S::Pending | S::Running | S::WaitingApproval, E::Cancel) => {
                     Some(S::Cancelled)
                 }
-                (S::Queued, E::Interrupt)
-                | (S::Pending, E::Interrupt)
-                | (S::Running, E::Interrupt) => Some(S::Interrupted),
+                (S::Queued | S::Pending | S::Running | S::WaitingApproval, E::Interrupt) => {
+                    Some(S::Interrupted)
+                }
+                (S::Pending, E::Wait) => Some(S::WaitingApproval),
+                (S::WaitingApproval, E::Resume) => Some(S::Pending),
                 _ => None,
             }
         };
@@ -192,7 +220,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 9 * 14);
+        assert_eq!(checked, 10 * 17);
         for from in ALL.into_iter().filter(|s| s.is_final()) {
             for ev in &events {
                 assert!(
@@ -213,11 +241,16 @@ mod tests {
             R::Failed,
             R::Cancelled,
             R::Interrupted,
+            R::WaitingApproval,
         ];
         for from in all {
             assert_eq!(
                 run_transition(from, RunEvent::Start),
-                (from == R::Queued).then_some(R::Running)
+                matches!(from, R::Queued | R::WaitingApproval).then_some(R::Running)
+            );
+            assert_eq!(
+                run_transition(from, RunEvent::Wait),
+                (from == R::Running).then_some(R::WaitingApproval)
             );
             assert_eq!(
                 run_transition(from, RunEvent::Interrupt),
@@ -227,7 +260,7 @@ mod tests {
                 let got = run_transition(from, RunEvent::Finish(to));
                 let ok = match from {
                     R::Running => to.is_final() && to != R::Interrupted,
-                    R::Queued => matches!(to, R::Failed | R::Cancelled),
+                    R::Queued | R::WaitingApproval => matches!(to, R::Failed | R::Cancelled),
                     _ => false,
                 };
                 assert_eq!(got, ok.then_some(to), "{from:?} finish {to:?}");

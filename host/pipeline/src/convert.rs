@@ -303,6 +303,9 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
         if s.sensitive {
             out.push_str("    sensitive: true\n");
         }
+        if let Some(a) = &s.approval {
+            let _ = writeln!(out, "    approval: {}", scalar(&a.value));
+        }
         limits(&mut out, 4, &s.limits);
         if let Some(c) = &s.cache {
             let list = |l: &[At<String>]| {

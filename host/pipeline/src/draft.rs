@@ -189,6 +189,8 @@ pub struct StageDraft {
     pub env: Vec<VarDraft>,
     pub when: When,
     pub sensitive: bool,
+    /// `approval: ENV`: an approval gate, at its value.
+    pub approval: Option<At<String>>,
     pub limits: LimitsDraft,
     /// Files kept between runs.
     pub cache: Option<CacheDraft>,

@@ -452,6 +452,10 @@ pub struct StagePlan {
     pub env: BTreeMap<String, EnvValue>,
     pub volumes: Vec<Volume>,
     pub sensitive: bool,
+    /// An approval gate: the environment whose approval the stage waits
+    /// for before it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<String>,
     pub limits: Limits,
     /// Files kept between runs (container stages and jobs).
     #[serde(skip_serializing_if = "Option::is_none")]

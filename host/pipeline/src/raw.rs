@@ -213,6 +213,10 @@ pub struct RawStage {
     /// masked everywhere; `out/<stage>` holds it for the run's later stages.
     #[serde(default)]
     pub sensitive: bool,
+    /// An approval gate: the stage waits for an approval to deploy to this
+    /// environment (of the server's config) before it starts.
+    #[serde(default)]
+    pub approval: Option<String>,
     /// How long the stage may run.
     #[serde(default)]
     pub timeout: Option<String>,

@@ -68,6 +68,7 @@ fn stage_doc(n: u32) -> StageDoc {
         warnings: vec![],
         steps: vec![],
         cache: None,
+        approval: None,
     }
 }
 

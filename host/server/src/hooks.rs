@@ -131,6 +131,7 @@ pub(crate) async fn github(
         env: Default::default(),
         secrets: Default::default(),
         deploy: None,
+        resume: None,
     };
     let entry = s.entry(
         &spec,

@@ -52,6 +52,10 @@ pub struct RunSpec {
     /// What the run deploys, and its checked payload (a deploy marker's run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<DeployRequest>,
+    /// The run this entry sends on, paused at its approval gates (the
+    /// entry's own run: a later attempt of it starts afresh).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<RunId>,
 }
 
 impl RunSpec {
@@ -66,6 +70,7 @@ impl RunSpec {
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
             deploy: Some(deploy),
+            resume: None,
         }
     }
 }
@@ -309,6 +314,7 @@ pub(crate) async fn trigger(
         env: req.env,
         secrets: req.secrets,
         deploy: None,
+        resume: None,
     };
     s.queue_api(&spec, &caller).await
 }
@@ -318,7 +324,8 @@ pub(crate) async fn cancel(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    s.authorize(&headers, Scope::Trigger)?;
+    let caller = s.authorize(&headers, Scope::Trigger)?;
+    let by = caller.name().unwrap_or_else(|| "anonymous".into());
     let id = parse_run_id(&id)?;
     match s.control.cancel(&id).await.map_err(ApiError::internal)? {
         Cancelled::Running => Ok((
@@ -330,6 +337,19 @@ pub(crate) async fn cancel(
             Json(json!({ "id": id, "status": "cancelled" })),
         )),
         Cancelled::NotHere => match s.store.get_run(&id).await.map_err(ApiError::internal)? {
+            Some(run)
+                if run.status == sentinel_api::RunStatus::WaitingApproval
+                    && crate::deploys::cancel_paused(&s.store, &id, &by)
+                        .await
+                        .map_err(ApiError::internal)? =>
+            {
+                s.deploys.changed.touch();
+                s.control.queued();
+                Ok((
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "id": id, "status": "cancelling" })),
+                ))
+            }
             Some(run) => Err(ApiError::conflict(format!(
                 "run {id} is {} and cannot be cancelled",
                 run.status
@@ -376,6 +396,7 @@ pub(crate) async fn rerun(
     }
     spec.rerun_of = Some(id.clone());
     spec.from = None;
+    spec.resume = None;
     if let Some(from) = req.from {
         let from: StageName = from
             .parse()

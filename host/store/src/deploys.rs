@@ -171,7 +171,9 @@ impl SledStore {
     }
 
     /// Answers a deployment that waits for an approval: approved, its run
-    /// is queued; refused, it is `rejected` and nothing runs. One
+    /// is queued; refused, it is `rejected` and nothing runs. A pipeline's
+    /// gate sends its paused run on either way (refused, the run ends so;
+    /// `cancel`: the run was cancelled, and ends `cancelled`). One
     /// transaction, on disk before it returns. `Ok(Err(status))` when it
     /// does not wait (any more), with its status (`Unknown`: there is no
     /// such deployment).
@@ -179,7 +181,22 @@ impl SledStore {
         &self,
         id: &str,
         approval: Approval,
+        cancel: bool,
     ) -> Result<Result<DeploymentDoc, DeploymentStatus>, StorageError> {
+        // A gate whose run ended meanwhile (failed or cancelled elsewhere)
+        // waits no more: it takes its run's outcome.
+        if let Some(mut d) = self.deployment(id)?
+            && d.status == DeploymentStatus::WaitingApproval
+            && d.gate_run().is_some()
+        {
+            self.settle(&mut d).await?;
+            if d.status.is_final() {
+                self.deploy_pending
+                    .remove(id.as_bytes())
+                    .map_err(|e| err("deploy pending", e))?;
+                return Ok(Err(d.status));
+            }
+        }
         let seq = self.db.generate_id().map_err(|e| err("queue id", e))?;
         let trees = (
             &self.deployments,
@@ -198,7 +215,21 @@ impl SledStore {
                 return Ok(Err(doc.status));
             };
             pending.remove(id.as_bytes())?;
-            if approval.approved {
+            if let Some(run) = doc.gate_run().cloned() {
+                // Approved or not, the paused run goes on (once).
+                if queued.get(run.as_str())?.is_none() {
+                    queue_in(queue, queued, requests, seq, &run, &value)?;
+                }
+                doc.status = match (approval.approved, cancel) {
+                    (_, true) => DeploymentStatus::Cancelled,
+                    (true, false) => DeploymentStatus::Queued,
+                    (false, false) => DeploymentStatus::Rejected,
+                };
+                if doc.status.is_final() {
+                    doc.reason = approval.reason.clone();
+                    doc.finished = Some(approval.at);
+                }
+            } else if approval.approved {
                 let entry: QueueEntry = decode(&value).map_err(|e| abort(e.to_string()))?;
                 queue_in(queue, queued, requests, seq, &entry.run_id, &value)?;
                 doc.status = DeploymentStatus::Queued;
@@ -315,7 +346,7 @@ impl SledStore {
     /// the run's end is on its way, or a server stopped at that moment)
     /// takes its run's outcome, and keeps it — unless the run's server died
     /// and it was queued again: then that run is the deployment's.
-    async fn settle(&self, d: &mut DeploymentDoc) -> Result<(), StorageError> {
+    pub(crate) async fn settle(&self, d: &mut DeploymentDoc) -> Result<(), StorageError> {
         if d.status.is_final() {
             return Ok(());
         }

@@ -19,6 +19,7 @@
 //! [`deploys`]).
 
 pub mod deploys;
+mod gates;
 pub mod kept;
 pub mod outbox;
 mod queue;

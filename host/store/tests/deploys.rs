@@ -116,7 +116,7 @@ async fn a_held_deploy_is_queued_only_when_approved_and_answered_once() {
         reason: None,
     };
     let d = db
-        .answer_approval(&held.id, yes(true))
+        .answer_approval(&held.id, yes(true), false)
         .await
         .unwrap()
         .unwrap();
@@ -125,12 +125,14 @@ async fn a_held_deploy_is_queued_only_when_approved_and_answered_once() {
     assert_eq!(RunQueue::waiting(&db).await.unwrap(), 1);
     assert!(db.waiting_approval().unwrap().is_empty());
     assert_eq!(
-        db.answer_approval(&held.id, yes(false)).await.unwrap(),
+        db.answer_approval(&held.id, yes(false), false)
+            .await
+            .unwrap(),
         Err(DeploymentStatus::Queued),
         "answered once"
     );
     assert_eq!(
-        db.answer_approval("nope", yes(true)).await.unwrap(),
+        db.answer_approval("nope", yes(true), false).await.unwrap(),
         Err(DeploymentStatus::Unknown)
     );
     // A success makes it current.

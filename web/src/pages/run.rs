@@ -245,6 +245,9 @@ fn RunView(run: RunDoc) -> impl IntoView {
         <section class="run-head">
             <h1><span class=status::class(st)>{format!("{} {st}", status::symbol(st))}</span>" "{run.pipeline.clone()}</h1>
             {run.reason.clone().map(|r| view! { <p class="reason">{r}</p> })}
+            {(st == "waiting_approval").then(|| view! {
+                <p class="approval">"It goes on once answered: approve or reject it on the "<a href="#/deployments">"Deployments"</a>" page."</p>
+            })}
             <dl class="facts">
                 <dt>"Run"</dt><dd><code>{run.id.to_string()}</code></dd>
                 <dt>"Trigger"</dt><dd>{trigger}</dd>

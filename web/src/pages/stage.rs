@@ -272,6 +272,7 @@ fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl Into
                 <dt>"Kind"</dt><dd>{format!("{:?}", doc.kind).to_lowercase()}</dd>
                 {doc.exit_code.map(|c| view! { <dt>"Exit code"</dt><dd>{c}</dd> })}
                 <dt>"Took"</dt><dd>{status::duration(doc.duration_ms)}</dd>
+                {doc.approval.as_ref().map(|g| view! { <dt>"Approval"</dt><dd class="approval">{gate_text(g)}</dd> })}
                 {doc.inputs.image.clone().map(|i| view! { <dt>"Image"</dt><dd><code>{i}</code></dd> })}
                 {(doc.log_cut_bytes > 0).then(|| view! { <dt>"Log"</dt><dd>{format!("{} bytes cut from the middle", doc.log_cut_bytes)}</dd> })}
                 {doc.cache.clone().map(|c| view! { <dt>"Cache"</dt><dd class="cache">{cache_view(c)}</dd> })}
@@ -325,5 +326,23 @@ fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl Into
                 })}
             })}
         </section>
+    }
+}
+
+/// An approval gate as one line: its environment and its answer.
+fn gate_text(g: &sentinel_api::GateDoc) -> String {
+    match &g.answer {
+        None => format!("{}: waiting (deployment {})", g.environment, g.deployment),
+        Some(a) => format!(
+            "{}: {} by {} at {}{}",
+            g.environment,
+            if a.approved { "approved" } else { "refused" },
+            a.by,
+            a.at.format("%Y-%m-%d %H:%M:%S UTC"),
+            a.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
     }
 }

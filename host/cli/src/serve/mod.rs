@@ -65,10 +65,15 @@ fn deployment_follows(
         let Ok(Some(entry)) = store.request_of(&run) else {
             return;
         };
-        let Some(deploy) = serde_json::from_value::<sentinel_server::RunSpec>(entry.request)
-            .ok()
-            .and_then(|s| s.deploy)
-        else {
+        let Ok(spec) = serde_json::from_value::<sentinel_server::RunSpec>(entry.request) else {
+            return;
+        };
+        // A run that went on from its approval gates: their deployments
+        // take its outcome as they are read.
+        if spec.resume.is_some() {
+            changed.touch();
+        }
+        let Some(deploy) = spec.deploy else {
             return;
         };
         let doc = if status.is_final() {
@@ -167,8 +172,12 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
                 Progress::RunFinished { status, .. } => {
                     tracing::info!(run = %run, status = %status, "run finished");
                     deployment_follows(&store, &changed, run, *status);
-                    let dir = checkouts.join(run.as_str());
-                    tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+                    // A paused run's checkout goes when it goes on (its
+                    // checkout starts afresh), never while it does.
+                    if status.is_final() {
+                        let dir = checkouts.join(run.as_str());
+                        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+                    }
                 }
                 _ => {}
             }
@@ -187,6 +196,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
             settings.cache_store(&dirs.state).await?,
             settings.cache.default_branch.clone(),
         )),
+        environments: settings.environments.clone(),
     };
     let worker = Worker::new(
         engine,
@@ -199,6 +209,25 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         resolver.into_resolve(),
         progress,
     );
+    {
+        let (store, changed) = (store.clone(), deployments_changed.clone());
+        worker.on_hold(Arc::new(move |entry, op| {
+            let (store, changed) = (store.clone(), changed.clone());
+            Box::pin(async move {
+                use sentinel_engine::queue::HoldOp;
+                let id = &entry.run_id;
+                let r = match op {
+                    HoldOp::Hold => sentinel_server::deploys::hold(&store, &entry).await,
+                    HoldOp::Cancel => {
+                        let by = "a cancel while it paused";
+                        sentinel_server::deploys::cancel_paused(&store, id, by).await
+                    }
+                };
+                changed.touch();
+                r
+            })
+        }));
+    }
     for e in worker
         .reclaim()
         .await

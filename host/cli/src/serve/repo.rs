@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sentinel_api::{GitContext, StageName, StageStatus};
+use sentinel_engine::gate::Resume;
 use sentinel_engine::ports::{QueueEntry, Store};
 use sentinel_engine::queue::Resolve;
 use sentinel_engine::workspace::FileSet;
@@ -36,6 +37,8 @@ pub struct Resolver {
     pub results: PathBuf,
     /// The cache of stages with `cache:`, and the branch every branch falls back on.
     pub cache: Option<(Arc<sentinel_engine::cache::Cache>, String)>,
+    /// The environments approval gates (`approval: ENV`) ask.
+    pub environments: BTreeMap<String, sentinel_server::deploys::EnvironmentConfig>,
 }
 
 /// Runs git with only what it needs from the environment.
@@ -120,6 +123,11 @@ impl Resolver {
     async fn prepare(&self, e: QueueEntry, dir: &Path) -> Result<RunRequest, String> {
         let spec: RunSpec = serde_json::from_value(e.request.clone())
             .map_err(|err| format!("the queued request is not readable: {err}"))?;
+        // A paused run going on: as it was, unless it ended meanwhile.
+        let resume = match &spec.resume {
+            Some(id) if id == &e.run_id => Some(self.paused(id).await?),
+            _ => None,
+        };
         let repo = self.repos.get(&spec.repo).ok_or_else(|| {
             format!(
                 "repository `{}` is no longer in the server's configuration",
@@ -191,10 +199,28 @@ impl Resolver {
         if let Some(d) = &spec.deploy {
             super::deploy_files::place(d, dir, &self.payloads, &self.results, &self.store).await?;
         }
-        let (reuse, not_reused) = match (&spec.rerun_of, &spec.from) {
-            (Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
+        let (reuse, not_reused) = match (&resume, &spec.rerun_of, &spec.from) {
+            (Some(r), _, _) => {
+                // Its stages that did not end run now; the others stay.
+                let again = r
+                    .stages
+                    .iter()
+                    .filter(|d| !d.status.is_final())
+                    .map(|d| d.name.clone())
+                    .collect();
+                self.reused_except(&e.run_id, again, &plan).await?
+            }
+            (None, Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
+        let gates = sentinel_server::deploys::gates_of(
+            &self.store,
+            &self.environments,
+            plan.stages
+                .iter()
+                .filter_map(|s| Some((s.name.clone(), s.approval.clone()?))),
+            resume.as_ref(),
+        )?;
         Ok(RunRequest {
             from_run: None,
             deploy: spec.deploy.as_ref().map(|d| d.facts.clone()),
@@ -223,7 +249,31 @@ impl Resolver {
             run_id: Some(e.run_id.clone()),
             reuse,
             not_reused,
+            gates,
+            resume,
         })
+    }
+
+    /// Paused run `id` as it was, to go on.
+    async fn paused(&self, id: &sentinel_api::RunId) -> Result<Resume, String> {
+        let run = self
+            .store
+            .get_run(id)
+            .await
+            .map_err(|err| err.to_string())?
+            .ok_or_else(|| format!("run {id} is not recorded, so it cannot go on"))?;
+        if run.status != sentinel_api::RunStatus::WaitingApproval {
+            return Err(format!(
+                "run {id} is {}: it no longer waits for an approval",
+                run.status
+            ));
+        }
+        let stages = self
+            .store
+            .get_stages(id)
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(Resume { run, stages })
     }
 
     /// The stages of `earlier` a re-run from `from` keeps: every stage that
@@ -240,8 +290,24 @@ impl Resolver {
         if !plan.stages.iter().any(|s| &s.name == from) {
             return Err(format!("the pipeline has no stage `{from}` any more"));
         }
-        // `from` and everything that needs it, directly or not.
-        let mut again = std::collections::BTreeSet::from([from.clone()]);
+        self.reused_except(
+            earlier,
+            std::collections::BTreeSet::from([from.clone()]),
+            plan,
+        )
+        .await
+    }
+
+    /// The stages of `earlier` a run keeps: every stage that succeeded
+    /// there, except those of `again` and the stages after them.
+    #[allow(clippy::type_complexity)]
+    async fn reused_except(
+        &self,
+        earlier: &sentinel_api::RunId,
+        mut again: std::collections::BTreeSet<StageName>,
+        plan: &sentinel_pipeline::Plan,
+    ) -> Result<(BTreeMap<StageName, Reused>, BTreeMap<StageName, String>), String> {
+        // And everything that needs them, directly or not.
         loop {
             let before = again.len();
             for s in &plan.stages {

@@ -225,7 +225,7 @@ impl Client {
         loop {
             let v = self.get(&format!("/api/v1/runs/{id}")).await;
             let s = v["run"]["status"].as_str().unwrap_or_default();
-            if !matches!(s, "queued" | "running") {
+            if !matches!(s, "queued" | "running" | "waiting_approval") {
                 return v;
             }
             assert!(Instant::now() < until, "run {id} did not end: {v}");

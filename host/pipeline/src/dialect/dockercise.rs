@@ -307,6 +307,7 @@ fn read_stage(
         env,
         when: When::OnSuccess,
         sensitive,
+        approval: None,
         limits: LimitsDraft::default(),
         cache: None,
         notes,

@@ -436,6 +436,10 @@ impl Reader<'_> {
                     RawWhen::Always => When::Always,
                 },
                 sensitive: s.sensitive,
+                approval: s
+                    .approval
+                    .clone()
+                    .map(|a| At::new(a, self.at(&at("approval")))),
                 limits,
                 cache: s.cache.as_ref().map(|c| self.cache(&at("cache"), c)),
                 notes: Vec::new(),

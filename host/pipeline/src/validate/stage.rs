@@ -568,6 +568,7 @@ pub(super) fn stage_plan(
         );
     }
     let cache = s.cache.as_ref().and_then(|c| cache(cx, c, is_step));
+    let approval = s.approval.as_ref().and_then(|a| approval(cx, a, s.when));
 
     let action = action?;
     if cx.issues.len() > before {
@@ -582,6 +583,7 @@ pub(super) fn stage_plan(
         env,
         volumes,
         sensitive: s.sensitive,
+        approval,
         limits,
         cache,
     };
@@ -591,4 +593,37 @@ pub(super) fn stage_plan(
     plan.finalizer = s.when != When::OnSuccess && needs.is_empty();
     plan.needs = needs.into_iter().collect();
     Some(plan)
+}
+
+/// An approval gate's environment: a name of the server's config, on a
+/// stage that runs on success (a cancelled or failed run asks nobody).
+fn approval(cx: &mut Ctx<'_>, a: &At<String>, when: When) -> Option<String> {
+    let name = a.value.trim();
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if !ok {
+        cx.issue(
+            a.pos,
+            format!(
+                "`approval: {}` must name an environment: letters, digits, `.`, `-` and `_`",
+                a.value
+            ),
+            Some("like `approval: production`, an environment of the server's config".into()),
+        );
+        return None;
+    }
+    if when != When::OnSuccess {
+        cx.issue(
+            a.pos,
+            format!(
+                "a `when: {}` stage cannot wait for an approval: a gate holds back what comes after a success",
+                when.as_str()
+            ),
+            None,
+        );
+        return None;
+    }
+    Some(name.to_string())
 }

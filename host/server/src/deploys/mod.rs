@@ -12,6 +12,7 @@
 //! the `deploy` scope approves or rejects it (or its wait times out);
 //! `POST /api/v1/runs/{id}/promote` deploys a succeeded run there.
 
+mod gates;
 mod promote;
 mod watch;
 
@@ -31,6 +32,7 @@ use sentinel_store::tokens::Scope;
 use crate::ApiError;
 use crate::runs::St;
 
+pub use gates::{cancel_paused, gates_of, hold};
 pub(crate) use promote::{approve, promote, reject};
 pub use promote::{expire_due, expire_waits};
 pub use watch::watch;

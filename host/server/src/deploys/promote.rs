@@ -191,7 +191,7 @@ pub(crate) async fn approve(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = s.authorize(&headers, Scope::Deploy)?;
-    s.answer(&id, true, caller.name(), None).await
+    s.answer(&id, true, caller.name(), None, false).await
 }
 
 /// `POST /api/v1/deployments/{id}/reject` (`{"reason": …}` optional).
@@ -208,7 +208,8 @@ pub(crate) async fn reject(
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::bad_request(format!("not a rejection: {e}")))?
     };
-    s.answer(&id, false, caller.name(), answer.reason).await
+    s.answer(&id, false, caller.name(), answer.reason, false)
+        .await
 }
 
 impl AppState {
@@ -219,6 +220,7 @@ impl AppState {
         approved: bool,
         by: Option<String>,
         reason: Option<String>,
+        cancel: bool,
     ) -> Result<Json<Value>, ApiError> {
         let approval = Approval {
             approved,
@@ -228,7 +230,7 @@ impl AppState {
         };
         match self
             .store
-            .answer_approval(id, approval)
+            .answer_approval(id, approval, cancel)
             .await
             .map_err(ApiError::internal)?
         {
@@ -273,7 +275,7 @@ pub async fn expire_due(state: &AppState, now: chrono::DateTime<Utc>) -> usize {
         }
         let why = format!("no approval within {hours} h");
         match state
-            .answer(&d.id, false, Some("sentinel".into()), Some(why))
+            .answer(&d.id, false, Some("sentinel".into()), Some(why), false)
             .await
         {
             Ok(_) => ended += 1,

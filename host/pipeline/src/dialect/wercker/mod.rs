@@ -366,6 +366,7 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
         env: vars,
         when: When::OnSuccess,
         sensitive: false,
+        approval: None,
         limits,
         cache: Some(CacheDraft {
             pos: body.pos,

@@ -26,6 +26,8 @@ use crate::stage_state::duration_ms;
 use crate::transition::{RunEvent, StageEvent};
 use crate::workspace::FileSet;
 
+mod gates;
+
 /// Keeps a run's state and publishes it.
 #[derive(Debug)]
 pub struct Recorder {
@@ -97,6 +99,7 @@ impl Recorder {
                     warnings: Vec::new(),
                     steps: Vec::new(),
                     cache: None,
+                    approval: None,
                 }
             })
             .collect();
@@ -288,7 +291,8 @@ impl Recorder {
     /// Applies a run transition and makes it durable.
     pub async fn run_event(&mut self, ev: RunEvent, reason: Option<String>) {
         apply_run_event(&mut self.run, ev);
-        if ev == RunEvent::Start {
+        // A paused run going on keeps the time it first started.
+        if ev == RunEvent::Start && self.run.started.is_none() {
             self.run.started = Some(Utc::now());
         }
         let e = event(None, self.run.status.as_str(), reason);
@@ -315,6 +319,7 @@ impl Recorder {
         match ev {
             StageEvent::Start => state.started = Some(now),
             StageEvent::Schedule => {}
+            StageEvent::Wait | StageEvent::Resume => state.reason = reason.clone(),
             _ => {
                 state.finished = Some(now);
                 state.reason = reason.clone();
@@ -343,7 +348,10 @@ impl Recorder {
     pub async fn schedule_all(&mut self, progress: &ProgressFn) {
         for i in 0..self.stages.len() {
             let state = &mut self.stages[i];
-            if !apply_stage_event(state, StageEvent::Schedule) {
+            // A paused run's stages that ended stay as they are.
+            if state.status != StageStatus::Queued
+                || !apply_stage_event(state, StageEvent::Schedule)
+            {
                 continue;
             }
             let name = state.name.clone();
@@ -368,6 +376,18 @@ impl Recorder {
         reason: String,
         progress: &ProgressFn,
     ) {
+        self.fail_unrun(name, reason, FailureKind::StartError, progress)
+            .await;
+    }
+
+    /// Fails a stage that did not run, for `failure`.
+    async fn fail_unrun(
+        &mut self,
+        name: &StageName,
+        reason: String,
+        failure: FailureKind,
+        progress: &ProgressFn,
+    ) {
         let now = Utc::now();
         let state = self.state_mut(name);
         if state.status == StageStatus::Pending {
@@ -378,7 +398,7 @@ impl Recorder {
             return;
         }
         state.finished = Some(now);
-        state.failure = Some(FailureKind::StartError);
+        state.failure = Some(failure);
         state.reason = Some(reason.clone());
         let duration = duration_ms(state.started, state.finished);
         self.after_stage_change(name, StageStatus::Failed, Some(reason), duration, progress)
@@ -389,24 +409,8 @@ impl Recorder {
     /// `out/<stage>`, its outputs kept (sealed) for a re-run, then publishes
     /// its log, artifacts and document.
     pub async fn finish_stage(&mut self, mut r: StageResult, progress: &ProgressFn) {
-        let sensitive = self.state(&r.name).sensitive;
-        if sensitive && r.status == StageStatus::Succeeded {
-            // Every value taken from a sensitive stage is itself a secret.
-            let values = sensitive_values(&r.output, r.outputs.values());
-            match self.secrets.with(values.iter().map(Vec::as_slice)) {
-                Ok(set) => self.secrets = Arc::new(set),
-                Err(e) => tracing::error!("cannot mask a sensitive output: {e}"),
-            }
-        }
         if r.status == StageStatus::Succeeded {
-            // A sensitive stage's own file holds its value for the run (it
-            // is never published); any other is masked.
-            let out = if sensitive {
-                r.output.clone()
-            } else {
-                self.secrets.mask_str(&r.output)
-            };
-            self.outs.push((r.name.clone(), Arc::new(out.into_bytes())));
+            self.take_outputs(&r.name, &r.output, &r.outputs);
             let kept = KeptOutputs {
                 output: r.output.clone(),
                 outputs: r.outputs.clone(),
@@ -438,6 +442,28 @@ impl Recorder {
         let duration = duration_ms(state.started, state.finished);
         self.after_stage_change(&r.name, r.status, r.reason, duration, progress)
             .await;
+    }
+
+    /// What a succeeded stage's outputs mean for the stages after it: a
+    /// sensitive stage's values become secrets, and its `out/<stage>` file
+    /// holds its output (its own value for a sensitive stage, which is
+    /// never published; any other masked).
+    fn take_outputs(&mut self, name: &StageName, output: &str, outputs: &BTreeMap<String, String>) {
+        let sensitive = self.state(name).sensitive;
+        if sensitive {
+            // Every value taken from a sensitive stage is itself a secret.
+            let values = sensitive_values(output, outputs.values());
+            match self.secrets.with(values.iter().map(Vec::as_slice)) {
+                Ok(set) => self.secrets = Arc::new(set),
+                Err(e) => tracing::error!("cannot mask a sensitive output: {e}"),
+            }
+        }
+        let out = if sensitive {
+            output.to_string()
+        } else {
+            self.secrets.mask_str(output)
+        };
+        self.outs.push((name.clone(), Arc::new(out.into_bytes())));
     }
 
     async fn after_stage_change(
