@@ -144,3 +144,26 @@ pub enum FailureKind {
     #[serde(other)]
     Unknown,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status written by a newer Sentinel reads as unknown — not an
+    /// error — and is not final, so no reader takes the run for ended.
+    #[test]
+    fn a_status_this_version_does_not_know_reads_as_unknown() {
+        let run: RunStatus = serde_json::from_str(r#""frozen""#).unwrap();
+        assert_eq!(run, RunStatus::Unknown);
+        assert_eq!(run.as_str(), "unknown");
+        assert!(!run.is_final());
+        let stage: StageStatus = serde_json::from_str(r#""thawing""#).unwrap();
+        assert_eq!(stage, StageStatus::Unknown);
+        assert!(!stage.is_final() && !stage.is_failure());
+        let kind: FailureKind = serde_json::from_str(r#""meteor""#).unwrap();
+        assert_eq!(kind, FailureKind::Unknown);
+        let waiting: RunStatus = serde_json::from_str(r#""waiting_approval""#).unwrap();
+        assert_eq!(waiting, RunStatus::WaitingApproval);
+        assert!(!waiting.is_final());
+    }
+}
