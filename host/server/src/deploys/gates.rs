@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use sentinel_api::{
-    Approval, DeploySource, DeploymentDoc, DeploymentStatus, RunId, RunStatus, StageName,
+    Approval, DeploySource, DeploymentDoc, DeploymentStatus, GateDoc, RunId, RunStatus, StageName,
     StageStatus,
 };
 use sentinel_engine::gate::{Gate, Resume};
@@ -98,20 +98,9 @@ pub async fn hold(store: &SledStore, entry: &QueueEntry) -> Result<bool, String>
         .map_err(|e| e.to_string())?
         .filter(|r| r.status == RunStatus::WaitingApproval)
         .ok_or_else(|| format!("run {id} does not wait for an approval"))?;
-    let version = run
-        .git
-        .as_ref()
-        .and_then(|g| g.commit.clone())
-        .map(|c| c.chars().take(12).collect())
-        .unwrap_or_else(|| id.to_string());
+    let version = super::version_of(&run);
     let mut gates = Vec::new();
-    for st in store.get_stages(id).await.map_err(|e| e.to_string())? {
-        let Some(g) = st
-            .approval
-            .filter(|_| st.status == StageStatus::WaitingApproval)
-        else {
-            continue;
-        };
+    for (stage, g) in waiting_gates(store, id).await? {
         let mut doc = DeploymentDoc::requested(
             g.deployment.clone(),
             &run.pipeline,
@@ -119,7 +108,7 @@ pub async fn hold(store: &SledStore, entry: &QueueEntry) -> Result<bool, String>
             &version,
             DeploySource::Pipeline {
                 run: Some(id.clone()),
-                stage: Some(st.name.clone()),
+                stage: Some(stage),
             },
         );
         doc.status = DeploymentStatus::WaitingApproval;
@@ -150,13 +139,7 @@ pub async fn hold(store: &SledStore, entry: &QueueEntry) -> Result<bool, String>
 /// `always` stages still run). False when it does not wait.
 pub async fn cancel_paused(store: &SledStore, id: &RunId, by: &str) -> Result<bool, String> {
     let mut any = false;
-    for st in store.get_stages(id).await.map_err(|e| e.to_string())? {
-        let Some(g) = st
-            .approval
-            .filter(|_| st.status == StageStatus::WaitingApproval)
-        else {
-            continue;
-        };
+    for (_, g) in waiting_gates(store, id).await? {
         let answer = Approval {
             approved: false,
             by: by.to_string(),
@@ -170,4 +153,14 @@ pub async fn cancel_paused(store: &SledStore, id: &RunId, by: &str) -> Result<bo
         any |= r.is_ok();
     }
     Ok(any)
+}
+
+/// The gates of run `id` that wait, with their stages.
+async fn waiting_gates(store: &SledStore, id: &RunId) -> Result<Vec<(StageName, GateDoc)>, String> {
+    let stages = store.get_stages(id).await.map_err(|e| e.to_string())?;
+    Ok(stages
+        .into_iter()
+        .filter(|st| st.status == StageStatus::WaitingApproval)
+        .filter_map(|st| Some((st.name, st.approval?)))
+        .collect())
 }

@@ -288,3 +288,12 @@ pub(crate) async fn deployments(
     )
         .into_response())
 }
+
+/// The version a run deploys: its commit (12 characters), else its id.
+pub(crate) fn version_of(run: &sentinel_api::RunDoc) -> String {
+    run.git
+        .as_ref()
+        .and_then(|g| g.commit.clone())
+        .map(|c| c.chars().take(12).collect())
+        .unwrap_or_else(|| run.id.to_string())
+}

@@ -107,12 +107,7 @@ pub(crate) async fn promote(
         }
         _ => {}
     }
-    let version = run
-        .git
-        .as_ref()
-        .and_then(|g| g.commit.clone())
-        .map(|c| c.chars().take(12).collect())
-        .unwrap_or_else(|| from.to_string());
+    let version = super::version_of(&run);
     // A committed image, when a job of the run made one.
     let mut image = None;
     for st in s
