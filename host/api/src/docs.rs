@@ -24,6 +24,8 @@ pub enum TriggerKind {
     Webhook,
     /// A deploy: a marker a watcher found, or a promotion.
     Deploy,
+    /// A schedule of the server's config.
+    Schedule,
     /// Written by a newer Sentinel.
     #[serde(other)]
     Unknown,

@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod badge;
+pub mod clock;
 pub mod deploys;
 mod error;
 mod hooks;
@@ -19,6 +20,7 @@ pub mod openapi;
 pub mod request_id;
 mod routes;
 mod runs;
+pub mod schedules;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -156,6 +158,8 @@ pub struct AppState {
     pub web_dir: Option<PathBuf>,
     /// Deploy watchers and environments (none by default).
     pub deploys: Arc<deploys::Deploys>,
+    /// Schedules (none by default).
+    pub schedules: schedules::Schedules,
     limiter: Arc<auth::Limiter>,
 }
 
@@ -183,6 +187,7 @@ impl AppState {
             results_dir: None,
             web_dir: None,
             deploys: Arc::default(),
+            schedules: Arc::default(),
             limiter,
         }
     }

@@ -20,7 +20,7 @@ use tower_http::services::ServeDir;
 use sentinel_store::tokens::Scope;
 
 use crate::runs::St;
-use crate::{ApiError, AppState, admin, badge, deploys, hooks, logs, runs};
+use crate::{ApiError, AppState, admin, badge, deploys, hooks, logs, runs, schedules};
 
 /// Who may call an endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +192,13 @@ pub const ROUTES: &[Route] = &[
         Access::Public,
         "Clear the session cookie",
         || delete(admin::close_session),
+    ),
+    r(
+        "GET",
+        "/api/v1/schedules",
+        READ,
+        "Schedules: each one's cron, time zone, next firing and last run",
+        || get(schedules::list),
     ),
     r(
         "GET",

@@ -24,6 +24,7 @@ pub mod kept;
 pub mod outbox;
 mod queue;
 mod runs;
+pub mod schedules;
 pub mod secrets;
 pub mod tokens;
 
@@ -81,6 +82,7 @@ pub struct SledStore {
     deploy_latest: sled::Tree,
     deploy_current: sled::Tree,
     deploy_pending: sled::Tree,
+    schedules: sled::Tree,
     /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
     outbox_len: Arc<AtomicUsize>,
     parked_len: Arc<AtomicUsize>,
@@ -188,6 +190,7 @@ impl SledStore {
             deploy_latest: tree("deploy_latest")?,
             deploy_current: tree("deploy_current")?,
             deploy_pending: tree("deploy_pending")?,
+            schedules: tree("schedules")?,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             runs: tree("runs")?,
             stages: tree("stages")?,

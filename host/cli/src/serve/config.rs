@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use sentinel_server::schedules::ScheduleConfig;
 use sentinel_server::{ApiConfig, EnvironmentConfig, RepoConfig, WatcherConfig};
 
 /// The configuration file's shape (every field optional; see [`Settings`]).
@@ -41,6 +42,9 @@ pub struct FileConfig {
     /// Environments deploys go to, by name (promotion, approval).
     #[serde(default)]
     pub environments: BTreeMap<String, EnvironmentConfig>,
+    /// Schedules, by name.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, ScheduleConfig>,
 }
 
 /// Where results go besides the local folder.
@@ -176,6 +180,8 @@ pub struct Settings {
     pub watchers: BTreeMap<String, WatcherConfig>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub environments: BTreeMap<String, EnvironmentConfig>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, ScheduleConfig>,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -226,6 +232,18 @@ fn check_watcher(name: &str, w: &WatcherConfig, api: &ApiConfig) -> anyhow::Resu
         ));
     }
     Ok(())
+}
+
+/// The schedules checked against the configured repositories.
+fn schedules_of(
+    schedules: &BTreeMap<String, ScheduleConfig>,
+    api: &ApiConfig,
+) -> anyhow::Result<Vec<sentinel_server::schedules::Schedule>> {
+    let repos: Vec<String> = api.repos.keys().cloned().collect();
+    schedules
+        .iter()
+        .map(|(name, s)| s.check(name, &repos).map_err(anyhow::Error::msg))
+        .collect()
 }
 
 /// Reads a TOML file, naming the line and column of a mistake.
@@ -319,6 +337,7 @@ impl Settings {
         for (name, w) in &file.watchers {
             check_watcher(name, w, &api)?;
         }
+        schedules_of(&file.schedules, &api)?;
         for (name, e) in &file.environments {
             if !sentinel_deploy::marker::app_ok(name) {
                 anyhow::bail!(
@@ -355,7 +374,13 @@ impl Settings {
             api,
             watchers: file.watchers.clone(),
             environments: file.environments.clone(),
+            schedules: file.schedules.clone(),
         })
+    }
+
+    /// The schedules, checked.
+    pub fn checked_schedules(&self) -> anyhow::Result<Vec<sentinel_server::schedules::Schedule>> {
+        schedules_of(&self.schedules, &self.api)
     }
 
     /// The deploy watchers with their locations (S3 ones use the `[s3]`
@@ -485,127 +510,5 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct T {
-        #[command(flatten)]
-        a: ServeArgs,
-    }
-
-    #[test]
-    fn flags_override_the_file_and_mistakes_are_located() {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("server.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:9000\"\nruns = 3\n[repos.app]\nurl = \"file:///srv/app.git\"\ngithub = \"octo/app\"\n[api]\npublic_read = true\n",
-        )
-        .unwrap();
-        let t = T::try_parse_from([
-            "x",
-            "--config",
-            file.to_str().unwrap(),
-            "--runs",
-            "5",
-            "--repo",
-            "lib=file:///srv/lib.git",
-        ])
-        .unwrap();
-        let s = Settings::resolve(&t.a, None, None, tmp.path()).unwrap();
-        assert_eq!(s.listen.port(), 9000);
-        assert_eq!(s.runs, 5, "the flag wins");
-        assert!(s.api.public_read);
-        assert_eq!(s.api.repos["app"].github.as_deref(), Some("octo/app"));
-        assert_eq!(s.api.repos["lib"].url, "file:///srv/lib.git");
-        assert_eq!(s.state, tmp.path().join(".sentinel"));
-        // A relative state folder becomes absolute (containers mount it).
-        let rel = Settings::resolve(&t.a, Some("rel-state".into()), None, tmp.path()).unwrap();
-        assert!(
-            rel.state.is_absolute() && rel.results.is_absolute(),
-            "{rel:?}"
-        );
-        assert!(rel.state.ends_with("rel-state"));
-        let printed = s.to_toml().unwrap();
-        assert!(
-            printed.contains("runs = 5") && printed.contains("[api.repos.app]"),
-            "{printed}"
-        );
-
-        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nruns = \"many\"\n").unwrap();
-        let e = read_file(&file).unwrap_err().to_string();
-        assert!(e.contains("server.toml:2:8"), "{e}");
-        std::fs::write(&file, "lisen = 1\n").unwrap();
-        let e = read_file(&file).unwrap_err().to_string();
-        assert!(e.contains(":1:1") && e.contains("lisen"), "{e}");
-    }
-
-    #[test]
-    fn the_cache_stays_out_of_the_results() {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("server.toml");
-        let resolve = |cache: &str| {
-            std::fs::write(
-                &file,
-                format!("[s3]\nurl = \"s3://ci/results\"\n[cache]\nurl = \"{cache}\"\nbudget_mib = 512\n"),
-            )
-            .unwrap();
-            let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
-            Settings::resolve(&t.a, None, None, tmp.path())
-        };
-        for inside in ["s3://ci/results", "s3://ci/results/cache"] {
-            let e = resolve(inside).unwrap_err().to_string();
-            assert!(e.contains("lies inside the results"), "{inside}: {e}");
-        }
-        let s = resolve("s3://ci/cache").unwrap();
-        assert_eq!(s.cache.budget_mib, 512);
-        assert_eq!(s.cache.max_entry_mib, 1000, "wercker's cap by default");
-        assert!(resolve("s3://other/results").is_ok());
-    }
-
-    #[test]
-    fn watchers_and_environments_that_cannot_work_are_refused_at_start() {
-        let tmp = tempfile::tempdir().unwrap();
-        let file = tmp.path().join("server.toml");
-        let resolve = |extra: &str| {
-            std::fs::write(
-                &file,
-                format!("[repos.deployer]\nurl = \"file:///srv/d.git\"\n{extra}"),
-            )
-            .unwrap();
-            let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
-            Settings::resolve(&t.a, None, None, tmp.path())
-        };
-        let watcher = |repo: &str, markers: &str| {
-            format!(
-                "[watchers.dev]\nrepo = \"{repo}\"\nenvironment = \"development\"\nmarkers = \"{markers}\"\npayloads = \"/srv/payloads\"\n"
-            )
-        };
-        let s = resolve(&watcher("deployer", "s3://releases/deploys")).unwrap();
-        assert_eq!(s.watchers["dev"].poll_seconds, 300, "the monitor's default");
-        assert_eq!(s.watchers["dev"].git_ref, "HEAD");
-        let e = resolve(&watcher("nope", "/srv/m")).unwrap_err().to_string();
-        assert!(
-            e.contains("[watchers.dev]: repo `nope` is not in [repos]"),
-            "{e}"
-        );
-        let e = resolve(&watcher("deployer", "s3:///x"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("[watchers.dev]: markers:"), "{e}");
-        let e = resolve("[environments.prod]\nrepo = \"nope\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("[environments.prod]: repo `nope`"), "{e}");
-        let s = resolve("[environments.prod]\nrepo = \"deployer\"\napproval = true\n").unwrap();
-        assert!(s.environments["prod"].approval);
-        assert_eq!(s.environments["prod"].approval_timeout_hours, 24);
-        // A mistake names its line.
-        let e = resolve("[environments.prod]\nrepo = \"deployer\"\napprovel = true\n")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(":5:1: unknown field `approvel`"), "{e}");
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -256,6 +256,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
             .deploys(&dirs.state, deployments_changed.clone())
             .await?,
     );
+    state.schedules = Arc::new(settings.checked_schedules()?);
     let bucket = match settings.s3_config()? {
         Some(cfg) => Some(sentinel_s3::S3Sink::connect(cfg).await),
         None => None,
@@ -293,9 +294,10 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         stop.clone(),
     ));
     let waits = tokio::spawn(sentinel_server::deploys::expire_waits(
-        watching,
+        watching.clone(),
         stop.clone(),
     ));
+    let scheduling = tokio::spawn(sentinel_server::schedules::run(watching, stop.clone()));
     let http_stop = stop.clone();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -319,6 +321,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     let _ = working.await;
     let _ = watchers.await;
     let _ = waits.await;
+    let _ = scheduling.await;
     publish_stop.cancel();
     let _ = publishing.await;
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;

@@ -1,0 +1,207 @@
+//! Schedules on a real `sentinel serve` with a real Docker engine, on a
+//! test clock (debug builds read the time from the file
+//! `SENTINEL_TEST_CLOCK` names, so no test waits real minutes): an
+//! every-minute schedule fires once per minute across a restart; three
+//! minutes of downtime give one catch-up run under `catch_up = "latest"`
+//! and none under `"none"`; a schedule at 02:30 in `Europe/Berlin` fires at
+//! 03:00 CEST on the spring-forward day and once, at its first occurrence,
+//! on the autumn day.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::server::{Client, Server, bare_repo_once, free_port};
+
+const PIPELINE: &str = r#"version: 1
+name: tick
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  tick:
+    env:
+      WHY: ~
+    run: echo "tick $WHY"
+"#;
+
+struct Rig {
+    tmp: tempfile::TempDir,
+    clock: PathBuf,
+    config: PathBuf,
+}
+
+impl Rig {
+    fn new(schedules: &str, at: &str) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = bare_repo_once(&tmp.path().join("tick"), &[("sentinel.yml", PIPELINE)]);
+        let config = tmp.path().join("server.toml");
+        std::fs::write(
+            &config,
+            format!("[repos.tick]\nurl = \"{repo}\"\n{schedules}"),
+        )
+        .unwrap();
+        let clock = tmp.path().join("clock");
+        let rig = Self { tmp, clock, config };
+        rig.at(at);
+        rig
+    }
+
+    /// Sets the server's clock.
+    fn at(&self, t: &str) {
+        std::fs::write(&self.clock, t).unwrap();
+    }
+
+    fn start(&self) -> Server {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let clock = self.clock.to_str().unwrap();
+        Server::start(
+            &self.tmp.path().join("state"),
+            &[
+                "--config",
+                self.config.to_str().unwrap(),
+                "--listen",
+                &listen,
+            ],
+            &[("SENTINEL_TEST_CLOCK", clock)],
+        )
+    }
+}
+
+/// The firings of schedule `name` that queued a run: run id → `by`.
+async fn fired(c: &Client, name: &str) -> BTreeMap<String, String> {
+    let v = c.get("/api/v1/runs?limit=500").await;
+    let prefix = format!("schedule {name} at ");
+    v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["queued"].as_array().unwrap())
+        .filter_map(|r| {
+            let by = r["trigger"]["by"].as_str()?;
+            by.starts_with(&prefix)
+                .then(|| (r["id"].as_str().unwrap().to_string(), by.to_string()))
+        })
+        .collect()
+}
+
+/// Waits until schedule `name` has queued `n` runs, then makes sure it
+/// queues no more for a while; the firing times, in order.
+async fn expect(c: &Client, name: &str, n: usize) -> Vec<String> {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = fired(c, name).await;
+        assert!(got.len() <= n, "{name} fired too often: {got:?}");
+        if got.len() == n {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "{name} fired {got:?}, not {n} times"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Ten passes of the schedules later, still `n`.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let got = fired(c, name).await;
+    assert_eq!(got.len(), n, "{name}: {got:?}");
+    let mut at: Vec<String> = got
+        .values()
+        .map(|by| by.rsplit(' ').next().unwrap().to_string())
+        .collect();
+    at.sort();
+    at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_once_per_minute_across_restarts_and_catches_up_by_policy() {
+    common::docker().await;
+    let rig = Rig::new(
+        "[schedules.every]\nrepo = \"tick\"\ncron = \"* * * * *\"\nenv = { WHY = \"every\" }\n\
+         [schedules.quiet]\nrepo = \"tick\"\ncron = \"* * * * *\"\ncatch_up = \"none\"\nenv = { WHY = \"quiet\" }\n\
+         [schedules.off]\nrepo = \"tick\"\ncron = \"* * * * *\"\nenabled = false\n",
+        "2030-01-01T00:00:30Z",
+    );
+    let server = rig.start();
+    let c = Client::new(&server.url, &server.admin);
+    assert!(expect(&c, "every", 0).await.is_empty());
+
+    // A minute on: each fires once, for 00:01.
+    rig.at("2030-01-01T00:01:05Z");
+    assert_eq!(expect(&c, "every", 1).await, ["2030-01-01T00:01:00Z"]);
+    assert_eq!(expect(&c, "quiet", 1).await.len(), 1);
+    rig.at("2030-01-01T00:01:40Z");
+    expect(&c, "every", 1).await;
+
+    // kill -9 and a new server: 00:01 is not fired again, 00:02 is, once.
+    drop(server);
+    let server = rig.start();
+    let c = Client::new(&server.url, &server.admin);
+    rig.at("2030-01-01T00:02:10Z");
+    assert_eq!(
+        expect(&c, "every", 2).await,
+        ["2030-01-01T00:01:00Z", "2030-01-01T00:02:00Z"]
+    );
+    assert_eq!(expect(&c, "quiet", 2).await.len(), 2);
+
+    // Down for three minutes (00:03, 00:04, 00:05 missed): `latest` runs
+    // the newest once, `none` runs none.
+    server.stop();
+    rig.at("2030-01-01T00:05:30Z");
+    let server = rig.start();
+    let c = Client::new(&server.url, &server.admin);
+    let every = expect(&c, "every", 3).await;
+    assert_eq!(every[2], "2030-01-01T00:05:00Z", "{every:?}");
+    assert_eq!(expect(&c, "quiet", 2).await.len(), 2, "{}", server.log());
+    assert!(fired(&c, "off").await.is_empty());
+
+    // The API says where each stands; a scheduled run got its env.
+    let v = c.get("/api/v1/schedules").await;
+    let every = v["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "every")
+        .unwrap();
+    assert_eq!(every["next"], "2030-01-01T00:06:00Z", "{v}");
+    assert_eq!(every["last_firing"], "2030-01-01T00:05:00Z", "{v}");
+    let run = every["last_run"].as_str().unwrap();
+    let done = c.wait_final(run).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    assert_eq!(done["run"]["trigger"]["kind"], "schedule", "{done}");
+    let (_, log) = c.text(&format!("/api/v1/runs/{run}/stages/tick/log")).await;
+    assert!(log.contains("tick every"), "{log}");
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_berlin_schedule_crosses_both_daylight_saving_changes_as_documented() {
+    common::docker().await;
+    let schedule = "[schedules.berlin]\nrepo = \"tick\"\ncron = \"30 2 * * *\"\ntimezone = \"Europe/Berlin\"\n";
+    // Spring: 02:30 does not exist on 2027-03-28; it fires at 03:00 CEST.
+    let spring = Rig::new(schedule, "2027-03-27T23:00:00Z");
+    let server = spring.start();
+    let c = Client::new(&server.url, &server.admin);
+    spring.at("2027-03-28T00:45:00Z"); // 01:45 CET
+    assert!(expect(&c, "berlin", 0).await.is_empty());
+    spring.at("2027-03-28T01:00:30Z"); // 03:00:30 CEST
+    assert_eq!(expect(&c, "berlin", 1).await, ["2027-03-28T01:00:00Z"]);
+    server.stop();
+
+    // Autumn: 02:30 happens twice on 2027-10-31; it fires at the first.
+    let autumn = Rig::new(schedule, "2027-10-30T22:00:00Z");
+    let server = autumn.start();
+    let c = Client::new(&server.url, &server.admin);
+    autumn.at("2027-10-31T00:31:00Z"); // 02:31 CEST
+    assert_eq!(expect(&c, "berlin", 1).await, ["2027-10-31T00:30:00Z"]);
+    autumn.at("2027-10-31T01:31:00Z"); // 02:31 CET, the hour again
+    expect(&c, "berlin", 1).await;
+    autumn.at("2027-11-01T01:31:00Z"); // 02:31 CET the next day
+    assert_eq!(
+        expect(&c, "berlin", 2).await,
+        ["2027-10-31T00:30:00Z", "2027-11-01T01:30:00Z"]
+    );
+    server.stop();
+}
