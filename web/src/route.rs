@@ -1,7 +1,8 @@
 //! Hash routes, so the app works from any static host (a bucket's website
 //! cannot rewrite paths): `#/` the runs, `#/run/<id>` a run,
 //! `#/run/<id>/<stage>` a stage, `#/run/<id>/<stage>/L<n>` a line of its log,
-//! `#/deployments` what is deployed where.
+//! `#/deployments` what is deployed where, `#/schedules` a live server's
+//! schedules.
 
 use leptos::prelude::*;
 
@@ -10,6 +11,7 @@ use leptos::prelude::*;
 pub enum Route {
     Runs,
     Deployments,
+    Schedules,
     Run(String),
     Stage {
         run: String,
@@ -24,6 +26,7 @@ impl Route {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
         match parts.as_slice() {
             ["deployments"] => Route::Deployments,
+            ["schedules"] => Route::Schedules,
             ["run", id] => Route::Run(id.to_string()),
             ["run", id, stage] => Route::Stage {
                 run: id.to_string(),
@@ -43,6 +46,7 @@ impl Route {
         match self {
             Route::Runs => "#/".into(),
             Route::Deployments => "#/deployments".into(),
+            Route::Schedules => "#/schedules".into(),
             Route::Run(id) => format!("#/run/{id}"),
             Route::Stage { run, stage, line } => match line {
                 Some(n) => format!("#/run/{run}/{stage}/L{n}"),

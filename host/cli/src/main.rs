@@ -12,6 +12,7 @@ mod progress;
 mod read;
 mod remote;
 mod run;
+mod schedules;
 mod secret;
 mod serve;
 mod trigger;
@@ -108,6 +109,8 @@ enum Command {
     Approve(deployments::AnswerArgs),
     /// Reject a deploy that waits for an approval (a deploy-scope token).
     Reject(deployments::AnswerArgs),
+    /// A server's schedules, with their next firings.
+    Schedules(schedules::SchedulesArgs),
     /// The results web app.
     Web {
         #[command(subcommand)]
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
             Command::Promote(args) => deployments::promote(&cli.paths, args).await,
             Command::Approve(args) => deployments::answer(&cli.paths, args, true).await,
             Command::Reject(args) => deployments::answer(&cli.paths, args, false).await,
+            Command::Schedules(args) => schedules::schedules(&cli.paths, args).await,
             Command::Web { cmd } => web::web(&cli.paths, cmd).await,
             Command::Serve(_) => unreachable!("handled above"),
         }

@@ -5,7 +5,8 @@
 //! minutes of downtime give one catch-up run under `catch_up = "latest"`
 //! and none under `"none"`; a schedule at 02:30 in `Europe/Berlin` fires at
 //! 03:00 CEST on the spring-forward day and once, at its first occurrence,
-//! on the autumn day.
+//! on the autumn day. The API, the CLI and the web app show each
+//! schedule's next firing.
 
 mod common;
 
@@ -13,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::browser::Browser;
 use common::server::{Client, Server, bare_repo_once, free_port};
 
 const PIPELINE: &str = r#"version: 1
@@ -64,6 +66,8 @@ impl Rig {
                 self.config.to_str().unwrap(),
                 "--listen",
                 &listen,
+                "--web",
+                common::browser::dist().to_str().unwrap(),
             ],
             &[("SENTINEL_TEST_CLOCK", clock)],
         )
@@ -173,6 +177,57 @@ async fn a_schedule_fires_once_per_minute_across_restarts_and_catches_up_by_poli
     assert_eq!(done["run"]["trigger"]["kind"], "schedule", "{done}");
     let (_, log) = c.text(&format!("/api/v1/runs/{run}/stages/tick/log")).await;
     assert!(log.contains("tick every"), "{log}");
+    // And so does the CLI.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args([
+            "schedules",
+            "--server",
+            &server.url,
+            "--token",
+            &server.admin,
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    let line = said
+        .lines()
+        .find(|l| l.starts_with("every "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("2030-01-01 00:06") && line.contains(run),
+        "{said}"
+    );
+    let off = said
+        .lines()
+        .find(|l| l.starts_with("off "))
+        .unwrap_or_default();
+    assert!(off.contains("disabled"), "{said}");
+    // And so does the web app, to a signed-in user.
+    let b = Browser::start().await;
+    b.client.goto(&server.url).await.unwrap();
+    b.find("#token")
+        .await
+        .send_keys(&server.admin)
+        .await
+        .unwrap();
+    b.click(".sign-in button").await;
+    b.find(".sign-out").await;
+    b.client
+        .goto(&format!("{}/#/schedules", server.url))
+        .await
+        .unwrap();
+    let next = r#"tr[data-schedule="every"] .next"#;
+    b.wait_text(next, |t| t == "2030-01-01 00:06 UTC", "every's next firing")
+        .await;
+    b.wait_text(
+        r#"tr[data-schedule="off"] .next"#,
+        |t| t == "disabled",
+        "off",
+    )
+    .await;
+    b.screenshot("web-schedules").await;
+    b.close().await;
     server.stop();
 }
 
