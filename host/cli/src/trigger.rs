@@ -18,6 +18,9 @@ pub struct TriggerArgs {
     /// The branch, tag or commit.
     #[arg(long = "ref", default_value = "HEAD")]
     git_ref: String,
+    /// One of the repository's named pipelines (required when it has them).
+    #[arg(long)]
+    pipeline: Option<String>,
     #[command(flatten)]
     server: ServerArgs,
     /// Wait for the run to end and exit with its result.
@@ -32,7 +35,7 @@ pub async fn trigger(paths: &Paths, args: TriggerArgs) -> anyhow::Result<ExitCod
         .call(
             Method::POST,
             "/api/v1/runs",
-            Some(json!({ "repo": args.repo, "ref": args.git_ref })),
+            Some(json!({ "repo": args.repo, "ref": args.git_ref, "pipeline": args.pipeline })),
         )
         .await?;
     let id = v["id"].as_str().unwrap_or_default().to_string();

@@ -122,33 +122,50 @@ pub(crate) async fn github(
             push.repository.full_name
         ))
     })?;
-    let spec = RunSpec {
-        repo,
-        git_ref: push.after.clone(),
-        branch: push.git_ref.strip_prefix("refs/heads/").map(str::to_string),
-        rerun_of: None,
-        from: None,
-        env: Default::default(),
-        secrets: Default::default(),
-        deploy: None,
-        resume: None,
+    // A repository with named pipelines runs each of them.
+    let pipelines: Vec<Option<String>> = match s.config.repos.get(&repo) {
+        Some(r) if !r.pipelines.is_empty() => r.pipelines.keys().cloned().map(Some).collect(),
+        _ => vec![None],
     };
-    let entry = s.entry(
-        &spec,
-        Trigger {
-            kind: TriggerKind::Webhook,
-            by: Some(format!("github:{delivery}")),
-        },
-    );
-    let (id, fresh) = s
-        .store
-        .enqueue_once(&format!("github:{delivery}"), &entry)
-        .await
-        .map_err(ApiError::internal)?;
-    if fresh {
-        s.metrics.accepted(&id, entry.enqueued);
-        s.control.queued();
+    let mut runs = Vec::new();
+    let mut redelivery = true;
+    for pipeline in pipelines {
+        let spec = RunSpec {
+            repo: repo.clone(),
+            pipeline: pipeline.clone(),
+            git_ref: push.after.clone(),
+            branch: push.git_ref.strip_prefix("refs/heads/").map(str::to_string),
+            ..RunSpec::default()
+        };
+        let entry = s.entry(
+            &spec,
+            Trigger {
+                kind: TriggerKind::Webhook,
+                by: Some(format!("github:{delivery}")),
+            },
+        );
+        // One run per delivery and pipeline, whatever GitHub redelivers.
+        let key = match &pipeline {
+            Some(p) => format!("github:{delivery}:{p}"),
+            None => format!("github:{delivery}"),
+        };
+        let (id, fresh) = s
+            .store
+            .enqueue_once(&key, &entry)
+            .await
+            .map_err(ApiError::internal)?;
+        if fresh {
+            s.metrics.accepted(&id, entry.enqueued);
+            s.control.queued();
+        }
+        redelivery &= !fresh;
+        runs.push(json!({ "pipeline": entry.pipeline, "id": id }));
     }
-    let body: Value = json!({ "id": id, "status": "queued", "redelivery": !fresh });
+    let body: Value = json!({
+        "id": runs.first().map(|r| r["id"].clone()),
+        "runs": runs,
+        "status": "queued",
+        "redelivery": redelivery,
+    });
     Ok((StatusCode::ACCEPTED, Json(body)))
 }

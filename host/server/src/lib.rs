@@ -56,6 +56,103 @@ pub struct RepoConfig {
     /// `dockercise.yml`, …).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<String>,
+    /// Several named pipelines, each with its file (instead of `pipeline`):
+    /// a run names one; a push runs each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+/// A named pipeline of a repository (`[repos.NAME.pipelines.PIPELINE]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Its file in the repository (any dialect).
+    pub file: String,
+}
+
+impl RepoConfig {
+    /// The file of pipeline `name` (none: the repository's one pipeline).
+    pub fn file_of(&self, name: Option<&str>) -> Option<&str> {
+        match name {
+            Some(n) => self.pipelines.get(n).map(|p| p.file.as_str()),
+            None => self.pipeline.as_deref(),
+        }
+    }
+}
+
+/// Checks that `pipeline` names a pipeline of repository `repo` — or, for
+/// a repository with one pipeline, that none is named.
+pub fn check_pipeline(
+    repos: &BTreeMap<String, RepoConfig>,
+    repo: &str,
+    pipeline: Option<&str>,
+) -> Result<(), String> {
+    let Some(r) = repos.get(repo) else {
+        return Err(format!(
+            "repo `{repo}` is not in [repos] (it has: {})",
+            repos.keys().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    };
+    let names = || r.pipelines.keys().cloned().collect::<Vec<_>>().join(", ");
+    match pipeline {
+        None if r.pipelines.is_empty() => Ok(()),
+        None => Err(format!(
+            "repository `{repo}` has several pipelines ({}): name one",
+            names()
+        )),
+        Some(p) if r.pipelines.contains_key(p) => Ok(()),
+        Some(p) if r.pipelines.is_empty() => Err(format!(
+            "repository `{repo}` has no named pipelines, so no pipeline `{p}`"
+        )),
+        Some(p) => Err(format!(
+            "repository `{repo}` has no pipeline `{p}` (it has: {})",
+            names()
+        )),
+    }
+}
+
+/// Checks the repositories' named pipelines: names of letters, digits,
+/// `.`, `-` and `_`, unique across the server (each has its own runs list
+/// and badge), files inside the repository, and not both `pipeline` and
+/// `pipelines`.
+pub fn check_repos(repos: &BTreeMap<String, RepoConfig>) -> Result<(), String> {
+    let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
+    for (repo, r) in repos {
+        if r.pipeline.is_some() && !r.pipelines.is_empty() {
+            return Err(format!(
+                "[repos.{repo}]: give `pipeline` (one pipeline) or `pipelines` (several), not both"
+            ));
+        }
+        for (name, p) in &r.pipelines {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !ok {
+                return Err(format!(
+                    "[repos.{repo}.pipelines.{name}]: the name may hold letters, digits, `.`, `-` and `_`"
+                ));
+            }
+            let path = std::path::Path::new(&p.file);
+            if p.file.is_empty()
+                || path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(format!(
+                    "[repos.{repo}.pipelines.{name}]: file `{}` must be a path inside the repository",
+                    p.file
+                ));
+            }
+            if let Some(other) = seen.insert(name, repo) {
+                return Err(format!(
+                    "pipeline `{name}` is named in [repos.{other}] and [repos.{repo}]: a pipeline's name is its runs list and badge, so names are unique"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Requests a token may make, as a token bucket.

@@ -24,10 +24,13 @@ use crate::{ApiError, AppState};
 pub(crate) type St = State<Arc<AppState>>;
 
 /// What a queued run is to run: kept as the queue entry's request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
     /// A repository of the server's configuration.
     pub repo: String,
+    /// One of its named pipelines (none: its one pipeline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// The branch, tag or commit to check out.
     #[serde(rename = "ref")]
     pub git_ref: String,
@@ -59,18 +62,19 @@ pub struct RunSpec {
 }
 
 impl RunSpec {
-    /// A deploy run of `repo` at `git_ref`.
-    pub fn deploy(repo: &str, git_ref: &str, deploy: DeployRequest) -> Self {
+    /// A deploy run of `repo`'s `pipeline` at `git_ref`.
+    pub fn deploy(
+        repo: &str,
+        pipeline: Option<&str>,
+        git_ref: &str,
+        deploy: DeployRequest,
+    ) -> Self {
         Self {
             repo: repo.to_string(),
+            pipeline: pipeline.map(str::to_string),
             git_ref: git_ref.to_string(),
-            branch: None,
-            rerun_of: None,
-            from: None,
-            env: BTreeMap::new(),
-            secrets: BTreeMap::new(),
             deploy: Some(deploy),
-            resume: None,
+            ..Self::default()
         }
     }
 }
@@ -101,6 +105,8 @@ pub(crate) struct ListQuery {
     limit: usize,
     /// The last id of the previous page.
     before: Option<String>,
+    /// Only the runs of this pipeline.
+    pipeline: Option<String>,
 }
 
 fn default_limit() -> usize {
@@ -119,13 +125,20 @@ pub(crate) async fn list_runs(
     let limit = q.limit.clamp(1, 500);
     let store = s.store.clone();
     let b = before.clone();
+    let pipeline = q.pipeline.clone();
     let (runs, queued) = tokio::task::spawn_blocking(move || {
-        let runs = store.runs_page_raw(b.as_ref(), limit)?;
+        let runs = match &pipeline {
+            Some(p) => store.pipeline_page_raw(p, b.as_ref(), limit, PIPELINE_SCAN)?,
+            None => store.runs_page_raw(b.as_ref(), limit)?,
+        };
         // The first page also names the runs accepted but not started.
-        let queued = match b {
+        let mut queued = match b {
             None => store.unstarted(MAX_QUEUED_LISTED)?,
             Some(_) => Vec::new(),
         };
+        if let Some(p) = &pipeline {
+            queued.retain(|e| &e.pipeline == p);
+        }
         Ok::<_, sentinel_engine::ports::StorageError>((runs, queued))
     })
     .await
@@ -149,6 +162,9 @@ pub(crate) async fn list_runs(
     let headers = [(axum::http::header::CONTENT_TYPE, "application/json")];
     Ok(axum::response::IntoResponse::into_response((headers, body)))
 }
+
+/// The most runs a pipeline's list looks through for one page.
+const PIPELINE_SCAN: usize = 50_000;
 
 /// The most not-yet-started runs the list names.
 const MAX_QUEUED_LISTED: usize = 100;
@@ -211,6 +227,9 @@ pub(crate) struct TriggerRequest {
     /// Pipeline secret name → stored secret name.
     #[serde(default)]
     secrets: BTreeMap<String, String>,
+    /// One of the repository's named pipelines (required when it has them).
+    #[serde(default)]
+    pipeline: Option<String>,
 }
 
 /// Environment and secret names: letters, digits and `_`, not starting with a digit.
@@ -251,7 +270,7 @@ impl AppState {
     pub(crate) fn entry(&self, spec: &RunSpec, trigger: Trigger) -> QueueEntry {
         QueueEntry {
             run_id: new_run_id(),
-            pipeline: spec.repo.clone(),
+            pipeline: spec.pipeline.clone().unwrap_or_else(|| spec.repo.clone()),
             trigger,
             request: serde_json::to_value(spec).unwrap_or(Value::Null),
             attempt: 1,
@@ -298,6 +317,8 @@ pub(crate) async fn trigger(
     let caller = s.authorize(&headers, Scope::Trigger)?;
     let Json(req) = body?;
     s.check_repo(&req.repo)?;
+    crate::check_pipeline(&s.config.repos, &req.repo, req.pipeline.as_deref())
+        .map_err(ApiError::bad_request)?;
     for k in req.env.keys() {
         check_name("variable", k)?;
     }
@@ -307,14 +328,11 @@ pub(crate) async fn trigger(
     }
     let spec = RunSpec {
         repo: req.repo,
+        pipeline: req.pipeline,
         git_ref: req.git_ref,
-        branch: None,
-        rerun_of: None,
-        from: None,
         env: req.env,
         secrets: req.secrets,
-        deploy: None,
-        resume: None,
+        ..RunSpec::default()
     };
     s.queue_api(&spec, &caller).await
 }

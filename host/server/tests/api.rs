@@ -53,6 +53,7 @@ fn config(public_read: bool) -> ApiConfig {
                 url: "file:///srv/git/app.git".into(),
                 github: None,
                 pipeline: Some("sentinel.yml".into()),
+                pipelines: BTreeMap::new(),
             },
         )]),
         body_limit: 1024,
@@ -515,6 +516,7 @@ async fn a_wait_past_its_time_is_rejected_and_one_within_it_waits_on() {
             "production".to_string(),
             sentinel_server::EnvironmentConfig {
                 repo: "deployer".into(),
+                pipeline: None,
                 git_ref: "main".into(),
                 domain: String::new(),
                 approval: true,

@@ -1,7 +1,8 @@
 //! GitHub push webhooks through the router: a valid signature queues one
 //! run of the pushed commit; any flipped byte of body or signature, a
 //! missing signature, a `sha1=` one → 401 and nothing queued; the same
-//! delivery ten times at once → one run, ten 2xx answers with its id.
+//! delivery ten times at once → one run, ten 2xx answers with its id; a
+//! repository with two named pipelines gets a run of each, once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use http_body_util::BodyExt;
 use sentinel_api::RunId;
 use sentinel_engine::ports::{RunQueue, StorageError};
 use sentinel_engine::queue::Cancelled;
-use sentinel_server::{ApiConfig, AppState, RepoConfig, RunControl, github_signature, router};
+use sentinel_server::{
+    ApiConfig, AppState, PipelineConfig, RepoConfig, RunControl, github_signature, router,
+};
 use sentinel_store::SledStore;
 use tower::ServiceExt;
 
@@ -31,14 +34,18 @@ const SECRET: &[u8] = b"It's a Secret to Everybody";
 const COMMIT: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
 
 fn push_body() -> String {
+    push_to("octo/app")
+}
+
+fn push_to(repo: &str) -> String {
     serde_json::json!({
         "ref": "refs/heads/main",
         "before": "0000000000000000000000000000000000000000",
         "after": COMMIT,
         "deleted": false,
         "repository": {
-            "full_name": "octo/app",
-            "clone_url": "https://github.com/octo/app.git"
+            "full_name": repo,
+            "clone_url": format!("https://github.com/{repo}.git")
         },
         "pusher": { "name": "octo" }
     })
@@ -49,14 +56,39 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
     let tmp = tempfile::tempdir().unwrap();
     let store = SledStore::try_open(tmp.path()).unwrap();
     let config = ApiConfig {
-        repos: BTreeMap::from([(
-            "app".to_string(),
-            RepoConfig {
-                url: "file:///srv/git/app.git".into(),
-                github: Some("octo/app".into()),
-                pipeline: Some("sentinel.yml".into()),
-            },
-        )]),
+        repos: BTreeMap::from([
+            (
+                "app".to_string(),
+                RepoConfig {
+                    url: "file:///srv/git/app.git".into(),
+                    github: Some("octo/app".into()),
+                    pipeline: Some("sentinel.yml".into()),
+                    pipelines: BTreeMap::new(),
+                },
+            ),
+            (
+                "shop".to_string(),
+                RepoConfig {
+                    url: "file:///srv/git/shop.git".into(),
+                    github: Some("octo/shop".into()),
+                    pipeline: None,
+                    pipelines: BTreeMap::from([
+                        (
+                            "shop-build".to_string(),
+                            PipelineConfig {
+                                file: "ci/build.yml".into(),
+                            },
+                        ),
+                        (
+                            "shop-docs".to_string(),
+                            PipelineConfig {
+                                file: "ci/docs.yml".into(),
+                            },
+                        ),
+                    ]),
+                },
+            ),
+        ]),
         ..ApiConfig::default()
     };
     let mut state = AppState::new(store.clone(), config, Arc::new(Idle));
@@ -239,4 +271,38 @@ async fn a_push_of_many_commits_is_not_refused_for_its_size() {
     let (status, _) = deliver(&app, "d-huge", &huge, Some(("x-hub-signature-256", sig))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(RunQueue::waiting(&store).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_push_runs_each_named_pipeline_once() {
+    let (_tmp, store, app) = setup();
+    let body = push_to("octo/shop");
+    let sig = github_signature(SECRET, body.as_bytes());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let (status, json) = deliver(
+            &app,
+            "d-shop",
+            body.as_bytes(),
+            Some(("x-hub-signature-256", sig.clone())),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+        let runs = json["runs"].as_array().unwrap();
+        let names: Vec<&str> = runs
+            .iter()
+            .map(|r| r["pipeline"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["shop-build", "shop-docs"], "{json}");
+        for r in runs {
+            let id: RunId = r["id"].as_str().unwrap().parse().unwrap();
+            let entry = RunQueue::get(&store, &id).await.unwrap().expect("queued");
+            assert_eq!(entry.pipeline, r["pipeline"].as_str().unwrap());
+            assert_eq!(entry.request["pipeline"], r["pipeline"]);
+            assert_eq!(entry.request["repo"], "shop");
+            seen.insert(id);
+        }
+    }
+    assert_eq!(seen.len(), 2, "a redelivery queues nothing more");
+    assert_eq!(RunQueue::waiting(&store).await.unwrap(), 2);
 }

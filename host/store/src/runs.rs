@@ -87,6 +87,44 @@ impl SledStore {
             .collect()
     }
 
+    /// [`SledStore::runs_page_raw`] of the runs of pipeline `name` only,
+    /// looking through at most `scan` runs (newest first).
+    pub fn pipeline_page_raw(
+        &self,
+        name: &str,
+        before: Option<&RunId>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
+        #[derive(serde::Deserialize)]
+        struct Named<'a> {
+            #[serde(borrow)]
+            pipeline: std::borrow::Cow<'a, str>,
+        }
+        let iter = match before {
+            Some(id) => self.runs.range(..id.as_str().as_bytes()),
+            None => self.runs.iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter.rev().take(scan) {
+            let (k, v) = kv.map_err(|e| err("list runs", e))?;
+            let doc = doc_bytes(&v)?;
+            let named: Named = serde_json::from_slice(&doc).map_err(|e| {
+                err(
+                    "list runs",
+                    format!("run {}: {e}", String::from_utf8_lossy(&k)),
+                )
+            })?;
+            if named.pipeline == name {
+                out.push((String::from_utf8_lossy(&k).into_owned(), doc));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The newest run of the pipeline `name` (looking at the newest `scan` runs).
     pub fn last_run_of(&self, name: &str, scan: usize) -> Result<Option<RunDoc>, StorageError> {
         for kv in self.runs.iter().rev().take(scan) {

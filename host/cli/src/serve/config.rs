@@ -204,13 +204,7 @@ fn check_watcher(name: &str, w: &WatcherConfig, api: &ApiConfig) -> anyhow::Resu
             "the name may hold letters, digits, `.`, `-` and `_`".into()
         ));
     }
-    if !api.repos.contains_key(&w.repo) {
-        return Err(at(format!(
-            "repo `{}` is not in [repos] (it has: {})",
-            w.repo,
-            api.repos.keys().cloned().collect::<Vec<_>>().join(", ")
-        )));
-    }
+    sentinel_server::check_pipeline(&api.repos, &w.repo, w.pipeline.as_deref()).map_err(at)?;
     if !sentinel_deploy::marker::app_ok(&w.environment) {
         return Err(at(format!(
             "environment `{}` must be letters, digits, `.`, `-` and `_`",
@@ -239,10 +233,9 @@ fn schedules_of(
     schedules: &BTreeMap<String, ScheduleConfig>,
     api: &ApiConfig,
 ) -> anyhow::Result<Vec<sentinel_server::schedules::Schedule>> {
-    let repos: Vec<String> = api.repos.keys().cloned().collect();
     schedules
         .iter()
-        .map(|(name, s)| s.check(name, &repos).map_err(anyhow::Error::msg))
+        .map(|(name, s)| s.check(name, &api.repos).map_err(anyhow::Error::msg))
         .collect()
 }
 
@@ -301,6 +294,7 @@ impl Settings {
                     url: url.to_string(),
                     github: None,
                     pipeline: None,
+                    pipelines: BTreeMap::new(),
                 },
             );
         }
@@ -337,6 +331,7 @@ impl Settings {
         for (name, w) in &file.watchers {
             check_watcher(name, w, &api)?;
         }
+        sentinel_server::check_repos(&api.repos).map_err(anyhow::Error::msg)?;
         schedules_of(&file.schedules, &api)?;
         for (name, e) in &file.environments {
             if !sentinel_deploy::marker::app_ok(name) {
@@ -344,9 +339,8 @@ impl Settings {
                     "[environments.{name}]: the name may hold letters, digits, `.`, `-` and `_`"
                 );
             }
-            if !api.repos.contains_key(&e.repo) {
-                anyhow::bail!("[environments.{name}]: repo `{}` is not in [repos]", e.repo);
-            }
+            sentinel_server::check_pipeline(&api.repos, &e.repo, e.pipeline.as_deref())
+                .map_err(|m| anyhow::anyhow!("[environments.{name}]: {m}"))?;
             if e.approval_timeout_hours == 0 {
                 anyhow::bail!("[environments.{name}]: approval_timeout_hours must be at least 1");
             }

@@ -125,3 +125,63 @@ fn watchers_and_environments_that_cannot_work_are_refused_at_start() {
         .to_string();
     assert!(e.contains(":5:1: unknown field `approvel`"), "{e}");
 }
+
+#[test]
+fn named_pipelines_and_the_triggers_that_name_them_are_checked_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("server.toml");
+    let resolve = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
+        Settings::resolve(&t.a, None, None, tmp.path()).map_err(|e| e.to_string())
+    };
+    let shop = "[repos.shop]\nurl = \"/srv/shop.git\"\n[repos.shop.pipelines.build]\nfile = \"ci/build.yml\"\n[repos.shop.pipelines.docs]\nfile = \"ci/docs.yml\"\n";
+    assert!(resolve(shop).is_ok());
+    let e = resolve(&format!(
+        "{shop}[repos.blog]\nurl = \"/srv/blog.git\"\n[repos.blog.pipelines.docs]\nfile = \"docs.yml\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("pipeline `docs` is named in [repos.blog] and [repos.shop]"),
+        "{e}"
+    );
+    let e = resolve(
+        "[repos.a]\nurl = \"/a\"\npipeline = \"x.yml\"\n[repos.a.pipelines.b]\nfile = \"b.yml\"\n",
+    )
+    .unwrap_err();
+    assert!(e.contains("not both"), "{e}");
+    let e = resolve("[repos.a]\nurl = \"/a\"\n[repos.a.pipelines.b]\nfile = \"../b.yml\"\n")
+        .unwrap_err();
+    assert!(e.contains("inside the repository"), "{e}");
+    // A schedule must name one of the pipelines, and a real one.
+    let e = resolve(&format!(
+        "{shop}[schedules.nightly]\nrepo = \"shop\"\ncron = \"@daily\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("[schedules.nightly]") && e.contains("name one"),
+        "{e}"
+    );
+    let e = resolve(&format!(
+        "{shop}[schedules.nightly]\nrepo = \"shop\"\npipeline = \"deploy\"\ncron = \"@daily\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("no pipeline `deploy` (it has: build, docs)"),
+        "{e}"
+    );
+    assert!(
+        resolve(&format!(
+            "{shop}[schedules.nightly]\nrepo = \"shop\"\npipeline = \"build\"\ncron = \"@daily\"\n"
+        ))
+        .is_ok()
+    );
+    let e = resolve(&format!(
+        "{shop}[environments.prod]\nrepo = \"shop\"\npipeline = \"nope\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("[environments.prod]") && e.contains("no pipeline `nope`"),
+        "{e}"
+    );
+}

@@ -135,7 +135,15 @@ impl Resolver {
             )
         })?;
         let (commit, branch) = checkout(&repo.url, &spec.git_ref, dir).await?;
-        let file = match &repo.pipeline {
+        if let Some(p) = &spec.pipeline
+            && !repo.pipelines.contains_key(p)
+        {
+            return Err(format!(
+                "repository `{}` has no pipeline `{p}` in the server's configuration any more",
+                spec.repo
+            ));
+        }
+        let file = match repo.file_of(spec.pipeline.as_deref()) {
             Some(p) => dir.join(p),
             None => sentinel_pipeline::dialect::find_pipeline(dir)
                 .map(|(f, _)| f)
@@ -154,7 +162,7 @@ impl Resolver {
             .display()
             .to_string();
         let catalog = self.catalog.clone();
-        let plan =
+        let mut plan =
             tokio::task::spawn_blocking(move || sentinel_pipeline::load_with(&file, &catalog))
                 .await
                 .map_err(|err| err.to_string())?
@@ -170,6 +178,10 @@ impl Resolver {
                     ),
                     other => other.to_string(),
                 })?;
+        // A named pipeline's runs carry its name: its runs list and badge.
+        if let Some(p) = &spec.pipeline {
+            plan.name = p.clone();
+        }
         // Only the secrets the pipeline names, and each of them (a trigger
         // may say which stored secret serves a name).
         let stored_name = |n: &String| spec.secrets.get(n).cloned().unwrap_or_else(|| n.clone());

@@ -35,7 +35,9 @@ pub fn bare_repo(root: &Path, files: &[(&str, &str)]) -> (String, String) {
     std::fs::create_dir_all(&work).unwrap();
     git(&work, &["init", "--quiet", "--initial-branch=main"]);
     for (name, body) in files {
-        std::fs::write(work.join(name), body).unwrap();
+        let file = work.join(name);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, body).unwrap();
     }
     git(&work, &["add", "."]);
     git(&work, &["commit", "--quiet", "-m", "pipeline"]);

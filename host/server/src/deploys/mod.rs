@@ -44,6 +44,9 @@ pub(crate) use watch::{force, list_watchers, poll_now};
 pub struct WatcherConfig {
     /// The repository (of `[repos]`) whose pipeline deploys.
     pub repo: String,
+    /// Its pipeline, when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// The branch, tag or commit of it to run.
     #[serde(default = "default_ref", rename = "ref")]
     pub git_ref: String,
@@ -160,6 +163,9 @@ impl Changes {
 pub struct EnvironmentConfig {
     /// The repository (of `[repos]`) whose pipeline deploys a promoted run.
     pub repo: String,
+    /// Its pipeline, when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// The branch, tag or commit of it to run.
     #[serde(default = "default_ref", rename = "ref")]
     pub git_ref: String,

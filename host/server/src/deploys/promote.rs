@@ -141,6 +141,7 @@ pub(crate) async fn promote(
     doc.facts = Some(facts.clone());
     let spec = RunSpec::deploy(
         &env.repo,
+        env.pipeline.as_deref(),
         &env.git_ref,
         DeployRequest {
             facts,

@@ -197,6 +197,7 @@ impl AppState {
                     kept = Some(file);
                     let spec = RunSpec::deploy(
                         &c.repo,
+                        c.pipeline.as_deref(),
                         &c.git_ref,
                         DeployRequest {
                             facts,

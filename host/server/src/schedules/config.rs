@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub struct ScheduleConfig {
     /// The repository (of `[repos]`) to run.
     pub repo: String,
+    /// Its pipeline, when it has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
     /// The branch to run.
     #[serde(default = "default_branch")]
     pub branch: String,
@@ -68,7 +71,11 @@ pub struct Schedule {
 
 impl ScheduleConfig {
     /// Checks schedule `name` against the configured repositories.
-    pub fn check(&self, name: &str, repos: &[String]) -> Result<Schedule, String> {
+    pub fn check(
+        &self,
+        name: &str,
+        repos: &BTreeMap<String, crate::RepoConfig>,
+    ) -> Result<Schedule, String> {
         let at = |what: String| format!("[schedules.{name}]: {what}");
         if name.is_empty()
             || !name
@@ -79,13 +86,7 @@ impl ScheduleConfig {
                 "the name may hold letters, digits, `.`, `-` and `_`".into()
             ));
         }
-        if !repos.contains(&self.repo) {
-            return Err(at(format!(
-                "repo `{}` is not in [repos] (it has: {})",
-                self.repo,
-                repos.join(", ")
-            )));
-        }
+        crate::check_pipeline(repos, &self.repo, self.pipeline.as_deref()).map_err(at)?;
         if self.branch.is_empty() || self.branch.starts_with('-') {
             return Err(at(format!("branch `{}` is not a branch", self.branch)));
         }
@@ -137,6 +138,7 @@ mod tests {
     fn schedule(cron: &str, zone: &str) -> Schedule {
         ScheduleConfig {
             repo: "r".into(),
+            pipeline: None,
             branch: "main".into(),
             cron: cron.into(),
             timezone: zone.into(),
@@ -144,8 +146,18 @@ mod tests {
             enabled: true,
             catch_up: CatchUp::Latest,
         }
-        .check("s", &["r".into()])
+        .check("s", &repos())
         .unwrap()
+    }
+
+    fn repos() -> BTreeMap<String, crate::RepoConfig> {
+        let r = crate::RepoConfig {
+            url: "/r".into(),
+            github: None,
+            pipeline: None,
+            pipelines: BTreeMap::new(),
+        };
+        BTreeMap::from([("r".to_string(), r)])
     }
 
     fn utc(s: &str) -> DateTime<Utc> {
@@ -156,6 +168,7 @@ mod tests {
     fn a_bad_expression_zone_or_repo_is_refused_naming_the_schedule() {
         let base = ScheduleConfig {
             repo: "r".into(),
+            pipeline: None,
             branch: "main".into(),
             cron: "0 2 * * *".into(),
             timezone: "UTC".into(),
@@ -163,7 +176,7 @@ mod tests {
             enabled: true,
             catch_up: CatchUp::Latest,
         };
-        let bad = |c: ScheduleConfig| c.check("nightly", &["r".into()]).unwrap_err();
+        let bad = |c: ScheduleConfig| c.check("nightly", &repos()).unwrap_err();
         let e = bad(ScheduleConfig {
             cron: "0 2 * *".into(),
             ..base.clone()
@@ -184,13 +197,13 @@ mod tests {
             ..base.clone()
         });
         assert!(e.contains("repo `nope` is not in [repos]"), "{e}");
-        assert!(base.check("nightly", &["r".into()]).is_ok());
+        assert!(base.check("nightly", &repos()).is_ok());
         assert!(
             ScheduleConfig {
                 cron: "@daily".into(),
                 ..base
             }
-            .check("nightly", &["r".into()])
+            .check("nightly", &repos())
             .is_ok()
         );
     }

@@ -133,14 +133,11 @@ async fn fire(
 ) -> Result<sentinel_api::RunId, String> {
     let spec = RunSpec {
         repo: s.config.repo.clone(),
+        pipeline: s.config.pipeline.clone(),
         git_ref: s.config.branch.clone(),
         branch: Some(s.config.branch.clone()),
-        rerun_of: None,
-        from: None,
         env: s.config.env.clone(),
-        secrets: Default::default(),
-        deploy: None,
-        resume: None,
+        ..RunSpec::default()
     };
     let at = firing.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let entry = state.entry(

@@ -1,5 +1,7 @@
-//! Schedules on a real `sentinel serve` with a real Docker engine, on a
-//! test clock (debug builds read the time from the file
+//! Triggers on a real `sentinel serve` with a real Docker engine. A
+//! repository with two named pipelines: each runs by name, with its own
+//! runs list and badge, and a trigger that names none is refused naming
+//! both. Schedules, on a test clock (debug builds read the time from the file
 //! `SENTINEL_TEST_CLOCK` names, so no test waits real minutes): an
 //! every-minute schedule fires once per minute across a restart; three
 //! minutes of downtime give one catch-up run under `catch_up = "latest"`
@@ -258,5 +260,98 @@ async fn a_berlin_schedule_crosses_both_daylight_saving_changes_as_documented() 
         expect(&c, "berlin", 2).await,
         ["2027-10-31T00:30:00Z", "2027-11-01T01:30:00Z"]
     );
+    server.stop();
+}
+
+const BUILD: &str = "version: 1\nbox: sentinel/busybox:local\ndefaults:\n  network: none\nstages:\n  build:\n    run: echo building\n";
+const DOCS: &str = "version: 1\nbox: sentinel/busybox:local\ndefaults:\n  network: none\nstages:\n  docs:\n    run: echo writing docs\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_badge() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = bare_repo_once(
+        &tmp.path().join("shop"),
+        &[("ci/build.yml", BUILD), ("ci/docs.yml", DOCS)],
+    );
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.shop]\nurl = \"{repo}\"\n[repos.shop.pipelines.shop-build]\nfile = \"ci/build.yml\"\n[repos.shop.pipelines.shop-docs]\nfile = \"ci/docs.yml\"\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let trigger = |pipeline: Option<&str>| {
+        let body = serde_json::json!({ "repo": "shop", "ref": "main", "pipeline": pipeline });
+        c.call(reqwest::Method::POST, "/api/v1/runs", Some(body))
+    };
+    let (status, v) = trigger(None).await;
+    assert_eq!(status, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("shop-build, shop-docs") && e.contains("name one"),
+        "{e}"
+    );
+    let (status, v) = trigger(Some("shop-tests")).await;
+    assert_eq!(status, 400, "{v}");
+
+    let (_, v) = trigger(Some("shop-build")).await;
+    let build = v["id"].as_str().unwrap().to_string();
+    let done = c.wait_final(&build).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    assert_eq!(done["run"]["pipeline"], "shop-build", "{done}");
+    let (_, log) = c
+        .text(&format!("/api/v1/runs/{build}/stages/build/log"))
+        .await;
+    assert!(log.contains("building"), "{log}");
+    // The CLI names the pipeline too.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args([
+            "trigger",
+            "shop",
+            "--ref",
+            "main",
+            "--pipeline",
+            "shop-docs",
+            "--wait",
+        ])
+        .args(["--server", &server.url, "--token", &server.admin])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let done = c.wait_final(&docs).await;
+    assert_eq!(done["run"]["pipeline"], "shop-docs", "{done}");
+
+    // Each pipeline's own runs list and badge.
+    let list = c.get("/api/v1/runs?pipeline=shop-docs").await;
+    let ids: Vec<&str> = list["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [docs.as_str()], "{list}");
+    for p in ["shop-build", "shop-docs"] {
+        let badge = reqwest::get(format!("{}/badge/{p}.svg", server.url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(badge.contains("succeeded"), "{p}: {badge}");
+    }
     server.stop();
 }
