@@ -26,6 +26,8 @@ pub enum TriggerKind {
     Deploy,
     /// A schedule of the server's config.
     Schedule,
+    /// Another pipeline's run ended (`after =` in the server's config).
+    Upstream,
     /// Written by a newer Sentinel.
     #[serde(other)]
     Unknown,
@@ -131,6 +133,10 @@ pub struct RunDoc {
     /// What it deploys, when a deploy marker or a promotion started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy: Option<crate::DeployFacts>,
+    /// The run of another pipeline whose end started it (`after =` in the
+    /// server's config). Older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<RunId>,
 }
 
 impl RunDoc {

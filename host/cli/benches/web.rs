@@ -82,6 +82,7 @@ async fn main() {
             sentinel: "bench".into(),
             from_run: None,
             deploy: None,
+            upstream: None,
         };
         sink.update_index(&RunSummary::of(&run)).await.unwrap();
     }

@@ -335,6 +335,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         cache: None,
         gates,
         resume: None,
+        upstream: None,
     };
     let mut req = req;
     if !args.no_cache {

@@ -355,3 +355,131 @@ async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_
     }
     server.stop();
 }
+
+const RELEASE: &str = r#"version: 1
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  build:
+    env:
+      BREAK: ~
+    run: |
+      test "$BREAK" != yes
+      echo "version=1.2.$(date +%s)" >> "$SENTINEL_OUTPUT"
+"#;
+
+const SHIP: &str = r#"version: 1
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  ship:
+    env:
+      VERSION: ${upstream.stages.build.outputs.version}
+      FROM: ${upstream.run.id}
+    run: echo "shipping $VERSION from $FROM"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_runs_after_another_succeeds_on_main_with_its_outputs() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = bare_repo_once(
+        &tmp.path().join("rel"),
+        &[("ci/release.yml", RELEASE), ("ci/ship.yml", SHIP)],
+    );
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.rel]\nurl = \"{repo}\"\n[repos.rel.pipelines.release]\nfile = \"ci/release.yml\"\n\
+             [repos.rel.pipelines.ship]\nfile = \"ci/ship.yml\"\nafter = {{ pipeline = \"release\", branch = \"main\" }}\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let release = |breaks: &str| {
+        let body = serde_json::json!({
+            "repo": "rel", "ref": "main", "pipeline": "release", "env": { "BREAK": breaks }
+        });
+        c.call(reqwest::Method::POST, "/api/v1/runs", Some(body))
+    };
+    let shipped = || async {
+        let v = c.get("/api/v1/runs?pipeline=ship").await;
+        let mut ids: Vec<String> = v["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(v["queued"].as_array().unwrap())
+            .map(|r| r["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.dedup();
+        ids
+    };
+
+    // Release succeeds on main: ship runs once, with its outputs.
+    let (_, v) = release("no").await;
+    let first = v["id"].as_str().unwrap().to_string();
+    let done = c.wait_final(&first).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    let version = done["stages"][0]["outputs"]["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = Instant::now() + Duration::from_secs(30);
+    let ship = loop {
+        if let Some(id) = shipped().await.first() {
+            break id.clone();
+        }
+        assert!(
+            Instant::now() < until,
+            "ship never started: {}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let done = c.wait_final(&ship).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    assert_eq!(done["run"]["upstream"], first.as_str(), "{done}");
+    assert_eq!(done["run"]["trigger"]["kind"], "upstream", "{done}");
+    assert_eq!(
+        done["run"]["git"]["commit"],
+        c.get(&format!("/api/v1/runs/{first}")).await["run"]["git"]["commit"],
+        "the upstream's commit"
+    );
+    let (_, log) = c
+        .text(&format!("/api/v1/runs/{ship}/stages/ship/log"))
+        .await;
+    assert!(
+        log.contains(&format!("shipping {version} from {first}")),
+        "{log}"
+    );
+
+    // Release fails: ship does not run.
+    let (_, v) = release("yes").await;
+    let failed = v["id"].as_str().unwrap().to_string();
+    assert_eq!(c.wait_final(&failed).await["run"]["status"], "failed");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(shipped().await, [ship.clone()]);
+
+    // A restart does not queue it again.
+    server.stop();
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let v = c.get("/api/v1/runs?pipeline=ship").await;
+    assert_eq!(v["runs"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["queued"].as_array().unwrap().is_empty(), "{v}");
+    server.stop();
+}

@@ -48,6 +48,7 @@ pub(crate) fn new_run_doc(
         sentinel: env!("CARGO_PKG_VERSION").to_string(),
         from_run: None,
         deploy: None,
+        upstream: None,
     }
 }
 

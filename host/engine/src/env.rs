@@ -30,6 +30,14 @@ pub enum EnvError {
     NoNamedOutput { stage: String, key: String },
     #[error("`{0}`: this run deploys nothing (a deploy marker or a promotion starts a deploy run)")]
     NotDeploy(String),
+    #[error(
+        "`{0}`: this run was not started by another pipeline's run (`after =` in the server's config starts one so)"
+    )]
+    NotUpstream(String),
+    #[error(
+        "`{0}`: the upstream run {1} has no such output (its stage did not succeed, is sensitive, or has no such key)"
+    )]
+    NoUpstreamOutput(String, RunId),
     #[error("setting `{setting}` is a secret: {source}")]
     ShortSecret {
         setting: String,
@@ -46,6 +54,8 @@ pub struct EnvInputs<'a> {
     pub git: Option<&'a GitContext>,
     /// What a deploy run deploys.
     pub deploy: Option<&'a sentinel_api::DeployFacts>,
+    /// The run of another pipeline that started this one.
+    pub upstream: Option<&'a crate::request::Upstream>,
     pub host_env: &'a BTreeMap<String, String>,
     pub secrets: &'a BTreeMap<String, String>,
     /// Raw outputs of finished stages: the output and the named outputs.
@@ -144,6 +154,20 @@ pub fn resolve(inputs: &EnvInputs<'_>, r: &Ref) -> Result<String, EnvError> {
             .deploy
             .map(|d| field.of(d))
             .ok_or_else(|| EnvError::NotDeploy(r.to_string())),
+        Ref::UpstreamRunId | Ref::UpstreamOutput(_) | Ref::UpstreamNamedOutput(..) => {
+            let up = inputs
+                .upstream
+                .ok_or_else(|| EnvError::NotUpstream(r.to_string()))?;
+            let value = match r {
+                Ref::UpstreamOutput(s) => up.outputs.get(s).map(|(o, _)| o.clone()),
+                Ref::UpstreamNamedOutput(s, k) => up
+                    .outputs
+                    .get(s)
+                    .and_then(|(_, named)| named.get(k).cloned()),
+                _ => Some(up.run.to_string()),
+            };
+            value.ok_or_else(|| EnvError::NoUpstreamOutput(r.to_string(), up.run.clone()))
+        }
     }
 }
 
@@ -427,6 +451,7 @@ mod tests {
                 run_id: &run_id,
                 git: None,
                 deploy: None,
+                upstream: None,
                 host_env: &empty,
                 secrets: &secrets,
                 outputs: &BTreeMap::new(),

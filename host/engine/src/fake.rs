@@ -49,6 +49,7 @@ pub fn run_doc(id: &RunId, status: sentinel_api::RunStatus) -> RunDoc {
         sentinel: "0".into(),
         from_run: None,
         deploy: None,
+        upstream: None,
     }
 }
 

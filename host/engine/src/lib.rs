@@ -38,4 +38,5 @@ pub use exec::{Executor, Outcome, StageJob, StageReport, Workspace};
 pub use ports::{ResultsSink, Store};
 pub use run::{
     Engine, EngineConfig, PreflightError, Progress, ProgressFn, Reused, RunRequest, Signals,
+    Upstream,
 };

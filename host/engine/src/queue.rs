@@ -419,6 +419,7 @@ async fn record_unstarted(
         sentinel: env!("CARGO_PKG_VERSION").to_string(),
         from_run: None,
         deploy: None,
+        upstream: None,
     });
     if run.status.is_final() && run.finished.is_some() {
         // Ended already (its runner recorded it): one final state only.

@@ -49,6 +49,17 @@ pub struct RunRequest {
     /// A paused run going on (its gates answered): its stages that ended
     /// stay as they were.
     pub resume: Option<Resume>,
+    /// The run of another pipeline that started this one (`${upstream.*}`).
+    pub upstream: Option<Upstream>,
+}
+
+/// The run of another pipeline that started a run, as `${upstream.*}`
+/// reads it: its id and the outputs of its stages that succeeded, as their
+/// documents show them (masked; a sensitive stage's are not there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub run: RunId,
+    pub outputs: BTreeMap<StageName, (String, BTreeMap<String, String>)>,
 }
 
 /// A stage's result taken from an earlier run, exactly as it was.
@@ -87,6 +98,7 @@ impl RunRequest {
             cache: None,
             gates: BTreeMap::new(),
             resume: None,
+            upstream: None,
         }
     }
 }

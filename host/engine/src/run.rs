@@ -23,7 +23,7 @@ use crate::prepare::{
     cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, restored, service_env, to_warm,
 };
 use crate::record::Recorder;
-pub use crate::request::{Reused, RunRequest};
+pub use crate::request::{Reused, RunRequest, Upstream};
 use crate::stage::{StageResult, StageRun, run_stage};
 use crate::transition::{Decision, RunEvent, StageEvent, decide, run_outcome};
 use crate::workspace::{FileSet, RunDirs, default_user, runs_dir};
@@ -146,6 +146,7 @@ impl Engine {
         );
         rec.set_from_run(req.from_run.clone());
         rec.set_deploy(req.deploy.clone());
+        rec.set_upstream(req.upstream.as_ref().map(|u| u.run.clone()));
         if let Some(r) = &req.resume {
             rec.resume(r, &req.reuse);
         }

@@ -27,6 +27,12 @@ pub enum Ref {
     GitRepo,
     /// `${deploy.FIELD}`: a fact of the deploy a run deploys.
     Deploy(DeployField),
+    /// `${upstream.run.id}`: the run of another pipeline that started this one.
+    UpstreamRunId,
+    /// `${upstream.stages.X.output}`: stage X's output in that run.
+    UpstreamOutput(StageName),
+    /// `${upstream.stages.X.outputs.KEY}`: a named output of stage X there.
+    UpstreamNamedOutput(StageName, String),
 }
 
 /// The facts of a deploy (`${deploy.app}`…), each also a `DEPLOY_*` variable.
@@ -98,6 +104,11 @@ impl fmt::Display for Ref {
             Self::GitBranch => f.write_str("${git.branch}"),
             Self::GitRepo => f.write_str("${git.repo}"),
             Self::Deploy(d) => write!(f, "${{deploy.{}}}", d.name()),
+            Self::UpstreamRunId => f.write_str("${upstream.run.id}"),
+            Self::UpstreamOutput(s) => write!(f, "${{upstream.stages.{s}.output}}"),
+            Self::UpstreamNamedOutput(s, k) => {
+                write!(f, "${{upstream.stages.{s}.outputs.{k}}}")
+            }
         }
     }
 }
@@ -177,7 +188,7 @@ fn err(offset: usize, message: impl Into<String>, hint: Option<&str>) -> Templat
     }
 }
 
-const HINT: &str = "references are ${env.X}, ${secrets.X}, ${stages.X.output}, ${stages.X.outputs.Y}, ${run.id}, ${git.commit}, ${git.branch}, ${git.repo}, ${deploy.X}; write $${ for a literal ${";
+const HINT: &str = "references are ${env.X}, ${secrets.X}, ${stages.X.output}, ${stages.X.outputs.Y}, ${run.id}, ${git.commit}, ${git.branch}, ${git.repo}, ${deploy.X}, ${upstream.run.id}, ${upstream.stages.X.outputs.Y}; write $${ for a literal ${";
 
 /// Parses a value. `$${` is a literal `${`; a `$` not followed by `{` is literal.
 pub fn parse(value: &str) -> Result<Template, TemplateError> {
@@ -237,6 +248,11 @@ fn parse_ref(body: &str) -> Result<Ref, (String, Option<&'static str>)> {
         ["git", "commit"] => Ok(Ref::GitCommit),
         ["git", "branch"] => Ok(Ref::GitBranch),
         ["git", "repo"] => Ok(Ref::GitRepo),
+        ["upstream", "run", "id"] => Ok(Ref::UpstreamRunId),
+        ["upstream", "stages", stage, "output"] => Ok(Ref::UpstreamOutput(stage_name(stage)?)),
+        ["upstream", "stages", stage, "outputs", key] if ident_ok(key) => Ok(
+            Ref::UpstreamNamedOutput(stage_name(stage)?, key.to_string()),
+        ),
         ["deploy", field] => DeployField::ALL
             .into_iter()
             .find(|d| d.name() == *field)

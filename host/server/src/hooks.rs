@@ -122,9 +122,16 @@ pub(crate) async fn github(
             push.repository.full_name
         ))
     })?;
-    // A repository with named pipelines runs each of them.
+    // A repository with named pipelines runs each of them — but those that
+    // run after another pipeline, which that pipeline's runs start.
     let pipelines: Vec<Option<String>> = match s.config.repos.get(&repo) {
-        Some(r) if !r.pipelines.is_empty() => r.pipelines.keys().cloned().map(Some).collect(),
+        Some(r) if !r.pipelines.is_empty() => r
+            .pipelines
+            .iter()
+            .filter(|(_, p)| p.after.is_none())
+            .map(|(n, _)| Some(n.clone()))
+            .collect(),
+        Some(r) if r.after.is_some() => Vec::new(),
         _ => vec![None],
     };
     let mut runs = Vec::new();

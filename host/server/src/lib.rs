@@ -21,6 +21,7 @@ pub mod request_id;
 mod routes;
 mod runs;
 pub mod schedules;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,6 +61,9 @@ pub struct RepoConfig {
     /// a run names one; a push runs each.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pipelines: BTreeMap<String, PipelineConfig>,
+    /// Its one pipeline runs when another pipeline's run ends so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<upstream::After>,
 }
 
 /// A named pipeline of a repository (`[repos.NAME.pipelines.PIPELINE]`).
@@ -68,6 +72,9 @@ pub struct RepoConfig {
 pub struct PipelineConfig {
     /// Its file in the repository (any dialect).
     pub file: String,
+    /// It runs when another pipeline's run ends so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<upstream::After>,
 }
 
 impl RepoConfig {
@@ -113,8 +120,8 @@ pub fn check_pipeline(
 
 /// Checks the repositories' named pipelines: names of letters, digits,
 /// `.`, `-` and `_`, unique across the server (each has its own runs list
-/// and badge), files inside the repository, and not both `pipeline` and
-/// `pipelines`.
+/// and badge), files inside the repository, not both `pipeline` and
+/// `pipelines` — and their `after` links.
 pub fn check_repos(repos: &BTreeMap<String, RepoConfig>) -> Result<(), String> {
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     for (repo, r) in repos {
@@ -152,7 +159,7 @@ pub fn check_repos(repos: &BTreeMap<String, RepoConfig>) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    upstream::check(repos)
 }
 
 /// Requests a token may make, as a token bucket.

@@ -59,6 +59,9 @@ pub struct RunSpec {
     /// entry's own run: a later attempt of it starts afresh).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume: Option<RunId>,
+    /// The run of another pipeline whose end started this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<RunId>,
 }
 
 impl RunSpec {

@@ -54,6 +54,7 @@ fn config(public_read: bool) -> ApiConfig {
                 github: None,
                 pipeline: Some("sentinel.yml".into()),
                 pipelines: BTreeMap::new(),
+                after: None,
             },
         )]),
         body_limit: 1024,

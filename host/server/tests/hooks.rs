@@ -2,7 +2,8 @@
 //! run of the pushed commit; any flipped byte of body or signature, a
 //! missing signature, a `sha1=` one → 401 and nothing queued; the same
 //! delivery ten times at once → one run, ten 2xx answers with its id; a
-//! repository with two named pipelines gets a run of each, once.
+//! repository with two named pipelines gets a run of each, once (a third,
+//! which runs after another pipeline, none).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                     github: Some("octo/app".into()),
                     pipeline: Some("sentinel.yml".into()),
                     pipelines: BTreeMap::new(),
+                    after: None,
                 },
             ),
             (
@@ -77,15 +79,30 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                             "shop-build".to_string(),
                             PipelineConfig {
                                 file: "ci/build.yml".into(),
+                                after: None,
                             },
                         ),
                         (
                             "shop-docs".to_string(),
                             PipelineConfig {
                                 file: "ci/docs.yml".into(),
+                                after: None,
+                            },
+                        ),
+                        (
+                            "shop-deploy".to_string(),
+                            PipelineConfig {
+                                file: "ci/deploy.yml".into(),
+                                after: Some(sentinel_server::upstream::After {
+                                    pipeline: "shop-build".into(),
+                                    status: vec![sentinel_api::RunStatus::Succeeded],
+                                    branch: None,
+                                    git_ref: None,
+                                }),
                             },
                         ),
                     ]),
+                    after: None,
                 },
             ),
         ]),

@@ -175,6 +175,25 @@ impl SledStore {
         Ok(pruned)
     }
 
+    /// Records that `key` is done for run `run`, kept (and forgotten) like
+    /// a delivery id; false when it was done before.
+    pub async fn mark_done(&self, key: &str, run: &RunId) -> Result<bool, StorageError> {
+        let fresh = self
+            .deliveries
+            .compare_and_swap(key.as_bytes(), None::<&[u8]>, Some(run.as_str().as_bytes()))
+            .map_err(|e| err("deliveries", e))?
+            .is_ok();
+        self.flush().await?;
+        Ok(fresh)
+    }
+
+    /// True when `key` was [marked done](SledStore::mark_done).
+    pub fn is_done(&self, key: &str) -> Result<bool, StorageError> {
+        self.deliveries
+            .contains_key(key.as_bytes())
+            .map_err(|e| err("deliveries", e))
+    }
+
     /// The entry a run was queued with (kept after it ran), for re-runs.
     pub fn request_of(&self, run: &RunId) -> Result<Option<QueueEntry>, StorageError> {
         get_decoded(&self.requests, run.as_str(), "requests")

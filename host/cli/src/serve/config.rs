@@ -295,6 +295,7 @@ impl Settings {
                     github: None,
                     pipeline: None,
                     pipelines: BTreeMap::new(),
+                    after: None,
                 },
             );
         }

@@ -185,3 +185,35 @@ fn named_pipelines_and_the_triggers_that_name_them_are_checked_at_start() {
         "{e}"
     );
 }
+
+#[test]
+fn pipelines_that_run_after_each_other_in_a_loop_are_refused_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("server.toml");
+    let resolve = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
+        Settings::resolve(&t.a, None, None, tmp.path()).map_err(|e| e.to_string())
+    };
+    let pipelines = |a_after: &str| {
+        format!(
+            "[repos.r]\nurl = \"/r\"\n[repos.r.pipelines.a]\nfile = \"a.yml\"\n{a_after}\n[repos.r.pipelines.b]\nfile = \"b.yml\"\nafter = {{ pipeline = \"a\" }}\n"
+        )
+    };
+    assert!(resolve(&pipelines("")).is_ok());
+    let e = resolve(&pipelines("after = { pipeline = \"b\" }")).unwrap_err();
+    assert!(
+        e.contains("in a loop") && e.contains("a after b after a"),
+        "{e}"
+    );
+    let e = resolve(&pipelines("after = { pipeline = \"c\" }")).unwrap_err();
+    assert!(
+        e.contains("[repos.r.pipelines.a] after: no pipeline `c`"),
+        "{e}"
+    );
+    let e = resolve(&pipelines(
+        "after = { pipeline = \"b\", status = [\"running\"] }",
+    ))
+    .unwrap_err();
+    assert!(e.contains("status must list how a run ended"), "{e}");
+}

@@ -155,9 +155,12 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
     // Told of every change to a deployment: the results' document follows.
     let deployments_changed = Arc::new(sentinel_server::deploys::Changes::default());
+    // The API's state, once made (a run's end queues what comes after it).
+    let api_state: Arc<std::sync::OnceLock<AppState>> = Arc::default();
     let progress: RunProgress = {
         let (live, metrics, checkouts) = (live.clone(), metrics.clone(), checkouts.clone());
         let (store, changed) = (store.clone(), deployments_changed.clone());
+        let api_state = api_state.clone();
         Arc::new(move |run, p| {
             live.on_progress(run, &p);
             metrics.on_progress(run, &p);
@@ -177,6 +180,20 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
                     if status.is_final() {
                         let dir = checkouts.join(run.as_str());
                         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir));
+                        if let Some(state) = api_state.get().cloned() {
+                            let (store, run) = (store.clone(), run.clone());
+                            tokio::spawn(async move {
+                                use sentinel_engine::ports::Store as _;
+                                let Ok(Some(doc)) = store.get_run(&run).await else {
+                                    return;
+                                };
+                                if let Err(e) =
+                                    sentinel_server::upstream::after_run(&state, &doc).await
+                                {
+                                    tracing::warn!(run = %run, "cannot queue what runs after it: {e}");
+                                }
+                            });
+                        }
                     }
                 }
                 _ => {}
@@ -271,6 +288,8 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         publish_stop.clone(),
     ));
     let watching = state.clone();
+    let _ = api_state.set(state.clone());
+    sentinel_server::upstream::catch_up(&state, 500).await;
     let app = sentinel_server::router(state);
 
     let listener = tokio::net::TcpListener::bind(settings.listen)

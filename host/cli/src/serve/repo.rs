@@ -16,7 +16,7 @@ use sentinel_engine::gate::Resume;
 use sentinel_engine::ports::{QueueEntry, Store};
 use sentinel_engine::queue::Resolve;
 use sentinel_engine::workspace::FileSet;
-use sentinel_engine::{ResolveError, Reused, RunRequest};
+use sentinel_engine::{ResolveError, Reused, RunRequest, Upstream};
 use sentinel_server::{RepoConfig, RunSpec};
 use sentinel_store::SledStore;
 use sentinel_store::secrets::SecretsKey;
@@ -263,6 +263,30 @@ impl Resolver {
             not_reused,
             gates,
             resume,
+            upstream: match &spec.upstream {
+                Some(id) => Some(self.upstream(id).await?),
+                None => None,
+            },
+        })
+    }
+
+    /// What `${upstream.*}` reads of run `id`: the outputs of its stages
+    /// that succeeded, as their documents show them (masked, and none of a
+    /// sensitive stage).
+    async fn upstream(&self, id: &sentinel_api::RunId) -> Result<Upstream, String> {
+        let stages = self
+            .store
+            .get_stages(id)
+            .await
+            .map_err(|err| err.to_string())?;
+        let outputs = stages
+            .into_iter()
+            .filter(|d| d.status == StageStatus::Succeeded && !d.sensitive)
+            .map(|d| (d.name, (d.output.unwrap_or_default(), d.outputs)))
+            .collect();
+        Ok(Upstream {
+            run: id.clone(),
+            outputs,
         })
     }
 

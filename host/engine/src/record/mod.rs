@@ -128,6 +128,11 @@ impl Recorder {
         self.run.from_run = from;
     }
 
+    /// Records the run of another pipeline that started this one.
+    pub fn set_upstream(&mut self, upstream: Option<RunId>) {
+        self.run.upstream = upstream;
+    }
+
     /// Records what the run deploys.
     pub fn set_deploy(&mut self, deploy: Option<sentinel_api::DeployFacts>) {
         self.run.deploy = deploy;

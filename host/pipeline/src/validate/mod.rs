@@ -120,11 +120,14 @@ pub fn validate(
                                 | Ref::GitBranch
                                 | Ref::GitRepo
                                 | Ref::Deploy(_)
+                                | Ref::UpstreamRunId
+                                | Ref::UpstreamOutput(_)
+                                | Ref::UpstreamNamedOutput(..)
                         ) {
                             cx.issue(
                                 v.pos,
                                 format!("`{r}` cannot be used in the pipeline's `env:`"),
-                                Some("pipeline-wide variables may use ${run.*}, ${git.*} and ${deploy.*}; name secrets and stage outputs in the stage that uses them".into()),
+                                Some("pipeline-wide variables may use ${run.*}, ${git.*}, ${deploy.*} and ${upstream.*}; name secrets and stage outputs in the stage that uses them".into()),
                             );
                         }
                     }

@@ -156,6 +156,7 @@ mod tests {
             github: None,
             pipeline: None,
             pipelines: BTreeMap::new(),
+            after: None,
         };
         BTreeMap::from([("r".to_string(), r)])
     }
