@@ -80,6 +80,7 @@ async fn main() {
                 sentinel: "bench".into(),
                 from_run: None,
                 deploy: None,
+                upstream: None,
             };
             db.put_run(&doc, i + 1 == STORED).await.unwrap();
         }
