@@ -467,7 +467,7 @@ async fn a_pipeline_runs_after_another_succeeds_on_main_with_its_outputs() {
     let failed = v["id"].as_str().unwrap().to_string();
     assert_eq!(c.wait_final(&failed).await["run"]["status"], "failed");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(shipped().await, [ship.clone()]);
+    assert_eq!(shipped().await, vec![ship.clone()]);
 
     // A restart does not queue it again.
     server.stop();
