@@ -1,9 +1,11 @@
 //! `POST /hooks/github`: GitHub push webhooks. The body is checked against
 //! `X-Hub-Signature-256` (HMAC-SHA256 with the configured secret, compared
 //! in constant time) before anything in it is read; `sha1=` signatures are
-//! refused. A push to a configured repository queues one run of the pushed
-//! commit, keyed by `X-GitHub-Delivery`: a redelivery gets the same run id
-//! and never a second run.
+//! refused. A push to a configured repository queues a run of the pushed
+//! commit for each of its pipelines whose filters take it, keyed by
+//! `X-GitHub-Delivery`: a redelivery gets the same run ids and never a
+//! second run. A pipeline whose filters do not take the push is recorded as
+//! ignored, with the reason (`GET /api/v1/ignored`).
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -16,6 +18,7 @@ use sha2::Sha256;
 
 use sentinel_api::{Trigger, TriggerKind};
 
+use crate::filters::Changed;
 use crate::runs::{RunSpec, St};
 use crate::{ApiError, AppState};
 
@@ -53,10 +56,53 @@ fn verify(secret: &[u8], headers: &HeaderMap, body: &[u8]) -> Result<(), ApiErro
 struct Push {
     #[serde(rename = "ref")]
     git_ref: String,
+    #[serde(default)]
+    before: String,
     after: String,
     #[serde(default)]
     deleted: bool,
+    #[serde(default)]
+    forced: bool,
+    #[serde(default)]
+    commits: Vec<Commit>,
     repository: Repository,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Commit {
+    #[serde(default)]
+    added: Vec<String>,
+    #[serde(default)]
+    removed: Vec<String>,
+    #[serde(default)]
+    modified: Vec<String>,
+}
+
+/// How many commits GitHub's push payload lists at most.
+const PAYLOAD_COMMITS: usize = 20;
+
+impl Push {
+    /// The files the push changed, when its payload lists them all.
+    fn changed(&self) -> Changed {
+        if self.before.is_empty() || self.before.bytes().all(|b| b == b'0') {
+            return Changed::Unknown("a new branch or tag: no range to compare");
+        }
+        if self.forced {
+            return Changed::Unknown("a forced push: the range may not be linear");
+        }
+        if self.commits.is_empty() || self.commits.len() >= PAYLOAD_COMMITS {
+            return Changed::Unknown("the payload does not list every commit");
+        }
+        let mut files: Vec<String> = self
+            .commits
+            .iter()
+            .flat_map(|c| c.added.iter().chain(&c.removed).chain(&c.modified))
+            .cloned()
+            .collect();
+        files.sort();
+        files.dedup();
+        Changed::Files(files)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,8 +181,34 @@ pub(crate) async fn github(
         _ => vec![None],
     };
     let mut runs = Vec::new();
+    let mut ignored = Vec::new();
     let mut redelivery = true;
+    let changed = push.changed();
     for pipeline in pipelines {
+        let on = s
+            .config
+            .repos
+            .get(&repo)
+            .and_then(|r| r.on_of(pipeline.as_deref()));
+        if let Some(Err(reason)) = on.map(|on| on.push(&push.git_ref, &changed)) {
+            let record = sentinel_store::ignored::Ignored {
+                at: chrono::Utc::now(),
+                event: "push".into(),
+                delivery: Some(delivery.clone()),
+                repo: repo.clone(),
+                pipeline: pipeline.clone(),
+                git_ref: push.git_ref.clone(),
+                reason: reason.clone(),
+            };
+            s.store
+                .record_ignored(&record)
+                .await
+                .map_err(ApiError::internal)?;
+            ignored.push(
+                json!({ "pipeline": pipeline.as_deref().unwrap_or(&repo), "reason": reason }),
+            );
+            continue;
+        }
         let spec = RunSpec {
             repo: repo.clone(),
             pipeline: pipeline.clone(),
@@ -170,9 +242,30 @@ pub(crate) async fn github(
     }
     let body: Value = json!({
         "id": runs.first().map(|r| r["id"].clone()),
+        "status": if runs.is_empty() { "ignored" } else { "queued" },
         "runs": runs,
-        "status": "queued",
-        "redelivery": redelivery,
+        "ignored": ignored,
+        "redelivery": redelivery && !runs.is_empty(),
     });
     Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct IgnoredQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/ignored`: the newest events that started nothing, and why.
+pub(crate) async fn list_ignored(
+    State(s): St,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<IgnoredQuery>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, sentinel_store::tokens::Scope::Read)?;
+    let limit = q
+        .limit
+        .unwrap_or(100)
+        .clamp(1, sentinel_store::ignored::KEEP);
+    let list = s.store.ignored(limit).map_err(ApiError::internal)?;
+    Ok(Json(json!({ "ignored": list })))
 }

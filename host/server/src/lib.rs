@@ -12,6 +12,7 @@ mod badge;
 pub mod clock;
 pub mod deploys;
 mod error;
+pub mod filters;
 mod hooks;
 pub mod live;
 mod logs;
@@ -64,6 +65,9 @@ pub struct RepoConfig {
     /// Its one pipeline runs when another pipeline's run ends so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<upstream::After>,
+    /// Which events start its one pipeline (default: every event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<filters::On>,
 }
 
 /// A named pipeline of a repository (`[repos.NAME.pipelines.PIPELINE]`).
@@ -75,9 +79,20 @@ pub struct PipelineConfig {
     /// It runs when another pipeline's run ends so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<upstream::After>,
+    /// Which events start it (default: every event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<filters::On>,
 }
 
 impl RepoConfig {
+    /// The filters of pipeline `name` (none: the repository's one pipeline).
+    pub fn on_of(&self, name: Option<&str>) -> Option<&filters::On> {
+        match name {
+            Some(n) => self.pipelines.get(n).and_then(|p| p.on.as_ref()),
+            None => self.on.as_ref(),
+        }
+    }
+
     /// The file of pipeline `name` (none: the repository's one pipeline).
     pub fn file_of(&self, name: Option<&str>) -> Option<&str> {
         match name {
@@ -118,6 +133,23 @@ pub fn check_pipeline(
     }
 }
 
+/// Checks that `pipeline` of `repo` (see [`check_pipeline`]) takes events
+/// of `kind`.
+pub fn check_event(
+    repos: &BTreeMap<String, RepoConfig>,
+    repo: &str,
+    pipeline: Option<&str>,
+    kind: filters::Event,
+) -> Result<(), String> {
+    check_pipeline(repos, repo, pipeline)?;
+    match repos.get(repo).and_then(|r| r.on_of(pipeline)) {
+        Some(on) => on
+            .takes(kind)
+            .map_err(|e| format!("pipeline `{}`: {e}", pipeline.unwrap_or(repo))),
+        None => Ok(()),
+    }
+}
+
 /// Checks the repositories' named pipelines: names of letters, digits,
 /// `.`, `-` and `_`, unique across the server (each has its own runs list
 /// and badge), files inside the repository, not both `pipeline` and
@@ -125,6 +157,15 @@ pub fn check_pipeline(
 pub fn check_repos(repos: &BTreeMap<String, RepoConfig>) -> Result<(), String> {
     let mut seen: BTreeMap<&str, &str> = BTreeMap::new();
     for (repo, r) in repos {
+        if let Some(on) = &r.on {
+            on.check().map_err(|e| format!("[repos.{repo}.on] {e}"))?;
+        }
+        for (name, p) in &r.pipelines {
+            if let Some(on) = &p.on {
+                on.check()
+                    .map_err(|e| format!("[repos.{repo}.pipelines.{name}.on] {e}"))?;
+            }
+        }
         if r.pipeline.is_some() && !r.pipelines.is_empty() {
             return Err(format!(
                 "[repos.{repo}]: give `pipeline` (one pipeline) or `pipelines` (several), not both"

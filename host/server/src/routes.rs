@@ -195,6 +195,13 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/ignored",
+        READ,
+        "The newest events that started nothing (a push no pipeline's filters take), with the reason",
+        || get(hooks::list_ignored),
+    ),
+    r(
+        "GET",
         "/api/v1/schedules",
         READ,
         "Schedules: each one's cron, time zone, next firing and last run",

@@ -320,8 +320,13 @@ pub(crate) async fn trigger(
     let caller = s.authorize(&headers, Scope::Trigger)?;
     let Json(req) = body?;
     s.check_repo(&req.repo)?;
-    crate::check_pipeline(&s.config.repos, &req.repo, req.pipeline.as_deref())
-        .map_err(ApiError::bad_request)?;
+    crate::check_event(
+        &s.config.repos,
+        &req.repo,
+        req.pipeline.as_deref(),
+        crate::filters::Event::Manual,
+    )
+    .map_err(ApiError::bad_request)?;
     for k in req.env.keys() {
         check_name("variable", k)?;
     }

@@ -94,6 +94,13 @@ pub fn check(repos: &BTreeMap<String, RepoConfig>) -> Result<(), String> {
                 "{at}: status must list how a run ended: succeeded, failed, cancelled or interrupted"
             ));
         }
+        crate::check_event(
+            repos,
+            &repo,
+            pipeline.as_deref(),
+            crate::filters::Event::Upstream,
+        )
+        .map_err(|e| format!("{at}: {e}"))?;
         edges.insert(me, a.pipeline.clone());
     }
     // Each pipeline has at most one upstream: follow the chain.

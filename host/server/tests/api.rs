@@ -55,6 +55,7 @@ fn config(public_read: bool) -> ApiConfig {
                 pipeline: Some("sentinel.yml".into()),
                 pipelines: BTreeMap::new(),
                 after: None,
+                on: None,
             },
         )]),
         body_limit: 1024,

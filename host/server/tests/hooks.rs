@@ -3,7 +3,10 @@
 //! missing signature, a `sha1=` one → 401 and nothing queued; the same
 //! delivery ten times at once → one run, ten 2xx answers with its id; a
 //! repository with two named pipelines gets a run of each, once (a third,
-//! which runs after another pipeline, none).
+//! which runs after another pipeline, none); pushes that a pipeline's
+//! filters do not take — an excluded branch, no path that matters, a tag
+//! not listed — queue nothing and are recorded as ignored with the reason,
+//! and a matching push queues its run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -66,6 +69,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                     pipeline: Some("sentinel.yml".into()),
                     pipelines: BTreeMap::new(),
                     after: None,
+                    on: None,
                 },
             ),
             (
@@ -80,6 +84,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                             PipelineConfig {
                                 file: "ci/build.yml".into(),
                                 after: None,
+                                on: None,
                             },
                         ),
                         (
@@ -87,6 +92,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                             PipelineConfig {
                                 file: "ci/docs.yml".into(),
                                 after: None,
+                                on: None,
                             },
                         ),
                         (
@@ -99,10 +105,12 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                                     branch: None,
                                     git_ref: None,
                                 }),
+                                on: None,
                             },
                         ),
                     ]),
                     after: None,
+                    on: None,
                 },
             ),
         ]),
@@ -322,4 +330,112 @@ async fn a_push_runs_each_named_pipeline_once() {
     }
     assert_eq!(seen.len(), 2, "a redelivery queues nothing more");
     assert_eq!(RunQueue::waiting(&store).await.unwrap(), 2);
+}
+
+/// A push of `git_ref` from `before` whose one commit changed `files`.
+fn push_of(git_ref: &str, before: &str, files: &[&str]) -> String {
+    serde_json::json!({
+        "ref": git_ref,
+        "before": before,
+        "after": COMMIT,
+        "commits": [{ "id": COMMIT, "added": [], "removed": [], "modified": files }],
+        "repository": {
+            "full_name": "octo/lib",
+            "clone_url": "https://github.com/octo/lib.git"
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn pushes_the_filters_do_not_take_are_ignored_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SledStore::try_open(tmp.path()).unwrap();
+    let on = sentinel_server::filters::On {
+        branches: vec!["main".into(), "release/*".into()],
+        tags: vec!["v*".into()],
+        paths: vec!["src/**".into(), "Cargo.toml".into()],
+        ..Default::default()
+    };
+    let config = ApiConfig {
+        public_read: true,
+        repos: BTreeMap::from([(
+            "lib".to_string(),
+            RepoConfig {
+                url: "file:///srv/git/lib.git".into(),
+                github: Some("octo/lib".into()),
+                pipeline: None,
+                pipelines: BTreeMap::new(),
+                after: None,
+                on: Some(on),
+            },
+        )]),
+        ..ApiConfig::default()
+    };
+    let mut state = AppState::new(store.clone(), config, Arc::new(Idle));
+    state.github_secret = Some(SECRET.into());
+    let app = router(state);
+    let old = "1111111111111111111111111111111111111111";
+    let cases = [
+        (
+            "wip",
+            push_of("refs/heads/wip", old, &["src/lib.rs"]),
+            "branch `wip` matches none of branches (main, release/*)",
+        ),
+        (
+            "docs",
+            push_of("refs/heads/main", old, &["docs/guide.md"]),
+            "no changed path matters: docs/guide.md",
+        ),
+        (
+            "tag",
+            push_of("refs/tags/nightly", old, &["src/lib.rs"]),
+            "tag `nightly` matches none of tags (v*)",
+        ),
+    ];
+    for (delivery, body, why) in &cases {
+        let sig = github_signature(SECRET, body.as_bytes());
+        let (status, json) = deliver(
+            &app,
+            delivery,
+            body.as_bytes(),
+            Some(("x-hub-signature-256", sig)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+        assert_eq!(json["status"], "ignored", "{json}");
+        let reason = json["ignored"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{delivery}: {reason}");
+    }
+    assert_eq!(
+        RunQueue::waiting(&store).await.unwrap(),
+        0,
+        "nothing queued"
+    );
+    // A push that matters queues its run.
+    let body = push_of("refs/heads/release/2.0", old, &["docs/x.md", "src/lib.rs"]);
+    let sig = github_signature(SECRET, body.as_bytes());
+    let (_, json) = deliver(
+        &app,
+        "good",
+        body.as_bytes(),
+        Some(("x-hub-signature-256", sig)),
+    )
+    .await;
+    assert_eq!(json["status"], "queued", "{json}");
+    assert_eq!(RunQueue::waiting(&store).await.unwrap(), 1);
+    // The API names each ignored push, newest first, with its reason.
+    let res = app
+        .clone()
+        .oneshot(Request::get("/api/v1/ignored").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let list = v["ignored"].as_array().unwrap();
+    assert_eq!(list.len(), 3, "{v}");
+    assert_eq!(list[0]["delivery"], "tag", "{v}");
+    assert_eq!(list[2]["ref"], "refs/heads/wip", "{v}");
+    assert_eq!(list[1]["repo"], "lib", "{v}");
 }

@@ -20,6 +20,7 @@
 
 pub mod deploys;
 mod gates;
+pub mod ignored;
 pub mod kept;
 pub mod outbox;
 mod queue;
@@ -83,6 +84,7 @@ pub struct SledStore {
     deploy_current: sled::Tree,
     deploy_pending: sled::Tree,
     schedules: sled::Tree,
+    ignored: sled::Tree,
     /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
     outbox_len: Arc<AtomicUsize>,
     parked_len: Arc<AtomicUsize>,
@@ -191,6 +193,7 @@ impl SledStore {
             deploy_current: tree("deploy_current")?,
             deploy_pending: tree("deploy_pending")?,
             schedules: tree("schedules")?,
+            ignored: tree("ignored")?,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             runs: tree("runs")?,
             stages: tree("stages")?,

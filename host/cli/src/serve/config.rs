@@ -204,7 +204,13 @@ fn check_watcher(name: &str, w: &WatcherConfig, api: &ApiConfig) -> anyhow::Resu
             "the name may hold letters, digits, `.`, `-` and `_`".into()
         ));
     }
-    sentinel_server::check_pipeline(&api.repos, &w.repo, w.pipeline.as_deref()).map_err(at)?;
+    sentinel_server::check_event(
+        &api.repos,
+        &w.repo,
+        w.pipeline.as_deref(),
+        sentinel_server::filters::Event::Deploy,
+    )
+    .map_err(at)?;
     if !sentinel_deploy::marker::app_ok(&w.environment) {
         return Err(at(format!(
             "environment `{}` must be letters, digits, `.`, `-` and `_`",
@@ -296,6 +302,7 @@ impl Settings {
                     pipeline: None,
                     pipelines: BTreeMap::new(),
                     after: None,
+                    on: None,
                 },
             );
         }
@@ -340,8 +347,13 @@ impl Settings {
                     "[environments.{name}]: the name may hold letters, digits, `.`, `-` and `_`"
                 );
             }
-            sentinel_server::check_pipeline(&api.repos, &e.repo, e.pipeline.as_deref())
-                .map_err(|m| anyhow::anyhow!("[environments.{name}]: {m}"))?;
+            sentinel_server::check_event(
+                &api.repos,
+                &e.repo,
+                e.pipeline.as_deref(),
+                sentinel_server::filters::Event::Deploy,
+            )
+            .map_err(|m| anyhow::anyhow!("[environments.{name}]: {m}"))?;
             if e.approval_timeout_hours == 0 {
                 anyhow::bail!("[environments.{name}]: approval_timeout_hours must be at least 1");
             }

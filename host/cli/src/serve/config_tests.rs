@@ -217,3 +217,33 @@ fn pipelines_that_run_after_each_other_in_a_loop_are_refused_naming_them() {
     .unwrap_err();
     assert!(e.contains("status must list how a run ended"), "{e}");
 }
+
+#[test]
+fn a_trigger_of_an_event_a_pipeline_does_not_take_is_refused_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("server.toml");
+    let resolve = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
+        Settings::resolve(&t.a, None, None, tmp.path()).map_err(|e| e.to_string())
+    };
+    let repo =
+        "[repos.r]\nurl = \"/r\"\n[repos.r.on]\nevents = [\"push\"]\nbranches = [\"main\"]\n";
+    assert!(resolve(repo).is_ok());
+    let e = resolve(&format!(
+        "{repo}[schedules.s]\nrepo = \"r\"\ncron = \"@daily\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        e.contains("[schedules.s]: pipeline `r`: it runs on push, not on schedule"),
+        "{e}"
+    );
+    let e = resolve("[repos.r]\nurl = \"/r\"\n[repos.r.on]\npaths = [\"src/[\"]\n").unwrap_err();
+    assert!(
+        e.contains("[repos.r.on] paths: `src/[` is not a glob"),
+        "{e}"
+    );
+    let e =
+        resolve("[repos.r]\nurl = \"/r\"\n[repos.r.on]\nevents = [\"telepathy\"]\n").unwrap_err();
+    assert!(e.contains("telepathy"), "{e}");
+}

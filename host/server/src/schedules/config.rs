@@ -86,7 +86,13 @@ impl ScheduleConfig {
                 "the name may hold letters, digits, `.`, `-` and `_`".into()
             ));
         }
-        crate::check_pipeline(repos, &self.repo, self.pipeline.as_deref()).map_err(at)?;
+        crate::check_event(
+            repos,
+            &self.repo,
+            self.pipeline.as_deref(),
+            crate::filters::Event::Schedule,
+        )
+        .map_err(at)?;
         if self.branch.is_empty() || self.branch.starts_with('-') {
             return Err(at(format!("branch `{}` is not a branch", self.branch)));
         }
@@ -157,6 +163,7 @@ mod tests {
             pipeline: None,
             pipelines: BTreeMap::new(),
             after: None,
+            on: None,
         };
         BTreeMap::from([("r".to_string(), r)])
     }
