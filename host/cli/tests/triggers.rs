@@ -483,3 +483,73 @@ async fn a_pipeline_runs_after_another_succeeds_on_main_with_its_outputs() {
     assert!(v["queued"].as_array().unwrap().is_empty(), "{v}");
     server.stop();
 }
+
+const SLOW: &str = r#"version: 1
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  work:
+    run: sleep 3
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_push_to_a_branch_cancels_the_older_run_naming_it() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, commit) =
+        common::server::bare_repo(&tmp.path().join("slow"), &[("sentinel.yml", SLOW)]);
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[repos.slow]\nurl = \"{repo}\"\ngithub = \"octo/slow\"\n"),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[("SENTINEL_GITHUB_WEBHOOK_SECRET", "hooks-secret")],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let push = |branch: &str, delivery: &str| {
+        let body = serde_json::json!({
+            "ref": format!("refs/heads/{branch}"),
+            "before": "0000000000000000000000000000000000000000",
+            "after": commit,
+            "repository": { "full_name": "octo/slow", "clone_url": "https://github.com/octo/slow.git" }
+        })
+        .to_string();
+        let sig = sentinel_server::github_signature(b"hooks-secret", body.as_bytes());
+        let req = c
+            .http
+            .post(format!("{}/hooks/github", c.url))
+            .header("x-github-event", "push")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sig)
+            .body(body);
+        async move {
+            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            v["id"].as_str().unwrap().to_string()
+        }
+    };
+    // Two quick pushes to a feature branch: the first is superseded.
+    let first = push("feature", "d-1").await;
+    c.wait_stage(&first, "work", "running").await;
+    let second = push("feature", "d-2").await;
+    let done = c.wait_final(&first).await;
+    assert_eq!(done["run"]["status"], "cancelled", "{done}");
+    let reason = done["run"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(&format!("superseded by run {second}")),
+        "{reason}"
+    );
+    assert_eq!(c.wait_final(&second).await["run"]["status"], "succeeded");
+
+    // On the default branch both run.
+    let a = push("main", "d-3").await;
+    let b = push("main", "d-4").await;
+    assert_eq!(c.wait_final(&a).await["run"]["status"], "succeeded");
+    assert_eq!(c.wait_final(&b).await["run"]["status"], "succeeded");
+    server.stop();
+}

@@ -162,6 +162,15 @@ impl Worker {
     /// document is already final is not cancelled, even while the worker is
     /// still releasing it: what the caller can read must agree with the answer.
     pub async fn cancel(&self, run: &RunId) -> Result<Cancelled, StorageError> {
+        self.cancel_because(run, None).await
+    }
+
+    /// [`Worker::cancel`], saying why (the run's reason).
+    pub async fn cancel_because(
+        &self,
+        run: &RunId,
+        why: Option<String>,
+    ) -> Result<Cancelled, StorageError> {
         if let Some(s) = self.signals.lock().ok().and_then(|s| s.get(run).cloned()) {
             let ended = self
                 .engine
@@ -172,18 +181,16 @@ impl Worker {
             if ended {
                 return Ok(Cancelled::NotHere);
             }
-            s.cancel.cancel();
+            match why {
+                Some(w) => s.cancel_because(w),
+                None => s.cancel.cancel(),
+            }
             return Ok(Cancelled::Running);
         }
         match self.queue.withdraw(run).await? {
             Some(entry) => {
-                record_unstarted(
-                    &self.engine,
-                    &entry,
-                    RunStatus::Cancelled,
-                    "cancelled before it started",
-                )
-                .await?;
+                let why = why.unwrap_or_else(|| "cancelled before it started".into());
+                record_unstarted(&self.engine, &entry, RunStatus::Cancelled, &why).await?;
                 self.report_finished(&entry.run_id).await;
                 Ok(Cancelled::Withdrawn)
             }

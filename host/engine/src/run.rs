@@ -117,6 +117,25 @@ pub struct Signals {
     pub cancel: CancellationToken,
     /// Stop everything, `always` stages too.
     pub abort: CancellationToken,
+    /// Why it was cancelled, when the canceller said (the run's reason).
+    why: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl Signals {
+    /// Cancels, saying why (the first reason given stands).
+    pub fn cancel_because(&self, why: String) {
+        if let Ok(mut w) = self.why.lock()
+            && w.is_none()
+        {
+            *w = Some(why);
+        }
+        self.cancel.cancel();
+    }
+
+    /// Why it was cancelled, when the canceller said.
+    pub fn why(&self) -> Option<String> {
+        self.why.lock().ok().and_then(|w| w.clone())
+    }
 }
 
 impl Engine {
@@ -516,7 +535,11 @@ impl Engine {
             cancelled,
         );
         rec.set_reason(match status {
-            RunStatus::Cancelled => Some("the run was cancelled".to_string()),
+            RunStatus::Cancelled => Some(
+                signals
+                    .why()
+                    .unwrap_or_else(|| "the run was cancelled".to_string()),
+            ),
             RunStatus::Failed => rec.first_failure(),
             _ => None,
         });

@@ -236,6 +236,9 @@ pub(crate) async fn github(
         if fresh {
             s.metrics.accepted(&id, entry.enqueued);
             s.control.queued();
+            if crate::autocancel::applies(&s, &spec) {
+                crate::autocancel::supersede(&s, &entry, &spec).await;
+            }
         }
         redelivery &= !fresh;
         runs.push(json!({ "pipeline": entry.pipeline, "id": id }));

@@ -8,6 +8,7 @@
 
 mod admin;
 mod auth;
+pub mod autocancel;
 mod badge;
 pub mod clock;
 pub mod deploys;
@@ -68,6 +69,14 @@ pub struct RepoConfig {
     /// Which events start its one pipeline (default: every event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<filters::On>,
+    /// Its default branch (default `main`): pushes there are not
+    /// auto-cancelled unless asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_branch: Option<String>,
+    /// A newer push's run cancels older ones of its pipeline and branch
+    /// (default: on for other branches than the default one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_cancel: Option<bool>,
 }
 
 /// A named pipeline of a repository (`[repos.NAME.pipelines.PIPELINE]`).
@@ -82,6 +91,9 @@ pub struct PipelineConfig {
     /// Which events start it (default: every event).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<filters::On>,
+    /// As the repository's `auto_cancel`, for this pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_cancel: Option<bool>,
 }
 
 impl RepoConfig {
@@ -271,6 +283,11 @@ pub trait RunControl: Send + Sync {
     fn queued(&self);
     /// Cancels a run (going or waiting).
     async fn cancel(&self, run: &RunId) -> Result<Cancelled, StorageError>;
+    /// Cancels a run, saying why (its reason).
+    async fn cancel_because(&self, run: &RunId, why: String) -> Result<Cancelled, StorageError> {
+        let _ = why;
+        self.cancel(run).await
+    }
 }
 
 #[async_trait]
@@ -280,6 +297,9 @@ impl RunControl for Worker {
     }
     async fn cancel(&self, run: &RunId) -> Result<Cancelled, StorageError> {
         Worker::cancel(self, run).await
+    }
+    async fn cancel_because(&self, run: &RunId, why: String) -> Result<Cancelled, StorageError> {
+        Worker::cancel_because(self, run, Some(why)).await
     }
 }
 

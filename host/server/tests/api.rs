@@ -56,6 +56,8 @@ fn config(public_read: bool) -> ApiConfig {
                 pipelines: BTreeMap::new(),
                 after: None,
                 on: None,
+                default_branch: None,
+                auto_cancel: None,
             },
         )]),
         body_limit: 1024,

@@ -70,6 +70,8 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                     pipelines: BTreeMap::new(),
                     after: None,
                     on: None,
+                    default_branch: None,
+                    auto_cancel: None,
                 },
             ),
             (
@@ -85,6 +87,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                                 file: "ci/build.yml".into(),
                                 after: None,
                                 on: None,
+                                auto_cancel: None,
                             },
                         ),
                         (
@@ -93,6 +96,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                                 file: "ci/docs.yml".into(),
                                 after: None,
                                 on: None,
+                                auto_cancel: None,
                             },
                         ),
                         (
@@ -106,11 +110,14 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                                     git_ref: None,
                                 }),
                                 on: None,
+                                auto_cancel: None,
                             },
                         ),
                     ]),
                     after: None,
                     on: None,
+                    default_branch: None,
+                    auto_cancel: None,
                 },
             ),
         ]),
@@ -368,6 +375,8 @@ async fn pushes_the_filters_do_not_take_are_ignored_with_the_reason() {
                 pipelines: BTreeMap::new(),
                 after: None,
                 on: Some(on),
+                default_branch: None,
+                auto_cancel: None,
             },
         )]),
         ..ApiConfig::default()

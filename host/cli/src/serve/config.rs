@@ -303,6 +303,8 @@ impl Settings {
                     pipelines: BTreeMap::new(),
                     after: None,
                     on: None,
+                    default_branch: None,
+                    auto_cancel: None,
                 },
             );
         }

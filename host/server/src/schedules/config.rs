@@ -164,6 +164,8 @@ mod tests {
             pipelines: BTreeMap::new(),
             after: None,
             on: None,
+            default_branch: None,
+            auto_cancel: None,
         };
         BTreeMap::from([("r".to_string(), r)])
     }
