@@ -118,11 +118,19 @@ async fn kill_9_leaves_an_interrupted_run_and_no_container() {
     .unwrap();
     assert_eq!(long["status"], "interrupted");
     assert_eq!(long["failure"], "host_died");
-    assert!(
-        leftovers(Some(&run_id)).await.is_empty(),
-        "containers of the dead run remain: {:?}",
-        leftovers(Some(&run_id)).await
-    );
+    // Killed containers are removed by the daemon a moment later.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left = leftovers(Some(&run_id)).await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "containers of the dead run remain: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let show = String::from_utf8(run_ok(&p.source, &["show", "last"]).stdout).unwrap();
     assert!(show.contains("interrupted"), "{show}");
 }

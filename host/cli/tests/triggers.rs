@@ -553,3 +553,187 @@ async fn a_newer_push_to_a_branch_cancels_the_older_run_naming_it() {
     assert_eq!(c.wait_final(&b).await["run"]["status"], "succeeded");
     server.stop();
 }
+
+/// GitHub's commit-status API played on loopback: records each status.
+struct FakeGithub {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl FakeGithub {
+    /// Up on `port` (0: any), recording into `seen`.
+    async fn up(port: u16, seen: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>) -> Self {
+        use axum::extract::{Path as P, State};
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        type Seen = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+        async fn status(
+            State(seen): State<Seen>,
+            P((owner, repo, sha)): P<(String, String, String)>,
+            headers: axum::http::HeaderMap,
+            axum::Json(body): axum::Json<serde_json::Value>,
+        ) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            seen.lock().unwrap().push(serde_json::json!({
+                "repo": format!("{owner}/{repo}"), "sha": sha, "auth": auth, "body": body
+            }));
+            (
+                axum::http::StatusCode::CREATED,
+                axum::Json(serde_json::json!({ "id": 1 })),
+            )
+        }
+        let app = axum::Router::new()
+            .route(
+                "/repos/{owner}/{repo}/statuses/{sha}",
+                axum::routing::post(status),
+            )
+            .with_state(seen.clone());
+        let serving = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self {
+            port,
+            seen,
+            serving,
+        }
+    }
+
+    /// Down: connections are refused until it is up again.
+    fn down(
+        self,
+    ) -> (
+        u16,
+        std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    ) {
+        self.serving.abort();
+        (self.port, self.seen)
+    }
+}
+
+/// The states of the statuses of `run` GitHub got, in order.
+fn states_of(seen: &std::sync::Mutex<Vec<serde_json::Value>>, run: &str) -> Vec<String> {
+    seen.lock()
+        .unwrap()
+        .iter()
+        .filter(|s| {
+            s["body"]["target_url"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(run))
+        })
+        .map(|s| s["body"]["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+const GREEN_OR_RED: &str = r#"version: 1
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  check:
+    env:
+      BREAK: ~
+    run: test "$BREAK" != yes
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_statuses_reach_github_in_order_and_wait_out_an_outage() {
+    common::docker().await;
+    let seen = std::sync::Arc::default();
+    let github = FakeGithub::up(0, seen).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, commit) =
+        common::server::bare_repo(&tmp.path().join("gh"), &[("sentinel.yml", GREEN_OR_RED)]);
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.gh]\nurl = \"{repo}\"\ngithub = \"octo/gh\"\n[github]\napi = \"http://127.0.0.1:{}\"\ntoken_secret = \"GH_TOKEN\"\npublic_url = \"https://ci.example\"\n",
+            github.port
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[("SENTINEL_SECRETS_KEY", key)],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let token = "ghp_statusTokenForTheFake0123";
+    let (status, v) = c
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/secrets/GH_TOKEN",
+            Some(serde_json::json!({ "value": token })),
+        )
+        .await;
+    assert!(status < 300, "{status} {v}");
+    let run = |breaks: &str| {
+        let body = serde_json::json!({ "repo": "gh", "ref": "main", "env": { "BREAK": breaks } });
+        c.call(reqwest::Method::POST, "/api/v1/runs", Some(body))
+    };
+    let statuses = |gh: &FakeGithub, id: &str, n: usize| {
+        let until = Instant::now() + Duration::from_secs(40);
+        let (seen, id) = (gh.seen.clone(), id.to_string());
+        async move {
+            loop {
+                let got = states_of(&seen, &id);
+                if got.len() >= n {
+                    return got;
+                }
+                assert!(Instant::now() < until, "statuses of {id}: {got:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // Green, then red: pending then success, pending then failure.
+    let (_, v) = run("no").await;
+    let green = v["id"].as_str().unwrap().to_string();
+    assert_eq!(c.wait_final(&green).await["run"]["status"], "succeeded");
+    assert_eq!(statuses(&github, &green, 2).await, ["pending", "success"]);
+    let (_, v) = run("yes").await;
+    let red = v["id"].as_str().unwrap().to_string();
+    assert_eq!(c.wait_final(&red).await["run"]["status"], "failed");
+    assert_eq!(statuses(&github, &red, 2).await, ["pending", "failure"]);
+    let first = github.seen.lock().unwrap()[0].clone();
+    assert_eq!(first["repo"], "octo/gh", "{first}");
+    assert_eq!(first["sha"], commit.as_str(), "{first}");
+    assert_eq!(first["auth"], format!("Bearer {token}"), "{first}");
+    assert_eq!(first["body"]["context"], "sentinel/gh", "{first}");
+    assert_eq!(
+        first["body"]["target_url"],
+        format!("https://ci.example/#/run/{green}"),
+        "{first}"
+    );
+
+    // GitHub down: the run ends on time all the same; its statuses wait
+    // (and say so in /metrics), then arrive once GitHub is back.
+    let (port, seen) = github.down();
+    let (_, v) = run("no").await;
+    let later = v["id"].as_str().unwrap().to_string();
+    assert_eq!(c.wait_final(&later).await["run"]["status"], "succeeded");
+    let (_, metrics) = c.text("/metrics").await;
+    let waiting = metrics
+        .lines()
+        .find(|l| l.starts_with("sentinel_commit_statuses_waiting "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(!waiting.ends_with(" 0") && !waiting.is_empty(), "{metrics}");
+    assert!(
+        metrics.contains("sentinel_commit_status_failures_total{kind=\"retried\"}"),
+        "{metrics}"
+    );
+    let github = FakeGithub::up(port, seen).await;
+    assert_eq!(statuses(&github, &later, 2).await, ["pending", "success"]);
+    assert!(!server.log().contains(token), "the token reached the log");
+    server.stop();
+}

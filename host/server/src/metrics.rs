@@ -36,6 +36,9 @@ pub struct Metrics {
     queue_depth: Gauge,
     outbox_depth: Gauge,
     outbox_parked: Gauge,
+    statuses_waiting: Gauge,
+    /// Commit statuses GitHub refused for good, or sends that failed.
+    pub status_failures: Family<Labels, Counter>,
     stage_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     start_latency: Histogram,
     deploy_markers: Family<Labels, Counter>,
@@ -57,6 +60,18 @@ impl Default for Metrics {
         let queue_depth = Gauge::default();
         let outbox_depth = Gauge::default();
         let outbox_parked = Gauge::default();
+        let statuses_waiting = Gauge::default();
+        let status_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "commit_statuses_waiting",
+            "Commit statuses waiting to be sent to GitHub",
+            statuses_waiting.clone(),
+        );
+        registry.register(
+            "commit_status_failures",
+            "Commit status sends that failed, by kind (retried, refused)",
+            status_failures.clone(),
+        );
         let stage_seconds = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(
             duration_histogram,
         );
@@ -101,6 +116,8 @@ impl Default for Metrics {
             queue_depth,
             outbox_depth,
             outbox_parked,
+            statuses_waiting,
+            status_failures,
             stage_seconds,
             start_latency,
             deploy_markers,
@@ -176,6 +193,7 @@ impl Metrics {
         self.queue_depth.set(waiting as i64);
         self.outbox_depth.set(Outbox::len(store) as i64);
         self.outbox_parked.set(Outbox::parked_len(store) as i64);
+        self.statuses_waiting.set(store.statuses_waiting() as i64);
         let mut out = String::new();
         encode(&mut out, &self.registry).map_err(|e| StorageError::permanent("metrics", e))?;
         Ok(out)

@@ -27,6 +27,7 @@ mod queue;
 mod runs;
 pub mod schedules;
 pub mod secrets;
+pub mod statuses;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -85,6 +86,7 @@ pub struct SledStore {
     deploy_pending: sled::Tree,
     schedules: sled::Tree,
     ignored: sled::Tree,
+    statuses: sled::Tree,
     /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
     outbox_len: Arc<AtomicUsize>,
     parked_len: Arc<AtomicUsize>,
@@ -194,6 +196,7 @@ impl SledStore {
             deploy_pending: tree("deploy_pending")?,
             schedules: tree("schedules")?,
             ignored: tree("ignored")?,
+            statuses: tree("statuses")?,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             runs: tree("runs")?,
             stages: tree("stages")?,

@@ -45,6 +45,9 @@ pub struct FileConfig {
     /// Schedules, by name.
     #[serde(default)]
     pub schedules: BTreeMap<String, ScheduleConfig>,
+    /// Commit statuses back to GitHub.
+    #[serde(default)]
+    pub github: Option<super::statuses::GithubSection>,
 }
 
 /// Where results go besides the local folder.
@@ -182,6 +185,8 @@ pub struct Settings {
     pub environments: BTreeMap<String, EnvironmentConfig>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub schedules: BTreeMap<String, ScheduleConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub github: Option<super::statuses::GithubSection>,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -384,6 +389,7 @@ impl Settings {
             watchers: file.watchers.clone(),
             environments: file.environments.clone(),
             schedules: file.schedules.clone(),
+            github: file.github.clone(),
         })
     }
 

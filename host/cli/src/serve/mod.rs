@@ -9,6 +9,7 @@ mod deploy_files;
 mod deployments;
 pub mod local;
 mod repo;
+mod statuses;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -157,10 +158,13 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     let deployments_changed = Arc::new(sentinel_server::deploys::Changes::default());
     // The API's state, once made (a run's end queues what comes after it).
     let api_state: Arc<std::sync::OnceLock<AppState>> = Arc::default();
+    // Commit statuses, once the server's address is known.
+    let commit_statuses: Arc<std::sync::OnceLock<Arc<statuses::Statuses>>> = Arc::default();
     let progress: RunProgress = {
         let (live, metrics, checkouts) = (live.clone(), metrics.clone(), checkouts.clone());
         let (store, changed) = (store.clone(), deployments_changed.clone());
         let api_state = api_state.clone();
+        let commit_statuses = commit_statuses.clone();
         Arc::new(move |run, p| {
             live.on_progress(run, &p);
             metrics.on_progress(run, &p);
@@ -170,10 +174,16 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
                 }
                 Progress::RunStarted { .. } => {
                     tracing::info!(run = %run, "run started");
+                    if let Some(s) = commit_statuses.get() {
+                        s.tell(run, false);
+                    }
                     deployment_follows(&store, &changed, run, sentinel_api::RunStatus::Running);
                 }
                 Progress::RunFinished { status, .. } => {
                     tracing::info!(run = %run, status = %status, "run finished");
+                    if let Some(s) = commit_statuses.get() {
+                        s.tell(run, true);
+                    }
                     deployment_follows(&store, &changed, run, *status);
                     // A paused run's checkout goes when it goes on (its
                     // checkout starts afresh), never while it does.
@@ -263,9 +273,9 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     }
     let mut state = AppState::new(store.clone(), settings.api.clone(), worker.clone());
     state.live = live;
-    state.metrics = metrics;
+    state.metrics = metrics.clone();
     state.github_secret = github_secret.map(Into::into);
-    state.secrets_key = secrets_key;
+    state.secrets_key = secrets_key.clone();
     state.results_dir = Some(dirs.results.clone());
     state.web_dir = settings.web.clone();
     state.deploys = Arc::new(
@@ -297,6 +307,22 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
+    let sending = match &settings.github {
+        Some(gh) => {
+            let (s, heard) = statuses::Statuses::new(
+                store.clone(),
+                gh.clone(),
+                settings.api.repos.clone(),
+                secrets_key.clone(),
+                metrics.clone(),
+                &url,
+            )?;
+            let _ = commit_statuses.set(s.clone());
+            tokio::spawn(s.clone().record(heard, publish_stop.clone()));
+            Some(tokio::spawn(s.send(publish_stop.clone())))
+        }
+        None => None,
+    };
     let admin = local::LocalAdmin::write(&store, &dirs.state, &url).await?;
     tracing::info!(
         url = %url,
@@ -343,6 +369,9 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     let _ = scheduling.await;
     publish_stop.cancel();
     let _ = publishing.await;
+    if let Some(s) = sending {
+        let _ = s.await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
     admin.remove(&store).await;
     if let Some(outbox) = outbox {
