@@ -10,6 +10,13 @@ pub struct Stream {
     _handlers: Vec<Closure<dyn FnMut(web_sys::MessageEvent)>>,
 }
 
+impl Stream {
+    /// True once the browser gave up on it (an error answer, say).
+    pub fn is_closed(&self) -> bool {
+        self.source.ready_state() == web_sys::EventSource::CLOSED
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
         self.source.close();

@@ -273,8 +273,12 @@ async fn served_app(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_app_follows_a_stage_live_without_reloading() {
-    let (_tmp, server, c, b) = served_app(&ticking("live", 20), &["--public-read"]).await;
-    // The stage runs 10 s: the page sees it running.
+    let (_tmp, server, c, b) =
+        served_app(&ticking("live", 20), &["--public-read", "--runs", "1"]).await;
+    // The page opens while its run still waits behind another (no
+    // document, no events yet), then follows it once it starts.
+    let ahead = c.trigger("app").await;
+    c.wait_stage(&ahead, "slow", "running").await;
     let id = c.trigger("app").await;
     b.client
         .goto(&format!("{}/#/run/{id}", server.url))

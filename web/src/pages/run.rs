@@ -73,51 +73,78 @@ pub fn RunPage(id: String) -> impl IntoView {
             source.api.clone().unwrap_or_default()
         );
         let reload2 = reload.clone();
-        let handlers: Vec<(&'static str, live::Handler)> = vec![
-            (
-                "stage",
-                Box::new(move |data: String| {
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
-                        return;
-                    };
-                    run.update(|r| {
-                        let Some(r) = r else { return };
-                        if let Some(e) = r.stages.iter_mut().find(|s| s.name.as_str() == v["name"])
-                        {
-                            if let Ok(s) = serde_json::from_value(v["status"].clone()) {
-                                e.status = s;
+        let handlers = move || -> Vec<(&'static str, live::Handler)> {
+            let reload2 = reload2.clone();
+            vec![
+                (
+                    "stage",
+                    Box::new(move |data: String| {
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
+                            return;
+                        };
+                        run.update(|r| {
+                            let Some(r) = r else { return };
+                            if let Some(e) =
+                                r.stages.iter_mut().find(|s| s.name.as_str() == v["name"])
+                            {
+                                if let Ok(s) = serde_json::from_value(v["status"].clone()) {
+                                    e.status = s;
+                                }
+                                e.duration_ms = v["duration_ms"].as_u64().or(e.duration_ms);
                             }
-                            e.duration_ms = v["duration_ms"].as_u64().or(e.duration_ms);
+                        });
+                    }),
+                ),
+                (
+                    "run",
+                    Box::new(move |_| {
+                        reload2();
+                        close_soon(stream);
+                    }),
+                ),
+                (
+                    // The state when the stream opened: an ended run sends only this.
+                    "snapshot",
+                    Box::new(move |data: String| {
+                        let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
+                            return;
+                        };
+                        if let Ok(doc) = serde_json::from_value::<RunDoc>(v["run"].clone()) {
+                            let ended = doc.status.is_final();
+                            run.set(Some(doc));
+                            if ended {
+                                close_soon(stream);
+                            }
                         }
-                    });
-                }),
-            ),
-            (
-                "run",
-                Box::new(move |_| {
-                    reload2();
-                    close_soon(stream);
-                }),
-            ),
-            (
-                // The state when the stream opened: an ended run sends only this.
-                "snapshot",
-                Box::new(move |data: String| {
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&data) else {
-                        return;
-                    };
-                    if let Ok(doc) = serde_json::from_value::<RunDoc>(v["run"].clone()) {
-                        let ended = doc.status.is_final();
-                        run.set(Some(doc));
-                        if ended {
-                            close_soon(stream);
-                        }
-                    }
-                }),
-            ),
-        ];
-        stream.set_value(live::open(&url, handlers));
-        on_cleanup(move || stream.set_value(None));
+                    }),
+                ),
+            ]
+        };
+        let open = move || stream.set_value(live::open(&url, handlers()));
+        open();
+        // A run still queued has no document and no events yet: look again
+        // each second until it has, then follow it.
+        let reload3 = reload.clone();
+        let tick = set_interval_with_handle(
+            move || {
+                let now = run.get_untracked();
+                let closed = stream.with_value(|s| s.as_ref().is_none_or(|s| s.is_closed()));
+                if now.is_none() {
+                    reload3();
+                }
+                if closed && now.as_ref().is_none_or(|r| !r.status.is_final()) {
+                    open();
+                }
+            },
+            std::time::Duration::from_secs(1),
+        )
+        .ok();
+        on_cleanup(move || {
+            if let Some(t) = tick {
+                t.clear();
+            }
+            stream.set_value(None);
+        });
     }
     Effect::new(move |_| {
         if let Some(r) = run.get() {
