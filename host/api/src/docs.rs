@@ -28,6 +28,8 @@ pub enum TriggerKind {
     Schedule,
     /// Another pipeline's run ended (`after =` in the server's config).
     Upstream,
+    /// A GitHub pull request was opened or pushed to.
+    PullRequest,
     /// Written by a newer Sentinel.
     #[serde(other)]
     Unknown,
@@ -137,6 +139,23 @@ pub struct RunDoc {
     /// server's config). Older readers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<RunId>,
+    /// The pull request it builds. Older readers ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestDoc>,
+}
+
+/// A pull request a run builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequestDoc {
+    pub number: u64,
+    /// Its head: branch and commit (`owner/name:branch` for a fork).
+    pub head: String,
+    pub head_sha: String,
+    /// The branch it would merge into.
+    pub base: String,
+    /// From another repository: the run gets no secrets, writes no cache,
+    /// has no network and deploys nothing.
+    pub fork: bool,
 }
 
 impl RunDoc {

@@ -81,6 +81,7 @@ async fn main() {
                 from_run: None,
                 deploy: None,
                 upstream: None,
+                pull_request: None,
             };
             db.put_run(&doc, i + 1 == STORED).await.unwrap();
         }

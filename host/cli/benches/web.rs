@@ -83,6 +83,7 @@ async fn main() {
             from_run: None,
             deploy: None,
             upstream: None,
+            pull_request: None,
         };
         sink.update_index(&RunSummary::of(&run)).await.unwrap();
     }

@@ -336,6 +336,8 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         gates,
         resume: None,
         upstream: None,
+        withheld: None,
+        pull_request: None,
     };
     let mut req = req;
     if !args.no_cache {

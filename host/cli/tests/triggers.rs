@@ -737,3 +737,137 @@ async fn commit_statuses_reach_github_in_order_and_wait_out_an_outage() {
     assert!(!server.log().contains(token), "the token reached the log");
     server.stop();
 }
+
+const PR_PIPELINE: &str = r#"version: 1
+box: sentinel/busybox:local
+defaults:
+  network: none
+secrets: [TOKEN]
+stages:
+  look:
+    run: env | sort
+  needs-token:
+    env:
+      T: ${secrets.TOKEN}
+    run: echo "token is ${#T} long"
+  cached:
+    cache:
+      key: pr-cache
+      paths: [.pr-cache]
+    run: mkdir -p .pr-cache && echo kept > .pr-cache/file
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_pull_request_runs_without_secrets_cache_writes_or_deploys() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, commit) =
+        common::server::bare_repo(&tmp.path().join("pr"), &[("sentinel.yml", PR_PIPELINE)]);
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.pr]\nurl = \"{repo}\"\ngithub = \"octo/pr\"\n[environments.prod]\nrepo = \"pr\"\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[
+            ("SENTINEL_SECRETS_KEY", key),
+            ("SENTINEL_GITHUB_WEBHOOK_SECRET", "hooks-secret"),
+        ],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let token = "s3cr3t-token-value-42";
+    let (status, v) = c
+        .call(
+            reqwest::Method::PUT,
+            "/api/v1/secrets/TOKEN",
+            Some(serde_json::json!({ "value": token })),
+        )
+        .await;
+    assert!(status < 300, "{status} {v}");
+    let open_pr = |from: &str, number: u64, delivery: &str| {
+        let body = serde_json::json!({
+            "action": "opened",
+            "number": number,
+            "pull_request": {
+                "head": { "ref": "feature", "sha": commit, "repo": { "full_name": from } },
+                "base": { "ref": "main", "sha": commit, "repo": { "full_name": "octo/pr" } }
+            },
+            "repository": { "full_name": "octo/pr", "clone_url": "https://github.com/octo/pr.git" }
+        })
+        .to_string();
+        let sig = sentinel_server::github_signature(b"hooks-secret", body.as_bytes());
+        let req = c
+            .http
+            .post(format!("{}/hooks/github", c.url))
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sig)
+            .body(body);
+        async move {
+            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            v["id"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let stage = |done: &serde_json::Value, name: &str| {
+        done["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+
+    // From a fork: no secret anywhere, the stage needing one skipped.
+    let fork = open_pr("evil/pr", 7, "pr-1").await;
+    let done = c.wait_final(&fork).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    assert_eq!(done["run"]["trigger"]["kind"], "pull_request", "{done}");
+    assert_eq!(done["run"]["pull_request"]["number"], 7, "{done}");
+    assert_eq!(done["run"]["pull_request"]["fork"], true, "{done}");
+    let skipped = stage(&done, "needs-token");
+    assert_eq!(skipped["status"], "skipped", "{skipped}");
+    let why = skipped["reason"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("a pull request from a fork gets no secrets") && why.contains("`TOKEN`"),
+        "{why}"
+    );
+    let (_, env) = c
+        .text(&format!("/api/v1/runs/{fork}/stages/look/log"))
+        .await;
+    assert!(env.contains("SENTINEL_"), "{env}");
+    assert!(!env.contains(token) && !env.contains("TOKEN="), "{env}");
+    let cached = stage(&done, "cached");
+    let note = cached["cache"]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("not write it"), "{cached}");
+    let (status, v) = c
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{fork}/promote"),
+            Some(serde_json::json!({ "to": "prod" })),
+        )
+        .await;
+    assert_eq!(status, 409, "{v}");
+
+    // From the repository itself: its secrets, as any run of it.
+    let own = open_pr("octo/pr", 8, "pr-2").await;
+    let done = c.wait_final(&own).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    assert_eq!(done["run"]["pull_request"]["fork"], false, "{done}");
+    assert_eq!(stage(&done, "needs-token")["status"], "succeeded");
+    let (_, log) = c
+        .text(&format!("/api/v1/runs/{own}/stages/needs-token/log"))
+        .await;
+    assert!(
+        log.contains(&format!("token is {} long", token.len())),
+        "{log}"
+    );
+    server.stop();
+}

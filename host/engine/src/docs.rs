@@ -49,6 +49,7 @@ pub(crate) fn new_run_doc(
         from_run: None,
         deploy: None,
         upstream: None,
+        pull_request: None,
     }
 }
 

@@ -50,6 +50,7 @@ pub fn run_doc(id: &RunId, status: sentinel_api::RunStatus) -> RunDoc {
         from_run: None,
         deploy: None,
         upstream: None,
+        pull_request: None,
     }
 }
 

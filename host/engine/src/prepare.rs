@@ -71,7 +71,8 @@ pub fn preflight(req: &RunRequest) -> Result<Arc<SecretSet>, PreflightError> {
             _ => None,
         });
     for name in used {
-        if !req.secrets.contains_key(&name) {
+        // Withheld: the stages that need it are skipped instead.
+        if !req.secrets.contains_key(&name) && req.withheld.is_none() {
             return Err(PreflightError::Missing(format!(
                 "secret `{name}` is not set (export {name}=… in the environment sentinel runs in)"
             )));
@@ -360,6 +361,14 @@ pub async fn prune_kept_sparing(store: &dyn crate::ports::Store, config: &crate:
         .collect();
     let (state, keep) = (config.state_dir.clone(), config.keep_files);
     let _ = tokio::task::spawn_blocking(move || prune_kept(&state, keep, &spare)).await;
+}
+
+/// The first secret stage `s` needs, if it needs one.
+pub fn secret_needed(s: &sentinel_pipeline::StagePlan) -> Option<String> {
+    s.templates().flat_map(|t| t.refs()).find_map(|r| match r {
+        Ref::Secret(n) => Some(n.clone()),
+        _ => None,
+    })
 }
 
 /// The stages whose files a re-run restores, in the plan's order.

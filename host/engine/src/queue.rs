@@ -427,6 +427,7 @@ async fn record_unstarted(
         from_run: None,
         deploy: None,
         upstream: None,
+        pull_request: None,
     });
     if run.status.is_final() && run.finished.is_some() {
         // Ended already (its runner recorded it): one final state only.

@@ -51,6 +51,11 @@ pub struct RunRequest {
     pub resume: Option<Resume>,
     /// The run of another pipeline that started this one (`${upstream.*}`).
     pub upstream: Option<Upstream>,
+    /// Why this run gets no secrets (a fork's pull request): each stage
+    /// that needs one is skipped, saying so.
+    pub withheld: Option<String>,
+    /// The pull request it builds (recorded in the run document).
+    pub pull_request: Option<sentinel_api::PullRequestDoc>,
 }
 
 /// The run of another pipeline that started a run, as `${upstream.*}`
@@ -99,6 +104,8 @@ impl RunRequest {
             gates: BTreeMap::new(),
             resume: None,
             upstream: None,
+            withheld: None,
+            pull_request: None,
         }
     }
 }

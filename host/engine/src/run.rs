@@ -166,6 +166,7 @@ impl Engine {
         rec.set_from_run(req.from_run.clone());
         rec.set_deploy(req.deploy.clone());
         rec.set_upstream(req.upstream.as_ref().map(|u| u.run.clone()));
+        rec.run.pull_request = req.pull_request.clone();
         if let Some(r) = &req.resume {
             rec.resume(r, &req.reuse);
         }
@@ -358,6 +359,14 @@ impl Engine {
                             continue;
                         }
                         changed = true;
+                        if let Some(why) = &req.withheld
+                            && let Some(secret) = crate::prepare::secret_needed(s)
+                        {
+                            let why = format!("{why}, and this stage needs secret `{secret}`");
+                            rec.stage_event(&s.name, StageEvent::Skip, Some(why), progress)
+                                .await;
+                            continue;
+                        }
                         if !req.reuse.contains_key(&s.name)
                             && !rec.at_gate(s, &req.gates, progress).await
                         {

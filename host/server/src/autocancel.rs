@@ -17,6 +17,16 @@ pub fn applies(state: &AppState, spec: &RunSpec) -> bool {
     let Some(repo) = state.config.repos.get(&spec.repo) else {
         return false;
     };
+    // A pull request's newer push: on unless asked otherwise.
+    if spec.pull_request.is_some() {
+        return spec
+            .pipeline
+            .as_ref()
+            .and_then(|p| repo.pipelines.get(p))
+            .and_then(|p| p.auto_cancel)
+            .or(repo.auto_cancel)
+            .unwrap_or(true);
+    }
     let Some(branch) = &spec.branch else {
         // A tag: never by default, as asked otherwise.
         return spec
@@ -42,17 +52,21 @@ fn same(spec: &RunSpec, other: &serde_json::Value) -> bool {
     let Ok(o) = serde_json::from_value::<RunSpec>(other.clone()) else {
         return false;
     };
-    o.repo == spec.repo && o.pipeline == spec.pipeline && o.branch == spec.branch
+    let pr = |s: &RunSpec| s.pull_request.as_ref().map(|p| p.number);
+    o.repo == spec.repo
+        && o.pipeline == spec.pipeline
+        && o.branch == spec.branch
+        && pr(&o) == pr(spec)
 }
 
 /// Cancels the runs older than `newer` of its pipeline and branch, waiting
 /// or going; the runs cancelled.
 pub async fn supersede(state: &AppState, newer: &QueueEntry, spec: &RunSpec) -> Vec<RunId> {
-    let why = format!(
-        "superseded by run {} (a newer push to {})",
-        newer.run_id,
-        spec.branch.as_deref().unwrap_or("its ref")
-    );
+    let to = match &spec.pull_request {
+        Some(pr) => format!("pull request #{}", pr.number),
+        None => spec.branch.clone().unwrap_or_else(|| "its ref".into()),
+    };
+    let why = format!("superseded by run {} (a newer push to {to})", newer.run_id);
     let mut older: Vec<RunId> = Vec::new();
     match state.store.unstarted(usize::MAX) {
         Ok(waiting) => older.extend(

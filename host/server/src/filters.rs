@@ -154,6 +154,19 @@ impl On {
         self.paths_matter(changed)
     }
 
+    /// Whether a pull request into `base` (`refs/heads/…`) starts it:
+    /// `branches` read the branch it would merge into.
+    pub fn base_branch(&self, base: &str) -> Result<(), String> {
+        let branch = base.strip_prefix("refs/heads/").unwrap_or(base);
+        self.matches(
+            "branches",
+            &self.branches,
+            &self.branches_ignore,
+            "base branch",
+            branch,
+        )
+    }
+
     fn matches(
         &self,
         field: &str,

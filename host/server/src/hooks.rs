@@ -112,6 +112,31 @@ struct Repository {
     clone_url: Option<String>,
 }
 
+/// A `pull_request` event.
+#[derive(Debug, Deserialize)]
+struct PullRequestEvent {
+    action: String,
+    number: u64,
+    pull_request: PullRequest,
+    repository: Repository,
+}
+
+#[derive(Debug, Deserialize)]
+struct PullRequest {
+    head: Branch,
+    base: Branch,
+}
+
+#[derive(Debug, Deserialize)]
+struct Branch {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    sha: String,
+    /// Absent when the fork was deleted.
+    #[serde(default)]
+    repo: Option<Repository>,
+}
+
 impl AppState {
     /// The configured repository a push is for.
     fn repo_of(&self, r: &Repository) -> Option<String> {
@@ -141,6 +166,9 @@ pub(crate) async fn github(
     let event = header("x-github-event").unwrap_or_default();
     if event == "ping" {
         return Ok((StatusCode::OK, Json(json!({ "status": "pong" }))));
+    }
+    if event == "pull_request" {
+        return pull_request(&s, &headers, &body).await;
     }
     if event != "push" {
         return Ok((
@@ -271,4 +299,120 @@ pub(crate) async fn list_ignored(
         .clamp(1, sentinel_store::ignored::KEEP);
     let list = s.store.ignored(limit).map_err(ApiError::internal)?;
     Ok(Json(json!({ "ignored": list })))
+}
+
+/// A `pull_request` event: `opened`, `synchronize` and `reopened` run each
+/// pipeline whose filters take pull requests (their `branches` read the
+/// base branch) on the pull request's head commit. A fork's runs get no
+/// secrets, write no cache, have no network and deploy nothing.
+async fn pull_request(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let delivery = headers
+        .get("x-github-delivery")
+        .and_then(|v| v.to_str().ok())
+        .filter(|d| !d.is_empty() && d.len() <= 128)
+        .ok_or_else(|| ApiError::bad_request("the X-GitHub-Delivery header is missing"))?
+        .to_string();
+    let pr: PullRequestEvent = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("not a pull_request event: {e}")))?;
+    if !matches!(pr.action.as_str(), "opened" | "synchronize" | "reopened") {
+        let reason = format!("pull request action `{}` does not start runs", pr.action);
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "status": "ignored", "reason": reason })),
+        ));
+    }
+    let repo = s.repo_of(&pr.repository).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "repository `{}` is not in this server's configuration",
+            pr.repository.full_name
+        ))
+    })?;
+    let head_repo = pr
+        .pull_request
+        .head
+        .repo
+        .as_ref()
+        .map(|r| r.full_name.as_str());
+    let fork = head_repo != Some(pr.repository.full_name.as_str());
+    let doc = sentinel_api::PullRequestDoc {
+        number: pr.number,
+        head: match (fork, head_repo) {
+            (true, Some(r)) => format!("{r}:{}", pr.pull_request.head.git_ref),
+            _ => pr.pull_request.head.git_ref.clone(),
+        },
+        head_sha: pr.pull_request.head.sha.clone(),
+        base: pr.pull_request.base.git_ref.clone(),
+        fork,
+    };
+    let pipelines: Vec<Option<String>> = match s.config.repos.get(&repo) {
+        Some(r) if !r.pipelines.is_empty() => r
+            .pipelines
+            .iter()
+            .filter(|(_, p)| p.after.is_none())
+            .map(|(n, _)| Some(n.clone()))
+            .collect(),
+        Some(r) if r.after.is_some() => Vec::new(),
+        _ => vec![None],
+    };
+    let mut runs = Vec::new();
+    let mut ignored = Vec::new();
+    for pipeline in pipelines {
+        let on = s
+            .config
+            .repos
+            .get(&repo)
+            .and_then(|r| r.on_of(pipeline.as_deref()));
+        let base = format!("refs/heads/{}", doc.base);
+        let taken = on.map_or(Ok(()), |on| {
+            on.takes(crate::filters::Event::PullRequest)
+                .and_then(|()| on.base_branch(&base))
+        });
+        if let Err(reason) = taken {
+            ignored.push(
+                json!({ "pipeline": pipeline.as_deref().unwrap_or(&repo), "reason": reason }),
+            );
+            continue;
+        }
+        let spec = RunSpec {
+            repo: repo.clone(),
+            pipeline: pipeline.clone(),
+            git_ref: doc.head_sha.clone(),
+            branch: Some(pr.pull_request.head.git_ref.clone()),
+            pull_request: Some(doc.clone()),
+            ..RunSpec::default()
+        };
+        let entry = s.entry(
+            &spec,
+            Trigger {
+                kind: TriggerKind::PullRequest,
+                by: Some(format!("github:{delivery} (#{} {})", doc.number, doc.head)),
+            },
+        );
+        let key = format!("github:{delivery}:{}", entry.pipeline);
+        let (id, fresh) = s
+            .store
+            .enqueue_once(&key, &entry)
+            .await
+            .map_err(ApiError::internal)?;
+        if fresh {
+            s.metrics.accepted(&id, entry.enqueued);
+            s.control.queued();
+            if crate::autocancel::applies(s, &spec) {
+                crate::autocancel::supersede(s, &entry, &spec).await;
+            }
+        }
+        runs.push(json!({ "pipeline": entry.pipeline, "id": id }));
+    }
+    let body = json!({
+        "id": runs.first().map(|r| r["id"].clone()),
+        "status": if runs.is_empty() { "ignored" } else { "queued" },
+        "runs": runs,
+        "ignored": ignored,
+        "fork": fork,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }

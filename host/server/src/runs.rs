@@ -62,6 +62,9 @@ pub struct RunSpec {
     /// The run of another pipeline whose end started this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<RunId>,
+    /// The pull request it builds (its head commit is `git_ref`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<sentinel_api::PullRequestDoc>,
 }
 
 impl RunSpec {

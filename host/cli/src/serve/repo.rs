@@ -108,6 +108,34 @@ pub async fn checkout(
     Ok((commit, is_branch.then(|| git_ref.to_string())))
 }
 
+/// Clones `url` and checks out a pull request's head commit, fetching
+/// GitHub's `refs/pull/N/head` first (a fork's commits are only there).
+async fn checkout_pull_request(
+    url: &str,
+    pr: &sentinel_api::PullRequestDoc,
+    dir: &Path,
+) -> Result<(String, Option<String>), String> {
+    let (_, _) = checkout(url, "HEAD", dir).await?;
+    let refspec = format!("refs/pull/{}/head", pr.number);
+    // Absent outside GitHub (and for a same-repository head it is not needed).
+    let _ = git(Some(dir), &["fetch", "--quiet", "origin", &refspec]).await;
+    if pr.head_sha.starts_with('-') {
+        return Err(format!("`{}` is not a commit", pr.head_sha));
+    }
+    git(
+        Some(dir),
+        &["checkout", "--quiet", "--detach", &pr.head_sha],
+    )
+    .await
+    .map_err(|e| {
+        format!(
+            "cannot check out pull request #{} at {}: {e}",
+            pr.number, pr.head_sha
+        )
+    })?;
+    Ok((pr.head_sha.clone(), None))
+}
+
 impl Resolver {
     /// The engine's request for a queued run; its checkout is removed when
     /// it cannot run.
@@ -134,7 +162,13 @@ impl Resolver {
                 spec.repo
             )
         })?;
-        let (commit, branch) = checkout(&repo.url, &spec.git_ref, dir).await?;
+        let (commit, branch) = match &spec.pull_request {
+            Some(pr) => checkout_pull_request(&repo.url, pr, dir).await?,
+            None => checkout(&repo.url, &spec.git_ref, dir).await?,
+        };
+        // A fork's pull request: no secrets, no cache writes, no network,
+        // no deploy.
+        let fork = spec.pull_request.as_ref().is_some_and(|p| p.fork);
         if let Some(p) = &spec.pipeline
             && !repo.pipelines.contains_key(p)
         {
@@ -185,16 +219,20 @@ impl Resolver {
         // Only the secrets the pipeline names, and each of them (a trigger
         // may say which stored secret serves a name).
         let stored_name = |n: &String| spec.secrets.get(n).cloned().unwrap_or_else(|| n.clone());
-        let wanted: Vec<String> = plan.secrets.iter().map(stored_name).collect();
+        let wanted: Vec<String> = if fork {
+            Vec::new()
+        } else {
+            plan.secrets.iter().map(stored_name).collect()
+        };
         let opened = match &self.secrets_key {
-            Some(key) => self
+            Some(key) if !wanted.is_empty() => self
                 .store
                 .open_secrets(key, &wanted)
                 .map_err(|err| err.to_string())?,
-            None => BTreeMap::new(),
+            _ => BTreeMap::new(),
         };
         let mut secrets = BTreeMap::new();
-        for name in &plan.secrets {
+        for name in plan.secrets.iter().filter(|_| !fork) {
             let stored = stored_name(name);
             let Some(v) = opened.get(&stored) else {
                 return Err(format!(
@@ -225,7 +263,7 @@ impl Resolver {
             (None, Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
-        let gates = sentinel_server::deploys::gates_of(
+        let mut gates = sentinel_server::deploys::gates_of(
             &self.store,
             &self.environments,
             plan.stages
@@ -233,6 +271,17 @@ impl Resolver {
                 .filter_map(|s| Some((s.name.clone(), s.approval.clone()?))),
             resume.as_ref(),
         )?;
+        if fork {
+            for gate in gates.values_mut() {
+                *gate = sentinel_engine::gate::Gate::Refuse {
+                    gate: None,
+                    reason: "a pull request from a fork deploys nothing".into(),
+                };
+            }
+            for s in plan.stages.iter_mut() {
+                s.limits.network = sentinel_pipeline::Network::None;
+            }
+        }
         Ok(RunRequest {
             from_run: None,
             deploy: spec.deploy.as_ref().map(|d| d.facts.clone()),
@@ -243,7 +292,7 @@ impl Resolver {
                     cache: cache.clone(),
                     project: spec.repo.clone(),
                     default_branch: default_branch.clone(),
-                    write: true,
+                    write: !fork,
                 }
             }),
             plan,
@@ -263,6 +312,8 @@ impl Resolver {
             not_reused,
             gates,
             resume,
+            withheld: fork.then(|| "a pull request from a fork gets no secrets".to_string()),
+            pull_request: spec.pull_request.clone(),
             upstream: match &spec.upstream {
                 Some(id) => Some(self.upstream(id).await?),
                 None => None,

@@ -67,6 +67,11 @@ pub(crate) async fn promote(
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no run {from}")))?;
+    if run.pull_request.as_ref().is_some_and(|p| p.fork) {
+        return Err(ApiError::conflict(format!(
+            "run {from} built a pull request from a fork: it is never deployed"
+        )));
+    }
     if run.status != RunStatus::Succeeded {
         return Err(ApiError::conflict(format!(
             "run {from} {}: only a succeeded run is promoted",
