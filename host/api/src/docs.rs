@@ -30,6 +30,8 @@ pub enum TriggerKind {
     Upstream,
     /// A GitHub pull request was opened or pushed to.
     PullRequest,
+    /// A version watch saw a new version.
+    Version,
     /// Written by a newer Sentinel.
     #[serde(other)]
     Unknown,

@@ -338,6 +338,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         upstream: None,
         withheld: None,
         pull_request: None,
+        trigger_values: Default::default(),
     };
     let mut req = req;
     if !args.no_cache {

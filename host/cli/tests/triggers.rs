@@ -871,3 +871,98 @@ async fn a_fork_pull_request_runs_without_secrets_cache_writes_or_deploys() {
     );
     server.stop();
 }
+
+const BUMP: &str = r#"version: 1
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  bump:
+    env:
+      NEW: ${trigger.version}
+      OLD: ${trigger.previous_version}
+    run: echo "bump $OLD -> $NEW"
+"#;
+
+/// The runs version watches started.
+async fn version_runs(c: &Client) -> Vec<String> {
+    let v = c.get("/api/v1/runs").await;
+    let mut ids: Vec<String> = v["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(v["queued"].as_array().unwrap())
+        .filter(|r| r["trigger"]["kind"] == "version")
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_watch_runs_once_per_new_version_across_a_restart() {
+    common::docker().await;
+    // The package registry, on loopback: its version can be changed.
+    let version = std::sync::Arc::new(std::sync::Mutex::new("1.0.0".to_string()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let registry = format!("http://{}/pkg.json", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/pkg.json",
+        axum::routing::get({
+            let version = version.clone();
+            move || {
+                let v = version.lock().unwrap().clone();
+                async move { axum::Json(serde_json::json!({ "info": { "version": v } })) }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = bare_repo_once(&tmp.path().join("deps"), &[("sentinel.yml", BUMP)]);
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.deps]\nurl = \"{repo}\"\n[versions.pkg]\nrepo = \"deps\"\nurl = \"{registry}\"\nfilter = \".info.version\"\nevery_seconds = 1\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let start = || {
+        Server::start(
+            &tmp.path().join("state"),
+            &["--config", config.to_str().unwrap(), "--listen", &listen],
+            &[],
+        )
+    };
+    let server = start();
+    let c = Client::new(&server.url, &server.admin);
+    // The first version seen is the starting point: nothing runs.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(version_runs(&c).await.is_empty());
+
+    // A new version: one run, with both versions.
+    *version.lock().unwrap() = "2.0.0".into();
+    let until = Instant::now() + Duration::from_secs(20);
+    let run = loop {
+        if let Some(id) = version_runs(&c).await.first() {
+            break id.clone();
+        }
+        assert!(Instant::now() < until, "no run: {}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(c.wait_final(&run).await["run"]["status"], "succeeded");
+    let (_, log) = c.text(&format!("/api/v1/runs/{run}/stages/bump/log")).await;
+    assert!(log.contains("bump 1.0.0 -> 2.0.0"), "{log}");
+    // Polled again, and across a restart: nothing more.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(version_runs(&c).await, vec![run.clone()]);
+    server.stop();
+    let server = start();
+    let c = Client::new(&server.url, &server.admin);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(version_runs(&c).await, vec![run.clone()]);
+    server.stop();
+}

@@ -34,6 +34,8 @@ pub enum EnvError {
         "`{0}`: this run was not started by another pipeline's run (`after =` in the server's config starts one so)"
     )]
     NotUpstream(String),
+    #[error("`{0}`: this run's trigger does not tell it (a version watch does)")]
+    NoTriggerValue(String),
     #[error(
         "`{0}`: the upstream run {1} has no such output (its stage did not succeed, is sensitive, or has no such key)"
     )]
@@ -56,6 +58,8 @@ pub struct EnvInputs<'a> {
     pub deploy: Option<&'a sentinel_api::DeployFacts>,
     /// The run of another pipeline that started this one.
     pub upstream: Option<&'a crate::request::Upstream>,
+    /// What its trigger told it (`${trigger.*}`).
+    pub trigger_values: &'a BTreeMap<String, String>,
     pub host_env: &'a BTreeMap<String, String>,
     pub secrets: &'a BTreeMap<String, String>,
     /// Raw outputs of finished stages: the output and the named outputs.
@@ -154,6 +158,11 @@ pub fn resolve(inputs: &EnvInputs<'_>, r: &Ref) -> Result<String, EnvError> {
             .deploy
             .map(|d| field.of(d))
             .ok_or_else(|| EnvError::NotDeploy(r.to_string())),
+        Ref::Trigger(field) => inputs
+            .trigger_values
+            .get(field.name())
+            .cloned()
+            .ok_or_else(|| EnvError::NoTriggerValue(r.to_string())),
         Ref::UpstreamRunId | Ref::UpstreamOutput(_) | Ref::UpstreamNamedOutput(..) => {
             let up = inputs
                 .upstream
@@ -452,6 +461,7 @@ mod tests {
                 git: None,
                 deploy: None,
                 upstream: None,
+                trigger_values: &empty,
                 host_env: &empty,
                 secrets: &secrets,
                 outputs: &BTreeMap::new(),

@@ -56,6 +56,8 @@ pub struct RunRequest {
     pub withheld: Option<String>,
     /// The pull request it builds (recorded in the run document).
     pub pull_request: Option<sentinel_api::PullRequestDoc>,
+    /// What its trigger told it: `${trigger.version}` …
+    pub trigger_values: BTreeMap<String, String>,
 }
 
 /// The run of another pipeline that started a run, as `${upstream.*}`
@@ -106,6 +108,7 @@ impl RunRequest {
             upstream: None,
             withheld: None,
             pull_request: None,
+            trigger_values: BTreeMap::new(),
         }
     }
 }

@@ -31,7 +31,7 @@ pub use plan::{
 pub use step::{
     DirCatalog, NoSteps, ResolvedStep, StepCatalog, StepError, StepManifest, WorkspaceAccess,
 };
-pub use template::{DeployField, Part, Ref, Template};
+pub use template::{DeployField, Part, Ref, Template, TriggerField};
 
 use yaml::{Caps, Pos};
 

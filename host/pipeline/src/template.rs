@@ -33,6 +33,26 @@ pub enum Ref {
     UpstreamOutput(StageName),
     /// `${upstream.stages.X.outputs.KEY}`: a named output of stage X there.
     UpstreamNamedOutput(StageName, String),
+    /// `${trigger.version}`, `${trigger.previous_version}`: what a version
+    /// watch saw.
+    Trigger(TriggerField),
+}
+
+/// What a trigger tells its run (`${trigger.NAME}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TriggerField {
+    Version,
+    PreviousVersion,
+}
+
+impl TriggerField {
+    /// Its name in `${trigger.NAME}`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Version => "version",
+            Self::PreviousVersion => "previous_version",
+        }
+    }
 }
 
 /// The facts of a deploy (`${deploy.app}`…), each also a `DEPLOY_*` variable.
@@ -105,6 +125,7 @@ impl fmt::Display for Ref {
             Self::GitRepo => f.write_str("${git.repo}"),
             Self::Deploy(d) => write!(f, "${{deploy.{}}}", d.name()),
             Self::UpstreamRunId => f.write_str("${upstream.run.id}"),
+            Self::Trigger(t) => write!(f, "${{trigger.{}}}", t.name()),
             Self::UpstreamOutput(s) => write!(f, "${{upstream.stages.{s}.output}}"),
             Self::UpstreamNamedOutput(s, k) => {
                 write!(f, "${{upstream.stages.{s}.outputs.{k}}}")
@@ -188,7 +209,7 @@ fn err(offset: usize, message: impl Into<String>, hint: Option<&str>) -> Templat
     }
 }
 
-const HINT: &str = "references are ${env.X}, ${secrets.X}, ${stages.X.output}, ${stages.X.outputs.Y}, ${run.id}, ${git.commit}, ${git.branch}, ${git.repo}, ${deploy.X}, ${upstream.run.id}, ${upstream.stages.X.outputs.Y}; write $${ for a literal ${";
+const HINT: &str = "references are ${env.X}, ${secrets.X}, ${stages.X.output}, ${stages.X.outputs.Y}, ${run.id}, ${git.commit}, ${git.branch}, ${git.repo}, ${deploy.X}, ${upstream.run.id}, ${upstream.stages.X.outputs.Y}, ${trigger.version}; write $${ for a literal ${";
 
 /// Parses a value. `$${` is a literal `${`; a `$` not followed by `{` is literal.
 pub fn parse(value: &str) -> Result<Template, TemplateError> {
@@ -249,6 +270,8 @@ fn parse_ref(body: &str) -> Result<Ref, (String, Option<&'static str>)> {
         ["git", "branch"] => Ok(Ref::GitBranch),
         ["git", "repo"] => Ok(Ref::GitRepo),
         ["upstream", "run", "id"] => Ok(Ref::UpstreamRunId),
+        ["trigger", "version"] => Ok(Ref::Trigger(TriggerField::Version)),
+        ["trigger", "previous_version"] => Ok(Ref::Trigger(TriggerField::PreviousVersion)),
         ["upstream", "stages", stage, "output"] => Ok(Ref::UpstreamOutput(stage_name(stage)?)),
         ["upstream", "stages", stage, "outputs", key] if ident_ok(key) => Ok(
             Ref::UpstreamNamedOutput(stage_name(stage)?, key.to_string()),

@@ -65,6 +65,9 @@ pub struct RunSpec {
     /// The pull request it builds (its head commit is `git_ref`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pull_request: Option<sentinel_api::PullRequestDoc>,
+    /// What its trigger tells it (`${trigger.version}` …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub trigger_values: BTreeMap<String, String>,
 }
 
 impl RunSpec {
@@ -273,7 +276,8 @@ impl AppState {
         )))
     }
 
-    pub(crate) fn entry(&self, spec: &RunSpec, trigger: Trigger) -> QueueEntry {
+    /// The queue entry of a new run of `spec`.
+    pub fn entry(&self, spec: &RunSpec, trigger: Trigger) -> QueueEntry {
         QueueEntry {
             run_id: new_run_id(),
             pipeline: spec.pipeline.clone().unwrap_or_else(|| spec.repo.clone()),

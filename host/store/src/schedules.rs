@@ -1,5 +1,6 @@
 //! Schedules' state in sled (`schedules`: name → [`ScheduleState`]): the
-//! next firing of each schedule, and the last one that queued a run. The
+//! next firing of each schedule, and the last one that queued a run; and
+//! (`version/NAME`) the last version each version watch saw. The
 //! firing's run is queued with an idempotency key of its own, so this
 //! state may lag the queue (a crash between the two) without a firing
 //! running twice.
@@ -42,6 +43,25 @@ impl SledStore {
         self.schedules
             .insert(name.as_bytes(), encode(state)?)
             .map_err(|e| err("schedule", e))?;
+        self.flush().await
+    }
+}
+
+impl SledStore {
+    /// The last version version watch `name` saw, if it saw one.
+    pub fn version_seen(&self, name: &str) -> Result<Option<String>, StorageError> {
+        get_decoded(
+            &self.schedules,
+            format!("version/{name}").as_bytes(),
+            "version watch",
+        )
+    }
+
+    /// Records the version watch `name` saw (on disk before it returns).
+    pub async fn set_version_seen(&self, name: &str, version: &str) -> Result<(), StorageError> {
+        self.schedules
+            .insert(format!("version/{name}").as_bytes(), encode(&version)?)
+            .map_err(|e| err("version watch", e))?;
         self.flush().await
     }
 }

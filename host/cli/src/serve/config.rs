@@ -48,6 +48,9 @@ pub struct FileConfig {
     /// Commit statuses back to GitHub.
     #[serde(default)]
     pub github: Option<super::statuses::GithubSection>,
+    /// Version watches, by name.
+    #[serde(default)]
+    pub versions: BTreeMap<String, super::versions::VersionWatch>,
 }
 
 /// Where results go besides the local folder.
@@ -187,6 +190,8 @@ pub struct Settings {
     pub schedules: BTreeMap<String, ScheduleConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub github: Option<super::statuses::GithubSection>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, super::versions::VersionWatch>,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -348,6 +353,9 @@ impl Settings {
         }
         sentinel_server::check_repos(&api.repos).map_err(anyhow::Error::msg)?;
         schedules_of(&file.schedules, &api)?;
+        for (name, w) in &file.versions {
+            w.check(name, &api.repos).map_err(anyhow::Error::msg)?;
+        }
         for (name, e) in &file.environments {
             if !sentinel_deploy::marker::app_ok(name) {
                 anyhow::bail!(
@@ -390,6 +398,7 @@ impl Settings {
             environments: file.environments.clone(),
             schedules: file.schedules.clone(),
             github: file.github.clone(),
+            versions: file.versions.clone(),
         })
     }
 

@@ -10,6 +10,7 @@ mod deployments;
 pub mod local;
 mod repo;
 mod statuses;
+mod versions;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -342,6 +343,11 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         watching.clone(),
         stop.clone(),
     ));
+    let versions = tokio::spawn(versions::watch(
+        watching.clone(),
+        settings.versions.clone(),
+        stop.clone(),
+    ));
     let scheduling = tokio::spawn(sentinel_server::schedules::run(watching, stop.clone()));
     let http_stop = stop.clone();
     let http = tokio::spawn(async move {
@@ -367,6 +373,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     let _ = watchers.await;
     let _ = waits.await;
     let _ = scheduling.await;
+    let _ = versions.await;
     publish_stop.cancel();
     let _ = publishing.await;
     if let Some(s) = sending {

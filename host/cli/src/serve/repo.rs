@@ -314,6 +314,7 @@ impl Resolver {
             resume,
             withheld: fork.then(|| "a pull request from a fork gets no secrets".to_string()),
             pull_request: spec.pull_request.clone(),
+            trigger_values: spec.trigger_values.clone(),
             upstream: match &spec.upstream {
                 Some(id) => Some(self.upstream(id).await?),
                 None => None,

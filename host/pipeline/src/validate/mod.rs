@@ -123,11 +123,12 @@ pub fn validate(
                                 | Ref::UpstreamRunId
                                 | Ref::UpstreamOutput(_)
                                 | Ref::UpstreamNamedOutput(..)
+                                | Ref::Trigger(_)
                         ) {
                             cx.issue(
                                 v.pos,
                                 format!("`{r}` cannot be used in the pipeline's `env:`"),
-                                Some("pipeline-wide variables may use ${run.*}, ${git.*}, ${deploy.*} and ${upstream.*}; name secrets and stage outputs in the stage that uses them".into()),
+                                Some("pipeline-wide variables may use ${run.*}, ${git.*}, ${deploy.*}, ${upstream.*} and ${trigger.*}; name secrets and stage outputs in the stage that uses them".into()),
                             );
                         }
                     }
