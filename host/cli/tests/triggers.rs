@@ -966,3 +966,103 @@ async fn a_version_watch_runs_once_per_new_version_across_a_restart() {
     assert_eq!(version_runs(&c).await, vec![run.clone()]);
     server.stop();
 }
+
+const SHOW_NOTES: &str = r#"version: 1
+box: sentinel/busybox:local
+defaults:
+  network: none
+stages:
+  show:
+    run: cat notes.txt extra.txt 2>/dev/null; true
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_request_merged_onto_its_base_when_asked_and_a_conflict_fails_saying_so() {
+    use common::server::git;
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("m");
+    let (repo, _) = common::server::bare_repo(
+        &root,
+        &[("sentinel.yml", SHOW_NOTES), ("notes.txt", "base notes\n")],
+    );
+    let work = root.join("work");
+    let bare = root.join("app.git");
+    let bare = bare.to_str().unwrap();
+    // A branch that merges cleanly, and one that conflicts with main.
+    git(&work, &["checkout", "--quiet", "-b", "good"]);
+    std::fs::write(work.join("extra.txt"), "extra from good\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "--quiet", "-m", "good"]);
+    let good = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "--quiet", "main"]);
+    git(&work, &["checkout", "--quiet", "-b", "bad"]);
+    std::fs::write(work.join("notes.txt"), "notes from bad\n").unwrap();
+    git(&work, &["commit", "--quiet", "-am", "bad"]);
+    let bad = git(&work, &["rev-parse", "HEAD"]);
+    git(&work, &["checkout", "--quiet", "main"]);
+    std::fs::write(work.join("notes.txt"), "notes moved on in main\n").unwrap();
+    git(&work, &["commit", "--quiet", "-am", "main moves on"]);
+    git(&work, &["push", "--quiet", bare, "main", "good", "bad"]);
+
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[repos.m]\nurl = \"{repo}\"\ngithub = \"octo/m\"\nmerge_pull_requests = true\n"),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[("SENTINEL_GITHUB_WEBHOOK_SECRET", "hooks-secret")],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let open_pr = |head: &str, sha: &str, number: u64| {
+        let body = serde_json::json!({
+            "action": "opened",
+            "number": number,
+            "pull_request": {
+                "head": { "ref": head, "sha": sha, "repo": { "full_name": "octo/m" } },
+                "base": { "ref": "main", "sha": "", "repo": { "full_name": "octo/m" } }
+            },
+            "repository": { "full_name": "octo/m", "clone_url": "https://github.com/octo/m.git" }
+        })
+        .to_string();
+        let sig = sentinel_server::github_signature(b"hooks-secret", body.as_bytes());
+        let req = c
+            .http
+            .post(format!("{}/hooks/github", c.url))
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", format!("merge-{number}"))
+            .header("x-hub-signature-256", sig)
+            .body(body);
+        async move {
+            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            v["id"].as_str().unwrap().to_string()
+        }
+    };
+    // It merges: the run sees main's notes and the branch's file, at a
+    // merge commit of its own.
+    let run = open_pr("good", &good, 1).await;
+    let done = c.wait_final(&run).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done}");
+    let commit = done["run"]["git"]["commit"].as_str().unwrap();
+    assert_ne!(commit, good, "a merge commit");
+    assert_eq!(done["run"]["pull_request"]["head_sha"], good.as_str());
+    let (_, log) = c.text(&format!("/api/v1/runs/{run}/stages/show/log")).await;
+    assert!(
+        log.contains("notes moved on in main") && log.contains("extra from good"),
+        "{log}"
+    );
+    // It conflicts: the run fails before any stage, saying so.
+    let run = open_pr("bad", &bad, 2).await;
+    let done = c.wait_final(&run).await;
+    assert_eq!(done["run"]["status"], "failed", "{done}");
+    let reason = done["run"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("pull request #2 does not merge onto main"),
+        "{reason}"
+    );
+    server.stop();
+}

@@ -77,6 +77,10 @@ pub struct RepoConfig {
     /// (default: on for other branches than the default one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto_cancel: Option<bool>,
+    /// A pull request's run builds its head merged onto its base branch
+    /// (default: its head as it is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub merge_pull_requests: bool,
 }
 
 /// A named pipeline of a repository (`[repos.NAME.pipelines.PIPELINE]`).

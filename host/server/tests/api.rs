@@ -57,6 +57,7 @@ fn config(public_read: bool) -> ApiConfig {
                 after: None,
                 on: None,
                 default_branch: None,
+                merge_pull_requests: false,
                 auto_cancel: None,
             },
         )]),

@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// Version watches, by name.
     #[serde(default)]
     pub versions: BTreeMap<String, super::versions::VersionWatch>,
+    /// What a fork's pull request gets.
+    #[serde(default)]
+    pub pull_requests: Option<super::repo::PullRequestsSection>,
 }
 
 /// Where results go besides the local folder.
@@ -192,6 +195,7 @@ pub struct Settings {
     pub github: Option<super::statuses::GithubSection>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, super::versions::VersionWatch>,
+    pub pull_requests: super::repo::PullRequestsSection,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -314,6 +318,7 @@ impl Settings {
                     after: None,
                     on: None,
                     default_branch: None,
+                    merge_pull_requests: false,
                     auto_cancel: None,
                 },
             );
@@ -399,6 +404,7 @@ impl Settings {
             schedules: file.schedules.clone(),
             github: file.github.clone(),
             versions: file.versions.clone(),
+            pull_requests: file.pull_requests.clone().unwrap_or_default(),
         })
     }
 

@@ -8,7 +8,7 @@ pub mod config;
 mod deploy_files;
 mod deployments;
 pub mod local;
-mod repo;
+pub mod repo;
 mod statuses;
 mod versions;
 
@@ -225,6 +225,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
             settings.cache.default_branch.clone(),
         )),
         environments: settings.environments.clone(),
+        pull_requests: settings.pull_requests.clone(),
     };
     let worker = Worker::new(
         engine,

@@ -39,6 +39,27 @@ pub struct Resolver {
     pub cache: Option<(Arc<sentinel_engine::cache::Cache>, String)>,
     /// The environments approval gates (`approval: ENV`) ask.
     pub environments: BTreeMap<String, sentinel_server::deploys::EnvironmentConfig>,
+    /// What a fork's pull request gets.
+    pub pull_requests: PullRequestsSection,
+}
+
+/// `[pull_requests]`: what a fork's pull request's run gets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullRequestsSection {
+    /// The network its stages get: `none` (default) or `bridge` (stages
+    /// that ask for `network: run` get `bridge`).
+    #[serde(default)]
+    pub fork_network: ForkNetwork,
+}
+
+/// The network of a fork's pull request's stages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForkNetwork {
+    #[default]
+    None,
+    Bridge,
 }
 
 /// Runs git with only what it needs from the environment.
@@ -109,10 +130,13 @@ pub async fn checkout(
 }
 
 /// Clones `url` and checks out a pull request's head commit, fetching
-/// GitHub's `refs/pull/N/head` first (a fork's commits are only there).
+/// GitHub's `refs/pull/N/head` first (a fork's commits are only there) —
+/// or, with `merge`, its head merged onto its base branch (a merge commit
+/// made here; a conflict fails the run, saying so).
 async fn checkout_pull_request(
     url: &str,
     pr: &sentinel_api::PullRequestDoc,
+    merge: bool,
     dir: &Path,
 ) -> Result<(String, Option<String>), String> {
     let (_, _) = checkout(url, "HEAD", dir).await?;
@@ -122,18 +146,58 @@ async fn checkout_pull_request(
     if pr.head_sha.starts_with('-') {
         return Err(format!("`{}` is not a commit", pr.head_sha));
     }
-    git(
-        Some(dir),
-        &["checkout", "--quiet", "--detach", &pr.head_sha],
-    )
-    .await
-    .map_err(|e| {
-        format!(
-            "cannot check out pull request #{} at {}: {e}",
-            pr.number, pr.head_sha
+    if !merge {
+        git(
+            Some(dir),
+            &["checkout", "--quiet", "--detach", &pr.head_sha],
         )
-    })?;
-    Ok((pr.head_sha.clone(), None))
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot check out pull request #{} at {}: {e}",
+                pr.number, pr.head_sha
+            )
+        })?;
+        return Ok((pr.head_sha.clone(), None));
+    }
+    let base = format!("origin/{}", pr.base);
+    git(Some(dir), &["checkout", "--quiet", "--detach", &base])
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot check out {base}, the base of pull request #{}: {e}",
+                pr.number
+            )
+        })?;
+    let message = format!(
+        "Merge pull request #{} ({}) onto {}",
+        pr.number, pr.head, pr.base
+    );
+    let merged = git(
+        Some(dir),
+        &[
+            "-c",
+            "user.name=sentinel",
+            "-c",
+            "user.email=sentinel@localhost",
+            "merge",
+            "--quiet",
+            "--no-ff",
+            "--no-edit",
+            "-m",
+            &message,
+            &pr.head_sha,
+        ],
+    )
+    .await;
+    if let Err(e) = merged {
+        return Err(format!(
+            "pull request #{} does not merge onto {}: {e}",
+            pr.number, pr.base
+        ));
+    }
+    let commit = git(Some(dir), &["rev-parse", "HEAD"]).await?;
+    Ok((commit, None))
 }
 
 impl Resolver {
@@ -163,7 +227,7 @@ impl Resolver {
             )
         })?;
         let (commit, branch) = match &spec.pull_request {
-            Some(pr) => checkout_pull_request(&repo.url, pr, dir).await?,
+            Some(pr) => checkout_pull_request(&repo.url, pr, repo.merge_pull_requests, dir).await?,
             None => checkout(&repo.url, &spec.git_ref, dir).await?,
         };
         // A fork's pull request: no secrets, no cache writes, no network,
@@ -279,7 +343,13 @@ impl Resolver {
                 };
             }
             for s in plan.stages.iter_mut() {
-                s.limits.network = sentinel_pipeline::Network::None;
+                s.limits.network = match (self.pull_requests.fork_network, s.limits.network) {
+                    (ForkNetwork::Bridge, sentinel_pipeline::Network::None) => {
+                        sentinel_pipeline::Network::None
+                    }
+                    (ForkNetwork::Bridge, _) => sentinel_pipeline::Network::Bridge,
+                    (ForkNetwork::None, _) => sentinel_pipeline::Network::None,
+                };
             }
         }
         Ok(RunRequest {

@@ -165,6 +165,7 @@ mod tests {
             after: None,
             on: None,
             default_branch: None,
+            merge_pull_requests: false,
             auto_cancel: None,
         };
         BTreeMap::from([("r".to_string(), r)])
