@@ -285,7 +285,14 @@ async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_
     let listen = format!("127.0.0.1:{}", free_port());
     let server = Server::start(
         &tmp.path().join("state"),
-        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--web",
+            common::browser::dist().to_str().unwrap(),
+        ],
         &[],
     );
     let c = Client::new(&server.url, &server.admin);
@@ -353,6 +360,39 @@ async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_
             .unwrap();
         assert!(badge.contains("succeeded"), "{p}: {badge}");
     }
+    // The web app's runs list keeps one pipeline's runs.
+    let b = Browser::start().await;
+    b.client.goto(&server.url).await.unwrap();
+    b.find("#token")
+        .await
+        .send_keys(&server.admin)
+        .await
+        .unwrap();
+    b.click(".sign-in button").await;
+    b.find(".sign-out").await;
+    b.client.goto(&format!("{}/#/", server.url)).await.unwrap();
+    b.find(&format!(r#"tr.run-row[data-run="{docs}"]"#)).await;
+    b.find(&format!(r#"tr.run-row[data-run="{build}"]"#)).await;
+    b.find(r#"select.pipeline-filter option[value="shop-docs"]"#)
+        .await
+        .click()
+        .await
+        .unwrap();
+    let shown = || async {
+        b.client
+            .execute(
+                "return [...document.querySelectorAll('tr.run-row')].map(r => r.dataset.run);",
+                vec![],
+            )
+            .await
+            .unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    while shown().await != serde_json::json!([docs.clone()]) {
+        assert!(Instant::now() < until, "shown: {}", shown().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.close().await;
     server.stop();
 }
 

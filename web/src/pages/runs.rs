@@ -139,6 +139,7 @@ pub fn Runs() -> impl IntoView {
     let loading = RwSignal::new(true);
     let (status_f, set_status_f) = signal(String::new());
     let (branch_f, set_branch_f) = signal(String::new());
+    let (pipeline_f, set_pipeline_f) = signal(String::new());
     let (search, set_search) = signal(String::new());
     status::show_in_tab("Runs · Sentinel", None);
 
@@ -198,11 +199,19 @@ pub fn Runs() -> impl IntoView {
         b.dedup();
         b
     };
+    let pipelines = move || {
+        let mut p: Vec<String> = runs.get().iter().map(|r| r.pipeline.clone()).collect();
+        p.sort();
+        p.dedup();
+        p
+    };
     let shown = move || {
         let (s, b, q) = (status_f.get(), branch_f.get(), search.get().to_lowercase());
+        let p = pipeline_f.get();
         runs.get()
             .into_iter()
             .filter(|r| s.is_empty() || r.status.as_str() == s)
+            .filter(|r| p.is_empty() || r.pipeline == p)
             .filter(|r| {
                 b.is_empty() || r.git.as_ref().and_then(|g| g.branch.as_deref()) == Some(b.as_str())
             })
@@ -228,10 +237,16 @@ pub fn Runs() -> impl IntoView {
             <label>"Status "
                 <select on:change=move |ev| set_status_f.set(event_target_value(&ev))>
                     <option value="">"all"</option>
-                    {["succeeded", "failed", "running", "queued", "cancelled", "interrupted"]
+                    {["succeeded", "failed", "running", "queued", "waiting_approval", "cancelled", "interrupted"]
                         .into_iter()
                         .map(|s| view! { <option value=s>{s}</option> })
                         .collect_view()}
+                </select>
+            </label>
+            <label>"Pipeline "
+                <select class="pipeline-filter" on:change=move |ev| set_pipeline_f.set(event_target_value(&ev))>
+                    <option value="">"all"</option>
+                    {move || pipelines().into_iter().map(|p| view! { <option value=p.clone()>{p.clone()}</option> }).collect_view()}
                 </select>
             </label>
             <label>"Branch "
