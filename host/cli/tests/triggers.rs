@@ -524,6 +524,30 @@ async fn a_pipeline_runs_after_another_succeeds_on_main_with_its_outputs() {
     server.stop();
 }
 
+/// Delivers a signed GitHub webhook `event` (secret `hooks-secret`); the
+/// server's answer.
+async fn hook(
+    c: &Client,
+    event: &str,
+    delivery: &str,
+    body: serde_json::Value,
+) -> serde_json::Value {
+    let body = body.to_string();
+    let sig = sentinel_server::github_signature(b"hooks-secret", body.as_bytes());
+    c.http
+        .post(format!("{}/hooks/github", c.url))
+        .header("x-github-event", event)
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 const SLOW: &str = r#"version: 1
 box: sentinel/busybox:local
 defaults:
@@ -558,19 +582,11 @@ async fn a_newer_push_to_a_branch_cancels_the_older_run_naming_it() {
             "before": "0000000000000000000000000000000000000000",
             "after": commit,
             "repository": { "full_name": "octo/slow", "clone_url": "https://github.com/octo/slow.git" }
-        })
-        .to_string();
-        let sig = sentinel_server::github_signature(b"hooks-secret", body.as_bytes());
-        let req = c
-            .http
-            .post(format!("{}/hooks/github", c.url))
-            .header("x-github-event", "push")
-            .header("x-github-delivery", delivery)
-            .header("x-hub-signature-256", sig)
-            .body(body);
+        });
+        let (c, delivery) = (&c, delivery.to_string());
         async move {
-            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
-            v["id"].as_str().unwrap().to_string()
+            let v = hook(c, "push", &delivery, body).await;
+            v["id"].as_str().unwrap_or_default().to_string()
         }
     };
     // Two quick pushes to a feature branch: the first is superseded.
@@ -840,18 +856,10 @@ async fn a_fork_pull_request_runs_without_secrets_cache_writes_or_deploys() {
                 "base": { "ref": "main", "sha": commit, "repo": { "full_name": "octo/pr" } }
             },
             "repository": { "full_name": "octo/pr", "clone_url": "https://github.com/octo/pr.git" }
-        })
-        .to_string();
-        let sig = sentinel_server::github_signature(b"hooks-secret", body.as_bytes());
-        let req = c
-            .http
-            .post(format!("{}/hooks/github", c.url))
-            .header("x-github-event", "pull_request")
-            .header("x-github-delivery", delivery)
-            .header("x-hub-signature-256", sig)
-            .body(body);
+        });
+        let (c, delivery) = (&c, delivery.to_string());
         async move {
-            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            let v = hook(c, "pull_request", &delivery, body).await;
             v["id"].as_str().unwrap_or_default().to_string()
         }
     };
@@ -1067,18 +1075,10 @@ async fn a_pull_request_merged_onto_its_base_when_asked_and_a_conflict_fails_say
                 "base": { "ref": "main", "sha": "", "repo": { "full_name": "octo/m" } }
             },
             "repository": { "full_name": "octo/m", "clone_url": "https://github.com/octo/m.git" }
-        })
-        .to_string();
-        let sig = sentinel_server::github_signature(b"hooks-secret", body.as_bytes());
-        let req = c
-            .http
-            .post(format!("{}/hooks/github", c.url))
-            .header("x-github-event", "pull_request")
-            .header("x-github-delivery", format!("merge-{number}"))
-            .header("x-hub-signature-256", sig)
-            .body(body);
+        });
+        let c = &c;
         async move {
-            let v: serde_json::Value = req.send().await.unwrap().json().await.unwrap();
+            let v = hook(c, "pull_request", &format!("merge-{number}"), body).await;
             v["id"].as_str().unwrap().to_string()
         }
     };

@@ -17,32 +17,21 @@ pub fn applies(state: &AppState, spec: &RunSpec) -> bool {
     let Some(repo) = state.config.repos.get(&spec.repo) else {
         return false;
     };
-    // A pull request's newer push: on unless asked otherwise.
-    if spec.pull_request.is_some() {
-        return spec
-            .pipeline
-            .as_ref()
-            .and_then(|p| repo.pipelines.get(p))
-            .and_then(|p| p.auto_cancel)
-            .or(repo.auto_cancel)
-            .unwrap_or(true);
-    }
-    let Some(branch) = &spec.branch else {
-        // A tag: never by default, as asked otherwise.
-        return spec
-            .pipeline
-            .as_ref()
-            .and_then(|p| repo.pipelines.get(p))
-            .and_then(|p| p.auto_cancel)
-            .or(repo.auto_cancel)
-            .unwrap_or(false);
-    };
+    // As the pipeline, else the repository, says.
     let asked = spec
         .pipeline
         .as_ref()
         .and_then(|p| repo.pipelines.get(p))
         .and_then(|p| p.auto_cancel)
         .or(repo.auto_cancel);
+    // A pull request's newer push: on by default.
+    if spec.pull_request.is_some() {
+        return asked.unwrap_or(true);
+    }
+    // A tag: off by default.
+    let Some(branch) = &spec.branch else {
+        return asked.unwrap_or(false);
+    };
     let default = repo.default_branch.as_deref().unwrap_or("main");
     asked.unwrap_or(branch != default)
 }

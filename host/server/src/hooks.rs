@@ -138,6 +138,45 @@ struct Branch {
 }
 
 impl AppState {
+    /// The pipelines of `repo` a webhook runs: each named one — but those
+    /// that run after another pipeline, which that pipeline's runs start —
+    /// or its one pipeline.
+    fn hooked_pipelines(&self, repo: &str) -> Vec<Option<String>> {
+        match self.config.repos.get(repo) {
+            Some(r) if !r.pipelines.is_empty() => r
+                .pipelines
+                .iter()
+                .filter(|(_, p)| p.after.is_none())
+                .map(|(n, _)| Some(n.clone()))
+                .collect(),
+            Some(r) if r.after.is_some() => Vec::new(),
+            _ => vec![None],
+        }
+    }
+
+    /// Queues a webhook's run once per `key`; a fresh one supersedes the
+    /// older runs auto-cancel lets it. The run's id, and whether it is new.
+    async fn queue_hooked(
+        &self,
+        key: &str,
+        entry: &sentinel_engine::ports::QueueEntry,
+        spec: &RunSpec,
+    ) -> Result<(sentinel_api::RunId, bool), ApiError> {
+        let (id, fresh) = self
+            .store
+            .enqueue_once(key, entry)
+            .await
+            .map_err(ApiError::internal)?;
+        if fresh {
+            self.metrics.accepted(&id, entry.enqueued);
+            self.control.queued();
+            if crate::autocancel::applies(self, spec) {
+                crate::autocancel::supersede(self, entry, spec).await;
+            }
+        }
+        Ok((id, fresh))
+    }
+
     /// The configured repository a push is for.
     fn repo_of(&self, r: &Repository) -> Option<String> {
         self.config
@@ -196,18 +235,7 @@ pub(crate) async fn github(
             push.repository.full_name
         ))
     })?;
-    // A repository with named pipelines runs each of them — but those that
-    // run after another pipeline, which that pipeline's runs start.
-    let pipelines: Vec<Option<String>> = match s.config.repos.get(&repo) {
-        Some(r) if !r.pipelines.is_empty() => r
-            .pipelines
-            .iter()
-            .filter(|(_, p)| p.after.is_none())
-            .map(|(n, _)| Some(n.clone()))
-            .collect(),
-        Some(r) if r.after.is_some() => Vec::new(),
-        _ => vec![None],
-    };
+    let pipelines = s.hooked_pipelines(&repo);
     let mut runs = Vec::new();
     let mut ignored = Vec::new();
     let mut redelivery = true;
@@ -256,18 +284,7 @@ pub(crate) async fn github(
             Some(p) => format!("github:{delivery}:{p}"),
             None => format!("github:{delivery}"),
         };
-        let (id, fresh) = s
-            .store
-            .enqueue_once(&key, &entry)
-            .await
-            .map_err(ApiError::internal)?;
-        if fresh {
-            s.metrics.accepted(&id, entry.enqueued);
-            s.control.queued();
-            if crate::autocancel::applies(&s, &spec) {
-                crate::autocancel::supersede(&s, &entry, &spec).await;
-            }
-        }
+        let (id, fresh) = s.queue_hooked(&key, &entry, &spec).await?;
         redelivery &= !fresh;
         runs.push(json!({ "pipeline": entry.pipeline, "id": id }));
     }
@@ -348,16 +365,7 @@ async fn pull_request(
         base: pr.pull_request.base.git_ref.clone(),
         fork,
     };
-    let pipelines: Vec<Option<String>> = match s.config.repos.get(&repo) {
-        Some(r) if !r.pipelines.is_empty() => r
-            .pipelines
-            .iter()
-            .filter(|(_, p)| p.after.is_none())
-            .map(|(n, _)| Some(n.clone()))
-            .collect(),
-        Some(r) if r.after.is_some() => Vec::new(),
-        _ => vec![None],
-    };
+    let pipelines = s.hooked_pipelines(&repo);
     let mut runs = Vec::new();
     let mut ignored = Vec::new();
     for pipeline in pipelines {
@@ -393,18 +401,7 @@ async fn pull_request(
             },
         );
         let key = format!("github:{delivery}:{}", entry.pipeline);
-        let (id, fresh) = s
-            .store
-            .enqueue_once(&key, &entry)
-            .await
-            .map_err(ApiError::internal)?;
-        if fresh {
-            s.metrics.accepted(&id, entry.enqueued);
-            s.control.queued();
-            if crate::autocancel::applies(s, &spec) {
-                crate::autocancel::supersede(s, &entry, &spec).await;
-            }
-        }
+        let (id, _) = s.queue_hooked(&key, &entry, &spec).await?;
         runs.push(json!({ "pipeline": entry.pipeline, "id": id }));
     }
     let body = json!({

@@ -126,15 +126,18 @@ fn watchers_and_environments_that_cannot_work_are_refused_at_start() {
     assert!(e.contains(":5:1: unknown field `approvel`"), "{e}");
 }
 
+/// The settings of a configuration file holding `text`, in `dir`.
+fn resolve_text(dir: &std::path::Path, text: &str) -> Result<Settings, String> {
+    let file = dir.join("server.toml");
+    std::fs::write(&file, text).unwrap();
+    let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
+    Settings::resolve(&t.a, None, None, dir).map_err(|e| e.to_string())
+}
+
 #[test]
 fn named_pipelines_and_the_triggers_that_name_them_are_checked_at_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("server.toml");
-    let resolve = |text: &str| {
-        std::fs::write(&file, text).unwrap();
-        let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
-        Settings::resolve(&t.a, None, None, tmp.path()).map_err(|e| e.to_string())
-    };
+    let resolve = |text: &str| resolve_text(tmp.path(), text);
     let shop = "[repos.shop]\nurl = \"/srv/shop.git\"\n[repos.shop.pipelines.build]\nfile = \"ci/build.yml\"\n[repos.shop.pipelines.docs]\nfile = \"ci/docs.yml\"\n";
     assert!(resolve(shop).is_ok());
     let e = resolve(&format!(
@@ -189,12 +192,7 @@ fn named_pipelines_and_the_triggers_that_name_them_are_checked_at_start() {
 #[test]
 fn pipelines_that_run_after_each_other_in_a_loop_are_refused_naming_them() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("server.toml");
-    let resolve = |text: &str| {
-        std::fs::write(&file, text).unwrap();
-        let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
-        Settings::resolve(&t.a, None, None, tmp.path()).map_err(|e| e.to_string())
-    };
+    let resolve = |text: &str| resolve_text(tmp.path(), text);
     let pipelines = |a_after: &str| {
         format!(
             "[repos.r]\nurl = \"/r\"\n[repos.r.pipelines.a]\nfile = \"a.yml\"\n{a_after}\n[repos.r.pipelines.b]\nfile = \"b.yml\"\nafter = {{ pipeline = \"a\" }}\n"
@@ -221,12 +219,7 @@ fn pipelines_that_run_after_each_other_in_a_loop_are_refused_naming_them() {
 #[test]
 fn a_trigger_of_an_event_a_pipeline_does_not_take_is_refused_at_start() {
     let tmp = tempfile::tempdir().unwrap();
-    let file = tmp.path().join("server.toml");
-    let resolve = |text: &str| {
-        std::fs::write(&file, text).unwrap();
-        let t = T::try_parse_from(["x", "--config", file.to_str().unwrap()]).unwrap();
-        Settings::resolve(&t.a, None, None, tmp.path()).map_err(|e| e.to_string())
-    };
+    let resolve = |text: &str| resolve_text(tmp.path(), text);
     let repo =
         "[repos.r]\nurl = \"/r\"\n[repos.r.on]\nevents = [\"push\"]\nbranches = [\"main\"]\n";
     assert!(resolve(repo).is_ok());
