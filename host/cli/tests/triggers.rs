@@ -1106,3 +1106,62 @@ async fn a_pull_request_merged_onto_its_base_when_asked_and_a_conflict_fails_say
     );
     server.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_a_pipelines_filters_do_not_take_queue_nothing_and_say_why() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, commit) =
+        common::server::bare_repo(&tmp.path().join("f"), &[("sentinel.yml", SLOW)]);
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.f]\nurl = \"{repo}\"\ngithub = \"octo/f\"\n[repos.f.on]\nbranches = [\"main\"]\ntags = [\"v*\"]\npaths = [\"src/**\"]\n"
+        ),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[("SENTINEL_GITHUB_WEBHOOK_SECRET", "hooks-secret")],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let push = |git_ref: &str, files: &[&str]| {
+        serde_json::json!({
+            "ref": git_ref,
+            "before": "1111111111111111111111111111111111111111",
+            "after": commit,
+            "commits": [{ "id": commit, "added": files, "removed": [], "modified": [] }],
+            "repository": { "full_name": "octo/f", "clone_url": "https://github.com/octo/f.git" }
+        })
+    };
+    for (delivery, body, why) in [
+        ("f-1", push("refs/heads/wip", &["src/a.rs"]), "branch `wip` matches none of branches (main)"),
+        ("f-2", push("refs/heads/main", &["docs/a.md"]), "no changed path matters: docs/a.md"),
+        ("f-3", push("refs/tags/nightly", &["src/a.rs"]), "tag `nightly` matches none of tags (v*)"),
+    ] {
+        let v = hook(&c, "push", delivery, body).await;
+        assert_eq!(v["status"], "ignored", "{v}");
+        assert!(v["ignored"][0]["reason"].as_str().unwrap().contains(why), "{v}");
+    }
+    let v = c.get("/api/v1/runs").await;
+    assert!(v["runs"].as_array().unwrap().is_empty(), "{v}");
+    assert!(v["queued"].as_array().unwrap().is_empty(), "{v}");
+    let ignored = c.get("/api/v1/ignored").await;
+    let reasons: Vec<&str> = ignored["ignored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 3, "{ignored}");
+    assert!(reasons[0].contains("tag `nightly`"), "{ignored}");
+    // A push that matters runs.
+    let v = hook(&c, "push", "f-4", push("refs/heads/main", &["src/a.rs"])).await;
+    assert_eq!(v["status"], "queued", "{v}");
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(c.wait_final(id).await["run"]["status"], "succeeded");
+    server.stop();
+}
