@@ -1138,13 +1138,28 @@ async fn pushes_a_pipelines_filters_do_not_take_queue_nothing_and_say_why() {
         })
     };
     for (delivery, body, why) in [
-        ("f-1", push("refs/heads/wip", &["src/a.rs"]), "branch `wip` matches none of branches (main)"),
-        ("f-2", push("refs/heads/main", &["docs/a.md"]), "no changed path matters: docs/a.md"),
-        ("f-3", push("refs/tags/nightly", &["src/a.rs"]), "tag `nightly` matches none of tags (v*)"),
+        (
+            "f-1",
+            push("refs/heads/wip", &["src/a.rs"]),
+            "branch `wip` matches none of branches (main)",
+        ),
+        (
+            "f-2",
+            push("refs/heads/main", &["docs/a.md"]),
+            "no changed path matters: docs/a.md",
+        ),
+        (
+            "f-3",
+            push("refs/tags/nightly", &["src/a.rs"]),
+            "tag `nightly` matches none of tags (v*)",
+        ),
     ] {
         let v = hook(&c, "push", delivery, body).await;
         assert_eq!(v["status"], "ignored", "{v}");
-        assert!(v["ignored"][0]["reason"].as_str().unwrap().contains(why), "{v}");
+        assert!(
+            v["ignored"][0]["reason"].as_str().unwrap().contains(why),
+            "{v}"
+        );
     }
     let v = c.get("/api/v1/runs").await;
     assert!(v["runs"].as_array().unwrap().is_empty(), "{v}");
