@@ -207,14 +207,7 @@ async fn a_schedule_fires_once_per_minute_across_restarts_and_catches_up_by_poli
     assert!(off.contains("disabled"), "{said}");
     // And so does the web app, to a signed-in user.
     let b = Browser::start().await;
-    b.client.goto(&server.url).await.unwrap();
-    b.find("#token")
-        .await
-        .send_keys(&server.admin)
-        .await
-        .unwrap();
-    b.click(".sign-in button").await;
-    b.find(".sign-out").await;
+    b.sign_in(&server.url, &server.admin).await;
     b.client
         .goto(&format!("{}/#/schedules", server.url))
         .await
@@ -274,25 +267,11 @@ async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_
         &tmp.path().join("shop"),
         &[("ci/build.yml", BUILD), ("ci/docs.yml", DOCS)],
     );
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = serve(
+        tmp.path(),
+        &format!(
             "[repos.shop]\nurl = \"{repo}\"\n[repos.shop.pipelines.shop-build]\nfile = \"ci/build.yml\"\n[repos.shop.pipelines.shop-docs]\nfile = \"ci/docs.yml\"\n"
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--web",
-            common::browser::dist().to_str().unwrap(),
-        ],
         &[],
     );
     let c = Client::new(&server.url, &server.admin);
@@ -362,14 +341,7 @@ async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_
     }
     // The web app's runs list keeps one pipeline's runs.
     let b = Browser::start().await;
-    b.client.goto(&server.url).await.unwrap();
-    b.find("#token")
-        .await
-        .send_keys(&server.admin)
-        .await
-        .unwrap();
-    b.click(".sign-in button").await;
-    b.find(".sign-out").await;
+    b.sign_in(&server.url, &server.admin).await;
     b.client.goto(&format!("{}/#/", server.url)).await.unwrap();
     b.find(&format!(r#"tr.run-row[data-run="{docs}"]"#)).await;
     b.find(&format!(r#"tr.run-row[data-run="{build}"]"#)).await;
@@ -429,19 +401,12 @@ async fn a_pipeline_runs_after_another_succeeds_on_main_with_its_outputs() {
         &tmp.path().join("rel"),
         &[("ci/release.yml", RELEASE), ("ci/ship.yml", SHIP)],
     );
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = serve(
+        tmp.path(),
+        &format!(
             "[repos.rel]\nurl = \"{repo}\"\n[repos.rel.pipelines.release]\nfile = \"ci/release.yml\"\n\
              [repos.rel.pipelines.ship]\nfile = \"ci/ship.yml\"\nafter = {{ pipeline = \"release\", branch = \"main\" }}\n"
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--config", config.to_str().unwrap(), "--listen", &listen],
         &[],
     );
     let c = Client::new(&server.url, &server.admin);
@@ -511,11 +476,7 @@ async fn a_pipeline_runs_after_another_succeeds_on_main_with_its_outputs() {
 
     // A restart does not queue it again.
     server.stop();
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--config", config.to_str().unwrap(), "--listen", &listen],
-        &[],
-    );
+    let server = restart(tmp.path(), &[]);
     let c = Client::new(&server.url, &server.admin);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let v = c.get("/api/v1/runs?pipeline=ship").await;
@@ -548,6 +509,29 @@ async fn hook(
         .unwrap()
 }
 
+/// Writes `config` as the configuration of a server with its state under
+/// `dir`, and starts it (with the built web app).
+fn serve(dir: &std::path::Path, config: &str, env: &[(&str, &str)]) -> Server {
+    std::fs::write(dir.join("server.toml"), config).unwrap();
+    restart(dir, env)
+}
+
+/// A server on the configuration and state under `dir`, started (again).
+fn restart(dir: &std::path::Path, env: &[(&str, &str)]) -> Server {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = dir.join("server.toml");
+    let dist = common::browser::dist();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--web",
+        dist.to_str().unwrap(),
+    ];
+    Server::start(&dir.join("state"), &args, env)
+}
+
 const SLOW: &str = r#"version: 1
 box: sentinel/busybox:local
 defaults:
@@ -563,16 +547,9 @@ async fn a_newer_push_to_a_branch_cancels_the_older_run_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo, commit) =
         common::server::bare_repo(&tmp.path().join("slow"), &[("sentinel.yml", SLOW)]);
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!("[repos.slow]\nurl = \"{repo}\"\ngithub = \"octo/slow\"\n"),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--config", config.to_str().unwrap(), "--listen", &listen],
+    let server = serve(
+        tmp.path(),
+        &format!("[repos.slow]\nurl = \"{repo}\"\ngithub = \"octo/slow\"\n"),
         &[("SENTINEL_GITHUB_WEBHOOK_SECRET", "hooks-secret")],
     );
     let c = Client::new(&server.url, &server.admin);
@@ -1053,16 +1030,9 @@ async fn a_pull_request_merged_onto_its_base_when_asked_and_a_conflict_fails_say
     git(&work, &["commit", "--quiet", "-am", "main moves on"]);
     git(&work, &["push", "--quiet", bare, "main", "good", "bad"]);
 
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!("[repos.m]\nurl = \"{repo}\"\ngithub = \"octo/m\"\nmerge_pull_requests = true\n"),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--config", config.to_str().unwrap(), "--listen", &listen],
+    let server = serve(
+        tmp.path(),
+        &format!("[repos.m]\nurl = \"{repo}\"\ngithub = \"octo/m\"\nmerge_pull_requests = true\n"),
         &[("SENTINEL_GITHUB_WEBHOOK_SECRET", "hooks-secret")],
     );
     let c = Client::new(&server.url, &server.admin);
@@ -1113,18 +1083,11 @@ async fn pushes_a_pipelines_filters_do_not_take_queue_nothing_and_say_why() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo, commit) =
         common::server::bare_repo(&tmp.path().join("f"), &[("sentinel.yml", SLOW)]);
-    let config = tmp.path().join("server.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let server = serve(
+        tmp.path(),
+        &format!(
             "[repos.f]\nurl = \"{repo}\"\ngithub = \"octo/f\"\n[repos.f.on]\nbranches = [\"main\"]\ntags = [\"v*\"]\npaths = [\"src/**\"]\n"
         ),
-    )
-    .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &["--config", config.to_str().unwrap(), "--listen", &listen],
         &[("SENTINEL_GITHUB_WEBHOOK_SECRET", "hooks-secret")],
     );
     let c = Client::new(&server.url, &server.admin);

@@ -87,6 +87,14 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
     }
 
+    /// Opens the app at `url` and signs in with `token`.
+    pub async fn sign_in(&self, url: &str, token: &str) {
+        self.client.goto(url).await.unwrap();
+        self.find("#token").await.send_keys(token).await.unwrap();
+        self.click(".sign-in button").await;
+        self.find(".sign-out").await;
+    }
+
     /// An attribute of the first element matching `css` now (`None` when
     /// there is none, or it was just replaced by a re-render).
     pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
