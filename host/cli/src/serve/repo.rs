@@ -85,6 +85,16 @@ async fn git(dir: Option<&Path>, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Clones `url` into `dir` (afresh), checking nothing out.
+async fn clone(url: &str, dir: &Path) -> Result<(), String> {
+    let _ = tokio::fs::remove_dir_all(dir).await;
+    let d = dir.to_string_lossy();
+    git(None, &["clone", "--quiet", "--no-checkout", "--", url, &d])
+        .await
+        .map_err(|e| format!("cannot clone {url}: {e}"))?;
+    Ok(())
+}
+
 /// Clones `url` into `dir` and checks out `git_ref` (a commit, a branch or
 /// a tag); returns the commit and the branch it is on, when a branch was named.
 pub async fn checkout(
@@ -95,11 +105,7 @@ pub async fn checkout(
     if git_ref.starts_with('-') {
         return Err(format!("`{git_ref}` is not a ref"));
     }
-    let _ = tokio::fs::remove_dir_all(dir).await;
-    let d = dir.to_string_lossy();
-    git(None, &["clone", "--quiet", "--no-checkout", "--", url, &d])
-        .await
-        .map_err(|e| format!("cannot clone {url}: {e}"))?;
+    clone(url, dir).await?;
     let remote_branch = format!("refs/remotes/origin/{git_ref}");
     let is_branch = git(
         Some(dir),
@@ -139,7 +145,7 @@ async fn checkout_pull_request(
     merge: bool,
     dir: &Path,
 ) -> Result<(String, Option<String>), String> {
-    let (_, _) = checkout(url, "HEAD", dir).await?;
+    clone(url, dir).await?;
     let refspec = format!("refs/pull/{}/head", pr.number);
     // Absent outside GitHub (and for a same-repository head it is not needed).
     let _ = git(Some(dir), &["fetch", "--quiet", "origin", &refspec]).await;
