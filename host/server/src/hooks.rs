@@ -177,6 +177,30 @@ impl AppState {
         Ok((id, fresh))
     }
 
+    /// Records that webhook `event` (delivery, repository, pipeline, ref)
+    /// started nothing, and why; its entry in the answer.
+    async fn ignore(
+        &self,
+        event: &str,
+        (delivery, repo, pipeline, git_ref): (&str, &str, &Option<String>, &str),
+        reason: String,
+    ) -> Result<Value, ApiError> {
+        let record = sentinel_store::ignored::Ignored {
+            at: chrono::Utc::now(),
+            event: event.into(),
+            delivery: Some(delivery.into()),
+            repo: repo.into(),
+            pipeline: pipeline.clone(),
+            git_ref: git_ref.into(),
+            reason: reason.clone(),
+        };
+        self.store
+            .record_ignored(&record)
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(json!({ "pipeline": pipeline.as_deref().unwrap_or(repo), "reason": reason }))
+    }
+
     /// The configured repository a push is for.
     fn repo_of(&self, r: &Repository) -> Option<String> {
         self.config
@@ -206,10 +230,7 @@ pub(crate) async fn github(
     if event == "ping" {
         return Ok((StatusCode::OK, Json(json!({ "status": "pong" }))));
     }
-    if event == "pull_request" {
-        return pull_request(&s, &headers, &body).await;
-    }
-    if event != "push" {
+    if event != "push" && event != "pull_request" {
         return Ok((
             StatusCode::ACCEPTED,
             Json(
@@ -221,6 +242,9 @@ pub(crate) async fn github(
         .filter(|d| !d.is_empty() && d.len() <= 128)
         .ok_or_else(|| ApiError::bad_request("the X-GitHub-Delivery header is missing"))?
         .to_string();
+    if event == "pull_request" {
+        return pull_request(&s, &delivery, &body).await;
+    }
     let push: Push = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("not a push event: {e}")))?;
     if push.deleted {
@@ -247,22 +271,8 @@ pub(crate) async fn github(
             .get(&repo)
             .and_then(|r| r.on_of(pipeline.as_deref()));
         if let Some(Err(reason)) = on.map(|on| on.push(&push.git_ref, &changed)) {
-            let record = sentinel_store::ignored::Ignored {
-                at: chrono::Utc::now(),
-                event: "push".into(),
-                delivery: Some(delivery.clone()),
-                repo: repo.clone(),
-                pipeline: pipeline.clone(),
-                git_ref: push.git_ref.clone(),
-                reason: reason.clone(),
-            };
-            s.store
-                .record_ignored(&record)
-                .await
-                .map_err(ApiError::internal)?;
-            ignored.push(
-                json!({ "pipeline": pipeline.as_deref().unwrap_or(&repo), "reason": reason }),
-            );
+            let at = (&delivery[..], &repo[..], &pipeline, &push.git_ref[..]);
+            ignored.push(s.ignore("push", at, reason).await?);
             continue;
         }
         let spec = RunSpec {
@@ -324,15 +334,9 @@ pub(crate) async fn list_ignored(
 /// secrets, write no cache, have no network and deploy nothing.
 async fn pull_request(
     s: &AppState,
-    headers: &HeaderMap,
+    delivery: &str,
     body: &[u8],
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let delivery = headers
-        .get("x-github-delivery")
-        .and_then(|v| v.to_str().ok())
-        .filter(|d| !d.is_empty() && d.len() <= 128)
-        .ok_or_else(|| ApiError::bad_request("the X-GitHub-Delivery header is missing"))?
-        .to_string();
     let pr: PullRequestEvent = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("not a pull_request event: {e}")))?;
     if !matches!(pr.action.as_str(), "opened" | "synchronize" | "reopened") {
@@ -380,9 +384,9 @@ async fn pull_request(
                 .and_then(|()| on.base_branch(&base))
         });
         if let Err(reason) = taken {
-            ignored.push(
-                json!({ "pipeline": pipeline.as_deref().unwrap_or(&repo), "reason": reason }),
-            );
+            let head = format!("refs/pull/{}/head", doc.number);
+            let at = (delivery, &repo[..], &pipeline, &head[..]);
+            ignored.push(s.ignore("pull_request", at, reason).await?);
             continue;
         }
         let spec = RunSpec {

@@ -136,9 +136,19 @@ async fn deliver(
     body: &[u8],
     signature: Option<(&str, String)>,
 ) -> (StatusCode, serde_json::Value) {
+    deliver_event(app, "push", delivery, body, signature).await
+}
+
+async fn deliver_event(
+    app: &axum::Router,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+    signature: Option<(&str, String)>,
+) -> (StatusCode, serde_json::Value) {
     let mut req = Request::post("/hooks/github")
         .header("content-type", "application/json")
-        .header("x-github-event", "push")
+        .header("x-github-event", event)
         .header("x-github-delivery", delivery);
     if let Some((name, value)) = signature {
         req = req.header(name, value);
@@ -450,4 +460,41 @@ async fn pushes_the_filters_do_not_take_are_ignored_with_the_reason() {
     assert_eq!(list[0]["delivery"], "tag", "{v}");
     assert_eq!(list[2]["ref"], "refs/heads/wip", "{v}");
     assert_eq!(list[1]["repo"], "lib", "{v}");
+
+    // A pull request into a branch the filters leave out: ignored and
+    // recorded the same way.
+    let body = serde_json::json!({
+        "action": "opened",
+        "number": 5,
+        "pull_request": {
+            "head": { "ref": "topic", "sha": COMMIT, "repo": { "full_name": "octo/lib" } },
+            "base": { "ref": "wip", "sha": COMMIT, "repo": { "full_name": "octo/lib" } }
+        },
+        "repository": { "full_name": "octo/lib", "clone_url": "https://github.com/octo/lib.git" }
+    })
+    .to_string();
+    let sig = github_signature(SECRET, body.as_bytes());
+    let (status, json) = deliver_event(
+        &app,
+        "pull_request",
+        "pr",
+        body.as_bytes(),
+        Some(("x-hub-signature-256", sig)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{json}");
+    assert_eq!(json["status"], "ignored", "{json}");
+    let why = json["ignored"][0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains("base branch `wip` matches none of branches"),
+        "{why}"
+    );
+    assert_eq!(
+        RunQueue::waiting(&store).await.unwrap(),
+        1,
+        "nothing more queued"
+    );
+    let newest = &store.ignored(1).unwrap()[0];
+    assert_eq!(newest.event, "pull_request");
+    assert_eq!(newest.git_ref, "refs/pull/5/head");
 }
