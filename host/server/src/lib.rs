@@ -46,7 +46,7 @@ pub use routes::{Access, ROUTES, Route};
 pub use runs::{DeployRequest, RunSpec};
 
 /// A repository the server may run: triggers name it, never a URL or path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoConfig {
     /// Where to fetch it (any URL git can reach, or a path).
@@ -84,7 +84,7 @@ pub struct RepoConfig {
 }
 
 /// A named pipeline of a repository (`[repos.NAME.pipelines.PIPELINE]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Its file in the repository (any dialect).

@@ -51,14 +51,8 @@ fn config(public_read: bool) -> ApiConfig {
             "app".to_string(),
             RepoConfig {
                 url: "file:///srv/git/app.git".into(),
-                github: None,
                 pipeline: Some("sentinel.yml".into()),
-                pipelines: BTreeMap::new(),
-                after: None,
-                on: None,
-                default_branch: None,
-                merge_pull_requests: false,
-                auto_cancel: None,
+                ..Default::default()
             },
         )]),
         body_limit: 1024,

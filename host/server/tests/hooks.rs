@@ -67,12 +67,7 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                     url: "file:///srv/git/app.git".into(),
                     github: Some("octo/app".into()),
                     pipeline: Some("sentinel.yml".into()),
-                    pipelines: BTreeMap::new(),
-                    after: None,
-                    on: None,
-                    default_branch: None,
-                    merge_pull_requests: false,
-                    auto_cancel: None,
+                    ..Default::default()
                 },
             ),
             (
@@ -80,24 +75,19 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                 RepoConfig {
                     url: "file:///srv/git/shop.git".into(),
                     github: Some("octo/shop".into()),
-                    pipeline: None,
                     pipelines: BTreeMap::from([
                         (
                             "shop-build".to_string(),
                             PipelineConfig {
                                 file: "ci/build.yml".into(),
-                                after: None,
-                                on: None,
-                                auto_cancel: None,
+                                ..Default::default()
                             },
                         ),
                         (
                             "shop-docs".to_string(),
                             PipelineConfig {
                                 file: "ci/docs.yml".into(),
-                                after: None,
-                                on: None,
-                                auto_cancel: None,
+                                ..Default::default()
                             },
                         ),
                         (
@@ -110,16 +100,11 @@ fn setup() -> (tempfile::TempDir, SledStore, axum::Router) {
                                     branch: None,
                                     git_ref: None,
                                 }),
-                                on: None,
-                                auto_cancel: None,
+                                ..Default::default()
                             },
                         ),
                     ]),
-                    after: None,
-                    on: None,
-                    default_branch: None,
-                    merge_pull_requests: false,
-                    auto_cancel: None,
+                    ..Default::default()
                 },
             ),
         ]),
@@ -383,13 +368,8 @@ async fn pushes_the_filters_do_not_take_are_ignored_with_the_reason() {
             RepoConfig {
                 url: "file:///srv/git/lib.git".into(),
                 github: Some("octo/lib".into()),
-                pipeline: None,
-                pipelines: BTreeMap::new(),
-                after: None,
                 on: Some(on),
-                default_branch: None,
-                merge_pull_requests: false,
-                auto_cancel: None,
+                ..Default::default()
             },
         )]),
         ..ApiConfig::default()

@@ -312,14 +312,7 @@ impl Settings {
                 name.to_string(),
                 RepoConfig {
                     url: url.to_string(),
-                    github: None,
-                    pipeline: None,
-                    pipelines: BTreeMap::new(),
-                    after: None,
-                    on: None,
-                    default_branch: None,
-                    merge_pull_requests: false,
-                    auto_cancel: None,
+                    ..Default::default()
                 },
             );
         }

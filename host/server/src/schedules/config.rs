@@ -159,14 +159,7 @@ mod tests {
     fn repos() -> BTreeMap<String, crate::RepoConfig> {
         let r = crate::RepoConfig {
             url: "/r".into(),
-            github: None,
-            pipeline: None,
-            pipelines: BTreeMap::new(),
-            after: None,
-            on: None,
-            default_branch: None,
-            merge_pull_requests: false,
-            auto_cancel: None,
+            ..Default::default()
         };
         BTreeMap::from([("r".to_string(), r)])
     }
