@@ -38,7 +38,7 @@ pub fn applies(state: &AppState, spec: &RunSpec) -> bool {
 
 /// The same pipeline and branch as `spec`.
 fn same(spec: &RunSpec, other: &serde_json::Value) -> bool {
-    let Ok(o) = serde_json::from_value::<RunSpec>(other.clone()) else {
+    let Ok(o) = <RunSpec as serde::Deserialize>::deserialize(other) else {
         return false;
     };
     let pr = |s: &RunSpec| s.pull_request.as_ref().map(|p| p.number);
