@@ -250,6 +250,21 @@ pub async fn docker_or_unavailable() -> Arc<dyn Executor> {
     }
 }
 
+/// A server's Docker (keeping `ready_namespaces` network namespaces
+/// ready), or `Unavailable` with a warning.
+pub async fn server_docker(ready_namespaces: usize) -> (Arc<dyn Executor>, Option<DockerExecutor>) {
+    match DockerExecutor::connect().await {
+        Ok(d) => {
+            let d = d.with_ready_namespaces(ready_namespaces);
+            (Arc::new(d.clone()), Some(d))
+        }
+        Err(e) => {
+            tracing::warn!("{e}; containers of dead runs cannot be removed now");
+            (Arc::new(Unavailable), None)
+        }
+    }
+}
+
 fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("git")
         .arg("-C")

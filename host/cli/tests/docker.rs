@@ -812,6 +812,98 @@ async fn a_stage_is_made_ready_while_its_dependencies_run() -> Result<(), String
     Ok(())
 }
 
+/// This process's network namespace holders, with the namespace each holds.
+fn holders() -> Result<BTreeMap<String, String>, String> {
+    let owner = sentinel_engine::lease::Owner::current().label();
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            "label=dev.sentinel.kind=netns",
+            "--filter",
+            &format!("label=dev.sentinel.owner={owner}"),
+            "--format",
+            "{{.ID}}",
+        ])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let mut held = BTreeMap::new();
+    for id in String::from_utf8_lossy(&out.stdout).lines() {
+        let ns = std::process::Command::new("docker")
+            .args(["exec", id, "readlink", "/proc/self/ns/net"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        held.insert(
+            id.to_string(),
+            String::from_utf8_lossy(&ns.stdout).trim().to_string(),
+        );
+    }
+    Ok(held)
+}
+
+async fn network_none_stages_join_namespaces_made_ready() -> Result<(), String> {
+    let docker = common::docker().await.with_ready_namespaces(2);
+    let p = Project::new(&pipeline(concat!(
+        "  a: {run: 'readlink /proc/self/ns/net; ls /sys/class/net; sleep 1'}\n",
+        "  b: {run: 'readlink /proc/self/ns/net; ls /sys/class/net; sleep 1'}\n",
+    )));
+    let opts = || Opts {
+        docker: Some(docker.clone()),
+        jobs: 2,
+        ..Opts::default()
+    };
+    let ns_of = |out: Option<String>| out.unwrap_or_default().lines().next().map(str::to_string);
+    // The first run knows no image to make holders from: its stages make
+    // their own namespaces; its end makes two ready.
+    let first = run(&p, opts()).await;
+    docker.settled().await;
+    let ready = holders()?;
+    ensure!(ready.len() == 2, "two holders made ready: {ready:?}");
+    let second = run(&p, opts()).await;
+    let (a, b) = (p.stage(&second, "a").await, p.stage(&second, "b").await);
+    ensure!(
+        a.status == StageStatus::Succeeded && b.status == StageStatus::Succeeded,
+        "{:?} {:?}",
+        a.reason,
+        b.reason
+    );
+    let (na, nb) = (ns_of(a.output.clone()), ns_of(b.output.clone()));
+    let held: Vec<Option<String>> = ready.values().cloned().map(Some).collect();
+    ensure!(
+        held.contains(&na) && held.contains(&nb) && na != nb,
+        "each stage joined a namespace of its own made ready: a {na:?}, b {nb:?}, ready {ready:?}"
+    );
+    for s in [&a, &b] {
+        let out = s.output.clone().unwrap_or_default();
+        ensure!(
+            out.lines().skip(1).collect::<Vec<_>>() == ["lo"],
+            "loopback only: {out}"
+        );
+    }
+    let earlier = [
+        ns_of(p.stage(&first, "a").await.output),
+        ns_of(p.stage(&first, "b").await.output),
+    ];
+    ensure!(
+        !earlier.contains(&na) && !earlier.contains(&nb),
+        "not the namespaces of the first run: {earlier:?}"
+    );
+    // Spent holders are never lent again: removed, and two new ones made.
+    docker.settled().await;
+    let now = holders()?;
+    ensure!(
+        now.len() == 2 && now.keys().all(|k| !ready.contains_key(k)),
+        "two new holders after the run: {now:?} (before {ready:?})"
+    );
+    ensure!(
+        docker.release_ready().await == 2 && holders()?.is_empty(),
+        "released: {:?}",
+        holders()
+    );
+    Ok(())
+}
+
 async fn reused_stages_share_one_warm_container() -> Result<(), String> {
     let p = std::sync::Arc::new(Project::new(&pipeline(concat!(
         "  r-seed:\n",
@@ -1073,6 +1165,7 @@ async fn docker_suite() {
         the_cache_carries_files_between_runs,
         a_stage_is_made_ready_while_its_dependencies_run,
         reused_stages_share_one_warm_container,
+        network_none_stages_join_namespaces_made_ready,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

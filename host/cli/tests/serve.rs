@@ -398,7 +398,40 @@ async fn the_server_end_to_end() {
         .await
         .unwrap();
     assert!(badge.contains("succeeded"), "{badge}");
+    // Network namespaces kept ready (2 × jobs) while idle, removed at the stop.
+    let pid = server.child.id();
+    let holders = || {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                "label=dev.sentinel.kind=netns",
+                "--format",
+                "{{.Label \"dev.sentinel.owner\"}}",
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|o| o.split(':').nth(1) == Some(&pid.to_string()))
+            .count()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while holders() != 4 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the idle server keeps 4 namespaces ready: {}",
+            holders()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     server.stop();
+    assert_eq!(
+        holders(),
+        0,
+        "the server's stop removes its namespace holders"
+    );
     // A clean stop revokes the local admin token and removes its file.
     assert!(!state.join("server.json").exists());
 }

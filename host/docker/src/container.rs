@@ -243,7 +243,17 @@ pub(crate) async fn create(
         env.push("HOME=/tmp".into());
     }
     let name = object_name(&job.run_id, job.stage.as_str());
-    let body = ContainerCreateBody {
+    // A `network: none` container joins a namespace made ready for it
+    // (its own all the same: the holder is lent to it alone).
+    let holder = match job.limits.network {
+        Network::None => ex.netns.take(&image_id).await,
+        _ => None,
+    };
+    let mode = match &holder {
+        Some(h) => format!("container:{h}"),
+        None => network_mode(network.as_deref(), job.limits.network),
+    };
+    let mut body = ContainerCreateBody {
         image: Some(spec.image.clone()),
         entrypoint: Some(spec.entrypoint),
         cmd: Some(spec.cmd),
@@ -271,7 +281,7 @@ pub(crate) async fn create(
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges".into()]),
             privileged: Some(false),
-            network_mode: Some(network_mode(network.as_deref(), job.limits.network)),
+            network_mode: Some(mode),
             // `exec`: Docker's tmpfs is `noexec` unless told, and build
             // tools run what they put in /tmp (`go test`, a step's helper).
             tmpfs: Some(HashMap::from([(
@@ -282,16 +292,28 @@ pub(crate) async fn create(
         }),
         ..Default::default()
     };
-    let created = ex
-        .docker
-        .create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            }),
-            body,
-        )
-        .await;
+    let options = || {
+        Some(CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        })
+    };
+    let mut created = ex.docker.create_container(options(), body.clone()).await;
+    if let Some(h) = holder {
+        match &created {
+            Ok(c) => ex.netns.lend(&c.id, h).await,
+            Err(e) => {
+                // A holder that cannot be joined (removed by hand?): the
+                // container makes its own namespace.
+                tracing::debug!("network holder {h} not joined: {e}");
+                let _ = crate::remove_container(&ex.docker, &h).await;
+                if let Some(hc) = body.host_config.as_mut() {
+                    hc.network_mode = Some(network_mode(None, job.limits.network));
+                }
+                created = ex.docker.create_container(options(), body).await;
+            }
+        }
+    }
     match created {
         Ok(c) => Ok(Created {
             id: c.id,
@@ -310,9 +332,9 @@ pub(crate) async fn create(
 /// Removes a stage's container off the stage's critical path; `end_run`
 /// waits for the removal.
 pub(crate) async fn remove_later(ex: &DockerExecutor, id: String, name: String) {
-    let docker = ex.docker.clone();
+    let ex2 = ex.clone();
     let removal = tokio::spawn(async move {
-        if let Err(e) = crate::remove_container(&docker, &id).await {
+        if let Err(e) = ex2.remove(&id).await {
             tracing::warn!("cannot remove container {name}: {e}");
         }
     });
@@ -467,11 +489,69 @@ pub(crate) fn attach_options(stdin: bool) -> AttachContainerOptions {
 }
 
 /// How a created container's script begins: the container is started, or
-/// (a warm one, started ahead and waiting) told to go on its standard input.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// (a warm one, started ahead, attached and waiting) told to go on its
+/// standard input.
 pub(crate) enum Begin {
     Start,
-    Go,
+    Go(Attached),
+}
+
+/// A container's streams, attached ahead (with its `oom` watch) so that its
+/// turn costs one line written.
+pub(crate) struct Attached {
+    output: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<
+                    Item = Result<bollard::container::LogOutput, bollard::errors::Error>,
+                > + Send,
+        >,
+    >,
+    input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    oom: OomWatch,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Attached")
+    }
+}
+
+/// The `oom` watch of a container, ended when dropped unused.
+struct OomWatch(Option<tokio::task::JoinHandle<bool>>);
+
+impl OomWatch {
+    fn take(mut self) -> tokio::task::JoinHandle<bool> {
+        self.0.take().expect("an oom watch is taken once")
+    }
+}
+
+impl Drop for OomWatch {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
+    }
+}
+
+/// Attaches to a container's streams (standard input too when `stdin`) and
+/// watches for its `oom` event.
+pub(crate) async fn attach(ex: &DockerExecutor, id: &str, stdin: bool) -> Result<Attached, String> {
+    let oom = watch_for_oom(ex, id);
+    match ex
+        .docker
+        .attach_container(id, Some(attach_options(stdin)))
+        .await
+    {
+        Ok(a) => Ok(Attached {
+            output: a.output,
+            input: a.input,
+            oom: OomWatch(Some(oom)),
+        }),
+        Err(e) => {
+            oom.abort();
+            Err(format!("cannot attach to the container: {e}"))
+        }
+    }
 }
 
 pub(crate) async fn run_created(
@@ -484,11 +564,19 @@ pub(crate) async fn run_created(
     begin: Begin,
 ) -> Outcome {
     let started = started_marker.then(|| log.clone());
-    let attach = attach_options(begin == Begin::Go);
-    let (mut output, mut input) = match ex.docker.attach_container(id, Some(attach)).await {
-        Ok(a) => (a.output, a.input),
-        Err(e) => return Outcome::StartFailed(format!("cannot attach to the container: {e}")),
+    let (go, attached) = match begin {
+        Begin::Go(a) => (true, a),
+        Begin::Start => match attach(ex, id, false).await {
+            Ok(a) => (false, a),
+            Err(e) => return Outcome::StartFailed(e),
+        },
     };
+    let Attached {
+        mut output,
+        mut input,
+        oom,
+    } = attached;
+    let oom = oom.take();
     let pump = tokio::spawn(async move {
         while let Some(item) = output.next().await {
             let chunk = match item {
@@ -515,14 +603,13 @@ pub(crate) async fn run_created(
             }
         }
     });
-    let oom = watch_for_oom(ex, id);
-    let begun = match begin {
-        Begin::Start => ex
+    let begun = match go {
+        false => ex
             .docker
             .start_container(id, None)
             .await
             .map_err(|e| format!("cannot start the container: {e}")),
-        Begin::Go => {
+        true => {
             use tokio::io::AsyncWriteExt;
             let sent = async {
                 input.write_all(b"go\n").await?;

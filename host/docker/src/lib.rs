@@ -14,6 +14,7 @@ mod commit;
 mod container;
 mod job;
 mod job_run;
+mod netns;
 mod services;
 mod shared;
 mod warm;
@@ -64,6 +65,8 @@ pub struct DockerExecutor {
     shared: shared::SharedMap,
     /// Docker-link variables of each run's services (`links: true`).
     links: std::sync::Arc<Mutex<HashMap<RunId, Vec<sentinel_engine::exec::Var>>>>,
+    /// Network namespaces kept ready for `network: none` containers.
+    netns: netns::NetPool,
 }
 
 /// Lower-case names for Docker objects of a run.
@@ -116,7 +119,35 @@ impl DockerExecutor {
             warm: Default::default(),
             shared: Default::default(),
             links: Default::default(),
+            netns: Default::default(),
         })
+    }
+
+    /// Keeps up to `n` network namespaces ready for `network: none`
+    /// containers, made while no run is ending (a server's choice: a
+    /// one-off `sentinel run` has no idle time to make them in).
+    pub fn with_ready_namespaces(mut self, n: usize) -> Self {
+        self.netns = netns::NetPool::new(n);
+        self
+    }
+
+    /// Waits until the namespaces being made ready are there.
+    pub async fn settled(&self) {
+        self.netns.settled().await;
+    }
+
+    /// Removes the namespaces kept ready (at a server's stop); returns how
+    /// many holders were removed.
+    pub async fn release_ready(&self) -> usize {
+        self.netns.drain(&self.docker).await
+    }
+
+    /// Removes a container; the namespace holder it used is spent (removed
+    /// after its run).
+    pub(crate) async fn remove(&self, id: &str) -> Result<bool, bollard::errors::Error> {
+        let removed = remove_container(&self.docker, id).await;
+        self.netns.returned(id).await;
+        removed
     }
 
     /// The underlying client (for tests and tools).
@@ -146,7 +177,7 @@ impl DockerExecutor {
                 continue;
             }
             let Some(id) = c.id else { continue };
-            match remove_container(&self.docker, &id).await {
+            match self.remove(&id).await {
                 Ok(true) => removed += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!("cannot remove container {id}: {e}"),
@@ -241,6 +272,7 @@ impl Executor for DockerExecutor {
         self.networks.lock().await.remove(run_id);
         self.remove_labelled(&format!("{LABEL_RUN}={run_id}"), |_| false)
             .await;
+        self.netns.refill(&self.docker).await;
     }
 
     async fn reap(&self) -> usize {

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::DockerExecutor;
 use crate::container::{
-    Begin, SECRETS_MOUNT, Spec, command, create, remove_later, report, run_created, secrets_file,
+    Attached, Begin, SECRETS_MOUNT, Spec, attach, command, create, remove_later, report,
+    run_created, secrets_file,
 };
 
 /// A container started ahead and waiting for its stage.
@@ -32,6 +33,8 @@ pub(crate) struct Warm {
     action: ContainerAction,
     limits: Limits,
     user: String,
+    /// Its streams, attached while it waits.
+    attached: Attached,
 }
 
 /// Where the warm containers of the runs are, by run and stage.
@@ -100,12 +103,19 @@ async fn make(ex: &DockerExecutor, w: WarmStage) -> Option<Warm> {
             return None;
         }
     };
-    if let Err(e) = ex.docker.start_container(&created.id, None).await {
-        tracing::debug!(stage = %w.stage, "not made ready: {e}");
-        remove_later(ex, created.id, created.name).await;
-        let _ = std::fs::remove_file(&env_file);
-        return None;
-    }
+    let attached = match ex.docker.start_container(&created.id, None).await {
+        Ok(()) => attach(ex, &created.id, true).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let attached = match attached {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::debug!(stage = %w.stage, "not made ready: {e}");
+            remove_later(ex, created.id, created.name).await;
+            let _ = std::fs::remove_file(&env_file);
+            return None;
+        }
+    };
     Some(Warm {
         id: created.id,
         name: created.name,
@@ -115,6 +125,7 @@ async fn make(ex: &DockerExecutor, w: WarmStage) -> Option<Warm> {
         action: action.clone(),
         limits: w.limits,
         user: w.user,
+        attached,
     })
 }
 
@@ -158,7 +169,7 @@ pub(crate) async fn take(ex: &DockerExecutor, job: &StageJob) -> Option<Warm> {
 }
 
 async fn discard(ex: &DockerExecutor, warm: Warm) {
-    if let Err(e) = crate::remove_container(&ex.docker, &warm.id).await {
+    if let Err(e) = ex.remove(&warm.id).await {
         tracing::warn!("cannot remove container {}: {e}", warm.name);
     }
     let _ = std::fs::remove_file(&warm.env_file);
@@ -217,7 +228,7 @@ pub(crate) async fn run(
         job.log.clone(),
         marker,
         stop,
-        Begin::Go,
+        Begin::Go(warm.attached),
     )
     .await;
     let _ = std::fs::remove_file(&warm.env_file);
@@ -232,6 +243,7 @@ fn fill(path: &std::path::Path, job: &StageJob) -> std::io::Result<()> {
         .write(true)
         .truncate(true)
         .open(path)?;
-    f.write_all(env_file(&job.env).as_bytes())?;
-    f.sync_data()
+    // Read by the container's shell through the same page cache: no need
+    // to wait for the disk.
+    f.write_all(env_file(&job.env).as_bytes())
 }

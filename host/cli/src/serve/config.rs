@@ -24,6 +24,7 @@ pub struct FileConfig {
     pub results: Option<PathBuf>,
     pub runs: Option<usize>,
     pub jobs: Option<usize>,
+    pub ready_namespaces: Option<usize>,
     pub max_attempts: Option<u32>,
     pub claim_seconds: Option<u64>,
     pub log_format: Option<LogFormat>,
@@ -172,6 +173,8 @@ pub struct Settings {
     pub results: PathBuf,
     pub runs: usize,
     pub jobs: usize,
+    /// Network namespaces kept ready for `network: none` containers.
+    pub ready_namespaces: usize,
     pub max_attempts: u32,
     pub claim_seconds: u64,
     pub log_format: LogFormat,
@@ -371,6 +374,7 @@ impl Settings {
                 anyhow::bail!("[environments.{name}]: approval_timeout_hours must be at least 1");
             }
         }
+        let jobs = args.jobs.or(file.jobs).unwrap_or(4).max(1);
         Ok(Self {
             listen: args
                 .listen
@@ -379,7 +383,8 @@ impl Settings {
             state,
             results,
             runs: args.runs.or(file.runs).unwrap_or(2).max(1),
-            jobs: args.jobs.or(file.jobs).unwrap_or(4).max(1),
+            jobs,
+            ready_namespaces: file.ready_namespaces.unwrap_or((2 * jobs).min(16)),
             max_attempts: args.max_attempts.or(file.max_attempts).unwrap_or(1).max(1),
             claim_seconds: file.claim_seconds.unwrap_or(30).max(3),
             log_format: args

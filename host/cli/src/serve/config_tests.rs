@@ -36,6 +36,10 @@ fn flags_override_the_file_and_mistakes_are_located() {
     assert_eq!(s.api.repos["app"].github.as_deref(), Some("octo/app"));
     assert_eq!(s.api.repos["lib"].url, "file:///srv/lib.git");
     assert_eq!(s.state, tmp.path().join(".sentinel"));
+    assert_eq!(s.ready_namespaces, 8, "twice the default 4 jobs");
+    let many = T::try_parse_from(["x", "--jobs", "12"]).unwrap();
+    let many = Settings::resolve(&many.a, None, None, tmp.path()).unwrap();
+    assert_eq!(many.ready_namespaces, 16, "at most 16");
     // A relative state folder becomes absolute (containers mount it).
     let rel = Settings::resolve(&t.a, Some("rel-state".into()), None, tmp.path()).unwrap();
     assert!(

@@ -136,7 +136,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         store.set_sealing_key(key.clone());
     }
     let github_secret = settings.github_secret()?;
-    let containers = context::docker_or_unavailable().await;
+    let (containers, docker) = context::server_docker(settings.ready_namespaces).await;
     let steps = sentinel_wasm::WasmExecutor::new(&dirs.state.join("cache/wasm"))?;
     let exec: Arc<dyn sentinel_engine::Executor> = Arc::new(sentinel_engine::exec::Dispatch {
         containers,
@@ -381,6 +381,9 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         let _ = s.await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    if let Some(docker) = docker {
+        docker.release_ready().await;
+    }
     admin.remove(&store).await;
     if let Some(outbox) = outbox {
         let waiting = outbox.waiting();

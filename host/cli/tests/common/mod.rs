@@ -102,6 +102,8 @@ pub struct Opts {
     pub jobs: usize,
     /// The cache stages with `cache:` use.
     pub cache: Option<sentinel_engine::cache::CacheAccess>,
+    /// The executor (default: a new one, as `sentinel run` makes).
+    pub docker: Option<DockerExecutor>,
 }
 
 /// Runs the project's pipeline with the real Docker executor, sled and results folder.
@@ -109,7 +111,10 @@ pub async fn run(project: &Project, opts: Opts) -> RunDoc {
     let plan = sentinel_pipeline::load(&project.source.join("sentinel.yml"))
         .unwrap_or_else(|e| panic!("{e}"));
     let engine = Engine {
-        exec: Arc::new(docker().await),
+        exec: Arc::new(match opts.docker {
+            Some(d) => d,
+            None => docker().await,
+        }),
         store: Arc::new(SledStore::try_open(&project.state).unwrap()),
         sink: Arc::new(project.sink()),
         config: EngineConfig {
