@@ -329,11 +329,20 @@ impl Engine {
         let user_of = |s: &sentinel_pipeline::StagePlan| {
             s.limits.user.clone().unwrap_or_else(|| user.clone())
         };
+        // Each stage's dependencies by position: a turn looks at every
+        // stage, and by name that made a 1,000-stage DAG slow.
+        let needs_at: Vec<Vec<usize>> = plan
+            .stages
+            .iter()
+            .map(|s| s.needs.iter().map(|n| rec.position(n)).collect())
+            .collect();
         loop {
             // Decide every pending stage whose dependencies are final.
             let mut changed = false;
-            for s in plan.stages.iter() {
-                if rec.state(&s.name).status != StageStatus::Pending {
+            for (i, s) in plan.stages.iter().enumerate() {
+                if rec.status_at(i) != StageStatus::Pending
+                    || needs_at[i].iter().any(|&d| !rec.status_at(d).is_final())
+                {
                     continue;
                 }
                 let deps: Vec<(&str, StageStatus)> = s
@@ -341,7 +350,12 @@ impl Engine {
                     .iter()
                     .map(|n| (n.as_str(), rec.state(n).status))
                     .collect();
-                let upstream_failed = rec.upstream_failed(&s.name);
+                // Walked only when it decides (an `on_failure` stage whose
+                // dependencies ended): a walk per pending stage per turn
+                // made a 1,000-stage DAG quadratic.
+                let upstream_failed = s.when == sentinel_pipeline::When::OnFailure
+                    && deps.iter().all(|(_, st)| st.is_final())
+                    && rec.upstream_failed(&s.name);
                 match decide(s.when, &deps, upstream_failed, cancelled) {
                     Decision::Wait => {}
                     Decision::Run if aborted => {
@@ -496,7 +510,11 @@ impl Engine {
                     Stuck::GatesClosed => continue,
                 }
             }
+            let due = rec.run_doc_due();
             tokio::select! {
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
+                    rec.publish_run_due().await;
+                }
                 done = running.join_next() => {
                     match done {
                         Some(Ok(result)) => {

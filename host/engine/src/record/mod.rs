@@ -42,7 +42,15 @@ pub struct Recorder {
     /// What `out/<stage>` holds for each finished stage (masked, or raw for
     /// a sensitive stage), for the stages that start after it.
     outs: Vec<(StageName, Arc<Vec<u8>>)>,
+    /// When `run.json` last went to the publisher for a stage's change, and
+    /// whether a later change still waits (see [`Recorder::run_doc_due`]).
+    run_doc_sent: Option<tokio::time::Instant>,
+    run_doc_stale: bool,
 }
+
+/// Stage changes reach `run.json` at most this often (the whole document is
+/// built for each: per change, a 1,000-stage run built a million entries).
+const RUN_DOC_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Recorder {
     #[allow(clippy::too_many_arguments)]
@@ -120,6 +128,8 @@ impl Recorder {
             index,
             publisher,
             outs: Vec::new(),
+            run_doc_sent: None,
+            run_doc_stale: false,
         }
     }
 
@@ -157,6 +167,30 @@ impl Recorder {
 
     pub fn state(&self, name: &StageName) -> &StageState {
         &self.stages[self.index[name]]
+    }
+
+    /// The position of a stage of the plan (its place in `plan.stages`).
+    pub fn position(&self, name: &StageName) -> usize {
+        self.index[name]
+    }
+
+    /// The status of the stage at `position`.
+    pub fn status_at(&self, position: usize) -> StageStatus {
+        self.stages[position].status
+    }
+
+    /// When a stage's change that `run.json` does not show yet is due to be
+    /// published ([`Recorder::publish_run_due`]).
+    pub fn run_doc_due(&self) -> Option<tokio::time::Instant> {
+        self.run_doc_stale
+            .then(|| self.run_doc_sent.map_or_else(tokio::time::Instant::now, |t| t + RUN_DOC_EVERY))
+    }
+
+    /// Publishes `run.json` when a stage's change still waits for it.
+    pub async fn publish_run_due(&mut self) {
+        if self.run_doc_stale {
+            self.publish_run(false).await;
+        }
     }
 
     fn state_mut(&mut self, name: &StageName) -> &mut StageState {
@@ -541,7 +575,16 @@ impl Recorder {
     /// Publishes `run.json` (swept by the publisher, once per coalesced
     /// write); on run-level changes (`index`) also stores it and updates the
     /// index. Stage changes live in the stage documents, which recovery reads.
-    async fn publish_run(&self, index: bool) {
+    /// A stage's change (`index` false) is published at most every
+    /// [`RUN_DOC_EVERY`]; the scheduler publishes a waiting one when due.
+    async fn publish_run(&mut self, index: bool) {
+        let now = tokio::time::Instant::now();
+        if !index && self.run_doc_sent.is_some_and(|t| now < t + RUN_DOC_EVERY) {
+            self.run_doc_stale = true;
+            return;
+        }
+        self.run_doc_sent = Some(now);
+        self.run_doc_stale = false;
         self.publish_run_doc(index, index).await;
     }
 

@@ -112,6 +112,8 @@ pub struct LocalWorkspace {
     outs: Mutex<BTreeSet<StageName>>,
     /// Empty private folders of finished steps, for the run's next steps.
     spare: Arc<Mutex<Vec<PathBuf>>>,
+    /// The file [`LocalWorkspace::mark`] writes to read the clock of.
+    marker: Mutex<Option<std::fs::File>>,
 }
 
 impl LocalWorkspace {
@@ -123,6 +125,7 @@ impl LocalWorkspace {
             root,
             outs: Mutex::default(),
             spare: Arc::default(),
+            marker: Mutex::default(),
         }
     }
 
@@ -202,14 +205,28 @@ impl LocalWorkspace {
     }
 
     /// Marks now as the start of a stage, in the file system's own clock (the
-    /// one file times are written with).
-    pub fn mark(&self, stage: &StageName) -> io::Result<SystemTime> {
-        std::fs::create_dir_all(&self.stages)?;
-        let marker = self.stages.join(format!(".start-{stage}"));
-        std::fs::write(&marker, b"")?;
-        let t = std::fs::metadata(&marker)?.modified()?;
-        let _ = std::fs::remove_file(&marker);
-        Ok(t)
+    /// one file times are written with): a write to the run's marker file
+    /// (one file, made once: creating a file per stage cost more than a
+    /// short step) and its modification time.
+    pub fn mark(&self, _stage: &StageName) -> io::Result<SystemTime> {
+        use std::os::unix::fs::FileExt;
+        let mut marker = self
+            .marker
+            .lock()
+            .map_err(|_| io::Error::other("the marker's lock is poisoned"))?;
+        if marker.is_none() {
+            std::fs::create_dir_all(&self.stages)?;
+            *marker = Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(self.stages.join(".start"))?,
+            );
+        }
+        let file = marker.as_ref().expect("opened above");
+        file.write_all_at(b"x", 0)?;
+        file.metadata()?.modified()
     }
 
     /// Copies the workspace's files changed since `since` (but `out/`) into

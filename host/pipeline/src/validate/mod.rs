@@ -21,7 +21,7 @@ use graph::{add_finalizer_edges, derive_sensitivity, topo_sort};
 use stage::{limits, stage_plan};
 
 /// Most stages a pipeline may have.
-pub const MAX_STAGES: usize = 500;
+pub const MAX_STAGES: usize = 2000;
 
 pub(super) struct Ctx<'a> {
     draft: &'a Draft,
@@ -345,5 +345,34 @@ pub(super) fn check_refs(
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn chains(n: usize) -> String {
+        let mut yaml = String::from("version: 1\nbox: alpine:3\nstages:\n");
+        for i in 0..n {
+            let after = if i < 10 {
+                String::new()
+            } else {
+                format!(", after: [s{}]", i - 10)
+            };
+            yaml.push_str(&format!("  s{i}: {{run: 'true'{after}}}\n"));
+        }
+        yaml
+    }
+
+    #[test]
+    fn a_thousand_stages_plan_and_one_past_the_cap_is_refused() {
+        let plan = crate::parse_str(&chains(1000), "sentinel.yml", "big").unwrap();
+        assert_eq!(plan.stages.len(), 1000);
+        let e = crate::parse_str(&chains(super::MAX_STAGES + 1), "sentinel.yml", "big")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the pipeline has 2001 stages; the limit is 2000"),
+            "{e}"
+        );
     }
 }
