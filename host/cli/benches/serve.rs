@@ -235,15 +235,16 @@ async fn main() {
         "trigger-to-start of a queued wasm-only run ({} runs, one at a time, idle server):",
         latencies.len()
     );
-    println!(
-        "  baseline: `git clone` of the same repository, p50 {clone_p50:.1} ms"
-    );
+    println!("  baseline: `git clone` of the same repository, p50 {clone_p50:.1} ms");
     println!(
         "  p50 {l50:>7.1} ms  (goal < 50 ms: {:.2}× the limit; {:.2}× the clone)",
         l50 / 50.0,
         l50 / clone_p50
     );
-    println!("  p99 {l99:>7.1} ms  (goal < 150 ms: {:.2}× the limit)", l99 / 150.0);
+    println!(
+        "  p99 {l99:>7.1} ms  (goal < 150 ms: {:.2}× the limit)",
+        l99 / 150.0
+    );
 
     // Memory across 1,000 more runs (ten at a time): flat, no growth per run.
     let mut marks = vec![(0usize, rss_mib(pid))];

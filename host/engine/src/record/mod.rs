@@ -182,8 +182,10 @@ impl Recorder {
     /// When a stage's change that `run.json` does not show yet is due to be
     /// published ([`Recorder::publish_run_due`]).
     pub fn run_doc_due(&self) -> Option<tokio::time::Instant> {
-        self.run_doc_stale
-            .then(|| self.run_doc_sent.map_or_else(tokio::time::Instant::now, |t| t + RUN_DOC_EVERY))
+        self.run_doc_stale.then(|| {
+            self.run_doc_sent
+                .map_or_else(tokio::time::Instant::now, |t| t + RUN_DOC_EVERY)
+        })
     }
 
     /// Publishes `run.json` when a stage's change still waits for it.
