@@ -30,11 +30,21 @@ pub struct Ignored {
     pub reason: String,
 }
 
+/// A key that sorts by `at`, then by when it was made: a ULID's random part
+/// put two events of one millisecond in either order. Older ULID keys
+/// (`01…`) sort before these (`1…`, nanoseconds since 1970).
+fn order_key(at: DateTime<Utc>) -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = at.timestamp_nanos_opt().unwrap_or_default().max(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos:019}-{seq:020}")
+}
+
 impl SledStore {
     /// Records `ignored` (on disk before it returns), dropping the oldest
     /// past [`KEEP`].
     pub async fn record_ignored(&self, ignored: &Ignored) -> Result<(), StorageError> {
-        let id = ulid::Ulid::new().to_string();
+        let id = order_key(ignored.at);
         self.ignored
             .insert(id.as_bytes(), encode(ignored)?)
             .map_err(|e| err("ignored", e))?;
@@ -62,5 +72,17 @@ impl SledStore {
                 decode(&v)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_sort_by_time_then_by_making_and_after_older_ulid_keys() {
+        let at = chrono::Utc::now();
+        let (a, b) = (super::order_key(at), super::order_key(at));
+        let later = super::order_key(at + chrono::Duration::microseconds(1));
+        assert!(a < b && b < later, "{a} {b} {later}");
+        assert!(ulid::Ulid::new().to_string() < a);
     }
 }
