@@ -61,15 +61,12 @@ async fn main() {
     };
     let server = wrk::unlimited_server(tmp.path(), &state, "");
     let url = server.url.clone();
-    let check: serde_json::Value = reqwest::Client::new()
-        .get(format!("{url}/api/v1/deployments"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let check = wrk::get_json(
+        &reqwest::Client::new(),
+        &format!("{url}/api/v1/deployments"),
+        &token,
+    )
+    .await;
     // 10 apps over 4 environments by parity: 20 pairs deployed.
     assert_eq!(check["current"].as_array().unwrap().len(), 20);
     assert_eq!(check["deployments"].as_array().unwrap().len(), 100);

@@ -169,15 +169,7 @@ async fn main() {
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
         async move {
             loop {
-                let v: serde_json::Value = http
-                    .get(format!("{url}/api/v1/runs/{id}"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
+                let v = wrk::get_json(&http, &format!("{url}/api/v1/runs/{id}"), &token).await;
                 if matches!(v["run"]["status"].as_str(), Some("succeeded" | "failed")) {
                     assert_eq!(v["run"]["status"], "succeeded", "{v}");
                     return v;
