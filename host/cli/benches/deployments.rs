@@ -61,12 +61,9 @@ async fn main() {
     };
     let server = wrk::unlimited_server(tmp.path(), &state, "");
     let url = server.url.clone();
-    let check = wrk::get_json(
-        &reqwest::Client::new(),
-        &format!("{url}/api/v1/deployments"),
-        &token,
-    )
-    .await;
+    let check = server::Client::new(&url, &token)
+        .get("/api/v1/deployments")
+        .await;
     // 10 apps over 4 environments by parity: 20 pairs deployed.
     assert_eq!(check["current"].as_array().unwrap().len(), 20);
     assert_eq!(check["deployments"].as_array().unwrap().len(), 100);

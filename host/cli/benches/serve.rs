@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::Utc;
 use sentinel_api::{RunDoc, RunStatus, SCHEMA_VERSION, Trigger, TriggerKind};
@@ -151,32 +151,13 @@ async fn main() {
     // Memory: with the stored runs, then with 100 runs queued at once.
     let pid = server.child.id();
     let rss_stored = rss_mib(pid);
-    let http = reqwest::Client::new();
-    let trigger = || async {
-        let v: serde_json::Value = http
-            .post(format!("{url}/api/v1/runs"))
-            .bearer_auth(&token)
-            .json(&serde_json::json!({ "repo": "app", "ref": "main" }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        v["id"].as_str().unwrap().to_string()
-    };
-    let ended = |id: String| {
-        let (http, url, token) = (http.clone(), url.clone(), token.clone());
-        async move {
-            loop {
-                let v = wrk::get_json(&http, &format!("{url}/api/v1/runs/{id}"), &token).await;
-                if matches!(v["run"]["status"].as_str(), Some("succeeded" | "failed")) {
-                    assert_eq!(v["run"]["status"], "succeeded", "{v}");
-                    return v;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
+    let c = server::Client::new(&url, &token);
+    let trigger = || c.trigger("app");
+    let c = &c;
+    let ended = |id: String| async move {
+        let v = c.wait_final(&id).await;
+        assert_eq!(v["run"]["status"], "succeeded", "{v}");
+        v
     };
     let mut batch = Vec::new();
     for _ in 0..100 {

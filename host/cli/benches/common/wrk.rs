@@ -34,18 +34,6 @@ pub fn wrk(url: &str, token: &str) -> (f64, f64, f64) {
     (rps, ms(&field("50%")), ms(&field("99%")))
 }
 
-/// `GET url` with `token`, as JSON.
-pub async fn get_json(http: &reqwest::Client, url: &str, token: &str) -> serde_json::Value {
-    http.get(url)
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// Starts `sentinel serve` on `state` with no rate limit (wrk is one
 /// token) and `extra` configuration (TOML) written beside it.
 pub fn unlimited_server(
