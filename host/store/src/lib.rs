@@ -171,11 +171,26 @@ impl SledStore {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(other(&e)),
         }
-        let db = sled::Config::new()
-            .path(dir.join("db"))
-            .flush_every_ms(Some(200))
-            .open()
-            .map_err(|e| other(&e))?;
+        // `sentinel.lock` is ours, so no other process has the database;
+        // sled's own lock can still be held for a moment by a handle of
+        // this process that was just dropped (its flusher thread ends
+        // after the drop): wait for it rather than fail.
+        let since = std::time::Instant::now();
+        let db = loop {
+            match sled::Config::new()
+                .path(dir.join("db"))
+                .flush_every_ms(Some(200))
+                .open()
+            {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        && since.elapsed() < std::time::Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.map_err(|e| other(&e))?,
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(|e| other(&e));
         let seal = secrets::SecretsKey::of_folder(dir).map_err(|e| other(&e))?;
         let outbox = tree("outbox")?;
