@@ -76,6 +76,27 @@ impl Rig {
     }
 }
 
+/// A client of `server` once its scheduler has looked at every enabled
+/// schedule (a new schedule fires from its first look on: a test that moved
+/// the clock before it, on a loaded machine, waited for nothing).
+async fn scheduling(server: &Server) -> Client {
+    let c = Client::new(&server.url, &server.admin);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = c.get("/api/v1/schedules").await;
+        let looked = v["schedules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["enabled"] == false || !s["next"].is_null());
+        if looked {
+            return c;
+        }
+        assert!(Instant::now() < until, "the scheduler never looked: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The firings of schedule `name` that queued a run: run id → `by`.
 async fn fired(c: &Client, name: &str) -> BTreeMap<String, String> {
     let v = c.get("/api/v1/runs?limit=500").await;
@@ -131,7 +152,7 @@ async fn a_schedule_fires_once_per_minute_across_restarts_and_catches_up_by_poli
         "2030-01-01T00:00:30Z",
     );
     let server = rig.start();
-    let c = Client::new(&server.url, &server.admin);
+    let c = scheduling(&server).await;
     assert!(expect(&c, "every", 0).await.is_empty());
 
     // A minute on: each fires once, for 00:01.
@@ -144,7 +165,7 @@ async fn a_schedule_fires_once_per_minute_across_restarts_and_catches_up_by_poli
     // kill -9 and a new server: 00:01 is not fired again, 00:02 is, once.
     drop(server);
     let server = rig.start();
-    let c = Client::new(&server.url, &server.admin);
+    let c = scheduling(&server).await;
     rig.at("2030-01-01T00:02:10Z");
     assert_eq!(
         expect(&c, "every", 2).await,
@@ -157,7 +178,7 @@ async fn a_schedule_fires_once_per_minute_across_restarts_and_catches_up_by_poli
     server.stop();
     rig.at("2030-01-01T00:05:30Z");
     let server = rig.start();
-    let c = Client::new(&server.url, &server.admin);
+    let c = scheduling(&server).await;
     let every = expect(&c, "every", 3).await;
     assert_eq!(every[2], "2030-01-01T00:05:00Z", "{every:?}");
     assert_eq!(expect(&c, "quiet", 2).await.len(), 2, "{}", server.log());
@@ -233,7 +254,7 @@ async fn a_berlin_schedule_crosses_both_daylight_saving_changes_as_documented() 
     // Spring: 02:30 does not exist on 2027-03-28; it fires at 03:00 CEST.
     let spring = Rig::new(schedule, "2027-03-27T23:00:00Z");
     let server = spring.start();
-    let c = Client::new(&server.url, &server.admin);
+    let c = scheduling(&server).await;
     spring.at("2027-03-28T00:45:00Z"); // 01:45 CET
     assert!(expect(&c, "berlin", 0).await.is_empty());
     spring.at("2027-03-28T01:00:30Z"); // 03:00:30 CEST
@@ -243,7 +264,7 @@ async fn a_berlin_schedule_crosses_both_daylight_saving_changes_as_documented() 
     // Autumn: 02:30 happens twice on 2027-10-31; it fires at the first.
     let autumn = Rig::new(schedule, "2027-10-30T22:00:00Z");
     let server = autumn.start();
-    let c = Client::new(&server.url, &server.admin);
+    let c = scheduling(&server).await;
     autumn.at("2027-10-31T00:31:00Z"); // 02:31 CEST
     assert_eq!(expect(&c, "berlin", 1).await, ["2027-10-31T00:30:00Z"]);
     autumn.at("2027-10-31T01:31:00Z"); // 02:31 CET, the hour again
