@@ -722,14 +722,7 @@ async fn commit_statuses_reach_github_in_order_and_wait_out_an_outage() {
     );
     let c = Client::new(&server.url, &server.admin);
     let token = "ghp_statusTokenForTheFake0123";
-    let (status, v) = c
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/secrets/GH_TOKEN",
-            Some(serde_json::json!({ "value": token })),
-        )
-        .await;
-    assert!(status < 300, "{status} {v}");
+    c.set_secret("GH_TOKEN", token).await;
     let run = |breaks: &str| {
         let body = serde_json::json!({ "repo": "gh", "ref": "main", "env": { "BREAK": breaks } });
         c.call(reqwest::Method::POST, "/api/v1/runs", Some(body))
@@ -837,14 +830,7 @@ async fn a_fork_pull_request_runs_without_secrets_cache_writes_or_deploys() {
     );
     let c = Client::new(&server.url, &server.admin);
     let token = "s3cr3t-token-value-42";
-    let (status, v) = c
-        .call(
-            reqwest::Method::PUT,
-            "/api/v1/secrets/TOKEN",
-            Some(serde_json::json!({ "value": token })),
-        )
-        .await;
-    assert!(status < 300, "{status} {v}");
+    c.set_secret("TOKEN", token).await;
     let open_pr = |from: &str, number: u64, delivery: &str| {
         let body = serde_json::json!({
             "action": "opened",

@@ -210,6 +210,18 @@ impl Client {
         (res.status().as_u16(), res.text().await.unwrap())
     }
 
+    /// Stores secret `name` through the API.
+    pub async fn set_secret(&self, name: &str, value: &str) {
+        let (status, v) = self
+            .call(
+                reqwest::Method::PUT,
+                &format!("/api/v1/secrets/{name}"),
+                Some(json!({ "value": value })),
+            )
+            .await;
+        assert!(status < 300, "{status} {v}");
+    }
+
     pub async fn trigger(&self, repo: &str) -> String {
         let (status, v) = self
             .call(
