@@ -381,7 +381,7 @@ pub(crate) async fn run(
         Ok(c) => c,
         Err(report) => return report,
     };
-    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+    let since = job.capture.as_ref().and_then(|_| ws.mark().ok());
     let marker = job.limits.idle_timeout.is_some();
     let outcome = run_created(
         ex,

@@ -96,7 +96,7 @@ pub(crate) async fn run(
         Err(report) => return report,
     };
     let image_id = jc.image_id().map(str::to_string);
-    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+    let since = job.capture.as_ref().and_then(|_| ws.mark().ok());
     let mut steps = Vec::new();
     let mut outcome = Outcome::Exited { code: 0 };
     let wasm = action.steps_executor.as_ref();

@@ -377,7 +377,7 @@ pub(crate) async fn run(
         clean(&private);
         return failed(format!("cannot write the stage's files: {e}"));
     }
-    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+    let since = job.capture.as_ref().and_then(|_| ws.mark().ok());
     let (tx, rx) = oneshot::channel();
     if let Ok(mut w) = shared.waiters.lock() {
         w.insert(job.stage.to_string(), tx);

@@ -219,7 +219,7 @@ pub(crate) async fn run(
             ..StageReport::default()
         };
     }
-    let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+    let since = job.capture.as_ref().and_then(|_| ws.mark().ok());
     let marker = job.limits.idle_timeout.is_some();
     let outcome = run_created(
         ex,

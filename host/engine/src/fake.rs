@@ -110,7 +110,7 @@ impl FakeExecutor {
             Ok(p) => p,
             Err(e) => return StageReport::of(Outcome::StartFailed(e.to_string())),
         };
-        let since = job.capture.as_ref().and_then(|_| ws.mark(&job.stage).ok());
+        let since = job.capture.as_ref().and_then(|_| ws.mark().ok());
         let outcome = interpret(job, &private, ws, stop).await;
         let (outputs, artifacts) = ws.take_private(&private, false);
         let files = match (&job.capture, since) {

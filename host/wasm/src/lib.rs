@@ -477,7 +477,7 @@ impl Executor for WasmExecutor {
             }
         };
         let since = match (&job.capture, local) {
-            (Some(_), Some(ws)) if write => ws.mark(&job.stage).ok(),
+            (Some(_), Some(ws)) if write => ws.mark().ok(),
             _ => None,
         };
         let outcome = self

@@ -208,7 +208,7 @@ impl LocalWorkspace {
     /// one file times are written with): a write to the run's marker file
     /// (one file, made once: creating a file per stage cost more than a
     /// short step) and its modification time.
-    pub fn mark(&self, _stage: &StageName) -> io::Result<SystemTime> {
+    pub fn mark(&self) -> io::Result<SystemTime> {
         use std::os::unix::fs::FileExt;
         let mut marker = self
             .marker
@@ -367,7 +367,7 @@ mod tests {
         std::fs::create_dir_all(w.dir.join("out")).unwrap();
         std::fs::write(w.dir.join("old.txt"), "old").unwrap();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let since = w.mark(&"s".parse().unwrap()).unwrap();
+        let since = w.mark().unwrap();
         std::fs::create_dir_all(w.dir.join("new")).unwrap();
         std::fs::write(w.dir.join("new/made.txt"), "made").unwrap();
         std::fs::write(w.dir.join("out/s"), "output").unwrap();
