@@ -3,7 +3,8 @@
 # Docker (docker.io), Debian's static busybox, jq (the reference the jq-pluck
 # step is compared with), a running dockerd, the local stage image
 # sentinel/busybox:local (built FROM scratch; nothing is pulled), and the
-# WebAssembly steps (the wasm32-wasip2 target, then scripts/build-steps.sh).
+# WebAssembly steps (the wasm32-wasip2 target, then scripts/build-steps.sh),
+# the S3 server and two image registries on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,3 +46,5 @@ echo "setup: docker $(docker version --format '{{.Server.Version}}') (API $(dock
 scripts/build-steps.sh
 # The S3 server the tests and the demo use (Garage on loopback; installed once).
 scripts/s3-server.sh >/dev/null
+# The image registries the tests and the demo push to (loopback only).
+scripts/registry.sh >/dev/null

@@ -11,6 +11,7 @@
 use bollard::models::ContainerConfig;
 use bollard::query_parameters::CommitContainerOptions;
 
+use crate::build::split_ref;
 use crate::{DockerExecutor, LABEL_KIND, LABEL_OWNER, LABEL_RUN, LABEL_STAGE};
 
 /// The label naming the run and stage an image was committed from.
@@ -18,14 +19,6 @@ pub const LABEL_COMMITTED_FROM: &str = "dev.sentinel.committed-from";
 
 /// A shell's usual search path, for a base image that sets none.
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Splits `repo[:tag]` (a registry's port is part of the repository).
-fn split_ref(to: &str) -> (&str, &str) {
-    match to.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, tag),
-        _ => (to, "latest"),
-    }
-}
 
 /// Commits `container` as `to`, with `base`'s configuration; returns the
 /// new image's id.
@@ -96,19 +89,4 @@ pub(crate) async fn commit(
         .await
         .map_err(|e| e.to_string())?;
     Ok(done.id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_split_at_the_tag() {
-        assert_eq!(split_ref("app:1.2"), ("app", "1.2"));
-        assert_eq!(
-            split_ref("reg:5000/team/app"),
-            ("reg:5000/team/app", "latest")
-        );
-        assert_eq!(split_ref("reg:5000/app:v1"), ("reg:5000/app", "v1"));
-    }
 }

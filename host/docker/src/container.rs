@@ -132,8 +132,13 @@ pub(crate) fn secrets_loader(with_secrets: bool) -> String {
     }
 }
 
-/// Resolves an image to its id; tries a pull when it is not present.
-pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String, ExecError> {
+/// Resolves an image to its id; tries a pull when it is not present, with
+/// the run's credentials for the image's registry when it has them.
+pub(crate) async fn image_id(
+    ex: &DockerExecutor,
+    image: &str,
+    run: &sentinel_api::RunId,
+) -> Result<String, ExecError> {
     match ex.docker.inspect_image(image).await {
         Ok(i) => return Ok(i.id.unwrap_or_default()),
         Err(e) if is_not_found(&e) => {}
@@ -143,10 +148,16 @@ pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String,
         from_image: Some(image.to_string()),
         ..Default::default()
     };
+    let auth = ex.registry_auth(run).await;
+    let creds =
+        sentinel_engine::exec::RegistryAuth::for_image(&auth, image).map(crate::build::credentials);
     let pull = async {
-        let mut stream = ex.docker.create_image(Some(opts), None, None);
+        let mut stream = ex.docker.create_image(Some(opts), None, creds);
         while let Some(item) = stream.next().await {
-            item.map_err(|e| e.to_string())?;
+            item.map_err(|e| match e {
+                bollard::errors::Error::DockerStreamError { error } => error,
+                other => other.to_string(),
+            })?;
         }
         Ok::<(), String>(())
     };
@@ -164,6 +175,10 @@ pub(crate) async fn image_id(ex: &DockerExecutor, image: &str) -> Result<String,
                     "image `{image}` was pulled but cannot be inspected: {e}"
                 ))
             }),
+        Err(e) if sentinel_engine::exec::image_host(image).is_some() => Err(fail(format!(
+            "image `{image}` is not present on the Docker host: {}",
+            crate::build::registry_error("pull", image, &e)
+        ))),
         Err(e) => Err(fail(format!(
             "image `{image}` is not present on the Docker host and could not be pulled ({e}); build or load it first"
         ))),
@@ -211,7 +226,7 @@ pub(crate) async fn create(
     ws: &LocalWorkspace,
     spec: Spec,
 ) -> Result<Created, StageReport> {
-    let image_id = match image_id(ex, &spec.image).await {
+    let image_id = match image_id(ex, &spec.image, &job.run_id).await {
         Ok(id) => id,
         Err(e) => return Err(StageReport::of(Outcome::StartFailed(e.to_string()))),
     };

@@ -8,10 +8,15 @@
 //! dropped, a pids limit, memory (without extra swap) and CPU limits. Secret
 //! variables reach a container in a file its shell reads, never in its
 //! configuration (`docker inspect` shows none). The workspace is the local
-//! one ([`sentinel_engine::exec::LocalWorkspace`]), bind-mounted.
+//! one ([`sentinel_engine::exec::LocalWorkspace`]), bind-mounted. Image
+//! builds ([`build`]) send a workspace folder as their context; registry
+//! credentials are the engine's to use for pushes and pulls, never a
+//! stage's.
 
+mod build;
 mod commit;
 mod container;
+mod context;
 mod job;
 mod job_run;
 mod netns;
@@ -65,8 +70,25 @@ pub struct DockerExecutor {
     shared: shared::SharedMap,
     /// Docker-link variables of each run's services (`links: true`).
     links: std::sync::Arc<Mutex<HashMap<RunId, Vec<sentinel_engine::exec::Var>>>>,
+    /// Each run's registry credentials (for its pushes and pulls).
+    registries: std::sync::Arc<Mutex<HashMap<RunId, Vec<sentinel_engine::exec::RegistryAuth>>>>,
     /// Network namespaces kept ready for `network: none` containers.
     netns: netns::NetPool,
+}
+
+impl DockerExecutor {
+    /// The run's registry credentials.
+    pub(crate) async fn registry_auth(
+        &self,
+        run: &RunId,
+    ) -> Vec<sentinel_engine::exec::RegistryAuth> {
+        self.registries
+            .lock()
+            .await
+            .get(run)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Lower-case names for Docker objects of a run.
@@ -119,6 +141,7 @@ impl DockerExecutor {
             warm: Default::default(),
             shared: Default::default(),
             links: Default::default(),
+            registries: Default::default(),
             netns: Default::default(),
         })
     }
@@ -236,6 +259,12 @@ pub(crate) fn is_not_found(e: &bollard::errors::Error) -> bool {
 #[async_trait]
 impl Executor for DockerExecutor {
     async fn start_run(&self, ctx: &RunContext) -> Result<(), ExecError> {
+        if !ctx.registries.is_empty() {
+            self.registries
+                .lock()
+                .await
+                .insert(ctx.run_id.clone(), ctx.registries.clone());
+        }
         services::start(self, ctx).await
     }
 
@@ -253,6 +282,7 @@ impl Executor for DockerExecutor {
         }
         match &job.work {
             sentinel_engine::exec::Work::Job(_) => job_run::run(self, job, stop).await,
+            sentinel_engine::exec::Work::Build(_) => build::run(self, job, stop).await,
             _ => container::run(self, job, stop).await,
         }
     }
@@ -265,6 +295,7 @@ impl Executor for DockerExecutor {
         warm::end_run(self, run_id).await;
         shared::end_run(self, run_id).await;
         self.links.lock().await.remove(run_id);
+        self.registries.lock().await.remove(run_id);
         let pending: Vec<_> = self.removals.lock().await.drain(..).collect();
         for removal in pending {
             let _ = removal.await;

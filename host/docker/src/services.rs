@@ -178,7 +178,7 @@ async fn start_one(
     svc: &ServicePlan,
     env: &[Var],
 ) -> Result<String, ExecError> {
-    image_id(ex, &svc.image).await?;
+    image_id(ex, &svc.image, &ctx.run_id).await?;
     let secret: Vec<Var> = env.iter().filter(|v| v.secret).cloned().collect();
     let mut binds = Vec::new();
     let (entrypoint, cmd) = if secret.is_empty() {

@@ -86,6 +86,8 @@ pub struct StageEnv {
     pub http: Vec<String>,
     /// A job's steps' settings, by step name.
     pub steps: BTreeMap<String, StepSettings>,
+    /// A build's values, resolved.
+    pub build: Option<crate::exec::BuildWork>,
 }
 
 /// One step's resolved settings.
@@ -288,6 +290,25 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
         };
         env.recorded.insert(k.clone(), shown);
         set_var(&mut env.vars, k, value, secret);
+    }
+    if let sentinel_pipeline::Action::Build(b) = &stage.action {
+        let render = |t: &Template| t.render(|r| resolve(inputs, r));
+        let pairs = |m: &BTreeMap<String, Template>| {
+            m.iter()
+                .map(|(k, t)| Ok((k.clone(), render(t)?)))
+                .collect::<Result<Vec<_>, EnvError>>()
+        };
+        env.build = Some(crate::exec::BuildWork {
+            context: b.context.clone(),
+            dockerfile: b.dockerfile.clone(),
+            args: pairs(&b.args)?,
+            target: b.target.clone(),
+            labels: pairs(&b.labels)?,
+            tags: b.tags.iter().map(render).collect::<Result<_, _>>()?,
+            pull: b.pull,
+            no_cache: b.no_cache,
+            push: b.push.iter().map(render).collect::<Result<_, _>>()?,
+        });
     }
     if let sentinel_pipeline::Action::Job(job) = &stage.action {
         for st in job.steps.iter().chain(&job.after_steps) {

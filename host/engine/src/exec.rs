@@ -68,6 +68,60 @@ pub struct RunContext {
     pub runs_dir: PathBuf,
     /// Services with their environment resolved.
     pub services: Vec<(ServicePlan, Vec<Var>)>,
+    /// The run's registry credentials, resolved: used for every push and
+    /// every pull of an image on those hosts.
+    pub registries: Vec<RegistryAuth>,
+}
+
+/// Credentials for one registry host. The values may be secrets: they are
+/// given to the container engine for a push or pull, never to a stage.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// `host[:port]`, as image names write it.
+    pub host: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RegistryAuth {
+    /// The credentials of the registry `image` is on, if the run has them
+    /// (`host/…`, where the host has a `.` or `:` or is `localhost`).
+    pub fn for_image<'a>(list: &'a [RegistryAuth], image: &str) -> Option<&'a RegistryAuth> {
+        let host = image_host(image)?;
+        list.iter().find(|r| r.host == host)
+    }
+}
+
+/// The registry host an image name starts with, if it names one.
+pub fn image_host(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains('.') || first.contains(':') || first == "localhost").then_some(first)
+}
+
+/// An image build with its values resolved.
+#[derive(Debug, Clone, Default)]
+pub struct BuildWork {
+    /// The workspace folder sent as the context (`.`: all of it).
+    pub context: String,
+    /// The Dockerfile, relative to the context.
+    pub dockerfile: String,
+    pub args: Vec<(String, String)>,
+    pub target: Option<String>,
+    pub labels: Vec<(String, String)>,
+    /// The image's names; the first is its output `image`.
+    pub tags: Vec<String>,
+    pub pull: bool,
+    pub no_cache: bool,
+    /// The tags pushed after the build.
+    pub push: Vec<String>,
 }
 
 /// One variable of a stage's environment.
@@ -115,6 +169,8 @@ pub enum Work {
     Step(StepWork),
     /// Steps in turn in one container.
     Job(JobWork),
+    /// An image build.
+    Build(BuildWork),
 }
 
 /// Where a job's container sees its script steps' folders (read-only).
@@ -411,7 +467,7 @@ impl Dispatch {
     fn for_work(&self, work: &Work) -> &Arc<dyn Executor> {
         match work {
             Work::Step(_) => &self.steps,
-            Work::Container(_) | Work::Job(_) => &self.containers,
+            Work::Container(_) | Work::Job(_) | Work::Build(_) => &self.containers,
         }
     }
 }

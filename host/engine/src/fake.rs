@@ -148,6 +148,7 @@ async fn interpret(
             .collect::<Vec<_>>()
             .join("\n"),
         Work::Step(s) => format!("fail-start the fake executor runs no step ({})", s.name),
+        Work::Build(_) => "fail-start the fake executor builds no image".to_string(),
     };
     let send = |stream, text: String| {
         let log = job.log.clone();

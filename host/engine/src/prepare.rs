@@ -101,13 +101,13 @@ pub struct ServiceEnvError {
     pub source: EnvError,
 }
 
-/// The services' environment, resolved.
-pub fn service_env(
-    req: &RunRequest,
-    run_id: &RunId,
-) -> Result<Vec<(sentinel_pipeline::ServicePlan, Vec<Var>)>, ServiceEnvError> {
-    let empty = BTreeMap::new();
-    let inputs = EnvInputs {
+/// What references resolve against when a run starts (no stage ran).
+fn start_inputs<'a>(
+    req: &'a RunRequest,
+    run_id: &'a RunId,
+    no_outputs: &'a BTreeMap<StageName, (String, BTreeMap<String, String>)>,
+) -> EnvInputs<'a> {
+    EnvInputs {
         plan: &req.plan,
         run_id,
         git: req.git.as_ref(),
@@ -116,11 +116,48 @@ pub fn service_env(
         trigger_values: &req.trigger_values,
         host_env: &req.host_env,
         secrets: &req.secrets,
-        outputs: &empty,
+        outputs: no_outputs,
         sensitive: &[],
         run_status: "running",
         failed_stages: String::new(),
-    };
+    }
+}
+
+/// The pipeline's registry credentials, resolved (a registry without
+/// credentials has none to give).
+pub fn registry_auth(
+    req: &RunRequest,
+    run_id: &RunId,
+) -> Result<Vec<crate::exec::RegistryAuth>, String> {
+    let empty = BTreeMap::new();
+    let inputs = start_inputs(req, run_id, &empty);
+    req.plan
+        .registries
+        .iter()
+        .filter_map(|r| {
+            let render = |t: &sentinel_pipeline::Template| {
+                t.render(|x| resolve(&inputs, x))
+                    .map_err(|e| format!("registry `{}`: {e}", r.name))
+            };
+            let (u, p) = (r.username.as_ref()?, r.password.as_ref()?);
+            Some((|| {
+                Ok(crate::exec::RegistryAuth {
+                    host: r.host.clone(),
+                    username: render(u)?,
+                    password: render(p)?,
+                })
+            })())
+        })
+        .collect()
+}
+
+/// The services' environment, resolved.
+pub fn service_env(
+    req: &RunRequest,
+    run_id: &RunId,
+) -> Result<Vec<(sentinel_pipeline::ServicePlan, Vec<Var>)>, ServiceEnvError> {
+    let empty = BTreeMap::new();
+    let inputs = start_inputs(req, run_id, &empty);
     req.plan
         .services
         .iter()

@@ -20,7 +20,8 @@ use crate::lease::{Lease, Owner};
 use crate::log::LiveLog;
 use crate::ports::{ResultsSink, Store};
 use crate::prepare::{
-    cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, restored, service_env, to_warm,
+    cache_of, capture_of, env_of, inputs_of, kept_dir, preflight, registry_auth, restored,
+    service_env, to_warm,
 };
 use crate::record::Recorder;
 pub use crate::request::{Reused, RunRequest, Upstream};
@@ -269,11 +270,21 @@ impl Engine {
             Ok(s) => s,
             Err(e) => return self.fail_all(rec, e.to_string(), progress, signals).await,
         };
+        let registries = match registry_auth(req, &rec.run_id).and_then(|r| {
+            let values: Vec<String> = r.iter().map(|a| a.password.clone()).collect();
+            rec.add_secrets(&values)
+                .map(|()| r)
+                .map_err(|e| format!("a registry password: {e}"))
+        }) {
+            Ok(r) => r,
+            Err(e) => return self.fail_all(rec, e, progress, signals).await,
+        };
         let ctx = RunContext {
             run_id: rec.run_id.clone(),
             owner: owner.clone(),
             runs_dir: runs_dir(&self.config.state_dir),
             services,
+            registries,
         };
         // The workspace: a copy of the source (and a re-run's kept files),
         // owned by the stages' user, made by the executor.
@@ -442,6 +453,7 @@ impl Engine {
                             secrets: rec.secrets(),
                             http: env.http.clone(),
                             steps: env.steps,
+                            build: env.build,
                             inputs: inputs_of(rec, s),
                             capture: capture_of(&self.config.state_dir, &rec.run_id, s, keep),
                             cache: cache_of(req, rec, &plan, s),

@@ -38,6 +38,8 @@ pub struct StageRun {
     pub http: Vec<String>,
     /// A job's steps' settings, by step name.
     pub steps: BTreeMap<String, crate::env::StepSettings>,
+    /// A build's values, resolved.
+    pub build: Option<crate::exec::BuildWork>,
     pub inputs: Inputs,
     /// Where the files it creates or changes are kept (`None`: not kept).
     pub capture: Option<PathBuf>,
@@ -118,6 +120,7 @@ fn work(s: &StageRun) -> Work {
     match &s.plan.action {
         Action::Container(c) => Work::Container(c.clone()),
         Action::Job(j) => Work::Job(crate::job::work(j, &s.env, &s.steps)),
+        Action::Build(_) => Work::Build(s.build.clone().unwrap_or_default()),
         Action::Step(s) => Work::Step(StepWork {
             name: s.resolved.manifest.name.clone(),
             wasm: s.resolved.wasm.clone(),

@@ -33,6 +33,42 @@ pub fn scalar(s: &str) -> String {
 }
 
 /// A possibly multi-line value under `key:` at `indent` spaces.
+/// A build stage's `build:` mapping.
+fn build(out: &mut String, b: &crate::draft::BuildDraft) {
+    out.push_str("    build:\n");
+    for (k, v) in [
+        ("context", &b.context),
+        ("dockerfile", &b.dockerfile),
+        ("target", &b.target),
+    ] {
+        if let Some(v) = v {
+            value(out, 6, k, &v.value);
+        }
+    }
+    for (field, map) in [("args", &b.args), ("labels", &b.labels)] {
+        if !map.is_empty() {
+            let _ = writeln!(out, "      {field}:");
+            for (k, v) in map {
+                value(out, 8, &scalar(&k.value), &v.value);
+            }
+        }
+    }
+    let list = |l: &[At<String>]| names_list(l.iter().map(|t| t.value.clone()));
+    let _ = writeln!(out, "      tags: {}", list(&b.tags));
+    for (k, on) in [("pull", b.pull), ("no_cache", b.no_cache)] {
+        if on {
+            let _ = writeln!(out, "      {k}: true");
+        }
+    }
+    match &b.push {
+        crate::draft::PushDraft::None => {}
+        crate::draft::PushDraft::All => out.push_str("      push: true\n"),
+        crate::draft::PushDraft::Tags(t) => {
+            let _ = writeln!(out, "      push: {}", list(t));
+        }
+    }
+}
+
 fn value(out: &mut String, indent: usize, key: &str, v: &str) {
     let pad = " ".repeat(indent);
     let lines: Vec<&str> = v.split('\n').collect();
@@ -175,6 +211,18 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
             }
         }
     }
+    if !draft.registries.is_empty() {
+        out.push_str("registries:\n");
+        for r in &draft.registries {
+            let _ = writeln!(out, "  {}:", scalar(&r.name.value));
+            value(&mut out, 4, "host", &r.host.value);
+            for (k, v) in [("username", &r.username), ("password", &r.password)] {
+                if let Some(v) = v {
+                    value(&mut out, 4, k, &v.value);
+                }
+            }
+        }
+    }
     out.push_str("stages:\n");
     for s in &draft.stages {
         let _ = writeln!(out, "  {}:", scalar(&s.name.value));
@@ -269,6 +317,7 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                     }
                 }
             }
+            Some(ActionDraft::Build(b)) => build(&mut out, b),
             None => out.push_str("    # (this stage could not be read)\n"),
         }
         if !s.after.is_empty() {

@@ -118,6 +118,8 @@ pub enum ActionDraft {
         /// Commit the container as this image when the steps succeed.
         commit: Option<At<String>>,
     },
+    /// An image build from a Dockerfile in the workspace.
+    Build(Box<BuildDraft>),
     /// A WebAssembly step and its settings (`key` at its key, value at its value).
     Step {
         step: At<String>,
@@ -125,6 +127,39 @@ pub enum ActionDraft {
         /// Where "missing setting" errors point.
         with_pos: Pos,
     },
+}
+
+/// A registry as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryDraft {
+    pub name: At<String>,
+    pub host: At<String>,
+    pub username: Option<At<String>>,
+    pub password: Option<At<String>>,
+}
+
+/// An image build as written (keys at their keys, values at their values).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildDraft {
+    /// Where `build:` is.
+    pub pos: Pos,
+    pub context: Option<At<String>>,
+    pub dockerfile: Option<At<String>>,
+    pub args: Vec<(At<String>, At<String>)>,
+    pub target: Option<At<String>>,
+    pub labels: Vec<(At<String>, At<String>)>,
+    pub tags: Vec<At<String>>,
+    pub pull: bool,
+    pub no_cache: bool,
+    pub push: PushDraft,
+}
+
+/// Which tags a build pushes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushDraft {
+    None,
+    All,
+    Tags(Vec<At<String>>),
 }
 
 /// One step of a job.
@@ -225,6 +260,8 @@ pub struct Draft {
     pub secrets: Vec<At<String>>,
     pub defaults: LimitsDraft,
     pub services: Vec<ServiceDraft>,
+    /// Image registries with their credentials.
+    pub registries: Vec<RegistryDraft>,
     /// Where the stages start (the `stages:` value, or the document).
     pub stages_pos: Pos,
     pub stages: Vec<StageDraft>,

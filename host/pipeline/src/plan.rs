@@ -23,11 +23,27 @@ pub struct Plan {
     /// Pipeline-wide variables.
     pub env: BTreeMap<String, EnvValue>,
     pub services: Vec<ServicePlan>,
+    /// Image registries with their credentials (templates: rendered when
+    /// the run starts).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<RegistryPlan>,
     /// Stages in a topological order (file order among equals).
     pub stages: Vec<StagePlan>,
     /// How the run's workspace is made.
     #[serde(skip_serializing_if = "WorkspaceOptions::is_default")]
     pub workspace: WorkspaceOptions,
+}
+
+/// A registry: where images named `host/…` are pushed to and pulled from,
+/// with these credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistryPlan {
+    pub name: String,
+    pub host: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<Template>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Template>,
 }
 
 /// How the run's workspace is made from the project folder.
@@ -294,6 +310,31 @@ pub enum JobRun {
     Step(StepAction),
 }
 
+/// An image build: a Dockerfile in a workspace folder, built, tagged and
+/// optionally pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BuildAction {
+    /// The workspace folder sent as the context (`.`: the workspace).
+    pub context: String,
+    /// The Dockerfile, relative to the context.
+    pub dockerfile: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, Template>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, Template>,
+    /// The image's names; the first is its output `image`.
+    pub tags: Vec<Template>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pull: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub no_cache: bool,
+    /// The tags pushed after the build (some or all of `tags`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub push: Vec<Template>,
+}
+
 /// A WebAssembly step with its settings (every setting of the manifest: the
 /// value from `with:`, else the manifest's default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -316,6 +357,8 @@ pub enum Action {
     Step(StepAction),
     /// Script steps in one container.
     Job(JobAction),
+    /// An image build.
+    Build(BuildAction),
 }
 
 impl Action {
@@ -325,6 +368,7 @@ impl Action {
             Self::Container(_) => StageKind::Container,
             Self::Step(_) => StageKind::Step,
             Self::Job(_) => StageKind::Job,
+            Self::Build(_) => StageKind::BuildImage,
         }
     }
 
@@ -333,6 +377,7 @@ impl Action {
         match self {
             Self::Step(s) => Box::new(s.with.values()),
             Self::Container(_) => Box::new(std::iter::empty()),
+            Self::Build(b) => Box::new(b.args.values().chain(b.labels.values()).chain(&b.tags)),
             Self::Job(j) => Box::new(
                 j.steps
                     .iter()
@@ -349,7 +394,7 @@ impl Action {
     /// True when the action runs in a container (and so needs Docker).
     pub fn needs_containers(&self) -> bool {
         match self {
-            Self::Container(_) | Self::Job(_) => true,
+            Self::Container(_) | Self::Job(_) | Self::Build(_) => true,
             Self::Step(_) => false,
         }
     }
@@ -359,6 +404,8 @@ impl Action {
     pub fn writes_workspace(&self) -> bool {
         match self {
             Self::Container(_) | Self::Job(_) => true,
+            // A build reads its context; the image is its product.
+            Self::Build(_) => false,
             Self::Step(s) => {
                 s.resolved.manifest.capabilities.workspace == crate::step::WorkspaceAccess::Write
             }
@@ -382,6 +429,18 @@ impl Action {
                 image: None,
                 script: None,
                 step: Some(format!("{} ({})", s.step, s.resolved.digest)),
+            },
+            Self::Build(b) => Provenance {
+                image: None,
+                script: Some(
+                    format!(
+                        "# build {}/{}\n",
+                        b.context.trim_end_matches('/'),
+                        b.dockerfile
+                    )
+                    .into(),
+                ),
+                step: None,
             },
         }
     }

@@ -36,11 +36,33 @@ pub struct RawPipeline {
     /// Sidecar containers started before the stages, reachable by name.
     #[serde(default)]
     pub services: IndexMap<String, RawService>,
+    /// Image registries and their credentials, by name: used to push what
+    /// builds make and to pull private images.
+    #[serde(default)]
+    pub registries: IndexMap<String, RawRegistry>,
     /// The stages, by name.
     pub stages: IndexMap<String, RawStage>,
     /// How the run's workspace is made from the project folder.
     #[serde(default)]
     pub workspace: RawWorkspace,
+}
+
+/// An image registry and its credentials.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a registry mapping with `host` and optionally `username` and `password`"
+)]
+pub struct RawRegistry {
+    /// `host[:port]`, as image names write it.
+    pub host: String,
+    /// The user name (may use `${…}` references).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The password or token: a `${secrets.NAME}` or `${env.NAME}`
+    /// reference, never written in the file.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// One step of a job.
@@ -191,6 +213,9 @@ pub struct RawStage {
     /// steps succeeded; the image is the stage's output `image`.
     #[serde(default)]
     pub commit: Option<String>,
+    /// An image build from a Dockerfile in the workspace (instead of `run:`).
+    #[serde(default)]
+    pub build: Option<RawBuild>,
     /// Settings of a step; each key becomes `SENTINEL_<STEP>_<KEY>`.
     #[serde(default)]
     pub with: BTreeMap<String, String>,
@@ -249,6 +274,94 @@ pub struct RawStage {
     /// Files kept between runs: restored at start, saved on success.
     #[serde(default)]
     pub cache: Option<RawCache>,
+}
+
+/// An image build stage's `build:`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a build mapping with `tags` and optionally `context`, `dockerfile`, `args`, `target`, `labels`, `pull`, `no_cache`, `push`"
+)]
+pub struct RawBuild {
+    /// The workspace folder sent as the build context (default: the workspace).
+    #[serde(default)]
+    pub context: Option<String>,
+    /// The Dockerfile, relative to the context (default `Dockerfile`).
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    /// Build arguments (`ARG`); values may use `${…}` references but never
+    /// `${secrets.*}`: a build argument can end up in the image's history.
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    /// The stage of a multi-stage Dockerfile to build.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// Labels of the image.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The image's names (`registry/repository:tag`), at least one.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Pull newer versions of the base images first.
+    #[serde(default)]
+    pub pull: bool,
+    /// Build without the build cache.
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Push after a successful build: `true` (every tag) or a list of tags.
+    #[serde(default)]
+    pub push: RawPush,
+}
+
+/// `push:` of a build: every tag, or some.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RawPush {
+    #[default]
+    None,
+    All,
+    Tags(Vec<String>),
+}
+
+impl JsonSchema for RawPush {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Push".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "`true` pushes every tag; a list pushes those tags",
+            "oneOf": [
+                { "type": "boolean" },
+                { "type": "array", "items": { "type": "string" } }
+            ]
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPush {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawPush;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`true`, `false` or a list of tags")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<RawPush, E> {
+                Ok(RawPush::None)
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawPush, E> {
+                Ok(if v { RawPush::All } else { RawPush::None })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawPush, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(RawPush::Tags(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A container stage's or job's cache.

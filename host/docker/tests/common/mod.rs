@@ -31,6 +31,7 @@ pub async fn stage_job(
         owner: Owner::current(),
         runs_dir: runs.to_path_buf(),
         services: Vec::new(),
+        registries: Vec::new(),
     };
     let source = Source {
         dir: project.to_path_buf(),

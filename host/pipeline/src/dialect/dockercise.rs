@@ -133,6 +133,7 @@ pub(super) fn read(root: Node, file: &str) -> Result<Draft, Diagnostics> {
         secrets: Vec::new(),
         defaults: LimitsDraft::default(),
         services: Vec::new(),
+        registries: Vec::new(),
         stages_pos: root.pos,
         stages,
         workspace: WorkspaceDraft::default(),

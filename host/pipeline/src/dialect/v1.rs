@@ -6,11 +6,12 @@
 
 use crate::de;
 use crate::draft::{
-    ActionDraft, At, CacheDraft, Draft, EnvDraft, Issue, JobRunDraft, JobStepDraft, LimitsDraft,
-    ServiceDraft, StageDraft, VarDraft, VolumeDraft, WorkspaceDraft,
+    ActionDraft, At, BuildDraft, CacheDraft, Draft, EnvDraft, Issue, JobRunDraft, JobStepDraft,
+    LimitsDraft, PushDraft, RegistryDraft, ServiceDraft, StageDraft, VarDraft, VolumeDraft,
+    WorkspaceDraft,
 };
 use crate::plan::{Shell, When};
-use crate::raw::{RawDefaults, RawJobStep, RawPipeline, RawVolume, RawWhen};
+use crate::raw::{RawBuild, RawDefaults, RawJobStep, RawPipeline, RawPush, RawVolume, RawWhen};
 use crate::yaml::{Node, PathSeg, Value};
 use crate::{Diagnostics, dialect::Dialect};
 
@@ -142,6 +143,47 @@ impl Reader<'_> {
     }
 
     /// A job's steps, each named (`<prefix>-<n>` when it has no name).
+    /// A stage's `build:`, every value at its place.
+    fn build(&self, base: &[PathSeg], b: &RawBuild) -> BuildDraft {
+        let at = |k: &str| [base, &[key(k)]].concat();
+        let opt = |k: &str, v: &Option<String>| v.as_ref().map(|v| self.value(&at(k), v));
+        let map = |k: &str, m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .map(|(name, v)| {
+                    (
+                        At::new(
+                            name.clone(),
+                            self.at(&[&at(k)[..], &[key_name(name)]].concat()),
+                        ),
+                        At::new(v.clone(), self.at(&[&at(k)[..], &[key(name)]].concat())),
+                    )
+                })
+                .collect()
+        };
+        let list = |k: &str, l: &[String]| {
+            l.iter()
+                .enumerate()
+                .map(|(i, v)| self.value(&[&at(k)[..], &[PathSeg::Index(i)]].concat(), v))
+                .collect()
+        };
+        BuildDraft {
+            pos: self.at(base),
+            context: opt("context", &b.context),
+            dockerfile: opt("dockerfile", &b.dockerfile),
+            args: map("args", &b.args),
+            target: opt("target", &b.target),
+            labels: map("labels", &b.labels),
+            tags: list("tags", &b.tags),
+            pull: b.pull,
+            no_cache: b.no_cache,
+            push: match &b.push {
+                RawPush::None => PushDraft::None,
+                RawPush::All => PushDraft::All,
+                RawPush::Tags(t) => PushDraft::Tags(list("push", t)),
+            },
+        }
+    }
+
     fn job_steps(
         &mut self,
         base: &[PathSeg],
@@ -248,6 +290,20 @@ impl Reader<'_> {
                 }
             })
             .collect();
+        let registries = raw
+            .registries
+            .iter()
+            .map(|(name, r)| {
+                let base = [key("registries"), key(name)];
+                let at = |k: &str| [&base[..], &[key(k)]].concat();
+                RegistryDraft {
+                    name: At::new(name.clone(), self.at(&[key("registries"), key_name(name)])),
+                    host: self.value(&at("host"), &r.host),
+                    username: r.username.as_ref().map(|u| self.value(&at("username"), u)),
+                    password: r.password.as_ref().map(|p| self.value(&at("password"), p)),
+                }
+            })
+            .collect();
         let mut stages = Vec::new();
         for (name, s) in &raw.stages {
             let base = vec![key("stages"), key(name)];
@@ -267,6 +323,35 @@ impl Reader<'_> {
                 );
             }
             let action = match (&s.run, &s.step) {
+                _ if s.build.is_some() => {
+                    let others: Vec<&str> = [
+                        ("run", s.run.is_some()),
+                        ("step", s.step.is_some()),
+                        ("steps", s.steps.is_some()),
+                        ("image", s.image.is_some()),
+                        ("with", !s.with.is_empty()),
+                        ("cache", s.cache.is_some()),
+                    ]
+                    .into_iter()
+                    .filter_map(|(k, on)| on.then_some(k))
+                    .collect();
+                    match others.first() {
+                        Some(other) => {
+                            if checked {
+                                self.issue(
+                                    &at(other),
+                                    format!(
+                                        "stage `{name}` builds an image: `{other}` belongs to other kinds of stage"
+                                    ),
+                                );
+                            }
+                            None
+                        }
+                        None => Some(ActionDraft::Build(Box::new(
+                            self.build(&at("build"), s.build.as_ref().expect("checked")),
+                        ))),
+                    }
+                }
                 _ if s.steps.is_some() && (s.run.is_some() || s.step.is_some()) => {
                     if checked {
                         let other = if s.run.is_some() { "run" } else { "step" };
@@ -320,7 +405,7 @@ impl Reader<'_> {
                         self.issue(
                             &base,
                             format!(
-                                "stage `{name}` has neither `run` (a container) nor `step` (a WebAssembly step)"
+                                "stage `{name}` has neither `run` (a container), `step` (a WebAssembly step), `steps` (a job) nor `build` (an image)"
                             ),
                         );
                     }
@@ -454,6 +539,7 @@ impl Reader<'_> {
             secrets,
             defaults,
             services,
+            registries,
             stages_pos: self.at(&[key("stages")]),
             stages,
             workspace: WorkspaceDraft {

@@ -14,6 +14,7 @@ use crate::step::StepAnswers;
 use crate::template::{self, Ref, Template};
 use crate::yaml::Pos;
 
+mod build;
 mod graph;
 mod stage;
 
@@ -229,6 +230,7 @@ pub fn validate(
         }
     }
 
+    let registries = build::registries(&mut cx, &draft.registries, &secrets);
     if !cx.issues.is_empty() {
         return Err(cx.issues);
     }
@@ -270,6 +272,7 @@ pub fn validate(
         secrets,
         env,
         services,
+        registries,
         stages,
         workspace: WorkspaceOptions {
             git: draft.workspace.git,

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sentinel_api::StageName;
 
+use super::build::{build_action, image_ref_problem};
 use super::{Ctx, check_env_name, check_refs, parse_bytes, parse_duration, parse_template};
 use crate::cache::{CachePlan, KeyPart};
 use crate::de::did_you_mean;
@@ -298,6 +299,7 @@ fn action(
                 commit: commit.as_ref().map(|c| c.value.clone()),
             }))
         }
+        ActionDraft::Build(b) => build_action(cx, secrets, name, b).map(Action::Build),
         ActionDraft::Step {
             step,
             with: given,
@@ -444,30 +446,6 @@ fn stage_image(
             None
         }
     }
-}
-
-/// Why a name is not an image reference to commit to (`repo[:tag]`, the
-/// repository lower-case), if it is not.
-fn image_ref_problem(r: &str) -> Option<&'static str> {
-    let (repo, tag) = match r.rsplit_once(':') {
-        Some((repo, tag)) if !tag.contains('/') => (repo, Some(tag)),
-        _ => (r, None),
-    };
-    let repo_ok = !repo.is_empty()
-        && repo.split('/').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:".contains(&b))
-        });
-    let tag_ok = tag.is_none_or(|t| {
-        !t.is_empty()
-            && t.len() <= 128
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-    });
-    (!(repo_ok && tag_ok))
-        .then_some("is not an image name: a lower-case repository, optionally `:tag`")
 }
 
 /// Where a path-form volume may be seen: an absolute path that hides

@@ -385,6 +385,7 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
         secrets: Vec::new(),
         defaults: LimitsDraft::default(),
         services,
+        registries: Vec::new(),
         stages_pos: root.pos,
         stages: vec![stage],
         workspace: WorkspaceDraft::default(),

@@ -1,0 +1,401 @@
+//! Image build stages against the real Docker engine and a real registry
+//! (Debian's `docker-registry` on loopback with htpasswd basic auth, run by
+//! `scripts/registry.sh`): a build with two tags and a build argument,
+//! pushed with credentials from the run's secrets, its digest checked
+//! against the registry's, chained by digest into a second build that a
+//! container stage runs; a wrong password; a private image pulled with and
+//! without credentials. The cases run concurrently in one test.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use common::{Opts, Project, run};
+use sentinel_api::{RunDoc, RunStatus, StageStatus};
+
+type Case = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+/// The registry with basic auth `scripts/registry.sh` runs.
+const REGISTRY: &str = "127.0.0.1:5001";
+
+/// The registry's password, and a check that it answers.
+async fn registry_password() -> String {
+    let dir =
+        std::env::var("SENTINEL_REGISTRY_DIR").unwrap_or_else(|_| "/tmp/sentinel-registry".into());
+    let password = std::fs::read_to_string(format!("{dir}/auth/password")).unwrap_or_else(|e| {
+        panic!("no test registry ({dir}/auth/password: {e}); run scripts/registry.sh (the test command's set-up does)")
+    });
+    let status = reqwest::get(format!("http://{REGISTRY}/v2/"))
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or_else(|e| {
+            panic!("the test registry on {REGISTRY} does not answer ({e}); run scripts/registry.sh")
+        });
+    assert_eq!(
+        status, 401,
+        "the registry on {REGISTRY} must ask for credentials"
+    );
+    password.trim().to_string()
+}
+
+/// A name no other test run uses.
+fn unique() -> String {
+    sentinel_engine::docs::new_run_id()
+        .to_string()
+        .to_ascii_lowercase()
+}
+
+/// Removes the images a run's stages built (they carry its label).
+async fn remove_images(run: &RunDoc) {
+    let out = std::process::Command::new("docker")
+        .args([
+            "images",
+            "-q",
+            "--filter",
+            &format!("label=dev.sentinel.run={}", run.id),
+        ])
+        .output()
+        .expect("docker images");
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker")
+            .args(["rmi", "-f"])
+            .args(&ids)
+            .output();
+    }
+}
+
+/// The registry's digest of `repo:tag`.
+async fn registry_digest(repo: &str, tag: &str, password: &str) -> Result<String, String> {
+    let r = reqwest::Client::new()
+        .get(format!("http://{REGISTRY}/v2/{repo}/manifests/{tag}"))
+        .basic_auth("sentinel", Some(password))
+        .header(
+            "accept",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        r.status().is_success(),
+        "manifest of {repo}:{tag}: {}",
+        r.status()
+    );
+    r.headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| "no Docker-Content-Digest header".to_string())
+}
+
+fn write(p: &Project, path: &str, text: &str) {
+    let f = p.source.join(path);
+    std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+    std::fs::write(f, text).unwrap();
+}
+
+async fn build_push_and_chain_by_digest() -> Result<(), String> {
+    let password = registry_password().await;
+    let id = unique();
+    let repo = format!("sentinel-test/app-{id}");
+    let p = Project::new(&format!(
+        r#"version: 1
+box: {image}
+secrets: [REGISTRY_PASSWORD]
+registries:
+  test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
+stages:
+  image:
+    build:
+      context: app
+      args: {{GREETING: hello-{id}}}
+      labels: {{org.example.test: "yes"}}
+      tags: ["{REGISTRY}/{repo}:1.0", "{REGISTRY}/{repo}:latest"]
+      push: true
+  chained:
+    build:
+      context: chain
+      args: {{BASE: "${{stages.image.outputs.digest}}"}}
+      tags: [sentinel-test/chain-{id}:1]
+  use:
+    image: sentinel-test/chain-{id}:1
+    after: [chained]
+    run: cat /greeting /hello.txt /chained
+"#,
+        image = common::IMAGE
+    ));
+    write(
+        &p,
+        "app/Dockerfile",
+        &format!(
+            "FROM {}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\nCOPY hello.txt /hello.txt\n",
+            common::IMAGE
+        ),
+    );
+    write(&p, "app/hello.txt", "hello from the context\n");
+    write(&p, "app/.dockerignore", "big\n");
+    // A big folder the context leaves out, with a FIFO: never opened.
+    write(&p, "app/big/data.bin", &"x".repeat(1 << 20));
+    let fifo = p.source.join("app/big/pipe");
+    ensure!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success()),
+        "mkfifo"
+    );
+    write(
+        &p,
+        "chain/Dockerfile",
+        "ARG BASE\nFROM $BASE\nRUN echo chained > /chained\n",
+    );
+    let opts = Opts {
+        secrets: BTreeMap::from([("REGISTRY_PASSWORD".to_string(), password.clone())]),
+        ..Default::default()
+    };
+    let r = run(&p, opts).await;
+    let image = p.stage(&r, "image").await;
+    let result = async {
+        ensure!(
+            r.status == RunStatus::Succeeded,
+            "run {:?} {:?}; image: {:?} {}",
+            r.status,
+            r.reason,
+            image.reason,
+            p.log(&r, "image")
+        );
+        // The digest output is the registry's own.
+        let digest = image.outputs.get("digest").cloned().unwrap_or_default();
+        let theirs = registry_digest(&repo, "1.0", &password).await?;
+        ensure!(
+            digest == format!("{REGISTRY}/{repo}@{theirs}"),
+            "digest output {digest} against the registry's {theirs}"
+        );
+        // Both tags are on the registry, as the same image.
+        ensure!(
+            registry_digest(&repo, "latest", &password).await? == theirs,
+            "the second tag is another image"
+        );
+        ensure!(
+            image.outputs.get("image").map(String::as_str)
+                == Some(&format!("{REGISTRY}/{repo}:1.0")[..]),
+            "image output {:?}",
+            image.outputs
+        );
+        // The stage after the chained build ran the image made FROM the digest.
+        let log = p.log(&r, "use");
+        ensure!(
+            log.contains(&format!("hello-{id}"))
+                && log.contains("hello from the context")
+                && log.contains("chained"),
+            "use: {log}"
+        );
+        // The image carries the run's labels and the pipeline's.
+        let out = std::process::Command::new("docker")
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{json .Config.Labels}}",
+                &format!("{REGISTRY}/{repo}:1.0"),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let labels = String::from_utf8_lossy(&out.stdout).to_string();
+        ensure!(
+            labels.contains("\"org.example.test\":\"yes\"")
+                && labels.contains(&format!("\"dev.sentinel.run\":\"{}\"", r.id)),
+            "labels {labels}"
+        );
+        // The build log streamed into the stage log; the excluded folder was not sent.
+        let log = p.log(&r, "image");
+        ensure!(
+            log.contains("pushed") && log.contains("bytes of context"),
+            "image log: {log}"
+        );
+        ensure!(
+            !log.contains(&format!("{} bytes of context", 1 << 20)),
+            "the ignored folder was sent: {log}"
+        );
+        // The password is nowhere: no log, no document, no file.
+        let holder = p.file_holding(password.as_bytes());
+        ensure!(holder.is_none(), "{holder:?} holds the registry password");
+        Ok(())
+    }
+    .await;
+    remove_images(&r).await;
+    result
+}
+
+async fn a_wrong_password_is_unauthorised() -> Result<(), String> {
+    registry_password().await;
+    let id = unique();
+    let p = Project::new(&format!(
+        r#"version: 1
+secrets: [REGISTRY_PASSWORD]
+registries:
+  test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
+stages:
+  image:
+    build: {{tags: ["{REGISTRY}/sentinel-test/denied-{id}:1"], push: true}}
+"#
+    ));
+    write(
+        &p,
+        "Dockerfile",
+        &format!("FROM {}\nRUN true\n", common::IMAGE),
+    );
+    let wrong = format!("not-the-password-{id}");
+    let opts = Opts {
+        secrets: BTreeMap::from([("REGISTRY_PASSWORD".to_string(), wrong.clone())]),
+        ..Default::default()
+    };
+    let r = run(&p, opts).await;
+    let image = p.stage(&r, "image").await;
+    let reason = image.reason.clone().unwrap_or_default();
+    let result = async {
+        ensure!(
+            image.status == StageStatus::Failed && reason.contains("unauthorised"),
+            "{:?}: {reason}",
+            image.status
+        );
+        let holder = p.file_holding(wrong.as_bytes());
+        ensure!(holder.is_none(), "{holder:?} holds the password");
+        Ok(())
+    }
+    .await;
+    remove_images(&r).await;
+    result
+}
+
+async fn a_private_image_is_pulled_with_the_runs_credentials() -> Result<(), String> {
+    let password = registry_password().await;
+    let id = unique();
+    let repo = format!("{REGISTRY}/sentinel-test/private-{id}");
+    // Push an image with the engine's own client, then drop the local copy.
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| {
+                (
+                    o.status.success(),
+                    String::from_utf8_lossy(&o.stderr).to_string(),
+                )
+            })
+            .map_err(|e| e.to_string())
+    };
+    let p = Project::new(&format!(
+        r#"version: 1
+secrets: [REGISTRY_PASSWORD]
+registries:
+  test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
+stages:
+  image:
+    build: {{tags: ["{repo}:1"], push: true}}
+"#
+    ));
+    write(
+        &p,
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo private > /private\n", common::IMAGE),
+    );
+    let secrets = BTreeMap::from([("REGISTRY_PASSWORD".to_string(), password.clone())]);
+    let built = run(
+        &p,
+        Opts {
+            secrets: secrets.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    ensure!(
+        built.status == RunStatus::Succeeded,
+        "push: {:?}",
+        built.reason
+    );
+    remove_images(&built).await;
+    docker(&["rmi", "-f", &format!("{repo}:1")])?;
+    // With the run's credentials: pulled and run.
+    let with = Project::new(&format!(
+        r#"version: 1
+secrets: [REGISTRY_PASSWORD]
+registries:
+  test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
+stages:
+  use: {{image: "{repo}:1", run: cat /private}}
+"#
+    ));
+    let r = run(
+        &with,
+        Opts {
+            secrets,
+            ..Default::default()
+        },
+    )
+    .await;
+    let pulled = r.status == RunStatus::Succeeded && with.log(&r, "use").contains("private");
+    let reason = with.stage(&r, "use").await.reason;
+    docker(&["rmi", "-f", &format!("{repo}:1")])?;
+    ensure!(pulled, "with credentials: {:?} {reason:?}", r.status);
+    // Without: the stage fails saying why.
+    let without = Project::new(&format!(
+        "version: 1\nstages:\n  use: {{image: \"{repo}:1\", run: cat /private}}\n"
+    ));
+    let r = run(&without, Opts::default()).await;
+    let doc = without.stage(&r, "use").await;
+    let reason = doc.reason.unwrap_or_default();
+    ensure!(
+        doc.status == StageStatus::Failed && reason.contains("unauthorised"),
+        "without credentials: {:?} {reason}",
+        doc.status
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_suite() {
+    common::docker().await;
+    macro_rules! cases {
+        ($($case:ident),* $(,)?) => {
+            vec![$((stringify!($case), Box::pin($case()) as Case)),*]
+        };
+    }
+    let cases: Vec<(&str, Case)> = cases![
+        build_push_and_chain_by_digest,
+        a_wrong_password_is_unauthorised,
+        a_private_image_is_pulled_with_the_runs_credentials,
+    ];
+    let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
+    let results =
+        futures_util::future::join_all(cases.into_iter().map(|(_, c)| tokio::spawn(c))).await;
+    let mut failures = Vec::new();
+    for (name, r) in names.iter().zip(results) {
+        match r {
+            Ok(Ok(())) => eprintln!("ok   {name}"),
+            Ok(Err(e)) => failures.push(format!("{name}: {e}")),
+            Err(e) => failures.push(format!("{name}: panicked: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} image cases failed:\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n")
+    );
+}
