@@ -135,6 +135,9 @@ stages:
     image: sentinel-test/chain-{id}:1
     after: [chained]
     run: cat /greeting /hello.txt /chained
+  pinned:
+    image: "${{stages.image.outputs.digest}}"
+    run: cat /greeting
 "#,
         image = common::IMAGE
     ));
@@ -203,6 +206,14 @@ stages:
                 && log.contains("hello from the context")
                 && log.contains("chained"),
             "use: {log}"
+        );
+        // A container stage ran the image by its digest.
+        let pinned = p.stage(&r, "pinned").await;
+        ensure!(
+            p.log(&r, "pinned").contains(&format!("hello-{id}")) && pinned.needs.iter().any(|n| n.as_str() == "image"),
+            "pinned: {:?} {}",
+            pinned.needs,
+            p.log(&r, "pinned")
         );
         // The image carries the run's labels and the pipeline's.
         let out = std::process::Command::new("docker")

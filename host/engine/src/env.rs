@@ -88,6 +88,8 @@ pub struct StageEnv {
     pub steps: BTreeMap<String, StepSettings>,
     /// A build's values, resolved.
     pub build: Option<crate::exec::BuildWork>,
+    /// A container stage's image, when its name has references.
+    pub image: Option<String>,
 }
 
 /// One step's resolved settings.
@@ -290,6 +292,11 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
         };
         env.recorded.insert(k.clone(), shown);
         set_var(&mut env.vars, k, value, secret);
+    }
+    if let sentinel_pipeline::Action::Container(c) = &stage.action
+        && let Some(t) = &c.image_ref
+    {
+        env.image = Some(t.render(|r| resolve(inputs, r))?);
     }
     if let sentinel_pipeline::Action::Build(b) = &stage.action {
         let render = |t: &Template| t.render(|r| resolve(inputs, r));

@@ -311,9 +311,13 @@ pub fn to_warm<'p>(
                 matches!(rec.state(n).status, S::Running | S::Succeeded)
                     || (pending(n) && (warmed.contains(n) || now.contains(n)))
             };
+            // An image named by an earlier stage's output is not known yet.
             let sentinel_pipeline::Action::Container(action) = &s.action else {
                 continue;
             };
+            if action.image_ref.is_some() {
+                continue;
+            }
             if pending(&s.name)
                 && !warmed.contains(&s.name)
                 && !now.contains(&s.name)

@@ -454,6 +454,7 @@ impl Engine {
                             http: env.http.clone(),
                             steps: env.steps,
                             build: env.build,
+                            image: env.image,
                             inputs: inputs_of(rec, s),
                             capture: capture_of(&self.config.state_dir, &rec.run_id, s, keep),
                             cache: cache_of(req, rec, &plan, s),

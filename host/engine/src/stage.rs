@@ -40,6 +40,8 @@ pub struct StageRun {
     pub steps: BTreeMap<String, crate::env::StepSettings>,
     /// A build's values, resolved.
     pub build: Option<crate::exec::BuildWork>,
+    /// A container stage's image, when its name had references.
+    pub image: Option<String>,
     pub inputs: Inputs,
     /// Where the files it creates or changes are kept (`None`: not kept).
     pub capture: Option<PathBuf>,
@@ -118,7 +120,14 @@ fn human_bytes(n: u64) -> String {
 fn work(s: &StageRun) -> Work {
     let http = &s.http;
     match &s.plan.action {
-        Action::Container(c) => Work::Container(c.clone()),
+        Action::Container(c) => Work::Container(match &s.image {
+            Some(image) => sentinel_pipeline::ContainerAction {
+                image: image.clone(),
+                image_ref: None,
+                ..c.clone()
+            },
+            None => c.clone(),
+        }),
         Action::Job(j) => Work::Job(crate::job::work(j, &s.env, &s.steps)),
         Action::Build(_) => Work::Build(s.build.clone().unwrap_or_default()),
         Action::Step(s) => Work::Step(StepWork {

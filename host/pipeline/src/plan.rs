@@ -231,6 +231,10 @@ impl Shell {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContainerAction {
     pub image: String,
+    /// The image's references (`${stages.build.outputs.digest}`), when it
+    /// has any: it is known once the stages it names ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<Template>,
     pub script: String,
     #[serde(skip_serializing_if = "Shell::is_default")]
     pub shell: Shell,
@@ -376,7 +380,7 @@ impl Action {
     pub fn templates(&self) -> Box<dyn Iterator<Item = &Template> + '_> {
         match self {
             Self::Step(s) => Box::new(s.with.values()),
-            Self::Container(_) => Box::new(std::iter::empty()),
+            Self::Container(c) => Box::new(c.image_ref.iter()),
             Self::Build(b) => Box::new(b.args.values().chain(b.labels.values()).chain(&b.tags)),
             Self::Job(j) => Box::new(
                 j.steps

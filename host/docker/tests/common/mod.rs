@@ -47,6 +47,7 @@ pub async fn stage_job(
         owner: Owner::current(),
         work: Work::Container(ContainerAction {
             image: IMAGE.into(),
+            image_ref: None,
             script: "echo one line".into(),
             shell: Shell::Strict,
         }),

@@ -226,9 +226,23 @@ fn action(
             script,
             shell,
         } => {
+            let at = image.clone();
             let image = stage_image(cx, name, s, image.as_ref())?;
+            let image_ref = match at.filter(|i| i.value.contains("${")) {
+                Some(at) => {
+                    let t = parse_template(cx, &at)?;
+                    check_refs(cx, at.pos, &t, Some(name), secrets);
+                    if let Some(r) = t.refs().find(|r| matches!(r, Ref::Secret(_))) {
+                        cx.issue(at.pos, format!("an image name cannot use `{r}`: it is shown in every document"), None);
+                        return None;
+                    }
+                    Some(t)
+                }
+                None => None,
+            };
             Some(Action::Container(ContainerAction {
                 image,
+                image_ref,
                 script: script.value.clone(),
                 shell: *shell,
             }))
