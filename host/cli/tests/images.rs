@@ -210,7 +210,8 @@ stages:
         // A container stage ran the image by its digest.
         let pinned = p.stage(&r, "pinned").await;
         ensure!(
-            p.log(&r, "pinned").contains(&format!("hello-{id}")) && pinned.needs.iter().any(|n| n.as_str() == "image"),
+            p.log(&r, "pinned").contains(&format!("hello-{id}"))
+                && pinned.needs.iter().any(|n| n.as_str() == "image"),
             "pinned: {:?} {}",
             pinned.needs,
             p.log(&r, "pinned")

@@ -233,7 +233,13 @@ fn action(
                     let t = parse_template(cx, &at)?;
                     check_refs(cx, at.pos, &t, Some(name), secrets);
                     if let Some(r) = t.refs().find(|r| matches!(r, Ref::Secret(_))) {
-                        cx.issue(at.pos, format!("an image name cannot use `{r}`: it is shown in every document"), None);
+                        cx.issue(
+                            at.pos,
+                            format!(
+                                "an image name cannot use `{r}`: it is shown in every document"
+                            ),
+                            None,
+                        );
                         return None;
                     }
                     Some(t)
