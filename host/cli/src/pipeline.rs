@@ -150,3 +150,13 @@ pub fn convert(paths: &Paths, args: &FileArgs) -> anyhow::Result<ExitCode> {
     print!("{}", sentinel_pipeline::convert::to_native(&draft, &file));
     Ok(ExitCode::SUCCESS)
 }
+
+/// `NAME=value` of a `-e` flag.
+pub fn name_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains(char::is_whitespace) => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("`{s}` is not NAME=value")),
+    }
+}

@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// A file of `NAME=value` lines with secret values (else they come from the environment).
     #[arg(long)]
     secrets_file: Option<PathBuf>,
+    /// A value for the pipeline's `NAME: ~` entry (instead of the
+    /// environment's); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "NAME=value", value_parser = crate::pipeline::name_value)]
+    env: Vec<(String, String)>,
     /// Start from what a succeeded run published (its jobs' output folders,
     /// `<stage>.zip` in its results) instead of the project's files: a
     /// deploy from a build. Read from the results folder, else the bucket.
@@ -250,14 +254,39 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
     engine.recover().await.report(|line| eprintln!("{line}"));
 
     let secrets = context::secrets(&plan.secrets, args.secrets_file.as_deref())?;
-    // Only the variables the pipeline asks for leave the host's environment.
-    let host_env: BTreeMap<String, String> = plan
+    // Only the variables the pipeline asks for leave the host's
+    // environment; `-e NAME=value` gives one instead.
+    let wanted: Vec<&str> = plan
         .env
         .iter()
         .filter(|(_, v)| matches!(v, EnvValue::FromHost))
         .map(|(k, _)| k.as_str())
         .chain(plan.stages.iter().flat_map(|s| s.host_vars()))
-        .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+        .collect();
+    if let Some((k, _)) = args.env.iter().find(|(k, _)| !wanted.contains(&k.as_str())) {
+        anyhow::bail!(
+            "`-e {k}=…`: the pipeline has no `{k}: ~` entry to fill (it takes {})",
+            if wanted.is_empty() {
+                "none".to_string()
+            } else {
+                wanted.join(", ")
+            }
+        );
+    }
+    let given: BTreeMap<&str, &str> = args
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let host_env: BTreeMap<String, String> = wanted
+        .into_iter()
+        .filter_map(|k| {
+            given
+                .get(k)
+                .map(|v| v.to_string())
+                .or_else(|| std::env::var(k).ok())
+                .map(|v| (k.to_string(), v))
+        })
         .collect();
     let mut skip = vec![".sentinel".to_string()];
     skip.extend(skip_name(&dirs.project, &dirs.state));

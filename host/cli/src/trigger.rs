@@ -26,6 +26,9 @@ pub struct TriggerArgs {
     /// Wait for the run to end and exit with its result.
     #[arg(long)]
     wait: bool,
+    /// A value for the pipeline's `NAME: ~` entry; repeatable.
+    #[arg(short = 'e', long = "env", value_name = "NAME=value", value_parser = crate::pipeline::name_value)]
+    env: Vec<(String, String)>,
 }
 
 /// `sentinel trigger`.
@@ -35,7 +38,12 @@ pub async fn trigger(paths: &Paths, args: TriggerArgs) -> anyhow::Result<ExitCod
         .call(
             Method::POST,
             "/api/v1/runs",
-            Some(json!({ "repo": args.repo, "ref": args.git_ref, "pipeline": args.pipeline })),
+            Some(json!({
+                "repo": args.repo,
+                "ref": args.git_ref,
+                "pipeline": args.pipeline,
+                "env": args.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            })),
         )
         .await?;
     let id = v["id"].as_str().unwrap_or_default().to_string();

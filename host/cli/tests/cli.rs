@@ -488,3 +488,37 @@ async fn the_http_steps_token_reaches_the_receiver_and_nothing_else() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains(token));
     assert!(!String::from_utf8_lossy(&out.stderr).contains(token));
 }
+
+#[test]
+fn env_flags_fill_the_pipelines_host_entries_and_nothing_else() {
+    let p = Project::new(
+        "version: 1\nenv: {VERSION: ~}\nstages:\n  v: {step: jq-pluck@1, with: {input: '{\"v\": \"${env.VERSION}\"}', filter: .v}}\n",
+    );
+    // The flag wins over the environment.
+    let out = sentinel(&p.source, &["run", "--json", "-e", "VERSION=1.2.3"])
+        .env("VERSION", "from-the-environment")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs = runs_json(&p.source);
+    let id = runs[0]["id"].as_str().unwrap().to_string();
+    let stage: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(p.source.join(format!(".sentinel/results/run/{id}/v.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(stage["output"], "\"1.2.3\"", "{stage}");
+    // A name the pipeline does not take is an error naming the ones it does.
+    let out = sentinel(&p.source, &["run", "-e", "VERSOIN=1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("no `VERSOIN: ~` entry") && err.contains("VERSION"),
+        "{err}"
+    );
+    let out = sentinel(&p.source, &["run", "-e", "novalue"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not NAME=value"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
