@@ -10,6 +10,7 @@ mod outbox;
 mod pipeline;
 mod progress;
 mod read;
+mod registries;
 mod remote;
 mod run;
 mod schedules;

@@ -368,6 +368,7 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
         withheld: None,
         pull_request: None,
         trigger_values: Default::default(),
+        registries: crate::registries::user_registries()?,
     };
     let mut req = req;
     if !args.no_cache {

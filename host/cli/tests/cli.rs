@@ -499,7 +499,11 @@ fn env_flags_fill_the_pipelines_host_entries_and_nothing_else() {
         .env("VERSION", "from-the-environment")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let runs = runs_json(&p.source);
     let id = runs[0]["id"].as_str().unwrap().to_string();
     let stage: serde_json::Value = serde_json::from_slice(
@@ -508,14 +512,18 @@ fn env_flags_fill_the_pipelines_host_entries_and_nothing_else() {
     .unwrap();
     assert_eq!(stage["output"], "\"1.2.3\"", "{stage}");
     // A name the pipeline does not take is an error naming the ones it does.
-    let out = sentinel(&p.source, &["run", "-e", "VERSOIN=1"]).output().unwrap();
+    let out = sentinel(&p.source, &["run", "-e", "VERSOIN=1"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
         err.contains("no `VERSOIN: ~` entry") && err.contains("VERSION"),
         "{err}"
     );
-    let out = sentinel(&p.source, &["run", "-e", "novalue"]).output().unwrap();
+    let out = sentinel(&p.source, &["run", "-e", "novalue"])
+        .output()
+        .unwrap();
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("is not NAME=value"),
         "{}",

@@ -379,6 +379,122 @@ stages:
     Ok(())
 }
 
+/// A pipeline that pushes to the test registry without naming it.
+fn anonymous_push(id: &str) -> String {
+    format!(
+        "version: 1\nstages:\n  image:\n    build: {{tags: [\"{REGISTRY}/sentinel-test/machine-{id}:1\"], push: true}}\n"
+    )
+}
+
+async fn the_users_config_file_gives_sentinel_run_its_credentials() -> Result<(), String> {
+    let password = registry_password().await;
+    let id = unique();
+    let p = Project::new(&anonymous_push(&id));
+    write(
+        &p,
+        "Dockerfile",
+        &format!("FROM {}\nRUN true\n", common::IMAGE),
+    );
+    let config = p.source.parent().unwrap().join("config");
+    std::fs::create_dir_all(config.join("sentinel")).unwrap();
+    std::fs::write(
+        config.join("sentinel/config.toml"),
+        format!("[registries.test]\nhost = \"{REGISTRY}\"\nusername = \"sentinel\"\npassword_env = \"TEST_REGISTRY_PASSWORD\"\n"),
+    )
+    .unwrap();
+    let sentinel = |with_password: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"));
+        c.arg("-C")
+            .arg(&p.source)
+            .args(["run", "--json"])
+            .env("XDG_CONFIG_HOME", &config)
+            .env_remove("SENTINEL_STATE")
+            .env_remove("SENTINEL_RESULTS");
+        if with_password {
+            c.env("TEST_REGISTRY_PASSWORD", &password);
+        } else {
+            c.env_remove("TEST_REGISTRY_PASSWORD");
+        }
+        c.output().map_err(|e| e.to_string())
+    };
+    let out = sentinel(true)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let _ = std::process::Command::new("docker")
+        .args([
+            "rmi",
+            "-f",
+            &format!("{REGISTRY}/sentinel-test/machine-{id}:1"),
+        ])
+        .output();
+    ensure!(
+        out.status.success() && stdout.contains("\"succeeded\""),
+        "run: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(!stdout.contains(&password), "the password is in the output");
+    // The variable it names is not set: the run does not start, saying which.
+    let out = sentinel(false)?;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    ensure!(
+        !out.status.success() && err.contains("`TEST_REGISTRY_PASSWORD`"),
+        "without the variable: {err}"
+    );
+    Ok(())
+}
+
+async fn a_servers_registry_uses_its_stored_secret() -> Result<(), String> {
+    use common::server::{Client, Server, bare_repo_once, free_port};
+    let password = registry_password().await;
+    let id = unique();
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = bare_repo_once(
+        &tmp.path().join("app"),
+        &[
+            ("sentinel.yml", anonymous_push(&id).as_str()),
+            ("Dockerfile", &format!("FROM {}\nRUN true\n", common::IMAGE)),
+        ],
+    );
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("[repos.app]\nurl = \"{repo}\"\n\n[registries.test]\nhost = \"{REGISTRY}\"\nusername = \"sentinel\"\npassword_secret = \"REGISTRY_PASSWORD\"\n"),
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &["--config", config.to_str().unwrap(), "--listen", &listen],
+        &[(
+            "SENTINEL_SECRETS_KEY",
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        )],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    c.set_secret("REGISTRY_PASSWORD", &password).await;
+    let run = c.trigger("app").await;
+    let v = c.wait_final(&run).await;
+    let log = c
+        .text(&format!("/api/v1/runs/{run}/stages/image/log"))
+        .await
+        .1;
+    let server_log = server.log();
+    server.stop();
+    let _ = std::process::Command::new("docker")
+        .args([
+            "rmi",
+            "-f",
+            &format!("{REGISTRY}/sentinel-test/machine-{id}:1"),
+        ])
+        .output();
+    ensure!(v["run"]["status"] == "succeeded", "{v}\n{log}");
+    ensure!(log.contains("pushed"), "{log}");
+    ensure!(
+        !server_log.contains(&password) && !log.contains(&password),
+        "the password leaked"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn image_suite() {
     common::docker().await;
@@ -391,6 +507,8 @@ async fn image_suite() {
         build_push_and_chain_by_digest,
         a_wrong_password_is_unauthorised,
         a_private_image_is_pulled_with_the_runs_credentials,
+        the_users_config_file_gives_sentinel_run_its_credentials,
+        a_servers_registry_uses_its_stored_secret,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

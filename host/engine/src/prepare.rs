@@ -131,7 +131,8 @@ pub fn registry_auth(
 ) -> Result<Vec<crate::exec::RegistryAuth>, String> {
     let empty = BTreeMap::new();
     let inputs = start_inputs(req, run_id, &empty);
-    req.plan
+    let mut list: Vec<crate::exec::RegistryAuth> = req
+        .plan
         .registries
         .iter()
         .filter_map(|r| {
@@ -148,7 +149,14 @@ pub fn registry_auth(
                 })
             })())
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    // The machine's credentials serve the hosts the pipeline does not name.
+    for m in &req.registries {
+        if !list.iter().any(|r| r.host == m.host) {
+            list.push(m.clone());
+        }
+    }
+    Ok(list)
 }
 
 /// The services' environment, resolved.

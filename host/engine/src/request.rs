@@ -58,6 +58,10 @@ pub struct RunRequest {
     pub pull_request: Option<sentinel_api::PullRequestDoc>,
     /// What its trigger told it: `${trigger.version}` …
     pub trigger_values: BTreeMap<String, String>,
+    /// Registry credentials of the machine (the server's configuration, the
+    /// user's config file), for hosts the pipeline's `registries:` does not
+    /// name.
+    pub registries: Vec<crate::exec::RegistryAuth>,
 }
 
 /// The run of another pipeline that started a run, as `${upstream.*}`
@@ -109,6 +113,7 @@ impl RunRequest {
             withheld: None,
             pull_request: None,
             trigger_values: BTreeMap::new(),
+            registries: Vec::new(),
         }
     }
 }

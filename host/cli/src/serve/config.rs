@@ -55,6 +55,9 @@ pub struct FileConfig {
     /// What a fork's pull request gets.
     #[serde(default)]
     pub pull_requests: Option<super::repo::PullRequestsSection>,
+    /// Image registries every run may push to and pull from.
+    #[serde(default)]
+    pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
 }
 
 /// Where results go besides the local folder.
@@ -199,6 +202,8 @@ pub struct Settings {
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, super::versions::VersionWatch>,
     pub pull_requests: super::repo::PullRequestsSection,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -403,6 +408,11 @@ impl Settings {
             github: file.github.clone(),
             versions: file.versions.clone(),
             pull_requests: file.pull_requests.clone().unwrap_or_default(),
+            registries: {
+                crate::registries::check(&file.registries, true)
+                    .map_err(|e| anyhow::anyhow!("[registries]: {e}"))?;
+                file.registries.clone()
+            },
         })
     }
 

@@ -226,6 +226,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         )),
         environments: settings.environments.clone(),
         pull_requests: settings.pull_requests.clone(),
+        registries: settings.registries.clone(),
     };
     let worker = Worker::new(
         engine,

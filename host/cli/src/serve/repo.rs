@@ -41,6 +41,8 @@ pub struct Resolver {
     pub environments: BTreeMap<String, sentinel_server::deploys::EnvironmentConfig>,
     /// What a fork's pull request gets.
     pub pull_requests: PullRequestsSection,
+    /// The server's registries (`[registries.NAME]`).
+    pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
 }
 
 /// `[pull_requests]`: what a fork's pull request's run gets.
@@ -403,11 +405,35 @@ impl Resolver {
             withheld: fork.then(|| "a pull request from a fork gets no secrets".to_string()),
             pull_request: spec.pull_request.clone(),
             trigger_values: spec.trigger_values.clone(),
+            // A fork's pull request gets no credentials either.
+            registries: if fork {
+                Vec::new()
+            } else {
+                self.registry_auth()?
+            },
             upstream: match &spec.upstream {
                 Some(id) => Some(self.upstream(id).await?),
                 None => None,
             },
         })
+    }
+
+    /// The server's registries with their passwords (stored secrets opened
+    /// for each run, so a changed one is used from the next run on).
+    fn registry_auth(&self) -> Result<Vec<sentinel_engine::exec::RegistryAuth>, String> {
+        let names: Vec<String> = self
+            .registries
+            .values()
+            .filter_map(|r| r.password_secret.clone())
+            .collect();
+        let opened = match &self.secrets_key {
+            Some(key) if !names.is_empty() => self
+                .store
+                .open_secrets(key, &names)
+                .map_err(|e| e.to_string())?,
+            _ => BTreeMap::new(),
+        };
+        crate::registries::resolve(&self.registries, |n| opened.get(n).cloned())
     }
 
     /// What `${upstream.*}` reads of run `id`: the outputs of its stages
