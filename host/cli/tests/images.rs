@@ -495,6 +495,202 @@ async fn a_servers_registry_uses_its_stored_secret() -> Result<(), String> {
     Ok(())
 }
 
+/// A stage of the endpoint run: `script` must fail with the endpoint's
+/// refusal naming `what`; the stage succeeds only then.
+fn refusal(name: &str, script: &str, what: &str) -> String {
+    format!(
+        "  {name}:\n    image: sentinel/docker-cli:local\n    docker: true\n    network: none\n    run: |\n      if out=$({script} 2>&1); then echo \"allowed: $out\"; exit 1; fi\n      echo \"$out\"\n      echo \"$out\" | grep -q \"Sentinel's Docker endpoint for this stage refuses\"\n      echo \"$out\" | grep -qF '{what}'\n"
+    )
+}
+
+async fn the_docker_endpoint_builds_and_pushes_and_refuses_the_rest() -> Result<(), String> {
+    let password = registry_password().await;
+    let id = unique();
+    let private = format!("{REGISTRY}/sentinel-test/private-ep-{id}:1");
+    let secrets = BTreeMap::from([("REGISTRY_PASSWORD".to_string(), password.clone())]);
+    let registries = format!(
+        "secrets: [REGISTRY_PASSWORD]\nregistries:\n  test: {{host: \"{REGISTRY}\", username: sentinel, password: \"${{secrets.REGISTRY_PASSWORD}}\"}}\n"
+    );
+    // A private image on the registry, not on this host.
+    let p0 = Project::new(&format!(
+        "version: 1\n{registries}stages:\n  image:\n    build: {{tags: [\"{private}\"], push: true}}\n"
+    ));
+    write(
+        &p0,
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo private > /private\n", common::IMAGE),
+    );
+    let r0 = run(
+        &p0,
+        Opts {
+            secrets: secrets.clone(),
+            ..Default::default()
+        },
+    )
+    .await;
+    ensure!(
+        r0.status == RunStatus::Succeeded,
+        "push the private image: {:?}",
+        r0.reason
+    );
+    remove_images(&r0).await;
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &private])
+        .output();
+    // Run A pulls it with its credentials and builds an image of its own.
+    let ex = common::docker().await;
+    let other = format!("sentinel-test/other-run-{id}:1");
+    let pa = Project::new(&format!(
+        "version: 1\n{registries}stages:\n  uses_private: {{image: \"{private}\", run: cat /private}}\n  own:\n    build: {{tags: [\"{other}\"]}}\n"
+    ));
+    write(
+        &pa,
+        "Dockerfile",
+        &format!("FROM {}\nRUN true\n", common::IMAGE),
+    );
+    let ra = run(
+        &pa,
+        Opts {
+            secrets: secrets.clone(),
+            docker: Some(ex.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    ensure!(ra.status == RunStatus::Succeeded, "run A: {:?}", ra.reason);
+    // Run B: a stage drives Docker through its endpoint.
+    let pushed = format!("{REGISTRY}/sentinel-test/ep-{id}:1");
+    let local = format!("sentinel-test/ep-local-{id}:1");
+    let mut stages = format!(
+        "  build_push:\n    image: sentinel/docker-cli:local\n    docker: true\n    network: none\n    run: |\n      printf 'FROM {busybox}\\nRUN echo via-endpoint > /made\\n' > Dockerfile\n      docker build -t {pushed} .\n      docker push {pushed}\n      printf 'FROM {busybox}\\nRUN echo not-pushed > /made\\n' > D2\n      docker build -t {local} -f D2 .\n      docker images --format '{{{{.Repository}}}}:{{{{.Tag}}}}'\n",
+        busybox = common::IMAGE
+    );
+    for (name, script, what) in [
+        (
+            "privileged",
+            format!("docker run --rm --privileged {} true", common::IMAGE),
+            "containers",
+        ),
+        (
+            "bind_root",
+            format!("docker run --rm -v /:/host {} ls /host", common::IMAGE),
+            "containers",
+        ),
+        (
+            "exec_other",
+            "docker exec sentinel-some-container true".to_string(),
+            "containers",
+        ),
+        (
+            "delete_other",
+            format!("docker rmi {other}"),
+            "removing an image",
+        ),
+        (
+            "volume",
+            "docker volume create sentinel-test-vol".to_string(),
+            "volumes",
+        ),
+        ("swarm", "docker swarm init".to_string(), "swarm"),
+        (
+            "host_network",
+            format!(
+                "printf 'FROM {}\\n' > D && docker build --network host -f D .",
+                common::IMAGE
+            ),
+            "a build with the network",
+        ),
+        (
+            "tag_over_stage_image",
+            format!(
+                "printf 'FROM {}\\n' > T && docker build -q -f T -t sentinel-test/own-{id}:1 . && docker tag sentinel-test/own-{id}:1 sentinel/docker-cli:local",
+                common::IMAGE
+            ),
+            "belongs to an image this run does not own",
+        ),
+        (
+            "tag_not_own",
+            format!("docker tag {} sentinel-test/mine-{id}:1", common::IMAGE),
+            "images may be tagged here",
+        ),
+        (
+            "from_private",
+            format!(
+                "printf 'FROM {private}\\n' > P && docker build -f P -t sentinel-test/from-private-{id}:1 ."
+            ),
+            "private image another run pulled",
+        ),
+    ] {
+        stages.push_str(&refusal(name, &script, what));
+    }
+    let pb = Project::new(&format!("version: 1\n{registries}stages:\n{stages}"));
+    let rb = run(
+        &pb,
+        Opts {
+            secrets,
+            docker: Some(ex.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let result = async {
+        let mut failed = Vec::new();
+        for name in [
+            "build_push",
+            "privileged",
+            "bind_root",
+            "exec_other",
+            "delete_other",
+            "volume",
+            "swarm",
+            "host_network",
+            "tag_over_stage_image",
+            "tag_not_own",
+            "from_private",
+        ] {
+            let doc = pb.stage(&rb, name).await;
+            if doc.status != StageStatus::Succeeded {
+                failed.push(format!(
+                    "{name}: {:?} {:?}\n{}",
+                    doc.status,
+                    doc.reason,
+                    pb.log(&rb, name)
+                ));
+            }
+        }
+        ensure!(failed.is_empty(), "{}", failed.join("\n---\n"));
+        // Listing shows this run's images only.
+        let log = pb.log(&rb, "build_push");
+        ensure!(
+            log.contains(&local) && !log.contains(&other),
+            "docker images: {log}"
+        );
+        // The pushed image is on the registry; the unpushed one is gone.
+        let (repo, tag) = pushed
+            .trim_start_matches(&format!("{REGISTRY}/"))
+            .split_once(':')
+            .unwrap();
+        registry_digest(repo, tag, &password).await?;
+        let left = std::process::Command::new("docker")
+            .args(["image", "inspect", &local])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure!(!left.status.success(), "{local} was left after the run");
+        ensure!(
+            pb.file_holding(password.as_bytes()).is_none(),
+            "the password is in a file"
+        );
+        Ok(())
+    }
+    .await;
+    remove_images(&ra).await;
+    remove_images(&rb).await;
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &private, &pushed])
+        .output();
+    result
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn image_suite() {
     common::docker().await;
@@ -509,6 +705,7 @@ async fn image_suite() {
         a_private_image_is_pulled_with_the_runs_credentials,
         the_users_config_file_gives_sentinel_run_its_credentials,
         a_servers_registry_uses_its_stored_secret,
+        the_docker_endpoint_builds_and_pushes_and_refuses_the_rest,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

@@ -151,6 +151,7 @@ pub(crate) async fn image_id(
     let auth = ex.registry_auth(run).await;
     let creds =
         sentinel_engine::exec::RegistryAuth::for_image(&auth, image).map(crate::build::credentials);
+    let creds_used = creds.is_some();
     let pull = async {
         let mut stream = ex.docker.create_image(Some(opts), None, creds);
         while let Some(item) = stream.next().await {
@@ -164,12 +165,19 @@ pub(crate) async fn image_id(
     let pulled = tokio::time::timeout(Duration::from_secs(120), pull)
         .await
         .unwrap_or_else(|_| Err("the pull timed out after 120 s".into()));
+    let private = creds_used;
     match pulled {
         Ok(()) => ex
             .docker
             .inspect_image(image)
             .await
             .map(|i| i.id.unwrap_or_default())
+            .inspect(|id| {
+                if private {
+                    let (images, id, run) = (ex.images.clone(), id.clone(), run.clone());
+                    tokio::spawn(async move { images.lock().await.pulled_privately(&id, &run) });
+                }
+            })
             .map_err(|e| {
                 fail(format!(
                     "image `{image}` was pulled but cannot be inspected: {e}"
@@ -379,12 +387,40 @@ pub(crate) async fn run(
     };
     let with_secrets = job.env.iter().any(|v| v.secret);
     let (entrypoint, cmd) = command(&action, with_secrets);
-    let spec = Spec {
+    let mut spec = Spec {
         image: action.image.clone(),
         entrypoint,
         cmd,
         stdin: false,
         binds: Vec::new(),
+    };
+    // `docker: true`: the stage's own endpoint, mounted with DOCKER_HOST.
+    let mut job = job;
+    let endpoint = if action.docker {
+        let run_dir = ws.dir.parent().unwrap_or(&ws.dir).to_path_buf();
+        let dir = run_dir.join(format!("docker-{}", job.stage));
+        let spool = run_dir.join(format!("docker-{}-spool", job.stage));
+        let none = job.limits.network == Network::None;
+        match crate::endpoint::start(ex, &job.run_id, &dir, &spool, none).await {
+            Ok(ep) => {
+                spec.binds.push(format!(
+                    "{}:{}:ro",
+                    ep.dir.display(),
+                    crate::endpoint::MOUNT
+                ));
+                for (k, v) in [
+                    ("DOCKER_HOST", crate::endpoint::DOCKER_HOST),
+                    ("DOCKER_BUILDKIT", "0"),
+                ] {
+                    job.env.retain(|e| e.name != k);
+                    job.env.push(sentinel_engine::exec::Var::plain(k, v));
+                }
+                Some(ep)
+            }
+            Err(e) => return StageReport::of(Outcome::StartFailed(e)),
+        }
+    } else {
+        None
     };
     let Created {
         id,
@@ -410,6 +446,9 @@ pub(crate) async fn run(
     .await;
     remove_secrets(secrets);
     remove_later(ex, id, name).await;
+    if let Some(ep) = endpoint {
+        ep.stop().await;
+    }
     report(ws, &job, &private, since, outcome, image_id).await
 }
 

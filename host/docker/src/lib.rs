@@ -17,6 +17,7 @@ mod build;
 mod commit;
 mod container;
 mod context;
+mod endpoint;
 mod job;
 mod job_run;
 mod netns;
@@ -70,6 +71,8 @@ pub struct DockerExecutor {
     shared: shared::SharedMap,
     /// Docker-link variables of each run's services (`links: true`).
     links: std::sync::Arc<Mutex<HashMap<RunId, Vec<sentinel_engine::exec::Var>>>>,
+    /// Private pulls and endpoint pushes, by run.
+    images: std::sync::Arc<Mutex<endpoint::Images>>,
     /// Each run's registry credentials (for its pushes and pulls).
     registries: std::sync::Arc<Mutex<HashMap<RunId, Vec<sentinel_engine::exec::RegistryAuth>>>>,
     /// Network namespaces kept ready for `network: none` containers.
@@ -142,6 +145,7 @@ impl DockerExecutor {
             shared: Default::default(),
             links: Default::default(),
             registries: Default::default(),
+            images: Default::default(),
             netns: Default::default(),
         })
     }
@@ -295,6 +299,7 @@ impl Executor for DockerExecutor {
         warm::end_run(self, run_id).await;
         shared::end_run(self, run_id).await;
         self.links.lock().await.remove(run_id);
+        endpoint::end_run(self, run_id).await;
         self.registries.lock().await.remove(run_id);
         let pending: Vec<_> = self.removals.lock().await.drain(..).collect();
         for removal in pending {

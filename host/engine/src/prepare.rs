@@ -319,11 +319,12 @@ pub fn to_warm<'p>(
                 matches!(rec.state(n).status, S::Running | S::Succeeded)
                     || (pending(n) && (warmed.contains(n) || now.contains(n)))
             };
-            // An image named by an earlier stage's output is not known yet.
+            // An image named by an earlier stage's output is not known yet;
+            // a stage with a Docker endpoint gets it when its container is made.
             let sentinel_pipeline::Action::Container(action) = &s.action else {
                 continue;
             };
-            if action.image_ref.is_some() {
+            if action.image_ref.is_some() || action.docker {
                 continue;
             }
             if pending(&s.name)

@@ -234,9 +234,13 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                 image,
                 script,
                 shell,
+                docker,
             }) => {
                 if let Some(i) = image {
                     let _ = writeln!(out, "    image: {}", scalar(&i.value));
+                }
+                if let Some(d) = docker {
+                    let _ = writeln!(out, "    docker: {}", d.value);
                 }
                 match shell {
                     Shell::Strict => value(&mut out, 4, "run", &script.value),

@@ -108,6 +108,8 @@ pub enum ActionDraft {
         image: Option<At<String>>,
         script: At<String>,
         shell: Shell,
+        /// `docker: true`: the stage gets the run's scoped Docker endpoint.
+        docker: Option<At<bool>>,
     },
     /// Script steps in one container; no image means the pipeline's `box`.
     Job {

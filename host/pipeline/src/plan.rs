@@ -236,6 +236,10 @@ pub struct ContainerAction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_ref: Option<Template>,
     pub script: String,
+    /// The stage gets a Docker endpoint of its own (`DOCKER_HOST`) that
+    /// builds, tags, pushes and pulls this run's images and nothing else.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub docker: bool,
     #[serde(skip_serializing_if = "Shell::is_default")]
     pub shell: Shell,
 }

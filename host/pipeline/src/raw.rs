@@ -216,6 +216,10 @@ pub struct RawStage {
     /// An image build from a Dockerfile in the workspace (instead of `run:`).
     #[serde(default)]
     pub build: Option<RawBuild>,
+    /// Give a container stage `DOCKER_HOST`: an endpoint that builds, tags,
+    /// pushes and pulls this run's images and refuses everything else.
+    #[serde(default)]
+    pub docker: Option<bool>,
     /// Settings of a step; each key becomes `SENTINEL_<STEP>_<KEY>`.
     #[serde(default)]
     pub with: BTreeMap<String, String>,

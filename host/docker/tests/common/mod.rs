@@ -49,6 +49,7 @@ pub async fn stage_job(
             image: IMAGE.into(),
             image_ref: None,
             script: "echo one line".into(),
+            docker: false,
             shell: Shell::Strict,
         }),
         env,

@@ -221,6 +221,7 @@ fn read_stage(
             image: Some(image),
             script,
             shell: Shell::Plain,
+            docker: None,
         }),
         (img, run) => {
             if checked {

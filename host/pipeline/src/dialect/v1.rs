@@ -322,6 +322,15 @@ impl Reader<'_> {
                     "`commit:` commits a job's container: give the stage `steps:`",
                 );
             }
+            if checked
+                && s.docker.is_some()
+                && (s.run.is_none() || s.step.is_some() || s.steps.is_some() || s.build.is_some())
+            {
+                self.issue(
+                    &at("docker"),
+                    "`docker:` gives a container stage (`run:`) a Docker endpoint of its own",
+                );
+            }
             let action = match (&s.run, &s.step) {
                 _ if s.build.is_some() => {
                     let others: Vec<&str> = [
@@ -422,6 +431,7 @@ impl Reader<'_> {
                         image: s.image.as_ref().map(|i| self.value(&at("image"), i)),
                         script: self.value(&at("run"), script),
                         shell: Shell::Strict,
+                        docker: s.docker.map(|d| self.value(&at("docker"), &d)),
                     })
                 }
                 (None, Some(step)) => {

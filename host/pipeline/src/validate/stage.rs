@@ -225,6 +225,7 @@ fn action(
             image,
             script,
             shell,
+            docker,
         } => {
             let at = image.clone();
             let image = stage_image(cx, name, s, image.as_ref())?;
@@ -246,7 +247,16 @@ fn action(
                 }
                 None => None,
             };
+            let docker = docker.as_ref().is_some_and(|d| d.value);
+            if docker && s.limits.reuse.as_ref().is_some_and(|r| r.value) {
+                cx.issue(
+                    s.pos,
+                    format!("stage `{name}` has `docker: true` and `reuse: true`: its Docker endpoint is its own, a shared container has none"),
+                    None,
+                );
+            }
             Some(Action::Container(ContainerAction {
+                docker,
                 image,
                 image_ref,
                 script: script.value.clone(),

@@ -1,0 +1,681 @@
+//! A stage's scoped Docker endpoint (`docker: true`): a Unix socket in a
+//! folder mounted into the stage's container (`DOCKER_HOST`), served by
+//! this process, which answers an allowlist of Docker API calls through the
+//! executor's own engine connection — ping, version, build, tag, push,
+//! pull, inspect and list of *this run's* images — and refuses everything
+//! else with a 403 naming what it allows ([`rules`]). Builds are forced to
+//! the stage's network (never the host's), refuse remote contexts and extra
+//! hosts, carry the run's labels, and may not start `FROM` a private image
+//! another run pulled; a tag may not move a name off an image the run does
+//! not own; registry credentials are the run's, added here, never the
+//! stage's. Images made through it and not pushed are removed when the run
+//! ends. No privileged container is involved.
+
+mod rules;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bollard::query_parameters::{
+    BuildImageOptions, CreateImageOptions, ListImagesOptions, PushImageOptions, TagImageOptions,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use sentinel_api::RunId;
+use sentinel_engine::exec::RegistryAuth;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::build::{credentials, split_ref};
+use crate::{DockerExecutor, LABEL_KIND, LABEL_RUN};
+
+use rules::Route;
+
+/// The `dev.sentinel.kind` of images built through an endpoint.
+pub const KIND_ENDPOINT: &str = "endpoint";
+/// Where a stage's container sees the endpoint's folder.
+pub const MOUNT: &str = "/run/sentinel/docker";
+/// `DOCKER_HOST` inside the container.
+pub const DOCKER_HOST: &str = "unix:///run/sentinel/docker/docker.sock";
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Images private to a run (pulled with its credentials), and what each
+/// run pushed through its endpoints.
+#[derive(Debug, Default)]
+pub(crate) struct Images {
+    /// Image id → the run that pulled it with credentials.
+    private: HashMap<String, RunId>,
+    /// Image ids a run pushed (kept when the run ends).
+    pushed: HashMap<RunId, HashSet<String>>,
+}
+
+impl Images {
+    /// Records that `run` pulled image `id` with credentials.
+    pub(crate) fn pulled_privately(&mut self, id: &str, run: &RunId) {
+        self.private.insert(id.to_string(), run.clone());
+    }
+}
+
+/// A running endpoint; [`Endpoint::stop`] removes its socket.
+pub(crate) struct Endpoint {
+    /// The folder to mount at [`MOUNT`].
+    pub dir: PathBuf,
+    spool: PathBuf,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Ctx {
+    ex: DockerExecutor,
+    run: RunId,
+    /// The network builds get (`none` or the engine's default).
+    network: &'static str,
+    spool: PathBuf,
+    auth: Vec<RegistryAuth>,
+    api_version: String,
+}
+
+/// Starts the endpoint of `stage` of `run` in `dir` (made afresh; `spool`
+/// is a folder of this machine that no container sees).
+pub(crate) async fn start(
+    ex: &DockerExecutor,
+    run: &RunId,
+    dir: &Path,
+    spool: &Path,
+    network_none: bool,
+) -> Result<Endpoint, String> {
+    let _ = tokio::fs::remove_dir_all(dir).await;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("cannot make the Docker endpoint's folder: {e}"))?;
+    tokio::fs::create_dir_all(spool)
+        .await
+        .map_err(|e| format!("cannot make the Docker endpoint's spool: {e}"))?;
+    let socket = dir.join("docker.sock");
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+    // The stage's user connects: the folder is its alone (mounted read-only).
+    use std::os::unix::fs::PermissionsExt;
+    for (p, mode) in [(dir, 0o755), (socket.as_path(), 0o666)] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("cannot open {} to the stage: {e}", p.display()))?;
+    }
+    let api_version = ex
+        .docker
+        .version()
+        .await
+        .ok()
+        .and_then(|v| v.api_version)
+        .unwrap_or_else(|| "1.41".into());
+    let ctx = Arc::new(Ctx {
+        ex: ex.clone(),
+        run: run.clone(),
+        network: if network_none { "none" } else { "default" },
+        spool: spool.to_path_buf(),
+        auth: ex.registry_auth(run).await,
+        api_version,
+    });
+    let stop = CancellationToken::new();
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    () = stop.cancelled() => return,
+                    a = listener.accept() => match a {
+                        Ok((s, _)) => s,
+                        Err(_) => continue,
+                    },
+                };
+                let ctx = ctx.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stop.cancelled() => {}
+                    }
+                });
+            }
+        })
+    };
+    Ok(Endpoint {
+        dir: dir.to_path_buf(),
+        spool: spool.to_path_buf(),
+        stop,
+        task,
+    })
+}
+
+impl Endpoint {
+    /// Stops serving and removes the socket and the spool.
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+        let _ = tokio::fs::remove_dir_all(&self.dir).await;
+        let _ = tokio::fs::remove_dir_all(&self.spool).await;
+    }
+}
+
+/// Removes the images `run` built through endpoints and did not push.
+pub(crate) async fn end_run(ex: &DockerExecutor, run: &RunId) {
+    let pushed = ex
+        .images
+        .lock()
+        .await
+        .pushed
+        .remove(run)
+        .unwrap_or_default();
+    // A private image stays private to the run that pulled it while it is
+    // on this host, whether or not that run has ended.
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![
+            format!("{LABEL_RUN}={run}"),
+            format!("{LABEL_KIND}={KIND_ENDPOINT}"),
+        ],
+    )]);
+    let opts = ListImagesOptions {
+        filters: Some(filters),
+        ..Default::default()
+    };
+    let Ok(list) = ex.docker.list_images(Some(opts)).await else {
+        return;
+    };
+    for img in list {
+        if !pushed.contains(&img.id) {
+            let opts = bollard::query_parameters::RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            };
+            if let Err(e) = ex.docker.remove_image(&img.id, Some(opts), None).await {
+                tracing::warn!("cannot remove image {} the run {run} built: {e}", img.id);
+            }
+        }
+    }
+}
+
+fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).boxed())
+        .expect("a response")
+}
+
+fn json(status: StatusCode, v: &impl serde::Serialize) -> Response<Body> {
+    full(
+        status,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+}
+
+fn refused(msg: impl Into<String>) -> Response<Body> {
+    let msg = msg.into();
+    let msg = if msg.starts_with(rules::REFUSES) {
+        msg
+    } else {
+        format!("{} {msg}", rules::REFUSES)
+    };
+    tracing::info!("docker endpoint: {msg}");
+    json(
+        StatusCode::FORBIDDEN,
+        &serde_json::json!({ "message": msg }),
+    )
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    json(status, &serde_json::json!({ "message": msg.into() }))
+}
+
+/// A stream of JSON lines, as the engine streams progress.
+fn lines(s: impl Stream<Item = serde_json::Value> + Send + Sync + 'static) -> Response<Body> {
+    let body = StreamBody::new(s.map(|v| {
+        let mut line = serde_json::to_vec(&v).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, Infallible>(Frame::data(Bytes::from(line)))
+    }));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(BodyExt::boxed(body))
+        .expect("a response")
+}
+
+/// An error line of a progress stream.
+fn error_line(e: bollard::errors::Error) -> serde_json::Value {
+    let msg = match e {
+        bollard::errors::Error::DockerStreamError { error } => error,
+        other => other.to_string(),
+    };
+    serde_json::json!({ "errorDetail": { "message": msg }, "error": msg })
+}
+
+/// Who an image is: its id and the run its labels name.
+async fn whose(ctx: &Ctx, name: &str) -> Option<(String, Option<String>)> {
+    let i = ctx.ex.docker.inspect_image(name).await.ok()?;
+    let run = i
+        .config
+        .and_then(|c| c.labels)
+        .and_then(|l| l.get(LABEL_RUN).cloned());
+    Some((i.id.unwrap_or_default(), run))
+}
+
+impl Ctx {
+    fn owns(&self, run_label: &Option<String>) -> bool {
+        run_label.as_deref() == Some(self.run.as_str())
+    }
+
+    /// True when `id` is a private image of another run.
+    async fn private_elsewhere(&self, id: &str) -> bool {
+        self.ex
+            .images
+            .lock()
+            .await
+            .private
+            .get(id)
+            .is_some_and(|r| r != &self.run)
+    }
+
+    /// Why a tag may not be set to name an image of this run, if it may not.
+    async fn tag_problem(&self, target: &str) -> Option<String> {
+        match whose(self, target).await {
+            Some((_, run)) if !self.owns(&run) => Some(format!(
+                "the name `{target}` belongs to an image this run does not own; a build or tag here would move it"
+            )),
+            _ => None,
+        }
+    }
+}
+
+async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let raw_query = req.uri().query().map(str::to_string);
+    let q = rules::query(raw_query.as_deref());
+    let route = match rules::route(&method, &path, &q) {
+        Ok(r) => r,
+        Err(why) => {
+            // Read what the client sends first: refusing mid-upload would
+            // break its pipe before it reads the reason.
+            drain(req.into_body()).await;
+            return refused(why);
+        }
+    };
+    match route {
+        Route::Ping => Response::builder()
+            .status(StatusCode::OK)
+            .header("api-version", &ctx.api_version)
+            .header("docker-experimental", "false")
+            .header("ostype", "linux")
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(if method == "HEAD" {
+                Full::new(Bytes::new()).boxed()
+            } else {
+                Full::new(Bytes::from_static(b"OK")).boxed()
+            })
+            .expect("a response"),
+        Route::Version => match ctx.ex.docker.version().await {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+        },
+        Route::List => {
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![format!("{LABEL_RUN}={}", ctx.run)],
+            )]);
+            let opts = ListImagesOptions {
+                filters: Some(filters),
+                ..Default::default()
+            };
+            match ctx.ex.docker.list_images(Some(opts)).await {
+                Ok(v) => json(StatusCode::OK, &v),
+                Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+            }
+        }
+        Route::Inspect(name) | Route::History(name) => {
+            let history = path.ends_with("/history");
+            match whose(ctx, &name).await {
+                None => error(StatusCode::NOT_FOUND, format!("No such image: {name}")),
+                Some((id, _)) if ctx.private_elsewhere(&id).await => {
+                    refused(format!("`{name}` is a private image another run pulled"))
+                }
+                Some(_) if history => match ctx.ex.docker.image_history(&name).await {
+                    Ok(v) => json(StatusCode::OK, &v),
+                    Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+                },
+                Some(_) => match ctx.ex.docker.inspect_image(&name).await {
+                    Ok(v) => json(StatusCode::OK, &v),
+                    Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+                },
+            }
+        }
+        Route::Tag(name) => {
+            let repo = q.get("repo").cloned().unwrap_or_default();
+            let tag = q
+                .get("tag")
+                .cloned()
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "latest".into());
+            match whose(ctx, &name).await {
+                None => return error(StatusCode::NOT_FOUND, format!("No such image: {name}")),
+                Some((_, run)) if !ctx.owns(&run) => {
+                    return refused(format!(
+                        "tagging `{name}`: only this run's images may be tagged here"
+                    ));
+                }
+                Some(_) => {}
+            }
+            if let Some(why) = ctx.tag_problem(&format!("{repo}:{tag}")).await {
+                return refused(why);
+            }
+            let opts = TagImageOptions {
+                repo: Some(repo),
+                tag: Some(tag),
+            };
+            match ctx.ex.docker.tag_image(&name, Some(opts)).await {
+                Ok(()) => full(StatusCode::CREATED, "text/plain", Bytes::new()),
+                Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+        Route::Push(name) => {
+            let tag = q
+                .get("tag")
+                .cloned()
+                .filter(|t| !t.is_empty())
+                .unwrap_or_else(|| "latest".into());
+            let full_ref = format!("{name}:{tag}");
+            let id = match whose(ctx, &full_ref).await {
+                None => return error(StatusCode::NOT_FOUND, format!("No such image: {full_ref}")),
+                Some((_, run)) if !ctx.owns(&run) => {
+                    return refused(format!(
+                        "pushing `{full_ref}`: only this run's images may be pushed here"
+                    ));
+                }
+                Some((id, _)) => id,
+            };
+            ctx.ex
+                .images
+                .lock()
+                .await
+                .pushed
+                .entry(ctx.run.clone())
+                .or_default()
+                .insert(id);
+            let creds = RegistryAuth::for_image(&ctx.auth, &name).map(credentials);
+            let opts = PushImageOptions {
+                tag: Some(tag),
+                ..Default::default()
+            };
+            let s = ctx
+                .ex
+                .docker
+                .push_image(&name, Some(opts), creds)
+                .map(|r| match r {
+                    Ok(info) => serde_json::to_value(info).unwrap_or_default(),
+                    Err(e) => error_line(e),
+                });
+            lines(s.collect::<Vec<_>>().await.into_iter().pipe_stream())
+        }
+        Route::Pull => {
+            let image = q.get("fromImage").cloned().unwrap_or_default();
+            let tag = q.get("tag").cloned().filter(|t| !t.is_empty());
+            let reference = match &tag {
+                Some(t) if t.starts_with("sha256:") => format!("{image}@{t}"),
+                Some(t) => format!("{image}:{t}"),
+                None => image.clone(),
+            };
+            let creds = RegistryAuth::for_image(&ctx.auth, &reference).map(credentials);
+            let private = creds.is_some();
+            let opts = CreateImageOptions {
+                from_image: Some(reference.clone()),
+                ..Default::default()
+            };
+            let mut out: Vec<serde_json::Value> = ctx
+                .ex
+                .docker
+                .create_image(Some(opts), None, creds)
+                .map(|r| match r {
+                    Ok(info) => serde_json::to_value(info).unwrap_or_default(),
+                    Err(e) => error_line(e),
+                })
+                .collect()
+                .await;
+            if private && let Some((id, _)) = whose(ctx, &reference).await {
+                if ctx.private_elsewhere(&id).await {
+                    out.push(serde_json::json!({"status": "pulled an image another run pulled privately"}));
+                }
+                ctx.ex.images.lock().await.pulled_privately(&id, &ctx.run);
+            }
+            lines(out.into_iter().pipe_stream())
+        }
+        Route::Build => build(ctx, req, raw_query.as_deref(), &q).await,
+    }
+}
+
+/// Reads a request's body to its end (at most 4 GiB), discarding it.
+async fn drain(mut body: Incoming) {
+    let mut seen = 0u64;
+    while let Some(Ok(f)) = body.frame().await {
+        seen += f.data_ref().map_or(0, |d| d.len() as u64);
+        if seen > 4 << 30 {
+            break;
+        }
+    }
+}
+
+/// A finished list as a stream.
+trait PipeStream: Iterator<Item = serde_json::Value> + Send + Sized + 'static {
+    fn pipe_stream(self) -> futures_util::stream::Iter<Self> {
+        futures_util::stream::iter(self)
+    }
+}
+impl<I: Iterator<Item = serde_json::Value> + Send + 'static> PipeStream for I {}
+
+/// The Dockerfile of a spooled context, if it is there.
+fn dockerfile_of(spooled: &Path, name: &str) -> Option<String> {
+    let want = name.trim_start_matches("./");
+    let f = std::fs::File::open(spooled).ok()?;
+    let mut archive = tar::Archive::new(f);
+    for e in archive.entries().ok()? {
+        let mut e = e.ok()?;
+        let path = e
+            .path()
+            .ok()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if path == want {
+            let mut text = String::new();
+            use std::io::Read as _;
+            e.by_ref().take(1 << 20).read_to_string(&mut text).ok()?;
+            return Some(text);
+        }
+    }
+    None
+}
+
+async fn build(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    raw_query: Option<&str>,
+    q: &BTreeMap<String, String>,
+) -> Response<Body> {
+    let tags = rules::query_all(raw_query, "t");
+    for t in &tags {
+        if let Some(why) = ctx.tag_problem(t).await {
+            drain(req.into_body()).await;
+            return refused(why);
+        }
+    }
+    // The context, spooled: its Dockerfile is read before the engine builds.
+    let spooled = ctx.spool.join(format!("context-{}.tar", ulid::Ulid::new()));
+    let mut file = match tokio::fs::File::create(&spooled).await {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Ok(data) = f.into_data()
+                    && let Err(e) = file.write_all(&data).await
+                {
+                    return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                }
+            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        }
+    }
+    let _ = file.flush().await;
+    drop(file);
+    let args: BTreeMap<String, String> = q
+        .get("buildargs")
+        .and_then(|a| serde_json::from_str::<BTreeMap<String, Option<String>>>(a).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect();
+    let dockerfile_name = q
+        .get("dockerfile")
+        .cloned()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "Dockerfile".into());
+    let spooled2 = spooled.clone();
+    let df_name = dockerfile_name.clone();
+    let dockerfile = tokio::task::spawn_blocking(move || dockerfile_of(&spooled2, &df_name))
+        .await
+        .ok()
+        .flatten();
+    if let Some(text) = &dockerfile {
+        for base in rules::from_images(text, &args) {
+            if let Some((id, _)) = whose(ctx, &base).await
+                && ctx.private_elsewhere(&id).await
+            {
+                let _ = tokio::fs::remove_file(&spooled).await;
+                return refused(format!(
+                    "a build FROM `{base}`: a private image another run pulled"
+                ));
+            }
+        }
+    }
+    let mut labels: HashMap<String, String> = q
+        .get("labels")
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_default();
+    labels.insert(LABEL_RUN.into(), ctx.run.to_string());
+    labels.insert(LABEL_KIND.into(), KIND_ENDPOINT.into());
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true");
+    let opts = BuildImageOptions {
+        dockerfile: dockerfile_name,
+        t: tags.first().cloned(),
+        q: flag("q"),
+        nocache: flag("nocache"),
+        pull: q
+            .get("pull")
+            .cloned()
+            .filter(|p| !p.is_empty() && p != "0" && p != "false"),
+        rm: true,
+        forcerm: true,
+        buildargs: Some(args.into_iter().collect()),
+        labels: Some(labels),
+        networkmode: Some(ctx.network.to_string()),
+        target: q.get("target").cloned().unwrap_or_default(),
+        ..Default::default()
+    };
+    let creds: HashMap<String, bollard::auth::DockerCredentials> = ctx
+        .auth
+        .iter()
+        .map(|a| (a.host.clone(), credentials(a)))
+        .collect();
+    let f = match tokio::fs::File::open(&spooled).await {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let chunks = futures_util::stream::unfold(f, |mut f| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 256 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Bytes::from(buf), f))
+            }
+        }
+    });
+    let docker = ctx.ex.docker.clone();
+    let more_tags: Vec<String> = tags.iter().skip(1).cloned().collect();
+    let out = async_build(docker, opts, creds, chunks, more_tags, spooled).await;
+    lines(out.into_iter().pipe_stream())
+}
+
+/// Runs the build, tags the extra names, removes the spool; the progress
+/// lines to send back.
+async fn async_build(
+    docker: bollard::Docker,
+    opts: BuildImageOptions,
+    creds: HashMap<String, bollard::auth::DockerCredentials>,
+    chunks: impl Stream<Item = Bytes> + Send + 'static,
+    more_tags: Vec<String>,
+    spooled: PathBuf,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut id = None;
+    {
+        let mut s = docker.build_image(
+            opts,
+            (!creds.is_empty()).then_some(creds),
+            Some(bollard::body_stream(chunks)),
+        );
+        while let Some(r) = s.next().await {
+            match r {
+                Ok(info) => {
+                    if let Some(i) = info.aux.as_ref().and_then(|a| a.id.clone()) {
+                        id = Some(i.clone());
+                        out.push(serde_json::json!({ "aux": { "ID": i } }));
+                    }
+                    if let Some(s) = info.stream {
+                        out.push(serde_json::json!({ "stream": s }));
+                    }
+                    if let Some(s) = info.status {
+                        out.push(serde_json::json!({ "status": s }));
+                    }
+                }
+                Err(e) => {
+                    out.push(error_line(e));
+                    id = None;
+                    break;
+                }
+            }
+        }
+    }
+    let _ = tokio::fs::remove_file(&spooled).await;
+    if let Some(id) = id {
+        for t in more_tags {
+            let (repo, tag) = split_ref(&t);
+            let o = TagImageOptions {
+                repo: Some(repo.to_string()),
+                tag: Some(tag.to_string()),
+            };
+            match docker.tag_image(&id, Some(o)).await {
+                Ok(()) => {
+                    out.push(serde_json::json!({ "stream": format!("Successfully tagged {t}\n") }))
+                }
+                Err(e) => out.push(error_line(e)),
+            }
+        }
+    }
+    out
+}
