@@ -691,6 +691,127 @@ async fn the_docker_endpoint_builds_and_pushes_and_refuses_the_rest() -> Result<
     result
 }
 
+/// The plain registry of `scripts/registry.sh`.
+const PLAIN_REGISTRY: &str = "127.0.0.1:5000";
+
+async fn a_cion_file_builds_pushes_and_releases() -> Result<(), String> {
+    registry_password().await;
+    let id = unique();
+    let docker = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(String::from_utf8_lossy(&o.stdout).to_string())
+                } else {
+                    Err(String::from_utf8_lossy(&o.stderr).to_string())
+                }
+            })
+    };
+    // cion's build and release images: their own commands do the work.
+    let images = tempfile::tempdir().unwrap();
+    let build_image = format!("sentinel-test/cion-build-{id}:1");
+    let release_image = format!("sentinel-test/cion-release-{id}:1");
+    let app = format!("{PLAIN_REGISTRY}/sentinel-test/cion-app-{id}:1");
+    std::fs::write(
+        images.path().join("build.Dockerfile"),
+        format!(
+            "FROM sentinel/docker-cli:local\nCMD [\"sh\", \"-c\", \"echo \\\"built $VERSION\\\" > $ARTIFACTS_DIR/app.txt && printf 'FROM {busybox}\\\\nCOPY app.txt /app.txt\\\\n' > $BUILD_DIR/Dockerfile && cp $ARTIFACTS_DIR/app.txt $BUILD_DIR/ && docker build -q -t {app} $BUILD_DIR && docker push {app}\"]\n",
+            busybox = common::IMAGE
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        images.path().join("release.Dockerfile"),
+        format!("FROM {}\nCMD [\"sh\", \"-c\", \"echo released: $(cat $ARTIFACTS_DIR/app.txt) to $TARGET\"]\n", common::IMAGE),
+    )
+    .unwrap();
+    for (tag, file) in [
+        (&build_image, "build.Dockerfile"),
+        (&release_image, "release.Dockerfile"),
+    ] {
+        docker(&[
+            "build",
+            "-q",
+            "-t",
+            tag,
+            "-f",
+            &images.path().join(file).display().to_string(),
+            &images.path().display().to_string(),
+        ])?;
+    }
+    let project = tempfile::tempdir().unwrap();
+    std::fs::write(
+        project.path().join(".cion.yml"),
+        format!("build:\n  - image: {build_image}\n  - env:\n      VERSION: \"1.0\"\nrelease:\n  - image: {release_image}\n  - env:\n      TARGET: staging\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .arg("-C")
+        .arg(project.path())
+        .args(["run", "--json"])
+        .env_remove("SENTINEL_STATE")
+        .env_remove("SENTINEL_RESULTS")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let result = (|| {
+        ensure!(
+            out.status.success(),
+            "run: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+            .map_err(|e| e.to_string())?;
+        let run_id = run["id"].as_str().unwrap_or_default();
+        let stage = |name: &str| -> Result<serde_json::Value, String> {
+            let f = project
+                .path()
+                .join(format!(".sentinel/results/run/{run_id}/{name}.json"));
+            serde_json::from_slice(&std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?)
+                .map_err(|e| e.to_string())
+        };
+        // The release read what the build left in ARTIFACTS_DIR; its output is its status.
+        let release = stage("release")?;
+        ensure!(
+            release["output"] == "released: built 1.0 to staging",
+            "release: {release}"
+        );
+        // The build container built and pushed an image through DOCKER_HOST.
+        let tags = plain_registry_tags(&format!("sentinel-test/cion-app-{id}"))?;
+        ensure!(
+            tags.contains(&"1".to_string()),
+            "tags on the registry: {tags:?}"
+        );
+        Ok(())
+    })();
+    let _ = docker(&["rmi", "-f", &build_image, &release_image, &app]);
+    result
+}
+
+/// The tags of `repo` on the plain registry.
+fn plain_registry_tags(repo: &str) -> Result<Vec<String>, String> {
+    {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sf",
+                &format!("http://{PLAIN_REGISTRY}/v2/{repo}/tags/list"),
+            ])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))?;
+        Ok(v["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn image_suite() {
     common::docker().await;
@@ -706,6 +827,7 @@ async fn image_suite() {
         the_users_config_file_gives_sentinel_run_its_credentials,
         a_servers_registry_uses_its_stored_secret,
         the_docker_endpoint_builds_and_pushes_and_refuses_the_rest,
+        a_cion_file_builds_pushes_and_releases,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

@@ -99,6 +99,10 @@ const OOM_KILLS: &str = "oom-kills";
 /// to [`OOM_KILLS`]. That count is the kernel's word, read while the
 /// container lives: Docker's own flag can miss an OOM kill on a busy host.
 pub(crate) fn command(action: &ContainerAction, with_secrets: bool) -> (Vec<String>, Vec<String>) {
+    // The image's own entrypoint and command: nothing set here.
+    if action.image_command {
+        return (Vec::new(), Vec::new());
+    }
     let flags = action.shell.flags().join(" ");
     let outer = format!(
         "{}{OOM_COUNT}\nsh {flags} \"$1\"; rc=$?; \
@@ -278,8 +282,9 @@ pub(crate) async fn create(
     };
     let mut body = ContainerCreateBody {
         image: Some(spec.image.clone()),
-        entrypoint: Some(spec.entrypoint),
-        cmd: Some(spec.cmd),
+        // Empty: the image's own (an empty list would clear it).
+        entrypoint: (!spec.entrypoint.is_empty()).then_some(spec.entrypoint),
+        cmd: (!spec.cmd.is_empty()).then_some(spec.cmd),
         env: Some(env),
         user: Some(job.user.clone()),
         working_dir: Some(WORKSPACE_MOUNT.into()),
@@ -386,6 +391,11 @@ pub(crate) async fn run(
         ));
     };
     let with_secrets = job.env.iter().any(|v| v.secret);
+    if with_secrets && action.image_command {
+        return StageReport::of(Outcome::StartFailed(
+            "a stage that runs its image's own command gets no secrets: Sentinel gives them through its shell".into(),
+        ));
+    }
     let (entrypoint, cmd) = command(&action, with_secrets);
     let mut spec = Spec {
         image: action.image.clone(),

@@ -48,6 +48,7 @@ fn copy(src: &Path, into: &Path, ignore: bool) -> (Duration, u64) {
             git: true,
             restore: vec![],
             user: String::new(),
+            dirs: Vec::new(),
         },
         into,
     )

@@ -324,7 +324,7 @@ pub fn to_warm<'p>(
             let sentinel_pipeline::Action::Container(action) = &s.action else {
                 continue;
             };
-            if action.image_ref.is_some() || action.docker {
+            if action.image_ref.is_some() || action.docker || action.image_command {
                 continue;
             }
             if pending(&s.name)

@@ -292,6 +292,7 @@ impl Engine {
             dir: req.source.clone(),
             skip: req.skip.clone(),
             git: plan.workspace.git,
+            dirs: plan.workspace.dirs.clone(),
             restore: restored(&plan, &req.reuse),
             user: user.clone(),
         };

@@ -169,7 +169,14 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
     if let Some(b) = &draft.box_image {
         let _ = writeln!(out, "box: {}", scalar(b));
     }
-    if !draft.workspace.git {
+    if !draft.workspace.dirs.is_empty() {
+        let _ = writeln!(
+            out,
+            "workspace: {{git: {}, dirs: {}}}",
+            draft.workspace.git,
+            names_list(draft.workspace.dirs.iter().map(|d| d.value.clone()))
+        );
+    } else if !draft.workspace.git {
         out.push_str("workspace: {git: false}\n");
     }
     vars(&mut out, 0, &draft.env);
@@ -235,6 +242,7 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                 script,
                 shell,
                 docker,
+                image_command,
             }) => {
                 if let Some(i) = image {
                     let _ = writeln!(out, "    image: {}", scalar(&i.value));
@@ -242,7 +250,11 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                 if let Some(d) = docker {
                     let _ = writeln!(out, "    docker: {}", d.value);
                 }
+                if *image_command {
+                    out.push_str("    image_command: true\n");
+                }
                 match shell {
+                    _ if *image_command => {}
                     Shell::Strict => value(&mut out, 4, "run", &script.value),
                     Shell::Plain => {
                         out.push_str(

@@ -110,6 +110,8 @@ pub enum ActionDraft {
         shell: Shell,
         /// `docker: true`: the stage gets the run's scoped Docker endpoint.
         docker: Option<At<bool>>,
+        /// Run the image's own entrypoint and command (`script` is empty).
+        image_command: bool,
     },
     /// Script steps in one container; no image means the pipeline's `box`.
     Job {
@@ -236,15 +238,20 @@ pub struct StageDraft {
 }
 
 /// Options of the run's workspace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkspaceDraft {
     /// Copy the project's `.git` folder into the workspace.
     pub git: bool,
+    /// Folders made in the workspace before any stage runs.
+    pub dirs: Vec<At<String>>,
 }
 
 impl Default for WorkspaceDraft {
     fn default() -> Self {
-        Self { git: true }
+        Self {
+            git: true,
+            dirs: Vec::new(),
+        }
     }
 }
 

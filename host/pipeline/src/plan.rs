@@ -47,15 +47,22 @@ pub struct RegistryPlan {
 }
 
 /// How the run's workspace is made from the project folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WorkspaceOptions {
     /// Copy the project's `.git` folder (default: yes; scripts use `git describe`).
     pub git: bool,
+    /// Folders made in the workspace before any stage runs (cion's
+    /// artifacts folder), owned by the stages' user.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<String>,
 }
 
 impl Default for WorkspaceOptions {
     fn default() -> Self {
-        Self { git: true }
+        Self {
+            git: true,
+            dirs: Vec::new(),
+        }
     }
 }
 
@@ -236,6 +243,10 @@ pub struct ContainerAction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_ref: Option<Template>,
     pub script: String,
+    /// Run the image's own entrypoint and command, not `script` (cion's
+    /// build and release images).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub image_command: bool,
     /// The stage gets a Docker endpoint of its own (`DOCKER_HOST`) that
     /// builds, tags, pushes and pulls this run's images and nothing else.
     #[serde(skip_serializing_if = "std::ops::Not::not")]

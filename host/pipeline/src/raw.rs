@@ -98,11 +98,18 @@ pub struct RawWorkspace {
     /// Copy the project's `.git` folder too (default `true`: scripts use `git describe`).
     #[serde(default = "yes")]
     pub git: bool,
+    /// Folders made in the workspace before any stage runs, owned by the
+    /// stages' user.
+    #[serde(default)]
+    pub dirs: Vec<String>,
 }
 
 impl Default for RawWorkspace {
     fn default() -> Self {
-        Self { git: true }
+        Self {
+            git: true,
+            dirs: Vec::new(),
+        }
     }
 }
 
@@ -216,6 +223,9 @@ pub struct RawStage {
     /// An image build from a Dockerfile in the workspace (instead of `run:`).
     #[serde(default)]
     pub build: Option<RawBuild>,
+    /// Run the image's own entrypoint and command instead of `run:`.
+    #[serde(default)]
+    pub image_command: Option<bool>,
     /// Give a container stage `DOCKER_HOST`: an endpoint that builds, tags,
     /// pushes and pulls this run's images and refuses everything else.
     #[serde(default)]

@@ -1,5 +1,6 @@
 //! Golden files: each `tests/golden/NAME.yaml` (a `sentinel.yml`) and each
 //! `tests/golden/dockercise/NAME.yaml` (a dockercise file) and each
+//! `tests/golden/cion/NAME.yaml` (a .cion.yml) and each
 //! `tests/golden/wercker/NAME.yaml` (a wercker.yml, whose first line may
 //! choose the pipeline: `# select: pipeline=deploy deploy_target=prod`) has either
 //! `NAME.json` (the expected plan) or `NAME.err` (the expected
@@ -170,6 +171,12 @@ fn golden_files() {
 fn dockercise_golden_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dockercise");
     run_golden(&dir, Some(Dialect::Dockercise), 20);
+}
+
+#[test]
+fn cion_golden_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cion");
+    run_golden(&dir, Some(Dialect::Cion), 4);
 }
 
 #[test]

@@ -39,6 +39,7 @@ pub async fn stage_job(
         git: false,
         restore: Vec::new(),
         user: "1000:1000".into(),
+        dirs: Vec::new(),
     };
     let ws = LocalWorkspace::prepare(&ctx, &source).await.unwrap();
     StageJob {
@@ -50,6 +51,7 @@ pub async fn stage_job(
             image_ref: None,
             script: "echo one line".into(),
             docker: false,
+            image_command: false,
             shell: Shell::Strict,
         }),
         env,

@@ -246,6 +246,7 @@ mod tests {
             git: true,
             restore: vec![],
             user: String::new(),
+            dirs: vec![],
         }
     }
 

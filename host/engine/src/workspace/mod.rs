@@ -70,6 +70,9 @@ pub struct Source {
     pub restore: Vec<PathBuf>,
     /// `uid:gid` that owns the workspace's files (the stages' user).
     pub user: String,
+    /// Folders made in the workspace (relative, checked by the pipeline's
+    /// validation), owned by `user`.
+    pub dirs: Vec<String>,
 }
 
 /// Files of the workspace a stage created or changed, kept in a folder of
@@ -137,6 +140,16 @@ impl LocalWorkspace {
             copy_source(&source, &dir)?;
             for kept in &source.restore {
                 copy_tree(kept, &dir, &source.user)?;
+            }
+            for d in &source.dirs {
+                let mut at = dir.clone();
+                for part in d.split('/') {
+                    at.push(part);
+                    if !at.exists() {
+                        std::fs::create_dir(&at)?;
+                        hand_over_one(&at, &source.user)?;
+                    }
+                }
             }
             std::fs::create_dir_all(dir.join("out"))?;
             hand_over_one(&dir.join("out"), &source.user)

@@ -222,6 +222,7 @@ fn read_stage(
             script,
             shell: Shell::Plain,
             docker: None,
+            image_command: false,
         }),
         (img, run) => {
             if checked {

@@ -3,6 +3,7 @@
 //! looked for when none is given, and the reader of each dialect, which
 //! turns the file into a [`Draft`] with positions in that file.
 
+mod cion;
 mod dockercise;
 mod v1;
 mod wercker;
@@ -25,10 +26,17 @@ pub enum Dialect {
     Dockercise,
     /// `wercker.yml`: a `box`, `services` and pipelines of steps.
     Wercker,
+    /// cion's `.cion.yml`: a `build` image and a `release` image.
+    Cion,
 }
 
 /// Every dialect, in the order their usual file names are looked for.
-pub const DIALECTS: &[Dialect] = &[Dialect::Sentinel, Dialect::Dockercise, Dialect::Wercker];
+pub const DIALECTS: &[Dialect] = &[
+    Dialect::Sentinel,
+    Dialect::Dockercise,
+    Dialect::Wercker,
+    Dialect::Cion,
+];
 
 impl Dialect {
     /// The dialect's name in messages and flags.
@@ -37,6 +45,7 @@ impl Dialect {
             Self::Sentinel => "sentinel",
             Self::Dockercise => "dockercise",
             Self::Wercker => "wercker",
+            Self::Cion => "cion",
         }
     }
 
@@ -61,6 +70,7 @@ impl Dialect {
                 "wercker.yaml",
                 ".wercker.yaml",
             ],
+            Self::Cion => &[".cion.yml", ".cion.yaml", "cion.yml"],
         }
     }
 
@@ -96,6 +106,9 @@ impl Dialect {
         };
         if root.get("version").is_some() || root.get("stages").is_some() {
             return Some(Self::Sentinel);
+        }
+        if cion::looks_like(root) {
+            return Some(Self::Cion);
         }
         let stage_like = |n: &Node| n.get("img").is_some() || n.get("run").is_some();
         if entries.iter().any(|(_, v)| stage_like(v)) {
@@ -167,6 +180,7 @@ pub fn read_selected(
         Dialect::Sentinel => v1::read(root, file),
         Dialect::Dockercise => dockercise::read(root, file),
         Dialect::Wercker => wercker::read(root, file, select),
+        Dialect::Cion => cion::read(root, file),
     }
 }
 

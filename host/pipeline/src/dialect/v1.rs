@@ -323,8 +323,20 @@ impl Reader<'_> {
                 );
             }
             if checked
+                && s.image_command.is_some()
+                && (s.run.is_some() || s.step.is_some() || s.steps.is_some() || s.build.is_some())
+            {
+                self.issue(
+                    &at("image_command"),
+                    "`image_command: true` runs the image's own command instead of a script: remove `run:` (or this)",
+                );
+            }
+            if checked
                 && s.docker.is_some()
-                && (s.run.is_none() || s.step.is_some() || s.steps.is_some() || s.build.is_some())
+                && ((s.run.is_none() && s.image_command != Some(true))
+                    || s.step.is_some()
+                    || s.steps.is_some()
+                    || s.build.is_some())
             {
                 self.issue(
                     &at("docker"),
@@ -409,6 +421,21 @@ impl Reader<'_> {
                     }
                     None
                 }
+                (None, None) if s.image_command == Some(true) => {
+                    if checked && s.image.is_none() {
+                        self.issue(
+                            &at("image_command"),
+                            "`image_command: true` runs the image's own command: name the image (`image:`)",
+                        );
+                    }
+                    Some(ActionDraft::Container {
+                        image: s.image.as_ref().map(|i| self.value(&at("image"), i)),
+                        script: self.value(&at("image_command"), &String::new()),
+                        shell: Shell::Strict,
+                        docker: s.docker.map(|d| self.value(&at("docker"), &d)),
+                        image_command: true,
+                    })
+                }
                 (None, None) => {
                     if checked {
                         self.issue(
@@ -432,6 +459,7 @@ impl Reader<'_> {
                         script: self.value(&at("run"), script),
                         shell: Shell::Strict,
                         docker: s.docker.map(|d| self.value(&at("docker"), &d)),
+                        image_command: false,
                     })
                 }
                 (None, Some(step)) => {
@@ -554,6 +582,15 @@ impl Reader<'_> {
             stages,
             workspace: WorkspaceDraft {
                 git: raw.workspace.git,
+                dirs: raw
+                    .workspace
+                    .dirs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| {
+                        self.value(&[key("workspace"), key("dirs"), PathSeg::Index(i)], d)
+                    })
+                    .collect(),
             },
             issues: self.issues,
         }

@@ -34,7 +34,7 @@ pub(super) fn image_ref_problem(r: &str) -> Option<&'static str> {
 
 /// A path inside the workspace as written, normalised (`.` for the
 /// workspace itself); `None` when it leaves it.
-fn inside(path: &str) -> Option<String> {
+pub(super) fn inside(path: &str) -> Option<String> {
     let p = std::path::Path::new(path);
     if p.is_absolute() {
         return None;

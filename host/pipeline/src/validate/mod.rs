@@ -276,8 +276,26 @@ pub fn validate(
         stages,
         workspace: WorkspaceOptions {
             git: draft.workspace.git,
+            dirs: workspace_dirs(&mut cx, &draft.workspace.dirs),
         },
     })
+}
+
+/// The workspace's folders to make: relative paths inside it.
+fn workspace_dirs(cx: &mut Ctx<'_>, dirs: &[At<String>]) -> Vec<String> {
+    dirs.iter()
+        .filter_map(|d| match build::inside(&d.value) {
+            Some(p) if p != "." => Some(p),
+            _ => {
+                cx.issue(
+                    d.pos,
+                    format!("`{}` is not a folder inside the workspace", d.value),
+                    Some("a relative path like `artifacts` or `build/out`".into()),
+                );
+                None
+            }
+        })
+        .collect()
 }
 
 pub(super) fn check_env_name(cx: &mut Ctx<'_>, name: &At<String>) {

@@ -226,6 +226,7 @@ fn action(
             script,
             shell,
             docker,
+            image_command,
         } => {
             let at = image.clone();
             let image = stage_image(cx, name, s, image.as_ref())?;
@@ -256,6 +257,7 @@ fn action(
                 );
             }
             Some(Action::Container(ContainerAction {
+                image_command: *image_command,
                 docker,
                 image,
                 image_ref,
