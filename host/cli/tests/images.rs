@@ -691,6 +691,40 @@ async fn the_docker_endpoint_builds_and_pushes_and_refuses_the_rest() -> Result<
     result
 }
 
+async fn commit_turns_a_container_stage_into_an_image_a_later_stage_runs() -> Result<(), String> {
+    let id = unique();
+    let tag = format!("sentinel-test/committed-stage-{id}:1");
+    let p = Project::new(&format!(
+        "version: 1\nbox: {}\ndefaults: {{network: none, timeout: 60s}}\nstages:\n  image:\n    env: {{PLAIN: plain-value-{id}}}\n    commit: {tag}\n    user: '0:0'\n    run: echo \"made by the stage\" > /made\n  use:\n    image: ${{stages.image.outputs.image}}\n    run: cat /made\n",
+        common::IMAGE
+    ));
+    let r = run(&p, Opts::default()).await;
+    let inspect = std::process::Command::new("docker")
+        .args(["image", "inspect", "--format", "{{json .Config}}", &tag])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let config = String::from_utf8_lossy(&inspect.stdout).to_string();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &tag])
+        .output();
+    ensure!(
+        r.status == RunStatus::Succeeded,
+        "run {:?} {:?}",
+        r.status,
+        r.reason
+    );
+    ensure!(
+        p.log(&r, "use").contains("made by the stage"),
+        "use: {}",
+        p.log(&r, "use")
+    );
+    ensure!(
+        inspect.status.success() && !config.contains(&format!("plain-value-{id}")),
+        "the committed image's configuration: {config}"
+    );
+    Ok(())
+}
+
 /// The plain registry of `scripts/registry.sh`.
 const PLAIN_REGISTRY: &str = "127.0.0.1:5000";
 
@@ -828,6 +862,7 @@ async fn image_suite() {
         a_servers_registry_uses_its_stored_secret,
         the_docker_endpoint_builds_and_pushes_and_refuses_the_rest,
         a_cion_file_builds_pushes_and_releases,
+        commit_turns_a_container_stage_into_an_image_a_later_stage_runs,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

@@ -390,6 +390,13 @@ pub(crate) async fn run(
             "the Docker executor runs stages on a workspace of this machine".into(),
         ));
     };
+    // A stage committed as an image gets every variable through the file:
+    // `docker commit` merges the container's configuration into the
+    // image's, so it must hold none of the run's values.
+    let mut job = job;
+    if action.commit.is_some() {
+        job.env.iter_mut().for_each(|v| v.secret = true);
+    }
     let with_secrets = job.env.iter().any(|v| v.secret);
     if with_secrets && action.image_command {
         return StageReport::of(Outcome::StartFailed(
@@ -405,7 +412,6 @@ pub(crate) async fn run(
         binds: Vec::new(),
     };
     // `docker: true`: the stage's own endpoint, mounted with DOCKER_HOST.
-    let mut job = job;
     let endpoint = if action.docker {
         let run_dir = ws.dir.parent().unwrap_or(&ws.dir).to_path_buf();
         let dir = run_dir.join(format!("docker-{}", job.stage));
@@ -454,12 +460,43 @@ pub(crate) async fn run(
         Begin::Start,
     )
     .await;
+    // `commit:` once the script succeeded: the container becomes an image
+    // (with its image's configuration, none of the run's values).
+    let mut outcome = outcome;
+    let mut committed = None;
+    if let (Some(to), Outcome::Exited { code: 0 }) = (&action.commit, &outcome) {
+        let from = format!("{}/{}", job.run_id, job.stage);
+        match crate::commit::commit(ex, &id, &action.image, to, &from).await {
+            Ok(image) => {
+                let note = format!("── committed the container as {to} ({image})\n");
+                let _ = job
+                    .log
+                    .send(Chunk {
+                        stream: sentinel_engine::exec::Stream::Stderr,
+                        bytes: note.into_bytes(),
+                    })
+                    .await;
+                committed = Some(format!("image={to}\nimage_id={image}\n"));
+            }
+            Err(e) => {
+                outcome = Outcome::Error(format!("cannot commit the container as `{to}`: {e}"))
+            }
+        }
+    }
     remove_secrets(secrets);
     remove_later(ex, id, name).await;
     if let Some(ep) = endpoint {
         ep.stop().await;
     }
-    report(ws, &job, &private, since, outcome, image_id).await
+    let mut r = report(ws, &job, &private, since, outcome, image_id).await;
+    if let Some(c) = committed {
+        let mut text = r.outputs.unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        r.outputs = Some(text + &c);
+    }
+    r
 }
 
 /// The files a stage created or changed since `since`, kept when its job

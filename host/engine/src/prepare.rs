@@ -324,7 +324,11 @@ pub fn to_warm<'p>(
             let sentinel_pipeline::Action::Container(action) = &s.action else {
                 continue;
             };
-            if action.image_ref.is_some() || action.docker || action.image_command {
+            if action.image_ref.is_some()
+                || action.docker
+                || action.image_command
+                || action.commit.is_some()
+            {
                 continue;
             }
             if pending(&s.name)

@@ -243,6 +243,7 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                 shell,
                 docker,
                 image_command,
+                commit,
             }) => {
                 if let Some(i) = image {
                     let _ = writeln!(out, "    image: {}", scalar(&i.value));
@@ -252,6 +253,9 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
                 }
                 if *image_command {
                     out.push_str("    image_command: true\n");
+                }
+                if let Some(c) = commit {
+                    let _ = writeln!(out, "    commit: {}", scalar(&c.value));
                 }
                 match shell {
                     _ if *image_command => {}

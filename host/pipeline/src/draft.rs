@@ -112,6 +112,8 @@ pub enum ActionDraft {
         docker: Option<At<bool>>,
         /// Run the image's own entrypoint and command (`script` is empty).
         image_command: bool,
+        /// Commit the container as this image when the script succeeds.
+        commit: Option<At<String>>,
     },
     /// Script steps in one container; no image means the pipeline's `box`.
     Job {

@@ -243,6 +243,9 @@ pub struct ContainerAction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_ref: Option<Template>,
     pub script: String,
+    /// Commit the container as this image once the script succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     /// Run the image's own entrypoint and command, not `script` (cion's
     /// build and release images).
     #[serde(skip_serializing_if = "std::ops::Not::not")]

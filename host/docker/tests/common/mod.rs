@@ -52,6 +52,7 @@ pub async fn stage_job(
             script: "echo one line".into(),
             docker: false,
             image_command: false,
+            commit: None,
             shell: Shell::Strict,
         }),
         env,

@@ -174,6 +174,7 @@ fn stage(
             shell: Shell::Strict,
             docker: docker.then(|| At::new(true, pos)),
             image_command: true,
+            commit: None,
         }),
         after,
         volumes: Vec::new(),

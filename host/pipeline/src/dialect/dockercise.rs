@@ -223,6 +223,7 @@ fn read_stage(
             shell: Shell::Plain,
             docker: None,
             image_command: false,
+            commit: None,
         }),
         (img, run) => {
             if checked {

@@ -316,10 +316,15 @@ impl Reader<'_> {
                     format!("stage `{name}` has `after_steps` but no `steps`; after-steps belong to a job"),
                 );
             }
-            if checked && s.commit.is_some() && s.steps.is_none() {
+            if checked
+                && s.commit.is_some()
+                && s.steps.is_none()
+                && s.run.is_none()
+                && s.image_command != Some(true)
+            {
                 self.issue(
                     &at("commit"),
-                    "`commit:` commits a job's container: give the stage `steps:`",
+                    "`commit:` commits a container stage's or a job's container: give the stage `run:` or `steps:`",
                 );
             }
             if checked
@@ -434,6 +439,7 @@ impl Reader<'_> {
                         shell: Shell::Strict,
                         docker: s.docker.map(|d| self.value(&at("docker"), &d)),
                         image_command: true,
+                        commit: s.commit.as_ref().map(|c| self.value(&at("commit"), c)),
                     })
                 }
                 (None, None) => {
@@ -460,6 +466,7 @@ impl Reader<'_> {
                         shell: Shell::Strict,
                         docker: s.docker.map(|d| self.value(&at("docker"), &d)),
                         image_command: false,
+                        commit: s.commit.as_ref().map(|c| self.value(&at("commit"), c)),
                     })
                 }
                 (None, Some(step)) => {

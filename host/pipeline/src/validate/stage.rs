@@ -227,7 +227,17 @@ fn action(
             shell,
             docker,
             image_command,
+            commit,
         } => {
+            if let Some(c) = commit
+                && let Some(why) = image_ref_problem(&c.value)
+            {
+                cx.issue(
+                    c.pos,
+                    format!("`commit: {}` {why}", c.value),
+                    Some("write it like `registry.example.com/team/app:1.2`".into()),
+                );
+            }
             let at = image.clone();
             let image = stage_image(cx, name, s, image.as_ref())?;
             let image_ref = match at.filter(|i| i.value.contains("${")) {
@@ -249,6 +259,13 @@ fn action(
                 None => None,
             };
             let docker = docker.as_ref().is_some_and(|d| d.value);
+            if commit.is_some() && s.limits.reuse.as_ref().is_some_and(|r| r.value) {
+                cx.issue(
+                    s.pos,
+                    format!("stage `{name}` has `commit:` and `reuse: true`: a shared container is not the stage's to commit"),
+                    None,
+                );
+            }
             if docker && s.limits.reuse.as_ref().is_some_and(|r| r.value) {
                 cx.issue(
                     s.pos,
@@ -257,6 +274,7 @@ fn action(
                 );
             }
             Some(Action::Container(ContainerAction {
+                commit: commit.as_ref().map(|c| c.value.clone()),
                 image_command: *image_command,
                 docker,
                 image,
