@@ -6,6 +6,7 @@
 mod admin;
 mod context;
 mod deployments;
+mod images;
 mod outbox;
 mod pipeline;
 mod progress;
@@ -119,6 +120,11 @@ enum Command {
     Reject(deployments::AnswerArgs),
     /// A server's schedules, with their next firings.
     Schedules(schedules::SchedulesArgs),
+    /// The images runs made on this Docker engine, and pruning them.
+    Images {
+        #[command(subcommand)]
+        cmd: images::ImagesCommand,
+    },
     /// The results web app.
     Web {
         #[command(subcommand)]
@@ -180,6 +186,7 @@ fn main() -> ExitCode {
             Command::Reject(args) => deployments::answer(&cli.paths, args, false).await,
             Command::Schedules(args) => schedules::schedules(&cli.paths, args).await,
             Command::Web { cmd } => web::web(&cli.paths, cmd).await,
+            Command::Images { cmd } => images::images(&cli.paths, cmd).await,
             Command::Serve(_) => unreachable!("handled above"),
         }
     });

@@ -725,6 +725,68 @@ async fn commit_turns_a_container_stage_into_an_image_a_later_stage_runs() -> Re
     Ok(())
 }
 
+/// Runs after the other cases (it removes every old unpushed image runs made).
+async fn images_prune_removes_unpushed_images_of_ended_runs() -> Result<(), String> {
+    let id = unique();
+    let local = format!("sentinel-test/prune-local-{id}:1");
+    let pushed = format!("{PLAIN_REGISTRY}/sentinel-test/prune-pushed-{id}:1");
+    let p = Project::new(&format!(
+        "version: 1\nstages:\n  local:\n    build: {{tags: [\"{local}\"]}}\n  pushed:\n    build: {{context: pushed, tags: [\"{pushed}\"], push: true}}\n"
+    ));
+    write(
+        &p,
+        "Dockerfile",
+        &format!("FROM {}\nRUN echo local-{id} > /x\n", common::IMAGE),
+    );
+    write(
+        &p,
+        "pushed/Dockerfile",
+        &format!("FROM {}\nRUN echo pushed-{id} > /x\n", common::IMAGE),
+    );
+    let r = run(&p, Opts::default()).await;
+    ensure!(r.status == RunStatus::Succeeded, "run {:?}", r.reason);
+    let sentinel = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .arg("-C")
+            .arg(&p.source)
+            .arg("--state")
+            .arg(&p.state)
+            .args(args)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+            })
+            .map_err(|e| e.to_string())
+    };
+    let exists = |image: &str| {
+        std::process::Command::new("docker")
+            .args(["image", "inspect", image])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // Younger than the age: kept.
+    let out = sentinel(&["images", "prune"])?;
+    ensure!(exists(&local), "a new image was pruned: {out}");
+    let out = sentinel(&["images", "prune", "--older-than", "0s", "--dry-run"])?;
+    ensure!(
+        out.contains(&format!("would remove {local}")) && !out.contains(&pushed) && exists(&local),
+        "dry run: {out}"
+    );
+    let out = sentinel(&["images", "prune", "--older-than", "0s"])?;
+    let result = (|| {
+        ensure!(
+            out.contains(&format!("removed {local}")) && !exists(&local),
+            "prune: {out}"
+        );
+        ensure!(exists(&pushed), "the pushed image was removed: {out}");
+        Ok(())
+    })();
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &pushed, &local])
+        .output();
+    result
+}
+
 /// The plain registry of `scripts/registry.sh`.
 const PLAIN_REGISTRY: &str = "127.0.0.1:5000";
 
@@ -874,6 +936,14 @@ async fn image_suite() {
             Ok(Err(e)) => failures.push(format!("{name}: {e}")),
             Err(e) => failures.push(format!("{name}: panicked: {e}")),
         }
+    }
+    // Pruning removes old unpushed images of every run: after the others.
+    if let Err(e) = images_prune_removes_unpushed_images_of_ended_runs().await {
+        failures.push(format!(
+            "images_prune_removes_unpushed_images_of_ended_runs: {e}"
+        ));
+    } else {
+        eprintln!("ok   images_prune_removes_unpushed_images_of_ended_runs");
     }
     assert!(
         failures.is_empty(),

@@ -18,6 +18,7 @@ mod commit;
 mod container;
 mod context;
 mod endpoint;
+mod images;
 mod job;
 mod job_run;
 mod netns;
@@ -25,6 +26,7 @@ mod services;
 mod shared;
 mod warm;
 
+pub use images::MadeImage;
 pub use job::JobContainer;
 
 use std::collections::HashMap;
