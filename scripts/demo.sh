@@ -35,6 +35,13 @@ echo
   "../../$bin" run -v --pipeline deploy --deploy-target production --from-run "$build"
 )
 echo
+# Bundling's image chain: a base FROM a debootstrapped Debian, a compiler
+# FROM the base (by digest) that builds a wheel, a runner FROM the compiler
+# that installs and runs it; all pushed to the registry on loopback, whose
+# tags for the app the last stage lists.
+"$bin" -C examples/bundling run -v -e PYTHON_VERSION=3.11 -e PACKAGE=hello-bundling -e VERSION=0.4.0
+echo
+
 # Publishing: s3sync to the S3 server on loopback, notify to a loopback webhook.
 eval "$(scripts/s3-server.sh)"
 export S3_ENDPOINT S3_BUCKET AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
@@ -47,7 +54,7 @@ sleep 0.5
 echo "published site: curl -H 'Host: $S3_BUCKET.web.localhost' http://127.0.0.1:3902/publish-demo/index.html"
 curl -s -H "Host: $S3_BUCKET.web.localhost" http://127.0.0.1:3902/publish-demo/index.html
 echo
-echo "Open the results: $(pwd)/examples/{demo,steps,dockercise,wercker,publish}/.sentinel/results"
+echo "Open the results: $(pwd)/examples/{demo,steps,dockercise,wercker,bundling,publish}/.sentinel/results"
 echo "(runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"
 echo
 # The server: sentinel serve on the embedded default, the demo pipeline

@@ -41,8 +41,10 @@ install -m 0755 /bin/busybox images/busybox/busybox
 log=$(mktemp)
 docker build -q -t sentinel/busybox:local images/busybox >/dev/null 2>"$log" || { cat "$log" >&2; exit 1; }
 rm -f "$log"
-# The image the scoped Docker endpoint's tests run (Debian's docker CLI).
+# The image the scoped Docker endpoint's tests run (Debian's docker CLI), and
+# the Debian base the Bundling example builds on (debootstrap, once per machine).
 scripts/docker-cli-image.sh
+scripts/debian-base.sh
 echo "setup: docker $(docker version --format '{{.Server.Version}}') (API $(docker version --format '{{.Server.APIVersion}}')), image sentinel/busybox:local ready"
 
 scripts/build-steps.sh

@@ -787,6 +787,135 @@ async fn images_prune_removes_unpushed_images_of_ended_runs() -> Result<(), Stri
     result
 }
 
+async fn the_bundling_example_chains_three_images_by_digest() -> Result<(), String> {
+    registry_password().await;
+    let base = std::process::Command::new("docker")
+        .args(["image", "inspect", "sentinel/debian-base:local"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        base.status.success(),
+        "sentinel/debian-base:local is missing: run scripts/debian-base.sh (the test command's set-up does)"
+    );
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/bundling");
+    let dir = tempfile::tempdir().unwrap();
+    let copy = std::process::Command::new("cp")
+        .args([
+            "-r",
+            &format!("{}/.", example.display()),
+            &dir.path().display().to_string(),
+        ])
+        .status()
+        .map_err(|e| e.to_string())?;
+    ensure!(copy.success(), "copy the example");
+    let _ = std::fs::remove_dir_all(dir.path().join(".sentinel"));
+    let version = format!("0.4.{}", chrono::Utc::now().timestamp_millis());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .arg("-C")
+        .arg(dir.path())
+        .args([
+            "run",
+            "--json",
+            "-e",
+            "PYTHON_VERSION=3.11",
+            "-e",
+            "PACKAGE=hello-bundling",
+            "-e",
+        ])
+        .arg(format!("VERSION={version}"))
+        .env_remove("SENTINEL_STATE")
+        .env_remove("SENTINEL_RESULTS")
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let run: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap_or_default();
+    let run_id = run["id"].as_str().unwrap_or_default().to_string();
+    let stage = |name: &str| -> serde_json::Value {
+        std::fs::read(
+            dir.path()
+                .join(format!(".sentinel/results/run/{run_id}/{name}.json")),
+        )
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+    };
+    let log = |name: &str| {
+        std::fs::read_to_string(
+            dir.path()
+                .join(format!(".sentinel/results/run/{run_id}/{name}.log")),
+        )
+        .unwrap_or_default()
+    };
+    let result = (|| {
+        ensure!(
+            out.status.success(),
+            "run: {stdout}\n{}\nbase: {}\ncompiler: {}\nrunner: {}",
+            String::from_utf8_lossy(&out.stderr),
+            log("base"),
+            log("compiler"),
+            log("runner")
+        );
+        // Each image FROM the one before, by the digest it was pushed with.
+        let (base, compiler) = (stage("base"), stage("compiler"));
+        let base_digest = base["outputs"]["digest"].as_str().unwrap_or_default();
+        ensure!(base_digest.contains("@sha256:"), "base digest {base}");
+        // `FROM ${BASE}` with BASE the digest, resolving to the base's image.
+        let short = |id: &str| {
+            id.trim_start_matches("sha256:")
+                .chars()
+                .take(12)
+                .collect::<String>()
+        };
+        let from = |stage_log: &str, arg: &str, digest: &str, id: &str| {
+            stage_log.contains(&format!("build argument {arg}={digest}"))
+                && stage_log.contains(&format!("FROM ${{{arg}}}\n ---> {}", short(id)))
+        };
+        ensure!(
+            from(
+                &log("compiler"),
+                "BASE",
+                base_digest,
+                base["outputs"]["image_id"].as_str().unwrap_or_default()
+            ),
+            "the compiler was not built FROM the base's digest: {}",
+            log("compiler")
+        );
+        let compiler_digest = compiler["outputs"]["digest"].as_str().unwrap_or_default();
+        ensure!(
+            from(
+                &log("runner"),
+                "COMPILER",
+                compiler_digest,
+                compiler["outputs"]["image_id"].as_str().unwrap_or_default()
+            ),
+            "the runner was not built FROM the compiler's digest: {}",
+            log("runner")
+        );
+        let smoke = log("smoke");
+        ensure!(
+            smoke.contains(&version)
+                && smoke.contains("hello from hello-bundling")
+                && smoke.contains("Python 3.11"),
+            "smoke: {smoke}"
+        );
+        let tags = stage("tags")["output"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        ensure!(
+            tags.contains(&version) && tags.contains("latest"),
+            "tags: {tags}"
+        );
+        Ok(())
+    })();
+    let _ = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker images -q --filter label=dev.sentinel.run={run_id} | xargs -r docker rmi -f >/dev/null 2>&1"))
+        .status();
+    result
+}
+
 /// The plain registry of `scripts/registry.sh`.
 const PLAIN_REGISTRY: &str = "127.0.0.1:5000";
 
@@ -925,6 +1054,7 @@ async fn image_suite() {
         the_docker_endpoint_builds_and_pushes_and_refuses_the_rest,
         a_cion_file_builds_pushes_and_releases,
         commit_turns_a_container_stage_into_an_image_a_later_stage_runs,
+        the_bundling_example_chains_three_images_by_digest,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

@@ -230,6 +230,11 @@ async fn build(ex: &DockerExecutor, job: &StageJob, b: &BuildWork) -> Result<Sta
         format!("building {first} from {}/{}", b.context, b.dockerfile),
     )
     .await;
+    // The classic builder shows `FROM ${BASE}` unexpanded: say the values
+    // (never secrets: the validation refuses them in arguments).
+    for (k, v) in &b.args {
+        say(job, format!("  build argument {k}={v}")).await;
+    }
     // Base images of private registries are pulled with the run's credentials.
     let auth = ex.registry_auth(&job.run_id).await;
     let creds: HashMap<String, DockerCredentials> = auth

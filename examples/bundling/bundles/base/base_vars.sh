@@ -1,0 +1,3 @@
+# Variables every bundle shares.
+export BUNDLING_HOME=/opt/bundling
+export WHEELHOUSE=/opt/bundling/wheelhouse
