@@ -269,7 +269,7 @@ fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl Into
                 </ul>
             })}
             <dl class="facts">
-                <dt>"Kind"</dt><dd>{format!("{:?}", doc.kind).to_lowercase()}</dd>
+                <dt>"Kind"</dt><dd>{serde_json::to_value(doc.kind).ok().and_then(|v| v.as_str().map(|s| s.replace('_', " "))).unwrap_or_default()}</dd>
                 {doc.exit_code.map(|c| view! { <dt>"Exit code"</dt><dd>{c}</dd> })}
                 <dt>"Took"</dt><dd>{status::duration(doc.duration_ms)}</dd>
                 {doc.approval.as_ref().map(|g| view! { <dt>"Approval"</dt><dd class="approval">{gate_text(g)}</dd> })}
