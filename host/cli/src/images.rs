@@ -77,40 +77,64 @@ pub async fn images(paths: &Paths, cmd: ImagesCommand) -> anyhow::Result<ExitCod
                     dirs.state.display()
                 );
             }
-            let cutoff = chrono::Utc::now().timestamp() - older_than.as_secs() as i64;
-            let (mut removed, mut bytes, mut kept) = (0u64, 0i64, 0u64);
-            for i in made.iter().filter(|i| !i.pushed && i.created <= cutoff) {
-                if let (Some(store), Some(run)) = (&store, &i.run)
-                    && let Ok(Some(doc)) = store.get_run(run).await
-                    && !doc.status.is_final()
-                {
-                    kept += 1;
-                    continue;
-                }
-                if dry_run {
-                    println!("would remove {} ({} ago)", name(i), age(i.created));
-                    removed += 1;
-                    bytes += i.size;
-                    continue;
-                }
-                match docker.remove_made_image(&i.id).await {
-                    Ok(()) => {
-                        println!("removed {} ({} ago)", name(i), age(i.created));
-                        removed += 1;
-                        bytes += i.size;
-                    }
-                    Err(e) => {
-                        eprintln!("kept {}: {e}", name(i));
-                        kept += 1;
-                    }
-                }
-            }
+            let done = prune(&docker, made, store.as_ref(), older_than, dry_run, |line| {
+                println!("{line}")
+            })
+            .await;
             println!(
-                "{} {removed} image(s), {} MiB; kept {kept} of runs still going or in use; pushed images are the registry's",
+                "{} {} image(s), {} MiB; kept {} of runs still going or in use; pushed images are the registry's",
                 if dry_run { "would remove" } else { "removed" },
-                bytes >> 20
+                done.removed,
+                done.bytes >> 20,
+                done.kept
             );
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What a prune did.
+#[derive(Debug, Default)]
+pub struct Pruned {
+    pub removed: u64,
+    pub bytes: i64,
+    pub kept: u64,
+}
+
+/// Removes (or, dry, lists) the unpushed images in `made` older than
+/// `older_than` whose run ended (by `store`; a run it does not know, or
+/// without one, by age alone); `say` gets a line per image.
+pub async fn prune(
+    docker: &sentinel_docker::DockerExecutor,
+    made: Vec<sentinel_docker::MadeImage>,
+    store: Option<&sentinel_store::SledStore>,
+    older_than: Duration,
+    dry_run: bool,
+    mut say: impl FnMut(String),
+) -> Pruned {
+    let cutoff = chrono::Utc::now().timestamp() - older_than.as_secs() as i64;
+    let mut done = Pruned::default();
+    for i in made.iter().filter(|i| !i.pushed && i.created <= cutoff) {
+        if let (Some(store), Some(run)) = (store, &i.run)
+            && let Ok(Some(doc)) = store.get_run(run).await
+            && !doc.status.is_final()
+        {
+            done.kept += 1;
+            continue;
+        }
+        if !dry_run && let Err(e) = docker.remove_made_image(&i.id).await {
+            say(format!("kept {}: {e}", name(i)));
+            done.kept += 1;
+            continue;
+        }
+        say(format!(
+            "{} {} ({} ago)",
+            if dry_run { "would remove" } else { "removed" },
+            name(i),
+            age(i.created)
+        ));
+        done.removed += 1;
+        done.bytes += i.size;
+    }
+    done
 }

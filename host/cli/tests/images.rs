@@ -916,6 +916,27 @@ async fn the_bundling_example_chains_three_images_by_digest() -> Result<(), Stri
     result
 }
 
+async fn pull_failures_say_which_and_why() -> Result<(), String> {
+    registry_password().await;
+    let id = unique();
+    let p = Project::new(&format!(
+        "version: 1\nstages:\n  missing: {{image: \"{PLAIN_REGISTRY}/sentinel-test/missing-{id}:1\", run: \"true\"}}\n  nohost: {{image: \"registry-{id}.invalid:5000/app:1\", run: \"true\"}}\n"
+    ));
+    let r = run(&p, Opts::default()).await;
+    let missing = p.stage(&r, "missing").await.reason.unwrap_or_default();
+    ensure!(
+        missing.contains("cannot pull") && missing.contains("missing"),
+        "missing: {missing}"
+    );
+    let nohost = p.stage(&r, "nohost").await.reason.unwrap_or_default();
+    ensure!(
+        nohost.contains("cannot pull")
+            && (nohost.contains("unknown host") || nohost.contains("does not answer")),
+        "unknown host: {nohost}"
+    );
+    Ok(())
+}
+
 /// The plain registry of `scripts/registry.sh`.
 const PLAIN_REGISTRY: &str = "127.0.0.1:5000";
 
@@ -1055,6 +1076,7 @@ async fn image_suite() {
         a_cion_file_builds_pushes_and_releases,
         commit_turns_a_container_stage_into_an_image_a_later_stage_runs,
         the_bundling_example_chains_three_images_by_digest,
+        pull_failures_say_which_and_why,
     ];
     let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
     let results =

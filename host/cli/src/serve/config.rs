@@ -58,6 +58,9 @@ pub struct FileConfig {
     /// Image registries every run may push to and pull from.
     #[serde(default)]
     pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
+    /// Days an unpushed image a run made is kept after its run ended (0: forever).
+    #[serde(default)]
+    pub images_keep_days: Option<u64>,
 }
 
 /// Where results go besides the local folder.
@@ -204,6 +207,8 @@ pub struct Settings {
     pub pull_requests: super::repo::PullRequestsSection,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
+    /// Days an unpushed image a run made is kept (0: forever).
+    pub images_keep_days: u64,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -408,6 +413,7 @@ impl Settings {
             github: file.github.clone(),
             versions: file.versions.clone(),
             pull_requests: file.pull_requests.clone().unwrap_or_default(),
+            images_keep_days: file.images_keep_days.unwrap_or(7),
             registries: {
                 crate::registries::check(&file.registries, true)
                     .map_err(|e| anyhow::anyhow!("[registries]: {e}"))?;

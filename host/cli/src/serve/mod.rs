@@ -152,6 +152,29 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     }
     let checkouts = dirs.state.join("checkouts");
     let _ = tokio::fs::remove_dir_all(&checkouts).await;
+    // Unpushed images of ended runs past their days: at start, then every six hours.
+    if let (Some(d), days @ 1..) = (docker.clone(), settings.images_keep_days) {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(made) = d.made_images().await {
+                    let age = std::time::Duration::from_secs(days * 86_400);
+                    let done = crate::images::prune(&d, made, Some(&store), age, false, |line| {
+                        tracing::info!("images: {line}")
+                    })
+                    .await;
+                    if done.removed > 0 {
+                        tracing::info!(
+                            "removed {} unpushed image(s) of runs ended over {days} day(s) ago ({} MiB)",
+                            done.removed,
+                            done.bytes >> 20
+                        );
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(6 * 3600)).await;
+            }
+        });
+    }
 
     let live = Arc::new(sentinel_server::live::LiveHub::default());
     let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
