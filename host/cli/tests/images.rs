@@ -115,7 +115,7 @@ async fn build_push_and_chain_by_digest() -> Result<(), String> {
     let p = Project::new(&format!(
         r#"version: 1
 box: {image}
-secrets: [REGISTRY_PASSWORD]
+secrets: [REGISTRY_PASSWORD, BUILD_TOKEN]
 registries:
   test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
 stages:
@@ -123,6 +123,7 @@ stages:
     build:
       context: app
       args: {{GREETING: hello-{id}}}
+      secrets: {{token: "${{secrets.BUILD_TOKEN}}"}}
       labels: {{org.example.test: "yes"}}
       tags: ["{REGISTRY}/{repo}:1.0", "{REGISTRY}/{repo}:latest"]
       push: true
@@ -137,7 +138,7 @@ stages:
     run: cat /greeting /hello.txt /chained
   pinned:
     image: "${{stages.image.outputs.digest}}"
-    run: cat /greeting
+    run: cat /greeting /token-sha
 "#,
         image = common::IMAGE
     ));
@@ -145,7 +146,7 @@ stages:
         &p,
         "app/Dockerfile",
         &format!(
-            "FROM {}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\nCOPY hello.txt /hello.txt\n",
+            "FROM {}\nARG GREETING\nRUN echo \"$GREETING\" > /greeting\nCOPY hello.txt /hello.txt\nRUN --mount=type=secret,id=token sha256sum /run/secrets/token | cut -c1-64 > /token-sha\n",
             common::IMAGE
         ),
     );
@@ -166,8 +167,20 @@ stages:
         "chain/Dockerfile",
         "ARG BASE\nFROM $BASE\nRUN echo chained > /chained\n",
     );
+    let token = format!("build-token-{id}");
+    let token_sha: String = {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s '{token}' | sha256sum | cut -c1-64"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     let opts = Opts {
-        secrets: BTreeMap::from([("REGISTRY_PASSWORD".to_string(), password.clone())]),
+        secrets: BTreeMap::from([
+            ("REGISTRY_PASSWORD".to_string(), password.clone()),
+            ("BUILD_TOKEN".to_string(), token.clone()),
+        ]),
         ..Default::default()
     };
     let r = run(&p, opts).await;
@@ -207,6 +220,35 @@ stages:
                 && log.contains("chained"),
             "use: {log}"
         );
+        // The secret mount reached the build (its hash is in the image) and
+        // the value is in no log, document, file, history or configuration.
+        ensure!(
+            p.log(&r, "pinned").contains(&token_sha),
+            "the build saw no secret: {}",
+            p.log(&r, "pinned")
+        );
+        ensure!(
+            p.file_holding(token.as_bytes()).is_none(),
+            "a file holds the build secret"
+        );
+        for args in [
+            vec![
+                "history",
+                "--no-trunc",
+                &format!("{REGISTRY}/{repo}:1.0")[..],
+            ],
+            vec!["image", "inspect", &format!("{REGISTRY}/{repo}:1.0")[..]],
+        ] {
+            let out = std::process::Command::new("docker")
+                .args(&args)
+                .output()
+                .map_err(|e| e.to_string())?;
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            ensure!(
+                out.status.success() && !text.contains(&token),
+                "docker {args:?} shows the build secret"
+            );
+        }
         // A container stage ran the image by its digest.
         let pinned = p.stage(&r, "pinned").await;
         ensure!(

@@ -194,9 +194,8 @@ async fn build(ex: &DockerExecutor, job: &StageJob, b: &BuildWork) -> Result<Sta
     });
     // The body owns the receiver: when the engine stops reading (a failed
     // build), dropping it ends the writer.
-    let body = bollard::body_stream(futures_util::stream::unfold(rx, |mut r| async move {
-        r.recv().await.map(|c| (c, r))
-    }));
+    let chunks =
+        futures_util::stream::unfold(rx, |mut r| async move { r.recv().await.map(|c| (c, r)) });
     // The classic builder adds each label as a step of its own (a
     // container each) and a label whose value changes defeats the build
     // cache for that step: the run's id is the one label of Sentinel's
@@ -216,7 +215,7 @@ async fn build(ex: &DockerExecutor, job: &StageJob, b: &BuildWork) -> Result<Sta
         cpuperiod: cpus.map(|_| 100_000),
         cpuquota: cpus.map(|c| (c * 100_000.0) as i32),
         buildargs: Some(b.args.iter().cloned().collect()),
-        labels: Some(labels),
+        labels: Some(labels.clone()),
         networkmode: Some(match job.limits.network {
             sentinel_pipeline::Network::None => "none".into(),
             _ => "default".into(),
@@ -241,40 +240,23 @@ async fn build(ex: &DockerExecutor, job: &StageJob, b: &BuildWork) -> Result<Sta
         .iter()
         .map(|a| (a.host.clone(), credentials(a)))
         .collect();
-    let mut stream = ex
-        .docker
-        .build_image(opts, (!creds.is_empty()).then_some(creds), Some(body));
-    let mut image_id = None;
-    let mut failure = None;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(info) => {
-                if let Some(text) = info.stream.filter(|s| !s.is_empty()) {
-                    let _ = job
-                        .log
-                        .send(Chunk {
-                            stream: Stream::Stdout,
-                            bytes: text.into_bytes(),
-                        })
-                        .await;
-                }
-                if let Some(id) = info.aux.and_then(|a| a.id) {
-                    image_id = Some(id);
-                }
-                if let Some(d) = info.error_detail.and_then(|d| d.message) {
-                    failure = Some(d);
-                }
-            }
-            Err(e) => {
-                failure = Some(match e {
-                    bollard::errors::Error::DockerStreamError { error } => error,
-                    other => other.to_string(),
-                });
-                break;
-            }
-        }
-    }
-    drop(stream);
+    let (image_id, failure) = if b.secrets.is_empty() {
+        classic(ex, job, opts, creds, chunks).await
+    } else {
+        say(
+            job,
+            format!(
+                "with BuildKit: secret mounts {}",
+                b.secrets
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .await;
+        with_buildkit(ex, job, b, &opts, &labels, &auth, chunks).await
+    };
     let sent = sending.await;
     if let Some(f) = failure {
         // The engine's message first; a context that could not be sent
@@ -344,6 +326,146 @@ async fn build(ex: &DockerExecutor, job: &StageJob, b: &BuildWork) -> Result<Sta
         outputs: Some(outputs),
         ..StageReport::default()
     })
+}
+
+/// Sends a piece of the build's output to the stage log.
+async fn log(job: &StageJob, bytes: Vec<u8>) {
+    if !bytes.is_empty() {
+        let _ = job
+            .log
+            .send(Chunk {
+                stream: Stream::Stdout,
+                bytes,
+            })
+            .await;
+    }
+}
+
+/// A build with the classic builder; the image id or why it failed.
+async fn classic(
+    ex: &DockerExecutor,
+    job: &StageJob,
+    opts: BuildImageOptions,
+    creds: HashMap<String, DockerCredentials>,
+    chunks: impl futures_util::Stream<Item = Bytes> + Send + 'static,
+) -> (Option<String>, Option<String>) {
+    let mut stream = ex.docker.build_image(
+        opts,
+        (!creds.is_empty()).then_some(creds),
+        Some(bollard::body_stream(chunks)),
+    );
+    let (mut image_id, mut failure) = (None, None);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(text) = info.stream {
+                    log(job, text.into_bytes()).await;
+                }
+                if let Some(id) = info.aux.and_then(|a| a.id) {
+                    image_id = Some(id);
+                }
+                if let Some(d) = info.error_detail.and_then(|d| d.message) {
+                    failure = Some(d);
+                }
+            }
+            Err(e) => {
+                failure = Some(match e {
+                    bollard::errors::Error::DockerStreamError { error } => error,
+                    other => other.to_string(),
+                });
+                break;
+            }
+        }
+    }
+    (image_id, failure)
+}
+
+/// A build with the engine's BuildKit, answering the Dockerfile's secret
+/// mounts (and registry logins) over a build session.
+async fn with_buildkit(
+    ex: &DockerExecutor,
+    job: &StageJob,
+    b: &BuildWork,
+    opts: &BuildImageOptions,
+    labels: &HashMap<String, String>,
+    auth: &[RegistryAuth],
+    chunks: impl futures_util::Stream<Item = Bytes> + Send + Sync + 'static,
+) -> (Option<String>, Option<String>) {
+    let v = ex.docker.client_version();
+    let api = format!("{}.{}", v.major_version, v.minor_version);
+    let session = match crate::buildkit::session(&api, &b.secrets, auth).await {
+        Ok(s) => s,
+        Err(e) => return (None, Some(e)),
+    };
+    let query = buildkit_query(b, &session.id, opts, labels);
+    let mut lines = match crate::buildkit::build(&api, &query, chunks).await {
+        Ok(l) => Box::pin(l),
+        Err(e) => return (None, Some(e)),
+    };
+    let (mut image_id, mut failure) = (None, None);
+    let mut seen = Vec::new();
+    while let Some(item) = lines.next().await {
+        match item.map(|v| crate::buildkit::line(&v, &mut seen)) {
+            Ok(crate::buildkit::Line::Log(bytes)) => log(job, bytes).await,
+            Ok(crate::buildkit::Line::Image(id)) => image_id = Some(id),
+            Ok(crate::buildkit::Line::Error(e)) => failure = Some(e),
+            Ok(crate::buildkit::Line::Nothing) => {}
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(session);
+    (image_id, failure)
+}
+
+/// The query of a BuildKit build (`version=2`, the session, every tag).
+fn buildkit_query(
+    b: &BuildWork,
+    session: &str,
+    opts: &BuildImageOptions,
+    labels: &HashMap<String, String>,
+) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("version", "2")
+        .append_pair("session", session)
+        .append_pair("dockerfile", &b.dockerfile)
+        .append_pair("rm", "1")
+        .append_pair("forcerm", "1");
+    for t in &b.tags {
+        q.append_pair("t", t);
+    }
+    let args: HashMap<&str, &str> = b
+        .args
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    q.append_pair(
+        "buildargs",
+        &serde_json::to_string(&args).unwrap_or_default(),
+    );
+    q.append_pair("labels", &serde_json::to_string(labels).unwrap_or_default());
+    if let Some(t) = &b.target {
+        q.append_pair("target", t);
+    }
+    if b.no_cache {
+        q.append_pair("nocache", "1");
+    }
+    if b.pull {
+        q.append_pair("pull", "1");
+    }
+    if let Some(n) = &opts.networkmode {
+        q.append_pair("networkmode", n);
+    }
+    if let Some(m) = opts.memory {
+        q.append_pair("memory", &m.to_string());
+    }
+    if let (Some(p), Some(c)) = (opts.cpuperiod, opts.cpuquota) {
+        q.append_pair("cpuperiod", &p.to_string())
+            .append_pair("cpuquota", &c.to_string());
+    }
+    q.finish()
 }
 
 /// Pushes `tag` with the run's credentials for its registry; returns the

@@ -14,6 +14,7 @@
 //! stage's.
 
 mod build;
+mod buildkit;
 mod commit;
 mod container;
 mod context;

@@ -315,6 +315,7 @@ pub fn stage_env(inputs: &EnvInputs<'_>, stage: &StagePlan) -> Result<StageEnv, 
             pull: b.pull,
             no_cache: b.no_cache,
             push: b.push.iter().map(render).collect::<Result<_, _>>()?,
+            secrets: pairs(&b.secrets)?,
         });
     }
     if let sentinel_pipeline::Action::Job(job) = &stage.action {

@@ -107,7 +107,7 @@ pub fn image_host(image: &str) -> Option<&str> {
 }
 
 /// An image build with its values resolved.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct BuildWork {
     /// The workspace folder sent as the context (`.`: all of it).
     pub context: String,
@@ -122,6 +122,25 @@ pub struct BuildWork {
     pub no_cache: bool,
     /// The tags pushed after the build.
     pub push: Vec<String>,
+    /// Secret mounts by id, with their values (given to the engine's
+    /// BuildKit over the build's session only).
+    pub secrets: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for BuildWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildWork")
+            .field("context", &self.context)
+            .field("dockerfile", &self.dockerfile)
+            .field("args", &self.args)
+            .field("tags", &self.tags)
+            .field("push", &self.push)
+            .field(
+                "secrets",
+                &self.secrets.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// One variable of a stage's environment.

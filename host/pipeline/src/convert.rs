@@ -45,7 +45,11 @@ fn build(out: &mut String, b: &crate::draft::BuildDraft) {
             value(out, 6, k, &v.value);
         }
     }
-    for (field, map) in [("args", &b.args), ("labels", &b.labels)] {
+    for (field, map) in [
+        ("args", &b.args),
+        ("labels", &b.labels),
+        ("secrets", &b.secrets),
+    ] {
         if !map.is_empty() {
             let _ = writeln!(out, "      {field}:");
             for (k, v) in map {

@@ -158,6 +158,8 @@ pub struct BuildDraft {
     pub pull: bool,
     pub no_cache: bool,
     pub push: PushDraft,
+    /// Secret mounts: id at its key, value at its value.
+    pub secrets: Vec<(At<String>, At<String>)>,
 }
 
 /// Which tags a build pushes.

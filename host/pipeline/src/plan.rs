@@ -355,6 +355,9 @@ pub struct BuildAction {
     /// The tags pushed after the build (some or all of `tags`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub push: Vec<Template>,
+    /// Secret mounts by id (the values: secret references).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Template>,
 }
 
 /// A WebAssembly step with its settings (every setting of the manifest: the
@@ -399,7 +402,13 @@ impl Action {
         match self {
             Self::Step(s) => Box::new(s.with.values()),
             Self::Container(c) => Box::new(c.image_ref.iter()),
-            Self::Build(b) => Box::new(b.args.values().chain(b.labels.values()).chain(&b.tags)),
+            Self::Build(b) => Box::new(
+                b.args
+                    .values()
+                    .chain(b.labels.values())
+                    .chain(&b.tags)
+                    .chain(b.secrets.values()),
+            ),
             Self::Job(j) => Box::new(
                 j.steps
                     .iter()

@@ -294,7 +294,7 @@ pub struct RawStage {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a build mapping with `tags` and optionally `context`, `dockerfile`, `args`, `target`, `labels`, `pull`, `no_cache`, `push`"
+    expecting = "a build mapping with `tags` and optionally `context`, `dockerfile`, `args`, `secrets`, `target`, `labels`, `pull`, `no_cache`, `push`"
 )]
 pub struct RawBuild {
     /// The workspace folder sent as the build context (default: the workspace).
@@ -325,6 +325,11 @@ pub struct RawBuild {
     /// Push after a successful build: `true` (every tag) or a list of tags.
     #[serde(default)]
     pub push: RawPush,
+    /// Secrets the Dockerfile mounts (`RUN --mount=type=secret,id=ID`), by
+    /// id; each value a `${secrets.NAME}` reference. Built with BuildKit; the
+    /// values reach no layer, history, argument or log.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// `push:` of a build: every tag, or some.

@@ -176,6 +176,7 @@ impl Reader<'_> {
             tags: list("tags", &b.tags),
             pull: b.pull,
             no_cache: b.no_cache,
+            secrets: map("secrets", &b.secrets),
             push: match &b.push {
                 RawPush::None => PushDraft::None,
                 RawPush::All => PushDraft::All,

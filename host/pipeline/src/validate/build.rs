@@ -100,7 +100,7 @@ fn value(
             v.pos,
             format!("{what} uses `{r}`, a secret: it would be kept in the image's configuration or history"),
             Some(
-                "a build gets no secret yet; push credentials go in the pipeline's `registries:`"
+                "give it as a secret mount: `secrets: {ID: ${secrets.NAME}}` and `RUN --mount=type=secret,id=ID` in the Dockerfile; push credentials go in `registries:`"
                     .into(),
             ),
         );
@@ -284,6 +284,40 @@ pub(super) fn build_action(
             })
             .collect(),
     };
+    let mut secret_mounts = std::collections::BTreeMap::new();
+    for (k, v) in &b.secrets {
+        let ok = !k.value.is_empty()
+            && k.value.len() <= 100
+            && k.value
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+        if !ok {
+            cx.issue(
+                k.pos,
+                format!("`{}` is not a secret id", k.value),
+                Some(
+                    "letters, digits, `.`, `_` and `-`, as `RUN --mount=type=secret,id=…` names it"
+                        .into(),
+                ),
+            );
+        }
+        if let Some(t) = parse_template(cx, v) {
+            check_refs(cx, v.pos, &t, Some(name), secrets);
+            if secret_ref(cx, &t).is_none() {
+                let what = if t.refs().next().is_none() {
+                    format!("the secret `{}` is written in the file", k.value)
+                } else {
+                    format!("the secret `{}` is not a secret reference", k.value)
+                };
+                cx.issue(
+                    v.pos,
+                    what,
+                    Some("everyone who reads the file would have it: use `${secrets.NAME}` (declared in `secrets:`)".into()),
+                );
+            }
+            secret_mounts.insert(k.value.clone(), t);
+        }
+    }
     if let Some(t) = &b.target
         && t.value.trim().is_empty()
     {
@@ -306,6 +340,7 @@ pub(super) fn build_action(
         pull: b.pull,
         no_cache: b.no_cache,
         push,
+        secrets: secret_mounts,
     })
 }
 
