@@ -90,3 +90,31 @@ pub(crate) async fn commit(
         .map_err(|e| e.to_string())?;
     Ok(done.id)
 }
+
+/// Commits a stage's (or job's) container once it succeeded, saying so in
+/// its log; the outputs naming the image, or the outcome saying why not.
+pub(crate) async fn commit_stage(
+    ex: &DockerExecutor,
+    job: &sentinel_engine::exec::StageJob,
+    container: &str,
+    base: &str,
+    to: &str,
+) -> Result<String, sentinel_engine::exec::Outcome> {
+    let from = format!("{}/{}", job.run_id, job.stage);
+    match commit(ex, container, base, to, &from).await {
+        Ok(image) => {
+            let note = format!("── committed the container as {to} ({image})\n");
+            let _ = job
+                .log
+                .send(sentinel_engine::exec::Chunk {
+                    stream: sentinel_engine::exec::Stream::Stderr,
+                    bytes: note.into_bytes(),
+                })
+                .await;
+            Ok(format!("image={to}\nimage_id={image}\n"))
+        }
+        Err(e) => Err(sentinel_engine::exec::Outcome::Error(format!(
+            "cannot commit the container as `{to}`: {e}"
+        ))),
+    }
+}

@@ -413,26 +413,8 @@ pub(crate) async fn run(
     };
     // `docker: true`: the stage's own endpoint, mounted with DOCKER_HOST.
     let endpoint = if action.docker {
-        let run_dir = ws.dir.parent().unwrap_or(&ws.dir).to_path_buf();
-        let dir = run_dir.join(format!("docker-{}", job.stage));
-        let spool = run_dir.join(format!("docker-{}-spool", job.stage));
-        let none = job.limits.network == Network::None;
-        match crate::endpoint::start(ex, &job.run_id, &dir, &spool, none).await {
-            Ok(ep) => {
-                spec.binds.push(format!(
-                    "{}:{}:ro",
-                    ep.dir.display(),
-                    crate::endpoint::MOUNT
-                ));
-                for (k, v) in [
-                    ("DOCKER_HOST", crate::endpoint::DOCKER_HOST),
-                    ("DOCKER_BUILDKIT", "0"),
-                ] {
-                    job.env.retain(|e| e.name != k);
-                    job.env.push(sentinel_engine::exec::Var::plain(k, v));
-                }
-                Some(ep)
-            }
+        match crate::endpoint::for_stage(ex, &mut job, ws, &mut spec.binds).await {
+            Ok(ep) => Some(ep),
             Err(e) => return StageReport::of(Outcome::StartFailed(e)),
         }
     } else {
@@ -465,22 +447,9 @@ pub(crate) async fn run(
     let mut outcome = outcome;
     let mut committed = None;
     if let (Some(to), Outcome::Exited { code: 0 }) = (&action.commit, &outcome) {
-        let from = format!("{}/{}", job.run_id, job.stage);
-        match crate::commit::commit(ex, &id, &action.image, to, &from).await {
-            Ok(image) => {
-                let note = format!("── committed the container as {to} ({image})\n");
-                let _ = job
-                    .log
-                    .send(Chunk {
-                        stream: sentinel_engine::exec::Stream::Stderr,
-                        bytes: note.into_bytes(),
-                    })
-                    .await;
-                committed = Some(format!("image={to}\nimage_id={image}\n"));
-            }
-            Err(e) => {
-                outcome = Outcome::Error(format!("cannot commit the container as `{to}`: {e}"))
-            }
+        match crate::commit::commit_stage(ex, &job, &id, &action.image, to).await {
+            Ok(outputs) => committed = Some(outputs),
+            Err(o) => outcome = o,
         }
     }
     remove_secrets(secrets);

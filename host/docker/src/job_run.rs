@@ -119,22 +119,9 @@ pub(crate) async fn run(
     if let (Some(to), Outcome::Exited { code: 0 }, Some(id)) =
         (&action.commit, &outcome, jc.container_id())
     {
-        let from = format!("{}/{}", job.run_id, job.stage);
-        match crate::commit::commit(ex, id, &action.image, to, &from).await {
-            Ok(image) => {
-                let note = format!("── committed the container as {to} ({image})\n");
-                let _ = job
-                    .log
-                    .send(Chunk {
-                        stream: Stream::Stderr,
-                        bytes: note.into_bytes(),
-                    })
-                    .await;
-                committed = Some(format!("image={to}\nimage_id={image}\n"));
-            }
-            Err(e) => {
-                outcome = Outcome::Error(format!("cannot commit the container as `{to}`: {e}"))
-            }
+        match crate::commit::commit_stage(ex, &job, id, &action.image, to).await {
+            Ok(outputs) => committed = Some(outputs),
+            Err(o) => outcome = o,
         }
     }
     let result = if outcome == (Outcome::Exited { code: 0 }) {
