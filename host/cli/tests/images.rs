@@ -736,8 +736,9 @@ async fn the_docker_endpoint_builds_and_pushes_and_refuses_the_rest() -> Result<
 async fn commit_turns_a_container_stage_into_an_image_a_later_stage_runs() -> Result<(), String> {
     let id = unique();
     let tag = format!("sentinel-test/committed-stage-{id}:1");
+    let job_tag = format!("sentinel-test/committed-job-{id}:1");
     let p = Project::new(&format!(
-        "version: 1\nbox: {}\ndefaults: {{network: none, timeout: 60s}}\nstages:\n  image:\n    env: {{PLAIN: plain-value-{id}}}\n    commit: {tag}\n    user: '0:0'\n    run: echo \"made by the stage\" > /made\n  use:\n    image: ${{stages.image.outputs.image}}\n    run: cat /made\n",
+        "version: 1\nbox: {}\ndefaults: {{network: none, timeout: 60s}}\nstages:\n  image:\n    env: {{PLAIN: plain-value-{id}}}\n    commit: {tag}\n    user: '0:0'\n    run: echo \"made by the stage\" > /made\n  use:\n    image: ${{stages.image.outputs.image}}\n    run: cat /made\n  job:\n    commit: {job_tag}\n    user: '0:0'\n    steps:\n      - run: echo \"made by the job\" > /made-by-job\n  use_job:\n    image: ${{stages.job.outputs.image}}\n    run: cat /made-by-job\n",
         common::IMAGE
     ));
     let r = run(&p, Opts::default()).await;
@@ -747,8 +748,13 @@ async fn commit_turns_a_container_stage_into_an_image_a_later_stage_runs() -> Re
         .map_err(|e| e.to_string())?;
     let config = String::from_utf8_lossy(&inspect.stdout).to_string();
     let _ = std::process::Command::new("docker")
-        .args(["rmi", "-f", &tag])
+        .args(["rmi", "-f", &tag, &job_tag])
         .output();
+    ensure!(
+        p.log(&r, "use_job").contains("made by the job"),
+        "use_job: {}",
+        p.log(&r, "use_job")
+    );
     ensure!(
         r.status == RunStatus::Succeeded,
         "run {:?} {:?}",
