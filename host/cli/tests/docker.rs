@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -15,7 +13,7 @@ use common::{Opts, Project, leftovers, pipeline, run};
 use sentinel_api::{FailureKind, RunStatus, StageDoc, StageStatus};
 use sentinel_engine::Signals;
 
-type Case = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+use common::Case;
 
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
@@ -1167,23 +1165,14 @@ async fn docker_suite() {
         reused_stages_share_one_warm_container,
         network_none_stages_join_namespaces_made_ready,
     ];
-    let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
-    let results =
-        futures_util::future::join_all(cases.into_iter().map(|(_, c)| tokio::spawn(c))).await;
-    let mut failures = Vec::new();
-    for (name, r) in names.iter().zip(results) {
-        match r {
-            Ok(Ok(())) => eprintln!("ok   {name}"),
-            Ok(Err(e)) => failures.push(format!("{name}: {e}")),
-            Err(e) => failures.push(format!("{name}: panicked: {e}")),
-        }
-    }
+    let count = cases.len();
+    let failures = common::run_cases(cases).await;
     let left = leftovers(None).await;
     assert!(
         failures.is_empty(),
         "{} of {} Docker cases failed:\n{}",
         failures.len(),
-        names.len(),
+        count,
         failures.join("\n")
     );
     assert!(

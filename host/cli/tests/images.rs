@@ -9,13 +9,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
 
 use common::{Opts, Project, run};
 use sentinel_api::{RunDoc, RunStatus, StageStatus};
 
-type Case = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+use common::Case;
 
 macro_rules! ensure {
     ($cond:expr, $($fmt:tt)+) => {
@@ -47,6 +45,9 @@ async fn registry_password() -> String {
     );
     password.trim().to_string()
 }
+
+/// The pipeline lines naming the registry with basic auth and its password's secret.
+const REGISTRIES: &str = "secrets: [REGISTRY_PASSWORD]\nregistries:\n  test: {host: \"127.0.0.1:5001\", username: sentinel, password: \"${secrets.REGISTRY_PASSWORD}\"}\n";
 
 /// A name no other test run uses.
 fn unique() -> String {
@@ -300,10 +301,7 @@ async fn a_wrong_password_is_unauthorised() -> Result<(), String> {
     let id = unique();
     let p = Project::new(&format!(
         r#"version: 1
-secrets: [REGISTRY_PASSWORD]
-registries:
-  test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
-stages:
+{REGISTRIES}stages:
   image:
     build: {{tags: ["{REGISTRY}/sentinel-test/denied-{id}:1"], push: true}}
 "#
@@ -355,10 +353,7 @@ async fn a_private_image_is_pulled_with_the_runs_credentials() -> Result<(), Str
     };
     let p = Project::new(&format!(
         r#"version: 1
-secrets: [REGISTRY_PASSWORD]
-registries:
-  test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
-stages:
+{REGISTRIES}stages:
   image:
     build: {{tags: ["{repo}:1"], push: true}}
 "#
@@ -387,10 +382,7 @@ stages:
     // With the run's credentials: pulled and run.
     let with = Project::new(&format!(
         r#"version: 1
-secrets: [REGISTRY_PASSWORD]
-registries:
-  test: {{host: "{REGISTRY}", username: sentinel, password: "${{secrets.REGISTRY_PASSWORD}}"}}
-stages:
+{REGISTRIES}stages:
   use: {{image: "{repo}:1", run: cat /private}}
 "#
     ));
@@ -1126,17 +1118,8 @@ async fn image_suite() {
         the_bundling_example_chains_three_images_by_digest,
         pull_failures_say_which_and_why,
     ];
-    let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
-    let results =
-        futures_util::future::join_all(cases.into_iter().map(|(_, c)| tokio::spawn(c))).await;
-    let mut failures = Vec::new();
-    for (name, r) in names.iter().zip(results) {
-        match r {
-            Ok(Ok(())) => eprintln!("ok   {name}"),
-            Ok(Err(e)) => failures.push(format!("{name}: {e}")),
-            Err(e) => failures.push(format!("{name}: panicked: {e}")),
-        }
-    }
+    let count = cases.len();
+    let mut failures = common::run_cases(cases).await;
     // Pruning removes old unpushed images of every run: after the others.
     if let Err(e) = images_prune_removes_unpushed_images_of_ended_runs().await {
         failures.push(format!(
@@ -1149,7 +1132,7 @@ async fn image_suite() {
         failures.is_empty(),
         "{} of {} image cases failed:\n{}",
         failures.len(),
-        names.len(),
+        count,
         failures.join("\n")
     );
 }

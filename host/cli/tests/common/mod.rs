@@ -182,3 +182,23 @@ impl Rng {
         self.0 % n
     }
 }
+
+/// A case of a suite run concurrently with the others.
+pub type Case = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// Runs `cases` concurrently, printing `ok   NAME` for each that passed;
+/// the failures, each as `NAME: why`.
+pub async fn run_cases(cases: Vec<(&'static str, Case)>) -> Vec<String> {
+    let names: Vec<&str> = cases.iter().map(|(n, _)| *n).collect();
+    let results =
+        futures_util::future::join_all(cases.into_iter().map(|(_, c)| tokio::spawn(c))).await;
+    let mut failures = Vec::new();
+    for (name, r) in names.iter().zip(results) {
+        match r {
+            Ok(Ok(())) => eprintln!("ok   {name}"),
+            Ok(Err(e)) => failures.push(format!("{name}: {e}")),
+            Err(e) => failures.push(format!("{name}: panicked: {e}")),
+        }
+    }
+    failures
+}
