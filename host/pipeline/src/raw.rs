@@ -216,8 +216,8 @@ pub struct RawStage {
     /// (`$SENTINEL_JOB_RESULT` says `passed` or `failed`).
     #[serde(default)]
     pub after_steps: Option<Vec<RawJobStep>>,
-    /// A job's container committed as this image (`repo:tag`) once its
-    /// steps succeeded; the image is the stage's output `image`.
+    /// The container of a job or a container stage committed as this image
+    /// (`repo:tag`) once it succeeded; the image is the stage's output `image`.
     #[serde(default)]
     pub commit: Option<String>,
     /// An image build from a Dockerfile in the workspace (instead of `run:`).
