@@ -14,9 +14,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
-use super::{
-    Body, Ctx, KIND_ENDPOINT, PipeStream, drain, error, error_line, lines, refused, rules, whose,
-};
+use super::{Body, Ctx, KIND_ENDPOINT, drain, error, error_line, refused, rules, streamed, whose};
 use crate::build::{credentials, split_ref};
 use crate::{LABEL_KIND, LABEL_RUN};
 
@@ -153,21 +151,20 @@ pub(super) async fn build(
     });
     let docker = ctx.ex.docker.clone();
     let more_tags: Vec<String> = tags.iter().skip(1).cloned().collect();
-    let out = async_build(docker, opts, creds, chunks, more_tags, spooled).await;
-    lines(out.into_iter().pipe_stream())
+    streamed(move |tx| async_build(tx, docker, opts, creds, chunks, more_tags, spooled))
 }
 
 /// Runs the build, tags the extra names, removes the spool; the progress
-/// lines to send back.
+/// lines go to `out` as they come.
 async fn async_build(
+    out: tokio::sync::mpsc::Sender<serde_json::Value>,
     docker: bollard::Docker,
     opts: BuildImageOptions,
     creds: HashMap<String, bollard::auth::DockerCredentials>,
     chunks: impl Stream<Item = Bytes> + Send + 'static,
     more_tags: Vec<String>,
     spooled: PathBuf,
-) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
+) {
     let mut id = None;
     {
         let mut s = docker.build_image(
@@ -180,17 +177,17 @@ async fn async_build(
                 Ok(info) => {
                     if let Some(i) = info.aux.as_ref().and_then(|a| a.id.clone()) {
                         id = Some(i.clone());
-                        out.push(serde_json::json!({ "aux": { "ID": i } }));
+                        let _ = out.send(serde_json::json!({ "aux": { "ID": i } })).await;
                     }
                     if let Some(s) = info.stream {
-                        out.push(serde_json::json!({ "stream": s }));
+                        let _ = out.send(serde_json::json!({ "stream": s })).await;
                     }
                     if let Some(s) = info.status {
-                        out.push(serde_json::json!({ "status": s }));
+                        let _ = out.send(serde_json::json!({ "status": s })).await;
                     }
                 }
                 Err(e) => {
-                    out.push(error_line(e));
+                    let _ = out.send(error_line(e)).await;
                     id = None;
                     break;
                 }
@@ -205,13 +202,11 @@ async fn async_build(
                 repo: Some(repo.to_string()),
                 tag: Some(tag.to_string()),
             };
-            match docker.tag_image(&id, Some(o)).await {
-                Ok(()) => {
-                    out.push(serde_json::json!({ "stream": format!("Successfully tagged {t}\n") }))
-                }
-                Err(e) => out.push(error_line(e)),
-            }
+            let line = match docker.tag_image(&id, Some(o)).await {
+                Ok(()) => serde_json::json!({ "stream": format!("Successfully tagged {t}\n") }),
+                Err(e) => error_line(e),
+            };
+            let _ = out.send(line).await;
         }
     }
-    out
 }

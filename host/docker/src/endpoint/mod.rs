@@ -138,7 +138,7 @@ pub(crate) async fn start(
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let ctx = ctx.clone();
-                        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+                        async move { Ok::<_, Infallible>(handle(ctx, req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
@@ -322,7 +322,7 @@ impl Ctx {
     }
 }
 
-async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
+async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let raw_query = req.uri().query().map(str::to_string);
@@ -369,7 +369,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
         }
         Route::Inspect(name) | Route::History(name) => {
             let history = path.ends_with("/history");
-            match whose(ctx, &name).await {
+            match whose(&ctx, &name).await {
                 None => error(StatusCode::NOT_FOUND, format!("No such image: {name}")),
                 Some((id, _)) if ctx.private_elsewhere(&id).await => {
                     refused(format!("`{name}` is a private image another run pulled"))
@@ -391,7 +391,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
                 .cloned()
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "latest".into());
-            match whose(ctx, &name).await {
+            match whose(&ctx, &name).await {
                 None => return error(StatusCode::NOT_FOUND, format!("No such image: {name}")),
                 Some((_, run)) if !ctx.owns(&run) => {
                     return refused(format!(
@@ -419,7 +419,7 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
                 .filter(|t| !t.is_empty())
                 .unwrap_or_else(|| "latest".into());
             let full_ref = format!("{name}:{tag}");
-            let id = match whose(ctx, &full_ref).await {
+            let id = match whose(&ctx, &full_ref).await {
                 None => return error(StatusCode::NOT_FOUND, format!("No such image: {full_ref}")),
                 Some((_, run)) if !ctx.owns(&run) => {
                     return refused(format!(
@@ -441,15 +441,19 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
                 tag: Some(tag),
                 ..Default::default()
             };
-            let s = ctx
-                .ex
-                .docker
-                .push_image(&name, Some(opts), creds)
-                .map(|r| match r {
-                    Ok(info) => serde_json::to_value(info).unwrap_or_default(),
-                    Err(e) => error_line(e),
-                });
-            lines(s.collect::<Vec<_>>().await.into_iter().pipe_stream())
+            let docker = ctx.ex.docker.clone();
+            streamed(move |tx| async move {
+                let mut s = docker.push_image(&name, Some(opts), creds);
+                while let Some(r) = s.next().await {
+                    let line = match r {
+                        Ok(info) => serde_json::to_value(info).unwrap_or_default(),
+                        Err(e) => error_line(e),
+                    };
+                    if tx.send(line).await.is_err() {
+                        return;
+                    }
+                }
+            })
         }
         Route::Pull => {
             let image = q.get("fromImage").cloned().unwrap_or_default();
@@ -465,25 +469,23 @@ async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
                 from_image: Some(reference.clone()),
                 ..Default::default()
             };
-            let mut out: Vec<serde_json::Value> = ctx
-                .ex
-                .docker
-                .create_image(Some(opts), None, creds)
-                .map(|r| match r {
-                    Ok(info) => serde_json::to_value(info).unwrap_or_default(),
-                    Err(e) => error_line(e),
-                })
-                .collect()
-                .await;
-            if private && let Some((id, _)) = whose(ctx, &reference).await {
-                if ctx.private_elsewhere(&id).await {
-                    out.push(serde_json::json!({"status": "pulled an image another run pulled privately"}));
+            let ctx = ctx.clone();
+            streamed(move |tx| async move {
+                let mut s = ctx.ex.docker.create_image(Some(opts), None, creds);
+                while let Some(r) = s.next().await {
+                    let line = match r {
+                        Ok(info) => serde_json::to_value(info).unwrap_or_default(),
+                        Err(e) => error_line(e),
+                    };
+                    let _ = tx.send(line).await;
                 }
-                ctx.ex.images.lock().await.pulled_privately(&id, &ctx.run);
-            }
-            lines(out.into_iter().pipe_stream())
+                // Pulled with the run's credentials: private to this run.
+                if private && let Some((id, _)) = whose(&ctx, &reference).await {
+                    ctx.ex.images.lock().await.pulled_privately(&id, &ctx.run);
+                }
+            })
         }
-        Route::Build => build::build(ctx, req, raw_query.as_deref(), &q).await,
+        Route::Build => build::build(&ctx, req, raw_query.as_deref(), &q).await,
     }
 }
 
@@ -498,10 +500,16 @@ async fn drain(mut body: Incoming) {
     }
 }
 
-/// A finished list as a stream.
-trait PipeStream: Iterator<Item = serde_json::Value> + Send + Sized + 'static {
-    fn pipe_stream(self) -> futures_util::stream::Iter<Self> {
-        futures_util::stream::iter(self)
-    }
+/// A progress stream fed as `work` goes: its lines reach the client as
+/// they come (a `docker build` or `push` in the stage shows them live).
+fn streamed<F, Fut>(work: F) -> Response<Body>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<serde_json::Value>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(work(tx));
+    lines(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|v| (v, rx))
+    }))
 }
-impl<I: Iterator<Item = serde_json::Value> + Send + 'static> PipeStream for I {}
