@@ -23,6 +23,7 @@ mod images;
 mod job;
 mod job_run;
 mod netns;
+mod process;
 mod services;
 mod shared;
 mod warm;
