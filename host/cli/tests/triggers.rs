@@ -278,7 +278,7 @@ async fn a_berlin_schedule_crosses_both_daylight_saving_changes_as_documented() 
 }
 
 const BUILD: &str = "version: 1\nbox: sentinel/busybox:local\ndefaults:\n  network: none\nstages:\n  build:\n    run: echo building\n";
-const DOCS: &str = "version: 1\nbox: sentinel/busybox:local\ndefaults:\n  network: none\nstages:\n  docs:\n    run: echo writing docs\n";
+const DOCS: &str = "version: 1\nbox: sentinel/busybox:local\nenv: {DOCS_VERSION: ~}\ndefaults:\n  network: none\nstages:\n  docs:\n    run: echo writing docs $DOCS_VERSION\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_badge() {
@@ -328,6 +328,8 @@ async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_
             "main",
             "--pipeline",
             "shop-docs",
+            "-e",
+            "DOCS_VERSION=3.2",
             "--wait",
         ])
         .args(["--server", &server.url, "--token", &server.admin])
@@ -341,6 +343,11 @@ async fn each_named_pipeline_of_a_repository_runs_by_name_with_its_own_list_and_
     let docs = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let done = c.wait_final(&docs).await;
     assert_eq!(done["run"]["pipeline"], "shop-docs", "{done}");
+    // `-e` filled the pipeline's `DOCS_VERSION: ~`.
+    let (_, log) = c
+        .text(&format!("/api/v1/runs/{docs}/stages/docs/log"))
+        .await;
+    assert!(log.contains("writing docs 3.2"), "{log}");
 
     // Each pipeline's own runs list and badge.
     let list = c.get("/api/v1/runs?pipeline=shop-docs").await;
