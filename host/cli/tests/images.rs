@@ -58,19 +58,29 @@ fn unique() -> String {
 
 /// Removes the images a run's stages built (they carry its label).
 async fn remove_images(run: &RunDoc) {
-    let out = std::process::Command::new("docker")
-        .args([
-            "images",
-            "-q",
-            "--filter",
-            &format!("label=dev.sentinel.run={}", run.id),
-        ])
-        .output()
-        .expect("docker images");
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let mut ids: Vec<String> = Vec::new();
+    // Those it built, and those it pulled privately (marked with a tag).
+    for filter in [
+        vec![
+            "--filter".to_string(),
+            format!("label=dev.sentinel.run={}", run.id),
+        ],
+        vec![format!(
+            "sentinel-private/{}",
+            run.id.as_str().to_ascii_lowercase()
+        )],
+    ] {
+        let out = std::process::Command::new("docker")
+            .args(["images", "-q"])
+            .args(&filter)
+            .output()
+            .expect("docker images");
+        ids.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string),
+        );
+    }
     if !ids.is_empty() {
         let _ = std::process::Command::new("docker")
             .args(["rmi", "-f"])
@@ -396,8 +406,28 @@ async fn a_private_image_is_pulled_with_the_runs_credentials() -> Result<(), Str
     .await;
     let pulled = r.status == RunStatus::Succeeded && with.log(&r, "use").contains("private");
     let reason = with.stage(&r, "use").await.reason;
+    // Marked private to the run that pulled it, on the engine.
+    let marked = std::process::Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "--format",
+            "{{json .RepoTags}}",
+            &format!("{repo}:1"),
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    remove_images(&r).await;
     docker(&["rmi", "-f", &format!("{repo}:1")])?;
     ensure!(pulled, "with credentials: {:?} {reason:?}", r.status);
+    ensure!(
+        marked.contains(&format!(
+            "sentinel-private/{}",
+            r.id.as_str().to_ascii_lowercase()
+        )),
+        "not marked private: {marked}"
+    );
     // Without: the stage fails saying why.
     let without = Project::new(&format!(
         "version: 1\nstages:\n  use: {{image: \"{repo}:1\", run: cat /private}}\n"
@@ -658,11 +688,12 @@ async fn the_docker_endpoint_builds_and_pushes_and_refuses_the_rest() -> Result<
         stages.push_str(&refusal(name, &script, what));
     }
     let pb = Project::new(&format!("version: 1\n{registries}stages:\n{stages}"));
+    // A new executor, as a restarted server or another project's run has:
+    // the private mark lives on the engine, not in the process that pulled.
     let rb = run(
         &pb,
         Opts {
             secrets,
-            docker: Some(ex.clone()),
             ..Default::default()
         },
     )

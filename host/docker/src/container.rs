@@ -177,8 +177,10 @@ pub(crate) async fn image_id(
             .map(|i| i.id.unwrap_or_default())
             .inspect(|id| {
                 if private {
-                    let (images, id, run) = (ex.images.clone(), id.clone(), run.clone());
-                    tokio::spawn(async move { images.lock().await.pulled_privately(&id, &run) });
+                    let (docker, id, run) = (ex.docker.clone(), id.clone(), run.clone());
+                    tokio::spawn(async move {
+                        crate::endpoint::mark_private(&docker, &id, &run).await;
+                    });
                 }
             })
             .map_err(|e| {

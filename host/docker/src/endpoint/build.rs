@@ -95,8 +95,8 @@ pub(super) async fn build(
         .flatten();
     if let Some(text) = &dockerfile {
         for base in rules::from_images(text, &args) {
-            if let Some((id, _)) = whose(ctx, &base).await
-                && ctx.private_elsewhere(&id).await
+            if let Some(who) = whose(ctx, &base).await
+                && ctx.private_elsewhere(&who)
             {
                 let _ = tokio::fs::remove_file(&spooled).await;
                 return refused(format!(

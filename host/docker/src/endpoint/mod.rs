@@ -45,20 +45,30 @@ pub const DOCKER_HOST: &str = "unix:///run/sentinel/docker/docker.sock";
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// Images private to a run (pulled with its credentials), and what each
-/// run pushed through its endpoints.
+/// What each run pushed through its endpoints.
 #[derive(Debug, Default)]
 pub(crate) struct Images {
-    /// Image id → the run that pulled it with credentials.
-    private: HashMap<String, RunId>,
     /// Image ids a run pushed (kept when the run ends).
     pushed: HashMap<RunId, HashSet<String>>,
 }
 
-impl Images {
-    /// Records that `run` pulled image `id` with credentials.
-    pub(crate) fn pulled_privately(&mut self, id: &str, run: &RunId) {
-        self.private.insert(id.to_string(), run.clone());
+/// The repository of the tags marking an image private to a run:
+/// `sentinel-private/<run>:<id>`. A tag lives on the engine, so every
+/// Sentinel process using it (a restarted server, another project's run)
+/// sees the mark, and it goes when the image goes.
+pub const PRIVATE_REPO: &str = "sentinel-private";
+
+/// Marks image `id` private to `run` (pulled with its credentials).
+pub(crate) async fn mark_private(docker: &bollard::Docker, id: &str, run: &RunId) {
+    let opts = TagImageOptions {
+        repo: Some(format!(
+            "{PRIVATE_REPO}/{}",
+            run.as_str().to_ascii_lowercase()
+        )),
+        tag: Some(id.trim_start_matches("sha256:").chars().take(12).collect()),
+    };
+    if let Err(e) = docker.tag_image(id, Some(opts)).await {
+        tracing::warn!("cannot mark image {id} private to run {run}: {e}");
     }
 }
 
@@ -285,14 +295,33 @@ fn error_line(e: bollard::errors::Error) -> serde_json::Value {
     serde_json::json!({ "errorDetail": { "message": msg }, "error": msg })
 }
 
-/// Who an image is: its id and the run its labels name.
-async fn whose(ctx: &Ctx, name: &str) -> Option<(String, Option<String>)> {
+/// Who an image is: its id, the run its labels name, and the runs it is
+/// private to (its `sentinel-private/<run>` tags).
+pub(crate) struct Who {
+    pub id: String,
+    pub run: Option<String>,
+    pub private_to: Vec<String>,
+}
+
+async fn whose(ctx: &Ctx, name: &str) -> Option<Who> {
     let i = ctx.ex.docker.inspect_image(name).await.ok()?;
     let run = i
         .config
         .and_then(|c| c.labels)
         .and_then(|l| l.get(LABEL_RUN).cloned());
-    Some((i.id.unwrap_or_default(), run))
+    let prefix = format!("{PRIVATE_REPO}/");
+    let private_to = i
+        .repo_tags
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| t.strip_prefix(&prefix))
+        .filter_map(|t| t.split(':').next().map(str::to_string))
+        .collect();
+    Some(Who {
+        id: i.id.unwrap_or_default(),
+        run,
+        private_to,
+    })
 }
 
 impl Ctx {
@@ -300,21 +329,17 @@ impl Ctx {
         run_label.as_deref() == Some(self.run.as_str())
     }
 
-    /// True when `id` is a private image of another run.
-    async fn private_elsewhere(&self, id: &str) -> bool {
-        self.ex
-            .images
-            .lock()
-            .await
-            .private
-            .get(id)
-            .is_some_and(|r| r != &self.run)
+    /// True when runs pulled the image with their credentials and this
+    /// run is not one of them.
+    fn private_elsewhere(&self, who: &Who) -> bool {
+        let ours = self.run.as_str().to_ascii_lowercase();
+        !who.private_to.is_empty() && !who.private_to.contains(&ours)
     }
 
     /// Why a tag may not be set to name an image of this run, if it may not.
     async fn tag_problem(&self, target: &str) -> Option<String> {
         match whose(self, target).await {
-            Some((_, run)) if !self.owns(&run) => Some(format!(
+            Some(who) if !self.owns(&who.run) => Some(format!(
                 "the name `{target}` belongs to an image this run does not own; a build or tag here would move it"
             )),
             _ => None,
@@ -371,7 +396,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
             let history = path.ends_with("/history");
             match whose(&ctx, &name).await {
                 None => error(StatusCode::NOT_FOUND, format!("No such image: {name}")),
-                Some((id, _)) if ctx.private_elsewhere(&id).await => {
+                Some(who) if ctx.private_elsewhere(&who) => {
                     refused(format!("`{name}` is a private image another run pulled"))
                 }
                 Some(_) if history => match ctx.ex.docker.image_history(&name).await {
@@ -393,7 +418,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
                 .unwrap_or_else(|| "latest".into());
             match whose(&ctx, &name).await {
                 None => return error(StatusCode::NOT_FOUND, format!("No such image: {name}")),
-                Some((_, run)) if !ctx.owns(&run) => {
+                Some(who) if !ctx.owns(&who.run) => {
                     return refused(format!(
                         "tagging `{name}`: only this run's images may be tagged here"
                     ));
@@ -421,12 +446,12 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
             let full_ref = format!("{name}:{tag}");
             let id = match whose(&ctx, &full_ref).await {
                 None => return error(StatusCode::NOT_FOUND, format!("No such image: {full_ref}")),
-                Some((_, run)) if !ctx.owns(&run) => {
+                Some(who) if !ctx.owns(&who.run) => {
                     return refused(format!(
                         "pushing `{full_ref}`: only this run's images may be pushed here"
                     ));
                 }
-                Some((id, _)) => id,
+                Some(who) => who.id,
             };
             ctx.ex
                 .images
@@ -480,8 +505,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
                     let _ = tx.send(line).await;
                 }
                 // Pulled with the run's credentials: private to this run.
-                if private && let Some((id, _)) = whose(&ctx, &reference).await {
-                    ctx.ex.images.lock().await.pulled_privately(&id, &ctx.run);
+                if private && let Some(who) = whose(&ctx, &reference).await {
+                    mark_private(&ctx.ex.docker, &who.id, &ctx.run).await;
                 }
             })
         }
