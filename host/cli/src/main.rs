@@ -7,6 +7,7 @@ mod admin;
 mod context;
 mod deployments;
 mod images;
+mod init;
 mod outbox;
 mod pipeline;
 mod progress;
@@ -120,6 +121,15 @@ enum Command {
     Reject(deployments::AnswerArgs),
     /// A server's schedules, with their next firings.
     Schedules(schedules::SchedulesArgs),
+    /// Write a commented starter `sentinel.yml` (or convert the project's
+    /// file of another dialect into one).
+    Init {
+        /// Replace an existing `sentinel.yml`.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the completion script of a shell (`bash`, `zsh`, `fish`, …).
+    Completions { shell: clap_complete::Shell },
     /// The images runs made on this Docker engine, and pruning them.
     Images {
         #[command(subcommand)]
@@ -187,6 +197,8 @@ fn main() -> ExitCode {
             Command::Schedules(args) => schedules::schedules(&cli.paths, args).await,
             Command::Web { cmd } => web::web(&cli.paths, cmd).await,
             Command::Images { cmd } => images::images(&cli.paths, cmd).await,
+            Command::Init { force } => init::init(&cli.paths, force),
+            Command::Completions { shell } => init::completions(shell),
             Command::Serve(_) => unreachable!("handled above"),
         }
     });

@@ -127,28 +127,26 @@ fn report(e: LoadError) -> ExitCode {
 pub fn convert(paths: &Paths, args: &FileArgs) -> anyhow::Result<ExitCode> {
     let chosen = args.choose(paths)?;
     say_chosen(&chosen);
-    let (src, file) = match sentinel_pipeline::read_file(&chosen.file) {
-        Ok(x) => x,
-        Err(e) => return Ok(report(e)),
-    };
-    let dialect = Dialect::from_file_name(&chosen.file);
-    let draft =
-        match sentinel_pipeline::dialect::read_selected(&src, &file, dialect, &args.select()) {
-            Ok(d) => d,
-            Err(d) => return Ok(report(LoadError::Invalid(d))),
-        };
-    let base = chosen
-        .file
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    if let Err(d) =
-        sentinel_pipeline::plan_draft(&draft, &file, "pipeline", &context::step_catalog(), &base)
-    {
-        return Ok(report(LoadError::Invalid(d)));
+    match converted(&chosen.file, &args.select()) {
+        Ok(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => Ok(code),
     }
-    print!("{}", sentinel_pipeline::convert::to_native(&draft, &file));
-    Ok(ExitCode::SUCCESS)
+}
+
+/// `file` (of any dialect) as a native `sentinel.yml`, once it is valid;
+/// the errors reported and the exit code otherwise.
+pub fn converted(file: &Path, select: &Select) -> Result<String, ExitCode> {
+    let (src, name) = sentinel_pipeline::read_file(file).map_err(report)?;
+    let dialect = Dialect::from_file_name(file);
+    let draft = sentinel_pipeline::dialect::read_selected(&src, &name, dialect, select)
+        .map_err(|d| report(LoadError::Invalid(d)))?;
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    sentinel_pipeline::plan_draft(&draft, &name, "pipeline", &context::step_catalog(), &base)
+        .map_err(|d| report(LoadError::Invalid(d)))?;
+    Ok(sentinel_pipeline::convert::to_native(&draft, &name))
 }
 
 /// `NAME=value` of a `-e` flag.

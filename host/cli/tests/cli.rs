@@ -530,3 +530,59 @@ fn env_flags_fill_the_pipelines_host_entries_and_nothing_else() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn init_writes_a_starter_or_converts_and_completions_print() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sentinel(dir.path(), &["init"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(dir.path().join("sentinel.yml")).unwrap();
+    assert!(text.starts_with("# sentinel.yml"), "{text}");
+    let out = sentinel(dir.path(), &["validate"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the starter is valid: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Never over a file, unless asked.
+    let out = sentinel(dir.path(), &["init"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    // A project of another dialect: converted.
+    let cion = tempfile::tempdir().unwrap();
+    std::fs::write(
+        cion.path().join(".cion.yml"),
+        "build:\n  - image: team/builder:1\n",
+    )
+    .unwrap();
+    let out = sentinel(cion.path(), &["init"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(cion.path().join("sentinel.yml")).unwrap();
+    assert!(
+        text.contains("cion dialect") && text.contains("image_command: true"),
+        "{text}"
+    );
+    let out = sentinel(cion.path(), &["validate"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Completion scripts.
+    let out = sentinel(dir.path(), &["completions", "bash"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && script.contains("_sentinel") && script.contains("images"),
+        "{script}"
+    );
+}
