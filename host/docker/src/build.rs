@@ -99,13 +99,7 @@ impl Drop for ChannelWriter {
 
 /// Sends a line of Sentinel's own to the stage log.
 async fn say(job: &StageJob, line: String) {
-    let _ = job
-        .log
-        .send(Chunk {
-            stream: Stream::Stdout,
-            bytes: format!("{line}\n").into_bytes(),
-        })
-        .await;
+    log(job, format!("{line}\n").into_bytes()).await;
 }
 
 /// Runs a build stage.
@@ -167,14 +161,7 @@ fn context_dir(job: &StageJob, b: &BuildWork) -> Result<std::path::PathBuf, Outc
 
 async fn build(ex: &DockerExecutor, job: &StageJob, b: &BuildWork) -> Result<StageReport, Outcome> {
     let dir = context_dir(job, b)?;
-    // The stage has started: the idle clock runs from here.
-    let _ = job
-        .log
-        .send(Chunk {
-            stream: Stream::Stdout,
-            bytes: Vec::new(),
-        })
-        .await;
+    crate::process::say_started(&job.log).await;
     let first = b
         .tags
         .first()

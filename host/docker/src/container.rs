@@ -168,26 +168,24 @@ pub(crate) async fn image_id(
     let pulled = tokio::time::timeout(Duration::from_secs(120), pull)
         .await
         .unwrap_or_else(|_| Err("the pull timed out after 120 s".into()));
-    let private = creds_used;
     match pulled {
-        Ok(()) => ex
-            .docker
-            .inspect_image(image)
-            .await
-            .map(|i| i.id.unwrap_or_default())
-            .inspect(|id| {
-                if private {
-                    let (docker, id, run) = (ex.docker.clone(), id.clone(), run.clone());
-                    tokio::spawn(async move {
-                        crate::endpoint::mark_private(&docker, &id, &run).await;
-                    });
-                }
-            })
-            .map_err(|e| {
-                fail(format!(
-                    "image `{image}` was pulled but cannot be inspected: {e}"
-                ))
-            }),
+        Ok(()) => {
+            let id = ex
+                .docker
+                .inspect_image(image)
+                .await
+                .map(|i| i.id.unwrap_or_default())
+                .map_err(|e| {
+                    fail(format!(
+                        "image `{image}` was pulled but cannot be inspected: {e}"
+                    ))
+                })?;
+            // Pulled with the run's credentials: marked before the stage runs.
+            if creds_used {
+                crate::endpoint::mark_private(&ex.docker, &id, run).await;
+            }
+            Ok(id)
+        }
         Err(e) if sentinel_engine::exec::image_host(image).is_some() => Err(fail(format!(
             "image `{image}` is not present on the Docker host: {}",
             crate::build::registry_error("pull", image, &e)

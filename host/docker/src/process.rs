@@ -166,14 +166,8 @@ pub(crate) async fn run_created(
         oom.abort();
         return Outcome::StartFailed(e);
     }
-    // An empty chunk says the process started: an idle limit counts from here.
     if let Some(log) = started {
-        let _ = log
-            .send(Chunk {
-                stream: Stream::Stdout,
-                bytes: Vec::new(),
-            })
-            .await;
+        say_started(&log).await;
     }
     let mut wait = ex.docker.wait_container(id, None);
     let stopped = tokio::select! {
@@ -281,3 +275,14 @@ async fn exit_outcome(
 
 /// How long a SIGKILLed container's `oom` event is awaited after its exit.
 const OOM_EVENT_GRACE: Duration = Duration::from_secs(2);
+
+/// Tells the engine the stage's process started (an empty chunk): an idle
+/// limit counts from here.
+pub(crate) async fn say_started(log: &tokio::sync::mpsc::Sender<Chunk>) {
+    let _ = log
+        .send(Chunk {
+            stream: Stream::Stdout,
+            bytes: Vec::new(),
+        })
+        .await;
+}

@@ -391,13 +391,7 @@ pub(crate) async fn run(
         return failed(format!("cannot reach the shared container: {e}"));
     }
     if job.limits.idle_timeout.is_some() {
-        let _ = job
-            .log
-            .send(Chunk {
-                stream: Stream::Stdout,
-                bytes: Vec::new(),
-            })
-            .await;
+        crate::process::say_started(&job.log).await;
     }
     let mut rx = rx;
     let ended = tokio::select! {

@@ -131,25 +131,21 @@ pub fn registry_auth(
 ) -> Result<Vec<crate::exec::RegistryAuth>, String> {
     let empty = BTreeMap::new();
     let inputs = start_inputs(req, run_id, &empty);
-    let mut list: Vec<crate::exec::RegistryAuth> = req
-        .plan
-        .registries
-        .iter()
-        .filter_map(|r| {
-            let render = |t: &sentinel_pipeline::Template| {
-                t.render(|x| resolve(&inputs, x))
-                    .map_err(|e| format!("registry `{}`: {e}", r.name))
-            };
-            let (u, p) = (r.username.as_ref()?, r.password.as_ref()?);
-            Some((|| {
-                Ok(crate::exec::RegistryAuth {
-                    host: r.host.clone(),
-                    username: render(u)?,
-                    password: render(p)?,
-                })
-            })())
-        })
-        .collect::<Result<_, String>>()?;
+    let mut list = Vec::new();
+    for r in &req.plan.registries {
+        let (Some(u), Some(p)) = (&r.username, &r.password) else {
+            continue;
+        };
+        let render = |t: &sentinel_pipeline::Template| {
+            t.render(|x| resolve(&inputs, x))
+                .map_err(|e| format!("registry `{}`: {e}", r.name))
+        };
+        list.push(crate::exec::RegistryAuth {
+            host: r.host.clone(),
+            username: render(u)?,
+            password: render(p)?,
+        });
+    }
     // The machine's credentials serve the hosts the pipeline does not name.
     for m in &req.registries {
         if !list.iter().any(|r| r.host == m.host) {
