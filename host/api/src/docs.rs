@@ -89,6 +89,35 @@ pub struct JobStepDoc {
     pub reason: Option<String>,
 }
 
+/// One attempt of a retried stage (`retry:`), in its stage document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptDoc {
+    /// 1 for the first.
+    pub attempt: u32,
+    pub status: StageStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Key of this attempt's log, relative to the run's folder (the last
+    /// attempt's is the stage's own `log`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    #[serde(default)]
+    pub log_bytes: u64,
+    /// How long it waited before this attempt (its backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waited_ms: Option<u64>,
+}
+
 /// One stage as listed in `run.json`: enough to draw the DAG.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunStageEntry {
@@ -268,6 +297,10 @@ pub struct StageDoc {
     /// it, when. Older readers ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::GateDoc>,
+    /// Every attempt of a stage that was retried (`retry:`), the last one
+    /// included; empty when it ran once. Older readers ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptDoc>,
 }
 
 /// How a stage's cache was found at its start.

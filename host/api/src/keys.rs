@@ -38,6 +38,21 @@ pub fn stage_log(run: &RunId, stage: &StageName) -> String {
     format!("run/{run}/{stage}.log")
 }
 
+/// A stage's log file name, relative to its run's folder: `<stage>.log`,
+/// or `<stage>.attempt-<n>.log` for an earlier attempt of a retried stage.
+pub fn log_name(stage: &StageName, attempt: Option<u32>) -> String {
+    match attempt {
+        None => format!("{stage}.log"),
+        Some(n) => format!("{stage}.attempt-{n}.log"),
+    }
+}
+
+/// `run/<runId>/<stage>.log`, or an earlier attempt's
+/// `run/<runId>/<stage>.attempt-<n>.log`.
+pub fn attempt_log(run: &RunId, stage: &StageName, attempt: Option<u32>) -> String {
+    format!("run/{run}/{}", log_name(stage, attempt))
+}
+
 /// `run/<runId>/<stage>.zip`.
 pub fn stage_artifacts(run: &RunId, stage: &StageName) -> String {
     format!("run/{run}/{stage}.zip")

@@ -15,8 +15,9 @@ pub use deploy::{
     Approval, DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, DeploymentsDoc, GateDoc,
 };
 pub use docs::{
-    CacheDoc, CacheResult, GitContext, IndexPage, JobStepDoc, PullRequestDoc, ResolvedInputs,
-    RunDoc, RunStageEntry, RunSummary, SCHEMA_VERSION, StageDoc, StageKind, Trigger, TriggerKind,
+    AttemptDoc, CacheDoc, CacheResult, GitContext, IndexPage, JobStepDoc, PullRequestDoc,
+    ResolvedInputs, RunDoc, RunStageEntry, RunSummary, SCHEMA_VERSION, StageDoc, StageKind,
+    Trigger, TriggerKind,
 };
 pub use ids::{IdError, RunId, StageName};
 pub use index::{SchemaError, decode};

@@ -1133,6 +1133,90 @@ async fn the_cache_carries_files_between_runs() -> Result<(), String> {
     Ok(())
 }
 
+/// `retry:` on a real engine: a script failing with a listed exit code
+/// twice succeeds on its third attempt, each attempt's log and exit code
+/// kept; an image that cannot be pulled (the infrastructure) is attempted
+/// again; an exit code not listed is not.
+async fn retries_keep_each_attempt() -> Result<(), String> {
+    let p = Project::new(&pipeline(concat!(
+        "  flaky:\n",
+        "    run: |\n",
+        "      n=$(cat .tries 2>/dev/null || echo 0); n=$((n+1)); echo $n > .tries\n",
+        "      echo \"attempt $n\"\n",
+        "      echo \"tries=$n\" >> $SENTINEL_OUTPUT\n",
+        "      [ $n -ge 3 ] || exit 75\n",
+        "    retry: {attempts: 4, on: [75], backoff: 200ms}\n",
+        "  unpulled:\n",
+        "    image: sentinel/not-built:local\n",
+        "    run: 'true'\n",
+        "    retry: {attempts: 2, backoff: 0s}\n",
+        "  unlisted:\n",
+        "    run: 'echo once; exit 4'\n",
+        "    retry: {attempts: 3, on: [75, timeout], backoff: 0s}\n",
+    )));
+    let r = run(&p, Opts::default()).await;
+    ensure!(r.status == RunStatus::Failed, "run {:?}", r.status);
+    let flaky = p.stage(&r, "flaky").await;
+    ensure!(
+        flaky.status == StageStatus::Succeeded
+            && flaky.outputs.get("tries").map(String::as_str) == Some("3"),
+        "flaky: {:?} {:?} {:?}",
+        flaky.status,
+        flaky.reason,
+        flaky.outputs
+    );
+    let codes: Vec<_> = flaky.attempts.iter().map(|a| a.exit_code).collect();
+    ensure!(
+        codes == [Some(75), Some(75), Some(0)],
+        "flaky's attempts: {:?}",
+        flaky.attempts
+    );
+    for a in &flaky.attempts {
+        let key = a
+            .log
+            .clone()
+            .ok_or(format!("attempt {} names no log", a.attempt))?;
+        let log = std::fs::read_to_string(p.results.join(format!("run/{}/{key}", r.id)))
+            .map_err(|e| format!("attempt {}'s log {key}: {e}", a.attempt))?;
+        ensure!(
+            log.contains(&format!("attempt {}\n", a.attempt)),
+            "attempt {}'s log {key}: {log:?}",
+            a.attempt
+        );
+    }
+    ensure!(
+        flaky.attempts[1].waited_ms == Some(200) && flaky.attempts[2].waited_ms == Some(400),
+        "waits {:?}",
+        flaky
+            .attempts
+            .iter()
+            .map(|a| a.waited_ms)
+            .collect::<Vec<_>>()
+    );
+    ensure!(
+        flaky.log.as_deref() == Some("flaky.log") && p.log(&r, "flaky").contains("attempt 3"),
+        "flaky's own log is the last attempt's: {:?}",
+        p.log(&r, "flaky")
+    );
+    let unpulled = p.stage(&r, "unpulled").await;
+    let kinds: Vec<_> = unpulled.attempts.iter().map(|a| a.failure).collect();
+    ensure!(
+        unpulled.status == StageStatus::Failed
+            && kinds == [Some(FailureKind::StartError), Some(FailureKind::StartError)],
+        "unpulled: {:?} {:?}",
+        unpulled.status,
+        unpulled.attempts
+    );
+    let unlisted = p.stage(&r, "unlisted").await;
+    ensure!(
+        unlisted.exit_code == Some(4) && unlisted.attempts.is_empty(),
+        "unlisted is not attempted again: {:?} {:?}",
+        unlisted.exit_code,
+        unlisted.attempts
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn docker_suite() {
     common::docker().await;
@@ -1164,6 +1248,7 @@ async fn docker_suite() {
         a_stage_is_made_ready_while_its_dependencies_run,
         reused_stages_share_one_warm_container,
         network_none_stages_join_namespaces_made_ready,
+        retries_keep_each_attempt,
     ];
     let count = cases.len();
     let failures = common::run_cases(cases).await;

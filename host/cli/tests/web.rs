@@ -48,6 +48,11 @@ stages:
   publish:
     after: [check]
     run: echo published
+  flaky:
+    run: |
+      test -e .tried || { touch .tried; echo "first try"; exit 75; }
+      echo "second try"
+    retry: {attempts: 2, on: [75], backoff: 0s}
 "#;
 
 const SECRET: &str = "web-secret-value-4711";
@@ -210,6 +215,37 @@ async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
         "the other stays open"
     );
     b.screenshot("web-static-job-steps").await;
+
+    // A retried stage lists its attempts, each with its exit code and log.
+    b.click("nav.crumbs a:nth-of-type(2)").await;
+    b.click(r#".node[data-stage="flaky"]"#).await;
+    let attempts = b
+        .wait_text(
+            "table.attempts",
+            |t| t.contains("#2"),
+            "the attempts are listed",
+        )
+        .await;
+    assert!(
+        attempts.contains("#1")
+            && attempts.contains("exit code 75")
+            && attempts.contains("exit code 0"),
+        "{attempts}"
+    );
+    let first_log = b.attr("table.attempts a.attempt-log", "href").await;
+    assert!(
+        first_log
+            .as_deref()
+            .is_some_and(|h| h.ends_with("/flaky.attempt-1.log")),
+        "the first attempt links its own log: {first_log:?}"
+    );
+    b.wait_text(
+        ".log",
+        |t| t.contains("second try"),
+        "the stage's log is the last attempt's",
+    )
+    .await;
+    b.screenshot("web-static-attempts").await;
 
     // A missing results prefix: an error naming the URL.
     let missing = sentinel_testkit::website_url(

@@ -319,13 +319,7 @@ pub(crate) async fn create(
         }),
         ..Default::default()
     };
-    let options = || {
-        Some(CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
-        })
-    };
-    let mut created = ex.docker.create_container(options(), body.clone()).await;
+    let mut created = create_named(ex, &name, body.clone()).await;
     if let Some(h) = holder {
         match &created {
             Ok(c) => ex.netns.lend(&c.id, h).await,
@@ -337,7 +331,7 @@ pub(crate) async fn create(
                 if let Some(hc) = body.host_config.as_mut() {
                     hc.network_mode = Some(network_mode(None, job.limits.network));
                 }
-                created = ex.docker.create_container(options(), body).await;
+                created = create_named(ex, &name, body).await;
             }
         }
     }
@@ -352,6 +346,36 @@ pub(crate) async fn create(
         Err(e) => {
             remove_secrets(secrets);
             Err(failed(format!("cannot create the container: {e}")))
+        }
+    }
+}
+
+/// Creates a container named `name`, or `name-2`, `name-3`… while the name
+/// is taken: an earlier attempt's container of the stage (`retry:`) may
+/// still be being removed, off the critical path.
+async fn create_named(
+    ex: &DockerExecutor,
+    name: &str,
+    body: ContainerCreateBody,
+) -> Result<bollard::models::ContainerCreateResponse, bollard::errors::Error> {
+    let mut n = 1;
+    loop {
+        let options = CreateContainerOptions {
+            name: Some(match n {
+                1 => name.to_string(),
+                n => format!("{name}-{n}"),
+            }),
+            ..Default::default()
+        };
+        match ex
+            .docker
+            .create_container(Some(options), body.clone())
+            .await
+        {
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) if n < 20 => n += 1,
+            other => return other,
         }
     }
 }

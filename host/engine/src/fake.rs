@@ -9,7 +9,10 @@
 //! `artifact NAME TEXT`, `write PATH TEXT` (a file of the workspace),
 //! `cat PATH` (prints a file of the workspace), `flood BYTES` (prints that
 //! many bytes), `rmlog` (removes the stage's live log file, as a full or
-//! failing disk would lose it). It works on the real
+//! failing disk would lose it), `first N COMMAND` (runs COMMAND the first
+//! N times the stage reaches this line — for retries; the count lives in
+//! the workspace), `lost MESSAGE` (the executor lost the stage: an
+//! executor error). It works on the real
 //! [`LocalWorkspace`]: `out/` files, captures and private folders are the
 //! engine's own.
 
@@ -162,8 +165,21 @@ async fn interpret(
         }
     };
     let in_ws = |p: &str| -> PathBuf { workspace.join(p) };
-    for line in script.lines() {
-        let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+    for (n, line) in script.lines().enumerate() {
+        let (mut cmd, mut arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        if cmd == "first" {
+            let (times, rest) = arg.split_once(' ').unwrap_or((arg, ""));
+            let counter = in_ws(&format!(".first-{}-{n}", job.stage));
+            let seen: u32 = std::fs::read_to_string(&counter)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(0);
+            let _ = std::fs::write(&counter, (seen + 1).to_string());
+            if seen >= times.parse().unwrap_or(0) {
+                continue;
+            }
+            (cmd, arg) = rest.split_once(' ').unwrap_or((rest, ""));
+        }
         match cmd {
             "" => {}
             "echo" => send(Stream::Stdout, format!("{arg}\n")).await,
@@ -192,6 +208,7 @@ async fn interpret(
             }
             "oom" => return Outcome::OomKilled,
             "fail-start" => return Outcome::StartFailed(arg.to_string()),
+            "lost" => return Outcome::Error(arg.to_string()),
             "output" => {
                 let path = private.join("output");
                 let mut text = std::fs::read_to_string(&path).unwrap_or_default();
@@ -432,6 +449,7 @@ impl ResultsSink for MemSink {
         &self,
         run: &RunId,
         stage: &StageName,
+        attempt: Option<u32>,
         log: &crate::log::LogBody,
     ) -> Result<String, StorageError> {
         let bytes = match log {
@@ -440,9 +458,8 @@ impl ResultsSink for MemSink {
             }
             crate::log::LogBody::Memory(b) => b.clone(),
         };
-        let key = keys::stage_log(run, stage);
-        self.put(key.clone(), bytes)?;
-        Ok(format!("{stage}.log"))
+        self.put(keys::attempt_log(run, stage, attempt), bytes)?;
+        Ok(keys::log_name(stage, attempt))
     }
     async fn put_artifacts(
         &self,

@@ -199,8 +199,13 @@ impl OutboxSink {
 
 async fn send(inner: &dyn ResultsSink, item: &Pending) -> Result<(), StorageError> {
     match item {
-        Pending::Log { run, stage, file } => inner
-            .put_log(run, stage, &LogBody::File(file.clone()))
+        Pending::Log {
+            run,
+            stage,
+            attempt,
+            file,
+        } => inner
+            .put_log(run, stage, *attempt, &LogBody::File(file.clone()))
             .await
             .map(drop),
         Pending::Artifacts { run, stage, dir } => {
@@ -259,7 +264,12 @@ impl OutboxSink {
     async fn spool_files(&self, item: Pending) -> Result<Pending, StorageError> {
         let target = self.spool_dir();
         Ok(match item {
-            Pending::Log { run, stage, file } => {
+            Pending::Log {
+                run,
+                stage,
+                attempt,
+                file,
+            } => {
                 let to = target.join("log");
                 tokio::task::spawn_blocking(move || {
                     std::fs::create_dir_all(&target)?;
@@ -267,7 +277,12 @@ impl OutboxSink {
                 })
                 .await
                 .map_err(|e| err("spool a log", e))?
-                .map(|file| Pending::Log { run, stage, file })
+                .map(|file| Pending::Log {
+                    run,
+                    stage,
+                    attempt,
+                    file,
+                })
                 .map_err(|e| StorageError::io("spool a log", e))?
             }
             Pending::Artifacts {
@@ -313,6 +328,7 @@ impl ResultsSink for OutboxSink {
         &self,
         run: &RunId,
         stage: &StageName,
+        attempt: Option<u32>,
         log: &LogBody,
     ) -> Result<String, StorageError> {
         let turn = self.turn.lock().await;
@@ -320,7 +336,7 @@ impl ResultsSink for OutboxSink {
             && self.outbox.is_empty()
             && !turn.parked_runs.contains(run)
         {
-            match inner.put_log(run, stage, log).await {
+            match inner.put_log(run, stage, attempt, log).await {
                 Ok(key) => return Ok(key),
                 Err(e) => self.note_failure(&e),
             }
@@ -345,6 +361,7 @@ impl ResultsSink for OutboxSink {
         let item = Pending::Log {
             run: run.clone(),
             stage: stage.clone(),
+            attempt,
             file,
         };
         let item = match log {

@@ -84,11 +84,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// then its document, then `run.json`, then the index.
 #[async_trait]
 pub trait ResultsSink: Send + Sync + std::fmt::Debug {
-    /// Publishes a stage's log (from its file or from memory); returns its key.
+    /// Publishes a stage's log (from its file or from memory), or an
+    /// earlier attempt's (`attempt`, see `keys::log_name`); returns its key.
     async fn put_log(
         &self,
         run: &RunId,
         stage: &StageName,
+        attempt: Option<u32>,
         log: &LogBody,
     ) -> Result<String, StorageError>;
     /// Zips and publishes a folder of artifacts; returns the key, or `None`
@@ -156,6 +158,9 @@ pub enum Pending {
     Log {
         run: RunId,
         stage: StageName,
+        /// An earlier attempt's log (`None`: the stage's own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
         file: PathBuf,
     },
     Artifacts {

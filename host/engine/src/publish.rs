@@ -23,7 +23,7 @@ use crate::ports::ResultsSink;
 use crate::run::{Progress, ProgressFn};
 
 enum Job {
-    Log(RunId, StageName, LogBody, Arc<SecretSet>),
+    Log(RunId, StageName, Option<u32>, LogBody, Arc<SecretSet>),
     Artifacts(RunId, StageName, PathBuf),
     Stage(Box<StageDoc>),
     Run(Box<RunDoc>, Arc<SecretSet>),
@@ -47,11 +47,19 @@ impl Publisher {
         Self { tx }
     }
 
-    /// Publishes a stage's log (swept for secrets once more first).
-    pub fn log(&self, run: &RunId, stage: &StageName, log: LogBody, secrets: Arc<SecretSet>) {
+    /// Publishes a stage's log, or an earlier attempt's (swept for secrets
+    /// once more first).
+    pub fn log(
+        &self,
+        run: &RunId,
+        stage: &StageName,
+        attempt: Option<u32>,
+        log: LogBody,
+        secrets: Arc<SecretSet>,
+    ) {
         let _ = self
             .tx
-            .send(Job::Log(run.clone(), stage.clone(), log, secrets));
+            .send(Job::Log(run.clone(), stage.clone(), attempt, log, secrets));
     }
 
     /// Zips and publishes a stage's artifacts folder.
@@ -136,7 +144,7 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
             last_run_write = Instant::now();
         }
         match job {
-            Job::Log(run, stage, log, secrets) => {
+            Job::Log(run, stage, attempt, log, secrets) => {
                 // Swept once more with the secrets known now (a sensitive
                 // stage may have finished since the stage checked its log).
                 let clean = secrets.is_empty()
@@ -157,7 +165,7 @@ async fn run(sink: Arc<dyn ResultsSink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                         "refusing to publish the log of `{}`: it still holds a secret",
                         stage
                     );
-                } else if let Err(e) = sink.put_log(&run, &stage, &log).await {
+                } else if let Err(e) = sink.put_log(&run, &stage, attempt, &log).await {
                     tracing::warn!("cannot publish the log of `{}`: {e}", stage);
                 }
             }

@@ -119,7 +119,7 @@ async fn interrupt(engine: &Engine, id: &RunId, why: &str) -> Result<bool, Stora
             if log.is_file() {
                 match engine
                     .sink
-                    .put_log(id, &stage.name, &LogBody::File(log))
+                    .put_log(id, &stage.name, None, &LogBody::File(log))
                     .await
                 {
                     Ok(key) => stage.log = Some(key),

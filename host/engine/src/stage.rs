@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use sentinel_api::{FailureKind, StageName, StageStatus};
+use sentinel_pipeline::retry::AttemptFailure;
 use sentinel_pipeline::{Action, StagePlan};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -74,6 +75,11 @@ pub struct StageResult {
     pub steps: Vec<sentinel_api::JobStepDoc>,
     /// What its cache did.
     pub cache: Option<sentinel_api::CacheDoc>,
+    /// Every attempt of a retried stage, the last (this result) included,
+    /// whose log is the stage's own; empty when it ran once.
+    pub attempts: Vec<crate::retry::Attempt>,
+    /// How long it waited before this attempt, when it was retried.
+    pub waited: Option<std::time::Duration>,
 }
 
 impl StageResult {
@@ -104,6 +110,8 @@ impl StageResult {
             warnings: Vec::new(),
             steps: Vec::new(),
             cache: None,
+            attempts: Vec::new(),
+            waited: None,
         }
     }
 }
@@ -140,14 +148,31 @@ fn work(s: &StageRun) -> Work {
     }
 }
 
-/// Runs a stage to its end. `stop` is the run's cancel signal for this
-/// stage; the stage's own timeout is enforced here.
+/// Runs a stage to its end, attempting it again as its `retry:` says.
+/// `stop` is the run's cancel signal for this stage; the stage's own
+/// timeout is enforced here.
 pub async fn run_stage(
     exec: Arc<dyn Executor>,
     s: StageRun,
     stop: CancellationToken,
     live: Option<LiveLog>,
 ) -> StageResult {
+    match s.plan.retry.clone() {
+        None => attempt(&exec, &s, stop, live, None).await.0,
+        Some(policy) => crate::retry::run(&exec, &s, &policy, stop, live).await,
+    }
+}
+
+/// Runs one attempt of a stage; also says what kind of failure it was, for
+/// deciding on another. `banner` is a line of Sentinel's own put first in
+/// its log (a retried attempt's).
+pub(crate) async fn attempt(
+    exec: &Arc<dyn Executor>,
+    s: &StageRun,
+    stop: CancellationToken,
+    live: Option<LiveLog>,
+    banner: Option<String>,
+) -> (StageResult, AttemptFailure) {
     let started = Utc::now();
     let name = s.plan.name.clone();
     let (tx, rx) = mpsc::channel(64);
@@ -207,6 +232,14 @@ pub async fn run_stage(
         },
         rx,
     );
+    if let Some(line) = banner {
+        let _ = direct
+            .send(crate::exec::Chunk {
+                stream: crate::exec::Stream::Stderr,
+                bytes: line.into_bytes(),
+            })
+            .await;
+    }
     let cache_tmp = s.dirs.root.join("cache");
     let cache = match &s.cache {
         Some(c) => {
@@ -227,7 +260,7 @@ pub async fn run_stage(
         run_id: s.run_id.clone(),
         stage: name.clone(),
         owner: s.owner.clone(),
-        work: work(&s),
+        work: work(s),
         env: s.env.clone(),
         limits: s.plan.limits.clone(),
         user: s.user.clone(),
@@ -275,6 +308,20 @@ pub async fn run_stage(
         warnings: report.warnings,
         steps: report.steps,
         cache: None,
+        attempts: Vec::new(),
+        waited: None,
+    };
+    let kind = match &report.outcome {
+        Outcome::Exited { code: 0 } => AttemptFailure::Other,
+        Outcome::Exited { code } | Outcome::Signalled { code, .. } => {
+            AttemptFailure::ExitCode(*code)
+        }
+        Outcome::StartFailed(_) | Outcome::Error(_) => AttemptFailure::Infrastructure,
+        Outcome::TimedOut(_) => AttemptFailure::Timeout,
+        Outcome::Stopped if timed_out.load(Ordering::SeqCst) || idle.load(Ordering::SeqCst) => {
+            AttemptFailure::Timeout
+        }
+        _ => AttemptFailure::Other,
     };
     let mut fail = |status, failure, reason: String| {
         result.status = status;
@@ -420,7 +467,7 @@ pub async fn run_stage(
             .warnings
             .push(format!("its log and artifacts could not be checked: {e}")),
     }
-    result
+    (result, kind)
 }
 
 /// The name of a signal (`SIGKILL` for 9).

@@ -49,6 +49,10 @@ pub struct StageState {
     pub cache: Option<sentinel_api::CacheDoc>,
     /// Its approval gate, once reached.
     pub approval: Option<sentinel_api::GateDoc>,
+    /// A retried stage's attempts, the last included.
+    pub attempts: Vec<sentinel_api::AttemptDoc>,
+    /// Earlier attempts' logs, until they are handed to the publisher.
+    pub attempt_logs: Vec<(u32, crate::log::LogBody)>,
 }
 
 pub(crate) fn duration_ms(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<u64> {
@@ -127,6 +131,14 @@ impl StageState {
                 }),
                 ..g.clone()
             }),
+            attempts: self
+                .attempts
+                .iter()
+                .map(|a| sentinel_api::AttemptDoc {
+                    reason: a.reason.as_ref().map(|r| secrets.mask_str(r)),
+                    ..a.clone()
+                })
+                .collect(),
         }
     }
 }

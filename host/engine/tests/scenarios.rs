@@ -70,6 +70,16 @@ struct Expect {
     /// Files kept for a re-run, by stage (relative to its kept folder).
     #[serde(default)]
     kept_files: BTreeMap<String, Vec<String>>,
+    /// A stage's attempts as `status failure exit_code`, in order (an
+    /// empty list: it ran once).
+    #[serde(default)]
+    attempts: BTreeMap<String, Vec<String>>,
+    /// Text each attempt's own log holds, in order.
+    #[serde(default)]
+    attempt_logs: BTreeMap<String, Vec<String>>,
+    /// How many times the executor started each stage.
+    #[serde(default)]
+    starts: BTreeMap<String, usize>,
 }
 
 fn expectations(src: &str) -> Expect {
@@ -368,6 +378,63 @@ async fn run_scenario(path: &Path) -> Result<(), String> {
                 format!("the store's document of {} holds {secret:?}", doc.name),
             );
         }
+    }
+    for (name, want) in &expect.attempts {
+        let got: Vec<String> = stage(name)
+            .map(|d| d.attempts)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                let mut s = a.status.as_str().to_string();
+                if let Some(f) = a.failure {
+                    s += &format!(" {}", serde_json::to_string(&f).unwrap().trim_matches('"'));
+                }
+                if let Some(c) = a.exit_code {
+                    s += &format!(" {c}");
+                }
+                s
+            })
+            .collect();
+        check(
+            &got == want,
+            format!("{name}: attempts {got:?}, expected {want:?}"),
+        );
+    }
+    for (name, texts) in &expect.attempt_logs {
+        let doc = stage(name).unwrap_or_else(|| panic!("{name} has no document"));
+        check(
+            doc.attempts.len() == texts.len(),
+            format!(
+                "{name}: {} attempts, expected {}",
+                doc.attempts.len(),
+                texts.len()
+            ),
+        );
+        for (a, text) in doc.attempts.iter().zip(texts) {
+            let log = a
+                .log
+                .as_ref()
+                .and_then(|k| {
+                    sink.objects
+                        .lock()
+                        .unwrap()
+                        .get(&format!("run/{}/{k}", run.id))
+                        .cloned()
+                })
+                .unwrap_or_default();
+            let log = String::from_utf8_lossy(&log).replace('\n', "=");
+            check(
+                log.contains(text.as_str()),
+                format!("{name}: attempt {} log {log:?} lacks {text:?}", a.attempt),
+            );
+        }
+    }
+    for (name, want) in &expect.starts {
+        let got = started.iter().filter(|s| *s == name).count();
+        check(
+            got == *want,
+            format!("{name}: started {got} times, expected {want}"),
+        );
     }
     for (name, files) in &expect.kept_files {
         let dir = state.path().join("kept").join(run.id.as_str()).join(name);

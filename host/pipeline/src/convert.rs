@@ -397,6 +397,16 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
             }
             let _ = writeln!(out, "      paths: [{}]", list(&c.paths));
         }
+        if let Some(r) = &s.retry {
+            let _ = writeln!(out, "    retry:\n      attempts: {}", r.attempts.value);
+            if !r.on.is_empty() {
+                let on: Vec<String> = r.on.iter().map(|v| scalar(&v.value)).collect();
+                let _ = writeln!(out, "      on: [{}]", on.join(", "));
+            }
+            if let Some(b) = &r.backoff {
+                let _ = writeln!(out, "      backoff: {}", scalar(&b.value));
+            }
+        }
     }
     out
 }

@@ -237,6 +237,7 @@ pub struct StageDraft {
     pub limits: LimitsDraft,
     /// Files kept between runs.
     pub cache: Option<CacheDraft>,
+    pub retry: Option<crate::retry::RetryDraft>,
     /// How the reader mapped the stage, for `sentinel convert`'s comments.
     pub notes: Vec<String>,
 }

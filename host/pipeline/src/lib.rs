@@ -13,6 +13,7 @@ pub mod dialect;
 pub mod draft;
 pub mod plan;
 pub mod raw;
+pub mod retry;
 pub mod script_step;
 pub mod step;
 pub mod template;

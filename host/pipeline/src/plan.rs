@@ -550,6 +550,9 @@ pub struct StagePlan {
     /// Files kept between runs (container stages and jobs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::cache::CachePlan>,
+    /// Another attempt after a failure it lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::retry::RetryPlan>,
 }
 
 impl StagePlan {

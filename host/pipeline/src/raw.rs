@@ -288,6 +288,9 @@ pub struct RawStage {
     /// Files kept between runs: restored at start, saved on success.
     #[serde(default)]
     pub cache: Option<RawCache>,
+    /// Attempts again when it fails for a reason listed in `on`.
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
 }
 
 /// An image build stage's `build:`.
@@ -397,6 +400,48 @@ pub struct RawCache {
     pub restore_keys: Vec<String>,
     /// Workspace folders or files kept (`$SENTINEL_CACHE_DIR`: the stage's own cache folder).
     pub paths: Vec<String>,
+}
+
+/// A stage's `retry:`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a retry mapping with `attempts` and optionally `on` and `backoff`"
+)]
+pub struct RawRetry {
+    /// Attempts in all, the first included (2 to 10).
+    pub attempts: u32,
+    /// What earns another attempt: `infrastructure` (the stage could not
+    /// start or its executor lost it: the Docker daemon went away, an image
+    /// pull failed), `timeout`, and exit codes. Default `[infrastructure]`.
+    #[serde(default)]
+    #[schemars(with = "Vec<RetryOnSchema>")]
+    pub on: Vec<String>,
+    /// The wait before the second attempt (`5s`), doubled before each one
+    /// after it, at most 5 minutes. Default `5s`.
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+/// One entry of `retry: {on: […]}`, for the JSON Schema.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum RetryOnSchema {
+    Failure(RetryFailureSchema),
+    /// An exit code.
+    ExitCode(#[schemars(range(min = 1, max = 255))] u8),
+}
+
+/// A kind of failure `retry:` may be on.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum RetryFailureSchema {
+    /// The executor could not start the stage or lost it while it ran.
+    Infrastructure,
+    /// The stage ran past its `timeout` or `idle_timeout`.
+    Timeout,
 }
 
 /// One name or a list of names (`after: build` or `after: [build, test]`).

@@ -167,14 +167,16 @@ impl ResultsSink for LocalSink {
         &self,
         run: &RunId,
         stage: &StageName,
+        attempt: Option<u32>,
         log: &LogBody,
     ) -> Result<String, StorageError> {
-        let key = keys::stage_log(run, stage);
+        let key = keys::attempt_log(run, stage, attempt);
+        let name = keys::log_name(stage, attempt);
         let file = match log {
             LogBody::File(f) => f,
             LogBody::Memory(bytes) => {
                 self.put_bytes(key, bytes.clone()).await?;
-                return Ok(format!("{stage}.log"));
+                return Ok(name);
             }
         };
         let (src, dst) = (file.to_path_buf(), self.path(&key));
@@ -202,7 +204,7 @@ impl ResultsSink for LocalSink {
         .await
         .map_err(|e| joined(&key, e))?
         .map_err(|e| err(format!("write {key}"), e))?;
-        Ok(format!("{stage}.log"))
+        Ok(name)
     }
 
     async fn put_artifacts(

@@ -22,10 +22,11 @@ impl ResultsSink for Mirrored {
         &self,
         run: &RunId,
         stage: &StageName,
+        attempt: Option<u32>,
         log: &LogBody,
     ) -> Result<String, StorageError> {
-        let key = self.primary.put_log(run, stage, log).await?;
-        self.mirror.put_log(run, stage, log).await?;
+        let key = self.primary.put_log(run, stage, attempt, log).await?;
+        self.mirror.put_log(run, stage, attempt, log).await?;
         Ok(key)
     }
 

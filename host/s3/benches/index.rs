@@ -69,6 +69,7 @@ fn stage_doc(n: u32) -> StageDoc {
         steps: vec![],
         cache: None,
         approval: None,
+        attempts: Vec::new(),
     }
 }
 

@@ -274,15 +274,16 @@ impl ResultsSink for S3Sink {
         &self,
         run: &RunId,
         stage: &StageName,
+        attempt: Option<u32>,
         log: &LogBody,
     ) -> Result<String, StorageError> {
-        let key = keys::stage_log(run, stage);
+        let key = keys::attempt_log(run, stage, attempt);
         let ctype = "text/plain; charset=utf-8";
         match log {
             LogBody::Memory(bytes) => upload::put_bytes(self, &key, bytes.clone(), ctype).await?,
             LogBody::File(file) => upload::put_file(self, &key, file, ctype).await?,
         }
-        Ok(format!("{stage}.log"))
+        Ok(keys::log_name(stage, attempt))
     }
 
     async fn put_artifacts(

@@ -227,6 +227,7 @@ async fn every_upload_carries_its_sha256_and_the_server_refuses_a_corrupted_one(
     s3.put_log(
         &run,
         &stage,
+        None,
         &sentinel_engine::ports::LogBody::Memory(b"a log line\n".to_vec()),
     )
     .await
@@ -254,6 +255,7 @@ async fn every_upload_carries_its_sha256_and_the_server_refuses_a_corrupted_one(
         .put_log(
             &run,
             &stage,
+            None,
             &sentinel_engine::ports::LogBody::Memory(b"another line\n".to_vec()),
         )
         .await

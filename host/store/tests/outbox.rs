@@ -46,12 +46,13 @@ async fn waiting_results_survive_a_restart_and_go_out_in_order() {
             spool.clone(),
         )
         .await;
-        sink.put_log(&run, &stage, &LogBody::File(live_log.clone()))
+        sink.put_log(&run, &stage, None, &LogBody::File(live_log.clone()))
             .await
             .unwrap();
         sink.put_log(
             &run,
             &"test".parse().unwrap(),
+            None,
             &LogBody::Memory(b"ok\n".to_vec()),
         )
         .await

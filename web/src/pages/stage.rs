@@ -309,6 +309,33 @@ fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl Into
                     }).collect_view()}
                 </table>
             })}
+            {(!doc.attempts.is_empty()).then(|| {
+                let run_id = doc.run_id.clone();
+                view! {
+                <h2>"Attempts"</h2>
+                <table class="attempts">
+                    {doc.attempts.clone().into_iter().map(|a| {
+                        let st = a.status.as_str();
+                        let log = a.log.clone().map(|k| {
+                            let url = source.url(&format!("run/{run_id}/{k}"));
+                            view! { <a class="attempt-log" href=url>{format!("log ({} bytes)", a.log_bytes)}</a> }
+                        });
+                        let waited = a.waited_ms.map(|ms| format!("after {}", status::duration(Some(ms))));
+                        view! {
+                            <tr>
+                                <th>{format!("#{}", a.attempt)}</th>
+                                <td><span class=status::class(st)>{format!("{} {st}", status::symbol(st))}</span></td>
+                                <td>{a.exit_code.map(|c| format!("exit code {c}")).unwrap_or_default()}</td>
+                                <td>{status::duration(a.duration_ms)}</td>
+                                <td>{waited.unwrap_or_default()}</td>
+                                <td>{a.reason.clone().filter(|_| a.exit_code.is_none()).unwrap_or_default()}</td>
+                                <td>{log}</td>
+                            </tr>
+                        }
+                    }).collect_view()}
+                </table>
+                }
+            })}
             {(!outputs.is_empty()).then(|| view! {
                 <h2>"Outputs"</h2>
                 <table class="outputs">

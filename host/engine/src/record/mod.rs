@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use sentinel_api::{
     FailureKind, GitContext, ResolvedInputs, RunDoc, RunId, RunStatus, RunSummary, StageName,
-    StageStatus, Trigger,
+    StageStatus, Trigger, keys,
 };
 use sentinel_pipeline::Plan;
 use sha2::Digest;
@@ -108,6 +108,8 @@ impl Recorder {
                     steps: Vec::new(),
                     cache: None,
                     approval: None,
+                    attempts: Vec::new(),
+                    attempt_logs: Vec::new(),
                 }
             })
             .collect();
@@ -480,6 +482,12 @@ impl Recorder {
         state.warnings.append(&mut r.warnings);
         state.steps = std::mem::take(&mut r.steps);
         state.cache = r.cache.take();
+        for a in std::mem::take(&mut r.attempts) {
+            if let Some(log) = a.log {
+                state.attempt_logs.push((a.doc.attempt, log));
+            }
+            state.attempts.push(a.doc);
+        }
         let duration = duration_ms(state.started, state.finished);
         self.after_stage_change(&r.name, r.status, r.reason, duration, progress)
             .await;
@@ -544,11 +552,24 @@ impl Recorder {
         let state = self.state_mut(name);
         let log = state.log_body.take();
         let artifacts = state.artifacts_dir.take();
-        state.log = log.is_some().then(|| format!("{name}.log"));
+        state.log = log.is_some().then(|| keys::log_name(name, None));
         state.artifacts = artifacts.is_some().then(|| format!("{name}.zip"));
+        let earlier = std::mem::take(&mut state.attempt_logs);
+        for (n, _) in &earlier {
+            if let Some(a) = state.attempts.iter_mut().find(|a| a.attempt == *n) {
+                a.log = Some(keys::log_name(name, Some(*n)));
+            }
+        }
+        if let Some(last) = state.attempts.last_mut() {
+            last.log = state.log.clone();
+        }
+        for (n, body) in earlier {
+            self.publisher
+                .log(&self.run_id, name, Some(n), body, self.secrets.clone());
+        }
         if let Some(log) = log {
             self.publisher
-                .log(&self.run_id, name, log, self.secrets.clone());
+                .log(&self.run_id, name, None, log, self.secrets.clone());
         }
         if let Some(dir) = artifacts {
             self.publisher.artifacts(&self.run_id, name, dir);
@@ -650,6 +671,7 @@ fn withheld(doc: sentinel_api::StageDoc) -> sentinel_api::StageDoc {
         artifacts: None,
         inputs: ResolvedInputs::default(),
         warnings: vec!["this document held a secret: everything but its status is withheld".into()],
+        attempts: Vec::new(),
         ..doc
     }
 }

@@ -185,6 +185,7 @@ fn stage(
         approval: None,
         limits: LimitsDraft::default(),
         cache: None,
+        retry: None,
         notes: vec![format!(
             "cion's {name}: the image's own command, with BUILD_DIR and ARTIFACTS_DIR{}",
             if docker {

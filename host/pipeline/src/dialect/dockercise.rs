@@ -314,6 +314,7 @@ fn read_stage(
         approval: None,
         limits: LimitsDraft::default(),
         cache: None,
+        retry: None,
         notes,
     })
 }

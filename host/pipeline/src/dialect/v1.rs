@@ -142,6 +142,21 @@ impl Reader<'_> {
         }
     }
 
+    fn retry(&self, base: &[PathSeg], r: &crate::raw::RawRetry) -> crate::retry::RetryDraft {
+        let at = |field: &str| [base, &[key(field)]].concat();
+        crate::retry::RetryDraft {
+            pos: self.at(base),
+            attempts: At::new(r.attempts, self.at(&at("attempts"))),
+            on: r
+                .on
+                .iter()
+                .enumerate()
+                .map(|(i, v)| self.value(&[&at("on")[..], &[PathSeg::Index(i)]].concat(), v))
+                .collect(),
+            backoff: r.backoff.as_ref().map(|b| self.value(&at("backoff"), b)),
+        }
+    }
+
     /// A job's steps, each named (`<prefix>-<n>` when it has no name).
     /// A stage's `build:`, every value at its place.
     fn build(&self, base: &[PathSeg], b: &RawBuild) -> BuildDraft {
@@ -573,6 +588,7 @@ impl Reader<'_> {
                     .map(|a| At::new(a, self.at(&at("approval")))),
                 limits,
                 cache: s.cache.as_ref().map(|c| self.cache(&at("cache"), c)),
+                retry: s.retry.as_ref().map(|r| self.retry(&at("retry"), r)),
                 notes: Vec::new(),
             });
         }

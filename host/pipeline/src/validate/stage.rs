@@ -597,6 +597,10 @@ pub(super) fn stage_plan(
     }
     let cache = s.cache.as_ref().and_then(|c| cache(cx, c, is_step));
     let approval = s.approval.as_ref().and_then(|a| approval(cx, a, s.when));
+    let retry = s
+        .retry
+        .as_ref()
+        .and_then(|r| crate::retry::check(r, &mut cx.issues));
 
     let action = action?;
     if cx.issues.len() > before {
@@ -614,6 +618,7 @@ pub(super) fn stage_plan(
         approval,
         limits,
         cache,
+        retry,
     };
     for t in plan.templates() {
         needs.extend(t.refs().filter_map(Ref::stage).cloned());

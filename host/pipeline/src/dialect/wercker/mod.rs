@@ -374,6 +374,7 @@ pub(super) fn read(root: Node, file: &str, select: &Select) -> Result<Draft, Dia
             restore_keys: vec![At::new(format!("wercker-{name}-"), body.pos)],
             paths: vec![At::new(crate::cache::STAGE_CACHE.into(), body.pos)],
         }),
+        retry: None,
         notes,
     };
     Ok(Draft {
