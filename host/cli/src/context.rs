@@ -265,7 +265,8 @@ pub async fn server_docker(ready_namespaces: usize) -> (Arc<dyn Executor>, Optio
     }
 }
 
-fn git(dir: &Path, args: &[&str]) -> Option<String> {
+/// A git command's trimmed output in `dir`, when it succeeds with some.
+pub fn git(dir: &Path, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(dir)

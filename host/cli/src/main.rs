@@ -14,6 +14,7 @@ mod progress;
 mod read;
 mod registries;
 mod remote;
+mod rerun;
 mod run;
 mod schedules;
 mod secret;
@@ -62,6 +63,9 @@ pub struct Paths {
 enum Command {
     /// Run a pipeline: `sentinel.yml`, a dockercise file, …
     Run(run::RunArgs),
+    /// Run a run of this machine again, on the source it recorded (its
+    /// commit), optionally from a stage that failed.
+    Rerun(rerun::RerunArgs),
     /// Check a pipeline file and print its plan.
     Validate {
         #[command(flatten)]
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(&cli.paths, args).await,
+            Command::Rerun(r) => run::run_with(&cli.paths, r.args, Some((r.run, r.from))).await,
             Command::Validate { file, json } => run::validate(&cli.paths, &file, json),
             Command::Convert { file } => pipeline::convert(&cli.paths, &file),
             Command::Outbox { cmd } => outbox::outbox(&cli.paths, cmd).await,

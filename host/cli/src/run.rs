@@ -230,19 +230,38 @@ fn use_committed(plan: &mut sentinel_pipeline::Plan, committed: &[(String, Strin
 
 /// `sentinel run`.
 pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
+    run_with(paths, args, None).await
+}
+
+/// `sentinel run`, or with `rerun` (a run and the stage to re-run from)
+/// `sentinel rerun`.
+pub async fn run_with(
+    paths: &Paths,
+    args: RunArgs,
+    rerun: Option<(sentinel_api::RunId, Option<sentinel_api::StageName>)>,
+) -> anyhow::Result<ExitCode> {
     let chosen = args.file.choose(paths)?;
     say_chosen(&chosen);
     let dirs = Dirs::of(paths, &chosen.project)?;
-    let file = chosen.file;
-    let mut plan = match load(&file, &args.file.select()) {
-        Ok(p) => p,
-        Err(code) => return Ok(code),
-    };
     let Some(store) = context::try_open_store(&dirs.state)? else {
         anyhow::bail!(
             "another sentinel process is running a pipeline with the state folder {}; wait for it, or pass --state",
             dirs.state.display()
         );
+    };
+    let again = match rerun {
+        Some(_) if args.from_run.is_some() => anyhow::bail!(
+            "`--from-run` starts a deploy from a build's output; a re-run starts from the source its run recorded"
+        ),
+        Some((run, from)) => {
+            Some(crate::rerun::prepare(&store, &dirs.state, &chosen, &run, from).await?)
+        }
+        None => None,
+    };
+    let file = again.as_ref().map_or(chosen.file, |a| a.file.clone());
+    let mut plan = match load(&file, &args.file.select()) {
+        Ok(p) => p,
+        Err(code) => return Ok(code),
     };
     let exec = context::executor_for(&plan, &dirs).await?;
     let mut engine = context::engine(&dirs, store.clone(), exec, args.jobs, args.keep_workspace);
@@ -312,7 +331,17 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         },
-        None => dirs.project.clone(),
+        None => match &again {
+            Some(a) => {
+                skip.clear();
+                a.source.clone()
+            }
+            None => dirs.project.clone(),
+        },
+    };
+    let (reuse, not_reused) = match &again {
+        Some(a) => crate::rerun::kept(&store, &dirs.state, a, &plan).await?,
+        None => Default::default(),
     };
 
     let signals = Signals::default();
@@ -353,12 +382,15 @@ pub async fn run(paths: &Paths, args: RunArgs) -> anyhow::Result<ExitCode> {
             kind: TriggerKind::Local,
             by: by.clone(),
         },
-        git: context::git_context(&dirs.project),
+        git: match &again {
+            Some(a) => a.git.clone(),
+            None => context::git_context(&dirs.project),
+        },
         host_env,
         secrets,
         run_id: None,
-        reuse: Default::default(),
-        not_reused: Default::default(),
+        reuse,
+        not_reused,
         from_run: args.from_run.clone(),
         deploy: None,
         cache: None,

@@ -124,3 +124,127 @@ async fn the_project_copy_never_enters_an_ignored_folder() {
     let out = p.stage(&r, "look").await.output.unwrap_or_default();
     assert!(out.ends_with("kept"), "{out}");
 }
+
+/// `sentinel rerun RUN --from STAGE`: the stages before it are kept as they
+/// ended (their outputs), the run's recorded commit is what runs — not the
+/// project's newer one — and a stage that succeeded cannot be re-run from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerun_repeats_the_recorded_commit_and_keeps_what_succeeded() {
+    common::docker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&project)
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    std::fs::write(
+        project.join("sentinel.yml"),
+        "version: 1\nbox: sentinel/busybox:local\ndefaults:\n  network: none\nenv:\n  FIX: ~\nstages:\n  prepare:\n    run: echo \"v=$(cat version.txt)-$$\" >> $SENTINEL_OUTPUT\n  check:\n    env: {V: '${stages.prepare.outputs.v}'}\n    run: |\n      echo \"kept $V\"\n      echo \"file $(cat version.txt)\"\n      test \"$FIX\" = yes\n",
+    )
+    .unwrap();
+    std::fs::write(project.join("version.txt"), "one\n").unwrap();
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "one"]);
+    let sentinel = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .arg("-C")
+            .arg(&project)
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .arg("--results")
+            .arg(dir.path().join("results"))
+            .args(args)
+            .env_remove("FIX")
+            .output()
+            .unwrap()
+    };
+    let doc = |out: &std::process::Output| -> sentinel_api::RunDoc {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let last = stdout.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+        serde_json::from_str(last).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+    let first = sentinel(&["run", "--json", "-e", "FIX=no"]);
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    let first = doc(&first);
+    let stage_doc = |run: &sentinel_api::RunDoc, name: &str| -> sentinel_api::StageDoc {
+        let path = dir
+            .path()
+            .join("results")
+            .join(sentinel_api::keys::stage_doc(
+                &run.id,
+                &name.parse().unwrap(),
+            ));
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    };
+    let v = stage_doc(&first, "prepare").outputs["v"].clone();
+
+    // The project moves on; the re-run still builds the run's commit.
+    std::fs::write(project.join("version.txt"), "two\n").unwrap();
+    git(&["commit", "-q", "-am", "two"]);
+    let out = sentinel(&[
+        "rerun",
+        first.id.as_str(),
+        "--from",
+        "check",
+        "-e",
+        "FIX=yes",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("at commit") && stderr.contains("keeping `prepare`"),
+        "{stderr}"
+    );
+    let again = doc(&out);
+    let prepare = stage_doc(&again, "prepare");
+    assert_eq!(
+        prepare.reason.as_deref(),
+        Some(format!("reused from run {}", first.id).as_str())
+    );
+    assert_eq!(
+        prepare.outputs["v"], v,
+        "prepare's output is the first run's"
+    );
+    let log = std::fs::read_to_string(dir.path().join("results").join(
+        sentinel_api::keys::stage_log(&again.id, &"check".parse().unwrap()),
+    ))
+    .unwrap();
+    assert!(
+        log.contains(&format!("kept {v}")) && log.contains("file one"),
+        "check ran on the recorded commit with the kept output: {log}"
+    );
+    assert_eq!(
+        again.git.and_then(|g| g.commit),
+        first.git.and_then(|g| g.commit),
+        "the re-run records the commit it ran"
+    );
+    assert!(
+        std::fs::read_dir(dir.path().join("state/rerun"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true),
+        "the checkout is removed"
+    );
+
+    // A stage that succeeded is not where a re-run starts.
+    let out = sentinel(&["rerun", first.id.as_str(), "--from", "prepare"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("stage `prepare`") && stderr.contains("succeeded"),
+        "{stderr}"
+    );
+}

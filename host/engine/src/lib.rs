@@ -27,6 +27,7 @@ pub mod queue;
 pub mod record;
 pub mod recover;
 pub mod request;
+pub mod rerun;
 pub mod retry;
 pub mod run;
 pub mod stage;

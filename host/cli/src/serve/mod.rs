@@ -240,7 +240,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         checkouts,
         secrets_key: secrets_key.clone(),
         catalog: context::step_catalog(),
-        kept: dirs.state.join("kept"),
+        state: dirs.state.clone(),
         payloads: dirs.state.join("payloads"),
         results: dirs.results.clone(),
         cache: Some((

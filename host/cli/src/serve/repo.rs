@@ -11,12 +11,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sentinel_api::{GitContext, StageName, StageStatus};
+use sentinel_api::{GitContext, StageStatus};
 use sentinel_engine::gate::Resume;
 use sentinel_engine::ports::{QueueEntry, Store};
 use sentinel_engine::queue::Resolve;
-use sentinel_engine::workspace::FileSet;
-use sentinel_engine::{ResolveError, Reused, RunRequest, Upstream};
+use sentinel_engine::{ResolveError, RunRequest, Upstream};
 use sentinel_server::{RepoConfig, RunSpec};
 use sentinel_store::SledStore;
 use sentinel_store::secrets::SecretsKey;
@@ -29,8 +28,8 @@ pub struct Resolver {
     pub checkouts: PathBuf,
     pub secrets_key: Option<Arc<SecretsKey>>,
     pub catalog: sentinel_pipeline::DirCatalog,
-    /// Where the files of runs' stages are kept (`<state>/kept`).
-    pub kept: PathBuf,
+    /// The state folder (where the files of runs' stages are kept).
+    pub state: PathBuf,
     /// Where deploy payloads are kept once checked (`<state>/payloads`).
     pub payloads: PathBuf,
     /// The local results folder (a promoted run's published files).
@@ -342,9 +341,19 @@ impl Resolver {
                     .filter(|d| !d.status.is_final())
                     .map(|d| d.name.clone())
                     .collect();
-                self.reused_except(&e.run_id, again, &plan).await?
+                sentinel_engine::rerun::reused_except(
+                    &self.store,
+                    &self.state,
+                    &e.run_id,
+                    again,
+                    &plan,
+                )
+                .await?
             }
-            (None, Some(earlier), Some(from)) => self.reused(earlier, from, &plan).await?,
+            (None, Some(earlier), Some(from)) => {
+                sentinel_engine::rerun::reused_from(&self.store, &self.state, earlier, from, &plan)
+                    .await?
+            }
             _ => (BTreeMap::new(), BTreeMap::new()),
         };
         let mut gates = sentinel_server::deploys::gates_of(
@@ -476,106 +485,6 @@ impl Resolver {
             .await
             .map_err(|err| err.to_string())?;
         Ok(Resume { run, stages })
-    }
-
-    /// The stages of `earlier` a re-run from `from` keeps: every stage that
-    /// succeeded there, except `from` and the stages after it, with its
-    /// outputs as they were and the files it made. A stage whose outputs or
-    /// files are no longer kept is run again, with the reason.
-    #[allow(clippy::type_complexity)]
-    async fn reused(
-        &self,
-        earlier: &sentinel_api::RunId,
-        from: &StageName,
-        plan: &sentinel_pipeline::Plan,
-    ) -> Result<(BTreeMap<StageName, Reused>, BTreeMap<StageName, String>), String> {
-        if !plan.stages.iter().any(|s| &s.name == from) {
-            return Err(format!("the pipeline has no stage `{from}` any more"));
-        }
-        self.reused_except(
-            earlier,
-            std::collections::BTreeSet::from([from.clone()]),
-            plan,
-        )
-        .await
-    }
-
-    /// The stages of `earlier` a run keeps: every stage that succeeded
-    /// there, except those of `again` and the stages after them.
-    #[allow(clippy::type_complexity)]
-    async fn reused_except(
-        &self,
-        earlier: &sentinel_api::RunId,
-        mut again: std::collections::BTreeSet<StageName>,
-        plan: &sentinel_pipeline::Plan,
-    ) -> Result<(BTreeMap<StageName, Reused>, BTreeMap<StageName, String>), String> {
-        // And everything that needs them, directly or not.
-        loop {
-            let before = again.len();
-            for s in &plan.stages {
-                if s.needs.iter().any(|n| again.contains(n)) {
-                    again.insert(s.name.clone());
-                }
-            }
-            if again.len() == before {
-                break;
-            }
-        }
-        let docs = self
-            .store
-            .get_stages(earlier)
-            .await
-            .map_err(|err| err.to_string())?;
-        let kept_dir = self.kept.join(earlier.as_str());
-        let mut reuse = BTreeMap::new();
-        let mut not = BTreeMap::new();
-        for d in docs {
-            let Some(stage) = plan.stages.iter().find(|s| s.name == d.name) else {
-                continue;
-            };
-            if d.status != StageStatus::Succeeded || again.contains(&d.name) {
-                continue;
-            }
-            let outputs = self
-                .store
-                .kept_outputs(earlier, &d.name)
-                .await
-                .map_err(|err| err.to_string())?;
-            let Some(outputs) = outputs else {
-                not.insert(
-                    d.name,
-                    format!("its outputs in run {earlier} are no longer kept"),
-                );
-                continue;
-            };
-            let files = kept_dir.join(d.name.as_str());
-            let needs_files =
-                sentinel_engine::prepare::capture_of(Path::new("/"), earlier, stage, true)
-                    .is_some();
-            let files = if files.is_dir() {
-                Some(FileSet {
-                    dir: files,
-                    files: 0,
-                    bytes: 0,
-                })
-            } else if needs_files {
-                not.insert(
-                    d.name,
-                    format!("the files it made in run {earlier} are no longer kept"),
-                );
-                continue;
-            } else {
-                None
-            };
-            let reused = Reused {
-                run: earlier.clone(),
-                output: outputs.output,
-                outputs: outputs.outputs,
-                files,
-            };
-            reuse.insert(d.name, reused);
-        }
-        Ok((reuse, not))
     }
 
     /// As the worker's [`Resolve`].
