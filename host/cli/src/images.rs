@@ -110,27 +110,47 @@ pub async fn prune(
     store: Option<&sentinel_store::SledStore>,
     older_than: Duration,
     dry_run: bool,
-    mut say: impl FnMut(String),
+    say: impl FnMut(String),
 ) -> Pruned {
     let cutoff = chrono::Utc::now().timestamp() - older_than.as_secs() as i64;
-    let mut done = Pruned::default();
-    for i in made.iter().filter(|i| !i.pushed && i.created <= cutoff) {
+    let mut ended = Vec::new();
+    let mut running = 0;
+    for i in made
+        .into_iter()
+        .filter(|i| !i.pushed && i.created <= cutoff)
+    {
         if let (Some(store), Some(run)) = (store, &i.run)
             && let Ok(Some(doc)) = store.get_run(run).await
             && !doc.status.is_final()
         {
-            done.kept += 1;
+            running += 1;
             continue;
         }
+        ended.push(i);
+    }
+    let mut done = remove(docker, ended, dry_run, say).await;
+    done.kept += running;
+    done
+}
+
+/// Removes (or, dry, lists) `images`; `say` gets a line per image.
+pub async fn remove(
+    docker: &sentinel_docker::DockerExecutor,
+    images: Vec<sentinel_docker::MadeImage>,
+    dry_run: bool,
+    mut say: impl FnMut(String),
+) -> Pruned {
+    let mut done = Pruned::default();
+    for i in images {
         if !dry_run && let Err(e) = docker.remove_made_image(&i.id).await {
-            say(format!("kept {}: {e}", name(i)));
+            say(format!("kept {}: {e}", name(&i)));
             done.kept += 1;
             continue;
         }
         say(format!(
             "{} {} ({} ago)",
             if dry_run { "would remove" } else { "removed" },
-            name(i),
+            name(&i),
             age(i.created)
         ));
         done.removed += 1;

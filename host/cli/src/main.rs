@@ -15,6 +15,7 @@ mod read;
 mod registries;
 mod remote;
 mod rerun;
+mod retention;
 mod run;
 mod schedules;
 mod secret;
@@ -81,8 +82,12 @@ enum Command {
     },
     /// Print the JSON Schema of `sentinel.yml`.
     Schema,
-    /// List runs, newest first.
+    /// List runs, newest first; `prune` removes old ones, `keep` marks one
+    /// to be kept.
+    #[command(args_conflicts_with_subcommands = true)]
     Runs {
+        #[command(subcommand)]
+        cmd: Option<retention::RunsCommand>,
         #[arg(short = 'n', long, default_value_t = 20)]
         limit: usize,
         #[arg(long)]
@@ -189,7 +194,8 @@ fn main() -> ExitCode {
                 );
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Runs { limit, json } => read::runs(&cli.paths, limit, json).await,
+            Command::Runs { cmd: Some(cmd), .. } => retention::runs(&cli.paths, cmd).await,
+            Command::Runs { limit, json, .. } => read::runs(&cli.paths, limit, json).await,
             Command::Show { run, json } => read::show(&cli.paths, &run, json).await,
             Command::Logs { run, stage } => read::logs(&cli.paths, &run, &stage).await,
             Command::Token { cmd } => admin::token(&cli.paths, cmd).await,

@@ -306,3 +306,293 @@ async fn the_servers_cache_lives_in_the_bucket() {
     assert_eq!(second["key"], first["key"]);
     assert!(log2.contains("tool-v1"), "restored from the bucket: {log2}");
 }
+
+/// Retention over 5,000 runs, 1,000 of them also in the bucket, seeded
+/// through the store and the sinks: `sentinel runs prune --older-than 30d
+/// --keep-last 60` lists (dry) and then removes exactly the ended runs
+/// older than 30 days past the newest 60 of their pipeline and branch —
+/// from the store (documents, stages, sealed outputs), the results folder
+/// and the bucket (files and index pages), and the kept files — and never a
+/// deployment's run, the run it came from, a run marked `keep` or a run
+/// still going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_exactly_the_runs_outside_the_policy() {
+    use sentinel_api::{RunDoc, RunId, RunStatus, RunSummary, StageDoc};
+    use sentinel_engine::{ResultsSink as _, Store as _};
+    let s3 = s3();
+    let p = Project::new("version: 1\nstages:\n  a: {run: 'true'}\n");
+    let prefix = format!("retention-{}", std::process::id());
+    let url = format!("s3://{}/{prefix}", s3["S3_BUCKET"]);
+    let cfg = sentinel_s3::S3Config::at(
+        &url,
+        Some(s3["S3_ENDPOINT"].clone()),
+        Some(s3["S3_REGION"].clone()),
+        true,
+    )
+    .unwrap();
+    let bucket =
+        sentinel_s3::S3Sink::with_keys(cfg, &s3["AWS_ACCESS_KEY_ID"], &s3["AWS_SECRET_ACCESS_KEY"]);
+    let local = sentinel_results::LocalSink::new(&p.results);
+    let now = chrono::Utc::now();
+    let groups = [
+        ("app", "main"),
+        ("app", "dev"),
+        ("lib", "main"),
+        ("lib", "dev"),
+    ];
+    let mut runs: Vec<RunDoc> = Vec::new();
+    let seeded = std::time::Instant::now();
+    {
+        let store = sentinel_store::SledStore::try_open(&p.state).unwrap();
+        for i in 0..5000u64 {
+            // One run an hour, oldest first; `lib/dev` only every 50th.
+            let created =
+                now - chrono::Duration::hours(5000 - i as i64) - chrono::Duration::minutes(30);
+            let ms = created.timestamp_millis() as u64;
+            let id: RunId = ulid::Ulid::from_parts(ms, u128::from(i))
+                .to_string()
+                .parse()
+                .unwrap();
+            let (pipeline, branch) = match i {
+                i if i % 50 == 0 => groups[3],
+                i => groups[(i % 3) as usize],
+            };
+            let mut run = sentinel_engine::fake::run_doc(&id, RunStatus::Succeeded);
+            run.pipeline = pipeline.into();
+            run.created = created;
+            run.git = Some(sentinel_api::GitContext {
+                repo: None,
+                branch: Some(branch.into()),
+                commit: None,
+            });
+            if i == 300 {
+                run.status = RunStatus::Running;
+            }
+            let stage: StageDoc = serde_json::from_value(serde_json::json!({
+                "schema": 1, "run_id": id, "name": "a", "kind": "container",
+                "status": "succeeded", "when": "on_success", "needs": [],
+                "log": "a.log", "inputs": {}
+            }))
+            .unwrap();
+            store.put_run(&run, false).await.unwrap();
+            store.put_stage(&stage).await.unwrap();
+            let name = "a".parse().unwrap();
+            store
+                .keep_outputs(
+                    &id,
+                    &name,
+                    &sentinel_engine::ports::KeptOutputs {
+                        output: format!("out {i}"),
+                        outputs: Default::default(),
+                    },
+                )
+                .await
+                .unwrap();
+            let kept = p.state.join("kept").join(id.as_str()).join("a");
+            std::fs::create_dir_all(&kept).unwrap();
+            std::fs::write(kept.join("made.txt"), format!("file {i}")).unwrap();
+            let log = sentinel_engine::ports::LogBody::Memory(format!("log {i}\n").into_bytes());
+            let mut sinks: Vec<&dyn sentinel_engine::ResultsSink> = vec![&local];
+            if (3500..4500).contains(&i) {
+                sinks.push(&bucket);
+            }
+            for sink in sinks {
+                sink.put_log(&id, &name, None, &log).await.unwrap();
+                sink.put_stage(&stage).await.unwrap();
+                sink.put_run(&run).await.unwrap();
+                sink.update_index(&RunSummary::of(&run)).await.unwrap();
+            }
+            runs.push(run);
+        }
+        // A deployment (current) of run 100, promoted from run 50.
+        let (deployed, from) = (runs[100].id.clone(), runs[50].id.clone());
+        let doc = sentinel_api::DeploymentDoc {
+            schema: 1,
+            id: ulid::Ulid::new().to_string(),
+            app: "app".into(),
+            environment: "production".into(),
+            version: "1".into(),
+            source: sentinel_api::DeploySource::Promotion {
+                from_run: from.clone(),
+                rollback: false,
+            },
+            status: sentinel_api::DeploymentStatus::Queued,
+            reason: None,
+            run: None,
+            requested: now,
+            finished: None,
+            approval: None,
+            facts: None,
+        };
+        let entry = sentinel_engine::ports::QueueEntry {
+            run_id: deployed.clone(),
+            pipeline: "app".into(),
+            trigger: runs[100].trigger.clone(),
+            request: serde_json::json!({}),
+            attempt: 1,
+            enqueued: now,
+            claim: None,
+        };
+        store.request_deployment(&doc, &entry, false).await.unwrap();
+        store
+            .deployment_follows(
+                &doc.id,
+                &deployed,
+                sentinel_api::DeploymentStatus::Succeeded,
+                None,
+                Some(now),
+            )
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    eprintln!(
+        "seeded 5,000 runs (1,000 in the bucket) in {:?}",
+        seeded.elapsed()
+    );
+    let keep = sentinel(&p, &s3, &["runs", "keep", runs[200].id.as_str()])
+        .output()
+        .unwrap();
+    assert!(keep.status.success(), "{keep:?}");
+
+    // What the policy lets go, worked out here on its own terms.
+    let protected: Vec<usize> = vec![50, 100, 200, 300];
+    let mut rank = BTreeMap::new();
+    let mut expected = std::collections::BTreeSet::new();
+    for (i, r) in runs.iter().enumerate().rev() {
+        let group = (r.pipeline.clone(), r.git.as_ref().unwrap().branch.clone());
+        let n = rank.entry(group).or_insert(0);
+        *n += 1;
+        let old = now - r.created > chrono::Duration::days(30);
+        if old && *n > 60 && !protected.contains(&i) {
+            expected.insert(r.id.to_string());
+        }
+    }
+    assert!(
+        expected.len() > 4000 && expected.len() < 4300,
+        "{}",
+        expected.len()
+    );
+    let prune = |dry: bool| {
+        let mut args = vec!["runs", "prune", "--older-than", "30d", "--keep-last", "60"];
+        if dry {
+            args.push("--dry-run");
+        }
+        args.extend(["--s3", &url, "--s3-endpoint", &s3["S3_ENDPOINT"]]);
+        args.extend(["--s3-region", &s3["S3_REGION"], "--s3-path-style"]);
+        sentinel(&p, &s3, &args).output().unwrap()
+    };
+    let listed = |out: &Output, verb: &str| -> std::collections::BTreeSet<String> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix(verb))
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect()
+    };
+    let dry = prune(true);
+    assert!(dry.status.success(), "{dry:?}");
+    same(
+        &listed(&dry, "would remove "),
+        &expected,
+        "the dry run lists exactly the runs outside the policy",
+    );
+    assert_eq!(
+        local.list_index(10_000).await.unwrap().len(),
+        5000,
+        "a dry run removes nothing"
+    );
+    let started = std::time::Instant::now();
+    let out = prune(false);
+    eprintln!(
+        "pruned in {:?}: {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    same(&listed(&out, "removed "), &expected, "removed");
+
+    // Every place: the store, the results folder and its index, the bucket
+    // and its index, the kept files.
+    let store = sentinel_store::SledStore::try_open(&p.state).unwrap();
+    let left: std::collections::BTreeSet<String> = store
+        .list_runs(10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    let all: std::collections::BTreeSet<String> = runs.iter().map(|r| r.id.to_string()).collect();
+    let want: std::collections::BTreeSet<String> = all.difference(&expected).cloned().collect();
+    same(&left, &want, "the store keeps exactly the others");
+    for i in protected {
+        assert!(left.contains(runs[i].id.as_str()), "run {i} is protected");
+    }
+    let indexed: std::collections::BTreeSet<String> = local
+        .list_index(10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    same(
+        &indexed,
+        &want,
+        "the folder's index pages list exactly the others",
+    );
+    let in_bucket: std::collections::BTreeSet<String> = bucket
+        .list_index(10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    let bucket_want: std::collections::BTreeSet<String> = runs[3500..4500]
+        .iter()
+        .map(|r| r.id.to_string())
+        .filter(|id| !expected.contains(id))
+        .collect();
+    same(&in_bucket, &bucket_want, "the bucket's index pages too");
+    for r in &runs {
+        let gone = expected.contains(r.id.as_str());
+        let dir = p.results.join("run").join(r.id.as_str());
+        assert_eq!(!dir.exists(), gone, "results folder of {}", r.id);
+        let kept = p.state.join("kept").join(r.id.as_str());
+        assert_eq!(!kept.exists(), gone, "kept files of {}", r.id);
+        let sealed = store
+            .kept_outputs(&r.id, &"a".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(sealed.is_none(), gone, "sealed outputs of {}", r.id);
+        assert_eq!(store.get_stages(&r.id).await.unwrap().is_empty(), gone);
+    }
+    for r in &runs[3500..4500] {
+        let doc = bucket.get_run(&r.id).await.unwrap();
+        let log = bucket.get_log(&r.id, &"a".parse().unwrap()).await.unwrap();
+        let gone = expected.contains(r.id.as_str());
+        assert_eq!(
+            doc.is_none() && log.is_none(),
+            gone,
+            "bucket files of {}",
+            r.id
+        );
+    }
+}
+
+/// Two sets of run ids are equal; else what each has that the other lacks.
+fn same(
+    got: &std::collections::BTreeSet<String>,
+    want: &std::collections::BTreeSet<String>,
+    what: &str,
+) {
+    let extra: Vec<_> = got.difference(want).take(5).collect();
+    let missing: Vec<_> = want.difference(got).take(5).collect();
+    assert!(
+        extra.is_empty() && missing.is_empty(),
+        "{what}: {} vs {} expected; not expected: {extra:?}; missing: {missing:?}",
+        got.len(),
+        want.len()
+    );
+}

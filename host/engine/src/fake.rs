@@ -342,6 +342,30 @@ impl Store for MemStore {
             .cloned()
             .collect())
     }
+    async fn list_runs_before(
+        &self,
+        before: Option<&RunId>,
+        limit: usize,
+    ) -> Result<Vec<RunDoc>, StorageError> {
+        Ok(self
+            .runs
+            .lock()
+            .unwrap()
+            .values()
+            .rev()
+            .filter(|r| before.is_none_or(|b| r.id < *b))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+    async fn delete_run(&self, id: &RunId) -> Result<(), StorageError> {
+        self.runs.lock().unwrap().remove(id);
+        self.stages.lock().unwrap().retain(|(r, _), _| r != id);
+        self.events.lock().unwrap().remove(id);
+        self.leases.lock().unwrap().remove(id);
+        self.kept.lock().unwrap().retain(|(r, _), _| r != id);
+        Ok(())
+    }
     async fn open_runs(&self) -> Result<Vec<RunDoc>, StorageError> {
         Ok(self
             .runs
@@ -517,6 +541,14 @@ impl ResultsSink for MemSink {
         self.reachable()?;
         self.index.lock().unwrap().retain(|r| &r.id != run);
         Ok(())
+    }
+    async fn remove_run(&self, run: &RunId) -> Result<u64, StorageError> {
+        self.reachable()?;
+        let prefix = format!("{}/", keys::run_dir(run));
+        let mut objects = self.objects.lock().unwrap();
+        let before = objects.len();
+        objects.retain(|k, _| !k.starts_with(&prefix));
+        Ok((before - objects.len()) as u64)
     }
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
         Ok(self.get(&keys::run_doc(run)))

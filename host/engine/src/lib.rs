@@ -28,6 +28,7 @@ pub mod record;
 pub mod recover;
 pub mod request;
 pub mod rerun;
+pub mod retention;
 pub mod retry;
 pub mod run;
 pub mod stage;

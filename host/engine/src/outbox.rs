@@ -414,6 +414,41 @@ impl ResultsSink for OutboxSink {
         self.submit(Pending::Unindex(run.clone())).await
     }
 
+    /// At once when nothing waits (else one by one through the outbox).
+    async fn remove_many_from_index(&self, runs: &[RunId]) -> Result<(), StorageError> {
+        let turn = self.turn.lock().await;
+        if let Some(inner) = &self.inner
+            && self.outbox.is_empty()
+            && !runs.iter().any(|r| turn.parked_runs.contains(r))
+        {
+            match inner.remove_many_from_index(runs).await {
+                Ok(()) => return Ok(()),
+                Err(e) => self.note_failure(&e),
+            }
+        }
+        drop(turn);
+        for run in runs {
+            self.remove_from_index(run).await?;
+        }
+        Ok(())
+    }
+
+    /// Removed at once, and only while nothing waits: a result still in
+    /// the outbox would bring the run's files back once sent.
+    async fn remove_run(&self, run: &RunId) -> Result<u64, StorageError> {
+        let turn = self.turn.lock().await;
+        let inner = self.reader()?;
+        if !self.outbox.is_empty() || turn.parked_runs.contains(run) {
+            return Err(StorageError::transient(
+                format!("remove run {run}"),
+                "results still wait in the outbox; the run is removed once they are sent",
+            ));
+        }
+        // An ended run gets nothing more to send: other removals need not wait.
+        drop(turn);
+        inner.remove_run(run).await
+    }
+
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
         self.reader()?.get_run(run).await
     }

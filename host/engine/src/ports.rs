@@ -77,6 +77,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Releases a lease; durable with the next durable write.
     async fn remove_lease(&self, run: &RunId) -> Result<(), StorageError>;
     async fn leases(&self) -> Result<Vec<Lease>, StorageError>;
+    /// Runs older than `before` (all when `None`), newest first, at most
+    /// `limit`: a page of [`Store::list_runs`].
+    async fn list_runs_before(
+        &self,
+        before: Option<&RunId>,
+        limit: usize,
+    ) -> Result<Vec<RunDoc>, StorageError>;
+    /// Forgets everything of a run (retention): its document, stages,
+    /// history, kept outputs, request and lease. Removing a run that is not
+    /// there is no error.
+    async fn delete_run(&self, id: &RunId) -> Result<(), StorageError>;
 }
 
 /// Where results are published, in the layout of `results-layout.md`.
@@ -108,6 +119,17 @@ pub trait ResultsSink: Send + Sync + std::fmt::Debug {
     async fn update_index(&self, summary: &RunSummary) -> Result<(), StorageError>;
     /// Removes a run from the index (retention); bounded like an update.
     async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError>;
+    /// Removes many runs from the index at once (retention's batches).
+    async fn remove_many_from_index(&self, runs: &[RunId]) -> Result<(), StorageError> {
+        for run in runs {
+            self.remove_from_index(run).await?;
+        }
+        Ok(())
+    }
+    /// Removes a run's published files (`run/<id>/`: documents, logs,
+    /// artifacts) — retention, after [`ResultsSink::remove_from_index`];
+    /// returns how many objects went. Removing what is not there is no error.
+    async fn remove_run(&self, run: &RunId) -> Result<u64, StorageError>;
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError>;
     async fn get_stage(
         &self,

@@ -76,6 +76,16 @@ impl Store for Damaged {
     async fn leases(&self) -> Result<Vec<Lease>, StorageError> {
         self.inner.leases().await
     }
+    async fn list_runs_before(
+        &self,
+        before: Option<&sentinel_api::RunId>,
+        limit: usize,
+    ) -> Result<Vec<RunDoc>, StorageError> {
+        self.inner.list_runs_before(before, limit).await
+    }
+    async fn delete_run(&self, id: &sentinel_api::RunId) -> Result<(), StorageError> {
+        self.inner.delete_run(id).await
+    }
 }
 
 fn running(id: &RunId) -> RunDoc {

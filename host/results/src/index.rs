@@ -119,6 +119,8 @@ async fn convert(store: &dyn IndexStore, first: IndexPage) -> Result<IndexRoot, 
 pub enum Change {
     Upsert(RunSummary),
     Remove(RunId),
+    /// Many runs at once (retention): each chunk read and written once.
+    RemoveMany(Vec<RunId>),
 }
 
 /// Applies a change.
@@ -126,6 +128,7 @@ pub async fn apply(store: &dyn IndexStore, change: &Change) -> Result<(), Storag
     match change {
         Change::Upsert(s) => upsert(store, s).await,
         Change::Remove(id) => remove(store, id).await,
+        Change::RemoveMany(ids) => remove_many(store, ids).await,
     }
 }
 
@@ -248,6 +251,62 @@ pub async fn remove(store: &dyn IndexStore, id: &RunId) -> Result<(), StorageErr
         return store.delete(&key).await;
     }
     write(store, &key, &doc).await
+}
+
+/// Removes many runs: the root, the chunk list and each chunk holding one
+/// of them are read and written once (a chunk left empty is deleted).
+pub async fn remove_many(store: &dyn IndexStore, ids: &[RunId]) -> Result<(), StorageError> {
+    if let [one] = ids {
+        return remove(store, one).await;
+    }
+    let gone: std::collections::BTreeSet<&RunId> = ids.iter().collect();
+    let mut root = root(store).await?;
+    let head = root.head.len();
+    root.head.retain(|r| !gone.contains(&r.id));
+    let mut changed_root = root.head.len() != head;
+    let mut list: ChunkList = read(store, CHUNKS).await?;
+    let mut by_chunk: std::collections::BTreeMap<usize, Vec<&RunId>> = Default::default();
+    for id in &gone {
+        if let Some(i) = list.chunk_for(id) {
+            by_chunk.entry(i).or_default().push(id);
+        }
+    }
+    let mut emptied = Vec::new();
+    for i in by_chunk.keys() {
+        let key = list.chunks[*i].key.clone();
+        let mut doc: IndexChunk = read(store, &key).await?;
+        let before = doc.runs.len();
+        doc.runs.retain(|r| !gone.contains(&r.id));
+        if doc.runs.len() == before {
+            continue;
+        }
+        if doc.runs.is_empty() {
+            emptied.push(*i);
+        } else {
+            write(store, &key, &doc).await?;
+        }
+    }
+    // Emptied chunks leave the list (their range goes to a neighbour), the
+    // list and root are written, then the chunks deleted.
+    let mut keys = Vec::new();
+    for i in emptied.into_iter().rev() {
+        keys.push(list.chunks.remove(i).key);
+    }
+    if !keys.is_empty() {
+        write(store, CHUNKS, &list).await?;
+        root.chunks = list.chunks.len() as u32;
+        if root.chunks == 0 {
+            root.floor = None;
+        }
+        changed_root = true;
+    }
+    if changed_root {
+        write(store, ROOT, &root).await?;
+    }
+    for key in keys {
+        store.delete(&key).await?;
+    }
+    Ok(())
 }
 
 /// The runs of the index, newest first, at most `limit`.

@@ -249,6 +249,26 @@ impl ResultsSink for LocalSink {
         self.with_index(index::Change::Remove(run.clone())).await
     }
 
+    async fn remove_many_from_index(&self, runs: &[RunId]) -> Result<(), StorageError> {
+        self.with_index(index::Change::RemoveMany(runs.to_vec()))
+            .await
+    }
+
+    async fn remove_run(&self, run: &RunId) -> Result<u64, StorageError> {
+        let dir = self.path(&keys::run_dir(run));
+        tokio::task::spawn_blocking(move || {
+            let files = match std::fs::read_dir(&dir) {
+                Ok(d) => d.count() as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            std::fs::remove_dir_all(&dir).map(|()| files)
+        })
+        .await
+        .map_err(|e| joined("remove run", e))?
+        .map_err(|e| err(format!("remove run {run}"), e))
+    }
+
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {
         read_json(&self.path(&keys::run_doc(run)))
     }
@@ -336,6 +356,36 @@ mod tests {
         sink.remove_from_index(&summary(449).id).await.unwrap();
         assert_eq!(sink.list_index(1).await.unwrap()[0].id, summary(448).id);
         let _ = TriggerKind::Local;
+
+        // Many at once: the head, whole chunks and parts of chunks.
+        let gone: Vec<RunId> = (0..450)
+            .filter(|i| *i < 220 || i % 7 == 0 || *i > 440)
+            .map(|i| summary(i).id)
+            .collect();
+        sink.remove_many_from_index(&gone).await.unwrap();
+        let left: Vec<RunId> = sink
+            .list_index(usize::MAX)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let want: Vec<RunId> = (0..450)
+            .rev()
+            .map(|i| summary(i).id)
+            .filter(|id| !gone.contains(id))
+            .collect();
+        assert_eq!(left, want);
+        let chunks_after = std::fs::read_dir(dir.path().join("runs/index"))
+            .unwrap()
+            .count();
+        assert!(
+            chunks_after < chunks,
+            "emptied chunks are deleted: {chunks_after}"
+        );
+        // And the index still takes new runs.
+        sink.update_index(&summary(500)).await.unwrap();
+        assert_eq!(sink.list_index(1).await.unwrap()[0].id, summary(500).id);
     }
 
     #[tokio::test]

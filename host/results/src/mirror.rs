@@ -56,6 +56,16 @@ impl ResultsSink for Mirrored {
         self.mirror.update_index(summary).await
     }
 
+    async fn remove_many_from_index(&self, runs: &[RunId]) -> Result<(), StorageError> {
+        self.primary.remove_many_from_index(runs).await?;
+        self.mirror.remove_many_from_index(runs).await
+    }
+
+    async fn remove_run(&self, run: &RunId) -> Result<u64, StorageError> {
+        let n = self.primary.remove_run(run).await?;
+        Ok(n + self.mirror.remove_run(run).await?)
+    }
+
     async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError> {
         self.primary.remove_from_index(run).await?;
         self.mirror.remove_from_index(run).await

@@ -150,6 +150,19 @@ impl S3Sink {
         Self::with_sdk_config(cfg, &sdk)
     }
 
+    /// A sink with a fixed access key instead of the credential chain.
+    pub fn with_keys(cfg: S3Config, access_key: &str, secret_key: &str) -> Self {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, SharedCredentialsProvider};
+        let creds = Credentials::new(access_key, secret_key, None, None, "sentinel");
+        let mut sdk = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(SharedCredentialsProvider::new(creds));
+        if let Some(r) = &cfg.region {
+            sdk = sdk.region(aws_config::Region::new(r.clone()));
+        }
+        Self::with_sdk_config(cfg, &sdk.build())
+    }
+
     /// A sink from an SDK configuration the caller built (tests give static
     /// credentials this way).
     pub fn with_sdk_config(cfg: S3Config, sdk: &aws_config::SdkConfig) -> Self {
@@ -327,6 +340,48 @@ impl ResultsSink for S3Sink {
     async fn remove_from_index(&self, run: &RunId) -> Result<(), StorageError> {
         let _one = self.index.lock().await;
         index::remove(self, run).await
+    }
+
+    async fn remove_many_from_index(&self, runs: &[RunId]) -> Result<(), StorageError> {
+        let _one = self.index.lock().await;
+        index::remove_many(self, runs).await
+    }
+
+    async fn remove_run(&self, run: &RunId) -> Result<u64, StorageError> {
+        let prefix = format!("{}/", self.key(&keys::run_dir(run)));
+        let what = format!("list s3://{}/{prefix}", self.cfg.bucket);
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.cfg.bucket)
+                .prefix(&prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_err(what.clone(), e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        for key in &keys {
+            self.client
+                .delete_object()
+                .bucket(&self.cfg.bucket)
+                .key(key)
+                .send()
+                .await
+                .map_err(|e| sdk_err(format!("delete s3://{}/{key}", self.cfg.bucket), e))?;
+        }
+        Ok(keys.len() as u64)
     }
 
     async fn get_run(&self, run: &RunId) -> Result<Option<RunDoc>, StorageError> {

@@ -42,6 +42,8 @@ pub struct Metrics {
     stage_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     start_latency: Histogram,
     deploy_markers: Family<Labels, Counter>,
+    /// What retention removed, by kind (runs, objects, kept_bytes, failed).
+    pub pruned: Family<Labels, Counter>,
     /// Runs accepted and not started yet, with when they were accepted.
     accepted: Mutex<HashMap<RunId, DateTime<Utc>>>,
 }
@@ -82,6 +84,12 @@ impl Default for Metrics {
             "Deploy markers acted on, by watcher and outcome (queued, ignored, failed)",
             deploy_markers.clone(),
         );
+        let pruned = Family::<Labels, Counter>::default();
+        registry.register(
+            "retention_pruned",
+            "What retention removed: runs, published objects, kept bytes, and runs it could not remove yet (failed)",
+            pruned.clone(),
+        );
         registry.register("runs", "Stored runs by status", runs.clone());
         registry.register("runs_running", "Runs going now", running.clone());
         registry.register(
@@ -121,12 +129,27 @@ impl Default for Metrics {
             stage_seconds,
             start_latency,
             deploy_markers,
+            pruned,
             accepted: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Counts what a retention pass removed.
+    pub fn on_pruned(&self, runs: u64, objects: u64, kept_bytes: u64, failed: u64) {
+        for (kind, n) in [
+            ("runs", runs),
+            ("objects", objects),
+            ("kept_bytes", kept_bytes),
+            ("failed", failed),
+        ] {
+            self.pruned
+                .get_or_create(&vec![("kind".into(), kind.into())])
+                .inc_by(n);
+        }
+    }
+
     /// A run was accepted at `at`.
     pub fn accepted(&self, run: &RunId, at: DateTime<Utc>) {
         if let Ok(mut a) = self.accepted.lock() {

@@ -153,6 +153,13 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/runs/{id}/keep",
+        TRIGGER,
+        "Keep a run whatever the retention policy says (`{\"keep\": false}` takes the mark away) → `{\"id\", \"keep\"}`",
+        || post(runs::keep),
+    ),
+    r(
+        "POST",
         "/api/v1/runs/{id}/promote",
         TRIGGER,
         "Deploy a succeeded run to an environment: `{\"to\": env, \"rollback\": false}` → `202 {\"deployment\", \"status\", \"run\"}` (`waiting_approval` when the environment asks for one)",

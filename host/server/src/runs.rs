@@ -451,3 +451,39 @@ pub(crate) async fn rerun(
     }
     s.queue_api(&spec, &caller).await
 }
+
+/// `POST /api/v1/runs/{id}/keep`, optionally `{"keep": false}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeepRequest {
+    keep: bool,
+}
+
+pub(crate) async fn keep(
+    State(s): St,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<KeepRequest>>,
+) -> Result<Json<Value>, ApiError> {
+    s.authorize(&headers, Scope::Trigger)?;
+    let id = parse_run_id(&id)?;
+    let keep = body.is_none_or(|Json(b)| b.keep);
+    let known = s
+        .store
+        .get_run(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .is_some()
+        || s.store
+            .request_of(&id)
+            .map_err(ApiError::internal)?
+            .is_some();
+    if !known {
+        return Err(ApiError::not_found(format!("no run {id}")));
+    }
+    s.store
+        .set_keep(&id, keep)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "id": id, "keep": keep })))
+}

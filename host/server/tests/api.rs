@@ -550,3 +550,38 @@ async fn a_wait_past_its_time_is_rejected_and_one_within_it_waits_on() {
     assert_eq!(sentinel_server::deploys::expire_due(&state, later).await, 1);
     assert!(store.waiting_approval().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_run_is_marked_to_be_kept_and_unmarked() {
+    use sentinel_engine::Store as _;
+    let a = api(false).await;
+    let id: sentinel_api::RunId = RUN["/api/v1/runs/".len()..].parse().unwrap();
+    let keep = format!("{RUN}/keep");
+    let (status, _) = call(&a.app, Method::POST, &keep, Some(&a.trigger), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "an unknown run");
+    let doc = sentinel_engine::fake::run_doc(&id, sentinel_api::RunStatus::Succeeded);
+    a.store.put_run(&doc, true).await.unwrap();
+    let (status, json) = call(&a.app, Method::POST, &keep, Some(&a.trigger), None).await;
+    assert_eq!(
+        (status, json["keep"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{json}"
+    );
+    assert!(a.store.kept_runs().unwrap().contains(&id));
+    assert!(a.store.protected_runs().await.unwrap().contains(&id));
+    let (status, _) = call(&a.app, Method::POST, &keep, Some(&a.read), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "a read token cannot");
+    let (status, json) = call(
+        &a.app,
+        Method::POST,
+        &keep,
+        Some(&a.trigger),
+        Some(r#"{"keep": false}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, json["keep"].as_bool()),
+        (StatusCode::OK, Some(false))
+    );
+    assert!(!a.store.kept_runs().unwrap().contains(&id));
+}

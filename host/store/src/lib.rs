@@ -87,6 +87,8 @@ pub struct SledStore {
     schedules: sled::Tree,
     ignored: sled::Tree,
     statuses: sled::Tree,
+    /// Runs marked to be kept whatever the retention policy says.
+    keep: sled::Tree,
     /// Items in `outbox` and `parked`, counted (sled's `len` walks the tree).
     outbox_len: Arc<AtomicUsize>,
     parked_len: Arc<AtomicUsize>,
@@ -212,6 +214,7 @@ impl SledStore {
             schedules: tree("schedules")?,
             ignored: tree("ignored")?,
             statuses: tree("statuses")?,
+            keep: tree("keep")?,
             seal: Arc::new(std::sync::RwLock::new(Arc::new(seal))),
             runs: tree("runs")?,
             stages: tree("stages")?,
@@ -280,7 +283,7 @@ impl SledStore {
             .map_err(|_| err("sealing key", "poisoned"))
     }
 
-    pub(crate) async fn flush(&self) -> Result<(), StorageError> {
+    pub async fn flush(&self) -> Result<(), StorageError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
@@ -395,6 +398,46 @@ impl Store for SledStore {
                     .and_then(|(_, v)| decode(&v))
             })
             .collect()
+    }
+
+    async fn list_runs_before(
+        &self,
+        before: Option<&RunId>,
+        limit: usize,
+    ) -> Result<Vec<RunDoc>, StorageError> {
+        let iter = match before {
+            Some(id) => self.runs.range(..id.as_str().as_bytes()),
+            None => self.runs.iter(),
+        };
+        iter.rev()
+            .take(limit)
+            .map(|kv| {
+                kv.map_err(|e| err("list runs", e))
+                    .and_then(|(_, v)| decode(&v))
+            })
+            .collect()
+    }
+
+    async fn delete_run(&self, id: &RunId) -> Result<(), StorageError> {
+        let key = id.as_str().as_bytes();
+        let prefix = format!("{id}/");
+        for tree in [&self.stages, &self.events, &self.kept] {
+            for k in tree.scan_prefix(&prefix).keys() {
+                tree.remove(k.map_err(|e| err("delete run", e))?)
+                    .map_err(|e| err("delete run", e))?;
+            }
+        }
+        for tree in [&self.open, &self.requests, &self.leases, &self.keep] {
+            tree.remove(key).map_err(|e| err("delete run", e))?;
+        }
+        // The document last: a run half forgotten is still listed, and
+        // pruned again.
+        if let Some(old) = self.runs.remove(key).map_err(|e| err("delete run", e))? {
+            self.uncounted(&old);
+        }
+        // Not flushed here (the next flush takes it): a run whose removal
+        // is lost to a crash is listed again, and removed again.
+        Ok(())
     }
 
     async fn open_runs(&self) -> Result<Vec<RunDoc>, StorageError> {

@@ -67,6 +67,68 @@ impl SledStore {
         *counts.entry(new.as_str().to_string()).or_insert(0) += 1;
     }
 
+    /// Takes a removed run (`old`: its value) out of the kept counts.
+    pub(crate) fn uncounted(&self, old: &[u8]) {
+        let Ok(mut kept) = self.run_counts.lock() else {
+            return;
+        };
+        if let (Some(counts), Ok(old)) = (kept.as_mut(), decode::<RunStatusOnly>(old))
+            && let Some(n) = counts.get_mut(old.status.as_str())
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Marks a run to be kept whatever the retention policy says, or
+    /// unmarks it.
+    pub async fn set_keep(&self, run: &RunId, keep: bool) -> Result<(), StorageError> {
+        let key = run.as_str().as_bytes();
+        if keep {
+            self.keep.insert(key, &[]).map_err(|e| err("keep run", e))?;
+        } else {
+            self.keep.remove(key).map_err(|e| err("keep run", e))?;
+        }
+        self.flush().await
+    }
+
+    /// The runs marked to be kept.
+    pub fn kept_runs(&self) -> Result<std::collections::BTreeSet<RunId>, StorageError> {
+        self.keep
+            .iter()
+            .keys()
+            .filter_map(|k| {
+                k.map_err(|e| err("kept runs", e))
+                    .map(|k| String::from_utf8_lossy(&k).parse().ok())
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// Runs retention never removes: those marked to be kept, and for
+    /// each current deployment the run that deployed it, the run it was
+    /// promoted from, and the run that run started from (a deploy's build).
+    pub async fn protected_runs(&self) -> Result<std::collections::BTreeSet<RunId>, StorageError> {
+        use sentinel_api::DeploySource;
+        use sentinel_engine::ports::Store as _;
+        let mut set = self.kept_runs()?;
+        for d in self.current(None, None)? {
+            let from = match &d.source {
+                DeploySource::Promotion { from_run, .. } => Some(from_run.clone()),
+                DeploySource::Pipeline { run, .. } => run.clone(),
+                _ => None,
+            };
+            for run in d.run.iter().chain(from.iter()) {
+                if let Some(doc) = self.get_run(run).await?
+                    && let Some(f) = doc.from_run
+                {
+                    set.insert(f);
+                }
+                set.insert(run.clone());
+            }
+        }
+        Ok(set)
+    }
+
     /// A page of runs (newest first, older than `before`) as their stored
     /// JSON documents, not decoded: the runs list serves them as they are.
     pub fn runs_page_raw(

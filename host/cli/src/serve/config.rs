@@ -61,6 +61,50 @@ pub struct FileConfig {
     /// Days an unpushed image a run made is kept after its run ended (0: forever).
     #[serde(default)]
     pub images_keep_days: Option<u64>,
+    /// Which ended runs are removed, and how often it is looked at.
+    #[serde(default)]
+    pub retention: Option<RetentionSection>,
+}
+
+/// `[retention]`: runs older than `max_age` and past the newest `keep_last`
+/// of their pipeline and branch are removed every `every` (see
+/// `sentinel runs prune`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// `30d`, `12h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<usize>,
+    /// How often a pass runs (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+}
+
+impl RetentionSection {
+    /// The policy and how often it is applied, checked.
+    pub fn policy(
+        &self,
+    ) -> anyhow::Result<(sentinel_engine::retention::Policy, std::time::Duration)> {
+        let d = |what: &str, v: &Option<String>| -> anyhow::Result<Option<std::time::Duration>> {
+            v.as_deref()
+                .map(|t| {
+                    humantime::parse_duration(t)
+                        .map_err(|e| anyhow::anyhow!("[retention] {what} = \"{t}\": {e}"))
+                })
+                .transpose()
+        };
+        let policy = sentinel_engine::retention::Policy {
+            max_age: d("max_age", &self.max_age)?,
+            keep_last: self.keep_last,
+        };
+        if !policy.is_set() {
+            anyhow::bail!("[retention] says nothing to keep: set `max_age` and/or `keep_last`");
+        }
+        let every = d("every", &self.every)?.unwrap_or(std::time::Duration::from_secs(3600));
+        Ok((policy, every))
+    }
 }
 
 /// Where results go besides the local folder.
@@ -209,6 +253,8 @@ pub struct Settings {
     pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
     /// Days an unpushed image a run made is kept (0: forever).
     pub images_keep_days: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSection>,
 }
 
 /// The built app beside the binary (`web/`) or in the nearest `dist/` above it.
@@ -414,6 +460,13 @@ impl Settings {
             versions: file.versions.clone(),
             pull_requests: file.pull_requests.clone().unwrap_or_default(),
             images_keep_days: file.images_keep_days.unwrap_or(7),
+            retention: match &file.retention {
+                Some(r) => {
+                    r.policy()?;
+                    Some(r.clone())
+                }
+                None => None,
+            },
             registries: {
                 crate::registries::check(&file.registries, true)
                     .map_err(|e| anyhow::anyhow!("[registries]: {e}"))?;

@@ -118,6 +118,50 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(run_server(project, settings))
 }
 
+/// `[retention]`: a pass at start, then every `every`, in the background.
+fn spawn_retention(
+    (policy, every): (sentinel_engine::retention::Policy, std::time::Duration),
+    store: sentinel_store::SledStore,
+    sink: Arc<dyn sentinel_engine::ResultsSink>,
+    state: std::path::PathBuf,
+    docker: Option<sentinel_docker::DockerExecutor>,
+    metrics: Arc<sentinel_server::metrics::Metrics>,
+) {
+    tokio::spawn(async move {
+        loop {
+            match crate::retention::pass(
+                &store,
+                sink.clone(),
+                &state,
+                &policy,
+                docker.as_ref(),
+                false,
+            )
+            .await
+            {
+                Ok(p) => {
+                    let failed = p.pruned.failed.len() as u64;
+                    metrics.on_pruned(p.pruned.runs, p.pruned.objects, p.pruned.kept_bytes, failed);
+                    if p.pruned.runs > 0 {
+                        tracing::info!(
+                            "retention: removed {} run(s), {} published file(s), {} bytes of kept files, {} image(s)",
+                            p.pruned.runs,
+                            p.pruned.objects,
+                            p.pruned.kept_bytes,
+                            p.images
+                        );
+                    }
+                    for (id, why) in &p.pruned.failed {
+                        tracing::warn!("retention: run {id} stays until the next pass: {why}");
+                    }
+                }
+                Err(e) => tracing::warn!("retention: cannot select the runs to remove: {e}"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
 async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::Result<ExitCode> {
     let dirs = Dirs {
         project,
@@ -178,6 +222,16 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
 
     let live = Arc::new(sentinel_server::live::LiveHub::default());
     let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
+    if let Some(r) = &settings.retention {
+        spawn_retention(
+            r.policy()?,
+            store.clone(),
+            engine.sink.clone(),
+            dirs.state.clone(),
+            docker.clone(),
+            metrics.clone(),
+        );
+    }
     // Told of every change to a deployment: the results' document follows.
     let deployments_changed = Arc::new(sentinel_server::deploys::Changes::default());
     // The API's state, once made (a run's end queues what comes after it).

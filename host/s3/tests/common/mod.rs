@@ -5,7 +5,6 @@
 
 pub mod proxy;
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use sentinel_s3::{S3Config, S3Sink};
 
 pub use sentinel_testkit::s3_server;
@@ -13,18 +12,6 @@ pub use sentinel_testkit::s3_server;
 /// A sink on the S3 server, through `endpoint` when given (a proxy).
 pub fn sink_via(prefix: &str, endpoint: Option<String>) -> S3Sink {
     let s3 = s3_server();
-    let creds = Credentials::new(
-        &s3["AWS_ACCESS_KEY_ID"],
-        &s3["AWS_SECRET_ACCESS_KEY"],
-        None,
-        None,
-        "test",
-    );
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new(s3["S3_REGION"].clone()))
-        .credentials_provider(SharedCredentialsProvider::new(creds))
-        .build();
     let cfg = S3Config {
         bucket: s3["S3_BUCKET"].clone(),
         prefix: prefix.to_string(),
@@ -32,7 +19,7 @@ pub fn sink_via(prefix: &str, endpoint: Option<String>) -> S3Sink {
         endpoint: Some(endpoint.unwrap_or_else(|| s3["S3_ENDPOINT"].clone())),
         path_style: true,
     };
-    S3Sink::with_sdk_config(cfg, &sdk)
+    S3Sink::with_keys(cfg, &s3["AWS_ACCESS_KEY_ID"], &s3["AWS_SECRET_ACCESS_KEY"])
 }
 
 pub fn unique(name: &str) -> String {
