@@ -418,13 +418,15 @@ async fn results(
             "this server publishes its results to a bucket, not under /results/",
         ));
     };
-    // ServeDir sees the path below /results/.
-    let uri = format!("/{path}");
+    // ServeDir sees the path below /results/, still percent-encoded (it
+    // decodes and checks it itself).
+    let raw = req.uri().path();
+    let uri = raw.strip_prefix("/results").unwrap_or(raw);
     let mut inner = Request::builder()
         .method(req.method())
         .uri(uri)
         .body(Body::empty())
-        .map_err(ApiError::internal)?;
+        .map_err(|e| ApiError::bad_request(format!("results path `{path}`: {e}")))?;
     *inner.headers_mut() = req.headers().clone();
     let res = ServeDir::new(dir)
         .oneshot(inner)

@@ -61,6 +61,10 @@ fn config(public_read: bool) -> ApiConfig {
 }
 
 async fn api_with(config: ApiConfig) -> Api {
+    api_with_hook_secret(config, None).await
+}
+
+async fn api_with_hook_secret(config: ApiConfig, hook_secret: Option<&[u8]>) -> Api {
     let tmp = tempfile::tempdir().unwrap();
     let store = SledStore::try_open(tmp.path()).unwrap();
     let (read, _) = store.create_token("reader", Scope::Read).await.unwrap();
@@ -69,6 +73,7 @@ async fn api_with(config: ApiConfig) -> Api {
     let queued = Arc::new(Counting::default());
     let mut state = AppState::new(store.clone(), config, queued.clone());
     state.results_dir = Some(tmp.path().join("results"));
+    state.github_secret = hook_secret.map(Arc::from);
     let app = router(state);
     Api {
         _tmp: tmp,
@@ -584,4 +589,202 @@ async fn a_run_is_marked_to_be_kept_and_unmarked() {
         (StatusCode::OK, Some(false))
     );
     assert!(!a.store.kept_runs().unwrap().contains(&id));
+}
+
+/// The status of a request whose body may never end (a stream): only the
+/// head is awaited.
+async fn status_of(app: &axum::Router, req: Request<Body>) -> StatusCode {
+    tokio::time::timeout(std::time::Duration::from_secs(10), app.clone().oneshot(req))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+        .status()
+}
+
+/// Bodies no client should send: truncated, mistyped, huge, deep, not
+/// UTF-8, not JSON.
+fn bad_bodies() -> Vec<Vec<u8>> {
+    let mut v: Vec<Vec<u8>> = [
+        "",
+        "{",
+        "}",
+        "[]",
+        "null",
+        "0",
+        "-1",
+        "1e309",
+        "true",
+        "\"x\"",
+        "{\"repo\":",
+        "{\"repo\": 1}",
+        "{\"repo\": \"app\", \"ref\": 5}",
+        "{\"repo\": \"app\", \"ref\": \"main\", \"env\": {\"A\": [1]}}",
+        "{\"from\": {}}",
+        "{\"from\": \"../../x\"}",
+        "{\"keep\": \"yes\"}",
+        "{\"name\": \"x\", \"scope\": \"root\"}",
+        "{\"value\": null}",
+        "{\"to\": [\"production\"]}",
+        "\"\\ud800\"",
+        "{\"a\":1,\"a\":2}",
+        "repo=app&ref=main",
+    ]
+    .iter()
+    .map(|b| b.as_bytes().to_vec())
+    .collect();
+    v.push(b"\xff\xfe{\"repo\": \"\xc3\x28\"}".to_vec());
+    v.push(format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes());
+    v.push(vec![b'a'; 3 << 20]);
+    v.push(format!("{{\"repo\": \"{}\"}}", "x".repeat(900)).into_bytes());
+    v
+}
+
+/// Path values no route expects.
+const BAD_SEGMENTS: &[&str] = &[
+    "x",
+    "%00",
+    "..%2F..%2Fetc",
+    "01JDX3K6Q2T8W9V5M4N3P2R1S0",
+    "ZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+    "%F0%28%8C%BC",
+    "-",
+];
+
+/// Every route, with every bad body (signed, for the webhook, so the
+/// parser is reached), then random JSON of every shape: never a 5xx or a
+/// panic, and the server still answers its health check after.
+#[test]
+fn malformed_requests_to_every_route_get_4xx_never_5xx() {
+    use hmac::Mac as _;
+    use proptest::prelude::*;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = b"hook-secret".to_vec();
+    let a = rt.block_on(api_with_hook_secret(config(false), Some(&secret)));
+    let sign = |body: &[u8]| {
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&secret).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let request = |method: &str, path: &str, body: Vec<u8>, ctype: Option<&str>, event: &str| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", a.admin))
+            .header("x-github-event", event)
+            .header("x-github-delivery", ulid::Ulid::new().to_string())
+            .header("x-hub-signature-256", sign(&body));
+        if let Some(c) = ctype {
+            req = req.header("content-type", c);
+        }
+        req.body(Body::from(body)).unwrap()
+    };
+    let mut asked = 0;
+    for route in ROUTES {
+        for seg in BAD_SEGMENTS {
+            let path = route
+                .path
+                .replace("{id}", seg)
+                .replace("{stage}", seg)
+                .replace("{name}", seg)
+                .replace("{pipeline}", seg)
+                .replace("{path}", seg);
+            for body in bad_bodies() {
+                for ctype in [
+                    Some("application/json"),
+                    Some("text/plain; charset=latin1"),
+                    None,
+                ] {
+                    for event in ["push", "pull_request"] {
+                        let req = request(route.method, &path, body.clone(), ctype, event);
+                        let status = rt.block_on(status_of(&a.app, req));
+                        asked += 1;
+                        assert!(
+                            !status.is_server_error(),
+                            "{} {path} with a {}-byte body ({ctype:?}, {event}): {status}",
+                            route.method,
+                            body.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // Random JSON of every shape at every route.
+    let json = proptest::arbitrary::any::<Option<bool>>()
+        .prop_map(|b| serde_json::json!(b))
+        .boxed()
+        .prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("repo".to_string()),
+                        Just("ref".to_string()),
+                        Just("from".to_string()),
+                        Just("env".to_string()),
+                        Just("keep".to_string()),
+                        Just("to".to_string()),
+                        ".{0,6}"
+                    ],
+                    prop_oneof![
+                        inner,
+                        ".{0,12}".prop_map(serde_json::Value::from),
+                        any::<i64>().prop_map(serde_json::Value::from)
+                    ],
+                    0..5
+                )
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 2000,
+        failure_persistence: None,
+        ..Default::default()
+    });
+    runner
+        .run(
+            &(
+                0..ROUTES.len(),
+                json,
+                proptest::sample::select(BAD_SEGMENTS),
+            ),
+            |(i, body, seg)| {
+                let route = &ROUTES[i];
+                let path = route
+                    .path
+                    .replace("{id}", seg)
+                    .replace("{stage}", seg)
+                    .replace("{name}", seg)
+                    .replace("{pipeline}", seg)
+                    .replace("{path}", seg);
+                let req = request(
+                    route.method,
+                    &path,
+                    serde_json::to_vec(&body).unwrap(),
+                    Some("application/json"),
+                    "push",
+                );
+                let status = rt.block_on(status_of(&a.app, req));
+                prop_assert!(
+                    !status.is_server_error(),
+                    "{} {path} {body}: {status}",
+                    route.method
+                );
+                Ok(())
+            },
+        )
+        .unwrap();
+    let health = Request::builder()
+        .uri("/health")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        rt.block_on(status_of(&a.app, health)),
+        StatusCode::OK,
+        "still healthy after {asked} bad requests"
+    );
 }

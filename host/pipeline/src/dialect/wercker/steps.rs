@@ -61,7 +61,11 @@ impl Reader {
                     }
                 }
             }
-            Value::Map(entries) if matches!(entries[0].1.value, Value::Null) => {
+            Value::Map(entries)
+                if entries
+                    .first()
+                    .is_some_and(|(_, v)| matches!(v.value, Value::Null)) =>
+            {
                 // wercker's legacy form: the first key names the step, the others are its data.
                 let (k, _) = &entries[0];
                 (
