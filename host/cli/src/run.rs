@@ -243,25 +243,35 @@ pub async fn run_with(
     let chosen = args.file.choose(paths)?;
     say_chosen(&chosen);
     let dirs = Dirs::of(paths, &chosen.project)?;
-    let Some(store) = context::try_open_store(&dirs.state)? else {
-        anyhow::bail!(
-            "another sentinel process is running a pipeline with the state folder {}; wait for it, or pass --state",
-            dirs.state.display()
-        );
+    let open_store = || -> anyhow::Result<sentinel_store::SledStore> {
+        context::try_open_store(&dirs.state)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "another sentinel process is running a pipeline with the state folder {}; wait for it, or pass --state",
+                dirs.state.display()
+            )
+        })
     };
-    let again = match rerun {
+    // A re-run reads its run first (its commit says which file); a run
+    // opens nothing before its file is known to be valid.
+    let (again, early) = match rerun {
         Some(_) if args.from_run.is_some() => anyhow::bail!(
             "`--from-run` starts a deploy from a build's output; a re-run starts from the source its run recorded"
         ),
         Some((run, from)) => {
-            Some(crate::rerun::prepare(&store, &dirs.state, &chosen, &run, from).await?)
+            let store = open_store()?;
+            let again = crate::rerun::prepare(&store, &dirs.state, &chosen, &run, from).await?;
+            (Some(again), Some(store))
         }
-        None => None,
+        None => (None, None),
     };
     let file = again.as_ref().map_or(chosen.file, |a| a.file.clone());
     let mut plan = match load(&file, &args.file.select()) {
         Ok(p) => p,
         Err(code) => return Ok(code),
+    };
+    let store = match early {
+        Some(s) => s,
+        None => open_store()?,
     };
     let exec = context::executor_for(&plan, &dirs).await?;
     let mut engine = context::engine(&dirs, store.clone(), exec, args.jobs, args.keep_workspace);

@@ -4,7 +4,9 @@
 //! a 2xx exists and ended in exactly one final state (one run-level final
 //! event), no run is `running` without a live lease (no lease is left at
 //! all), nothing waits in the queue, and no container or network of these
-//! runs is left behind.
+//! runs is left behind. And a state folder whose disk runs short (a small
+//! tmpfs): new runs are refused with 503 saying why, the run going ends as
+//! it would have, and runs are accepted again once space returns.
 
 mod common;
 
@@ -206,4 +208,119 @@ async fn kill_9_loses_no_accepted_run_and_leaves_nothing_behind() {
         runs.len(),
         accepted.len()
     );
+}
+
+/// A small tmpfs for a state folder, unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, mib: u64) -> Self {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "this test mounts a {mib} MiB tmpfs for the state folder and needs root (or CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The state folder's disk runs short of `min_free_mib` while a run goes:
+/// a trigger is refused with 503 saying why (the server stays healthy),
+/// the run going ends as it would have, and once space returns a new
+/// trigger is accepted and runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_disk_refuses_new_runs_and_loses_none() {
+    common::docker().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let pipeline = "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n  work:\n    run: sleep 2; echo finished\n";
+    let (url, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", pipeline)]);
+    let disk = tmp.path().join("disk");
+    let _mounted = SmallDisk::mount(&disk, 128);
+    let state = disk.join("state");
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!("min_free_mib = 48\n[repos.app]\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
+    let server = Server::start(
+        &state,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &[],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let going = c.trigger("app").await;
+    c.wait_stage(&going, "work", "running").await;
+
+    // Fill the disk to 24 MiB short of the reserve.
+    let free = || {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let filler = disk.join("filler");
+    let fill = free().saturating_sub(24 << 20);
+    std::fs::write(&filler, vec![7u8; fill as usize]).unwrap();
+    let (status, body) = c
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/runs",
+            Some(serde_json::json!({"repo": "app", "ref": "main"})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let why = body["error"]["message"]
+        .as_str()
+        .or(body["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        body.to_string().contains("reserve") && body.to_string().contains("free"),
+        "the refusal says why: {body} {why}"
+    );
+    let (status, _) = c.call(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 200, "still healthy");
+
+    // The run going was accepted: it ends as it would have.
+    let ended = c.wait_final(&going).await;
+    assert_eq!(ended["run"]["status"], "succeeded", "{ended}");
+
+    // Space returns: runs are accepted and run again.
+    std::fs::remove_file(&filler).unwrap();
+    let next = c.trigger("app").await;
+    let ended = c.wait_final(&next).await;
+    assert_eq!(ended["run"]["status"], "succeeded", "{ended}");
+    assert!(
+        server.log().contains("new runs are refused"),
+        "the server's log says it too: {}",
+        server.log()
+    );
+    server.stop();
 }

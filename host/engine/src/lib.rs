@@ -9,6 +9,7 @@
 //! Docker, sled or S3.
 
 pub mod cache;
+pub mod disk;
 pub mod docs;
 pub mod env;
 pub mod error;

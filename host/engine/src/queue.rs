@@ -78,6 +78,9 @@ pub struct WorkerConfig {
     pub max_attempts: u32,
     /// How long a claim lasts without a heartbeat.
     pub claim_for: Duration,
+    /// Below this room on the state folder's disk, no run is started (they
+    /// wait in the queue).
+    pub disk: Option<crate::disk::DiskReserve>,
 }
 
 /// Runs queued runs with one engine.
@@ -296,8 +299,20 @@ impl Worker {
     /// going to end.
     pub async fn serve(self: Arc<Self>, stop: CancellationToken) {
         let mut running = JoinSet::new();
+        let mut short = false;
         loop {
-            while running.len() < self.config.runs.max(1) {
+            // Short of room: runs wait in the queue (said once, and again
+            // when room returns).
+            let now_short = self.config.disk.as_ref().and_then(|d| d.short());
+            match (&now_short, short) {
+                (Some(why), false) => tracing::warn!("{why}; queued runs wait"),
+                (None, true) => {
+                    tracing::info!("the state folder's disk has room again: queued runs start")
+                }
+                _ => {}
+            }
+            short = now_short.is_some();
+            while !short && running.len() < self.config.runs.max(1) {
                 let until = Utc::now() + self.config.claim_for;
                 match self.queue.claim(&self.owner, until).await {
                     Ok(Some(entry)) => {

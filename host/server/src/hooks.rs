@@ -162,11 +162,12 @@ impl AppState {
         entry: &sentinel_engine::ports::QueueEntry,
         spec: &RunSpec,
     ) -> Result<(sentinel_api::RunId, bool), ApiError> {
+        self.room()?;
         let (id, fresh) = self
             .store
             .enqueue_once(key, entry)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(crate::runs::not_queued)?;
         if fresh {
             self.metrics.accepted(&id, entry.enqueued);
             self.control.queued();

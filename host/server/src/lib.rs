@@ -318,6 +318,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// The secret that signs GitHub webhooks (none: `/hooks/github` refuses all).
     pub github_secret: Option<Arc<[u8]>>,
+    /// The room kept free on the state folder's disk (none: not checked).
+    pub disk: Option<sentinel_engine::disk::DiskReserve>,
     /// The key run secrets are sealed with (none: secrets cannot be set).
     pub secrets_key: Option<Arc<SecretsKey>>,
     /// The local results folder: logs are read from it and it is served
@@ -352,6 +354,7 @@ impl AppState {
             live: Arc::default(),
             metrics: Arc::default(),
             github_secret: None,
+            disk: None,
             secrets_key: None,
             results_dir: None,
             web_dir: None,

@@ -291,13 +291,19 @@ impl AppState {
 
     /// Queues a run durably, then wakes the worker.
     pub(crate) async fn enqueue(&self, entry: &QueueEntry) -> Result<(), ApiError> {
-        self.store
-            .enqueue(entry)
-            .await
-            .map_err(ApiError::internal)?;
+        self.room()?;
+        self.store.enqueue(entry).await.map_err(not_queued)?;
         self.metrics.accepted(&entry.run_id, entry.enqueued);
         self.control.queued();
         Ok(())
+    }
+
+    /// 503 when the state folder's disk is short of its reserve.
+    pub(crate) fn room(&self) -> Result<(), ApiError> {
+        match self.disk.as_ref().and_then(|d| d.short()) {
+            Some(why) => Err(ApiError::unavailable(why)),
+            None => Ok(()),
+        }
     }
 
     /// Queues a run asked for through the API; the 202 answer.
@@ -486,4 +492,10 @@ pub(crate) async fn keep(
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(json!({ "id": id, "keep": keep })))
+}
+
+/// A run that could not be written to the queue: the client may try again
+/// (a full disk, a store that could not write), so 503, saying why.
+pub(crate) fn not_queued(e: sentinel_engine::StorageError) -> ApiError {
+    ApiError::unavailable(format!("the run could not be queued: {e}"))
 }

@@ -87,6 +87,7 @@ fn setup(runs: usize, max_attempts: u32) -> Setup {
             runs,
             max_attempts,
             claim_for: Duration::from_secs(3),
+            disk: None,
         },
         resolve(src),
         Arc::new(|_, _| {}),

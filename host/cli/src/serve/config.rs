@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub ready_namespaces: Option<usize>,
     pub max_attempts: Option<u32>,
     pub claim_seconds: Option<u64>,
+    /// MiB kept free on the state folder's disk: below it new runs are
+    /// refused (503) and queued runs wait (default 1024).
+    pub min_free_mib: Option<u64>,
     pub log_format: Option<LogFormat>,
     pub secrets_key_file: Option<PathBuf>,
     pub github_webhook_secret_file: Option<PathBuf>,
@@ -227,6 +230,7 @@ pub struct Settings {
     pub ready_namespaces: usize,
     pub max_attempts: u32,
     pub claim_seconds: u64,
+    pub min_free_mib: u64,
     pub log_format: LogFormat,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secrets_key_file: Option<PathBuf>,
@@ -443,6 +447,9 @@ impl Settings {
             ready_namespaces: file.ready_namespaces.unwrap_or((2 * jobs).min(16)),
             max_attempts: args.max_attempts.or(file.max_attempts).unwrap_or(1).max(1),
             claim_seconds: file.claim_seconds.unwrap_or(30).max(3),
+            min_free_mib: file
+                .min_free_mib
+                .unwrap_or(sentinel_engine::disk::DiskReserve::DEFAULT >> 20),
             log_format: args
                 .log_format
                 .or(file.log_format)
@@ -609,3 +616,13 @@ impl Settings {
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;
+
+impl Settings {
+    /// The room kept free on the state folder's disk.
+    pub fn disk_reserve(&self) -> sentinel_engine::disk::DiskReserve {
+        sentinel_engine::disk::DiskReserve {
+            dir: self.state.clone(),
+            reserve: self.min_free_mib << 20,
+        }
+    }
+}

@@ -312,6 +312,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
             runs: settings.runs,
             max_attempts: settings.max_attempts,
             claim_for: Duration::from_secs(settings.claim_seconds),
+            disk: Some(settings.disk_reserve()),
         },
         resolver.into_resolve(),
         progress,
@@ -355,6 +356,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
     state.live = live;
     state.metrics = metrics.clone();
     state.github_secret = github_secret.map(Into::into);
+    state.disk = Some(settings.disk_reserve());
     state.secrets_key = secrets_key.clone();
     state.results_dir = Some(dirs.results.clone());
     state.web_dir = settings.web.clone();
