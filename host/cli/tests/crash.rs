@@ -324,3 +324,207 @@ async fn a_short_disk_refuses_new_runs_and_loses_none() {
     );
     server.stop();
 }
+
+/// A Docker daemon of the test's own (its own data root, exec root,
+/// socket and bridge, no iptables): stopped, and its folders and bridge
+/// removed, when dropped. The shared daemon is never touched — not even its
+/// `docker0`, which a daemon started with `--bridge=none` deletes.
+struct OwnDaemon {
+    dir: std::path::PathBuf,
+    bridge: String,
+    child: Option<std::process::Child>,
+}
+
+impl OwnDaemon {
+    fn start(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let bridge = format!("sntl{}", std::process::id() % 100_000);
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .expect("ip (iproute2)")
+        };
+        let _ = ip(&["link", "del", &bridge]);
+        for args in [
+            vec!["link", "add", &bridge, "type", "bridge"],
+            vec!["addr", "add", "10.213.0.1/24", "dev", &bridge],
+            vec!["link", "set", &bridge, "up"],
+        ] {
+            let out = ip(&args);
+            assert!(
+                out.status.success(),
+                "ip {args:?} (this test makes a bridge for its own Docker daemon and needs root): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut d = Self {
+            dir: dir.to_path_buf(),
+            bridge,
+            child: None,
+        };
+        d.up();
+        // The stage image, from the shared daemon (nothing can be pulled).
+        let load = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "docker save sentinel/busybox:local | docker -H {} load",
+                d.host()
+            ))
+            .output()
+            .unwrap();
+        assert!(load.status.success(), "{load:?}");
+        d
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}", self.dir.join("sock").display())
+    }
+
+    fn up(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
+        let child = std::process::Command::new("dockerd")
+            .arg("--data-root")
+            .arg(self.dir.join("root"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("pid"))
+            .args(["-H", &self.host()])
+            .arg(format!("--bridge={}", self.bridge))
+            .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false"])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd (this test runs a Docker daemon of its own: install docker.io)");
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(60);
+        while !self.docker(&["info"]).status.success() {
+            assert!(
+                Instant::now() < until,
+                "the test's own dockerd did not start: {}",
+                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the daemon as a service restart does (SIGTERM: it stops its
+    /// containers) and waits for it to exit.
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = std::process::Command::new("kill")
+                .arg(c.id().to_string())
+                .status();
+            let _ = c.wait();
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("docker")
+            .args(["-H", &self.host()])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        self.down();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+/// The Docker daemon restarted in the middle of a stage (the test's own
+/// daemon): the stage's attempt ends as the infrastructure's failure, its
+/// retry policy runs it again once the daemon is back, the run ends,
+/// nothing of it is left on the daemon, and the next run succeeds.
+#[test]
+fn a_daemon_restarted_mid_run_ends_the_attempt_and_the_retry_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Short: the daemon's socket path must fit a Unix socket address.
+    let dir = std::path::PathBuf::from(format!("/tmp/sentinel-dockerd-{}", std::process::id()));
+    let mut daemon = OwnDaemon::start(&dir);
+    let project = tmp.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    std::fs::write(
+        project.join("sentinel.yml"),
+        "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n  long:\n    run: echo started; sleep 6; echo finished\n    retry: {attempts: 4, on: [infrastructure], backoff: 2s}\n  after:\n    after: long\n    run: echo after\n",
+    )
+    .unwrap();
+    let host = daemon.host();
+    let sentinel = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .arg("-C")
+            .arg(&project)
+            .args(args)
+            .env("DOCKER_HOST", &host)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let run = sentinel(&["run", "--json"]);
+    // Once the stage's container runs, the daemon restarts under it.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = daemon.docker(&["ps", "-q", "--filter", "label=dev.sentinel.stage=long"]);
+        if !String::from_utf8_lossy(&ps.stdout).trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "the stage never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    daemon.down();
+    daemon.up();
+    let out = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let doc: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str(l)
+                .ok()
+                .filter(|v: &serde_json::Value| v["schema"] == 1)
+        })
+        .unwrap_or_else(|| panic!("no run document: {stdout}\n{stderr}"));
+    assert_eq!(doc["status"], "succeeded", "{doc}\n{stderr}");
+    let results = project
+        .join(".sentinel/results/run")
+        .join(doc["id"].as_str().unwrap());
+    let long: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("long.json")).unwrap()).unwrap();
+    let attempts = long["attempts"].as_array().cloned().unwrap_or_default();
+    assert!(attempts.len() >= 2, "the stage was attempted again: {long}");
+    assert!(
+        matches!(
+            attempts[0]["failure"].as_str(),
+            Some("runtime_error" | "start_error")
+        ),
+        "the first attempt ended as the infrastructure's failure: {}",
+        attempts[0]
+    );
+    assert_eq!(attempts.last().unwrap()["status"], "succeeded");
+    let left = daemon.docker(&["ps", "-aq", "--filter", "label=dev.sentinel.run"]);
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left on the daemon: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    let again = sentinel(&["run"]).wait_with_output().unwrap();
+    assert!(
+        again.status.success(),
+        "the next run: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -148,8 +148,9 @@ fn pseudo_job(w: &WarmStage) -> StageJob {
     }
 }
 
-/// The stage's warm container, when one was made and fits the stage; a
-/// misfit is removed before the stage makes its own (same name).
+/// The stage's warm container, when one was made, fits the stage and still
+/// waits; a misfit (or one a restarted daemon stopped) is removed before
+/// the stage makes its own (same name).
 pub(crate) async fn take(ex: &DockerExecutor, job: &StageJob) -> Option<Warm> {
     let handle = ex
         .warm
@@ -161,7 +162,16 @@ pub(crate) async fn take(ex: &DockerExecutor, job: &StageJob) -> Option<Warm> {
         && job.limits == warm.limits
         && job.user == warm.user
         && job.inputs.volumes.iter().all(|v| v.volume.path.is_none());
-    if fits {
+    // Still waiting for its go: a daemon restarted since stopped it.
+    let alive = fits
+        && ex
+            .docker
+            .inspect_container(&warm.id, None)
+            .await
+            .ok()
+            .and_then(|i| i.state?.running)
+            .unwrap_or(false);
+    if alive {
         return Some(warm);
     }
     discard(ex, warm).await;
