@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Builds sentinel/debian-base:local once per machine: a minimal Debian
 # (bookworm) made with debootstrap from Debian's packages, with Python 3,
-# pip, setuptools and wheel, imported into Docker. The Bundling example's
-# base image starts FROM it (nothing is pulled from a registry). Idempotent:
-# nothing happens when the image exists.
+# pip, setuptools and wheel, git and CA certificates, imported into Docker.
+# The Bundling example's base image and Sentinel's own server image start
+# FROM it (nothing is pulled from a registry). Idempotent: nothing happens
+# when the image of this recipe (its label) exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 image=sentinel/debian-base:local
-if docker image inspect "$image" >/dev/null 2>&1; then
+recipe=2
+if [ "$(docker image inspect -f '{{index .Config.Labels "dev.sentinel.base"}}' "$image" 2>/dev/null)" = "$recipe" ]; then
   exit 0
 fi
 need_root() {
@@ -28,7 +30,7 @@ trap 'need_root rm -rf "$root"' EXIT
 echo "debian-base: debootstrap bookworm from $mirror (once per machine)" >&2
 log=$(mktemp)
 if ! need_root debootstrap --variant=minbase \
-    --include=python3,python3-pip,python3-setuptools,python3-wheel,ca-certificates \
+    --include=python3,python3-pip,python3-setuptools,python3-wheel,ca-certificates,git \
     bookworm "$root/rootfs" "$mirror" >"$log" 2>&1; then
   tail -20 "$log" >&2
   exit 1
@@ -38,5 +40,6 @@ rm -f "$log"
 need_root rm -rf "$root/rootfs/var/cache/apt/archives/"*.deb "$root/rootfs/var/lib/apt/lists/"*
 need_root tar -C "$root/rootfs" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-  --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
+  --change 'CMD ["/bin/bash"]' \
+  --change "LABEL dev.sentinel.base=$recipe" - "$image" >/dev/null
 echo "debian-base: $image ready" >&2

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every test: sets up the machine (Docker, the stage image, the steps, the S3
 # server, Chromium), builds the web app, checks formatting and lints (the
-# host workspace and the web app), then runs the whole workspace's tests
-# against the real Docker engine, S3 server, server process and browser.
+# host workspace and the web app), builds Sentinel's own server image from
+# the binary just built, then runs the whole workspace's tests (every test
+# binary, even after one fails) against the real Docker engine, S3 server,
+# server process and browser.
 # Prints how long each phase took; exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +40,5 @@ phase "format" sh -c 'cargo fmt --all --check && cargo fmt --manifest-path web/C
 phase "lints (host)" cargo clippy --workspace --all-targets --quiet -- -D warnings
 phase "lints (web app)" cargo clippy --manifest-path web/Cargo.toml --target wasm32-unknown-unknown --quiet -- -D warnings
 phase "build the tests" cargo test --workspace --no-run --quiet
-phase "tests" cargo test --workspace
+phase "server image" scripts/server-image.sh
+phase "tests" cargo test --workspace --no-fail-fast

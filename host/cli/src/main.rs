@@ -139,6 +139,12 @@ enum Command {
     },
     /// Print the completion script of a shell (`bash`, `zsh`, `fish`, …).
     Completions { shell: clap_complete::Shell },
+    /// Exit 0 when the server answers its health check (a container's
+    /// HEALTHCHECK): the server at `--url`, else the one on the state folder.
+    Health {
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// The images runs made on this Docker engine, and pruning them.
     Images {
         #[command(subcommand)]
@@ -208,6 +214,7 @@ fn main() -> ExitCode {
             Command::Schedules(args) => schedules::schedules(&cli.paths, args).await,
             Command::Web { cmd } => web::web(&cli.paths, cmd).await,
             Command::Images { cmd } => images::images(&cli.paths, cmd).await,
+            Command::Health { url } => remote::health(&cli.paths, url).await,
             Command::Init { force } => init::init(&cli.paths, force),
             Command::Completions { shell } => init::completions(shell),
             Command::Serve(_) => unreachable!("handled above"),

@@ -86,3 +86,42 @@ impl Remote {
         Ok(json)
     }
 }
+
+/// `sentinel health`: exit 0 when the server (`url`, else the one running
+/// on the state folder) answers its health check within 5 s — a
+/// container's `HEALTHCHECK`.
+pub async fn health(paths: &Paths, url: Option<String>) -> anyhow::Result<std::process::ExitCode> {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let dirs = Dirs::new(paths)?;
+            local::read(&dirs.state).map(|f| f.url).with_context(|| {
+                format!(
+                    "no server is running on the state folder {} (no server.json); pass --url",
+                    dirs.state.display()
+                )
+            })?
+        }
+    };
+    let url = url.trim_end_matches('/');
+    let answer = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?
+        .get(format!("{url}/health"))
+        .send()
+        .await;
+    Ok(match answer {
+        Ok(r) if r.status().is_success() => {
+            println!("{url}: healthy");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!("{url}: not healthy: {}", r.status());
+            std::process::ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("{url}: no answer: {e}");
+            std::process::ExitCode::from(1)
+        }
+    })
+}

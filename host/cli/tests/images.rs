@@ -1167,3 +1167,165 @@ async fn image_suite() {
         failures.join("\n")
     );
 }
+
+/// Sentinel's own image (built by the test command with
+/// `scripts/server-image.sh`), started with the Docker socket, the state
+/// folder at the same path inside and out, and the S3 server: a pipeline
+/// triggered through its API runs its container stage and lands in the
+/// bucket; its health check answers; it runs as its own user, not root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_image_runs_a_pipeline_through_its_api() {
+    use common::server::{Client, bare_repo, free_port};
+    common::docker().await;
+    let inspect = std::process::Command::new("docker")
+        .args(["image", "inspect", "sentinel/server:local"])
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "no sentinel/server:local image: the test command builds it (scripts/server-image.sh)"
+    );
+    let s3 = sentinel_testkit::s3_server();
+    let tmp = tempfile::Builder::new()
+        .prefix("sentinel-image-")
+        .tempdir()
+        .unwrap();
+    let root = tmp.path();
+    let pipeline = "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n  hello:\n    run: echo \"hello from $(id -u)\"\n";
+    let (url, _) = bare_repo(&root.join("repo"), &[("sentinel.yml", pipeline)]);
+    let state = root.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    // The folders are the image's user's (git refuses a repository of
+    // another owner).
+    let chown = std::process::Command::new("chown")
+        .args(["-R", "10001:10001"])
+        .arg(root)
+        .status()
+        .unwrap();
+    assert!(chown.success(), "the test's folders are the image's user's");
+    let port = free_port();
+    let prefix = format!("image-{}", std::process::id());
+    let config = root.join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[repos.app]\nurl = \"{url}\"\n[s3]\nurl = \"s3://{}/{prefix}\"\nendpoint = \"{}\"\nregion = \"{}\"\npath_style = true\n",
+            s3["S3_BUCKET"], s3["S3_ENDPOINT"], s3["S3_REGION"]
+        ),
+    )
+    .unwrap();
+    let sock_gid = std::fs::metadata("/var/run/docker.sock")
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+        .unwrap();
+    let name = format!("sentinel-image-test-{}", std::process::id());
+    let mount = |p: &std::path::Path, ro: bool| {
+        format!("{0}:{0}{1}", p.display(), if ro { ":ro" } else { "" })
+    };
+    // The server reaches the S3 server and answers on loopback: this test
+    // is about the server's own networking, so host networking.
+    let started = std::process::Command::new("docker")
+        .args(["run", "-d", "--name", &name, "--network", "host"])
+        .args(["--group-add", &sock_gid.to_string()])
+        .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
+        .args(["-v", &mount(&state, false)])
+        .args(["-v", &mount(&root.join("repo"), true)])
+        .args(["-v", &mount(&config, true)])
+        .args(["-e", &format!("SENTINEL_STATE={}", state.display())])
+        .args(["-e", &format!("SENTINEL_CONFIG={}", config.display())])
+        .args([
+            "-e",
+            &format!("AWS_ACCESS_KEY_ID={}", s3["AWS_ACCESS_KEY_ID"]),
+        ])
+        .args([
+            "-e",
+            &format!("AWS_SECRET_ACCESS_KEY={}", s3["AWS_SECRET_ACCESS_KEY"]),
+        ])
+        .args([
+            "sentinel/server:local",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", &self.0])
+                .output();
+        }
+    }
+    let _gone = Gone(name.clone());
+    assert!(started.status.success(), "{started:?}");
+    let logs = || {
+        let out = std::process::Command::new("docker")
+            .args(["logs", &name])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let file: serde_json::Value = loop {
+        if let Ok(text) = std::fs::read_to_string(state.join("server.json"))
+            && let Ok(v) = serde_json::from_str(&text)
+        {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the server did not start: {}",
+            logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let c = Client::new(
+        file["url"].as_str().unwrap(),
+        file["token"].as_str().unwrap(),
+    );
+    let id = c.trigger("app").await;
+    let ended = c.wait_final(&id).await;
+    assert_eq!(ended["run"]["status"], "succeeded", "{ended}\n{}", logs());
+    let (_, log) = c.text(&format!("/api/v1/runs/{id}/stages/hello/log")).await;
+    assert!(
+        log.contains("hello from 10001"),
+        "the stage ran as the server's user: {log}"
+    );
+    // In the bucket too.
+    let bucket = sentinel_s3::S3Sink::with_keys(
+        sentinel_s3::S3Config::at(
+            &format!("s3://{}/{prefix}", s3["S3_BUCKET"]),
+            Some(s3["S3_ENDPOINT"].clone()),
+            Some(s3["S3_REGION"].clone()),
+            true,
+        )
+        .unwrap(),
+        &s3["AWS_ACCESS_KEY_ID"],
+        &s3["AWS_SECRET_ACCESS_KEY"],
+    );
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        use sentinel_engine::ResultsSink as _;
+        let doc = bucket.get_run(&id.parse().unwrap()).await.unwrap();
+        if doc
+            .as_ref()
+            .is_some_and(|d| d.status == RunStatus::Succeeded)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "run.json never reached the bucket"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let health = std::process::Command::new("docker")
+        .args(["exec", &name, "sentinel", "health"])
+        .output()
+        .unwrap();
+    assert!(health.status.success(), "{health:?}");
+    let user = std::process::Command::new("docker")
+        .args(["exec", &name, "id", "-u"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "10001");
+}

@@ -77,14 +77,17 @@ impl Browser {
         }
     }
 
-    /// Waits for an element (30 s).
+    /// Waits for an element (30 s), through navigations (a page being
+    /// replaced answers "aborted by navigation" for a moment).
     pub async fn find(&self, css: &str) -> Element {
-        self.client
-            .wait()
-            .at_most(Duration::from_secs(30))
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.client.find(Locator::Css(css)).await {
+                Ok(e) => return e,
+                Err(e) if Instant::now() > until => panic!("no `{css}` on the page: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// Opens the app at `url` and signs in with `token`.
