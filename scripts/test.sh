@@ -41,4 +41,5 @@ phase "lints (host)" cargo clippy --workspace --all-targets --quiet -- -D warnin
 phase "lints (web app)" cargo clippy --manifest-path web/Cargo.toml --target wasm32-unknown-unknown --quiet -- -D warnings
 phase "build the tests" cargo test --workspace --no-run --quiet
 phase "server image" scripts/server-image.sh
+phase "AWS kit (cfn-lint, emulator)" scripts/aws-check.sh
 phase "tests" cargo test --workspace --no-fail-fast

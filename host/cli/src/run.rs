@@ -70,6 +70,18 @@ pub struct S3Args {
     /// Path-style addressing, which Garage and MinIO need.
     #[arg(long, env = "SENTINEL_S3_PATH_STYLE", requires = "s3")]
     s3_path_style: bool,
+    /// A role to assume for the bucket (the AWS chain's credentials ask
+    /// STS for it).
+    #[arg(
+        long,
+        env = "SENTINEL_S3_ROLE_ARN",
+        requires = "s3",
+        value_name = "ARN"
+    )]
+    s3_role_arn: Option<String>,
+    /// The external id the role's trust policy asks for.
+    #[arg(long, env = "SENTINEL_S3_EXTERNAL_ID", requires = "s3_role_arn")]
+    s3_external_id: Option<String>,
 }
 
 impl S3Args {
@@ -83,8 +95,13 @@ impl S3Args {
             self.s3_endpoint.clone(),
             self.s3_region.clone(),
             self.s3_path_style,
-        );
-        Ok(Some(cfg.map_err(anyhow::Error::msg)?))
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Some(sentinel_s3::S3Config {
+            role_arn: self.s3_role_arn.clone(),
+            external_id: self.s3_external_id.clone(),
+            ..cfg
+        }))
     }
 }
 

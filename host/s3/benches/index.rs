@@ -153,6 +153,8 @@ fn s3_sink(prefix: &str) -> S3Sink {
             region: Some(s3["S3_REGION"].clone()),
             endpoint: Some(s3["S3_ENDPOINT"].clone()),
             path_style: true,
+            role_arn: None,
+            external_id: None,
         },
         &sdk,
     )

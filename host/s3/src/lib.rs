@@ -42,6 +42,13 @@ pub struct S3Config {
     /// Path-style addressing (`endpoint/bucket/key`), which Garage and MinIO need.
     #[serde(default)]
     pub path_style: bool,
+    /// A role to assume (through STS, with the chain's credentials) for
+    /// every request: one server per AWS account reaching its bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy asks for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 impl S3Config {
@@ -76,6 +83,8 @@ impl S3Config {
             region: None,
             endpoint: None,
             path_style: false,
+            role_arn: None,
+            external_id: None,
         })
     }
 }
@@ -140,13 +149,36 @@ fn sdk_err<E: std::error::Error + 'static>(
 }
 
 impl S3Sink {
-    /// A sink using the standard AWS credential chain.
+    /// A sink using the standard AWS credential chain — through the
+    /// role `cfg.role_arn` when one is named (the SDK's assume-role
+    /// provider: STS is asked for short-lived credentials, refreshed before
+    /// they expire; STS at the endpoint too when one is given).
     pub async fn connect(cfg: S3Config) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
         if let Some(r) = &cfg.region {
             loader = loader.region(aws_config::Region::new(r.clone()));
         }
+        if cfg.role_arn.is_some()
+            && let Some(e) = &cfg.endpoint
+        {
+            loader = loader.endpoint_url(e);
+        }
         let sdk = loader.load().await;
+        let sdk = match &cfg.role_arn {
+            Some(arn) => {
+                let mut role = aws_config::sts::AssumeRoleProvider::builder(arn)
+                    .session_name("sentinel")
+                    .configure(&sdk);
+                if let Some(id) = &cfg.external_id {
+                    role = role.external_id(id);
+                }
+                let role = role.build().await;
+                sdk.into_builder()
+                    .credentials_provider(aws_sdk_s3::config::SharedCredentialsProvider::new(role))
+                    .build()
+            }
+            None => sdk,
+        };
         Self::with_sdk_config(cfg, &sdk)
     }
 

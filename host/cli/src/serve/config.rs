@@ -120,6 +120,12 @@ pub struct S3Section {
     pub region: Option<String>,
     #[serde(default)]
     pub path_style: bool,
+    /// A role the server assumes for its S3 access (one server per AWS
+    /// account); the instance's own credentials ask STS for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_arn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// The cache of stages with `cache:`: a private S3 prefix (never inside
@@ -385,6 +391,8 @@ impl Settings {
                 endpoint: args.s3_endpoint.clone(),
                 region: args.s3_region.clone(),
                 path_style: args.s3_path_style,
+                role_arn: None,
+                external_id: None,
             }),
             None => file.s3.clone(),
         };
@@ -571,8 +579,13 @@ impl Settings {
     pub fn s3_config(&self) -> anyhow::Result<Option<sentinel_s3::S3Config>> {
         let Some(s) = &self.s3 else { return Ok(None) };
         let cfg =
-            sentinel_s3::S3Config::at(&s.url, s.endpoint.clone(), s.region.clone(), s.path_style);
-        Ok(Some(cfg.map_err(anyhow::Error::msg)?))
+            sentinel_s3::S3Config::at(&s.url, s.endpoint.clone(), s.region.clone(), s.path_style)
+                .map_err(anyhow::Error::msg)?;
+        Ok(Some(sentinel_s3::S3Config {
+            role_arn: s.role_arn.clone(),
+            external_id: s.external_id.clone(),
+            ..cfg
+        }))
     }
 
     /// The secrets key: `SENTINEL_SECRETS_KEY`, else the key file.

@@ -18,6 +18,8 @@ pub fn sink_via(prefix: &str, endpoint: Option<String>) -> S3Sink {
         region: Some(s3["S3_REGION"].clone()),
         endpoint: Some(endpoint.unwrap_or_else(|| s3["S3_ENDPOINT"].clone())),
         path_style: true,
+        role_arn: None,
+        external_id: None,
     };
     S3Sink::with_keys(cfg, &s3["AWS_ACCESS_KEY_ID"], &s3["AWS_SECRET_ACCESS_KEY"])
 }
