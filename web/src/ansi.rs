@@ -194,14 +194,27 @@ pub fn step_lines(log: &str) -> Vec<(String, bool, usize)> {
 /// A job's log is cut into one collapsible section per step
 /// (`<details class="section">`, its header line the summary).
 pub fn render(log: &str, href: &dyn Fn(usize) -> String, mark: &str) -> String {
+    render_from(log, 1, true, href, mark)
+}
+
+/// [`render`] of a part of a log whose first line is line `first`; without
+/// `sections` a job's step headers are plain lines (a part cannot hold a
+/// whole section).
+pub fn render_from(
+    log: &str,
+    first: usize,
+    sections: bool,
+    href: &dyn Fn(usize) -> String,
+    mark: &str,
+) -> String {
     let mut out = String::with_capacity(log.len() * 2);
     let mut style = Style::default();
     let needle = mark.to_lowercase();
     let mut in_section = false;
     for (i, line) in log.lines().enumerate() {
-        let n = i + 1;
+        let n = first + i;
         let hit = !needle.is_empty() && plain(line).to_lowercase().contains(&needle);
-        let header = step_header(line);
+        let header = step_header(line).filter(|_| sections);
         let tag = if header.is_some() { "summary" } else { "div" };
         if let Some((name, _)) = header {
             if in_section {

@@ -8,12 +8,55 @@ use leptos::html::Div;
 use leptos::prelude::*;
 use sentinel_api::{RunId, StageDoc, StageName, keys};
 
+use std::sync::Arc;
+
 use super::{ErrorBox, Refresh, Token};
 use crate::fetch::{self, FetchError};
 use crate::live;
 use crate::route::Route;
 use crate::source::{Mode, Source};
 use crate::{ansi, status};
+
+/// From this many lines on, a log is shown a window at a time.
+const PAGED_LINES: usize = 20_000;
+/// The height of a line of a paged log (its CSS says the same).
+const LINE_PX: f64 = 18.0;
+/// Lines of a paged log in the page at once.
+const WINDOW: usize = 400;
+
+/// A long log, whole in memory, shown a window of lines at a time: the
+/// page holds spacers for the rest, so a million lines scroll and link
+/// like a short log.
+struct Paged {
+    text: String,
+    /// Where each line starts.
+    starts: Vec<usize>,
+}
+
+impl Paged {
+    fn new(text: String) -> Self {
+        let mut starts = vec![0];
+        starts.extend(
+            text.bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i + 1)
+                .filter(|i| *i < text.len()),
+        );
+        Self { text, starts }
+    }
+
+    fn lines(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Lines `from..to` (0-based), as text.
+    fn slice(&self, from: usize, to: usize) -> &str {
+        let a = self.starts.get(from).copied().unwrap_or(self.text.len());
+        let b = self.starts.get(to).copied().unwrap_or(self.text.len());
+        &self.text[a..b]
+    }
+}
 
 #[component]
 pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoView {
@@ -40,6 +83,9 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     };
     let doc = RwSignal::new(None::<StageDoc>);
     let log = RwSignal::new(String::new());
+    let paged = RwSignal::new(None::<Arc<Paged>>);
+    // The first line of a paged log's window (0-based).
+    let window = RwSignal::new(0usize);
     let error = RwSignal::new(None::<FetchError>);
     let follow = RwSignal::new(true);
     let (search, set_search) = signal(String::new());
@@ -65,6 +111,10 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
                         error.set(None);
                         if has_log {
                             match fetch::text(&log_url).await {
+                                Ok(t) if t.bytes().filter(|b| *b == b'\n').count() >= PAGED_LINES => {
+                                    follow.set(false);
+                                    paged.set(Some(Arc::new(Paged::new(t))));
+                                }
                                 Ok(t) => log.set(t),
                                 Err(e) => error.set(Some(e)),
                             }
@@ -124,12 +174,31 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
     let on_scroll = move |_| {
         if let Some(el) = log_box.get() {
             let at_bottom = el.scroll_top() + el.client_height() >= el.scroll_height() - 8;
-            follow.set(at_bottom);
+            follow.set(at_bottom && paged.with_untracked(Option::is_none));
+            // A paged log: a new window once the view nears its edge.
+            if paged.with_untracked(Option::is_some) {
+                let top = (f64::from(el.scroll_top()) / LINE_PX) as usize;
+                let first = top.saturating_sub(WINDOW / 4);
+                let shown = window.get_untracked();
+                let near_top = shown > 0 && top < shown + WINDOW / 8;
+                let near_end = top + WINDOW / 2 > shown + WINDOW;
+                if (near_top || near_end) && first != shown {
+                    window.set(first);
+                }
+            }
         }
     };
-    // A linked line: scrolled to and marked.
+    // A linked line: scrolled to and marked (in a paged log, its window
+    // first).
     Effect::new(move |_| {
         log.track();
+        if let Some(n) = line
+            && let Some(el) = log_box.get_untracked()
+            && paged.with(Option::is_some)
+        {
+            window.set(n.saturating_sub(1 + WINDOW / 4));
+            el.set_scroll_top((n.saturating_sub(4) as f64 * LINE_PX) as i32);
+        }
         if let Some(n) = line {
             request_animation_frame(move || {
                 if let Some(el) = web_sys::window()
@@ -154,18 +223,34 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
             }
             .href()
         };
-        ansi::render(&log.get(), &href, &search.get())
+        if let Some(p) = paged.get() {
+            let n = p.lines();
+            let first = window.get().min(n.saturating_sub(1));
+            let last = (first + WINDOW).min(n);
+            let body =
+                ansi::render_from(p.slice(first, last), first + 1, false, &href, &search.get());
+            return format!(
+                "<div class=\"spacer\" style=\"height:{}px\"></div>{body}<div class=\"spacer\" style=\"height:{}px\"></div>",
+                first as f64 * LINE_PX,
+                (n - last) as f64 * LINE_PX
+            );
+        }
+        log.with(|l| ansi::render(l, &href, &search.get()))
     };
     let hits = move || {
         let q = search.get().to_lowercase();
         if q.is_empty() {
             return String::new();
         }
-        let n = log
-            .get()
-            .lines()
-            .filter(|l| ansi::plain(l).to_lowercase().contains(&q))
-            .count();
+        let count = |text: &str| {
+            text.lines()
+                .filter(|l| ansi::plain(l).to_lowercase().contains(&q))
+                .count()
+        };
+        let n = match paged.get() {
+            Some(p) => count(&p.text),
+            None => log.with(|l| count(l)),
+        };
         format!("{n} matching line(s)")
     };
     let title_name = name.to_string();
@@ -197,7 +282,8 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
                 }>"Follow"</button>
             })}
         </div>
-        <div class="log" node_ref=log_box on:scroll=on_scroll tabindex="0" aria-label="log" inner_html=html></div>
+        <div class=move || if paged.with(Option::is_some) { "log paged" } else { "log" }
+            node_ref=log_box on:scroll=on_scroll tabindex="0" aria-label="log" inner_html=html></div>
     }
     .into_any()
 }
@@ -287,7 +373,7 @@ fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl Into
                         let (run, stage) = (doc.run_id.to_string(), doc.name.to_string());
                         let (step, after) = (s.name.clone(), s.after);
                         let href = move || {
-                            ansi::step_lines(&log.get())
+                            log.with(|l| ansi::step_lines(l))
                                 .into_iter()
                                 .find(|(n, a, _)| *n == step && *a == after)
                                 .map(|(_, _, line)| {
