@@ -1,7 +1,10 @@
 //! Benchmark (not a test) of the results web app in headless Chromium: the
 //! time from navigation to a rendered runs list of 1,000 runs (ten index
 //! pages, fetched and drawn), against the default first page of 100 runs
-//! measured in the same run, both served by `sentinel serve`.
+//! measured in the same run, both served by `sentinel serve`; and a stage
+//! with a 100 MB log (1.2 million lines): the time to its first painted
+//! lines and to line 1,000,000 marked by its link, against a stage of 1,000
+//! lines (goal: under 2 s).
 //! Run with `cargo bench -p sentinel --bench web` after `scripts/build-web.sh`
 //! (needs `chromium` and `chromium-driver`: `scripts/setup.sh`).
 
@@ -87,6 +90,36 @@ async fn main() {
         };
         sink.update_index(&RunSummary::of(&run)).await.unwrap();
     }
+    // A stage with a 100 MB log, and one with 1,000 lines.
+    let mut logged = Vec::new();
+    for lines in [1_000usize, 1_200_000] {
+        let id = sentinel_engine::docs::new_run_id();
+        let name: sentinel_api::StageName = "loud".parse().unwrap();
+        let mut text = String::with_capacity(lines * 92);
+        for n in 1..=lines {
+            text.push_str(&format!(
+                "line {n:08} of the hundred-megabyte log, padded with text to reach about eighty-odd bytes\n"
+            ));
+        }
+        let bytes = text.len() as u64;
+        let key = sink
+            .put_log(
+                &id,
+                &name,
+                None,
+                &sentinel_engine::ports::LogBody::Memory(text.into_bytes()),
+            )
+            .await
+            .unwrap();
+        let stage: sentinel_api::StageDoc = serde_json::from_value(serde_json::json!({
+            "schema": 1, "run_id": id, "name": "loud", "kind": "container",
+            "status": "succeeded", "when": "on_success", "needs": [],
+            "log": key, "log_bytes": bytes, "inputs": {}
+        }))
+        .unwrap();
+        sink.put_stage(&stage).await.unwrap();
+        logged.push((id, lines, bytes));
+    }
     let state = tmp.path().join("state");
     let server = server::Server::start(
         &state,
@@ -156,6 +189,63 @@ async fn main() {
         p(&all, 0.5),
         p(&all, 1.0),
         p(&all, 0.5) / p(&page, 0.5)
+    );
+    // Navigation → the first lines painted, and → line 1,000,000 marked.
+    let until = |css: &'static str| {
+        let client = client.clone();
+        async move {
+            let t = std::time::Instant::now();
+            loop {
+                let found = client
+                    .execute(
+                        &format!("return !!document.querySelector('{css}');"),
+                        vec![],
+                    )
+                    .await
+                    .unwrap();
+                if found == serde_json::json!(true) {
+                    break t.elapsed().as_secs_f64() * 1e3;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let mut paint = Vec::new();
+    for (id, _, _) in &logged {
+        let mut times = Vec::new();
+        for _ in 0..5 {
+            client.goto("about:blank").await.unwrap();
+            client
+                .goto(&format!("{url}/#/run/{id}/loud"))
+                .await
+                .unwrap();
+            times.push(until(".log .line").await);
+        }
+        times.sort_by(f64::total_cmp);
+        paint.push(times[2]);
+    }
+    let (big, lines, bytes) = &logged[1];
+    let mut deep = Vec::new();
+    for _ in 0..5 {
+        client.goto("about:blank").await.unwrap();
+        client
+            .goto(&format!("{url}/#/run/{big}/loud/L1000000"))
+            .await
+            .unwrap();
+        deep.push(until(".log .target").await);
+    }
+    deep.sort_by(f64::total_cmp);
+    println!("a stage's log, navigation → painted (median of 5, headless Chromium):");
+    println!(
+        "  1,000 lines (baseline):           first lines {:.0} ms",
+        paint[0]
+    );
+    println!(
+        "  {lines} lines, {} MB: first lines {:.0} ms ({:.1}× the baseline), line 1,000,000 by its link {:.0} ms (goal < 2,000 ms)",
+        bytes / 1_000_000,
+        paint[1],
+        paint[1] / paint[0],
+        deep[2]
     );
     let _ = client.close().await;
     let _ = driver.kill();

@@ -465,9 +465,16 @@ async fn a_hundred_megabyte_log_opens_at_a_deep_line_link() {
         .await
         .unwrap();
     let target = b
-        .wait_text(".log .target", |t| t.contains("1000000"), "line 1,000,000 is marked")
+        .wait_text(
+            ".log .target",
+            |t| t.contains("1000000"),
+            "line 1,000,000 is marked",
+        )
         .await;
-    eprintln!("line 1,000,000 of a {bytes}-byte log marked {:?} after the link opened", started.elapsed());
+    eprintln!(
+        "line 1,000,000 of a {bytes}-byte log marked {:?} after the link opened",
+        started.elapsed()
+    );
     assert!(target.contains("line 01000000 of"), "{target}");
     let shown = b
         .client
@@ -475,7 +482,10 @@ async fn a_hundred_megabyte_log_opens_at_a_deep_line_link() {
         .await
         .unwrap()
         .len();
-    assert!(shown < 2000, "a window of lines, not the whole log: {shown}");
+    assert!(
+        shown < 2000,
+        "a window of lines, not the whole log: {shown}"
+    );
     b.screenshot("web-100mb-log-deep-link").await;
     // Scrolling to the end brings the last line in.
     b.client

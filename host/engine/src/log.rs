@@ -207,6 +207,9 @@ fn next(rx: &mut mpsc::Receiver<Chunk>, deadline: Option<Instant>) -> Next {
     got.map_or(Next::Closed, Next::Chunk)
 }
 
+/// The most of a cut log's end kept (in memory until the stage ends).
+pub const TAIL_MAX: u64 = 8 << 20;
+
 /// Starts the log pipeline; it ends when every sender of `rx` is dropped.
 pub fn spawn_log_writer(
     mut cfg: LogConfig,
@@ -214,7 +217,10 @@ pub fn spawn_log_writer(
 ) -> JoinHandle<LogSummary> {
     tokio::task::spawn_blocking(move || {
         let mut summary = LogSummary::default();
-        let head = cfg.limit / 2;
+        // Past the limit, the newest bytes are kept in memory until the end:
+        // at most TAIL_MAX of them, so memory stays flat for any limit.
+        let tail = (cfg.limit / 2).min(TAIL_MAX);
+        let head = cfg.limit - tail;
         let mut capped = Capped {
             file: Dest::Memory {
                 buf: Vec::new(),
@@ -222,7 +228,7 @@ pub fn spawn_log_writer(
             },
             head_left: head,
             tail: VecDeque::new(),
-            tail_cap: (cfg.limit - head) as usize,
+            tail_cap: tail as usize,
             bytes: 0,
             cut: 0,
         };

@@ -176,7 +176,9 @@ impl Limits {
     /// The built-in defaults.
     pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const DEFAULT_MEMORY: u64 = 2 << 30;
-    pub const DEFAULT_LOG_LIMIT: u64 = 4 << 20;
+    /// Logs are kept whole up to 1 GiB (spilled to disk as they come, so
+    /// memory stays flat whatever the size).
+    pub const DEFAULT_LOG_LIMIT: u64 = 1 << 30;
     pub const DEFAULT_PIDS: u32 = 1024;
 
     /// The limits as strings, for the stage document.

@@ -139,7 +139,8 @@ pub struct RawDefaults {
     /// the pipeline has services, else `bridge`.
     #[serde(default)]
     pub network: Option<String>,
-    /// Largest log kept per stage (`4m`); the middle of a longer log is cut.
+    /// Largest log kept whole per stage (`1g`, the default); past it the
+    /// head and the last 8 MiB are kept and the middle is cut.
     #[serde(default)]
     pub log_limit: Option<String>,
     /// Most processes a container stage may have. Default 1024.

@@ -275,7 +275,7 @@ pub fn StagePage(run: String, stage: String, line: Option<usize>) -> impl IntoVi
                 on:input=move |ev| set_search.set(event_target_value(&ev)) />
             <span class="muted">{hits}</span>
             <a class="download" href=log_url.clone() download=file_name>"Download"</a>
-            {move || (!follow.get()).then(|| view! {
+            {move || (!follow.get() && paged.with(Option::is_none)).then(|| view! {
                 <button on:click=move |_| {
                     follow.set(true);
                     if let Some(el) = log_box.get() { el.set_scroll_top(el.scroll_height()); }
