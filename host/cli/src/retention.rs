@@ -192,3 +192,77 @@ pub async fn runs(paths: &Paths, cmd: RunsCommand) -> anyhow::Result<ExitCode> {
         }
     }
 }
+
+/// The server's `[retention]`: a pass at start, then every `every`, in the
+/// background; each pass also applies the cache's policy to every
+/// repository's cache (entries past their time to live or budget go even
+/// when nothing is saved).
+pub struct ServerRetention {
+    pub policy: Policy,
+    pub every: Duration,
+    pub store: SledStore,
+    pub sink: Arc<dyn ResultsSink>,
+    pub state: std::path::PathBuf,
+    pub docker: Option<sentinel_docker::DockerExecutor>,
+    pub metrics: Arc<sentinel_server::metrics::Metrics>,
+    /// The cache and the repositories whose entries it keeps.
+    pub caches: Option<(Arc<sentinel_engine::cache::Cache>, Vec<String>)>,
+}
+
+impl ServerRetention {
+    pub fn spawn(self) {
+        tokio::spawn(async move {
+            loop {
+                self.pass().await;
+                tokio::time::sleep(self.every).await;
+            }
+        });
+    }
+
+    async fn pass(&self) {
+        let p = pass(
+            &self.store,
+            self.sink.clone(),
+            &self.state,
+            &self.policy,
+            self.docker.as_ref(),
+            false,
+        )
+        .await;
+        match p {
+            Ok(p) => {
+                let failed = p.pruned.failed.len() as u64;
+                let pr = &p.pruned;
+                self.metrics
+                    .on_pruned(pr.runs, pr.objects, pr.kept_bytes, failed);
+                if pr.runs > 0 {
+                    tracing::info!(
+                        "retention: removed {} run(s), {} published file(s), {} bytes of kept files, {} image(s)",
+                        pr.runs,
+                        pr.objects,
+                        pr.kept_bytes,
+                        p.images
+                    );
+                }
+                for (id, why) in &pr.failed {
+                    tracing::warn!("retention: run {id} stays until the next pass: {why}");
+                }
+            }
+            Err(e) => tracing::warn!("retention: cannot select the runs to remove: {e}"),
+        }
+        if let Some((cache, repos)) = &self.caches {
+            for repo in repos {
+                match cache.sweep(repo).await {
+                    Ok((0, _)) => {}
+                    Ok((n, bytes)) => {
+                        self.metrics.on_cache_swept(bytes);
+                        tracing::info!(
+                            "retention: {n} cache entr(ies) of {repo} past the cache's policy removed ({bytes} bytes)"
+                        );
+                    }
+                    Err(e) => tracing::warn!("retention: cannot sweep the cache of {repo}: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -87,7 +87,7 @@ impl Default for Metrics {
         let pruned = Family::<Labels, Counter>::default();
         registry.register(
             "retention_pruned",
-            "What retention removed: runs, published objects, kept bytes, and runs it could not remove yet (failed)",
+            "What retention removed: runs, published objects, kept bytes, cache bytes, and runs it could not remove yet (failed)",
             pruned.clone(),
         );
         registry.register("runs", "Stored runs by status", runs.clone());
@@ -136,6 +136,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts the bytes of cache entries a retention pass removed.
+    pub fn on_cache_swept(&self, bytes: u64) {
+        self.pruned
+            .get_or_create(&vec![("kind".into(), "cache_bytes".into())])
+            .inc_by(bytes);
+    }
+
     /// Counts what a retention pass removed.
     pub fn on_pruned(&self, runs: u64, objects: u64, kept_bytes: u64, failed: u64) {
         for (kind, n) in [

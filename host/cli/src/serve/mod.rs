@@ -118,50 +118,6 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(run_server(project, settings))
 }
 
-/// `[retention]`: a pass at start, then every `every`, in the background.
-fn spawn_retention(
-    (policy, every): (sentinel_engine::retention::Policy, std::time::Duration),
-    store: sentinel_store::SledStore,
-    sink: Arc<dyn sentinel_engine::ResultsSink>,
-    state: std::path::PathBuf,
-    docker: Option<sentinel_docker::DockerExecutor>,
-    metrics: Arc<sentinel_server::metrics::Metrics>,
-) {
-    tokio::spawn(async move {
-        loop {
-            match crate::retention::pass(
-                &store,
-                sink.clone(),
-                &state,
-                &policy,
-                docker.as_ref(),
-                false,
-            )
-            .await
-            {
-                Ok(p) => {
-                    let failed = p.pruned.failed.len() as u64;
-                    metrics.on_pruned(p.pruned.runs, p.pruned.objects, p.pruned.kept_bytes, failed);
-                    if p.pruned.runs > 0 {
-                        tracing::info!(
-                            "retention: removed {} run(s), {} published file(s), {} bytes of kept files, {} image(s)",
-                            p.pruned.runs,
-                            p.pruned.objects,
-                            p.pruned.kept_bytes,
-                            p.images
-                        );
-                    }
-                    for (id, why) in &p.pruned.failed {
-                        tracing::warn!("retention: run {id} stays until the next pass: {why}");
-                    }
-                }
-                Err(e) => tracing::warn!("retention: cannot select the runs to remove: {e}"),
-            }
-            tokio::time::sleep(every).await;
-        }
-    });
-}
-
 async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::Result<ExitCode> {
     let dirs = Dirs {
         project,
@@ -222,15 +178,21 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
 
     let live = Arc::new(sentinel_server::live::LiveHub::default());
     let metrics = Arc::new(sentinel_server::metrics::Metrics::default());
+    // One cache for the runs and retention (its index updates go one at a time).
+    let cache = settings.cache_store(&dirs.state).await?;
     if let Some(r) = &settings.retention {
-        spawn_retention(
-            r.policy()?,
-            store.clone(),
-            engine.sink.clone(),
-            dirs.state.clone(),
-            docker.clone(),
-            metrics.clone(),
-        );
+        let (policy, every) = r.policy()?;
+        crate::retention::ServerRetention {
+            policy,
+            every,
+            store: store.clone(),
+            sink: engine.sink.clone(),
+            state: dirs.state.clone(),
+            docker: docker.clone(),
+            metrics: metrics.clone(),
+            caches: Some((cache.clone(), settings.api.repos.keys().cloned().collect())),
+        }
+        .spawn();
     }
     // Told of every change to a deployment: the results' document follows.
     let deployments_changed = Arc::new(sentinel_server::deploys::Changes::default());
@@ -297,10 +259,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         state: dirs.state.clone(),
         payloads: dirs.state.join("payloads"),
         results: dirs.results.clone(),
-        cache: Some((
-            settings.cache_store(&dirs.state).await?,
-            settings.cache.default_branch.clone(),
-        )),
+        cache: Some((cache.clone(), settings.cache.default_branch.clone())),
         environments: settings.environments.clone(),
         pull_requests: settings.pull_requests.clone(),
         registries: settings.registries.clone(),

@@ -232,6 +232,27 @@ impl Cache {
         self.backend.write(&Self::index_name(project), &bytes).await
     }
 
+    /// Applies the policy to a project's entries now (retention's pass):
+    /// those past the time to live, then the least recently used past the
+    /// budget, go; returns how many and their bytes.
+    pub async fn sweep(&self, project: &str) -> Result<(usize, u64), StorageError> {
+        let gone = {
+            let _one = self.lock.lock().await;
+            let mut index = self.index(project).await?;
+            let gone = evict(&mut index.entries, Utc::now(), &self.policy, "");
+            if !gone.is_empty() {
+                self.put_index(project, &index).await?;
+            }
+            gone
+        };
+        for e in &gone {
+            if let Err(err) = self.backend.delete(&e.object).await {
+                tracing::warn!("cannot remove the expired cache entry {}: {err}", e.object);
+            }
+        }
+        Ok((gone.len(), gone.iter().map(|e| e.size).sum()))
+    }
+
     /// A project's entries (newest first).
     pub async fn entries(&self, project: &str) -> Result<Vec<Entry>, StorageError> {
         let mut e = self.index(project).await?.entries;

@@ -151,3 +151,74 @@ async fn entries_round_trip_through_a_folder_and_the_budget_evicts() {
         .unwrap();
     assert_eq!((e.key.as_str(), r), ("k-3", CacheResult::Partial));
 }
+
+/// Retention's pass applies the policy without a save: entries unused past
+/// the time to live, then the least recently used past the budget, go —
+/// from the index and from the backend.
+#[tokio::test]
+async fn a_sweep_applies_the_policy_without_a_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Arc::new(CacheDir::new(dir.path().join("cache")));
+    let cache = Cache::new(backend.clone(), CachePolicy::default());
+    let s = scope("main");
+    for n in 1..=3u8 {
+        let p = dir.path().join(format!("in-{n}"));
+        std::fs::write(&p, vec![n; 1000]).unwrap();
+        cache.save(&s, &format!("k-{n}"), &p).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        cache.sweep("acme/app").await.unwrap(),
+        (0, 0),
+        "all within the policy"
+    );
+    let tighter = Cache::new(
+        backend.clone(),
+        CachePolicy {
+            budget: 2000,
+            ..CachePolicy::default()
+        },
+    );
+    assert_eq!(
+        tighter.sweep("acme/app").await.unwrap(),
+        (1, 1000),
+        "the oldest goes"
+    );
+    let left: Vec<_> = tighter
+        .entries("acme/app")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    assert_eq!(left, ["k-3", "k-2"]);
+    let expired = Cache::new(
+        backend,
+        CachePolicy {
+            ttl: Duration::from_millis(1),
+            ..CachePolicy::default()
+        },
+    );
+    assert_eq!(
+        expired.sweep("acme/app").await.unwrap().0,
+        2,
+        "unused past the time to live"
+    );
+    let objects = walk(&dir.path().join("cache"));
+    assert!(
+        objects.iter().all(|p| p.ends_with("index.json")),
+        "the entries' objects are gone too: {objects:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
