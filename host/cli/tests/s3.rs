@@ -517,38 +517,30 @@ async fn retention_prunes_exactly_the_runs_outside_the_policy() {
     // Every place: the store, the results folder and its index, the bucket
     // and its index, the kept files.
     let store = sentinel_store::SledStore::try_open(&p.state).unwrap();
-    let left: std::collections::BTreeSet<String> = store
-        .list_runs(10_000)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id.to_string())
-        .collect();
+    let left = ids(store.list_runs(10_000).await.unwrap().iter().map(|r| &r.id));
     let all: std::collections::BTreeSet<String> = runs.iter().map(|r| r.id.to_string()).collect();
     let want: std::collections::BTreeSet<String> = all.difference(&expected).cloned().collect();
     same(&left, &want, "the store keeps exactly the others");
     for i in protected {
         assert!(left.contains(runs[i].id.as_str()), "run {i} is protected");
     }
-    let indexed: std::collections::BTreeSet<String> = local
+    let indexed = ids(local
         .list_index(10_000)
         .await
         .unwrap()
         .iter()
-        .map(|r| r.id.to_string())
-        .collect();
+        .map(|r| &r.id));
     same(
         &indexed,
         &want,
         "the folder's index pages list exactly the others",
     );
-    let in_bucket: std::collections::BTreeSet<String> = bucket
+    let in_bucket = ids(bucket
         .list_index(10_000)
         .await
         .unwrap()
         .iter()
-        .map(|r| r.id.to_string())
-        .collect();
+        .map(|r| &r.id));
     let bucket_want: std::collections::BTreeSet<String> = runs[3500..4500]
         .iter()
         .map(|r| r.id.to_string())
@@ -579,6 +571,13 @@ async fn retention_prunes_exactly_the_runs_outside_the_policy() {
             r.id
         );
     }
+}
+
+/// Run ids as a set of strings.
+fn ids<'a>(
+    ids: impl Iterator<Item = &'a sentinel_api::RunId>,
+) -> std::collections::BTreeSet<String> {
+    ids.map(|id| id.to_string()).collect()
 }
 
 /// Two sets of run ids are equal; else what each has that the other lacks.

@@ -332,15 +332,7 @@ impl Store for MemStore {
             .unwrap_or_default())
     }
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError> {
-        Ok(self
-            .runs
-            .lock()
-            .unwrap()
-            .values()
-            .rev()
-            .take(limit)
-            .cloned()
-            .collect())
+        self.list_runs_before(None, limit).await
     }
     async fn list_runs_before(
         &self,

@@ -639,6 +639,13 @@ fn bad_bodies() -> Vec<Vec<u8>> {
     v
 }
 
+/// A route's path with `seg` for every parameter.
+fn with_segment(path: &str, seg: &str) -> String {
+    ["{id}", "{stage}", "{name}", "{pipeline}", "{path}"]
+        .iter()
+        .fold(path.to_string(), |p, param| p.replace(param, seg))
+}
+
 /// Path values no route expects.
 const BAD_SEGMENTS: &[&str] = &[
     "x",
@@ -685,13 +692,7 @@ fn malformed_requests_to_every_route_get_4xx_never_5xx() {
     let mut asked = 0;
     for route in ROUTES {
         for seg in BAD_SEGMENTS {
-            let path = route
-                .path
-                .replace("{id}", seg)
-                .replace("{stage}", seg)
-                .replace("{name}", seg)
-                .replace("{pipeline}", seg)
-                .replace("{path}", seg);
+            let path = with_segment(route.path, seg);
             for body in bad_bodies() {
                 for ctype in [
                     Some("application/json"),
@@ -754,13 +755,7 @@ fn malformed_requests_to_every_route_get_4xx_never_5xx() {
             ),
             |(i, body, seg)| {
                 let route = &ROUTES[i];
-                let path = route
-                    .path
-                    .replace("{id}", seg)
-                    .replace("{stage}", seg)
-                    .replace("{name}", seg)
-                    .replace("{pipeline}", seg)
-                    .replace("{path}", seg);
+                let path = with_segment(route.path, seg);
                 let req = request(
                     route.method,
                     &path,

@@ -389,15 +389,7 @@ impl Store for SledStore {
     }
 
     async fn list_runs(&self, limit: usize) -> Result<Vec<RunDoc>, StorageError> {
-        self.runs
-            .iter()
-            .rev()
-            .take(limit)
-            .map(|kv| {
-                kv.map_err(|e| err("list runs", e))
-                    .and_then(|(_, v)| decode(&v))
-            })
-            .collect()
+        self.list_runs_before(None, limit).await
     }
 
     async fn list_runs_before(
@@ -405,10 +397,7 @@ impl Store for SledStore {
         before: Option<&RunId>,
         limit: usize,
     ) -> Result<Vec<RunDoc>, StorageError> {
-        let iter = match before {
-            Some(id) => self.runs.range(..id.as_str().as_bytes()),
-            None => self.runs.iter(),
-        };
+        let iter = self.runs_before(before);
         iter.rev()
             .take(limit)
             .map(|kv| {

@@ -67,6 +67,15 @@ impl SledStore {
         *counts.entry(new.as_str().to_string()).or_insert(0) += 1;
     }
 
+    /// The stored runs older than `before` (all when `None`), oldest first
+    /// (`.rev()` for newest first).
+    pub(crate) fn runs_before(&self, before: Option<&RunId>) -> sled::Iter {
+        match before {
+            Some(id) => self.runs.range(..id.as_str().as_bytes()),
+            None => self.runs.iter(),
+        }
+    }
+
     /// Takes a removed run (`old`: its value) out of the kept counts.
     pub(crate) fn uncounted(&self, old: &[u8]) {
         let Ok(mut kept) = self.run_counts.lock() else {
@@ -136,10 +145,7 @@ impl SledStore {
         before: Option<&RunId>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StorageError> {
-        let iter = match before {
-            Some(id) => self.runs.range(..id.as_str().as_bytes()),
-            None => self.runs.iter(),
-        };
+        let iter = self.runs_before(before);
         iter.rev()
             .take(limit)
             .map(|kv| {
@@ -163,10 +169,7 @@ impl SledStore {
             #[serde(borrow)]
             pipeline: std::borrow::Cow<'a, str>,
         }
-        let iter = match before {
-            Some(id) => self.runs.range(..id.as_str().as_bytes()),
-            None => self.runs.iter(),
-        };
+        let iter = self.runs_before(before);
         let mut out = Vec::new();
         for kv in iter.rev().take(scan) {
             let (k, v) = kv.map_err(|e| err("list runs", e))?;
