@@ -20,6 +20,7 @@ mod run;
 mod schedules;
 mod secret;
 mod serve;
+mod steps;
 mod trigger;
 mod web;
 
@@ -139,6 +140,11 @@ enum Command {
     },
     /// Print the completion script of a shell (`bash`, `zsh`, `fish`, …).
     Completions { shell: clap_complete::Shell },
+    /// The steps this machine knows, and what one may do.
+    Step {
+        #[command(subcommand)]
+        cmd: steps::StepCommand,
+    },
     /// Exit 0 when the server answers its health check (a container's
     /// HEALTHCHECK): the server at `--url`, else the one on the state folder.
     Health {
@@ -215,6 +221,7 @@ fn main() -> ExitCode {
             Command::Web { cmd } => web::web(&cli.paths, cmd).await,
             Command::Images { cmd } => images::images(&cli.paths, cmd).await,
             Command::Health { url } => remote::health(&cli.paths, url).await,
+            Command::Step { cmd } => steps::step(&cli.paths, cmd),
             Command::Init { force } => init::init(&cli.paths, force),
             Command::Completions { shell } => init::completions(shell),
             Command::Serve(_) => unreachable!("handled above"),

@@ -586,3 +586,45 @@ fn init_writes_a_starter_or_converts_and_completions_print() {
         "{script}"
     );
 }
+
+/// Before using a step, anyone can see what it may do: `sentinel step show`
+/// names its settings (with their variables, which are required or secret,
+/// their defaults), the hosts it may reach, its workspace access, its size
+/// and digest; `step list` lists the bundled steps; an unknown one is a
+/// clear error.
+#[test]
+fn a_step_says_what_it_may_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sentinel(dir.path(), &["step", "show", "s3sync@1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    for want in [
+        "s3sync 1.",
+        "SENTINEL_S3SYNC_KEY_SECRET",
+        "required, secret",
+        "HTTP to {endpoint}, *.amazonaws.com",
+        "workspace: read",
+        "digest:    sha256:",
+    ] {
+        assert!(text.contains(want), "{want:?} in:\n{text}");
+    }
+    let json = sentinel(dir.path(), &["step", "show", "jq-pluck", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let wasm = std::fs::read(doc["file"].as_str().unwrap()).unwrap();
+    assert_eq!(doc["size"], wasm.len());
+    assert!(doc["digest"].as_str().unwrap().starts_with("sha256:"));
+    let list = sentinel(dir.path(), &["step", "list"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    for name in ["http", "jq-pluck", "notify", "s3sync"] {
+        assert!(listed.contains(name), "{name} in {listed}");
+    }
+    let none = sentinel(dir.path(), &["step", "show", "no-such-step@1"])
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("unknown step `no-such-step@1`"));
+}

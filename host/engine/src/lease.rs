@@ -15,6 +15,24 @@ pub struct Owner {
     pub start_ticks: u64,
     /// `/proc/sys/kernel/random/boot_id`.
     pub boot_id: String,
+    /// The process's PID namespace (the inode of `/proc/self/ns/pid`): a
+    /// process in another one (a server in a container sharing the Docker
+    /// engine) cannot be seen from here. Empty when written by an older
+    /// Sentinel.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pid_ns: String,
+}
+
+fn pid_ns() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .map(|l| {
+            l.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn boot_id() -> String {
@@ -38,29 +56,50 @@ impl Owner {
             pid,
             start_ticks: start_ticks(pid).unwrap_or(0),
             boot_id: boot_id(),
+            pid_ns: pid_ns(),
         }
     }
 
     /// True while the owning process still runs on this machine.
+    /// A process of another PID namespace cannot be checked from here, so
+    /// it counts as alive: its containers are never reaped by a process
+    /// that cannot see it (its own server's recovery ends its runs).
     pub fn is_alive(&self) -> bool {
-        self.boot_id == boot_id() && start_ticks(self.pid) == Some(self.start_ticks)
+        if self.boot_id != boot_id() {
+            return false;
+        }
+        let here = pid_ns();
+        if !self.pid_ns.is_empty() && !here.is_empty() && self.pid_ns != here {
+            return true;
+        }
+        start_ticks(self.pid) == Some(self.start_ticks)
     }
 
     /// A compact text form, used as a container label.
     pub fn label(&self) -> String {
-        format!("{}:{}:{}", self.boot_id, self.pid, self.start_ticks)
+        match self.pid_ns.as_str() {
+            "" => format!("{}:{}:{}", self.boot_id, self.pid, self.start_ticks),
+            ns => format!("{}:{ns}:{}:{}", self.boot_id, self.pid, self.start_ticks),
+        }
     }
 
-    /// Parses [`Owner::label`].
+    /// Parses [`Owner::label`] (and the older form without the namespace).
     pub fn from_label(s: &str) -> Option<Self> {
         let mut it = s.rsplitn(3, ':');
         let start_ticks = it.next()?.parse().ok()?;
         let pid = it.next()?.parse().ok()?;
-        let boot_id = it.next()?.to_string();
+        let rest = it.next()?;
+        let (boot_id, pid_ns) = match rest.rsplit_once(':') {
+            Some((boot, ns)) if !ns.is_empty() && ns.bytes().all(|b| b.is_ascii_digit()) => {
+                (boot.to_string(), ns.to_string())
+            }
+            _ => (rest.to_string(), String::new()),
+        };
         Some(Self {
             pid,
             start_ticks,
             boot_id,
+            pid_ns,
         })
     }
 }
@@ -118,8 +157,22 @@ mod tests {
         assert!(!other.is_alive(), "a reused pid is not the same process");
         let rebooted = Owner {
             boot_id: "another-boot".into(),
-            ..me
+            ..me.clone()
         };
         assert!(!rebooted.is_alive());
+        // A process of another PID namespace (a server in a container)
+        // cannot be seen from here: never taken for dead.
+        let elsewhere = Owner {
+            pid_ns: "1".into(),
+            pid: 999_999,
+            ..me.clone()
+        };
+        assert!(elsewhere.is_alive());
+        assert_eq!(Owner::from_label(&elsewhere.label()), Some(elsewhere));
+        // Labels written before the namespace was part of them still read.
+        let old = format!("{}:{}:{}", me.boot_id, me.pid, me.start_ticks);
+        let read = Owner::from_label(&old).unwrap();
+        assert_eq!((read.pid, read.pid_ns.as_str()), (me.pid, ""));
+        assert!(read.is_alive());
     }
 }

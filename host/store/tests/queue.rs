@@ -35,6 +35,7 @@ fn other_owner() -> Owner {
         pid: 999_999,
         start_ticks: 1,
         boot_id: "another-boot".into(),
+        pid_ns: String::new(),
     }
 }
 

@@ -153,6 +153,7 @@ async fn claimed_by_the_dead(s: &Setup, e: &QueueEntry) -> Owner {
         pid: 999_999,
         start_ticks: 1,
         boot_id: "gone".into(),
+        pid_ns: String::new(),
     };
     s.store
         .claim(&dead, Utc::now() + chrono::Duration::seconds(60))
