@@ -414,7 +414,7 @@ async fn the_server_end_to_end() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .filter(|o| o.split(':').nth(1) == Some(&pid.to_string()))
+            .filter(|o| o.rsplit(':').nth(1) == Some(&pid.to_string()))
             .count()
     };
     let until = std::time::Instant::now() + Duration::from_secs(20);
