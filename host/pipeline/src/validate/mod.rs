@@ -67,6 +67,38 @@ pub(super) fn parse_duration(s: &str) -> Option<Duration> {
         .filter(|d| !d.is_zero())
 }
 
+/// Two different steps of one pipeline may not share a settings namespace
+/// (`acme/notify` and `notify` would both read `SENTINEL_NOTIFY_*`).
+fn step_namespaces(cx: &mut Ctx<'_>) {
+    let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for stage in &cx.draft.stages {
+        let Some(crate::draft::ActionDraft::Step { step, .. }) = &stage.action else {
+            continue;
+        };
+        let Some(Ok(resolved)) = cx.steps.get(&step.value) else {
+            continue;
+        };
+        let ns = crate::step::setting_env_name(&resolved.manifest.name, "");
+        match seen.get(&ns) {
+            Some((other, digest)) if *digest != resolved.digest => {
+                let msg = format!(
+                    "steps `{other}` and `{}` are different steps that would both take their settings as {ns}*",
+                    step.value
+                );
+                cx.issue(
+                    step.pos,
+                    msg,
+                    Some("use one of them in this pipeline".into()),
+                );
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(ns, (step.value.clone(), resolved.digest.clone()));
+            }
+        }
+    }
+}
+
 /// Validates a draft. `default_name` names the pipeline when the file does
 /// not (the folder's name). The reader's own issues come back with the
 /// validation's, in file order.
@@ -230,6 +262,7 @@ pub fn validate(
         }
     }
 
+    step_namespaces(&mut cx);
     let registries = build::registries(&mut cx, &draft.registries, &secrets);
     if !cx.issues.is_empty() {
         return Err(cx.issues);
