@@ -720,7 +720,7 @@ async fn commit_statuses_reach_github_in_order_and_wait_out_an_outage() {
         ),
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = "127.0.0.1:0".to_string(); // the server says its address in server.json
     let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
     let server = Server::start(
         &tmp.path().join("state"),
@@ -825,7 +825,7 @@ async fn a_fork_pull_request_runs_without_secrets_cache_writes_or_deploys() {
         ),
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = "127.0.0.1:0".to_string(); // the server says its address in server.json
     let key = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
     let server = Server::start(
         &tmp.path().join("state"),
@@ -968,7 +968,7 @@ async fn a_version_watch_runs_once_per_new_version_across_a_restart() {
         ),
     )
     .unwrap();
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = "127.0.0.1:0".to_string(); // the server says its address in server.json
     let start = || {
         Server::start(
             &tmp.path().join("state"),
