@@ -104,19 +104,7 @@ pub async fn prepare(
     let dir = state
         .join("rerun")
         .join(format!("{run}-{}", std::process::id()));
-    let checkout = checkout(Path::new(&top), &commit, &dir).await;
-    let again = |source: PathBuf, file: PathBuf| Again {
-        earlier: earlier.clone(),
-        from: from.clone(),
-        file,
-        source,
-        git: Some(GitContext {
-            commit: Some(commit.clone()),
-            ..earlier.git.clone().unwrap_or_default()
-        }),
-        checkout: Some(dir.clone()),
-    };
-    if let Err(e) = checkout {
+    if let Err(e) = checkout(Path::new(&top), &commit, &dir).await {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e.context(format!("cannot check out commit {commit} of run {run}")));
     }
@@ -129,7 +117,18 @@ pub async fn prepare(
             .strip_prefix(&chosen.project)
             .unwrap_or(&chosen.file),
     );
-    let again = again(source, file);
+    // Made before the last check: dropping it removes the checkout.
+    let again = Again {
+        git: Some(GitContext {
+            commit: Some(commit.clone()),
+            ..earlier.git.clone().unwrap_or_default()
+        }),
+        earlier,
+        from,
+        file,
+        source,
+        checkout: Some(dir),
+    };
     if !again.file.is_file() {
         anyhow::bail!(
             "commit {} has no {}: the pipeline file of run {run} is elsewhere (name it)",

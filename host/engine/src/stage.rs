@@ -232,25 +232,29 @@ pub(crate) async fn attempt(
         },
         rx,
     );
-    if let Some(line) = banner {
-        let _ = direct
-            .send(crate::exec::Chunk {
-                stream: crate::exec::Stream::Stderr,
-                bytes: line.into_bytes(),
-            })
-            .await;
-    }
-    let cache_tmp = s.dirs.root.join("cache");
-    let cache = match &s.cache {
-        Some(c) => {
-            let started = c.start(&*s.workspace, &name, &s.user, &cache_tmp).await;
-            let line = format!("── cache: {}\n", crate::cache::describe(&started.doc));
+    let say = |line: String| {
+        let direct = direct.clone();
+        async move {
             let _ = direct
                 .send(crate::exec::Chunk {
                     stream: crate::exec::Stream::Stderr,
                     bytes: line.into_bytes(),
                 })
                 .await;
+        }
+    };
+    if let Some(line) = banner {
+        say(line).await;
+    }
+    let cache_tmp = s.dirs.root.join("cache");
+    let cache = match &s.cache {
+        Some(c) => {
+            let started = c.start(&*s.workspace, &name, &s.user, &cache_tmp).await;
+            say(format!(
+                "── cache: {}\n",
+                crate::cache::describe(&started.doc)
+            ))
+            .await;
             Some(started)
         }
         None => None,

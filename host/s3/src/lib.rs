@@ -254,6 +254,40 @@ impl S3Sink {
         upload::put_bytes(self, key, bytes, "application/json").await
     }
 
+    /// Every full key under `prefix`, page by page (`page`: keys asked
+    /// for at a time; the service's own when `None`).
+    pub(crate) async fn list_keys(
+        &self,
+        prefix: &str,
+        page: Option<i32>,
+    ) -> Result<Vec<String>, StorageError> {
+        let what = format!("list s3://{}/{prefix}", self.cfg.bucket);
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let got = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.cfg.bucket)
+                .prefix(prefix)
+                .set_max_keys(page)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| sdk_err(what.clone(), e))?;
+            keys.extend(
+                got.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(String::from)),
+            );
+            match got.next_continuation_token() {
+                Some(t) if got.is_truncated() == Some(true) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        Ok(keys)
+    }
+
     /// Reads an object; `None` when there is none.
     async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let full = self.key(key);
@@ -381,29 +415,7 @@ impl ResultsSink for S3Sink {
 
     async fn remove_run(&self, run: &RunId) -> Result<u64, StorageError> {
         let prefix = format!("{}/", self.key(&keys::run_dir(run)));
-        let what = format!("list s3://{}/{prefix}", self.cfg.bucket);
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.cfg.bucket)
-                .prefix(&prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| sdk_err(what.clone(), e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(String::from)),
-            );
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        let keys = self.list_keys(&prefix, None).await?;
         for key in &keys {
             self.client
                 .delete_object()

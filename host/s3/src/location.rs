@@ -51,30 +51,14 @@ impl Location for S3Location {
             format!("{root}{folder}/")
         };
         let what = format!("list {}", self.describe());
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let page = self
-                .s3
-                .client()
-                .list_objects_v2()
-                .bucket(self.s3.bucket())
-                .prefix(&prefix)
-                .set_max_keys(self.page)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| read_err(what.clone(), sdk_err(&what, e)))?;
-            for o in page.contents() {
-                if let Some(k) = o.key().and_then(|k| k.strip_prefix(&root)) {
-                    keys.push(k.to_string());
-                }
-            }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        let mut keys: Vec<String> = self
+            .s3
+            .list_keys(&prefix, self.page)
+            .await
+            .map_err(|e| read_err(what, e))?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&root).map(String::from))
+            .collect();
         keys.sort();
         Ok(keys)
     }
