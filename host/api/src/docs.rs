@@ -215,7 +215,7 @@ pub struct ResolvedInputs {
     /// The image's content id (`sha256:…`), when it was resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_id: Option<String>,
-    /// The step reference and its digest (step stages).
+    /// The step reference and what it resolved to: `REF = NAME VERSION (sha256:…)` (step stages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     /// SHA-256 of the `run:` script.

@@ -101,13 +101,36 @@ pub fn say_chosen(c: &Chosen) {
     }
 }
 
-/// Loads and validates a file, printing its diagnostics; `Err` holds the
-/// exit code.
-pub fn load(file: &Path, select: &Select) -> Result<Plan, ExitCode> {
-    match sentinel_pipeline::load_selected(file, &context::step_catalog(), select) {
-        Ok(p) => Ok(p),
-        Err(e) => Err(report(e)),
+/// Loads and validates a file with the user's step registries and the lock
+/// file beside it (used as `mode` says, written or checked once the file is
+/// valid), printing its diagnostics; `Err` holds the exit code. Steps are
+/// pulled into the cache of `state`.
+pub fn load(
+    file: &Path,
+    select: &Select,
+    state: &Path,
+    mode: sentinel_registry::LockMode,
+) -> Result<Plan, ExitCode> {
+    let catalog = match crate::steps::catalog::user(state).and_then(|c| {
+        c.with_lock(sentinel_registry::Lock::path_for(file), mode)
+            .map_err(anyhow::Error::msg)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let plan = sentinel_pipeline::load_selected(file, &catalog, select).map_err(report)?;
+    match catalog.finish() {
+        Ok(Some(said)) => eprintln!("{said}"),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Err(ExitCode::from(2));
+        }
     }
+    Ok(plan)
 }
 
 fn report(e: LoadError) -> ExitCode {
@@ -144,7 +167,13 @@ pub fn converted(file: &Path, select: &Select) -> Result<String, ExitCode> {
     let draft = sentinel_pipeline::dialect::read_selected(&src, &name, dialect, select)
         .map_err(|d| report(LoadError::Invalid(d)))?;
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    sentinel_pipeline::plan_draft(&draft, &name, "pipeline", &context::step_catalog(), &base)
+    // Steps of registries are looked up in the user's cache only: nothing
+    // is pulled to convert a file.
+    let catalog = sentinel_registry::Catalog::new(context::step_catalog(), {
+        let project = base.canonicalize().unwrap_or_else(|_| base.clone());
+        crate::steps::catalog::cache(&project.join(".sentinel"))
+    });
+    sentinel_pipeline::plan_draft(&draft, &name, "pipeline", &catalog, &base)
         .map_err(|d| report(LoadError::Invalid(d)))?;
     Ok(sentinel_pipeline::convert::to_native(&draft, &name))
 }

@@ -1,9 +1,12 @@
 //! Registries of the machine: `[registries.NAME]` in the server's
 //! configuration and in the user's config file
 //! (`$XDG_CONFIG_HOME/sentinel/config.toml`, else
-//! `~/.config/sentinel/config.toml`) for `sentinel run`. Each names a host
-//! and where its password comes from — an environment variable, or (on a
-//! server) a secret of its store — never the password itself.
+//! `~/.config/sentinel/config.toml`) for `sentinel run`. Each names an
+//! image registry's host, or where steps are published (`steps = "oci://…"`,
+//! `file://…`, `s3://…`), or both, and where its password or token comes
+//! from — an environment variable, or (on a server) a secret of its store —
+//! never the password itself. `[steps]` names the default step registry and
+//! the keys every registry step must be signed by.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -16,15 +19,48 @@ use sentinel_engine::exec::RegistryAuth;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    /// `host[:port]`, as image names write it.
-    pub host: String,
-    pub username: String,
+    /// `host[:port]`, as image names write it (an image registry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// The variable of this process's environment holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
     /// The server's stored secret holding it (`sentinel secret set NAME`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<String>,
+    /// Where steps are published: `oci://host[:port]/namespace`,
+    /// `file:///folder` or `s3://bucket/prefix` (a step registry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<String>,
+    /// A bearer token for an OCI step registry: the variable holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    /// … or the server's stored secret holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret: Option<String>,
+    /// Keys (`ed25519:…`) this registry's steps must be signed by.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
+    /// An S3-compatible endpoint for an `s3://` step registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The region of an `s3://` step registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+}
+
+/// `[steps]`: the default step registry and keys every registry step must
+/// be signed by.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepsSection {
+    /// The registry a step name the local step folders lack is looked for in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
 }
 
 /// The user's config file.
@@ -33,6 +69,8 @@ pub struct RegistryConfig {
 pub struct UserConfig {
     #[serde(default)]
     pub registries: BTreeMap<String, RegistryConfig>,
+    #[serde(default)]
+    pub steps: StepsSection,
 }
 
 /// Where the user's config file is.
@@ -44,57 +82,147 @@ pub fn user_config_path() -> Option<PathBuf> {
     Some(base.join("sentinel/config.toml"))
 }
 
-/// Checks each entry names one source for its password.
+/// Checks each entry: an image registry (`host`) names its user and one
+/// source for its password; a step registry's address is one Sentinel
+/// reads; credentials come from one place; keys are keys.
 pub fn check(list: &BTreeMap<String, RegistryConfig>, secrets_allowed: bool) -> Result<(), String> {
     for (name, r) in list {
-        match (&r.password_env, &r.password_secret) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "registry `{name}`: give `password_env` or `password_secret`, not both"
-                ));
-            }
+        let sources = [
+            &r.password_env,
+            &r.password_secret,
+            &r.token_env,
+            &r.token_secret,
+        ];
+        if sources.iter().filter(|s| s.is_some()).count() > 1 {
+            return Err(format!(
+                "registry `{name}`: give one of `password_env`, `password_secret`, `token_env`, `token_secret`, not several"
+            ));
+        }
+        if !secrets_allowed && (r.password_secret.is_some() || r.token_secret.is_some()) {
+            return Err(format!(
+                "registry `{name}`: `password_secret` and `token_secret` are for a server's stored secrets; use `password_env` or `token_env` here"
+            ));
+        }
+        let password = r.password_env.is_some() || r.password_secret.is_some();
+        match (&r.host, &r.steps) {
             (None, None) => {
                 return Err(format!(
-                    "registry `{name}`: `password_env` (a variable holding the password){} is missing",
-                    if secrets_allowed {
-                        " or `password_secret` (a stored secret)"
-                    } else {
-                        ""
-                    }
+                    "registry `{name}`: give `host` (an image registry), `steps` (where steps are published), or both"
                 ));
             }
-            (None, Some(_)) if !secrets_allowed => {
-                return Err(format!(
-                    "registry `{name}`: `password_secret` is for a server's stored secrets; use `password_env` here"
-                ));
+            (Some(host), _) => {
+                if r.username.is_none() || !password {
+                    return Err(format!(
+                        "registry `{name}`: an image registry needs `username` and `password_env` (a variable holding the password){}",
+                        if secrets_allowed {
+                            " or `password_secret` (a stored secret)"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+                if host.is_empty() || host.contains("://") || host.contains('/') {
+                    return Err(format!("registry `{name}`: `{host}` is not `host[:port]`"));
+                }
             }
-            _ => {}
+            (None, Some(_)) => {
+                if r.username.is_some() != password {
+                    return Err(format!(
+                        "registry `{name}`: `username` goes with `password_env`{}",
+                        if secrets_allowed {
+                            " or `password_secret`"
+                        } else {
+                            ""
+                        }
+                    ));
+                }
+            }
         }
-        if r.host.is_empty() || r.host.contains("://") || r.host.contains('/') {
-            return Err(format!(
-                "registry `{name}`: `{}` is not `host[:port]`",
-                r.host
-            ));
+        if let Some(url) = &r.steps {
+            step_address(url).map_err(|e| format!("registry `{name}`: `steps`: {e}"))?;
+        }
+        for key in &r.trusted_keys {
+            sentinel_registry::sign::parse_public(key)
+                .map_err(|e| format!("registry `{name}`: `trusted_keys`: {e}"))?;
         }
     }
     Ok(())
 }
 
+/// What a step registry's address is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepAddress {
+    Folder(PathBuf),
+    S3(String),
+    /// `host[:port]/namespace`.
+    Oci(String),
+}
+
+/// Reads `oci://…`, `file://…` (or an absolute path) and `s3://…`.
+pub fn step_address(url: &str) -> Result<StepAddress, String> {
+    if let Some(rest) = url.strip_prefix("oci://") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!(
+                "`{url}` names no host: oci://host[:port]/namespace"
+            ));
+        }
+        return Ok(StepAddress::Oci(rest.trim_end_matches('/').to_string()));
+    }
+    if url.starts_with("s3://") {
+        sentinel_s3::S3Config::from_url(url).map_err(|e| e.to_string())?;
+        return Ok(StepAddress::S3(url.to_string()));
+    }
+    let path = url.strip_prefix("file://").unwrap_or(url);
+    if !path.starts_with('/') {
+        return Err(format!(
+            "`{url}` is not oci://host/namespace, s3://bucket/prefix or file:///absolute/folder"
+        ));
+    }
+    Ok(StepAddress::Folder(PathBuf::from(path)))
+}
+
 /// The user's registries with their passwords, for `sentinel run`; none
 /// when there is no config file.
 pub fn user_registries() -> anyhow::Result<Vec<RegistryAuth>> {
+    let config = user_config()?;
+    resolve(&config.registries, |_| None)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", user_config_path().unwrap_or_default().display()))
+}
+
+/// The user's config file (empty when there is none), checked.
+pub fn user_config() -> anyhow::Result<UserConfig> {
     let Some(path) = user_config_path() else {
-        return Ok(Vec::new());
+        return Ok(UserConfig::default());
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(UserConfig::default()),
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     };
     let config: UserConfig =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     check(&config.registries, false).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    resolve(&config.registries, |_| None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    check_steps(&config.steps, &config.registries)
+        .map_err(|e| anyhow::anyhow!("{}: [steps]: {e}", path.display()))?;
+    Ok(config)
+}
+
+/// Checks `[steps]` against the registries it names.
+pub fn check_steps(
+    steps: &StepsSection,
+    list: &BTreeMap<String, RegistryConfig>,
+) -> Result<(), String> {
+    if let Some(d) = &steps.default {
+        if !list.get(d).is_some_and(|r| r.steps.is_some()) {
+            return Err(format!(
+                "`default = \"{d}\"` names no step registry (a `[registries.{d}]` with `steps = \"…\"`)"
+            ));
+        }
+    }
+    for key in &steps.trusted_keys {
+        sentinel_registry::sign::parse_public(key).map_err(|e| format!("`trusted_keys`: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The entries with their passwords: from the environment, or from
@@ -104,7 +232,8 @@ pub fn resolve(
     secret: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<RegistryAuth>, String> {
     list.iter()
-        .map(|(name, r)| {
+        .filter_map(|(name, r)| Some((name, r, r.host.as_ref()?, r.username.as_ref()?)))
+        .map(|(name, r, host, username)| {
             let password = match (&r.password_env, &r.password_secret) {
                 (Some(var), _) => std::env::var(var).map_err(|_| {
                     format!("registry `{name}`: the variable `{var}` holding its password is not set")
@@ -115,8 +244,8 @@ pub fn resolve(
                 (None, None) => return Err(format!("registry `{name}` has no password source")),
             };
             Ok(RegistryAuth {
-                host: r.host.clone(),
-                username: r.username.clone(),
+                host: host.clone(),
+                username: username.clone(),
                 password,
             })
         })

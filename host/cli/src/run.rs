@@ -13,6 +13,7 @@ use crate::Paths;
 use crate::context::{self, Dirs};
 use crate::pipeline::{FileArgs, load, say_chosen};
 use crate::progress::{Mode, reporter};
+use sentinel_registry::LockMode;
 
 /// Options of `sentinel run`.
 #[derive(Debug, Args)]
@@ -50,6 +51,10 @@ pub struct RunArgs {
     /// (`approval: ENV`); without it such a stage fails, saying so.
     #[arg(long, value_name = "ENV")]
     approve: Vec<String>,
+    /// Run exactly the steps `sentinel.lock` pins: fail if resolving the
+    /// pipeline's steps would change it.
+    #[arg(long)]
+    locked: bool,
     #[command(flatten)]
     s3: S3Args,
 }
@@ -110,7 +115,8 @@ pub fn validate(paths: &Paths, args: &FileArgs, json: bool) -> anyhow::Result<Ex
     let chosen = args.choose(paths)?;
     say_chosen(&chosen);
     let file = chosen.file;
-    let plan = match load(&file, &args.select()) {
+    let dirs = Dirs::of(paths, &chosen.project)?;
+    let plan = match load(&file, &args.select(), &dirs.state, LockMode::ReadOnly) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -282,7 +288,13 @@ pub async fn run_with(
         None => (None, None),
     };
     let file = again.as_ref().map_or(chosen.file, |a| a.file.clone());
-    let mut plan = match load(&file, &args.file.select()) {
+    // A re-run uses the lock its commit had, and writes none.
+    let mode = match (&again, args.locked) {
+        (Some(_), _) => LockMode::ReadOnly,
+        (None, true) => LockMode::Locked,
+        (None, false) => LockMode::Write,
+    };
+    let mut plan = match load(&file, &args.file.select(), &dirs.state, mode) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };

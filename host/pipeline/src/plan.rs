@@ -461,7 +461,11 @@ impl Action {
             Self::Step(s) => Provenance {
                 image: None,
                 script: None,
-                step: Some(format!("{} ({})", s.step, s.resolved.digest)),
+                // What the reference resolved to: name, exact version, digest.
+                step: Some(format!(
+                    "{} = {} {} ({})",
+                    s.step, s.resolved.manifest.name, s.resolved.manifest.version, s.resolved.digest
+                )),
             },
             Self::Build(b) => Provenance {
                 image: None,

@@ -181,13 +181,20 @@ pub enum StepError {
     },
     #[error("{0}")]
     Manifest(#[from] ManifestError),
+    /// A registry step that could not be resolved, pulled or trusted.
+    #[error("{message}")]
+    Registry {
+        message: String,
+        /// The registry did not answer: trying again later may succeed.
+        transient: bool,
+    },
 }
 
 impl StepError {
     /// True when trying again later may succeed (a registry not answering);
     /// every failure of a local step folder is permanent.
     pub fn is_transient(&self) -> bool {
-        false
+        matches!(self, Self::Registry { transient: true, .. })
     }
 }
 
@@ -310,9 +317,27 @@ fn load_dir(dir: &Path) -> Option<Result<ResolvedStep, StepError>> {
 }
 
 /// Splits a reference into its owner (if any), name and wanted version
-/// (`acme/deploy@1.2` → `acme`, `deploy`, `1.2`).
+/// (`acme/deploy@1.2` → `acme`, `deploy`, `1.2`; a registry's name before
+/// `:` is left out; `oci://host/ns/deploy:1.2` → no owner, `deploy`, `1.2`).
 pub fn split_reference(reference: &str) -> (Option<&str>, &str, &str) {
+    if let Some(rest) = reference.strip_prefix("oci://") {
+        let (repo, want) = match rest.split_once('@') {
+            Some((repo, digest)) => (repo, digest),
+            None => {
+                let slash = rest.rfind('/').unwrap_or(0);
+                match rest[slash..].rfind(':') {
+                    Some(i) => (&rest[..slash + i], &rest[slash + i + 1..]),
+                    None => (rest, ""),
+                }
+            }
+        };
+        return (None, repo.rsplit('/').next().unwrap_or(repo), want);
+    }
     let (path, want) = reference.split_once('@').unwrap_or((reference, ""));
+    let path = match path.split_once(':') {
+        Some((_registry, rest)) => rest,
+        None => path,
+    };
     match path.split_once('/') {
         Some((owner, name)) => (Some(owner), name, want),
         None => (None, path, want),
@@ -411,6 +436,14 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with("step.toml:3:1: unknown field `bogus`"), "{e}");
+        assert_eq!(split_reference("acme/x@1.2"), (Some("acme"), "x", "1.2"));
+        assert_eq!(split_reference("team:acme/x@^1"), (Some("acme"), "x", "^1"));
+        assert_eq!(split_reference("team:x"), (None, "x", ""));
+        assert_eq!(
+            split_reference("oci://127.0.0.1:5000/steps/x:1.0.0"),
+            (None, "x", "1.0.0")
+        );
+        assert_eq!(split_reference("oci://r.example/x@sha256:ab"), (None, "x", "sha256:ab"));
         for reserved in ["run", "stage", "workspace", "output", "commit", "run-id"] {
             let e = StepManifest::parse(
                 &format!("name = \"{reserved}\"\nversion = \"1.0.0\"\n"),

@@ -8,6 +8,7 @@
 
 mod cache;
 mod location;
+mod steps;
 mod upload;
 
 use std::path::Path;
@@ -24,6 +25,7 @@ use sentinel_results::index::{self, IndexStore};
 
 pub use cache::S3Cache;
 pub use location::S3Location;
+pub use steps::S3Steps;
 pub use upload::PART_SIZE;
 
 /// Where results go in S3.
@@ -289,7 +291,7 @@ impl S3Sink {
     }
 
     /// Reads an object; `None` when there is none.
-    async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let full = self.key(key);
         let got = self
             .client

@@ -18,6 +18,7 @@
 //! tens of microseconds.
 
 mod http;
+pub mod inspect;
 mod output;
 
 use std::collections::HashMap;

@@ -58,9 +58,13 @@ pub struct FileConfig {
     /// What a fork's pull request gets.
     #[serde(default)]
     pub pull_requests: Option<super::repo::PullRequestsSection>,
-    /// Image registries every run may push to and pull from.
+    /// Image registries every run may push to and pull from, and step
+    /// registries its pipelines' steps come from.
     #[serde(default)]
     pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
+    /// The default step registry and the keys registry steps must be signed by.
+    #[serde(default)]
+    pub steps: crate::registries::StepsSection,
     /// Days an unpushed image a run made is kept after its run ended (0: forever).
     #[serde(default)]
     pub images_keep_days: Option<u64>,
@@ -261,6 +265,7 @@ pub struct Settings {
     pub pull_requests: super::repo::PullRequestsSection,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
+    pub steps: crate::registries::StepsSection,
     /// Days an unpushed image a run made is kept (0: forever).
     pub images_keep_days: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -486,6 +491,11 @@ impl Settings {
                 crate::registries::check(&file.registries, true)
                     .map_err(|e| anyhow::anyhow!("[registries]: {e}"))?;
                 file.registries.clone()
+            },
+            steps: {
+                crate::registries::check_steps(&file.steps, &file.registries)
+                    .map_err(|e| anyhow::anyhow!("[steps]: {e}"))?;
+                file.steps.clone()
             },
         })
     }

@@ -255,7 +255,6 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         repos: settings.api.repos.clone(),
         checkouts,
         secrets_key: secrets_key.clone(),
-        catalog: context::step_catalog(),
         state: dirs.state.clone(),
         payloads: dirs.state.join("payloads"),
         results: dirs.results.clone(),
@@ -263,6 +262,7 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         environments: settings.environments.clone(),
         pull_requests: settings.pull_requests.clone(),
         registries: settings.registries.clone(),
+        steps: settings.steps.clone(),
     };
     let worker = Worker::new(
         engine,

@@ -27,7 +27,6 @@ pub struct Resolver {
     /// Where checkouts go (one folder per run, removed after it).
     pub checkouts: PathBuf,
     pub secrets_key: Option<Arc<SecretsKey>>,
-    pub catalog: sentinel_pipeline::DirCatalog,
     /// The state folder (where the files of runs' stages are kept).
     pub state: PathBuf,
     /// Where deploy payloads are kept once checked (`<state>/payloads`).
@@ -42,6 +41,8 @@ pub struct Resolver {
     pub pull_requests: PullRequestsSection,
     /// The server's registries (`[registries.NAME]`).
     pub registries: BTreeMap<String, crate::registries::RegistryConfig>,
+    /// `[steps]`: the default step registry, keys steps must be signed by.
+    pub steps: crate::registries::StepsSection,
 }
 
 /// `[pull_requests]`: what a fork's pull request's run gets.
@@ -278,7 +279,9 @@ impl Resolver {
             .unwrap_or(&file)
             .display()
             .to_string();
-        let catalog = self.catalog.clone();
+        // The committed lock file is used and never written; steps are
+        // pulled into the state folder's cache.
+        let catalog = self.step_catalog(&file)?;
         let mut plan =
             tokio::task::spawn_blocking(move || sentinel_pipeline::load_with(&file, &catalog))
                 .await
@@ -425,6 +428,36 @@ impl Resolver {
                 None => None,
             },
         })
+    }
+
+    /// The step catalog of a checkout's pipeline file: the server's step
+    /// registries (their stored credentials opened for each run) and the
+    /// lock file beside the file, read only.
+    fn step_catalog(&self, file: &std::path::Path) -> Result<sentinel_registry::Catalog, String> {
+        let names: Vec<String> = self
+            .registries
+            .values()
+            .filter(|r| r.steps.is_some())
+            .filter_map(|r| r.password_secret.clone().or_else(|| r.token_secret.clone()))
+            .collect();
+        let opened = match &self.secrets_key {
+            Some(key) if !names.is_empty() => self
+                .store
+                .open_secrets(key, &names)
+                .map_err(|e| e.to_string())?,
+            _ => BTreeMap::new(),
+        };
+        crate::steps::catalog::build(&self.state, &self.registries, &self.steps, &|n| {
+            opened.get(n).cloned()
+        })
+        .and_then(|c| {
+            c.with_lock(
+                sentinel_registry::Lock::path_for(file),
+                sentinel_registry::LockMode::ReadOnly,
+            )
+            .map_err(anyhow::Error::msg)
+        })
+        .map_err(|e| format!("{e:#}"))
     }
 
     /// The server's registries with their passwords (stored secrets opened
