@@ -464,7 +464,10 @@ impl Action {
                 // What the reference resolved to: name, exact version, digest.
                 step: Some(format!(
                     "{} = {} {} ({})",
-                    s.step, s.resolved.manifest.name, s.resolved.manifest.version, s.resolved.digest
+                    s.step,
+                    s.resolved.manifest.name,
+                    s.resolved.manifest.version,
+                    s.resolved.digest
                 )),
             },
             Self::Build(b) => Provenance {

@@ -194,7 +194,13 @@ impl StepError {
     /// True when trying again later may succeed (a registry not answering);
     /// every failure of a local step folder is permanent.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Registry { transient: true, .. })
+        matches!(
+            self,
+            Self::Registry {
+                transient: true,
+                ..
+            }
+        )
     }
 }
 
@@ -443,7 +449,10 @@ mod tests {
             split_reference("oci://127.0.0.1:5000/steps/x:1.0.0"),
             (None, "x", "1.0.0")
         );
-        assert_eq!(split_reference("oci://r.example/x@sha256:ab"), (None, "x", "sha256:ab"));
+        assert_eq!(
+            split_reference("oci://r.example/x@sha256:ab"),
+            (None, "x", "sha256:ab")
+        );
         for reserved in ["run", "stage", "workspace", "output", "commit", "run-id"] {
             let e = StepManifest::parse(
                 &format!("name = \"{reserved}\"\nversion = \"1.0.0\"\n"),

@@ -1,9 +1,10 @@
 //! Pulled steps, content-addressed in the state folder:
-//! `<root>/sha256/<hex>/{step.wasm, step.toml, origin.json}`. An entry is
-//! written apart and renamed into place, so a reader sees all of it or
-//! none; the component's digest is its folder's name, checked when it
-//! enters, and again by the runtime each time it loads the bytes (before
-//! every run); the manifest's digest is checked on every lookup.
+//! `<root>/sha256/<component hex>/<manifest hex>/{step.wasm, step.toml,
+//! origin.json}` (one component may be published with several manifests:
+//! each is its own entry). An entry is written apart and renamed into
+//! place, so a reader sees all of it or none; the component's digest is
+//! checked when it enters, and again by the runtime each time it loads the
+//! bytes (before every run); the manifest's digest on every lookup.
 
 use std::path::{Path, PathBuf};
 
@@ -103,26 +104,57 @@ impl Cache {
         &self.root
     }
 
-    fn dir(&self, digest: &str) -> Option<PathBuf> {
-        hex_of(digest).map(|h| self.root.join("sha256").join(h))
+    fn dir(&self, digest: &str, manifest: &str) -> Option<PathBuf> {
+        Some(
+            self.root
+                .join("sha256")
+                .join(hex_of(digest)?)
+                .join(hex_of(manifest)?),
+        )
     }
 
-    /// The entry of `digest`; `Ok(None)` when absent; an error when it is
-    /// damaged (its manifest no longer has the digest it entered with).
-    pub fn get(&self, digest: &str) -> Result<Option<Entry>, String> {
-        let Some(dir) = self.dir(digest) else {
+    /// The entries of a component, whatever their manifests.
+    pub fn of_component(&self, digest: &str) -> Vec<Entry> {
+        let Some(hex) = hex_of(digest) else {
+            return Vec::new();
+        };
+        let Ok(rd) = std::fs::read_dir(self.root.join("sha256").join(hex)) else {
+            return Vec::new();
+        };
+        rd.flatten()
+            .filter_map(|e| {
+                let m = format!("sha256:{}", e.file_name().to_string_lossy());
+                self.get(digest, &m).ok().flatten()
+            })
+            .collect()
+    }
+
+    /// The entry of a component with a manifest; `Ok(None)` when absent; an
+    /// error when it is damaged (its manifest no longer has its digest).
+    pub fn get(&self, digest: &str, manifest: &str) -> Result<Option<Entry>, String> {
+        let Some(dir) = self.dir(digest, manifest) else {
             return Ok(None);
         };
         let origin: Origin = match std::fs::read(dir.join("origin.json")) {
             Ok(b) => serde_json::from_slice(&b)
                 .map_err(|e| format!("the cached step {} is damaged: {e}", dir.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read the cached step {}: {e}", dir.display())),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the cached step {}: {e}",
+                    dir.display()
+                ));
+            }
         };
         let manifest_text = match std::fs::read_to_string(dir.join("step.toml")) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(format!("cannot read {}: {e}", dir.join("step.toml").display())),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read {}: {e}",
+                    dir.join("step.toml").display()
+                ));
+            }
         };
         let have = sha256(manifest_text.as_bytes());
         if have != origin.manifest_digest {
@@ -144,14 +176,21 @@ impl Cache {
     /// Puts a verified package in the cache (a second copy of the same
     /// digest is dropped: the first is the same bytes).
     pub fn put(&self, pkg: &Package, origin: Origin) -> Result<Entry, String> {
-        let digest = pkg.digest();
-        let dir = self.dir(&digest).ok_or("bad digest")?;
-        let fail = |what: &str, e: std::io::Error| format!("cannot {what} in the step cache {}: {e}", self.root.display());
+        let (digest, manifest) = (pkg.digest(), pkg.manifest_digest());
+        let dir = self.dir(&digest, &manifest).ok_or("bad digest")?;
+        let fail = |what: &str, e: std::io::Error| {
+            format!(
+                "cannot {what} in the step cache {}: {e}",
+                self.root.display()
+            )
+        };
         if !dir.join("origin.json").is_file() {
             std::fs::create_dir_all(&self.root).map_err(|e| fail("create", e))?;
             let tmp = tempfile::tempdir_in(&self.root).map_err(|e| fail("write", e))?;
-            std::fs::write(tmp.path().join(pkg.kind.file()), &pkg.body).map_err(|e| fail("write", e))?;
-            std::fs::write(tmp.path().join("step.toml"), &pkg.manifest_text).map_err(|e| fail("write", e))?;
+            std::fs::write(tmp.path().join(pkg.kind.file()), &pkg.body)
+                .map_err(|e| fail("write", e))?;
+            std::fs::write(tmp.path().join("step.toml"), &pkg.manifest_text)
+                .map_err(|e| fail("write", e))?;
             if pkg.kind == Kind::Script {
                 crate::package::unpack_script(&pkg.body, &tmp.path().join("step"))?;
             }
@@ -169,7 +208,8 @@ impl Cache {
                 }
             }
         }
-        self.get(&digest)?.ok_or_else(|| format!("{} vanished from the step cache", dir.display()))
+        self.get(&digest, &manifest)?
+            .ok_or_else(|| format!("{} vanished from the step cache", dir.display()))
     }
 
     /// Every entry (for `step list` and the steps page).
@@ -179,12 +219,11 @@ impl Cache {
         };
         let mut out: Vec<Entry> = rd
             .flatten()
-            .filter_map(|e| {
-                let digest = format!("sha256:{}", e.file_name().to_string_lossy());
-                self.get(&digest).ok().flatten()
-            })
+            .flat_map(|e| self.of_component(&format!("sha256:{}", e.file_name().to_string_lossy())))
             .collect();
-        out.sort_by(|a, b| (&a.origin.name, &a.origin.version).cmp(&(&b.origin.name, &b.origin.version)));
+        out.sort_by(|a, b| {
+            (&a.origin.name, &a.origin.version).cmp(&(&b.origin.name, &b.origin.version))
+        });
         out
     }
 }

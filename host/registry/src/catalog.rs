@@ -85,7 +85,9 @@ impl Calls {
                     .expect("a runtime for registry calls"),
             )
         });
-        let rt = rt.as_ref().expect("the registry runtime is there until drop");
+        let rt = rt
+            .as_ref()
+            .expect("the registry runtime is there until drop");
         std::thread::scope(|s| {
             s.spawn(|| rt.block_on(f))
                 .join()
@@ -174,7 +176,11 @@ impl Catalog {
                 st.used.write(&st.path)?;
                 Ok(Some(format!(
                     "{} {}:\n  {}",
-                    if st.old.pins.is_empty() { "wrote" } else { "updated" },
+                    if st.old.pins.is_empty() {
+                        "wrote"
+                    } else {
+                        "updated"
+                    },
                     st.path.display(),
                     changes.join("\n  ")
                 )))
@@ -240,12 +246,19 @@ impl Catalog {
                     if self.registries.is_empty() {
                         "none".to_string()
                     } else {
-                        self.registries.keys().cloned().collect::<Vec<_>>().join(", ")
+                        self.registries
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     }
                 ))),
             },
             Origin::Anywhere => {
-                let name = self.default.as_ref().ok_or_else(|| err("no default registry"))?;
+                let name = self
+                    .default
+                    .as_ref()
+                    .ok_or_else(|| err("no default registry"))?;
                 self.registry_for(&StepRef {
                     origin: Origin::Named(name.clone()),
                     ..r.clone()
@@ -308,24 +321,34 @@ impl Catalog {
 
     /// A pinned reference from the cache, checked against its trust again
     /// (the trusted keys may have changed since it was pinned).
-    fn from_cache(&self, reference: &str, pin: &Pin, entry: &Entry, named: &Named) -> Result<ResolvedStep, StepError> {
-        if entry.origin.manifest_digest != pin.manifest {
-            return Err(err(format!(
-                "step `{reference}`: the cached manifest is {}, but sentinel.lock pins {}",
-                entry.origin.manifest_digest, pin.manifest
-            )));
-        }
+    fn from_cache(
+        &self,
+        reference: &str,
+        pin: &Pin,
+        entry: &Entry,
+        named: &Named,
+    ) -> Result<ResolvedStep, StepError> {
         let pkg = Package {
             kind: entry.origin.kind,
             manifest_text: entry.manifest_text.clone(),
             body: Vec::new(),
             signature: entry.origin.signature.clone(),
         };
-        let msg = crate::sign::message(&pin.name, &pin.version, &entry.digest, &pkg.manifest_digest());
+        let msg = crate::sign::message(
+            &pin.name,
+            &pin.version,
+            &entry.digest,
+            &pkg.manifest_digest(),
+        );
         named
             .trust
             .check(pkg.signature.as_ref(), &msg)
-            .map_err(|e| err(format!("step `{reference}` ({}) is refused: {e}", pin.source)))?;
+            .map_err(|e| {
+                err(format!(
+                    "step `{reference}` ({}) is refused: {e}",
+                    pin.source
+                ))
+            })?;
         self.record(pin.clone());
         entry.resolved().map_err(err)
     }
@@ -335,12 +358,18 @@ impl Catalog {
         let (named, path) = self.registry_for(r)?;
         let registry = named.registry.clone();
         if let Some(pin) = self.pin(reference, &r.name) {
-            if let Some(entry) = self.cache.get(&pin.digest).map_err(err)? {
+            if let Some(entry) = self.cache.get(&pin.digest, &pin.manifest).map_err(err)? {
                 return self.from_cache(reference, &pin, &entry, &named);
             }
-            let version = Version::parse(&pin.version)
-                .map_err(|e| err(format!("sentinel.lock: `{reference}`: version {}: {e}", pin.version)))?;
-            let pkg = self.block(registry.pull(&path, &version)).map_err(|e| from_registry(reference, e))?;
+            let version = Version::parse(&pin.version).map_err(|e| {
+                err(format!(
+                    "sentinel.lock: `{reference}`: version {}: {e}",
+                    pin.version
+                ))
+            })?;
+            let pkg = self
+                .block(registry.pull(&path, &version))
+                .map_err(|e| from_registry(reference, e))?;
             if pkg.digest() != pin.digest || pkg.manifest_digest() != pin.manifest {
                 return Err(err(format!(
                     "step `{reference}`: {} now holds {} (manifest {}), but sentinel.lock pins {} (manifest {}): the published bytes changed under the same version; refusing them (if the change is intended: sentinel step update {})",
@@ -366,23 +395,33 @@ impl Catalog {
                     Origin::Oci(repo) => repo.rsplit_once('/').map_or("", |(b, _)| b),
                     _ => "",
                 },
-                r.origin_host().and_then(|h| self.hosts.get(h).cloned()).unwrap_or_default(),
+                r.origin_host()
+                    .and_then(|h| self.hosts.get(h).cloned())
+                    .unwrap_or_default(),
             )
             .map_err(err)?;
-            let (pkg, version) = self.block(oci.pull_by_digest(&path, d)).map_err(|e| from_registry(reference, e))?;
+            let (pkg, version) = self
+                .block(oci.pull_by_digest(&path, d))
+                .map_err(|e| from_registry(reference, e))?;
             let version = match version {
                 Some(v) => v,
                 None => Version::parse(
-                    &pkg.manifest(&r.name, "0.0.0", "step.toml").map_err(err)?.version,
+                    &pkg.manifest(&r.name, "0.0.0", "step.toml")
+                        .map_err(err)?
+                        .version,
                 )
                 .map_err(|e| err(e.to_string()))?,
             };
             let source = format!("oci://{}@{d}", r.origin_repo().unwrap_or_default());
             return self.accept(reference, r, &named, source, &pkg, &version);
         }
-        let listed = self.block(registry.versions(&path)).map_err(|e| from_registry(reference, e))?;
+        let listed = self
+            .block(registry.versions(&path))
+            .map_err(|e| from_registry(reference, e))?;
         let chosen = match &r.want {
-            Want::Digest(d) => listed.iter().find(|l| l.digest.as_deref() == Some(d.as_str())),
+            Want::Digest(d) => listed
+                .iter()
+                .find(|l| l.digest.as_deref() == Some(d.as_str())),
             want => newest(want, listed.iter().map(|l| &l.version))
                 .and_then(|v| listed.iter().find(|l| &l.version == v)),
         };
@@ -391,20 +430,28 @@ impl Catalog {
             have.sort();
             return Err(err(format!(
                 "step `{reference}`: {} has {}",
-                registry.location(&path, &Version::new(0, 0, 0)).rsplit_once(['/', ':']).map_or("the registry", |(a, _)| a),
+                registry
+                    .location(&path, &Version::new(0, 0, 0))
+                    .rsplit_once(['/', ':'])
+                    .map_or("the registry", |(a, _)| a),
                 if have.is_empty() {
                     "no such step".to_string()
                 } else {
                     format!(
                         "no matching version (it has {})",
-                        have.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", ")
+                        have.iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )
                 }
             )));
         };
         let version = chosen.version.clone();
         let source = registry.location(&path, &version);
-        let pkg = self.block(registry.pull(&path, &version)).map_err(|e| from_registry(reference, e))?;
+        let pkg = self
+            .block(registry.pull(&path, &version))
+            .map_err(|e| from_registry(reference, e))?;
         if let Some(d) = &chosen.digest {
             if *d != pkg.digest() {
                 return Err(err(format!(
@@ -439,10 +486,13 @@ impl StepCatalog for Catalog {
         if r.origin == Origin::Anywhere {
             // A content digest the cache holds needs no registry at all.
             if let Want::Digest(d) = &r.want {
-                if let Some(entry) = self.cache.get(d).map_err(err)? {
-                    if entry.origin.name == r.name {
-                        return entry.resolved().map_err(err);
-                    }
+                if let Some(entry) = self
+                    .cache
+                    .of_component(d)
+                    .into_iter()
+                    .find(|e| e.origin.name == r.name)
+                {
+                    return entry.resolved().map_err(err);
                 }
             }
             match self.local.resolve(reference, base) {

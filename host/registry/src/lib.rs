@@ -21,5 +21,5 @@ pub use oci::{Auth, Oci};
 pub use package::{Kind, Package};
 pub use reference::{Origin, StepRef, Want};
 pub use registry::{Blobs, Folder, Layout, Listed, Registry, RegistryError};
-pub use sign::{SecretKey, Signature, Trust};
 pub use semver;
+pub use sign::{SecretKey, Signature, Trust};

@@ -78,7 +78,11 @@ impl Lock {
             ));
         }
         Ok(Self {
-            pins: file.steps.into_iter().map(|p| (p.reference.clone(), p)).collect(),
+            pins: file
+                .steps
+                .into_iter()
+                .map(|p| (p.reference.clone(), p))
+                .collect(),
         })
     }
 
@@ -88,7 +92,10 @@ impl Lock {
             version: 1,
             steps: self.pins.values().cloned().collect(),
         };
-        format!("{HEADER}{}", toml::to_string_pretty(&file).unwrap_or_default())
+        format!(
+            "{HEADER}{}",
+            toml::to_string_pretty(&file).unwrap_or_default()
+        )
     }
 
     /// Writes it (atomically); an empty lock removes the file.
@@ -110,7 +117,10 @@ impl Lock {
         let mut out = Vec::new();
         for (r, p) in &new.pins {
             match self.pins.get(r) {
-                None => out.push(format!("`{r}`: added, {} {} ({})", p.name, p.version, p.digest)),
+                None => out.push(format!(
+                    "`{r}`: added, {} {} ({})",
+                    p.name, p.version, p.digest
+                )),
                 Some(o) if o != p => out.push(format!(
                     "`{r}`: {} ({}) → {} ({})",
                     o.version, o.digest, p.version, p.digest

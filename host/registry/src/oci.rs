@@ -114,20 +114,33 @@ impl Oci {
     }
 
     fn tag(&self, path: &str, version: &Version) -> Reference {
-        Reference::with_tag(self.host.clone(), self.repository(path), version.to_string())
+        Reference::with_tag(
+            self.host.clone(),
+            self.repository(path),
+            version.to_string(),
+        )
     }
 
     /// A version pulled by its manifest's digest (`oci://…@sha256:…`), with
     /// the version its annotations or manifest say.
-    pub async fn pull_by_digest(&self, path: &str, digest: &str) -> Result<(Package, Option<Version>), RegistryError> {
-        let r = Reference::with_digest(self.host.clone(), self.repository(path), digest.to_string());
+    pub async fn pull_by_digest(
+        &self,
+        path: &str,
+        digest: &str,
+    ) -> Result<(Package, Option<Version>), RegistryError> {
+        let r =
+            Reference::with_digest(self.host.clone(), self.repository(path), digest.to_string());
         self.pull_ref(&r).await
     }
 
     async fn pull_ref(&self, r: &Reference) -> Result<(Package, Option<Version>), RegistryError> {
         let data = self
             .client
-            .pull(r, &self.auth, vec![WASM_LAYER_MEDIA_TYPE, SCRIPT_MEDIA_TYPE])
+            .pull(
+                r,
+                &self.auth,
+                vec![WASM_LAYER_MEDIA_TYPE, SCRIPT_MEDIA_TYPE],
+            )
             .await
             .map_err(|e| classify(&format!("oci://{r}"), &e.to_string()))?;
         let [layer] = <[ImageLayer; 1]>::try_from(data.layers).map_err(|l| {
@@ -145,7 +158,9 @@ impl Oci {
         let signature = match notes.get(SIGNATURE_ANNOTATION) {
             None => None,
             Some(s) => Some(serde_json::from_str::<Signature>(s).map_err(|e| {
-                RegistryError::permanent(format!("oci://{r}: annotation {SIGNATURE_ANNOTATION}: {e}"))
+                RegistryError::permanent(format!(
+                    "oci://{r}: annotation {SIGNATURE_ANNOTATION}: {e}"
+                ))
             })?),
         };
         let version = notes
@@ -186,17 +201,36 @@ impl Oci {
 /// True when the registry said the repository or tag does not exist.
 fn absent(text: &str) -> bool {
     let t = text.to_ascii_lowercase();
-    ["manifest unknown", "name unknown", "manifest_unknown", "name_unknown", "not found", "404"]
-        .iter()
-        .any(|w| t.contains(w))
+    [
+        "manifest unknown",
+        "name unknown",
+        "manifest_unknown",
+        "name_unknown",
+        "not found",
+        "404",
+    ]
+    .iter()
+    .any(|w| t.contains(w))
 }
 
 /// A registry error, transient when the registry did not answer.
 fn classify(at: &str, text: &str) -> RegistryError {
-    let transient = ["connect", "timed out", "timeout", "503", "502", "504", "connection"]
+    let transient = [
+        "connect",
+        "timed out",
+        "timeout",
+        "503",
+        "502",
+        "504",
+        "connection",
+    ]
+    .iter()
+    .any(|w| text.to_ascii_lowercase().contains(w));
+    let lower = text.to_ascii_lowercase();
+    let hint = if ["401", "unauthorized", "not authorized"]
         .iter()
-        .any(|w| text.to_ascii_lowercase().contains(w));
-    let hint = if text.contains("401") || text.to_ascii_lowercase().contains("unauthorized") {
+        .any(|w| lower.contains(w))
+    {
         " (unauthorised: check the registry's user and password or token)"
     } else {
         ""
@@ -258,13 +292,19 @@ impl Registry for Oci {
             }
         }
         let mut notes = BTreeMap::new();
-        notes.insert("org.opencontainers.image.version".to_string(), version.to_string());
+        notes.insert(
+            "org.opencontainers.image.version".to_string(),
+            version.to_string(),
+        );
         notes.insert(
             "org.opencontainers.image.created".to_string(),
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         );
         if !pkg.manifest_text.is_empty() {
-            notes.insert(MANIFEST_ANNOTATION.to_string(), B64.encode(&pkg.manifest_text));
+            notes.insert(
+                MANIFEST_ANNOTATION.to_string(),
+                B64.encode(&pkg.manifest_text),
+            );
         }
         if let Some(sig) = &pkg.signature {
             notes.insert(

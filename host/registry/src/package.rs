@@ -141,7 +141,9 @@ pub fn script_tar(dir: &std::path::Path) -> Result<Vec<u8>, String> {
         let bytes = std::fs::read(&f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
         let mode = {
             use std::os::unix::fs::PermissionsExt as _;
-            std::fs::metadata(&f).map(|m| m.permissions().mode()).unwrap_or(0o644)
+            std::fs::metadata(&f)
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0o644)
         };
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);

@@ -53,9 +53,9 @@ impl Want {
                 .map(Self::Req)
                 .map_err(|e| format!("`{s}`: {e}"));
         }
-        VersionReq::parse(s)
-            .map(Self::Req)
-            .map_err(|e| format!("`{s}` is not a version, a requirement (`^1.2`, `~1.2`) or a digest: {e}"))
+        VersionReq::parse(s).map(Self::Req).map_err(|e| {
+            format!("`{s}` is not a version, a requirement (`^1.2`, `~1.2`) or a digest: {e}")
+        })
     }
 }
 
@@ -105,8 +105,9 @@ impl StepRef {
 fn segment_ok(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        })
         && !s.starts_with('.')
 }
 
@@ -162,7 +163,9 @@ fn parse_oci(rest: &str) -> Result<StepRef, String> {
         ));
     };
     if !segment_ok(name) || host_path.is_empty() {
-        return Err(format!("`oci://{rest}` is not oci://host[:port]/namespace/name"));
+        return Err(format!(
+            "`oci://{rest}` is not oci://host[:port]/namespace/name"
+        ));
     }
     Ok(StepRef {
         origin: Origin::Oci(repo.to_string()),
@@ -173,7 +176,10 @@ fn parse_oci(rest: &str) -> Result<StepRef, String> {
 }
 
 /// The newest of `versions` that `want` accepts.
-pub fn newest<'a>(want: &Want, versions: impl IntoIterator<Item = &'a Version>) -> Option<&'a Version> {
+pub fn newest<'a>(
+    want: &Want,
+    versions: impl IntoIterator<Item = &'a Version>,
+) -> Option<&'a Version> {
     versions.into_iter().filter(|v| want.matches(v)).max()
 }
 
@@ -204,22 +210,41 @@ mod tests {
         );
         let d = "a".repeat(64);
         assert_eq!(
-            StepRef::parse(&format!("x@sha256:{d}")).unwrap().unwrap().want,
+            StepRef::parse(&format!("x@sha256:{d}"))
+                .unwrap()
+                .unwrap()
+                .want,
             Want::Digest(format!("sha256:{d}"))
         );
         let r = StepRef::parse("team:acme/x@^1").unwrap().unwrap();
         assert_eq!(r.origin, Origin::Named("team".into()));
         assert_eq!(r.path(), "acme/x");
-        let r = StepRef::parse("oci://127.0.0.1:5000/steps/jq-pluck:1.0.0").unwrap().unwrap();
-        assert_eq!(r.origin, Origin::Oci("127.0.0.1:5000/steps/jq-pluck".into()));
+        let r = StepRef::parse("oci://127.0.0.1:5000/steps/jq-pluck:1.0.0")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r.origin,
+            Origin::Oci("127.0.0.1:5000/steps/jq-pluck".into())
+        );
         assert_eq!(r.want, Want::Exact(v("1.0.0")));
-        let r = StepRef::parse("oci://127.0.0.1:5000/steps/jq-pluck").unwrap().unwrap();
+        let r = StepRef::parse("oci://127.0.0.1:5000/steps/jq-pluck")
+            .unwrap()
+            .unwrap();
         assert_eq!(r.want, Want::Newest);
-        let r = StepRef::parse(&format!("oci://r.example/s/x@sha256:{d}")).unwrap().unwrap();
+        let r = StepRef::parse(&format!("oci://r.example/s/x@sha256:{d}"))
+            .unwrap()
+            .unwrap();
         assert_eq!(r.origin, Origin::Oci("r.example/s/x".into()));
         assert!(StepRef::parse("./x/step.wasm").is_none());
         assert!(StepRef::parse("../x").is_none());
-        for bad in ["x@sha256:12", "x@nope", "Big", "a/b/c", "oci://host", "x@1.2.3.4"] {
+        for bad in [
+            "x@sha256:12",
+            "x@nope",
+            "Big",
+            "a/b/c",
+            "oci://host",
+            "x@1.2.3.4",
+        ] {
             assert!(StepRef::parse(bad).unwrap().is_err(), "{bad}");
         }
         let vs = [v("1.0.0"), v("1.1.0"), v("2.0.0")];

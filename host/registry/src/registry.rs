@@ -171,9 +171,9 @@ impl<B: Blobs> Registry for Layout<B> {
             let key = format!("{path}/{version}/{name}");
             async move { self.0.get(&key).await }
         };
-        let body = get(entry.kind.file())
-            .await?
-            .ok_or_else(|| RegistryError::permanent(format!("{at}/{} is missing", entry.kind.file())))?;
+        let body = get(entry.kind.file()).await?.ok_or_else(|| {
+            RegistryError::permanent(format!("{at}/{} is missing", entry.kind.file()))
+        })?;
         let manifest_text = get("step.toml")
             .await?
             .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -181,9 +181,8 @@ impl<B: Blobs> Registry for Layout<B> {
         // `null` when the version is not signed.
         let signature = match get("signature.json").await? {
             None => None,
-            Some(b) => serde_json::from_slice::<Option<Signature>>(&b).map_err(|e| {
-                RegistryError::permanent(format!("{at}/signature.json: {e}"))
-            })?,
+            Some(b) => serde_json::from_slice::<Option<Signature>>(&b)
+                .map_err(|e| RegistryError::permanent(format!("{at}/signature.json: {e}")))?,
         };
         Ok(Package {
             kind: entry.kind,
@@ -203,7 +202,8 @@ impl<B: Blobs> Registry for Layout<B> {
         let mut index = self.index(path).await?;
         let at = self.location(path, version);
         if let Some(old) = index.versions.get(&version.to_string()) {
-            if old.digest == pkg.digest() && old.manifest_digest == pkg.manifest_digest() && !force {
+            if old.digest == pkg.digest() && old.manifest_digest == pkg.manifest_digest() && !force
+            {
                 return Ok(at);
             }
             if !force {
@@ -225,7 +225,9 @@ impl<B: Blobs> Registry for Layout<B> {
         )
         .await?;
         index.schema = 1;
-        index.versions.insert(version.to_string(), Published::of(pkg));
+        index
+            .versions
+            .insert(version.to_string(), Published::of(pkg));
         let json = serde_json::to_vec_pretty(&index).unwrap_or_default();
         self.0.put(&format!("{path}/index.json"), json).await?;
         Ok(at)

@@ -143,7 +143,12 @@ mod tests {
         let trusted = Trust {
             keys: vec![k.public()],
         };
-        assert!(trusted.check(None, &msg).unwrap_err().contains("not signed"));
+        assert!(
+            trusted
+                .check(None, &msg)
+                .unwrap_err()
+                .contains("not signed")
+        );
         assert_eq!(trusted.check(Some(&sig), &msg), Ok(Some(k.public())));
         let e = trusted.check(Some(&other.sign(&msg)), &msg).unwrap_err();
         assert!(e.contains("not a trusted key"), "{e}");

@@ -57,7 +57,11 @@ fn package(name: &str) -> &str {
 /// fits.
 pub fn check_step(bytes: &[u8], manifest: &StepManifest) -> Result<Interface, String> {
     let iface = inspect(bytes)?;
-    if !iface.exports.iter().any(|e| e.starts_with("wasi:cli/run@0.2")) {
+    if !iface
+        .exports
+        .iter()
+        .any(|e| e.starts_with("wasi:cli/run@0.2"))
+    {
         return Err(format!(
             "it does not export wasi:cli/run@0.2 (its exports: {}): a step is a command component (`fn main`, built for wasm32-wasip2)",
             if iface.exports.is_empty() {

@@ -6,6 +6,7 @@
 //! `test`: `author.rs`); registries (`publish`, `pull`, `keygen`, `update`:
 //! `publish.rs`); the catalog they all use (`catalog.rs`).
 
+mod author;
 pub mod catalog;
 mod publish;
 
@@ -52,6 +53,28 @@ pub enum StepCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Scaffold a new step crate on the steps SDK.
+    New {
+        name: String,
+        /// The folder (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The steps SDK's folder (default: SENTINEL_STEP_SDK, or the one of
+        /// this source checkout).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a step crate for wasm32-wasip2, check the component against
+    /// step.toml, and leave step.wasm beside it.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build, then run the cases of tests/cases.toml through the real runtime.
+    Test {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Resolve a reference and put its step in the cache.
     Pull { reference: String },
     /// Make an ed25519 signing key; prints its public key.
@@ -87,6 +110,9 @@ pub fn step(paths: &Paths, cmd: StepCommand) -> anyhow::Result<ExitCode> {
             force,
         } => publish::publish(paths, &dir, &to, owner.as_deref(), sign, force),
         StepCommand::Pull { reference } => publish::pull(paths, &reference),
+        StepCommand::New { name, dir, sdk } => author::new(&name, dir, sdk),
+        StepCommand::Build { dir } => author::build(&dir).map(|_| ExitCode::SUCCESS),
+        StepCommand::Test { dir } => author::test(&dir),
         StepCommand::Keygen { out } => publish::keygen(out),
         StepCommand::Update { names, file } => publish::update(paths, &file, names),
         StepCommand::List => list(&catalog()?),
@@ -137,7 +163,11 @@ fn show(
     let size = std::fs::metadata(&s.wasm).map(|m| m.len()).unwrap_or(0);
     let m = &s.manifest;
     // A step from a registry: where it came from, who signed it.
-    let entry = catalog.cache.get(&s.digest).ok().flatten();
+    let entry = catalog
+        .cache
+        .of_component(&s.digest)
+        .into_iter()
+        .find(|e| e.origin.name == m.name && e.origin.version == m.version);
     let signer = entry
         .as_ref()
         .and_then(|e| e.origin.signature.as_ref())

@@ -1,0 +1,636 @@
+//! Publishing steps, end to end with the real parts: a step made by
+//! `sentinel step new`, built for wasm32-wasip2 by `sentinel step build`,
+//! published to a folder, a bucket on the S3 server and an OCI registry of
+//! the test's own (Debian's `docker-registry` on a free loopback port),
+//! resolved by `name@^1` into `sentinel.lock` and run; then run again from
+//! the cache with that registry stopped; the lock kept under `--locked` and
+//! moved by `step update`; bytes changed under a published version refused;
+//! signatures required; basic auth against the htpasswd registry; and
+//! `step build` refusing components that import sockets, or HTTP without
+//! declaring hosts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::server::free_port;
+
+fn sentinel(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_sentinel"));
+    c.args(args)
+        .env_remove("SENTINEL_STATE")
+        .env_remove("SENTINEL_RESULTS")
+        .env_remove("SENTINEL_STEP_KEY")
+        .env("CARGO_TARGET_DIR", crates_target());
+    c
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails(out: Output, what: &str) -> String {
+    assert!(
+        !out.status.success(),
+        "{what} should have failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// One target folder for every step crate the tests build.
+fn crates_target() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("step-crates")
+}
+
+/// A folder that lives as long as the test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix(name)
+        .tempdir()
+        .unwrap()
+        .keep();
+    dir
+}
+
+/// The `greet` step: scaffolded, set to 1.0.0, built once per process.
+fn greet() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = scratch("greet-");
+        let dir = root.join("greet");
+        ok(
+            sentinel(&["step", "new", "greet", "--dir"])
+                .arg(&dir)
+                .output()
+                .unwrap(),
+            "step new",
+        );
+        set_version(&dir, "1.0.0");
+        // `step test` builds it and runs its scaffolded cases through the
+        // real runtime.
+        let out = ok(
+            sentinel(&["step", "test"]).arg(&dir).output().unwrap(),
+            "step test",
+        );
+        assert!(out.contains("2 passed, 0 failed"), "{out}");
+        assert!(dir.join("step.wasm").is_file());
+        dir
+    })
+}
+
+fn set_version(dir: &Path, version: &str) {
+    let p = dir.join("step.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let line = text.lines().find(|l| l.starts_with("version = ")).unwrap();
+    std::fs::write(&p, text.replace(line, &format!("version = \"{version}\""))).unwrap();
+}
+
+/// A copy of the greet step at another version (same component).
+fn greet_at(version: &str) -> PathBuf {
+    let dir = scratch("greet-v").join("greet");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["step.wasm", "step.toml"] {
+        std::fs::copy(greet().join(f), dir.join(f)).unwrap();
+    }
+    set_version(&dir, version);
+    dir
+}
+
+fn publish(dir: &Path, to: &str, extra: &[&str], config: &Path) -> String {
+    ok(
+        sentinel(&["step", "publish"])
+            .arg(dir)
+            .args(["--to", to])
+            .args(extra)
+            .env("XDG_CONFIG_HOME", config)
+            .output()
+            .unwrap(),
+        "step publish",
+    )
+}
+
+/// A project whose one stage runs `reference`, with a user config file.
+struct Proj {
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Proj {
+    fn new(reference: &str, config: &str) -> Self {
+        let dir = scratch("steps-proj-");
+        std::fs::write(
+            dir.join("sentinel.yml"),
+            format!(
+                "version: 1\nstages:\n  hello:\n    step: \"{reference}\"\n    with: {{who: world}}\n"
+            ),
+        )
+        .unwrap();
+        let cfg = scratch("steps-cfg-");
+        std::fs::create_dir_all(cfg.join("sentinel")).unwrap();
+        std::fs::write(cfg.join("sentinel/config.toml"), config).unwrap();
+        Self { dir, config: cfg }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = sentinel(&["-C"]);
+        c.arg(&self.dir)
+            .args(args)
+            .env("XDG_CONFIG_HOME", &self.config);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(&["run"]).args(args).output().unwrap()
+    }
+
+    fn lock(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sentinel.lock")).unwrap_or_default()
+    }
+
+    /// The newest run's stage document.
+    fn stage(&self) -> serde_json::Value {
+        let runs = self.dir.join(".sentinel/results/run");
+        let mut ids: Vec<_> = std::fs::read_dir(&runs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        ids.sort();
+        let text = std::fs::read(ids.last().unwrap().join("hello.json")).unwrap();
+        serde_json::from_slice(&text).unwrap()
+    }
+}
+
+/// A run that succeeded with the greeting; the version it ran.
+fn ran(p: &Proj, args: &[&str]) -> String {
+    ok(p.run(args), "sentinel run");
+    let doc = p.stage();
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert_eq!(doc["output"].as_str().unwrap().trim(), "Hello, world!");
+    let step = doc["inputs"]["step"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        step.contains(" = greet "),
+        "the document records what ran: {doc}"
+    );
+    step
+}
+
+/// An OCI registry of the test's own, on a free loopback port.
+struct OwnRegistry {
+    addr: String,
+    child: Child,
+    _dir: PathBuf,
+}
+
+impl OwnRegistry {
+    fn start() -> Self {
+        let bin = which("docker-registry").unwrap_or_else(|| {
+            panic!("docker-registry is not installed: run scripts/registry.sh (the test command's set-up does)")
+        });
+        let dir = scratch("oci-reg-");
+        let addr = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
+                dir.join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(bin)
+            .arg("serve")
+            .arg(dir.join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                Instant::now() < until,
+                "docker-registry did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        assert!(std::net::TcpStream::connect(&self.addr).is_err());
+    }
+}
+
+impl Drop for OwnRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+fn registry_config(url: &str, extra: &str) -> String {
+    format!("[registries.r]\nsteps = \"{url}\"\n{extra}\n[steps]\ndefault = \"r\"\n")
+}
+
+/// `step new` → `step build` (inside `step test`) → `step publish` to a
+/// registry → a clean state resolves `greet@^1`, writes the lock, runs;
+/// `more` is done between the first run and the second (from the cache).
+fn publish_and_run(url: &str, extra: &str, more: impl FnOnce()) {
+    let cfg = registry_config(url, extra);
+    let p = Proj::new("greet@^1", &cfg);
+    let said = publish(greet(), "r", &[], &p.config);
+    assert!(said.contains("published greet 1.0.0"), "{said}");
+    let step = ran(&p, &[]);
+    assert!(
+        step.starts_with("greet@^1 = greet 1.0.0 (sha256:"),
+        "{step}"
+    );
+    let lock = p.lock();
+    assert!(
+        lock.contains("reference = \"greet@^1\"") && lock.contains("version = \"1.0.0\""),
+        "{lock}"
+    );
+    let source = url.trim_end_matches('/');
+    assert!(lock.contains(&format!("source = \"{source}")), "{lock}");
+    more();
+    ran(&p, &["--locked"]);
+}
+
+#[test]
+fn a_new_step_runs_from_a_folder_registry() {
+    let reg = scratch("folder-reg-");
+    publish_and_run(&format!("file://{}", reg.display()), "", || {
+        // The folder is gone: the cache has it.
+        std::fs::remove_dir_all(&reg).unwrap();
+    });
+}
+
+#[test]
+fn a_new_step_runs_from_an_s3_registry() {
+    let s3 = sentinel_testkit::s3_server();
+    let url = format!("s3://{}/steps-{}", s3["S3_BUCKET"], ulid::Ulid::new());
+    let extra = format!(
+        "endpoint = \"{}\"\nregion = \"{}\"\n",
+        s3["S3_ENDPOINT"], s3["S3_REGION"]
+    );
+    let cfg = registry_config(&url, &extra);
+    let p = Proj::new("greet@^1", &cfg);
+    let mut c = sentinel(&["step", "publish"]);
+    c.arg(greet())
+        .args(["--to", "r"])
+        .env("XDG_CONFIG_HOME", &p.config)
+        .env("AWS_ACCESS_KEY_ID", &s3["AWS_ACCESS_KEY_ID"])
+        .env("AWS_SECRET_ACCESS_KEY", &s3["AWS_SECRET_ACCESS_KEY"]);
+    ok(c.output().unwrap(), "publish to S3");
+    let run = |args: &[&str]| {
+        p.cmd(&["run"])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &s3["AWS_ACCESS_KEY_ID"])
+            .env("AWS_SECRET_ACCESS_KEY", &s3["AWS_SECRET_ACCESS_KEY"])
+            .output()
+            .unwrap()
+    };
+    ok(run(&[]), "run from S3");
+    assert_eq!(p.stage()["status"], "succeeded");
+    assert!(
+        p.lock()
+            .contains(&format!("source = \"{url}/greet/1.0.0\"")),
+        "{}",
+        p.lock()
+    );
+    // Without credentials nothing could be read from the bucket: the cache.
+    ok(p.run(&["--locked"]), "run from the cache");
+    assert_eq!(p.stage()["status"], "succeeded");
+}
+
+#[test]
+fn a_new_step_runs_from_an_oci_registry_then_from_the_cache_with_it_stopped() {
+    let reg = OwnRegistry::start();
+    let url = format!("oci://{}/steps", reg.addr);
+    let addr = reg.addr.clone();
+    publish_and_run(&url, "", move || reg.stop());
+    // The registry is gone: publishing to it now fails, saying so.
+    let p = Proj::new(
+        "greet@^1",
+        &registry_config(&format!("oci://{addr}/steps"), ""),
+    );
+    let e = fails(
+        sentinel(&["step", "publish"])
+            .arg(greet())
+            .args(["--to", "r"])
+            .env("XDG_CONFIG_HOME", &p.config)
+            .output()
+            .unwrap(),
+        "publish to a stopped registry",
+    );
+    assert!(e.contains(&addr), "{e}");
+}
+
+#[test]
+fn locked_runs_keep_the_pinned_version_until_step_update_moves_it() {
+    let reg = scratch("lock-reg-");
+    let url = format!("file://{}", reg.display());
+    let p = Proj::new("greet@^1", &registry_config(&url, ""));
+    publish(greet(), "r", &[], &p.config);
+    assert!(ran(&p, &[]).contains("greet 1.0.0"));
+    let pinned = p.lock();
+    publish(&greet_at("1.1.0"), "r", &[], &p.config);
+    assert!(ran(&p, &["--locked"]).contains("greet 1.0.0"));
+    // Without --locked the lock is used just the same.
+    assert!(ran(&p, &[]).contains("greet 1.0.0"));
+    assert_eq!(p.lock(), pinned);
+    let said = p.cmd(&["step", "update"]).output().unwrap();
+    let err = String::from_utf8_lossy(&said.stderr).into_owned();
+    ok(said, "step update");
+    assert!(err.contains("1.0.0") && err.contains("1.1.0"), "{err}");
+    assert!(p.lock().contains("version = \"1.1.0\""), "{}", p.lock());
+    assert!(ran(&p, &["--locked"]).contains("greet 1.1.0"));
+    // A reference the lock lacks is refused under --locked, named.
+    std::fs::write(
+        p.dir.join("sentinel.yml"),
+        "version: 1\nstages:\n  hello:\n    step: greet@~1.0\n    with: {who: world}\n",
+    )
+    .unwrap();
+    let e = fails(p.run(&["--locked"]), "a run whose lock lacks a reference");
+    assert!(e.contains("greet@~1.0") && e.contains("--locked"), "{e}");
+    assert!(ran(&p, &[]).contains("greet 1.0.0"));
+    let lock = p.lock();
+    assert!(
+        lock.contains("greet@~1.0") && !lock.contains("greet@^1"),
+        "{lock}"
+    );
+}
+
+#[test]
+fn bytes_changed_under_a_published_version_are_refused_naming_both_digests() {
+    let reg = scratch("tamper-reg-");
+    let url = format!("file://{}", reg.display());
+    let p = Proj::new("greet@^1", &registry_config(&url, ""));
+    let said = publish(greet(), "r", &[], &p.config);
+    let first = said
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("digest:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    ran(&p, &[]);
+    // Other bytes as the same version: a publish refuses, --force replaces.
+    let other = scratch("other-").join("greet");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(greet().join("step.toml"), other.join("step.toml")).unwrap();
+    std::fs::copy(
+        sentinel_testkit::repo_root().join("steps/dist/guests/noop/step.wasm"),
+        other.join("step.wasm"),
+    )
+    .unwrap();
+    let e = fails(
+        sentinel(&["step", "publish"])
+            .arg(&other)
+            .args(["--to", "r"])
+            .env("XDG_CONFIG_HOME", &p.config)
+            .output()
+            .unwrap(),
+        "publishing other bytes as 1.0.0",
+    );
+    assert!(e.contains("already published with other content"), "{e}");
+    let said = publish(&other, "r", &["--force"], &p.config);
+    let second = said
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("digest:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(first, second);
+    // A clean state folder must pull again: the pinned run refuses.
+    std::fs::remove_dir_all(p.dir.join(".sentinel")).unwrap();
+    let e = fails(p.run(&["--locked"]), "the pinned run of changed bytes");
+    assert!(
+        e.contains(&first) && e.contains(&second),
+        "both digests named: {e}"
+    );
+}
+
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = ok(
+        sentinel(&["step", "keygen", "--out"])
+            .arg(&path)
+            .output()
+            .unwrap(),
+        "keygen",
+    );
+    (path, out.trim().to_string())
+}
+
+#[test]
+fn signatures_from_trusted_keys_are_required_when_asked() {
+    let keys = scratch("keys-");
+    let (trusted_key, trusted) = keygen(&keys, "trusted.key");
+    let (other_key, other) = keygen(&keys, "other.key");
+    assert!(trusted.starts_with("ed25519:") && trusted != other);
+    let e = fails(
+        sentinel(&["step", "keygen", "--out"])
+            .arg(&trusted_key)
+            .output()
+            .unwrap(),
+        "keygen over a key",
+    );
+    assert!(e.contains("never overwritten"), "{e}");
+    let reg = scratch("signed-reg-");
+    let cfg = registry_config(
+        &format!("file://{}", reg.display()),
+        &format!("trusted_keys = [\"{trusted}\"]\n"),
+    );
+    let run = |version: &str| {
+        let p = Proj::new(&format!("greet@{version}"), &cfg);
+        let out = p.run(&[]);
+        (p, out)
+    };
+    let p = Proj::new("greet@1.0.0", &cfg);
+    publish(&greet_at("1.0.0"), "r", &[], &p.config);
+    publish(
+        &greet_at("1.0.1"),
+        "r",
+        &["--sign", other_key.to_str().unwrap()],
+        &p.config,
+    );
+    let said = publish(
+        &greet_at("1.0.2"),
+        "r",
+        &["--sign", trusted_key.to_str().unwrap()],
+        &p.config,
+    );
+    assert!(said.contains(&format!("signed:   {trusted}")), "{said}");
+    let e = fails(run("1.0.0").1, "an unsigned step");
+    assert!(e.contains("is refused") && e.contains("not signed"), "{e}");
+    let e = fails(run("1.0.1").1, "a step signed by another key");
+    assert!(e.contains(&other) && e.contains("not a trusted key"), "{e}");
+    let (signed, out) = run("1.0.2");
+    ok(out, "a step signed by the trusted key");
+    assert_eq!(signed.stage()["status"], "succeeded");
+    assert!(
+        signed.lock().contains(&format!("signer = \"{trusted}\"")),
+        "{}",
+        signed.lock()
+    );
+    let shown = ok(
+        signed
+            .cmd(&["step", "show", "greet@1.0.2"])
+            .output()
+            .unwrap(),
+        "step show",
+    );
+    assert!(shown.contains(&format!("signer:    {trusted}")), "{shown}");
+    // What the step may do changed after it was signed: refused.
+    let manifest = reg.join("greet/1.0.2/step.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("http = []", "http = [\"*.example.com\"]"),
+    )
+    .unwrap();
+    let e = fails(
+        run("1.0.2").1,
+        "a step whose manifest changed after signing",
+    );
+    assert!(e.contains("does not verify"), "{e}");
+}
+
+#[test]
+fn basic_auth_registry_publish_and_pull() {
+    let dir =
+        std::env::var("SENTINEL_REGISTRY_DIR").unwrap_or_else(|_| "/tmp/sentinel-registry".into());
+    let password = std::fs::read_to_string(format!("{dir}/auth/password"))
+        .unwrap_or_else(|e| panic!("no test registry ({dir}/auth/password: {e}); run scripts/registry.sh (the test command's set-up does)"));
+    let ns = format!("steps-{}", ulid::Ulid::new().to_string().to_lowercase());
+    let cfg = format!(
+        "[registries.r]\nsteps = \"oci://127.0.0.1:5001/{ns}\"\nusername = \"sentinel\"\npassword_env = \"STEP_REGISTRY_PASSWORD\"\n[steps]\ndefault = \"r\"\n"
+    );
+    let p = Proj::new("greet@^1", &cfg);
+    // Without the password the registry refuses.
+    let e = fails(
+        sentinel(&["step", "publish"])
+            .arg(greet())
+            .args(["--to", "r"])
+            .env("XDG_CONFIG_HOME", &p.config)
+            .env("STEP_REGISTRY_PASSWORD", "wrong")
+            .output()
+            .unwrap(),
+        "publish with a wrong password",
+    );
+    assert!(
+        e.contains("unauthorised")
+            || e.contains("401")
+            || e.to_lowercase().contains("unauthorized"),
+        "{e}"
+    );
+    ok(
+        sentinel(&["step", "publish"])
+            .arg(greet())
+            .args(["--to", "r"])
+            .env("XDG_CONFIG_HOME", &p.config)
+            .env("STEP_REGISTRY_PASSWORD", password.trim())
+            .output()
+            .unwrap(),
+        "publish with basic auth",
+    );
+    ok(
+        p.cmd(&["run"])
+            .env("STEP_REGISTRY_PASSWORD", password.trim())
+            .output()
+            .unwrap(),
+        "run pulling with basic auth",
+    );
+    assert_eq!(p.stage()["status"], "succeeded");
+}
+
+/// A step crate whose `main.rs` is `main`, with `deps` added.
+fn crate_with(main: &str, deps: &str, hosts: &str) -> PathBuf {
+    let dir = scratch("bad-step-").join("bad");
+    ok(
+        sentinel(&["step", "new", "bad", "--dir"])
+            .arg(&dir)
+            .output()
+            .unwrap(),
+        "step new",
+    );
+    std::fs::write(dir.join("src/main.rs"), main).unwrap();
+    let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        cargo.replace("[dependencies]\n", &format!("[dependencies]\n{deps}")),
+    )
+    .unwrap();
+    let toml = std::fs::read_to_string(dir.join("step.toml")).unwrap();
+    std::fs::write(
+        dir.join("step.toml"),
+        toml.replace("http = []", &format!("http = [{hosts}]")),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn step_build_refuses_sockets_and_http_without_hosts() {
+    let sockets = crate_with(
+        "fn main() {\n    let _ = std::net::TcpStream::connect(\"127.0.0.1:9\");\n}\n",
+        "",
+        "",
+    );
+    let e = fails(
+        sentinel(&["step", "build"]).arg(&sockets).output().unwrap(),
+        "a step importing sockets",
+    );
+    assert!(
+        e.contains("imports wasi:sockets/") && e.contains("no sockets"),
+        "{e}"
+    );
+    assert!(!sockets.join("step.wasm").exists());
+    let http_main = "fn main() {\n    let _ = wasip2::http::types::Fields::new();\n}\n";
+    let http = crate_with(http_main, "wasip2 = \"1\"\n", "");
+    let e = fails(
+        sentinel(&["step", "build"]).arg(&http).output().unwrap(),
+        "a step importing HTTP, no hosts",
+    );
+    assert!(
+        e.contains("imports wasi:http/") && e.contains("declares no hosts"),
+        "{e}"
+    );
+    // Declaring its hosts, the same component builds.
+    let declared = crate_with(http_main, "wasip2 = \"1\"\n", "\"api.example.com\"");
+    let said = ok(
+        sentinel(&["step", "build"])
+            .arg(&declared)
+            .output()
+            .unwrap(),
+        "a step importing HTTP, hosts declared",
+    );
+    assert!(said.contains("built bad 0.1.0"), "{said}");
+}
