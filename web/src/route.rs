@@ -2,7 +2,7 @@
 //! cannot rewrite paths): `#/` the runs, `#/run/<id>` a run,
 //! `#/run/<id>/<stage>` a stage, `#/run/<id>/<stage>/L<n>` a line of its log,
 //! `#/deployments` what is deployed where, `#/schedules` a live server's
-//! schedules.
+//! schedules, `#/steps` its steps (`#/steps/<name>` one of them).
 
 use leptos::prelude::*;
 
@@ -12,6 +12,7 @@ pub enum Route {
     Runs,
     Deployments,
     Schedules,
+    Steps(Option<String>),
     Run(String),
     Stage {
         run: String,
@@ -27,6 +28,8 @@ impl Route {
         match parts.as_slice() {
             ["deployments"] => Route::Deployments,
             ["schedules"] => Route::Schedules,
+            ["steps"] => Route::Steps(None),
+            ["steps", name] => Route::Steps(Some(name.to_string())),
             ["run", id] => Route::Run(id.to_string()),
             ["run", id, stage] => Route::Stage {
                 run: id.to_string(),
@@ -47,6 +50,8 @@ impl Route {
             Route::Runs => "#/".into(),
             Route::Deployments => "#/deployments".into(),
             Route::Schedules => "#/schedules".into(),
+            Route::Steps(None) => "#/steps".into(),
+            Route::Steps(Some(name)) => format!("#/steps/{name}"),
             Route::Run(id) => format!("#/run/{id}"),
             Route::Stage { run, stage, line } => match line {
                 Some(n) => format!("#/run/{run}/{stage}/L{n}"),

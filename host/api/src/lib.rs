@@ -10,6 +10,7 @@ pub mod ids;
 pub mod index;
 pub mod keys;
 pub mod status;
+pub mod steps;
 
 pub use deploy::{
     Approval, DeployFacts, DeploySource, DeploymentDoc, DeploymentStatus, DeploymentsDoc, GateDoc,
@@ -22,3 +23,4 @@ pub use docs::{
 pub use ids::{IdError, RunId, StageName};
 pub use index::{SchemaError, decode};
 pub use status::{FailureKind, RunStatus, StageStatus};
+pub use steps::{StepInfo, StepSettingInfo, StepsDoc};

@@ -499,3 +499,131 @@ async fn a_hundred_megabyte_log_opens_at_a_deep_line_link() {
         .await;
     b.close().await;
 }
+
+/// The Steps page of a live server: a step published to a folder registry
+/// (settings, one secret; the hosts it may reach), pulled by a run through
+/// the server's `[registries]`, listed with those facts, and linked from
+/// the stage page that used it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_steps_page_lists_a_published_step_with_its_settings_and_hosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A step: the sandbox's quiet test guest under a manifest of its own.
+    let step = tmp.path().join("deploy-notify");
+    std::fs::create_dir_all(&step).unwrap();
+    std::fs::copy(
+        sentinel_testkit::repo_root().join("steps/dist/guests/noop/step.wasm"),
+        step.join("step.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        step.join("step.toml"),
+        "name = \"deploy-notify\"\nversion = \"1.2.0\"\ndescription = \"Tells the team a deploy went out\"\n\n\
+         [settings.webhook]\nrequired = true\nsecret = true\ndescription = \"The hook's URL\"\n\n\
+         [settings.channel]\ndefault = \"#deploys\"\n\n\
+         [capabilities]\nworkspace = \"read\"\nhttp = [\"hooks.example.com\"]\n",
+    )
+    .unwrap();
+    let registry = tmp.path().join("registry");
+    let published = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+        .args(["step", "publish"])
+        .arg(&step)
+        .args(["--owner", "acme", "--to"])
+        .arg(format!("file://{}", registry.display()))
+        .output()
+        .unwrap();
+    assert!(published.status.success(), "{published:?}");
+    let config = tmp.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[registries.team]\nsteps = \"file://{}\"\n[steps]\ndefault = \"team\"\n",
+            registry.display()
+        ),
+    )
+    .unwrap();
+    let pipeline = "version: 1\nname: notifying\nstages:\n  tell:\n    step: acme/deploy-notify@^1\n    with: {webhook: https://hooks.example.com/x}\n";
+    let (repo, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", pipeline)]);
+    let repo_arg = format!("app={repo}");
+    let dist = dist();
+    let server = Server::start(
+        &tmp.path().join("state"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--repo",
+            &repo_arg,
+            "--web",
+            dist.to_str().unwrap(),
+            "--public-read",
+        ],
+        &[],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let b = Browser::start().await;
+    let id = c.trigger("app").await;
+    c.wait_stage(&id, "tell", "succeeded").await;
+    // The stage page says what ran and links to the step.
+    b.client
+        .goto(&format!("{}/#/run/{id}/tell", server.url))
+        .await
+        .unwrap();
+    let link = b
+        .wait_text(
+            "a.step-page",
+            |t| t.contains("deploy-notify 1.2.0"),
+            "the step's link",
+        )
+        .await;
+    assert!(
+        link.starts_with("acme/deploy-notify@^1 = deploy-notify 1.2.0 (sha256:"),
+        "{link}"
+    );
+    b.click("a.step-page").await;
+    let card = r#".step[data-step="deploy-notify"]"#;
+    b.wait_text(
+        &format!("{card} .hosts"),
+        |t| t == "hooks.example.com",
+        "its hosts",
+    )
+    .await;
+    b.wait_text(
+        &format!("{card} .workspace"),
+        |t| t == "read",
+        "its workspace access",
+    )
+    .await;
+    b.wait_text(
+        &format!(r#"{card} .setting[data-setting="webhook"] .secret"#),
+        |t| t == "secret",
+        "the secret setting",
+    )
+    .await;
+    b.wait_text(
+        &format!(r#"{card} .setting[data-setting="channel"]"#),
+        |t| t.contains("SENTINEL_DEPLOY_NOTIFY_CHANNEL") && t.contains("#deploys"),
+        "the setting with a default",
+    )
+    .await;
+    b.wait_text(
+        &format!("{card} .source"),
+        |t| t.contains("acme/deploy-notify/1.2.0"),
+        "where it came from",
+    )
+    .await;
+    b.screenshot("web-steps-page").await;
+    // The list holds the bundled steps too.
+    b.client
+        .goto(&format!("{}/#/steps", server.url))
+        .await
+        .unwrap();
+    b.wait_text(
+        r#".step[data-step="jq-pluck"] .source"#,
+        |t| t == "bundled",
+        "a bundled step",
+    )
+    .await;
+    b.close().await;
+    server.stop();
+}

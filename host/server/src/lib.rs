@@ -331,8 +331,14 @@ pub struct AppState {
     pub deploys: Arc<deploys::Deploys>,
     /// Schedules (none by default).
     pub schedules: schedules::Schedules,
+    /// The steps the server knows (bundled, pulled), listed when asked.
+    pub steps: StepsSource,
     limiter: Arc<auth::Limiter>,
 }
+
+/// Lists the steps a server knows (it reads files: called off the async
+/// threads).
+pub type StepsSource = Arc<dyn Fn() -> sentinel_api::StepsDoc + Send + Sync>;
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -360,6 +366,7 @@ impl AppState {
             web_dir: None,
             deploys: Arc::default(),
             schedules: Arc::default(),
+            steps: Arc::new(sentinel_api::StepsDoc::default),
             limiter,
         }
     }

@@ -216,6 +216,13 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/steps",
+        READ,
+        "The steps the server knows (bundled and pulled): settings, hosts, workspace access, digest, source, signer",
+        || get(list_steps),
+    ),
+    r(
+        "GET",
         "/api/v1/watchers",
         READ,
         "Deploy watchers: where each looks, how often, and its last poll",
@@ -443,4 +450,17 @@ async fn results(
         axum::http::HeaderValue::from_static("no-store"),
     );
     Ok(res)
+}
+
+/// `GET /api/v1/steps`.
+async fn list_steps(
+    State(s): St,
+    headers: HeaderMap,
+) -> Result<Json<sentinel_api::StepsDoc>, ApiError> {
+    s.authorize(&headers, Scope::Read)?;
+    let source = s.steps.clone();
+    tokio::task::spawn_blocking(move || source())
+        .await
+        .map(Json)
+        .map_err(ApiError::internal)
 }

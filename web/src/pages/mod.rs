@@ -7,6 +7,7 @@ mod run;
 mod runs;
 mod schedules;
 mod stage;
+mod steps;
 
 use leptos::prelude::*;
 
@@ -63,7 +64,7 @@ fn Shell(source: Source) -> impl IntoView {
     view! {
         <header>
             <a class="brand" href="#/">"Sentinel"</a>
-            <nav class="top"><a href="#/">"Runs"</a><a href="#/deployments">"Deployments"</a><a href="#/schedules">"Schedules"</a></nav>
+            <nav class="top"><a href="#/">"Runs"</a><a href="#/deployments">"Deployments"</a><a href="#/schedules">"Schedules"</a><a href="#/steps">"Steps"</a></nav>
             {is_static.then(|| view! {
                 <span class="snapshot" title=format!("read from {results}")>"static snapshot"</span>
                 <button on:click=move |_| refresh.0.update(|n| *n += 1)>"Refresh"</button>
@@ -75,6 +76,7 @@ fn Shell(source: Source) -> impl IntoView {
                 Route::Runs => view! { <runs::Runs /> }.into_any(),
                 Route::Deployments => view! { <deployments::Deployments /> }.into_any(),
                 Route::Schedules => view! { <schedules::Schedules /> }.into_any(),
+                Route::Steps(name) => view! { <steps::Steps name=name /> }.into_any(),
                 Route::Run(id) => view! { <run::RunPage id=id /> }.into_any(),
                 Route::Stage { run, stage, line } => {
                     view! { <stage::StagePage run=run stage=stage line=line /> }.into_any()

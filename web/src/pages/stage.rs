@@ -360,6 +360,7 @@ fn StageHead(doc: StageDoc, zip_url: String, log: RwSignal<String>) -> impl Into
                 <dt>"Took"</dt><dd>{status::duration(doc.duration_ms)}</dd>
                 {doc.approval.as_ref().map(|g| view! { <dt>"Approval"</dt><dd class="approval">{gate_text(g)}</dd> })}
                 {doc.inputs.image.clone().map(|i| view! { <dt>"Image"</dt><dd><code>{i}</code></dd> })}
+                {doc.inputs.step.clone().map(|s| view! { <dt>"Step"</dt><dd>{step_link(&s)}</dd> })}
                 {(doc.log_cut_bytes > 0).then(|| view! { <dt>"Log"</dt><dd>{format!("{} bytes cut from the middle", doc.log_cut_bytes)}</dd> })}
                 {doc.cache.clone().map(|c| view! { <dt>"Cache"</dt><dd class="cache">{cache_view(c)}</dd> })}
             </dl>
@@ -458,4 +459,13 @@ fn gate_text(g: &sentinel_api::GateDoc) -> String {
                 .unwrap_or_default()
         ),
     }
+}
+
+/// A step stage's `REF = NAME VERSION (digest)`, linked to the step's page.
+fn step_link(recorded: &str) -> impl IntoView + use<> {
+    let name = recorded
+        .split_once(" = ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .unwrap_or_default();
+    view! { <a class="step-page" href=format!("#/steps/{name}")><code>{recorded.to_string()}</code></a> }
 }

@@ -312,6 +312,14 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         Err(e) => tracing::warn!("cannot prune webhook delivery ids: {e}"),
     }
     let mut state = AppState::new(store.clone(), settings.api.clone(), worker.clone());
+    // The Steps page: the bundled steps and those runs pulled.
+    {
+        let (local, cache) = (
+            context::step_catalog(),
+            crate::steps::catalog::cache(&dirs.state),
+        );
+        state.steps = Arc::new(move || crate::steps::known(&local, &cache));
+    }
     state.live = live;
     state.metrics = metrics.clone();
     state.github_secret = github_secret.map(Into::into);

@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use sentinel_pipeline::{StepCatalog as _, WorkspaceAccess};
+use sentinel_api::{StepInfo, StepSettingInfo, StepsDoc};
+use sentinel_pipeline::{DirCatalog, ResolvedStep, StepCatalog as _, WorkspaceAccess};
+use sentinel_registry::cache::Entry;
+use sentinel_registry::{Cache, Catalog};
 
 use crate::Paths;
 use crate::pipeline::FileArgs;
@@ -97,7 +100,7 @@ pub enum StepCommand {
 
 /// `sentinel step …`.
 pub fn step(paths: &Paths, cmd: StepCommand) -> anyhow::Result<ExitCode> {
-    let catalog = || -> anyhow::Result<sentinel_registry::Catalog> {
+    let catalog = || -> anyhow::Result<Catalog> {
         let dir = paths.dir.clone().unwrap_or_else(|| PathBuf::from("."));
         catalog::user(&crate::context::Dirs::of(paths, &dir)?.state)
     };
@@ -121,7 +124,7 @@ pub fn step(paths: &Paths, cmd: StepCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// `sentinel step list`.
-fn list(catalog: &sentinel_registry::Catalog) -> anyhow::Result<ExitCode> {
+fn list(catalog: &Catalog) -> anyhow::Result<ExitCode> {
     let names = catalog.local.names();
     let cached = catalog.cache.entries();
     if names.is_empty() && cached.is_empty() {
@@ -147,12 +150,65 @@ fn list(catalog: &sentinel_registry::Catalog) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a resolved step is and may do; `entry` when it came from a
+/// registry (the cache says where from and who signed it).
+pub fn info(s: &ResolvedStep, entry: Option<&Entry>) -> StepInfo {
+    let m = &s.manifest;
+    StepInfo {
+        name: m.name.clone(),
+        version: m.version.clone(),
+        description: m.description.clone(),
+        kind: if s.script.is_some() { "script" } else { "wasm" }.into(),
+        digest: s.digest.clone(),
+        size: std::fs::metadata(&s.wasm).map(|m| m.len()).unwrap_or(0),
+        source: entry.map_or_else(|| "bundled".into(), |e| e.origin.source.clone()),
+        signer: entry
+            .and_then(|e| e.origin.signature.as_ref())
+            .map(|sig| sig.key.clone()),
+        workspace: match m.capabilities.workspace {
+            WorkspaceAccess::None => "none",
+            WorkspaceAccess::Read => "read",
+            WorkspaceAccess::Write => "write",
+        }
+        .into(),
+        http: m.capabilities.http.clone(),
+        settings: m
+            .settings
+            .iter()
+            .map(|(key, spec)| StepSettingInfo {
+                key: key.clone(),
+                env: sentinel_pipeline::step::setting_env_name(&m.name, key),
+                required: spec.required,
+                default: spec.default.clone(),
+                secret: spec.secret,
+                description: spec.description.clone(),
+            })
+            .collect(),
+    }
+}
+
+/// The steps a machine knows: those of its local step folders and those
+/// its runs pulled into the cache (the server's Steps page).
+pub fn known(local: &DirCatalog, cache: &Cache) -> StepsDoc {
+    let mut steps: Vec<StepInfo> = local
+        .names()
+        .into_iter()
+        .filter_map(|n| local.resolve(&n, Path::new(".")).ok())
+        .map(|s| info(&s, None))
+        .collect();
+    steps.extend(
+        cache
+            .entries()
+            .iter()
+            .filter_map(|e| e.resolved().ok().map(|s| info(&s, Some(e)))),
+    );
+    steps.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
+    steps.dedup_by(|a, b| a.digest == b.digest && a.name == b.name && a.version == b.version);
+    StepsDoc { steps }
+}
+
 /// `sentinel step show REF`.
-fn show(
-    catalog: &sentinel_registry::Catalog,
-    reference: &str,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+fn show(catalog: &Catalog, reference: &str, json: bool) -> anyhow::Result<ExitCode> {
     let s = match catalog.resolve(reference, Path::new(".")) {
         Ok(s) => s,
         Err(e) => {
@@ -160,86 +216,72 @@ fn show(
             return Ok(ExitCode::from(2));
         }
     };
-    let size = std::fs::metadata(&s.wasm).map(|m| m.len()).unwrap_or(0);
-    let m = &s.manifest;
     // A step from a registry: where it came from, who signed it.
     let entry = catalog
         .cache
         .of_component(&s.digest)
         .into_iter()
-        .find(|e| e.origin.name == m.name && e.origin.version == m.version);
-    let signer = entry
-        .as_ref()
-        .and_then(|e| e.origin.signature.as_ref())
-        .map(|sig| sig.key.clone());
-    let source = entry.as_ref().map(|e| e.origin.source.clone());
+        .find(|e| e.origin.name == s.manifest.name && e.origin.version == s.manifest.version);
+    let i = info(&s, entry.as_ref());
     if json {
-        let doc = serde_json::json!({
-            "manifest": m,
-            "file": s.wasm,
-            "size": size,
-            "digest": s.digest,
-            "kind": if s.script.is_some() { "script" } else { "wasm" },
-            "signer": signer,
-            "source": source,
-        });
+        let mut doc = serde_json::to_value(&i)?;
+        doc["file"] = serde_json::json!(s.wasm);
         println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} {} — {}", m.name, m.version, m.description);
+    println!("{} {} — {}", i.name, i.version, i.description);
     println!(
         "  kind:      {}",
-        if s.script.is_some() {
+        if i.kind == "script" {
             "script step (runs in a job's container)"
         } else {
             "WebAssembly component (WASI 0.2, sandboxed)"
         }
     );
-    println!("  file:      {} ({size} bytes)", s.wasm.display());
-    println!("  digest:    {}", s.digest);
-    if let Some(src) = &source {
-        println!("  from:      {src}");
-    }
+    println!("  file:      {} ({} bytes)", s.wasm.display(), i.size);
+    println!("  digest:    {}", i.digest);
+    println!("  from:      {}", i.source);
     println!(
         "  signer:    {}",
-        signer.as_deref().unwrap_or("none (unsigned)")
+        i.signer.as_deref().unwrap_or("none (unsigned)")
     );
     println!(
         "  workspace: {}",
-        match m.capabilities.workspace {
-            WorkspaceAccess::None => "none",
-            WorkspaceAccess::Read => "read",
-            WorkspaceAccess::Write => "read and write",
+        if i.workspace == "write" {
+            "read and write"
+        } else {
+            &i.workspace
         }
     );
-    if m.capabilities.http.is_empty() {
+    if i.http.is_empty() {
         println!("  network:   none");
     } else {
-        println!("  network:   HTTP to {}", m.capabilities.http.join(", "));
+        println!("  network:   HTTP to {}", i.http.join(", "));
     }
-    if m.settings.is_empty() {
+    if i.settings.is_empty() {
         println!("  settings:  none");
     } else {
         println!("  settings:");
-        for (key, spec) in &m.settings {
+        for st in &i.settings {
             let mut what = Vec::new();
-            if spec.required {
+            if st.required {
                 what.push("required".to_string());
             }
-            if let Some(d) = &spec.default {
+            if let Some(d) = &st.default {
                 what.push(format!("default {d:?}"));
             }
-            if spec.secret {
+            if st.secret {
                 what.push("secret".to_string());
             }
             println!(
-                "    {key:<14} {:<34} {}{}",
-                sentinel_pipeline::step::setting_env_name(&m.name, key),
+                "    {:<14} {:<34} {}{}",
+                st.key,
+                st.env,
                 what.join(", "),
-                if spec.description.is_empty() {
+                if st.description.is_empty() {
                     String::new()
                 } else {
-                    format!(" — {}", spec.description)
+                    format!(" — {}", st.description)
                 }
             );
         }
