@@ -4,7 +4,7 @@
 # step is compared with), a running dockerd, the local stage image
 # sentinel/busybox:local (built FROM scratch; nothing is pulled), and the
 # WebAssembly steps (the wasm32-wasip2 target, then scripts/build-steps.sh),
-# the S3 server and two image registries on loopback.
+# the S3 server, two image registries on loopback, and `wkg`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,3 +52,5 @@ scripts/build-steps.sh
 scripts/s3-server.sh >/dev/null
 # The image registries the tests and the demo push to (loopback only).
 scripts/registry.sh >/dev/null
+# wkg: the Wasm OCI client the step registry is checked against.
+scripts/wkg.sh

@@ -634,3 +634,104 @@ fn step_build_refuses_sockets_and_http_without_hosts() {
     );
     assert!(said.contains("built bad 0.1.0"), "{said}");
 }
+
+fn wkg(args: &[&str]) -> Output {
+    let bin = which("wkg").unwrap_or_else(|| {
+        panic!("wkg is not installed: run scripts/wkg.sh (the test command's set-up does)")
+    });
+    Command::new(bin).args(args).output().unwrap()
+}
+
+/// Media types and layout of the registry's manifest, as the CNCF Wasm OCI
+/// artifact defines them.
+fn manifest(addr: &str, repo: &str, tag: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn components_move_both_ways_between_sentinel_and_wkg() {
+    let reg = OwnRegistry::start();
+    let addr = reg.addr.clone();
+    let cfg = Proj::new(
+        "greet@^1",
+        &registry_config(&format!("oci://{addr}/steps"), ""),
+    );
+    publish(greet(), "r", &[], &cfg.config);
+    let m = manifest(&addr, "steps/greet", "1.0.0");
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        m["config"]["mediaType"],
+        "application/vnd.wasm.config.v0+json"
+    );
+    assert_eq!(m["layers"].as_array().unwrap().len(), 1);
+    assert_eq!(m["layers"][0]["mediaType"], "application/wasm");
+    // Sentinel → wkg: the same bytes.
+    let out = scratch("wkg-").join("greet.wasm");
+    ok(
+        wkg(&[
+            "oci",
+            "pull",
+            &format!("{addr}/steps/greet:1.0.0"),
+            "--insecure",
+            &addr,
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "wkg oci pull",
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(greet().join("step.wasm")).unwrap()
+    );
+    // wkg → Sentinel: a component with no manifest of Sentinel's runs,
+    // granted nothing.
+    let noop = sentinel_testkit::repo_root().join("steps/dist/guests/noop/step.wasm");
+    ok(
+        wkg(&[
+            "oci",
+            "push",
+            &format!("{addr}/other/quiet:0.3.0"),
+            noop.to_str().unwrap(),
+            "--insecure",
+            &addr,
+        ]),
+        "wkg oci push",
+    );
+    let p = Proj::new(&format!("oci://{addr}/other/quiet:0.3.0"), "");
+    std::fs::write(
+        p.dir.join("sentinel.yml"),
+        format!("version: 1\nstages:\n  hello:\n    step: oci://{addr}/other/quiet:0.3.0\n"),
+    )
+    .unwrap();
+    ok(p.run(&[]), "running a component wkg pushed");
+    let doc = p.stage();
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert!(
+        doc["inputs"]["step"]
+            .as_str()
+            .unwrap()
+            .contains("= quiet 0.3.0"),
+        "{doc}"
+    );
+    let shown = ok(
+        p.cmd(&["step", "show", &format!("oci://{addr}/other/quiet:0.3.0")])
+            .output()
+            .unwrap(),
+        "step show",
+    );
+    assert!(
+        shown.contains("workspace: none") && shown.contains("network:   none"),
+        "{shown}"
+    );
+    reg.stop();
+}
