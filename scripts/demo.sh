@@ -18,6 +18,18 @@ echo
 # Containers and WebAssembly steps together (jq-pluck plucks a key that stays masked).
 "$bin" -C examples/steps run -v
 echo
+# Steps through a registry: the bundled steps publish themselves to the OCI
+# registry on loopback (the same version again replaces their bytes: a
+# rebuilt step), then a pipeline pulls them by version, pins them in
+# sentinel.lock, and runs again from the cache with --locked.
+for step in http jq-pluck notify s3sync; do
+  "$bin" step publish "steps/dist/$step" --to oci://127.0.0.1:5000/sentinel-steps --force
+done
+rm -f examples/registry/sentinel.lock
+XDG_CONFIG_HOME="$PWD/examples/registry/config" "$bin" -C examples/registry run -v
+cat examples/registry/sentinel.lock
+XDG_CONFIG_HOME="$PWD/examples/registry/config" "$bin" -C examples/registry run --locked
+echo
 # A dockercise file, unchanged (the seed's example on local images), and
 # what it is as a sentinel.yml.
 (cd examples/dockercise && AWS_DEFAULT_REGION=eu-west-1 "../../$bin" run -v dockercise.yml)
@@ -54,7 +66,7 @@ sleep 0.5
 echo "published site: curl -H 'Host: $S3_BUCKET.web.localhost' http://127.0.0.1:3902/publish-demo/index.html"
 curl -s -H "Host: $S3_BUCKET.web.localhost" http://127.0.0.1:3902/publish-demo/index.html
 echo
-echo "Open the results: $(pwd)/examples/{demo,steps,dockercise,wercker,bundling,publish}/.sentinel/results"
+echo "Open the results: $(pwd)/examples/{demo,steps,registry,dockercise,wercker,bundling,publish}/.sentinel/results"
 echo "(runs/index.json, run/<id>/run.json, <stage>.json/.log/.zip)"
 echo
 # The server: sentinel serve on the embedded default, the demo pipeline

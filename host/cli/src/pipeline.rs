@@ -111,7 +111,7 @@ pub fn load(
     state: &Path,
     mode: sentinel_registry::LockMode,
 ) -> Result<Plan, ExitCode> {
-    let catalog = match crate::steps::catalog::user(state).and_then(|c| {
+    let mut catalog = match crate::steps::catalog::user(state).and_then(|c| {
         c.with_lock(sentinel_registry::Lock::path_for(file), mode)
             .map_err(anyhow::Error::msg)
     }) {
@@ -121,7 +121,7 @@ pub fn load(
             return Err(ExitCode::from(2));
         }
     };
-    let plan = sentinel_pipeline::load_selected(file, &catalog, select).map_err(report)?;
+    let plan = crate::steps::catalog::plan(file, select, &mut catalog).map_err(report)?;
     match catalog.finish() {
         Ok(Some(said)) => eprintln!("{said}"),
         Ok(None) => {}

@@ -212,12 +212,12 @@ pub fn check_steps(
     steps: &StepsSection,
     list: &BTreeMap<String, RegistryConfig>,
 ) -> Result<(), String> {
-    if let Some(d) = &steps.default {
-        if !list.get(d).is_some_and(|r| r.steps.is_some()) {
-            return Err(format!(
-                "`default = \"{d}\"` names no step registry (a `[registries.{d}]` with `steps = \"…\"`)"
-            ));
-        }
+    if let Some(d) = &steps.default
+        && list.get(d).is_none_or(|r| r.steps.is_none())
+    {
+        return Err(format!(
+            "`default = \"{d}\"` names no step registry (a `[registries.{d}]` with `steps = \"…\"`)"
+        ));
     }
     for key in &steps.trusted_keys {
         sentinel_registry::sign::parse_public(key).map_err(|e| format!("`trusted_keys`: {e}"))?;

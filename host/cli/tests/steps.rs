@@ -56,12 +56,11 @@ fn crates_target() -> PathBuf {
 
 /// A folder that lives as long as the test process.
 fn scratch(name: &str) -> PathBuf {
-    let dir = tempfile::Builder::new()
+    tempfile::Builder::new()
         .prefix(name)
         .tempdir()
         .unwrap()
-        .keep();
-    dir
+        .keep()
 }
 
 /// The `greet` step: scaffolded, set to 1.0.0, built once per process.
@@ -734,4 +733,68 @@ fn components_move_both_ways_between_sentinel_and_wkg() {
         "{shown}"
     );
     reg.stop();
+}
+
+#[test]
+fn a_published_script_step_runs_in_a_job() {
+    // A wercker step folder, published as a tar to a folder registry.
+    let step = scratch("script-step-").join("upload");
+    std::fs::create_dir_all(&step).unwrap();
+    std::fs::write(
+        step.join("step.yml"),
+        "name: upload\nversion: 2.0.0\nproperties:\n  - name: target\n    type: string\n    required: true\n",
+    )
+    .unwrap();
+    std::fs::write(
+        step.join("run.sh"),
+        "echo \"uploading to $WERCKER_UPLOAD_TARGET\"\n",
+    )
+    .unwrap();
+    let reg = scratch("script-reg-");
+    let cfg = registry_config(&format!("file://{}", reg.display()), "");
+    let p = Proj::new("unused", &cfg);
+    let said = publish(&step, "r", &["--owner", "acme"], &p.config);
+    assert!(said.contains("published upload 2.0.0"), "{said}");
+    assert!(reg.join("acme/upload/2.0.0/step.tar").is_file());
+    std::fs::write(
+        p.dir.join("sentinel.yml"),
+        "version: 1\nbox: sentinel/busybox:local\ndefaults: {network: none}\nstages:\n  hello:\n    steps:\n      - step: r:acme/upload@2\n        with: {target: production}\n",
+    )
+    .unwrap();
+    ok(p.run(&[]), "a job with a published script step");
+    let doc = p.stage();
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    let run = std::fs::read_dir(p.dir.join(".sentinel/results/run"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let log = std::fs::read_to_string(run.join("hello.log")).unwrap();
+    assert!(log.contains("uploading to production"), "{log}");
+    assert!(p.lock().contains("source = \"file://"), "{}", p.lock());
+}
+
+#[test]
+fn a_pipeline_names_its_own_step_registry() {
+    let reg = scratch("pipeline-reg-");
+    let url = format!("file://{}", reg.display());
+    let p = Proj::new("unused", "");
+    publish(greet(), &url, &[], &p.config);
+    let pipeline = |name: &str| {
+        format!(
+            "version: 1\nregistries:\n  {name}: {{steps: \"{url}\"}}\nstages:\n  hello:\n    step: {name}:greet@^1\n    with: {{who: world}}\n"
+        )
+    };
+    std::fs::write(p.dir.join("sentinel.yml"), pipeline("mine")).unwrap();
+    assert!(ran(&p, &[]).contains("greet 1.0.0"));
+    // A name the machine gives another address: an error at that name.
+    let other = Proj::new("unused", &registry_config("file:///elsewhere", ""));
+    std::fs::write(other.dir.join("sentinel.yml"), pipeline("r")).unwrap();
+    let e = fails(other.run(&[]), "a pipeline registry renaming the machine's");
+    assert!(
+        e.contains("sentinel.yml:3:3")
+            && e.contains("configured on this machine with another address"),
+        "{e}"
+    );
 }

@@ -226,8 +226,12 @@ pub fn to_native(draft: &Draft, file: &str) -> String {
         out.push_str("registries:\n");
         for r in &draft.registries {
             let _ = writeln!(out, "  {}:", scalar(&r.name.value));
-            value(&mut out, 4, "host", &r.host.value);
-            for (k, v) in [("username", &r.username), ("password", &r.password)] {
+            for (k, v) in [
+                ("host", &r.host),
+                ("steps", &r.steps),
+                ("username", &r.username),
+                ("password", &r.password),
+            ] {
                 if let Some(v) = v {
                     value(&mut out, 4, k, &v.value);
                 }

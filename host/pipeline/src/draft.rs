@@ -139,7 +139,10 @@ pub enum ActionDraft {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegistryDraft {
     pub name: At<String>,
-    pub host: At<String>,
+    /// An image registry's host.
+    pub host: Option<At<String>>,
+    /// A step registry's address.
+    pub steps: Option<At<String>>,
     pub username: Option<At<String>>,
     pub password: Option<At<String>>,
 }
@@ -295,7 +298,20 @@ impl Draft {
         self.env.iter().any(|v| v.name.value == name)
     }
 
-    /// Every `step:` reference, once each.
+    /// The step registries the pipeline names: (name, address).
+    pub fn step_registries(&self) -> Vec<(String, String)> {
+        self.registries
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.name.value.clone(),
+                    r.steps.as_ref()?.value.trim().to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Every `step:` reference of the pipeline, once each.
     pub fn step_refs(&self) -> std::collections::BTreeSet<String> {
         self.stages
             .iter()

@@ -21,7 +21,7 @@ pub mod validate;
 pub mod yaml;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use cache::{CacheKey, CachePath, CachePlan, KeyPart};
 pub use dialect::{Dialect, Select};
@@ -103,6 +103,31 @@ pub fn load_selected(
     catalog: &dyn StepCatalog,
     select: &Select,
 ) -> Result<Plan, LoadError> {
+    let read = read_draft(path, select)?;
+    Ok(plan_draft(
+        &read.draft,
+        &read.file,
+        &read.folder,
+        catalog,
+        &read.base,
+    )?)
+}
+
+/// A pipeline file read into its draft (before its steps are resolved).
+#[derive(Debug)]
+pub struct ReadDraft {
+    pub draft: draft::Draft,
+    /// The file's name as errors show it.
+    pub file: String,
+    /// The default pipeline name: the project folder's name.
+    pub folder: String,
+    /// Relative step paths are relative to it.
+    pub base: PathBuf,
+}
+
+/// Reads a file (of any dialect) into its draft, choosing the pipeline (and
+/// deploy target) of a file that holds several.
+pub fn read_draft(path: &Path, select: &Select) -> Result<ReadDraft, LoadError> {
     let (src, file) = read_file(path)?;
     let folder = path
         .canonicalize()
@@ -116,7 +141,12 @@ pub fn load_selected(
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dialect = Dialect::from_file_name(path);
     let draft = dialect::read_selected(&src, &file, dialect, select)?;
-    Ok(plan_draft(&draft, &file, &folder, catalog, &base)?)
+    Ok(ReadDraft {
+        draft,
+        file,
+        folder,
+        base,
+    })
 }
 
 /// Reads a pipeline file's text, refusing one larger than the cap.

@@ -37,7 +37,8 @@ pub struct RawPipeline {
     #[serde(default)]
     pub services: IndexMap<String, RawService>,
     /// Image registries and their credentials, by name: used to push what
-    /// builds make and to pull private images.
+    /// builds make and to pull private images; and step registries
+    /// (`steps:`) that `name:step@version` references name.
     #[serde(default)]
     pub registries: IndexMap<String, RawRegistry>,
     /// The stages, by name.
@@ -51,11 +52,17 @@ pub struct RawPipeline {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a registry mapping with `host` and optionally `username` and `password`"
+    expecting = "a registry mapping with `host` (and optionally `username` and `password`) or `steps`"
 )]
 pub struct RawRegistry {
-    /// `host[:port]`, as image names write it.
-    pub host: String,
+    /// `host[:port]`, as image names write it (an image registry).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Where steps are published (`oci://host/namespace`,
+    /// `file:///folder`, `s3://bucket/prefix`): a step registry. Its
+    /// credentials come from the machine's configuration for its host.
+    #[serde(default)]
+    pub steps: Option<String>,
     /// The user name (may use `${…}` references).
     #[serde(default)]
     pub username: Option<String>,

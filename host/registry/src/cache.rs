@@ -227,3 +227,98 @@ impl Cache {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::package::script_tar;
+
+    fn origin(kind: Kind, manifest: &str) -> Origin {
+        Origin {
+            name: "upload".into(),
+            version: "2.0.0".into(),
+            source: "file:///r/upload/2.0.0".into(),
+            kind,
+            manifest_digest: sha256(manifest.as_bytes()),
+            signature: None,
+        }
+    }
+
+    #[test]
+    fn a_script_step_round_trips_through_a_tar_into_the_cache() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(
+            src.path().join("step.yml"),
+            "name: upload\nversion: 2.0.0\nproperties:\n  - name: target\n    type: string\n",
+        )
+        .unwrap();
+        std::fs::write(
+            src.path().join("run.sh"),
+            "echo \"to $WERCKER_UPLOAD_TARGET\"\n",
+        )
+        .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(
+                src.path().join("run.sh"),
+                std::fs::Permissions::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        std::fs::create_dir(src.path().join("lib")).unwrap();
+        std::fs::write(src.path().join("lib/x.sh"), "true\n").unwrap();
+        let tar = script_tar(src.path()).unwrap();
+        // The same folder always makes the same bytes.
+        assert_eq!(tar, script_tar(src.path()).unwrap());
+        let pkg = Package {
+            kind: Kind::Script,
+            manifest_text: String::new(),
+            body: tar,
+            signature: None,
+        };
+        let cache = Cache::new(tempfile::tempdir().unwrap().keep());
+        let entry = cache.put(&pkg, origin(Kind::Script, "")).unwrap();
+        let step = entry.resolved().unwrap();
+        assert_eq!(step.manifest.name, "upload");
+        assert!(step.script.is_some());
+        // The unpacked folder is the published one: same files, same digest.
+        assert_eq!(
+            step.digest,
+            sentinel_pipeline::script_step::folder_digest(src.path()).unwrap()
+        );
+        let mode = {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(entry.dir.join("step/run.sh"))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode & 0o111, 0o111, "run.sh stays executable");
+        assert_eq!(cache.of_component(&pkg.digest()).len(), 1);
+    }
+
+    #[test]
+    fn one_component_under_two_manifests_is_two_entries_and_a_changed_manifest_is_caught() {
+        let cache = Cache::new(tempfile::tempdir().unwrap().keep());
+        let body = b"\0asm-not-really".to_vec();
+        let a = "name = \"upload\"\nversion = \"2.0.0\"\n";
+        let b = "name = \"upload\"\nversion = \"2.1.0\"\n";
+        for m in [a, b] {
+            let pkg = Package {
+                kind: Kind::Wasm,
+                manifest_text: m.into(),
+                body: body.clone(),
+                signature: None,
+            };
+            cache.put(&pkg, origin(Kind::Wasm, m)).unwrap();
+        }
+        let digest = sha256(&body);
+        assert_eq!(cache.of_component(&digest).len(), 2);
+        let e = cache.get(&digest, &sha256(a.as_bytes())).unwrap().unwrap();
+        assert_eq!(e.resolved().unwrap().manifest.version, "2.0.0");
+        std::fs::write(e.dir.join("step.toml"), b).unwrap();
+        let err = cache.get(&digest, &sha256(a.as_bytes())).unwrap_err();
+        assert!(err.contains("changed"), "{err}");
+        assert!(cache.get(&digest, &sha256(b"other")).unwrap().is_none());
+    }
+}

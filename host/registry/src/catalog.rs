@@ -191,19 +191,19 @@ impl Catalog {
     /// The pin the lock holds for `reference`, unless it is being updated.
     fn pin(&self, reference: &str, name: &str) -> Option<Pin> {
         let st = self.lock.as_ref()?.lock().ok()?;
-        if let LockMode::Update(names) = &st.mode {
-            if names.is_empty() || names.contains(name) {
-                return None;
-            }
+        if let LockMode::Update(names) = &st.mode
+            && (names.is_empty() || names.contains(name))
+        {
+            return None;
         }
         st.old.pins.get(reference).cloned()
     }
 
     fn record(&self, pin: Pin) {
-        if let Some(state) = &self.lock {
-            if let Ok(mut st) = state.lock() {
-                st.used.pins.insert(pin.reference.clone(), pin);
-            }
+        if let Some(state) = &self.lock
+            && let Ok(mut st) = state.lock()
+        {
+            st.used.pins.insert(pin.reference.clone(), pin);
         }
     }
 
@@ -321,7 +321,7 @@ impl Catalog {
 
     /// A pinned reference from the cache, checked against its trust again
     /// (the trusted keys may have changed since it was pinned).
-    fn from_cache(
+    fn cached(
         &self,
         reference: &str,
         pin: &Pin,
@@ -359,7 +359,7 @@ impl Catalog {
         let registry = named.registry.clone();
         if let Some(pin) = self.pin(reference, &r.name) {
             if let Some(entry) = self.cache.get(&pin.digest, &pin.manifest).map_err(err)? {
-                return self.from_cache(reference, &pin, &entry, &named);
+                return self.cached(reference, &pin, &entry, &named);
             }
             let version = Version::parse(&pin.version).map_err(|e| {
                 err(format!(
@@ -388,20 +388,10 @@ impl Catalog {
                 "step `{reference}` is not in sentinel.lock, and --locked forbids adding it (run without --locked, or `sentinel step update`)"
             )));
         }
-        if let (Origin::Oci(_), Want::Digest(d)) = (&r.origin, &r.want) {
+        if let (Origin::Oci(repo), Want::Digest(d)) = (&r.origin, &r.want) {
             // The OCI form's digest is the registry's manifest digest.
-            let oci = Oci::new(
-                match &r.origin {
-                    Origin::Oci(repo) => repo.rsplit_once('/').map_or("", |(b, _)| b),
-                    _ => "",
-                },
-                r.origin_host()
-                    .and_then(|h| self.hosts.get(h).cloned())
-                    .unwrap_or_default(),
-            )
-            .map_err(err)?;
             let (pkg, version) = self
-                .block(oci.pull_by_digest(&path, d))
+                .block(registry.pull_digest(&path, d))
                 .map_err(|e| from_registry(reference, e))?;
             let version = match version {
                 Some(v) => v,
@@ -412,7 +402,7 @@ impl Catalog {
                 )
                 .map_err(|e| err(e.to_string()))?,
             };
-            let source = format!("oci://{}@{d}", r.origin_repo().unwrap_or_default());
+            let source = format!("oci://{repo}@{d}");
             return self.accept(reference, r, &named, source, &pkg, &version);
         }
         let listed = self
@@ -430,10 +420,7 @@ impl Catalog {
             have.sort();
             return Err(err(format!(
                 "step `{reference}`: {} has {}",
-                registry
-                    .location(&path, &Version::new(0, 0, 0))
-                    .rsplit_once(['/', ':'])
-                    .map_or("the registry", |(a, _)| a),
+                registry.address(),
                 if have.is_empty() {
                     "no such step".to_string()
                 } else {
@@ -452,27 +439,15 @@ impl Catalog {
         let pkg = self
             .block(registry.pull(&path, &version))
             .map_err(|e| from_registry(reference, e))?;
-        if let Some(d) = &chosen.digest {
-            if *d != pkg.digest() {
-                return Err(err(format!(
-                    "step `{reference}`: {source} lists digest {d} but its component is {}: refusing it",
-                    pkg.digest()
-                )));
-            }
+        if let Some(d) = &chosen.digest
+            && *d != pkg.digest()
+        {
+            return Err(err(format!(
+                "step `{reference}`: {source} lists digest {d} but its component is {}: refusing it",
+                pkg.digest()
+            )));
         }
         self.accept(reference, r, &named, source, &pkg, &version)
-    }
-}
-
-impl StepRef {
-    fn origin_repo(&self) -> Option<&str> {
-        match &self.origin {
-            Origin::Oci(repo) => Some(repo),
-            _ => None,
-        }
-    }
-    fn origin_host(&self) -> Option<&str> {
-        self.origin_repo().map(|r| r.split('/').next().unwrap_or(r))
     }
 }
 
@@ -485,15 +460,14 @@ impl StepCatalog for Catalog {
         };
         if r.origin == Origin::Anywhere {
             // A content digest the cache holds needs no registry at all.
-            if let Want::Digest(d) = &r.want {
-                if let Some(entry) = self
+            if let Want::Digest(d) = &r.want
+                && let Some(entry) = self
                     .cache
                     .of_component(d)
                     .into_iter()
                     .find(|e| e.origin.name == r.name)
-                {
-                    return entry.resolved().map_err(err);
-                }
+            {
+                return entry.resolved().map_err(err);
             }
             match self.local.resolve(reference, base) {
                 Ok(step) => return Ok(step),

@@ -245,6 +245,12 @@ fn classify(at: &str, text: &str) -> RegistryError {
 
 #[async_trait]
 impl Registry for Oci {
+    fn address(&self) -> String {
+        format!("oci://{}/{}", self.host, self.namespace)
+            .trim_end_matches('/')
+            .to_string()
+    }
+
     fn location(&self, path: &str, version: &Version) -> String {
         format!("oci://{}/{}:{version}", self.host, self.repository(path))
     }
@@ -273,6 +279,18 @@ impl Registry for Oci {
         Ok(self.pull_ref(&self.tag(path, version)).await?.0)
     }
 
+    /// By its manifest's digest (`oci://…@sha256:…`), with the version its
+    /// annotations say.
+    async fn pull_digest(
+        &self,
+        path: &str,
+        digest: &str,
+    ) -> Result<(Package, Option<Version>), RegistryError> {
+        let r =
+            Reference::with_digest(self.host.clone(), self.repository(path), digest.to_string());
+        self.pull_ref(&r).await
+    }
+
     async fn publish(
         &self,
         path: &str,
@@ -282,14 +300,13 @@ impl Registry for Oci {
     ) -> Result<String, RegistryError> {
         let r = self.tag(path, version);
         let at = self.location(path, version);
-        if !force {
-            if let Some(old) = self.current(&r).await? {
-                if old != pkg.digest() {
-                    return Err(RegistryError::permanent(format!(
-                        "{at} is already published with other content ({old}); publish a new version (or --force to replace it: runs that pinned it will refuse the new bytes)"
-                    )));
-                }
-            }
+        if !force
+            && let Some(old) = self.current(&r).await?
+            && old != pkg.digest()
+        {
+            return Err(RegistryError::permanent(format!(
+                "{at} is already published with other content ({old}); publish a new version (or --force to replace it: runs that pinned it will refuse the new bytes)"
+            )));
         }
         let mut notes = BTreeMap::new();
         notes.insert(

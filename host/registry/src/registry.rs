@@ -50,6 +50,8 @@ pub struct Listed {
 /// A place steps are published to and pulled from.
 #[async_trait]
 pub trait Registry: Send + Sync + std::fmt::Debug {
+    /// Its address: `file:///…`, `s3://bucket/prefix`, `oci://host/ns`.
+    fn address(&self) -> String;
     /// Where a version of a step is (`file:///…/x/1.0.0`,
     /// `s3://bucket/prefix/x/1.0.0`, `oci://host/ns/x:1.0.0`), as the lock
     /// file and documents record it.
@@ -59,6 +61,18 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     async fn versions(&self, path: &str) -> Result<Vec<Listed>, RegistryError>;
     /// One version, whole.
     async fn pull(&self, path: &str, version: &Version) -> Result<Package, RegistryError>;
+    /// A package by the registry's own digest of it (an OCI manifest
+    /// digest), with the version it says it is; registries without such
+    /// digests refuse.
+    async fn pull_digest(
+        &self,
+        path: &str,
+        digest: &str,
+    ) -> Result<(Package, Option<Version>), RegistryError> {
+        Err(RegistryError::permanent(format!(
+            "{path}: this registry finds packages by version, not by the digest {digest}"
+        )))
+    }
     /// Publishes a version; refuses to replace a published version with
     /// other bytes unless `force`. Returns its location.
     async fn publish(
@@ -142,6 +156,10 @@ impl<B: Blobs> Layout<B> {
 
 #[async_trait]
 impl<B: Blobs> Registry for Layout<B> {
+    fn address(&self) -> String {
+        self.0.url()
+    }
+
     fn location(&self, path: &str, version: &Version) -> String {
         format!("{}/{path}/{version}", self.0.url())
     }

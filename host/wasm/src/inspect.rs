@@ -21,13 +21,11 @@ pub fn inspect(bytes: &[u8]) -> Result<Interface, String> {
     for payload in Parser::new(0).parse_all(bytes) {
         let payload = payload.map_err(|e| format!("not a valid WebAssembly binary: {e}"))?;
         match payload {
-            Payload::Version { encoding, .. } if depth == 0 => {
-                if encoding != Encoding::Component {
-                    return Err(
-                        "a core module, not a component: build for wasm32-wasip2 (a WASI 0.2 component)"
-                            .into(),
-                    );
-                }
+            Payload::Version { encoding, .. } if depth == 0 && encoding != Encoding::Component => {
+                return Err(
+                    "a core module, not a component: build for wasm32-wasip2 (a WASI 0.2 component)"
+                        .into(),
+                );
             }
             Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
             Payload::End(_) => depth = depth.saturating_sub(1),
@@ -76,12 +74,12 @@ pub fn check_step(bytes: &[u8], manifest: &StepManifest) -> Result<Interface, St
             "it imports {s}: steps get no sockets (outgoing HTTP goes through wasi:http, to the hosts step.toml declares)"
         ));
     }
-    if manifest.capabilities.http.is_empty() {
-        if let Some(h) = iface.imports.iter().find(|i| package(i) == "wasi:http") {
-            return Err(format!(
-                "it imports {h} but step.toml declares no hosts: add `[capabilities] http = [\"host\"]` for the hosts it may reach"
-            ));
-        }
+    if manifest.capabilities.http.is_empty()
+        && let Some(h) = iface.imports.iter().find(|i| package(i) == "wasi:http")
+    {
+        return Err(format!(
+            "it imports {h} but step.toml declares no hosts: add `[capabilities] http = [\"host\"]` for the hosts it may reach"
+        ));
     }
     Ok(iface)
 }

@@ -281,23 +281,24 @@ impl Resolver {
             .to_string();
         // The committed lock file is used and never written; steps are
         // pulled into the state folder's cache.
-        let catalog = self.step_catalog(&file)?;
-        let mut plan =
-            tokio::task::spawn_blocking(move || sentinel_pipeline::load_with(&file, &catalog))
-                .await
-                .map_err(|err| err.to_string())?
-                .map_err(|err| match err {
-                    sentinel_pipeline::LoadError::Invalid(d) => format!(
-                        "{} at {} is not valid: {}",
-                        shown,
-                        &commit[..12.min(commit.len())],
-                        d.0.iter()
-                            .map(|x| x.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                    other => other.to_string(),
-                })?;
+        let mut catalog = self.step_catalog(&file)?;
+        let mut plan = tokio::task::spawn_blocking(move || {
+            crate::steps::catalog::plan(&file, &sentinel_pipeline::Select::default(), &mut catalog)
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| match err {
+            sentinel_pipeline::LoadError::Invalid(d) => format!(
+                "{} at {} is not valid: {}",
+                shown,
+                &commit[..12.min(commit.len())],
+                d.0.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            other => other.to_string(),
+        })?;
         // A named pipeline's runs carry its name: its runs list and badge.
         if let Some(p) = &spec.pipeline {
             plan.name = p.clone();

@@ -1,12 +1,13 @@
 //! The step catalog the commands use: the local step folders (bundled,
 //! `SENTINEL_STEPS_PATH`), the step registries of the user's or the
-//! server's configuration, the content-addressed cache in the state folder
+//! server's configuration and of the pipeline, the content-addressed cache in the state folder
 //! (`<state>/steps`), and the lock file beside the pipeline.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use sentinel_pipeline::{Diagnostic, Diagnostics, LoadError};
 use sentinel_registry::{Auth, Cache, Catalog, Folder, Layout, Named, Oci, Registry, Trust};
 
 use crate::registries::{RegistryConfig, StepAddress, StepsSection, step_address};
@@ -91,7 +92,7 @@ pub fn build(
         let Some(url) = &r.steps else {
             continue;
         };
-        if let Some(StepAddress::Oci(base)) = step_address(url).ok() {
+        if let Ok(StepAddress::Oci(base)) = step_address(url) {
             let host = base.split('/').next().unwrap_or(&base).to_string();
             c.hosts.entry(host).or_insert_with(|| auth.clone());
         }
@@ -116,4 +117,84 @@ pub fn build(
 pub fn user(state: &Path) -> anyhow::Result<Catalog> {
     let cfg = crate::registries::user_config()?;
     build(state, &cfg.registries, &cfg.steps, &|_| None)
+}
+
+/// Adds the step registries a pipeline names (`registries: {NAME: {steps:
+/// …}}`), with the credentials the machine's configuration gives their
+/// hosts. A name the machine's configuration already gives another address
+/// is an error at that name (its trusted keys must not be sidestepped).
+fn add_pipeline(
+    c: &mut Catalog,
+    draft: &sentinel_pipeline::draft::Draft,
+    file: &str,
+) -> Vec<Diagnostic> {
+    let mut issues = Vec::new();
+    for r in &draft.registries {
+        let Some(url) = &r.steps else {
+            continue;
+        };
+        let name = &r.name.value;
+        let url = url.value.trim();
+        let issue = |message: String, hint: Option<String>| Diagnostic {
+            file: file.to_string(),
+            pos: r.name.pos,
+            message,
+            hint,
+        };
+        if let Some(known) = c.registries.get(name) {
+            let same = open(url, None, Auth::Anonymous)
+                .is_ok_and(|o| o.address() == known.registry.address());
+            if !same {
+                issues.push(issue(
+                    format!(
+                        "step registry `{name}` is configured on this machine with another address"
+                    ),
+                    Some("rename the pipeline's registry, or give the same address".into()),
+                ));
+            }
+            continue;
+        }
+        let auth = match step_address(url) {
+            Ok(StepAddress::Oci(base)) => c
+                .hosts
+                .get(base.split('/').next().unwrap_or(&base))
+                .cloned()
+                .unwrap_or_default(),
+            _ => Auth::Anonymous,
+        };
+        match open(url, None, auth) {
+            Ok(registry) => {
+                c.registries.insert(
+                    name.clone(),
+                    Named {
+                        registry,
+                        trust: Trust::default(),
+                    },
+                );
+            }
+            Err(e) => issues.push(issue(format!("step registry `{name}`: {e:#}"), None)),
+        }
+    }
+    issues
+}
+
+/// Reads a pipeline file, adds the step registries it names to `catalog`,
+/// resolves its steps and validates it.
+pub fn plan(
+    path: &Path,
+    select: &sentinel_pipeline::Select,
+    catalog: &mut Catalog,
+) -> Result<sentinel_pipeline::Plan, LoadError> {
+    let read = sentinel_pipeline::read_draft(path, select)?;
+    let issues = add_pipeline(catalog, &read.draft, &read.file);
+    if !issues.is_empty() {
+        return Err(LoadError::Invalid(Diagnostics(issues)));
+    }
+    Ok(sentinel_pipeline::plan_draft(
+        &read.draft,
+        &read.file,
+        &read.folder,
+        catalog,
+        &read.base,
+    )?)
 }

@@ -314,7 +314,8 @@ impl Reader<'_> {
                 let at = |k: &str| [&base[..], &[key(k)]].concat();
                 RegistryDraft {
                     name: At::new(name.clone(), self.at(&[key("registries"), key_name(name)])),
-                    host: self.value(&at("host"), &r.host),
+                    host: r.host.as_ref().map(|h| self.value(&at("host"), h)),
+                    steps: r.steps.as_ref().map(|s| self.value(&at("steps"), s)),
                     username: r.username.as_ref().map(|u| self.value(&at("username"), u)),
                     password: r.password.as_ref().map(|p| self.value(&at("password"), p)),
                 }

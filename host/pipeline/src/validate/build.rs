@@ -109,8 +109,24 @@ fn value(
     Some(t)
 }
 
-/// The pipeline's registries: a host each (no scheme, no path), at most
-/// one entry per host, credentials as references only.
+/// A step registry's address: `oci://host/namespace`, `file:///folder`
+/// or `s3://bucket/prefix`.
+fn step_address_ok(url: &str) -> bool {
+    let rest = |p: &str| {
+        url.strip_prefix(p)
+            .is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+    };
+    rest("oci://")
+        || rest("s3://")
+        || url
+            .strip_prefix("file://")
+            .is_some_and(|r| r.starts_with('/'))
+}
+
+/// The pipeline's registries: an image registry's host each (no scheme, no
+/// path), at most one entry per host, credentials as references only; a
+/// step registry's address, with no credentials of its own (they are read
+/// when the run starts, after its steps are resolved).
 pub(super) fn registries(
     cx: &mut Ctx<'_>,
     list: &[RegistryDraft],
@@ -118,20 +134,49 @@ pub(super) fn registries(
 ) -> Vec<RegistryPlan> {
     let mut out: Vec<RegistryPlan> = Vec::new();
     for r in list {
-        let host = r.host.value.trim();
+        if let Some(url) = &r.steps
+            && !step_address_ok(url.value.trim())
+        {
+            cx.issue(
+                url.pos,
+                format!("`{}` is not a step registry's address", url.value),
+                Some(
+                    "`oci://host[:port]/namespace`, `file:///folder` or `s3://bucket/prefix`"
+                        .into(),
+                ),
+            );
+        }
+        let Some(host) = &r.host else {
+            if r.steps.is_none() {
+                cx.issue(
+                    r.name.pos,
+                    format!("registry `{}` has neither `host` (an image registry) nor `steps` (a step registry)", r.name.value),
+                    None,
+                );
+            } else if let Some(u) = r.username.as_ref().or(r.password.as_ref()) {
+                cx.issue(
+                    u.pos,
+                    format!("step registry `{}` cannot take credentials here: steps are resolved before the run's secrets are read", r.name.value),
+                    Some("give them in the machine's configuration: a `[registries.NAME]` with the same host and `password_env` (or a server's `password_secret`)".into()),
+                );
+            }
+            continue;
+        };
+        let host_at = host;
+        let host = host.value.trim();
         let host_ok = !host.is_empty()
             && host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
         if !host_ok {
             cx.issue(
-                r.host.pos,
-                format!("`{}` is not a registry host", r.host.value),
+                host_at.pos,
+                format!("`{}` is not a registry host", host_at.value),
                 Some("`host[:port]` as image names write it, like `registry.example.com` or `127.0.0.1:5000` (no `https://`, no path)".into()),
             );
         } else if out.iter().any(|o| o.host == host) {
             cx.issue(
-                r.host.pos,
+                host_at.pos,
                 format!("two registries have the host `{host}`"),
                 Some("one entry per host: its credentials serve every image there".into()),
             );
