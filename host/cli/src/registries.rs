@@ -269,7 +269,7 @@ mod tests {
         let both = parse(
             "[registries.a]\nhost = \"r\"\nusername = \"u\"\npassword_env = \"X\"\npassword_secret = \"Y\"\n",
         );
-        assert!(check(&both, true).unwrap_err().contains("not both"));
+        assert!(check(&both, true).unwrap_err().contains("not several"));
         let secret_locally =
             parse("[registries.a]\nhost = \"r\"\nusername = \"u\"\npassword_secret = \"Y\"\n");
         assert!(
@@ -287,6 +287,51 @@ mod tests {
                 "[registries.a]\nhost = \"r\"\nusername = \"u\"\npassword = \"p\"\n"
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn step_registries_are_checked() {
+        let ok = parse(
+            "[registries.s]\nsteps = \"oci://127.0.0.1:5000/steps\"\n[registries.f]\nsteps = \"file:///srv/steps\"\ntrusted_keys = []\n",
+        );
+        assert!(check(&ok, false).is_ok());
+        assert_eq!(
+            step_address("file:///srv/steps"),
+            Ok(StepAddress::Folder("/srv/steps".into()))
+        );
+        assert_eq!(
+            step_address("oci://r.example/ns"),
+            Ok(StepAddress::Oci("r.example/ns".into()))
+        );
+        for (text, want) in [
+            ("[registries.a]\n", "give `host`"),
+            ("[registries.a]\nsteps = \"https://r/x\"\n", "`steps`"),
+            (
+                "[registries.a]\nsteps = \"oci://r/x\"\nusername = \"u\"\n",
+                "`username` goes with",
+            ),
+            (
+                "[registries.a]\nsteps = \"oci://r/x\"\ntrusted_keys = [\"rsa:x\"]\n",
+                "`trusted_keys`",
+            ),
+            (
+                "[registries.a]\nsteps = \"oci://r/x\"\ntoken_env = \"T\"\npassword_env = \"P\"\n",
+                "not several",
+            ),
+        ] {
+            let e = check(&parse(text), false).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
+        let steps = StepsSection {
+            default: Some("img".into()),
+            trusted_keys: Vec::new(),
+        };
+        let img = parse("[registries.img]\nhost = \"r\"\nusername = \"u\"\npassword_env = \"X\"\n");
+        assert!(
+            check_steps(&steps, &img)
+                .unwrap_err()
+                .contains("names no step registry")
         );
     }
 

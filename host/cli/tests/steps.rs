@@ -5,7 +5,9 @@
 //! resolved by `name@^1` into `sentinel.lock` and run; then run again from
 //! the cache with that registry stopped; the lock kept under `--locked` and
 //! moved by `step update`; bytes changed under a published version refused;
-//! signatures required; basic auth against the htpasswd registry; and
+//! signatures required; basic auth against the htpasswd registry; bearer
+//! tokens through the distribution token flow (a token server of the
+//! test's own issuing JWTs the registry verifies); and
 //! `step build` refusing components that import sockets, or HTTP without
 //! declaring hosts.
 
@@ -13,7 +15,8 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::server::free_port;
@@ -198,6 +201,11 @@ struct OwnRegistry {
 
 impl OwnRegistry {
     fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// With `extra` lines of configuration (an `auth:` section).
+    fn start_with(extra: &str) -> Self {
         let bin = which("docker-registry").unwrap_or_else(|| {
             panic!("docker-registry is not installed: run scripts/registry.sh (the test command's set-up does)")
         });
@@ -206,7 +214,7 @@ impl OwnRegistry {
         std::fs::write(
             dir.join("config.yml"),
             format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n",
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem: {{rootdirectory: {}}}\n  delete: {{enabled: true}}\nhttp: {{addr: {addr}}}\n{extra}",
                 dir.join("data").display()
             ),
         )
@@ -797,4 +805,230 @@ fn a_pipeline_names_its_own_step_registry() {
             && e.contains("configured on this machine with another address"),
         "{e}"
     );
+}
+
+/// A token server for the distribution token flow: checks basic
+/// credentials, then issues a JWT (RS256, its certificate in `x5c`) granting
+/// the scopes asked for. Counts the tokens it issued.
+struct TokenServer {
+    realm: String,
+    issued: Arc<AtomicUsize>,
+    dir: PathBuf,
+}
+
+const TOKEN_USER: &str = "sentinel";
+const TOKEN_PASSWORD: &str = "token-flow-password-4711";
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl TokenServer {
+    fn start() -> Self {
+        let dir = scratch("tokens-");
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sentinel-test-tokens",
+        ]);
+        openssl(&[
+            "x509", "-in", "cert.pem", "-outform", "DER", "-out", "cert.der",
+        ]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let issued = Arc::new(AtomicUsize::new(0));
+        let (count, key_dir) = (issued.clone(), dir.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let _ = answer(conn, &key_dir, &count);
+            }
+        });
+        Self { realm, issued, dir }
+    }
+
+    /// A token for `scope` (`repository:NAME:ACTIONS`), as a client would get one.
+    fn token(&self, scope: &str) -> String {
+        jwt(&self.dir, &[scope.to_string()])
+    }
+}
+
+fn jwt(dir: &Path, scopes: &[String]) -> String {
+    use base64::Engine as _;
+    let cert = std::fs::read(dir.join("cert.der")).unwrap();
+    let header = serde_json::json!({
+        "alg": "RS256", "typ": "JWT",
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(cert)],
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let access: Vec<serde_json::Value> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            Some(serde_json::json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+        })
+        .collect();
+    let claims = serde_json::json!({
+        "iss": "sentinel-test-issuer", "sub": TOKEN_USER, "aud": "sentinel-test",
+        "exp": now + 300, "nbf": now - 10, "iat": now, "jti": ulid::Ulid::new().to_string(),
+        "access": access,
+    });
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let mut sign = Command::new("openssl")
+        .args(["dgst", "-sha256", "-sign"])
+        .arg(dir.join("key.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    sign.stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let sig = sign.wait_with_output().unwrap();
+    assert!(sig.status.success());
+    format!("{input}.{}", b64url(&sig.stdout))
+}
+
+fn answer(mut conn: std::net::TcpStream, dir: &Path, issued: &AtomicUsize) -> std::io::Result<()> {
+    use std::io::{BufRead as _, Write as _};
+    let mut reader = std::io::BufReader::new(conn.try_clone()?);
+    let mut first = String::new();
+    reader.read_line(&mut first)?;
+    let mut authorized = false;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':')
+            && k.eq_ignore_ascii_case("authorization")
+        {
+            use base64::Engine as _;
+            let want = base64::engine::general_purpose::STANDARD
+                .encode(format!("{TOKEN_USER}:{TOKEN_PASSWORD}"));
+            authorized = v.trim() == format!("Basic {want}");
+        }
+    }
+    let path = first.split_whitespace().nth(1).unwrap_or_default();
+    let query = path.split_once('?').map_or("", |(_, q)| q);
+    let scopes: Vec<String> = query
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("scope="))
+        .map(|s| {
+            s.replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+                .replace('+', " ")
+        })
+        .flat_map(|s| s.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    if !authorized {
+        return conn.write_all(
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    }
+    issued.fetch_add(1, Ordering::SeqCst);
+    let token = jwt(dir, &scopes);
+    let body =
+        serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
+    conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+}
+
+#[test]
+fn bearer_tokens_through_the_registry_token_flow() {
+    let tokens = TokenServer::start();
+    let reg = OwnRegistry::start_with(&format!(
+        "auth:\n  token:\n    realm: {}\n    service: sentinel-test\n    issuer: sentinel-test-issuer\n    rootcertbundle: {}\n",
+        tokens.realm,
+        tokens.dir.join("cert.pem").display()
+    ));
+    let addr = reg.addr.clone();
+    // User and password, traded for a bearer token by the client.
+    let cfg = format!(
+        "[registries.r]\nsteps = \"oci://{addr}/steps\"\nusername = \"{TOKEN_USER}\"\npassword_env = \"TOKEN_REGISTRY_PASSWORD\"\n[steps]\ndefault = \"r\"\n"
+    );
+    let p = Proj::new("greet@^1", &cfg);
+    let publish_with = |password: &str| {
+        sentinel(&["step", "publish"])
+            .arg(greet())
+            .args(["--to", "r"])
+            .env("XDG_CONFIG_HOME", &p.config)
+            .env("TOKEN_REGISTRY_PASSWORD", password)
+            .output()
+            .unwrap()
+    };
+    let e = fails(
+        publish_with("wrong"),
+        "publishing with a password the token server refuses",
+    );
+    assert!(e.contains(&addr), "{e}");
+    assert_eq!(tokens.issued.load(Ordering::SeqCst), 0);
+    ok(
+        publish_with(TOKEN_PASSWORD),
+        "publishing through the token flow",
+    );
+    assert!(
+        tokens.issued.load(Ordering::SeqCst) > 0,
+        "the token server issued the tokens"
+    );
+    ok(
+        p.cmd(&["run"])
+            .env("TOKEN_REGISTRY_PASSWORD", TOKEN_PASSWORD)
+            .output()
+            .unwrap(),
+        "a run pulling through the token flow",
+    );
+    assert_eq!(p.stage()["status"], "succeeded");
+    // A bearer token given as is (`token_env`).
+    let direct = Proj::new(
+        "greet@1.0.0",
+        &format!(
+            "[registries.r]\nsteps = \"oci://{addr}/steps\"\ntoken_env = \"TOKEN_REGISTRY_TOKEN\"\n[steps]\ndefault = \"r\"\n"
+        ),
+    );
+    let token = tokens.token("repository:steps/greet:pull");
+    ok(
+        direct
+            .cmd(&["run"])
+            .env("TOKEN_REGISTRY_TOKEN", &token)
+            .output()
+            .unwrap(),
+        "a run pulling with a bearer token",
+    );
+    assert_eq!(direct.stage()["status"], "succeeded");
 }

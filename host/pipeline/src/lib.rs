@@ -103,14 +103,7 @@ pub fn load_selected(
     catalog: &dyn StepCatalog,
     select: &Select,
 ) -> Result<Plan, LoadError> {
-    let read = read_draft(path, select)?;
-    Ok(plan_draft(
-        &read.draft,
-        &read.file,
-        &read.folder,
-        catalog,
-        &read.base,
-    )?)
+    read_draft(path, select)?.plan(catalog)
 }
 
 /// A pipeline file read into its draft (before its steps are resolved).
@@ -123,6 +116,19 @@ pub struct ReadDraft {
     pub folder: String,
     /// Relative step paths are relative to it.
     pub base: PathBuf,
+}
+
+impl ReadDraft {
+    /// Resolves its steps with `catalog` and validates it into the plan.
+    pub fn plan(&self, catalog: &dyn StepCatalog) -> Result<Plan, LoadError> {
+        Ok(plan_draft(
+            &self.draft,
+            &self.file,
+            &self.folder,
+            catalog,
+            &self.base,
+        )?)
+    }
 }
 
 /// Reads a file (of any dialect) into its draft, choosing the pipeline (and

@@ -111,12 +111,7 @@ impl StepManifest {
             message,
         };
         let m: StepManifest = toml::from_str(text).map_err(|e| {
-            let pos = e.span().map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!("{line}:{col}: ")
-            });
+            let pos = toml_position(text, &e).map(|(line, col)| format!("{line}:{col}: "));
             fail(pos.unwrap_or_default(), e.message().to_string())
         })?;
         let fail = |message: String| fail(" ".into(), message);
@@ -158,6 +153,16 @@ impl StepManifest {
         }
         Ok(m)
     }
+}
+
+/// The line and column (from 1) of a TOML mistake in `text`, when the
+/// parser says where it is.
+pub fn toml_position(text: &str, e: &toml::de::Error) -> Option<(usize, usize)> {
+    let start = e.span()?.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, col))
 }
 
 /// Why a step reference could not be resolved.

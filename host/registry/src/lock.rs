@@ -59,14 +59,8 @@ impl Lock {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
         let file: File = toml::from_str(&text).map_err(|e| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let before = &text[..s.start.min(text.len())];
-                    let line = before.matches('\n').count() + 1;
-                    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                    format!("{line}:{col}: ")
-                })
+            let at = sentinel_pipeline::step::toml_position(&text, &e)
+                .map(|(line, col)| format!("{line}:{col}: "))
                 .unwrap_or_default();
             format!("{}:{at}{}", path.display(), e.message())
         })?;

@@ -121,18 +121,6 @@ impl Oci {
         )
     }
 
-    /// A version pulled by its manifest's digest (`oci://…@sha256:…`), with
-    /// the version its annotations or manifest say.
-    pub async fn pull_by_digest(
-        &self,
-        path: &str,
-        digest: &str,
-    ) -> Result<(Package, Option<Version>), RegistryError> {
-        let r =
-            Reference::with_digest(self.host.clone(), self.repository(path), digest.to_string());
-        self.pull_ref(&r).await
-    }
-
     async fn pull_ref(&self, r: &Reference) -> Result<(Package, Option<Version>), RegistryError> {
         let data = self
             .client

@@ -338,14 +338,8 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("configuration file {}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|s| {
-                let before = &text[..s.start.min(text.len())];
-                let line = before.matches('\n').count() + 1;
-                let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-                format!(":{line}:{col}")
-            })
+        let at = sentinel_pipeline::step::toml_position(&text, &e)
+            .map(|(line, col)| format!(":{line}:{col}"))
             .unwrap_or_default();
         anyhow::anyhow!("{}{at}: {}", path.display(), e.message())
     })

@@ -435,19 +435,7 @@ impl Resolver {
     /// registries (their stored credentials opened for each run) and the
     /// lock file beside the file, read only.
     fn step_catalog(&self, file: &std::path::Path) -> Result<sentinel_registry::Catalog, String> {
-        let names: Vec<String> = self
-            .registries
-            .values()
-            .filter(|r| r.steps.is_some())
-            .filter_map(|r| r.password_secret.clone().or_else(|| r.token_secret.clone()))
-            .collect();
-        let opened = match &self.secrets_key {
-            Some(key) if !names.is_empty() => self
-                .store
-                .open_secrets(key, &names)
-                .map_err(|e| e.to_string())?,
-            _ => BTreeMap::new(),
-        };
+        let opened = self.registry_secrets()?;
         crate::steps::catalog::build(&self.state, &self.registries, &self.steps, &|n| {
             opened.get(n).cloned()
         })
@@ -464,19 +452,25 @@ impl Resolver {
     /// The server's registries with their passwords (stored secrets opened
     /// for each run, so a changed one is used from the next run on).
     fn registry_auth(&self) -> Result<Vec<sentinel_engine::exec::RegistryAuth>, String> {
+        let opened = self.registry_secrets()?;
+        crate::registries::resolve(&self.registries, |n| opened.get(n).cloned())
+    }
+
+    /// The stored secrets the registries name (passwords, tokens), opened.
+    fn registry_secrets(&self) -> Result<BTreeMap<String, String>, String> {
         let names: Vec<String> = self
             .registries
             .values()
-            .filter_map(|r| r.password_secret.clone())
+            .flat_map(|r| [r.password_secret.clone(), r.token_secret.clone()])
+            .flatten()
             .collect();
-        let opened = match &self.secrets_key {
+        match &self.secrets_key {
             Some(key) if !names.is_empty() => self
                 .store
                 .open_secrets(key, &names)
-                .map_err(|e| e.to_string())?,
-            _ => BTreeMap::new(),
-        };
-        crate::registries::resolve(&self.registries, |n| opened.get(n).cloned())
+                .map_err(|e| e.to_string()),
+            _ => Ok(BTreeMap::new()),
+        }
     }
 
     /// What `${upstream.*}` reads of run `id`: the outputs of its stages

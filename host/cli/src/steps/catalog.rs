@@ -190,11 +190,5 @@ pub fn plan(
     if !issues.is_empty() {
         return Err(LoadError::Invalid(Diagnostics(issues)));
     }
-    Ok(sentinel_pipeline::plan_draft(
-        &read.draft,
-        &read.file,
-        &read.folder,
-        catalog,
-        &read.base,
-    )?)
+    read.plan(catalog)
 }
