@@ -542,26 +542,11 @@ async fn the_steps_page_lists_a_published_step_with_its_settings_and_hosts() {
     )
     .unwrap();
     let pipeline = "version: 1\nname: notifying\nstages:\n  tell:\n    step: acme/deploy-notify@^1\n    with: {webhook: https://hooks.example.com/x}\n";
-    let (repo, _) = bare_repo(&tmp.path().join("repo"), &[("sentinel.yml", pipeline)]);
-    let repo_arg = format!("app={repo}");
-    let dist = dist();
-    let server = Server::start(
-        &tmp.path().join("state"),
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--repo",
-            &repo_arg,
-            "--web",
-            dist.to_str().unwrap(),
-            "--public-read",
-        ],
-        &[],
-    );
-    let c = Client::new(&server.url, &server.admin);
-    let b = Browser::start().await;
+    let (_served, server, c, b) = served_app(
+        pipeline,
+        &["--config", config.to_str().unwrap(), "--public-read"],
+    )
+    .await;
     let id = c.trigger("app").await;
     c.wait_stage(&id, "tell", "succeeded").await;
     // The stage page says what ran and links to the step.
