@@ -284,10 +284,7 @@ impl JobAction {
             .chain(&self.after_steps)
             .map(|s| match &s.run {
                 JobRun::Script(script) => format!("# {}\n{script}\n", s.name),
-                JobRun::Step(st) => format!(
-                    "# {}\n# step: {} ({})\n",
-                    s.name, st.step, st.resolved.digest
-                ),
+                JobRun::Step(st) => format!("# {}\n# step: {}\n", s.name, st.resolved_text()),
             })
             .collect()
     }
@@ -369,6 +366,18 @@ pub struct StepAction {
     pub step: String,
     pub with: BTreeMap<String, Template>,
     pub resolved: Box<crate::step::ResolvedStep>,
+}
+
+impl StepAction {
+    /// What the reference resolved to, as documents record it:
+    /// `REF = NAME VERSION (sha256:…)`.
+    pub fn resolved_text(&self) -> String {
+        let m = &self.resolved.manifest;
+        format!(
+            "{} = {} {} ({})",
+            self.step, m.name, m.version, self.resolved.digest
+        )
+    }
 }
 
 /// What a stage executes: one kind each. Kinds that later issues add (jobs,
@@ -461,14 +470,7 @@ impl Action {
             Self::Step(s) => Provenance {
                 image: None,
                 script: None,
-                // What the reference resolved to: name, exact version, digest.
-                step: Some(format!(
-                    "{} = {} {} ({})",
-                    s.step,
-                    s.resolved.manifest.name,
-                    s.resolved.manifest.version,
-                    s.resolved.digest
-                )),
+                step: Some(s.resolved_text()),
             },
             Self::Build(b) => Provenance {
                 image: None,
