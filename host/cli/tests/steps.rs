@@ -274,6 +274,14 @@ fn publish_and_run(url: &str, extra: &str, more: impl FnOnce()) {
     let p = Proj::new("greet@^1", &cfg);
     let said = publish(greet(), "r", &[], &p.config);
     assert!(said.contains("published greet 1.0.0"), "{said}");
+    let listed = ok(
+        p.cmd(&["step", "versions", "greet@^1"]).output().unwrap(),
+        "step versions",
+    );
+    assert!(
+        listed.starts_with("1.0.0") && listed.contains("← greet@^1"),
+        "{listed}"
+    );
     let step = ran(&p, &[]);
     assert!(
         step.starts_with("greet@^1 = greet 1.0.0 (sha256:"),
@@ -324,6 +332,18 @@ fn a_new_step_runs_from_an_s3_registry() {
             .output()
             .unwrap()
     };
+    let listed = ok(
+        p.cmd(&["step", "versions", "r:greet"])
+            .env("AWS_ACCESS_KEY_ID", &s3["AWS_ACCESS_KEY_ID"])
+            .env("AWS_SECRET_ACCESS_KEY", &s3["AWS_SECRET_ACCESS_KEY"])
+            .output()
+            .unwrap(),
+        "step versions in S3",
+    );
+    assert!(
+        listed.starts_with("1.0.0 ") && listed.contains("sha256:"),
+        "{listed}"
+    );
     ok(run(&[]), "run from S3");
     assert_eq!(p.stage()["status"], "succeeded");
     assert!(
@@ -369,6 +389,17 @@ fn locked_runs_keep_the_pinned_version_until_step_update_moves_it() {
     assert!(ran(&p, &[]).contains("greet 1.0.0"));
     let pinned = p.lock();
     publish(&greet_at("1.1.0"), "r", &[], &p.config);
+    let listed = ok(
+        p.cmd(&["step", "versions", "greet@~1.0"]).output().unwrap(),
+        "step versions",
+    );
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(
+        lines[0].starts_with("1.1.0")
+            && lines[1].starts_with("1.0.0")
+            && lines[1].contains("← greet@~1.0"),
+        "{listed}"
+    );
     assert!(ran(&p, &["--locked"]).contains("greet 1.0.0"));
     // Without --locked the lock is used just the same.
     assert!(ran(&p, &[]).contains("greet 1.0.0"));

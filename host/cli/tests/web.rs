@@ -57,8 +57,14 @@ stages:
 
 const SECRET: &str = "web-secret-value-4711";
 
+/// The 100 MB log test loads the machine (its stage writes the log, its
+/// browser renders it): it runs alone, the others together. A page that
+/// must see a stage while it runs cannot wait behind it.
+static HEAVY: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_site_in_the_bucket_shows_runs_failures_and_masked_logs() {
+    let _light = HEAVY.read().await;
     common::docker().await;
     let dist = dist();
     let s3 = sentinel_testkit::s3_server();
@@ -309,6 +315,7 @@ async fn served_app(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_app_follows_a_stage_live_without_reloading() {
+    let _light = HEAVY.read().await;
     let (_tmp, server, c, b) =
         served_app(&ticking("live", 20), &["--public-read", "--runs", "1"]).await;
     // The page opens while its run still waits behind another (no
@@ -349,6 +356,7 @@ async fn served_app_follows_a_stage_live_without_reloading() {
 /// button stops the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_in_user_follows_a_log_and_cancels_the_run() {
+    let _light = HEAVY.read().await;
     let (_tmp, server, c, b) = served_app(&ticking("tail", 60), &["--runs", "1"]).await;
     let id = c.trigger("app").await;
     let stage_status = || async {
@@ -450,6 +458,7 @@ async fn signed_in_user_follows_a_log_and_cancels_the_run() {
 /// benchmark, not asserted here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_megabyte_log_opens_at_a_deep_line_link() {
+    let _alone = HEAVY.write().await;
     let pipeline = "version: 1\nname: big\nbox: sentinel/busybox:local\ndefaults:\n  network: none\nstages:\n  loud:\n    run: |\n      seq 1 1200000 | awk '{printf \"line %08d of the hundred-megabyte log, padded with text to reach about eighty-odd bytes\\n\", $1}'\n";
     let (_tmp, server, c, b) = served_app(pipeline, &["--public-read"]).await;
     let id = c.trigger("app").await;
@@ -506,6 +515,7 @@ async fn a_hundred_megabyte_log_opens_at_a_deep_line_link() {
 /// the stage page that used it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_steps_page_lists_a_published_step_with_its_settings_and_hosts() {
+    let _light = HEAVY.read().await;
     let tmp = tempfile::tempdir().unwrap();
     // A step: the sandbox's quiet test guest under a manifest of its own.
     let step = tmp.path().join("deploy-notify");

@@ -353,6 +353,33 @@ impl Catalog {
         entry.resolved().map_err(err)
     }
 
+    /// The versions the registry of a reference holds (newest first), its
+    /// address, and the version the reference would resolve to now.
+    pub fn versions(
+        &self,
+        reference: &str,
+    ) -> Result<(String, Vec<crate::registry::Listed>, Option<Version>), StepError> {
+        let r = match StepRef::parse(reference) {
+            None => {
+                return Err(err(format!(
+                    "`{reference}` is a local path, not a registry step"
+                )));
+            }
+            Some(r) => r.map_err(|e| err(format!("step `{reference}`: {e}")))?,
+        };
+        let (named, path) = self.registry_for(&r)?;
+        let mut listed = self
+            .block(named.registry.versions(&path))
+            .map_err(|e| from_registry(reference, e))?;
+        listed.sort_by(|a, b| b.version.cmp(&a.version));
+        let chosen = newest(&r.want, listed.iter().map(|l| &l.version)).cloned();
+        Ok((
+            format!("{}/{path}", named.registry.address()),
+            listed,
+            chosen,
+        ))
+    }
+
     /// Resolves a registry reference.
     fn remote(&self, reference: &str, r: &StepRef) -> Result<ResolvedStep, StepError> {
         let (named, path) = self.registry_for(r)?;

@@ -78,6 +78,10 @@ pub enum StepCommand {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// List the versions a registry holds of a step (`team:name`,
+    /// `oci://host/ns/name`, or a name in the default registry), and the
+    /// one the reference resolves to now.
+    Versions { reference: String },
     /// Resolve a reference and put its step in the cache.
     Pull { reference: String },
     /// Make an ed25519 signing key; prints its public key.
@@ -113,6 +117,7 @@ pub fn step(paths: &Paths, cmd: StepCommand) -> anyhow::Result<ExitCode> {
             force,
         } => publish::publish(paths, &dir, &to, owner.as_deref(), sign, force),
         StepCommand::Pull { reference } => publish::pull(paths, &reference),
+        StepCommand::Versions { reference } => versions(&catalog()?, &reference),
         StepCommand::New { name, dir, sdk } => author::new(&name, dir, sdk),
         StepCommand::Build { dir } => author::build(&dir).map(|_| ExitCode::SUCCESS),
         StepCommand::Test { dir } => author::test(&dir),
@@ -121,6 +126,36 @@ pub fn step(paths: &Paths, cmd: StepCommand) -> anyhow::Result<ExitCode> {
         StepCommand::List => list(&catalog()?),
         StepCommand::Show { reference, json } => show(&catalog()?, &reference, json),
     }
+}
+
+/// `sentinel step versions REF`.
+fn versions(catalog: &Catalog, reference: &str) -> anyhow::Result<ExitCode> {
+    let (at, listed, chosen) = match catalog.versions(reference) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(if e.is_transient() { 75 } else { 2 }));
+        }
+    };
+    if listed.is_empty() {
+        println!("{at}: no versions published");
+    }
+    for l in &listed {
+        println!(
+            "{:<12} {:<73} {}",
+            l.version,
+            l.digest.as_deref().unwrap_or("-"),
+            if chosen.as_ref() == Some(&l.version) {
+                format!("← {reference}")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if !listed.is_empty() && chosen.is_none() {
+        println!("(no version matches {reference})");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `sentinel step list`.
