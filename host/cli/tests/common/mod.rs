@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod server;
+pub mod steps;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
