@@ -534,14 +534,27 @@ async fn the_steps_page_lists_a_published_step_with_its_settings_and_hosts() {
     )
     .unwrap();
     let registry = tmp.path().join("registry");
-    let published = Command::new(env!("CARGO_BIN_EXE_sentinel"))
-        .args(["step", "publish"])
-        .arg(&step)
-        .args(["--owner", "acme", "--to"])
-        .arg(format!("file://{}", registry.display()))
-        .output()
-        .unwrap();
-    assert!(published.status.success(), "{published:?}");
+    let publish = |dir: &std::path::Path| {
+        let published = Command::new(env!("CARGO_BIN_EXE_sentinel"))
+            .args(["step", "publish"])
+            .arg(dir)
+            .args(["--owner", "acme", "--to"])
+            .arg(format!("file://{}", registry.display()))
+            .output()
+            .unwrap();
+        assert!(published.status.success(), "{published:?}");
+    };
+    publish(&step);
+    // A second step, published and never used: listed from the registry.
+    let idle = tmp.path().join("deploy-check");
+    std::fs::create_dir_all(&idle).unwrap();
+    std::fs::copy(step.join("step.wasm"), idle.join("step.wasm")).unwrap();
+    std::fs::write(
+        idle.join("step.toml"),
+        "name = \"deploy-check\"\nversion = \"0.9.0\"\n[settings.url]\nrequired = true\n[capabilities]\nhttp = [\"{url}\"]\n",
+    )
+    .unwrap();
+    publish(&idle);
     let config = tmp.path().join("server.toml");
     std::fs::write(
         &config,
@@ -608,11 +621,23 @@ async fn the_steps_page_lists_a_published_step_with_its_settings_and_hosts() {
     )
     .await;
     b.screenshot("web-steps-page").await;
-    // The list holds the bundled steps too.
+    // The list holds the bundled steps too, and what the registry holds.
     b.client
         .goto(&format!("{}/#/steps", server.url))
         .await
         .unwrap();
+    b.wait_text(
+        r#".step[data-step="deploy-check"] .source"#,
+        |t| t.ends_with("/registry/acme/deploy-check/0.9.0"),
+        "a step only the registry has",
+    )
+    .await;
+    b.wait_text(
+        r#".step[data-step="deploy-check"] .hosts"#,
+        |t| t == "{url}",
+        "its hosts",
+    )
+    .await;
     b.wait_text(
         r#".step[data-step="jq-pluck"] .source"#,
         |t| t == "bundled",

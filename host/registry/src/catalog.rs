@@ -353,6 +353,20 @@ impl Catalog {
         entry.resolved().map_err(err)
     }
 
+    /// The newest version of every step of every registry that can list
+    /// its steps (a folder, a bucket), by registry name; a registry that
+    /// fails to answer is left out, said in the log.
+    pub fn published(&self) -> Vec<(String, crate::registry::Newest)> {
+        let mut out = Vec::new();
+        for (name, named) in &self.registries {
+            match self.block(named.registry.newest()) {
+                Ok(list) => out.extend(list.into_iter().map(|n| (name.clone(), n))),
+                Err(e) => tracing::warn!(registry = %name, "cannot list its steps: {e}"),
+            }
+        }
+        out
+    }
+
     /// The versions the registry of a reference holds (newest first), its
     /// address, and the version the reference would resolve to now.
     pub fn versions(

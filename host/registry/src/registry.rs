@@ -39,6 +39,17 @@ impl RegistryError {
     }
 }
 
+/// The newest version of a step a registry holds.
+#[derive(Debug, Clone)]
+pub struct Newest {
+    pub path: String,
+    pub version: Version,
+    pub location: String,
+    pub published: Published,
+    /// Its `step.toml` (empty for a script step: its manifest is in the tar).
+    pub manifest_text: String,
+}
+
 /// One version as a registry lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -59,6 +70,12 @@ pub trait Registry: Send + Sync + std::fmt::Debug {
     /// The versions of `path` (`owner/name` or `name`); empty when the
     /// registry has no such step.
     async fn versions(&self, path: &str) -> Result<Vec<Listed>, RegistryError>;
+    /// The newest version of every step it holds, with what its index says
+    /// and its manifest, when it can list them (a folder or a bucket can; an
+    /// OCI registry is asked by name: empty).
+    async fn newest(&self) -> Result<Vec<Newest>, RegistryError> {
+        Ok(Vec::new())
+    }
     /// One version, whole.
     async fn pull(&self, path: &str, version: &Version) -> Result<Package, RegistryError>;
     /// A package by the registry's own digest of it (an OCI manifest
@@ -91,6 +108,8 @@ pub trait Blobs: Send + Sync + std::fmt::Debug {
     fn url(&self) -> String;
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, RegistryError>;
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), RegistryError>;
+    /// Every key (relative to its root).
+    async fn keys(&self) -> Result<Vec<String>, RegistryError>;
 }
 
 /// A registry in a folder.
@@ -128,6 +147,29 @@ impl Blobs for Folder {
         ));
         tokio::fs::write(&tmp, bytes).await.map_err(fail)?;
         tokio::fs::rename(&tmp, &path).await.map_err(fail)
+    }
+    async fn keys(&self) -> Result<Vec<String>, RegistryError> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                let Ok(rd) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for e in rd.flatten() {
+                    let p = e.path();
+                    if p.is_dir() {
+                        stack.push(p);
+                    } else if let Ok(rel) = p.strip_prefix(&root) {
+                        keys.push(rel.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            keys
+        })
+        .await
+        .map_err(|e| RegistryError::permanent(e.to_string()))
     }
 }
 
@@ -177,6 +219,44 @@ impl<B: Blobs> Registry for Layout<B> {
                 })
             })
             .collect())
+    }
+
+    async fn newest(&self) -> Result<Vec<Newest>, RegistryError> {
+        let mut paths: Vec<String> = self
+            .0
+            .keys()
+            .await?
+            .into_iter()
+            .filter_map(|k| k.strip_suffix("/index.json").map(str::to_string))
+            .collect();
+        paths.sort();
+        let mut out = Vec::new();
+        for path in paths {
+            let newest = self
+                .index(&path)
+                .await?
+                .versions
+                .into_iter()
+                .filter_map(|(v, p)| Some((Version::parse(&v).ok()?, p)))
+                .max_by(|a, b| a.0.cmp(&b.0));
+            let Some((version, published)) = newest else {
+                continue;
+            };
+            let manifest_text = self
+                .0
+                .get(&format!("{path}/{version}/step.toml"))
+                .await?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            out.push(Newest {
+                location: self.location(&path, &version),
+                path,
+                version,
+                published,
+                manifest_text,
+            });
+        }
+        Ok(out)
     }
 
     async fn pull(&self, path: &str, version: &Version) -> Result<Package, RegistryError> {

@@ -59,6 +59,23 @@ impl Blobs for S3Steps {
         self.sink().await.get_bytes(key).await.map_err(registry_err)
     }
 
+    async fn keys(&self) -> Result<Vec<String>, RegistryError> {
+        let sink = self.sink().await;
+        let root = sink.key("");
+        let root = if root.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", root.trim_end_matches('/'))
+        };
+        Ok(sink
+            .list_keys(&root, None)
+            .await
+            .map_err(registry_err)?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&root).map(str::to_string))
+            .collect())
+    }
+
     async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), RegistryError> {
         let kind = if key.ends_with(".json") {
             "application/json"

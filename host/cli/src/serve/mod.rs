@@ -312,13 +312,29 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         Err(e) => tracing::warn!("cannot prune webhook delivery ids: {e}"),
     }
     let mut state = AppState::new(store.clone(), settings.api.clone(), worker.clone());
-    // The Steps page: the bundled steps and those runs pulled.
+    // The Steps page: the bundled steps, those runs pulled, and the newest
+    // of each step in the registries that can list theirs (the registries'
+    // stored credentials opened for each listing).
     {
-        let (local, cache) = (
-            context::step_catalog(),
-            crate::steps::catalog::cache(&dirs.state),
-        );
-        state.steps = Arc::new(move || crate::steps::known(&local, &cache));
+        let (store, key, state_dir) = (store.clone(), secrets_key.clone(), dirs.state.clone());
+        let (registries, steps) = (settings.registries.clone(), settings.steps.clone());
+        state.steps = Arc::new(move || {
+            let catalog = repo::open_registry_secrets(&store, key.as_deref(), &registries)
+                .map_err(anyhow::Error::msg)
+                .and_then(|opened| {
+                    crate::steps::catalog::build(&state_dir, &registries, &steps, &|n| {
+                        opened.get(n).cloned()
+                    })
+                });
+            let catalog = catalog.unwrap_or_else(|e| {
+                tracing::warn!("the step registries cannot be listed: {e:#}");
+                sentinel_registry::Catalog::new(
+                    context::step_catalog(),
+                    crate::steps::catalog::cache(&state_dir),
+                )
+            });
+            crate::steps::known(&catalog)
+        });
     }
     state.live = live;
     state.metrics = metrics.clone();

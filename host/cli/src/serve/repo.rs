@@ -45,6 +45,25 @@ pub struct Resolver {
     pub steps: crate::registries::StepsSection,
 }
 
+/// The stored secrets the registries name (passwords, tokens), opened.
+pub fn open_registry_secrets(
+    store: &SledStore,
+    key: Option<&SecretsKey>,
+    registries: &BTreeMap<String, crate::registries::RegistryConfig>,
+) -> Result<BTreeMap<String, String>, String> {
+    let names: Vec<String> = registries
+        .values()
+        .flat_map(|r| [r.password_secret.clone(), r.token_secret.clone()])
+        .flatten()
+        .collect();
+    match key {
+        Some(key) if !names.is_empty() => {
+            store.open_secrets(key, &names).map_err(|e| e.to_string())
+        }
+        _ => Ok(BTreeMap::new()),
+    }
+}
+
 /// `[pull_requests]`: what a fork's pull request's run gets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -456,21 +475,8 @@ impl Resolver {
         crate::registries::resolve(&self.registries, |n| opened.get(n).cloned())
     }
 
-    /// The stored secrets the registries name (passwords, tokens), opened.
     fn registry_secrets(&self) -> Result<BTreeMap<String, String>, String> {
-        let names: Vec<String> = self
-            .registries
-            .values()
-            .flat_map(|r| [r.password_secret.clone(), r.token_secret.clone()])
-            .flatten()
-            .collect();
-        match &self.secrets_key {
-            Some(key) if !names.is_empty() => self
-                .store
-                .open_secrets(key, &names)
-                .map_err(|e| e.to_string()),
-            _ => Ok(BTreeMap::new()),
-        }
+        open_registry_secrets(&self.store, self.secrets_key.as_deref(), &self.registries)
     }
 
     /// What `${upstream.*}` reads of run `id`: the outputs of its stages

@@ -15,9 +15,9 @@ use std::process::ExitCode;
 
 use clap::Subcommand;
 use sentinel_api::{StepInfo, StepSettingInfo, StepsDoc};
-use sentinel_pipeline::{DirCatalog, ResolvedStep, StepCatalog as _, WorkspaceAccess};
+use sentinel_pipeline::{ResolvedStep, StepCatalog as _, WorkspaceAccess};
+use sentinel_registry::Catalog;
 use sentinel_registry::cache::Entry;
-use sentinel_registry::{Cache, Catalog};
 
 use crate::Paths;
 use crate::pipeline::FileArgs;
@@ -188,18 +188,36 @@ fn list(catalog: &Catalog) -> anyhow::Result<ExitCode> {
 /// What a resolved step is and may do; `entry` when it came from a
 /// registry (the cache says where from and who signed it).
 pub fn info(s: &ResolvedStep, entry: Option<&Entry>) -> StepInfo {
-    let m = &s.manifest;
+    describe(
+        &s.manifest,
+        if s.script.is_some() { "script" } else { "wasm" },
+        &s.digest,
+        std::fs::metadata(&s.wasm).map(|m| m.len()).unwrap_or(0),
+        entry.map_or_else(|| "bundled".into(), |e| e.origin.source.clone()),
+        entry
+            .and_then(|e| e.origin.signature.as_ref())
+            .map(|sig| sig.key.clone()),
+    )
+}
+
+/// A step's facts from its manifest and what is known of its package.
+fn describe(
+    m: &sentinel_pipeline::StepManifest,
+    kind: &str,
+    digest: &str,
+    size: u64,
+    source: String,
+    signer: Option<String>,
+) -> StepInfo {
     StepInfo {
         name: m.name.clone(),
         version: m.version.clone(),
         description: m.description.clone(),
-        kind: if s.script.is_some() { "script" } else { "wasm" }.into(),
-        digest: s.digest.clone(),
-        size: std::fs::metadata(&s.wasm).map(|m| m.len()).unwrap_or(0),
-        source: entry.map_or_else(|| "bundled".into(), |e| e.origin.source.clone()),
-        signer: entry
-            .and_then(|e| e.origin.signature.as_ref())
-            .map(|sig| sig.key.clone()),
+        kind: kind.into(),
+        digest: digest.to_string(),
+        size,
+        source,
+        signer,
         workspace: match m.capabilities.workspace {
             WorkspaceAccess::None => "none",
             WorkspaceAccess::Read => "read",
@@ -222,9 +240,11 @@ pub fn info(s: &ResolvedStep, entry: Option<&Entry>) -> StepInfo {
     }
 }
 
-/// The steps a machine knows: those of its local step folders and those
-/// its runs pulled into the cache (the server's Steps page).
-pub fn known(local: &DirCatalog, cache: &Cache) -> StepsDoc {
+/// The steps a machine knows: those of its local step folders, those its
+/// runs pulled into the cache, and the newest of each step its registries
+/// hold (those that can list theirs) — the server's Steps page.
+pub fn known(catalog: &Catalog) -> StepsDoc {
+    let local = &catalog.local;
     let mut steps: Vec<StepInfo> = local
         .names()
         .into_iter()
@@ -232,11 +252,36 @@ pub fn known(local: &DirCatalog, cache: &Cache) -> StepsDoc {
         .map(|s| info(&s, None))
         .collect();
     steps.extend(
-        cache
+        catalog
+            .cache
             .entries()
             .iter()
             .filter_map(|e| e.resolved().ok().map(|s| info(&s, Some(e)))),
     );
+    for (_, n) in catalog.published() {
+        let name = n.path.rsplit('/').next().unwrap_or(&n.path);
+        let version = n.version.to_string();
+        let pkg = sentinel_registry::Package {
+            kind: n.published.kind,
+            manifest_text: n.manifest_text.clone(),
+            body: Vec::new(),
+            signature: None,
+        };
+        if let Ok(m) = pkg.manifest(name, &version, &n.location) {
+            let kind = match n.published.kind {
+                sentinel_registry::Kind::Wasm => "wasm",
+                sentinel_registry::Kind::Script => "script",
+            };
+            steps.push(describe(
+                &m,
+                kind,
+                &n.published.digest,
+                n.published.size,
+                n.location.clone(),
+                n.published.signed_by.clone(),
+            ));
+        }
+    }
     steps.sort_by(|a, b| (&a.name, &a.version).cmp(&(&b.name, &b.version)));
     steps.dedup_by(|a, b| a.digest == b.digest && a.name == b.name && a.version == b.version);
     StepsDoc { steps }
