@@ -46,11 +46,28 @@ pub fn crates_target() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("step-crates")
 }
 
-/// A folder that lives as long as the test process.
+/// A folder that lives as long as the test process: under the target's
+/// temporary folder (`target/tmp/step-tests`), where the first call of a
+/// process removes what runs more than an hour old left.
 pub fn scratch(name: &str) -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("step-tests");
+        std::fs::create_dir_all(&root).unwrap();
+        let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        for e in std::fs::read_dir(&root).unwrap().flatten() {
+            if e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < hour_ago)
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        root
+    });
     tempfile::Builder::new()
         .prefix(name)
-        .tempdir()
+        .tempdir_in(root)
         .unwrap()
         .keep()
 }
