@@ -6,11 +6,13 @@
 //! `sentinel.lock` and run; then run again from the cache with that registry
 //! gone; the lock kept under `--locked` and moved by `step update`; bytes
 //! changed under a published version refused; a pipeline's own registry; a
-//! published script step in a job. Signatures, credentials, interop with
+//! published script step in a job; a server running what a committed lock
+//! pins. Signatures, credentials, interop with
 //! `wkg` and `step build`'s refusals are in `step_trust.rs`.
 
 mod common;
 
+use common::server::{Client, Server, bare_repo};
 use common::steps::{
     OwnRegistry, Proj, fails, greet, greet_at, ok, publish, ran, registry_config, scratch, sentinel,
 };
@@ -286,4 +288,59 @@ fn a_pipeline_names_its_own_step_registry() {
             && e.contains("configured on this machine with another address"),
         "{e}"
     );
+}
+
+/// The server runs exactly what the committed `sentinel.lock` pins — 1.0.0
+/// though 1.1.0 is published; a reference the lock lacks resolves afresh
+/// (to 1.1.0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_runs_what_the_committed_lock_pins() {
+    let reg = scratch("server-reg-");
+    let url = format!("file://{}", reg.display());
+    // A lock made the way a developer makes it: a run on their machine.
+    let dev = Proj::new("greet@^1", &registry_config(&url, ""));
+    publish(greet(), "r", &[], &dev.config);
+    assert!(ran(&dev, &[]).contains("greet 1.0.0"));
+    publish(&greet_at("1.1.0"), "r", &[], &dev.config);
+    let pipeline = std::fs::read_to_string(dev.dir.join("sentinel.yml")).unwrap();
+    let both = format!("{pipeline}  fresh:\n    step: greet@~1.1\n    with: {{who: world}}\n");
+    let root = scratch("server-");
+    let (repo, _) = bare_repo(
+        &root.join("repo"),
+        &[("sentinel.yml", &both), ("sentinel.lock", &dev.lock())],
+    );
+    let config = root.join("server.toml");
+    std::fs::write(&config, registry_config(&url, "")).unwrap();
+    let repo_arg = format!("app={repo}");
+    let server = Server::start(
+        &root.join("state"),
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--repo",
+            &repo_arg,
+        ],
+        &[],
+    );
+    let c = Client::new(&server.url, &server.admin);
+    let id = c.trigger("app").await;
+    let run = c.wait_final(&id).await;
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    let stage = |name: &str| {
+        let c = &c;
+        let path = format!("/results/run/{id}/{name}.json");
+        async move {
+            c.get(&path).await["inputs"]["step"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        }
+    };
+    let pinned = stage("hello").await;
+    assert!(pinned.starts_with("greet@^1 = greet 1.0.0"), "{pinned}");
+    let fresh = stage("fresh").await;
+    assert!(fresh.starts_with("greet@~1.1 = greet 1.1.0"), "{fresh}");
+    server.stop();
 }
