@@ -15,6 +15,6 @@ if ! "$venv/bin/python" -c 'import cfnlint, moto, boto3, flask' 2>/dev/null; the
 fi
 "$venv/bin/cfn-lint" deploy/aws/sentinel.yaml
 echo "aws-check: cfn-lint clean" >&2
-bin=${SENTINEL_BIN:-target/debug/sentinel}
+bin=${SENTINEL_BIN:-${CARGO_TARGET_DIR:-target}/debug/sentinel}
 [ -x "$bin" ] || { echo "aws-check: $bin is missing (cargo build -p sentinel)" >&2; exit 1; }
 "$venv/bin/python" scripts/aws-check.py "$bin"

@@ -8,7 +8,7 @@
 # says what is deployed where. The server keeps running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${SENTINEL_BIN:-target/debug/sentinel}
+bin=${SENTINEL_BIN:-${CARGO_TARGET_DIR:-target}/debug/sentinel}
 state=.sentinel-deploy
 port=${SENTINEL_DEPLOY_PORT:-8081}
 mkdir -p "$state"

@@ -6,7 +6,7 @@
 # for it and prints the URLs to look at. The server keeps running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${SENTINEL_BIN:-target/debug/sentinel}
+bin=${SENTINEL_BIN:-${CARGO_TARGET_DIR:-target}/debug/sentinel}
 state=.sentinel-server
 port=${SENTINEL_DEMO_PORT:-8080}
 mkdir -p "$state"

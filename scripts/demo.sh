@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-web.sh
 cargo build -p sentinel
-bin=target/debug/sentinel
+bin=${CARGO_TARGET_DIR:-target}/debug/sentinel
 # The demo's secret: every form of it is masked in logs and documents.
 export DEMO_TOKEN="demo-token-$(date +%s)"
 "$bin" -C examples/demo run

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds Sentinel's server image, sentinel/server:local, from what is built
-# on this machine — the sentinel binary (target/debug, or the one named by
+# on this machine — the sentinel binary (the target folder's debug build, or the one named by
 # SENTINEL_BIN), the web app (dist/) and the bundled steps (steps/dist) —
 # on the Debian base made by scripts/debian-base.sh: nothing is downloaded
 # inside the build. Idempotent (Docker's layer cache).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=${SENTINEL_BIN:-target/debug/sentinel}
+bin=${SENTINEL_BIN:-${CARGO_TARGET_DIR:-target}/debug/sentinel}
 for need in "$bin" dist/index.html steps/dist/jq-pluck/step.wasm; do
   [ -e "$need" ] || { echo "server-image: $need is missing (build it first: cargo build -p sentinel, scripts/build-web.sh, scripts/build-steps.sh)" >&2; exit 1; }
 done
