@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::steps::{
-    OwnRegistry, Proj, fails, greet, greet_at, ok, publish, registry_config, scratch, sentinel,
-    which,
+    OwnRegistry, Proj, digest_said, fails, greet, greet_at, ok, publish, publish_cmd,
+    registry_config, scratch, sentinel, which,
 };
 
 fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
@@ -103,6 +103,33 @@ fn signatures_from_trusted_keys_are_required_when_asked() {
     assert!(e.contains("does not verify"), "{e}");
 }
 
+/// A step pulled while nothing was required sits in the cache; named by its
+/// digest once keys are trusted, it is checked against them all the same.
+#[test]
+fn a_cached_step_named_by_its_digest_is_checked_against_the_keys_trusted_now() {
+    let keys = scratch("keys-");
+    let (_, trusted) = keygen(&keys, "trusted.key");
+    let reg = scratch("digest-reg-");
+    let url = format!("file://{}", reg.display());
+    let p = Proj::new("greet@1.0.0", &registry_config(&url, ""));
+    let digest = digest_said(&publish(greet(), "r", &[], &p.config));
+    ok(p.run(&[]), "an unsigned step while none is required");
+    std::fs::write(
+        p.config.join("sentinel/config.toml"),
+        registry_config(&url, &format!("trusted_keys = [\"{trusted}\"]\n")),
+    )
+    .unwrap();
+    std::fs::write(
+        p.dir.join("sentinel.yml"),
+        format!(
+            "version: 1\nstages:\n  hello:\n    step: greet@{digest}\n    with: {{who: world}}\n"
+        ),
+    )
+    .unwrap();
+    let e = fails(p.run(&[]), "the cached unsigned step by its digest");
+    assert!(e.contains("is refused") && e.contains("not signed"), "{e}");
+}
+
 #[test]
 fn basic_auth_registry_publish_and_pull() {
     let dir =
@@ -116,10 +143,7 @@ fn basic_auth_registry_publish_and_pull() {
     let p = Proj::new("greet@^1", &cfg);
     // Without the password the registry refuses.
     let e = fails(
-        sentinel(&["step", "publish"])
-            .arg(greet())
-            .args(["--to", "r"])
-            .env("XDG_CONFIG_HOME", &p.config)
+        publish_cmd(greet(), "r", &p.config)
             .env("STEP_REGISTRY_PASSWORD", "wrong")
             .output()
             .unwrap(),
@@ -132,10 +156,7 @@ fn basic_auth_registry_publish_and_pull() {
         "{e}"
     );
     ok(
-        sentinel(&["step", "publish"])
-            .arg(greet())
-            .args(["--to", "r"])
-            .env("XDG_CONFIG_HOME", &p.config)
+        publish_cmd(greet(), "r", &p.config)
             .env("STEP_REGISTRY_PASSWORD", password.trim())
             .output()
             .unwrap(),
@@ -493,10 +514,7 @@ fn bearer_tokens_through_the_registry_token_flow() {
     );
     let p = Proj::new("greet@^1", &cfg);
     let publish_with = |password: &str| {
-        sentinel(&["step", "publish"])
-            .arg(greet())
-            .args(["--to", "r"])
-            .env("XDG_CONFIG_HOME", &p.config)
+        publish_cmd(greet(), "r", &p.config)
             .env("TOKEN_REGISTRY_PASSWORD", password)
             .output()
             .unwrap()

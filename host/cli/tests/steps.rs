@@ -14,7 +14,8 @@ mod common;
 
 use common::server::{Client, Server, bare_repo};
 use common::steps::{
-    OwnRegistry, Proj, fails, greet, greet_at, ok, publish, ran, registry_config, scratch, sentinel,
+    OwnRegistry, Proj, digest_said, fails, greet, greet_at, ok, publish, publish_cmd, ran,
+    registry_config, scratch,
 };
 
 /// `step new` → `step build` (inside `step test`) → `step publish` to a
@@ -68,11 +69,8 @@ fn a_new_step_runs_from_an_s3_registry() {
     );
     let cfg = registry_config(&url, &extra);
     let p = Proj::new("greet@^1", &cfg);
-    let mut c = sentinel(&["step", "publish"]);
-    c.arg(greet())
-        .args(["--to", "r"])
-        .env("XDG_CONFIG_HOME", &p.config)
-        .env("AWS_ACCESS_KEY_ID", &s3["AWS_ACCESS_KEY_ID"])
+    let mut c = publish_cmd(greet(), "r", &p.config);
+    c.env("AWS_ACCESS_KEY_ID", &s3["AWS_ACCESS_KEY_ID"])
         .env("AWS_SECRET_ACCESS_KEY", &s3["AWS_SECRET_ACCESS_KEY"]);
     ok(c.output().unwrap(), "publish to S3");
     let run = |args: &[&str]| {
@@ -120,12 +118,7 @@ fn a_new_step_runs_from_an_oci_registry_then_from_the_cache_with_it_stopped() {
         &registry_config(&format!("oci://{addr}/steps"), ""),
     );
     let e = fails(
-        sentinel(&["step", "publish"])
-            .arg(greet())
-            .args(["--to", "r"])
-            .env("XDG_CONFIG_HOME", &p.config)
-            .output()
-            .unwrap(),
+        publish_cmd(greet(), "r", &p.config).output().unwrap(),
         "publish to a stopped registry",
     );
     assert!(e.contains(&addr), "{e}");
@@ -183,12 +176,7 @@ fn bytes_changed_under_a_published_version_are_refused_naming_both_digests() {
     let url = format!("file://{}", reg.display());
     let p = Proj::new("greet@^1", &registry_config(&url, ""));
     let said = publish(greet(), "r", &[], &p.config);
-    let first = said
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("digest:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let first = digest_said(&said);
     ran(&p, &[]);
     // Other bytes as the same version: a publish refuses, --force replaces.
     let other = scratch("other-").join("greet");
@@ -200,22 +188,12 @@ fn bytes_changed_under_a_published_version_are_refused_naming_both_digests() {
     )
     .unwrap();
     let e = fails(
-        sentinel(&["step", "publish"])
-            .arg(&other)
-            .args(["--to", "r"])
-            .env("XDG_CONFIG_HOME", &p.config)
-            .output()
-            .unwrap(),
+        publish_cmd(&other, "r", &p.config).output().unwrap(),
         "publishing other bytes as 1.0.0",
     );
     assert!(e.contains("already published with other content"), "{e}");
     let said = publish(&other, "r", &["--force"], &p.config);
-    let second = said
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("digest:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let second = digest_said(&said);
     assert_ne!(first, second);
     // A clean state folder must pull again: the pinned run refuses.
     std::fs::remove_dir_all(p.dir.join(".sentinel")).unwrap();

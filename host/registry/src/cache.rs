@@ -71,6 +71,18 @@ impl Entry {
         })
     }
 
+    /// Checks its signature against `trust`, as the step `name` `version`;
+    /// the signer when it is signed.
+    pub fn check(
+        &self,
+        trust: &crate::sign::Trust,
+        name: &str,
+        version: &str,
+    ) -> Result<Option<String>, String> {
+        let msg = crate::sign::message(name, version, &self.digest, &self.origin.manifest_digest);
+        trust.check(self.origin.signature.as_ref(), &msg)
+    }
+
     /// The package again, read whole (for `step show` and re-publishing).
     pub fn package(&self) -> std::io::Result<Package> {
         Ok(Package {

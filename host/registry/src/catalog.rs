@@ -267,6 +267,20 @@ impl Catalog {
         }
     }
 
+    /// The keys a step from `source` must be signed by: the global ones and
+    /// those of the registries it lies in.
+    fn trust_of(&self, source: &str) -> Trust {
+        let keys = self
+            .registries
+            .values()
+            .filter(|n| source.starts_with(&format!("{}/", n.registry.address())))
+            .flat_map(|n| n.trust.keys.iter())
+            .chain(&self.trust.keys)
+            .cloned()
+            .collect();
+        Trust { keys }
+    }
+
     /// Checks a package against its trust and what it is meant to be, puts
     /// it in the cache, records its pin.
     fn accept(
@@ -279,6 +293,13 @@ impl Catalog {
         version: &Version,
     ) -> Result<ResolvedStep, StepError> {
         let v = version.to_string();
+        // A refused package never enters the cache. The manifest must say
+        // it is `r.name` `v` (checked below), so the signature is checked
+        // against those.
+        let signer = named
+            .trust
+            .check(pkg.signature.as_ref(), &pkg.message(&r.name, &v))
+            .map_err(|e| err(format!("step `{reference}` ({source}) is refused: {e}")))?;
         let entry = self
             .cache
             .put(
@@ -303,10 +324,6 @@ impl Catalog {
                 manifest.name, manifest.version, r.name
             )));
         }
-        let signer = named
-            .trust
-            .check(pkg.signature.as_ref(), &pkg.message(&manifest.name, &v))
-            .map_err(|e| err(format!("step `{reference}` ({source}) is refused: {e}")))?;
         self.record(Pin {
             reference: reference.to_string(),
             name: manifest.name.clone(),
@@ -328,21 +345,8 @@ impl Catalog {
         entry: &Entry,
         named: &Named,
     ) -> Result<ResolvedStep, StepError> {
-        let pkg = Package {
-            kind: entry.origin.kind,
-            manifest_text: entry.manifest_text.clone(),
-            body: Vec::new(),
-            signature: entry.origin.signature.clone(),
-        };
-        let msg = crate::sign::message(
-            &pin.name,
-            &pin.version,
-            &entry.digest,
-            &pkg.manifest_digest(),
-        );
-        named
-            .trust
-            .check(pkg.signature.as_ref(), &msg)
+        entry
+            .check(&named.trust, &pin.name, &pin.version)
             .map_err(|e| {
                 err(format!(
                     "step `{reference}` ({}) is refused: {e}",
@@ -508,6 +512,17 @@ impl StepCatalog for Catalog {
                     .into_iter()
                     .find(|e| e.origin.name == r.name)
             {
+                // Whatever registry it came from, its keys and the global
+                // ones apply now too.
+                let trust = self.trust_of(&entry.origin.source);
+                entry
+                    .check(&trust, &entry.origin.name, &entry.origin.version)
+                    .map_err(|e| {
+                        err(format!(
+                            "step `{reference}` ({}) is refused: {e}",
+                            entry.origin.source
+                        ))
+                    })?;
                 return entry.resolved().map_err(err);
             }
             match self.local.resolve(reference, base) {

@@ -116,17 +116,28 @@ pub fn greet_at(version: &str) -> PathBuf {
     dir
 }
 
+/// `sentinel step publish DIR --to TO` with the user config of `config`.
+pub fn publish_cmd(dir: &Path, to: &str, config: &Path) -> Command {
+    let mut c = sentinel(&["step", "publish"]);
+    c.arg(dir).args(["--to", to]).env("XDG_CONFIG_HOME", config);
+    c
+}
+
+/// Publishes, which must succeed; what it said.
 pub fn publish(dir: &Path, to: &str, extra: &[&str], config: &Path) -> String {
     ok(
-        sentinel(&["step", "publish"])
-            .arg(dir)
-            .args(["--to", to])
-            .args(extra)
-            .env("XDG_CONFIG_HOME", config)
-            .output()
-            .unwrap(),
+        publish_cmd(dir, to, config).args(extra).output().unwrap(),
         "step publish",
     )
+}
+
+/// The component digest a publish said.
+pub fn digest_said(said: &str) -> String {
+    said.lines()
+        .find_map(|l| l.trim().strip_prefix("digest:"))
+        .unwrap_or_else(|| panic!("no digest in {said}"))
+        .trim()
+        .to_string()
 }
 
 /// A project whose one stage runs `reference`, with a user config file.
