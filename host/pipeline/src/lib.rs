@@ -231,7 +231,13 @@ pub fn plan_draft(
             (r, answer)
         })
         .collect();
-    let names = catalog.names();
+    // The names only serve "did you mean" hints of references that did not
+    // resolve: a catalog may have to read its cache to list them.
+    let names = if steps.values().any(Result::is_err) {
+        catalog.names()
+    } else {
+        Vec::new()
+    };
     validate::validate(draft, default_name, &steps, &names).map_err(|issues| {
         let mut ds: Vec<Diagnostic> = issues
             .into_iter()

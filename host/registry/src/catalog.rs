@@ -188,6 +188,15 @@ impl Catalog {
         }
     }
 
+    /// The credentials for an OCI address (`host[:port]/…`): those given
+    /// for its host, else none.
+    pub fn auth_for(&self, address: &str) -> Auth {
+        self.hosts
+            .get(crate::oci::host_of(address))
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The pin the lock holds for `reference`, unless it is being updated.
     fn pin(&self, reference: &str, name: &str) -> Option<Pin> {
         let st = self.lock.as_ref()?.lock().ok()?;
@@ -222,9 +231,7 @@ impl Catalog {
         match &r.origin {
             Origin::Oci(repo) => {
                 let (base, name) = repo.rsplit_once('/').unwrap_or(("", repo));
-                let host = base.split('/').next().unwrap_or(base);
-                let auth = self.hosts.get(host).cloned().unwrap_or_default();
-                let oci = Oci::new(base, auth).map_err(err)?;
+                let oci = Oci::new(base, self.auth_for(base)).map_err(err)?;
                 Ok((
                     Named {
                         registry: Arc::new(oci),

@@ -70,6 +70,11 @@ impl std::fmt::Debug for Oci {
     }
 }
 
+/// The `host[:port]` of an address `host[:port]/namespace/…`.
+pub fn host_of(address: &str) -> &str {
+    address.split('/').next().unwrap_or(address)
+}
+
 /// True for a host on loopback (plain HTTP).
 pub fn is_loopback(host: &str) -> bool {
     let name = host.rsplit_once(':').map_or(host, |(h, _)| h);

@@ -277,21 +277,20 @@ fn run_case(exe: &Path, wasm: &Path, case: &Case) -> Result<(), String> {
         .output()
         .map_err(|e| e.to_string())?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let docs = project.join(".sentinel/results/run");
-    let doc = std::fs::read_dir(&docs)
+    // The one run's folder of results.
+    let run = std::fs::read_dir(project.join(".sentinel/results/run"))
         .ok()
         .and_then(|mut d| d.next())
         .and_then(|e| e.ok())
-        .map(|e| e.path().join("case.json"))
-        .and_then(|p| std::fs::read(p).ok())
+        .map(|e| e.path());
+    let doc = run
+        .as_ref()
+        .and_then(|r| std::fs::read(r.join("case.json")).ok())
         .ok_or_else(|| format!("the run made no stage document: {}", stderr.trim()))?;
     let doc: serde_json::Value = serde_json::from_slice(&doc).map_err(|e| e.to_string())?;
     let status = doc["status"].as_str().unwrap_or_default();
-    let log = std::fs::read_dir(&docs)
-        .ok()
-        .and_then(|mut d| d.next())
-        .and_then(|e| e.ok())
-        .and_then(|e| std::fs::read_to_string(e.path().join("case.log")).ok())
+    let log = run
+        .and_then(|r| std::fs::read_to_string(r.join("case.log")).ok())
         .unwrap_or_default();
     if status != case.status {
         return Err(format!(

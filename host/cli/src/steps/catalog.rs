@@ -75,6 +75,15 @@ pub fn open(
     })
 }
 
+/// A registry by its address, with the catalog's credentials for its host.
+pub fn open_with(c: &Catalog, url: &str) -> anyhow::Result<Arc<dyn Registry>> {
+    let auth = match step_address(url) {
+        Ok(StepAddress::Oci(base)) => c.auth_for(&base),
+        _ => Auth::Anonymous,
+    };
+    open(url, None, auth)
+}
+
 /// The catalog of `registries` and `[steps]`; `secret` opens a server's
 /// stored secrets.
 pub fn build(
@@ -93,8 +102,9 @@ pub fn build(
             continue;
         };
         if let Ok(StepAddress::Oci(base)) = step_address(url) {
-            let host = base.split('/').next().unwrap_or(&base).to_string();
-            c.hosts.entry(host).or_insert_with(|| auth.clone());
+            c.hosts
+                .entry(sentinel_registry::oci::host_of(&base).to_string())
+                .or_insert_with(|| auth.clone());
         }
         c.registries.insert(
             name.clone(),
@@ -117,6 +127,13 @@ pub fn build(
 pub fn user(state: &Path) -> anyhow::Result<Catalog> {
     let cfg = crate::registries::user_config()?;
     build(state, &cfg.registries, &cfg.steps, &|_| None)
+}
+
+/// The user's catalog with the state folder of the command's paths (`-C`,
+/// `--state`), for the step commands.
+pub fn of_paths(paths: &crate::Paths) -> anyhow::Result<Catalog> {
+    let dir = paths.dir.clone().unwrap_or_else(|| ".".into());
+    user(&crate::context::Dirs::of(paths, &dir)?.state)
 }
 
 /// Adds the step registries a pipeline names (`registries: {NAME: {steps:
@@ -154,15 +171,7 @@ fn add_pipeline(
             }
             continue;
         }
-        let auth = match step_address(url) {
-            Ok(StepAddress::Oci(base)) => c
-                .hosts
-                .get(base.split('/').next().unwrap_or(&base))
-                .cloned()
-                .unwrap_or_default(),
-            _ => Auth::Anonymous,
-        };
-        match open(url, None, auth) {
+        match open_with(c, url) {
             Ok(registry) => {
                 c.registries.insert(
                     name.clone(),

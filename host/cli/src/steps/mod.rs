@@ -104,10 +104,7 @@ pub enum StepCommand {
 
 /// `sentinel step …`.
 pub fn step(paths: &Paths, cmd: StepCommand) -> anyhow::Result<ExitCode> {
-    let catalog = || -> anyhow::Result<Catalog> {
-        let dir = paths.dir.clone().unwrap_or_else(|| PathBuf::from("."));
-        catalog::user(&crate::context::Dirs::of(paths, &dir)?.state)
-    };
+    let catalog = || catalog::of_paths(paths);
     match cmd {
         StepCommand::Publish {
             dir,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use sentinel_pipeline::{StepCatalog as _, StepManifest};
-use sentinel_registry::{Auth, Kind, LockMode, Package, SecretKey};
+use sentinel_registry::{Kind, LockMode, Package, SecretKey};
 
 use crate::Paths;
 use crate::context::Dirs;
@@ -22,8 +22,8 @@ pub fn package_of(dir: &Path) -> anyhow::Result<(Package, StepManifest)> {
     } else {
         dir
     };
-    if let Some(script) = sentinel_pipeline::step::load_script(dir) {
-        let step = script?;
+    if let Some(script) = sentinel_pipeline::script_step::load_folder(dir) {
+        let (manifest, _) = script?;
         let body = sentinel_registry::package::script_tar(dir).map_err(anyhow::Error::msg)?;
         return Ok((
             Package {
@@ -32,7 +32,7 @@ pub fn package_of(dir: &Path) -> anyhow::Result<(Package, StepManifest)> {
                 body,
                 signature: None,
             },
-            step.manifest,
+            manifest,
         ));
     }
     let wasm = dir.join("step.wasm");
@@ -42,11 +42,19 @@ pub fn package_of(dir: &Path) -> anyhow::Result<(Package, StepManifest)> {
             dir.display()
         );
     }
-    let step = sentinel_pipeline::step::load_local(&wasm)?;
-    let body = std::fs::read(&wasm)?;
-    sentinel_wasm::inspect::check_step(&body, &step.manifest)
+    // Each file read once: the manifest's text is what is published.
+    let toml = dir.join("step.toml");
+    let manifest_text = std::fs::read_to_string(&toml).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read {}: {e} (a step needs a step.toml beside its .wasm)",
+            toml.display()
+        )
+    })?;
+    let manifest = StepManifest::parse(&manifest_text, &toml.display().to_string())?;
+    let body =
+        std::fs::read(&wasm).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", wasm.display()))?;
+    sentinel_wasm::inspect::check_step(&body, &manifest)
         .map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
-    let manifest_text = std::fs::read_to_string(dir.join("step.toml"))?;
     Ok((
         Package {
             kind: Kind::Wasm,
@@ -54,7 +62,7 @@ pub fn package_of(dir: &Path) -> anyhow::Result<(Package, StepManifest)> {
             body,
             signature: None,
         },
-        step.manifest,
+        manifest,
     ))
 }
 
@@ -79,16 +87,11 @@ pub fn publish(
     if let Some(key) = signing_key(sign)? {
         pkg.signature = Some(key.sign(&pkg.message(&manifest.name, &manifest.version)));
     }
-    let catalog = super::catalog::user(&state(paths)?)?;
+    let catalog = super::catalog::of_paths(paths)?;
     let registry = match catalog.registries.get(to) {
         Some(named) => named.registry.clone(),
         None if to.contains("://") || to.starts_with('/') => {
-            let host = to
-                .strip_prefix("oci://")
-                .and_then(|r| r.split('/').next())
-                .unwrap_or_default();
-            let auth = catalog.hosts.get(host).cloned().unwrap_or(Auth::Anonymous);
-            super::catalog::open(to, None, auth)?
+            super::catalog::open_with(&catalog, to)?
         }
         None => anyhow::bail!(
             "no step registry `{to}`: name a `[registries.{to}]` with `steps = \"…\"` in {}, or give an address (oci://host/namespace, file:///folder, s3://bucket/prefix)",
@@ -114,14 +117,9 @@ pub fn publish(
     Ok(ExitCode::SUCCESS)
 }
 
-fn state(paths: &Paths) -> anyhow::Result<PathBuf> {
-    let dir = paths.dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    Ok(Dirs::of(paths, &dir)?.state)
-}
-
 /// `sentinel step pull REF`: resolves and caches a reference.
 pub fn pull(paths: &Paths, reference: &str) -> anyhow::Result<ExitCode> {
-    let catalog = super::catalog::user(&state(paths)?)?;
+    let catalog = super::catalog::of_paths(paths)?;
     match catalog.resolve(reference, Path::new(".")) {
         Ok(s) => {
             println!(

@@ -91,6 +91,17 @@ fn eviction_takes_expired_then_least_recently_used() {
     assert!(evict(&mut alone, Utc::now(), &policy, "main/big").is_empty());
 }
 
+/// The keys of `acme/app`'s entries, as `entries` lists them.
+async fn keys(cache: &Cache) -> Vec<String> {
+    cache
+        .entries("acme/app")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.key)
+        .collect()
+}
+
 #[tokio::test]
 async fn entries_round_trip_through_a_folder_and_the_budget_evicts() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,13 +139,7 @@ async fn entries_round_trip_through_a_folder_and_the_budget_evicts() {
         cache.save(&s, "k-3", &file(3)).await.unwrap(),
         Saved::Stored { evicted: 1 }
     );
-    let keys: Vec<_> = cache
-        .entries("acme/app")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let keys = keys(&cache).await;
     assert_eq!(keys, ["k-3", "k-1"]);
     // The evicted entry's object is gone too.
     let objects = walkdir::WalkDir::new(dir.path().join("cache"))
@@ -184,13 +189,7 @@ async fn a_sweep_applies_the_policy_without_a_save() {
         (1, 1000),
         "the oldest goes"
     );
-    let left: Vec<_> = tighter
-        .entries("acme/app")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.key)
-        .collect();
+    let left = keys(&tighter).await;
     assert_eq!(left, ["k-3", "k-2"]);
     let expired = Cache::new(
         backend,
