@@ -36,6 +36,9 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start; see /var/log/sentinel-dockerd.log" >&2; exit 1; }
 fi
 
+# The Swarm executor's one-node swarm (and the daemon's no-new-privileges).
+scripts/swarm.sh
+
 # busybox-static installs a statically linked /bin/busybox: it runs in a FROM scratch image.
 install -m 0755 /bin/busybox images/busybox/busybox
 log=$(mktemp)

@@ -219,15 +219,68 @@ pub fn step_catalog() -> sentinel_pipeline::DirCatalog {
     sentinel_pipeline::DirCatalog { dirs }
 }
 
-/// The executor for a plan: Docker for container stages (only connected
-/// when the plan has any), the WebAssembly runtime for steps.
+/// Where container stages run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// This machine's Docker engine.
+    #[default]
+    Local,
+    /// Docker Swarm services spread over the cluster whose manager this
+    /// machine's Docker engine is.
+    Swarm,
+}
+
+/// The choice of container executor (`sentinel run`, `sentinel serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecutorArgs {
+    /// Where container stages, jobs and services run: `local` (this
+    /// machine's Docker) or `swarm` (a Docker Swarm whose manager is this
+    /// machine's Docker; see docs/swarm.md).
+    #[arg(long, env = "SENTINEL_EXECUTOR", value_enum, default_value_t = ExecutorKind::Local)]
+    pub executor: ExecutorKind,
+    /// Swarm: the address the nodes reach this process at for the
+    /// workspace archives (`10.0.0.5:0`: any port). Default: this
+    /// machine's address on Docker's bridge (a one-node swarm).
+    #[arg(long, env = "SENTINEL_SWARM_LISTEN", value_name = "ADDR:PORT")]
+    pub swarm_listen: Option<std::net::SocketAddr>,
+    /// Swarm: the image of the helper tasks that carry workspaces (default
+    /// `sentinel/docker-cli:local`); every node must have it or pull it.
+    #[arg(long, env = "SENTINEL_SWARM_HELPER_IMAGE", value_name = "IMAGE")]
+    pub swarm_helper_image: Option<String>,
+    /// Swarm: where each node's Docker socket is, for the task that removes
+    /// a run's volumes there (default `/var/run/docker.sock`; `{{.Node.ID}}`
+    /// and Swarm's other templates are expanded per node).
+    #[arg(long, env = "SENTINEL_SWARM_NODE_SOCKET", value_name = "PATH")]
+    pub swarm_node_socket: Option<String>,
+}
+
+impl ExecutorArgs {
+    /// The Swarm executor, when chosen.
+    pub async fn swarm(&self) -> anyhow::Result<Option<sentinel_docker::SwarmExecutor>> {
+        if self.executor != ExecutorKind::Swarm {
+            return Ok(None);
+        }
+        let config = sentinel_docker::SwarmConfig {
+            listen: self.swarm_listen,
+            helper_image: self.swarm_helper_image.clone(),
+            node_socket: self.swarm_node_socket.clone(),
+        };
+        Ok(Some(sentinel_docker::SwarmExecutor::connect(config).await?))
+    }
+}
+
+/// The executor for a plan: Docker (or a swarm) for container stages (only
+/// connected when the plan has any), the WebAssembly runtime for steps.
 pub async fn executor_for(
     plan: &sentinel_pipeline::Plan,
     dirs: &Dirs,
+    choice: &ExecutorArgs,
 ) -> anyhow::Result<Arc<dyn Executor>> {
     let needs_docker =
         !plan.services.is_empty() || plan.stages.iter().any(|s| s.action.needs_containers());
-    let containers: Arc<dyn Executor> = if needs_docker {
+    let containers: Arc<dyn Executor> = if let Some(swarm) = choice.swarm().await? {
+        Arc::new(swarm)
+    } else if needs_docker {
         Arc::new(DockerExecutor::connect().await?)
     } else {
         docker_or_unavailable().await

@@ -56,6 +56,8 @@ pub struct RunArgs {
     #[arg(long)]
     locked: bool,
     #[command(flatten)]
+    executor: context::ExecutorArgs,
+    #[command(flatten)]
     s3: S3Args,
 }
 
@@ -302,7 +304,7 @@ pub async fn run_with(
         Some(s) => s,
         None => open_store()?,
     };
-    let exec = context::executor_for(&plan, &dirs).await?;
+    let exec = context::executor_for(&plan, &dirs, &args.executor).await?;
     let mut engine = context::engine(&dirs, store.clone(), exec, args.jobs, args.keep_workspace);
     let outbox = context::mirror_to_s3(&mut engine, &dirs, &store, args.s3.config()?).await;
     let reaped = engine.exec.reap().await;

@@ -205,6 +205,21 @@ fn network_mode(ex_network: Option<&str>, wanted: Network) -> String {
     }
 }
 
+/// A stage's variables for its container's configuration: the plain ones
+/// (secret ones reach it through its shell), and `HOME=/tmp` unless set.
+pub(crate) fn plain_env(job: &StageJob) -> Vec<String> {
+    let mut env: Vec<String> = job
+        .env
+        .iter()
+        .filter(|v| !v.secret)
+        .map(|v| format!("{}={}", v.name, v.value))
+        .collect();
+    if !job.env.iter().any(|v| v.name == "HOME") {
+        env.push("HOME=/tmp".into());
+    }
+    env
+}
+
 /// A stage's container, created and not yet started, with what it uses on
 /// this machine.
 pub(crate) struct Created {
@@ -259,15 +274,7 @@ pub(crate) async fn create(
         Err(e) => return Err(failed(e.to_string())),
     };
     binds.extend(spec.binds);
-    let mut env: Vec<String> = job
-        .env
-        .iter()
-        .filter(|v| !v.secret)
-        .map(|v| format!("{}={}", v.name, v.value))
-        .collect();
-    if !job.env.iter().any(|v| v.name == "HOME") {
-        env.push("HOME=/tmp".into());
-    }
+    let env = plain_env(job);
     let name = object_name(&job.run_id, job.stage.as_str());
     // A `network: none` container joins a namespace made ready for it
     // (its own all the same: the holder is lent to it alone).

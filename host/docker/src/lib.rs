@@ -26,10 +26,12 @@ mod netns;
 mod process;
 mod services;
 mod shared;
+pub mod swarm;
 mod warm;
 
 pub use images::MadeImage;
 pub use job::JobContainer;
+pub use swarm::{SwarmConfig, SwarmExecutor};
 
 use std::collections::HashMap;
 
@@ -59,7 +61,7 @@ pub const LABEL_KIND: &str = "dev.sentinel.kind";
 #[error(
     "cannot reach the Docker engine: {0} (is dockerd running? see the README's set-up command)"
 )]
-pub struct ConnectError(String);
+pub struct ConnectError(pub(crate) String);
 
 /// The Docker executor.
 #[derive(Debug, Clone)]
@@ -95,6 +97,37 @@ impl DockerExecutor {
             .get(run)
             .cloned()
             .unwrap_or_default()
+    }
+}
+
+impl DockerExecutor {
+    /// The first placement constraint this machine does not meet.
+    async fn unmet_placement(&self, placement: &[String]) -> Option<String> {
+        if placement.is_empty() {
+            return None;
+        }
+        let info = self.docker.info().await.ok();
+        let engine_labels = info
+            .as_ref()
+            .and_then(|i| i.labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|l| {
+                l.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let facts = sentinel_pipeline::placement::NodeFacts {
+            hostname: info
+                .as_ref()
+                .and_then(|i| i.name.clone())
+                .unwrap_or_default(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+            engine_labels,
+            ..Default::default()
+        };
+        sentinel_pipeline::placement::unmet(placement, &facts).map(str::to_string)
     }
 }
 
@@ -222,7 +255,8 @@ impl DockerExecutor {
             .await
             .unwrap_or_default();
         for n in networks {
-            if keep(&n.labels.clone().unwrap_or_default()) {
+            // A swarm's networks are the Swarm executor's to remove.
+            if keep(&n.labels.clone().unwrap_or_default()) || n.scope.as_deref() == Some("swarm") {
                 continue;
             }
             let Some(id) = n.id else { continue };
@@ -277,6 +311,11 @@ impl Executor for DockerExecutor {
     }
 
     async fn run_stage(&self, mut job: StageJob, stop: CancellationToken) -> StageReport {
+        if let Some(c) = self.unmet_placement(&job.limits.placement).await {
+            return StageReport::of(sentinel_engine::exec::Outcome::StartFailed(format!(
+                "this machine does not meet the placement `{c}`: the local Docker executor runs every stage here (run it with `--executor swarm` on a cluster whose nodes meet it)"
+            )));
+        }
         // A stage on the run's network sees its linked services' variables
         // (its own variables win).
         if job.limits.network == sentinel_pipeline::Network::Run

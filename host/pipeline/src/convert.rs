@@ -139,6 +139,13 @@ fn limits(out: &mut String, indent: usize, l: &LimitsDraft) {
     line("pids", l.pids.as_ref().map(|v| v.value.to_string()));
     line("user", l.user.as_ref().map(|v| scalar(&v.value)));
     line("reuse", l.reuse.as_ref().map(|v| v.value.to_string()));
+    line(
+        "placement",
+        l.placement.as_ref().map(|v| {
+            let items: Vec<String> = v.value.iter().map(|c| scalar(c)).collect();
+            format!("[{}]", items.join(", "))
+        }),
+    );
 }
 
 fn limits_set(l: &LimitsDraft) -> bool {
@@ -150,6 +157,7 @@ fn limits_set(l: &LimitsDraft) -> bool {
         || l.log_limit.is_some()
         || l.pids.is_some()
         || l.user.is_some()
+        || l.placement.is_some()
 }
 
 /// The native `sentinel.yml` equivalent to `draft`, read from `file`.

@@ -81,6 +81,7 @@ pub struct LimitsDraft {
     pub pids: Option<At<u32>>,
     pub user: Option<At<String>>,
     pub reuse: Option<At<bool>>,
+    pub placement: Option<At<Vec<String>>>,
 }
 
 /// A sidecar container.

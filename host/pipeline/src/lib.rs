@@ -11,6 +11,7 @@ pub mod convert;
 pub mod de;
 pub mod dialect;
 pub mod draft;
+pub mod placement;
 pub mod plan;
 pub mod raw;
 pub mod retry;

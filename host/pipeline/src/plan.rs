@@ -170,6 +170,9 @@ pub struct Limits {
     /// A container stage runs in the run's shared warm container.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub reuse: bool,
+    /// Constraints on the Swarm node that runs it (`node.labels.arch == arm64`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<String>,
 }
 
 impl Limits {
@@ -206,6 +209,9 @@ impl Limits {
         }
         if self.reuse {
             m.insert("reuse".into(), "true".into());
+        }
+        if !self.placement.is_empty() {
+            m.insert("placement".into(), self.placement.join(", "));
         }
         m
     }

@@ -162,6 +162,12 @@ pub struct RawDefaults {
     /// the workspace). Default `false`.
     #[serde(default)]
     pub reuse: Option<bool>,
+    /// Where container stages may run on a Swarm cluster: constraints on
+    /// the node (`node.labels.arch == arm64`, `node.hostname != ci-3`,
+    /// `node.platform.arch == x86_64`), all of which must hold. The local
+    /// executor refuses a stage whose constraints this machine does not meet.
+    #[serde(default)]
+    pub placement: Option<Vec<String>>,
 }
 
 /// A sidecar container.
@@ -293,6 +299,9 @@ pub struct RawStage {
     /// for every one).
     #[serde(default)]
     pub reuse: Option<bool>,
+    /// Constraints on the Swarm node that runs it (`node.labels.KEY == VALUE`).
+    #[serde(default)]
+    pub placement: Option<Vec<String>>,
     /// Files kept between runs: restored at start, saved on success.
     #[serde(default)]
     pub cache: Option<RawCache>,

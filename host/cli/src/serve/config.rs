@@ -226,6 +226,8 @@ pub struct ServeArgs {
     /// Print the configuration in effect (TOML) and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub executor: crate::context::ExecutorArgs,
 }
 
 /// The configuration in effect.

@@ -115,10 +115,14 @@ pub fn serve(paths: &Paths, args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run_server(project, settings))
+    runtime.block_on(run_server(project, settings, args.executor))
 }
 
-async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::Result<ExitCode> {
+async fn run_server(
+    project: std::path::PathBuf,
+    settings: Settings,
+    executor: context::ExecutorArgs,
+) -> anyhow::Result<ExitCode> {
     let dirs = Dirs {
         project,
         state: settings.state.clone(),
@@ -136,7 +140,14 @@ async fn run_server(project: std::path::PathBuf, settings: Settings) -> anyhow::
         store.set_sealing_key(key.clone());
     }
     let github_secret = settings.github_secret()?;
-    let (containers, docker) = context::server_docker(settings.ready_namespaces).await;
+    let (mut containers, docker) = context::server_docker(settings.ready_namespaces).await;
+    if let Some(swarm) = executor.swarm().await? {
+        tracing::info!(
+            "container stages run on the swarm; workspaces are served at {}",
+            swarm.archive_address()
+        );
+        containers = Arc::new(swarm);
+    }
     let steps = sentinel_wasm::WasmExecutor::new(&dirs.state.join("cache/wasm"))?;
     let exec: Arc<dyn sentinel_engine::Executor> = Arc::new(sentinel_engine::exec::Dispatch {
         containers,

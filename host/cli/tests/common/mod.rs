@@ -95,6 +95,36 @@ impl Project {
     }
 }
 
+/// Whether this test binary runs its container stages on the swarm.
+static SWARM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes `run` use the Swarm executor (the swarm test binary does).
+pub fn use_swarm() {
+    SWARM.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `run` uses the Swarm executor.
+pub fn on_swarm() -> bool {
+    SWARM.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// A timing margin: `local` as given on the local executor, `swarm` on the
+/// swarm (whose stages start in seconds: helper tasks carry the workspace).
+pub fn slack(local: u64, swarm: u64) -> u64 {
+    if on_swarm() { swarm } else { local }
+}
+
+/// The Swarm executor of the tests (this machine's one-node swarm, set up
+/// by `scripts/swarm.sh`), or a failure saying how to get it.
+pub async fn swarm() -> sentinel_docker::SwarmExecutor {
+    let config = sentinel_docker::SwarmConfig::from_env().unwrap_or_else(|e| panic!("{e}"));
+    sentinel_docker::SwarmExecutor::connect(config)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("{e}\nthe Swarm tests need this machine's Docker in a swarm: run `scripts/setup.sh` (it runs scripts/swarm.sh)")
+        })
+}
+
 /// Options of a test run.
 #[derive(Default)]
 pub struct Opts {
@@ -111,11 +141,13 @@ pub struct Opts {
 pub async fn run(project: &Project, opts: Opts) -> RunDoc {
     let plan = sentinel_pipeline::load(&project.source.join("sentinel.yml"))
         .unwrap_or_else(|e| panic!("{e}"));
+    let exec: Arc<dyn sentinel_engine::Executor> = match opts.docker {
+        Some(d) => Arc::new(d),
+        None if on_swarm() => Arc::new(swarm().await),
+        None => Arc::new(docker().await),
+    };
     let engine = Engine {
-        exec: Arc::new(match opts.docker {
-            Some(d) => d,
-            None => docker().await,
-        }),
+        exec,
         store: Arc::new(SledStore::try_open(&project.state).unwrap()),
         sink: Arc::new(project.sink()),
         config: EngineConfig {
@@ -137,18 +169,34 @@ pub async fn run(project: &Project, opts: Opts) -> RunDoc {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Containers and networks that carry the project's labels, optionally of one run.
+/// Containers, networks, volumes and (on a swarm) services and secrets that
+/// carry the project's labels, optionally of one run.
 pub async fn leftovers(run: Option<&str>) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args(["ps", "-a", "--format", "{{.Names}} {{.Labels}}"])
-        .output()
-        .expect("docker CLI");
-    let nets = std::process::Command::new("docker")
-        .args(["network", "ls", "--format", "{{.Name}} {{.Labels}}"])
-        .output()
-        .expect("docker CLI");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&nets.stdout);
+    let list = |args: &[&str]| {
+        std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .expect("docker CLI")
+    };
+    let mut text = list(&["ps", "-a", "--format", "{{.Names}} {{.Labels}}"]);
+    text += &list(&["network", "ls", "--format", "{{.Name}} {{.Labels}}"]);
+    text += &list(&["volume", "ls", "--format", "{{.Name}} {{.Labels}}"]);
+    if on_swarm() {
+        // Services and secrets list no labels: each is named after its run.
+        let named = list(&["service", "ls", "--format", "{{.Name}}"])
+            + &list(&["secret", "ls", "--format", "{{.Name}}"]);
+        for l in named.lines() {
+            if let Some(rest) = l.strip_prefix("sentinel-") {
+                let run = rest
+                    .split('-')
+                    .next()
+                    .unwrap_or_default()
+                    .to_ascii_uppercase();
+                text += &format!("{l} dev.sentinel.run={run}\n");
+            }
+        }
+    }
     text.lines()
         .filter(|l| l.contains("dev.sentinel.run="))
         .filter(|l| run.is_none_or(|r| l.contains(&format!("dev.sentinel.run={r}"))))
@@ -202,4 +250,31 @@ pub async fn run_cases(cases: Vec<(&'static str, Case)>) -> Vec<String> {
         }
     }
     failures
+}
+
+/// Builds the `(name, case)` list of a suite from case functions.
+#[macro_export]
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        vec![$((stringify!($case), Box::pin($case()) as $crate::common::Case)),*]
+    };
+}
+
+/// Runs a suite's cases concurrently, then fails listing the cases that
+/// failed, and any container, network, volume (or, on a swarm, service or
+/// secret) with the project's labels left once all are done.
+pub async fn run_suite(what: &str, cases: Vec<(&'static str, Case)>) {
+    let count = cases.len();
+    let failures = run_cases(cases).await;
+    let left = leftovers(None).await;
+    assert!(
+        failures.is_empty(),
+        "{} of {count} {what} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        left.is_empty(),
+        "objects with the project's labels remain: {left:?}"
+    );
 }

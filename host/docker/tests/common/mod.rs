@@ -66,6 +66,7 @@ pub async fn stage_job(
             pids: 64,
             user: None,
             reuse: false,
+            placement: Vec::new(),
         },
         user: "1000:1000".into(),
         workspace: Arc::new(ws),

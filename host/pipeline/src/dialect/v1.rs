@@ -123,6 +123,10 @@ impl Reader<'_> {
             pids: d.pids.map(|p| At::new(p, self.at(&at("pids")))),
             user: s("user", &d.user),
             reuse: d.reuse.map(|r| At::new(r, self.at(&at("reuse")))),
+            placement: d
+                .placement
+                .clone()
+                .map(|p| At::new(p, self.at(&at("placement")))),
         }
     }
 
@@ -567,6 +571,7 @@ impl Reader<'_> {
                     pids: s.pids,
                     user: s.user.clone(),
                     reuse: s.reuse,
+                    placement: s.placement.clone(),
                 },
             );
             stages.push(StageDraft {

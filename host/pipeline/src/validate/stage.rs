@@ -200,7 +200,23 @@ pub(super) fn limits(
         Some(r) => r.value,
         None => base.is_some_and(|b| b.reuse),
     };
+    let placement = match &d.placement {
+        Some(p) => {
+            for c in &p.value {
+                if let Err(e) = crate::placement::Constraint::parse(c) {
+                    cx.issue(
+                        p.pos,
+                        e,
+                        Some("write `node.labels.KEY == VALUE`, or `!=`".into()),
+                    );
+                }
+            }
+            p.value.clone()
+        }
+        None => base.map(|b| b.placement.clone()).unwrap_or_default(),
+    };
     Limits {
+        placement,
         reuse,
         timeout,
         idle_timeout,

@@ -126,6 +126,7 @@ pub async fn run(step: &ResolvedStep, spec: Spec) -> Run {
             pids: 1,
             user: None,
             reuse: false,
+            placement: Vec::new(),
         },
         user: String::new(),
         workspace: Arc::new(ws),

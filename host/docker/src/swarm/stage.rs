@@ -1,0 +1,562 @@
+//! One container stage on Swarm: its workspace and private folder packed
+//! for it, a helper task filling two volumes on a node that meets its
+//! placement, the stage's own task on that node (unprivileged, limited,
+//! its secrets in a Swarm secret), a helper task sending the volumes back,
+//! the changes applied to the run's workspace, and every service, secret
+//! and network of the stage removed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use bollard::models::{
+    Limit, Mount, MountTmpfsOptions, MountType, MountVolumeOptions, NetworkAttachmentConfig,
+    SecretSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets,
+    TaskSpecResources,
+};
+use tokio_util::sync::CancellationToken;
+
+use sentinel_engine::exec::{
+    LocalWorkspace, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Var, WORKSPACE_MOUNT, Work,
+    env_file,
+};
+use sentinel_pipeline::Network;
+
+use super::task::{self, Ended, Job};
+use super::{SwarmExecutor, transfer};
+use crate::container::{OOM_KILLS, SECRETS_MOUNT, command};
+use crate::{labels, object_name};
+
+/// Where a helper finds its slot's URL.
+const TRANSFER_MOUNT: &str = "/run/sentinel/transfer";
+/// The file a stage's shell leaves when its node gave it no
+/// `no-new-privileges`.
+const NO_NNP: &str = "no-new-privileges-missing";
+
+/// The start of every stage's shell: a stage never runs its script without
+/// `no-new-privileges` (API 1.41 services cannot ask for it; the node's
+/// daemon gives it to every container when configured so).
+fn nnp_check() -> String {
+    format!(
+        "nnp=; while read -r k v; do [ \"$k\" = NoNewPrivs: ] && nnp=$v; done < /proc/self/status; \
+         [ \"$nnp\" = 1 ] || {{ : > {PRIVATE_MOUNT}/{NO_NNP}; exit 125; }}\n"
+    )
+}
+
+// The archives live in the helper's own layer (removed with it). The
+// slot's file sets `host`, `port` and `path`. The upload is HTTP/1.0
+// written by hand through `nc`: busybox's wget posts text only.
+const FILL: &str = "set -e\n. /run/sentinel/transfer\n\
+wget -q -O /mnt/in.tar \"http://$host:$port$path/in\"\ntar -x -f /mnt/in.tar -C /mnt\nrm -f /mnt/in.tar\n";
+pub(crate) const DRAIN: &str = r#"set -e
+. /run/sentinel/transfer
+cd /mnt
+tar -c -f /mnt/out.tar w p
+n=$(wc -c < /mnt/out.tar)
+r=$( { printf 'POST %s/out HTTP/1.0\r\nContent-Length: %s\r\n\r\n' "$path" "$n"; cat /mnt/out.tar; } | nc -w 60 "$host" "$port" | head -n 1)
+case "$r" in *" 200 "*) ;; *) echo "the upload was refused: $r" >&2; exit 1;; esac
+"#;
+
+/// The names and files of one stage's attempt.
+struct Slot {
+    /// A short random id naming its objects.
+    id: String,
+    token: String,
+    dir: PathBuf,
+    labels: HashMap<String, String>,
+}
+
+impl Slot {
+    fn name(&self, job: &StageJob, suffix: &str) -> String {
+        let base = object_name(&job.run_id, &self.id);
+        if suffix.is_empty() {
+            base
+        } else {
+            format!("{base}-{suffix}")
+        }
+    }
+}
+
+fn fail(message: impl Into<String>) -> StageReport {
+    StageReport::of(Outcome::StartFailed(message.into()))
+}
+
+fn uid_gid(user: &str) -> (u64, u64) {
+    let mut it = user.split(':');
+    let uid = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let gid = it.next().and_then(|s| s.parse().ok()).unwrap_or(uid);
+    (uid, gid)
+}
+
+fn volume(source: &str, target: &str, labels: &HashMap<String, String>) -> Mount {
+    Mount {
+        target: Some(target.into()),
+        source: Some(source.into()),
+        typ: Some(MountType::VOLUME),
+        volume_options: Some(MountVolumeOptions {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn secret_ref(
+    id: &str,
+    name: &str,
+    target: &str,
+    uid: u64,
+    gid: u64,
+) -> TaskSpecContainerSpecSecrets {
+    TaskSpecContainerSpecSecrets {
+        file: Some(TaskSpecContainerSpecFile {
+            name: Some(target.into()),
+            uid: Some(uid.to_string()),
+            gid: Some(gid.to_string()),
+            mode: Some(0o400),
+        }),
+        secret_id: Some(id.into()),
+        secret_name: Some(name.into()),
+    }
+}
+
+/// Creates a Swarm secret holding `data`; returns its id.
+pub(crate) async fn create_secret(
+    ex: &SwarmExecutor,
+    name: &str,
+    data: &[u8],
+    labels: &HashMap<String, String>,
+) -> Result<String, String> {
+    ex.docker
+        .create_secret(SecretSpec {
+            name: Some(name.into()),
+            labels: Some(labels.clone()),
+            data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.id)
+        .map_err(|e| format!("cannot create the secret {name}: {e}"))
+}
+
+/// Runs one container stage on the swarm.
+pub(crate) async fn run(ex: &SwarmExecutor, job: StageJob, stop: CancellationToken) -> StageReport {
+    let Work::Container(action) = job.work.clone() else {
+        return fail("not a container stage");
+    };
+    let Some(ws) = job.workspace.local() else {
+        return fail("the Swarm executor keeps a run's workspace on this machine");
+    };
+    if action.docker {
+        return fail("a `docker: true` stage needs the local Docker executor");
+    }
+    if action.commit.is_some() {
+        return fail("a stage committed as an image needs the local Docker executor");
+    }
+    if let Some(v) = job.inputs.volumes.iter().find(|v| v.volume.path.is_some()) {
+        return fail(format!(
+            "the files of `{}` cannot be shown at a path on a Swarm node (only in the workspace)",
+            v.volume.stage
+        ));
+    }
+    let with_secrets = job.env.iter().any(|v| v.secret);
+    if with_secrets && action.image_command {
+        return fail(
+            "a stage that runs its image's own command gets no secrets: Sentinel gives them through its shell",
+        );
+    }
+    let (mut entrypoint, cmd) = command(&action, with_secrets);
+    if let Some(outer) = entrypoint.get_mut(2) {
+        *outer = nnp_check() + outer;
+    }
+    if let Err(e) = ws.write_outputs(&job.inputs.outputs) {
+        return fail(format!("cannot write out/: {e}"));
+    }
+    let private = match ws.container_private(&job.stage, &job.user) {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot prepare the stage's folder: {e}")),
+    };
+    let mut raw = [0u8; 4];
+    getrandom::fill(&mut raw).expect("the system's random source");
+    let id = hex::encode(raw);
+    let dir = ws.root.join("swarm").join(&id);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(format!("cannot prepare the stage's archive: {e}"));
+    }
+    let slot = Slot {
+        token: ex.transfer.open(&dir).await,
+        labels: labels(&job.run_id, &job.owner, "stage", Some(job.stage.as_str())),
+        id,
+        dir,
+    };
+    let mut made = Made::default();
+    let report = run_slot(
+        ex, &job, ws, &slot, &private, entrypoint, cmd, &stop, &mut made,
+    )
+    .await;
+    ex.transfer.close(&slot.token).await;
+    made.remove_later(ex).await;
+    let _ = std::fs::remove_dir_all(&slot.dir);
+    report
+}
+
+/// What a stage made on the swarm, removed when it ends.
+#[derive(Default)]
+struct Made {
+    services: Vec<String>,
+    secrets: Vec<String>,
+}
+
+impl Made {
+    async fn remove_later(self, ex: &SwarmExecutor) {
+        let docker = ex.docker.clone();
+        ex.later(async move {
+            for s in &self.services {
+                task::remove(&docker, s).await;
+            }
+            for s in &self.secrets {
+                super::clean::remove_secret(&docker, s).await;
+            }
+            // Its network goes at the run's end, after its containers.
+        })
+        .await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_slot(
+    ex: &SwarmExecutor,
+    job: &StageJob,
+    ws: &LocalWorkspace,
+    slot: &Slot,
+    private: &Path,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    stop: &CancellationToken,
+    made: &mut Made,
+) -> StageReport {
+    let (uid, gid) = uid_gid(&job.user);
+    let fill_tar = slot.dir.join("in.tar");
+    let sent = {
+        let (w, p, to) = (ws.dir.clone(), private.to_path_buf(), fill_tar.clone());
+        match tokio::task::spawn_blocking(move || transfer::pack(&w, &p, uid, gid, &to)).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => return fail(format!("cannot pack the workspace: {e}")),
+            Err(e) => return fail(format!("cannot pack the workspace: {e}")),
+        }
+    };
+    let where_ = ex.transfer.shell_vars(&slot.token);
+    let t_name = slot.name(job, "t");
+    let t_id = match create_secret(ex, &t_name, where_.as_bytes(), &slot.labels).await {
+        Ok(id) => id,
+        Err(e) => return fail(e),
+    };
+    made.secrets.push(t_id.clone());
+    let secret_vars: Vec<Var> = job.env.iter().filter(|v| v.secret).cloned().collect();
+    let env_secret = if secret_vars.is_empty() {
+        None
+    } else {
+        let name = slot.name(job, "env");
+        match create_secret(ex, &name, env_file(&secret_vars).as_bytes(), &slot.labels).await {
+            Ok(id) => {
+                made.secrets.push(id.clone());
+                Some(secret_ref(&id, &name, SECRETS_MOUNT, uid, gid))
+            }
+            Err(e) => return fail(e),
+        }
+    };
+    let networks = match job.limits.network {
+        Network::Bridge => Vec::new(),
+        Network::Run => match super::services::ensure_network(ex, &job.run_id, &job.owner).await {
+            Ok(n) => vec![NetworkAttachmentConfig {
+                target: Some(n),
+                ..Default::default()
+            }],
+            Err(e) => return fail(e),
+        },
+        // No network: a network of its own with no way out and no one else.
+        Network::None => {
+            let name = slot.name(job, "none");
+            match super::services::create_overlay(ex, &name, true, &slot.labels).await {
+                Ok(()) => {
+                    vec![NetworkAttachmentConfig {
+                        target: Some(name),
+                        ..Default::default()
+                    }]
+                }
+                Err(e) => return fail(e),
+            }
+        }
+    };
+    let (w_vol, p_vol) = (slot.name(job, "w"), slot.name(job, "p"));
+    let helper_mounts = vec![
+        volume(&w_vol, "/mnt/w", &slot.labels),
+        volume(&p_vol, "/mnt/p", &slot.labels),
+    ];
+    let helper = |script: &str, suffix: &str, node: Option<&str>| Job {
+        name: slot.name(job, suffix),
+        labels: slot.labels.clone(),
+        container: TaskSpecContainerSpec {
+            image: Some(ex.helper.clone()),
+            command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+            user: Some("0:0".into()),
+            mounts: Some(helper_mounts.clone()),
+            secrets: Some(vec![secret_ref(&t_id, &t_name, TRANSFER_MOUNT, 0, 0)]),
+            capability_drop: Some(vec!["ALL".into()]),
+            capability_add: Some(vec![
+                "CAP_CHOWN".into(),
+                "CAP_DAC_OVERRIDE".into(),
+                "CAP_FOWNER".into(),
+            ]),
+            labels: Some(slot.labels.clone()),
+            ..Default::default()
+        },
+        resources: None,
+        constraints: match node {
+            Some(n) => vec![format!("node.id == {n}")],
+            None => job.limits.placement.clone(),
+        },
+        networks: Vec::new(),
+        global: false,
+    };
+    // 1. The workspace to a node that meets the stage's placement.
+    let node = match helper_run(ex, &job.run_id, helper(FILL, "fill", None), made, stop).await {
+        HelperEnd::Done(node) => node,
+        HelperEnd::Stopped => return StageReport::of(Outcome::Stopped),
+        HelperEnd::Failed(why) if why.contains("no suitable node") => {
+            return fail(format!(
+                "no node of the swarm meets the placement `{}` ({why})",
+                job.limits.placement.join(", ")
+            ));
+        }
+        HelperEnd::Failed(why) => {
+            return fail(format!("cannot bring the workspace to a Swarm node: {why}"));
+        }
+    };
+    // 2. The stage on that node.
+    let mut env = crate::container::plain_env(job);
+    env.push("SENTINEL_NODE={{.Node.Hostname}}".into());
+    env.push("SENTINEL_NODE_ID={{.Node.ID}}".into());
+    let mut mounts = vec![
+        volume(&w_vol, WORKSPACE_MOUNT, &slot.labels),
+        volume(&p_vol, PRIVATE_MOUNT, &slot.labels),
+    ];
+    mounts.push(Mount {
+        target: Some("/tmp".into()),
+        typ: Some(MountType::TMPFS),
+        tmpfs_options: Some(MountTmpfsOptions {
+            size_bytes: Some(256 << 20),
+            mode: Some(0o1777),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let stage = Job {
+        name: slot.name(job, ""),
+        labels: slot.labels.clone(),
+        container: TaskSpecContainerSpec {
+            image: Some(action_image(job)),
+            command: (!entrypoint.is_empty()).then_some(entrypoint),
+            args: (!cmd.is_empty()).then_some(cmd),
+            env: Some(env),
+            dir: Some(WORKSPACE_MOUNT.into()),
+            user: Some(job.user.clone()),
+            mounts: Some(mounts),
+            secrets: env_secret.map(|s| vec![s]),
+            capability_drop: Some(vec!["ALL".into()]),
+            labels: Some(slot.labels.clone()),
+            // A stopped stage ends at once (its `always` stages wait).
+            stop_grace_period: Some(1_000_000_000),
+            ..Default::default()
+        },
+        resources: Some(TaskSpecResources {
+            limits: Some(Limit {
+                memory_bytes: Some(job.limits.memory as i64),
+                nano_cpus: job.limits.cpus.map(|c| (c * 1e9) as i64),
+                pids: Some(i64::from(job.limits.pids)),
+            }),
+            ..Default::default()
+        }),
+        constraints: vec![format!("node.id == {node}")],
+        networks,
+        global: false,
+    };
+    let since = job.capture.as_ref().and_then(|_| ws.mark().ok());
+    let ended = match stage_run(ex, job, stage, made, stop).await {
+        Some(e) => e,
+        None => return StageReport::of(Outcome::Stopped),
+    };
+    // 3. The volumes back, whatever the script did.
+    let drained = if ended.ran() {
+        match helper_run(
+            ex,
+            &job.run_id,
+            helper(DRAIN, "drain", Some(&node)),
+            made,
+            stop,
+        )
+        .await
+        {
+            HelperEnd::Done(_) => {
+                let (from, staging) = (slot.dir.join("out.tar"), slot.dir.join("back"));
+                let (w, p) = (ws.dir.clone(), private.to_path_buf());
+                match tokio::task::spawn_blocking(move || {
+                    transfer::apply(&from, &staging, &w, &p, &sent)
+                })
+                .await
+                {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            HelperEnd::Stopped => return StageReport::of(Outcome::Stopped),
+            HelperEnd::Failed(why) => Err(why),
+        }
+    } else {
+        Ok(())
+    };
+    let node_name = super::clean::node_name(&ex.docker, &node).await;
+    let outcome = outcome(job, &ended, private, &node_name);
+    if let Err(why) = drained {
+        return StageReport::of(Outcome::Error(format!(
+            "the stage ran on {node_name}, but its workspace could not be brought back: {why}"
+        )));
+    }
+    let (outputs, artifacts) = ws.take_private(private, false);
+    let (files, warnings) = crate::container::capture(ws, job, since).await;
+    StageReport {
+        outcome,
+        image_id: None,
+        outputs,
+        artifacts,
+        files,
+        warnings,
+        steps: Vec::new(),
+    }
+}
+
+fn action_image(job: &StageJob) -> String {
+    match &job.work {
+        Work::Container(a) => a.image.clone(),
+        _ => String::new(),
+    }
+}
+
+/// How a stage's task ended, in the executor's words.
+fn outcome(job: &StageJob, ended: &Ended, private: &Path, node: &str) -> Outcome {
+    if !ended.ran() {
+        let why = ended.why();
+        let image = action_image(job);
+        if why.contains("No such image") || why.contains("pull") {
+            return Outcome::StartFailed(format!(
+                "image `{image}` is not present on {node} and could not be pulled ({why}); build or load it on every node first"
+            ));
+        }
+        return Outcome::StartFailed(format!("Swarm could not run the stage on {node}: {why}"));
+    }
+    let code = ended.exit_code.unwrap_or(-1);
+    if private.join(NO_NNP).exists() {
+        return Outcome::StartFailed(format!(
+            "{node} runs containers without no-new-privileges: set \"no-new-privileges\": true in its daemon.json (Swarm services cannot ask for it)"
+        ));
+    }
+    let kernel = std::fs::read_to_string(private.join(OOM_KILLS))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok());
+    match code {
+        0 => Outcome::Exited { code },
+        _ if kernel.is_some_and(|n| n > 0) => Outcome::OomKilled,
+        137 => Outcome::Signalled { code, signal: 9 },
+        _ => Outcome::Exited { code },
+    }
+}
+
+enum HelperEnd {
+    Done(String),
+    Stopped,
+    Failed(String),
+}
+
+/// Runs a helper task to its end.
+async fn helper_run(
+    ex: &SwarmExecutor,
+    run: &sentinel_api::RunId,
+    job: Job,
+    made: &mut Made,
+    stop: &CancellationToken,
+) -> HelperEnd {
+    let id = match task::create(&ex.docker, job).await {
+        Ok(id) => id,
+        Err(e) => return HelperEnd::Failed(e),
+    };
+    made.services.push(id.clone());
+    let Some(ended) = task::finished(&ex.docker, &id, 1, stop).await else {
+        task::remove(&ex.docker, &id).await;
+        return HelperEnd::Stopped;
+    };
+    let Some(end) = ended.into_iter().next() else {
+        return HelperEnd::Failed("its task vanished".into());
+    };
+    // Its volumes are on that node now, whatever happened.
+    if let Some(node) = end.node.clone().filter(|n| !n.is_empty()) {
+        ex.nodes_used
+            .lock()
+            .await
+            .entry(run.clone())
+            .or_default()
+            .insert(node);
+    }
+    if end.state == "complete" {
+        return HelperEnd::Done(end.node.unwrap_or_default());
+    }
+    let said = task::output(&ex.docker, &id).await;
+    HelperEnd::Failed(if said.is_empty() {
+        end.why()
+    } else {
+        format!("{} ({said})", end.why())
+    })
+}
+
+/// Runs the stage's task, its output followed into the log; `None` when
+/// it was stopped (the service is removed at once).
+async fn stage_run(
+    ex: &SwarmExecutor,
+    job: &StageJob,
+    spec: Job,
+    made: &mut Made,
+    stop: &CancellationToken,
+) -> Option<Ended> {
+    let id = match task::create(&ex.docker, spec).await {
+        Ok(id) => id,
+        Err(e) => {
+            return Some(Ended {
+                state: "rejected".into(),
+                err: Some(e),
+                ..Default::default()
+            });
+        }
+    };
+    made.services.push(id.clone());
+    let follow = task::follow(&ex.docker, &id, job.log.clone());
+    match task::started(&ex.docker, &id, stop).await {
+        None => {
+            task::remove(&ex.docker, &id).await;
+            follow.abandon().await;
+            return None;
+        }
+        Some(Ok(_)) => {
+            if job.limits.idle_timeout.is_some() {
+                crate::process::say_started(&job.log).await;
+            }
+        }
+        Some(Err(_)) => {}
+    }
+    let Some(ended) = task::finished(&ex.docker, &id, 1, stop).await else {
+        task::remove(&ex.docker, &id).await;
+        follow.abandon().await;
+        return None;
+    };
+    follow.finish(&ex.docker, &id, &job.log).await;
+    ended.into_iter().next()
+}
