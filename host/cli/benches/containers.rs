@@ -4,54 +4,18 @@
 //! `--jobs 4`, and a seed → 8 → join DAG against a shell script running
 //! the same containers. Run with `cargo bench -p sentinel --bench containers`.
 
-use std::path::Path;
+#[path = "common/engine.rs"]
+mod engine;
+
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sentinel_api::RunStatus;
 use sentinel_docker::DockerExecutor;
-use sentinel_engine::{Engine, EngineConfig, ProgressFn, RunRequest, Signals};
-use sentinel_results::LocalSink;
+
+use engine::{engine_run, median};
 use sentinel_store::SledStore;
 
 const IMAGE: &str = "sentinel/busybox:local";
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-async fn engine_run(
-    dir: &Path,
-    yaml: &str,
-    jobs: usize,
-    docker: &DockerExecutor,
-    store: &SledStore,
-) -> Duration {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("sentinel.yml"), yaml).unwrap();
-    let plan = sentinel_pipeline::parse_str(yaml, "sentinel.yml", "bench").unwrap();
-    let engine = Engine {
-        exec: Arc::new(docker.clone()),
-        store: Arc::new(store.clone()),
-        sink: Arc::new(LocalSink::new(dir.join("results"))),
-        config: EngineConfig {
-            jobs,
-            state_dir: dir.join("state"),
-            keep_workspace: false,
-            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
-        },
-    };
-    let progress: ProgressFn = Arc::new(|_| {});
-    let req = RunRequest::local(plan, src);
-    let t = Instant::now();
-    let run = engine.run(req, progress, Signals::default()).await.unwrap();
-    let took = t.elapsed();
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.reason);
-    took
-}
 
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -7,55 +7,18 @@
 //! them (the workspace brought, the stage, the workspace sent back).
 //! Run with `cargo bench -p sentinel --bench swarm` (after scripts/setup.sh).
 
-use std::path::Path;
-use std::sync::Arc;
+#[path = "common/engine.rs"]
+mod engine;
+
 use std::time::{Duration, Instant};
 
-use sentinel_api::RunStatus;
-use sentinel_engine::{Engine, EngineConfig, Executor, ProgressFn, RunRequest, Signals};
-use sentinel_results::LocalSink;
+use engine::{engine_run, median};
 use sentinel_store::SledStore;
 
 const IMAGE: &str = "sentinel/busybox:local";
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-async fn engine_run(
-    dir: &Path,
-    yaml: &str,
-    jobs: usize,
-    exec: Arc<dyn Executor>,
-    store: &SledStore,
-) -> Duration {
-    let src = dir.join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("sentinel.yml"), yaml).unwrap();
-    let plan = sentinel_pipeline::parse_str(yaml, "sentinel.yml", "bench").unwrap();
-    let engine = Engine {
-        exec,
-        store: Arc::new(store.clone()),
-        sink: Arc::new(LocalSink::new(dir.join("results"))),
-        config: EngineConfig {
-            jobs,
-            state_dir: dir.join("state"),
-            keep_workspace: false,
-            keep_files: sentinel_engine::EngineConfig::KEEP_FILES,
-        },
-    };
-    let progress: ProgressFn = Arc::new(|_| {});
-    let req = RunRequest::local(plan, src);
-    let t = Instant::now();
-    let run = engine.run(req, progress, Signals::default()).await.unwrap();
-    let took = t.elapsed();
-    assert_eq!(run.status, RunStatus::Succeeded, "{:?}", run.reason);
-    took
 }
 
 /// One bare one-shot service: `docker service create` of `true` with
@@ -99,16 +62,12 @@ fn bare_service(n: usize) -> Duration {
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let local: Arc<dyn Executor> = Arc::new(
-            sentinel_docker::DockerExecutor::connect()
-                .await
-                .expect("Docker (run scripts/setup.sh)"),
-        );
-        let swarm: Arc<dyn Executor> = Arc::new(
-            sentinel_docker::SwarmExecutor::connect(Default::default())
-                .await
-                .expect("a swarm (run scripts/setup.sh)"),
-        );
+        let local = sentinel_docker::DockerExecutor::connect()
+            .await
+            .expect("Docker (run scripts/setup.sh)");
+        let swarm = sentinel_docker::SwarmExecutor::connect(Default::default())
+            .await
+            .expect("a swarm (run scripts/setup.sh)");
         let tmp = tempfile::tempdir().unwrap();
         let store = SledStore::try_open(&tmp.path().join("db")).unwrap();
         let one = format!("version: 1\nbox: {IMAGE}\ndefaults: {{network: none}}\nstages:\n  a: {{run: 'echo hi'}}\n");
@@ -118,20 +77,20 @@ fn main() {
         }
         fan.push_str("  join: {after: [p1, p2, p3, p4, p5, p6, p7, p8], run: 'true'}\n");
         // Warm-up: images, caches, the first overlay network.
-        engine_run(&tmp.path().join("w1"), &one, 1, local.clone(), &store).await;
-        engine_run(&tmp.path().join("w2"), &one, 1, swarm.clone(), &store).await;
+        engine_run(&tmp.path().join("w1"), &one, 1, &local, &store).await;
+        engine_run(&tmp.path().join("w2"), &one, 1, &swarm, &store).await;
         bare_service(0);
 
         let (mut l1, mut s1, mut bare) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..7 {
-            l1.push(engine_run(&tmp.path().join(format!("l1-{i}")), &one, 1, local.clone(), &store).await);
-            s1.push(engine_run(&tmp.path().join(format!("s1-{i}")), &one, 1, swarm.clone(), &store).await);
+            l1.push(engine_run(&tmp.path().join(format!("l1-{i}")), &one, 1, &local, &store).await);
+            s1.push(engine_run(&tmp.path().join(format!("s1-{i}")), &one, 1, &swarm, &store).await);
             bare.push(tokio::task::block_in_place(|| bare_service(i + 1)));
         }
         let (mut lf, mut sf) = (Vec::new(), Vec::new());
         for i in 0..3 {
-            lf.push(engine_run(&tmp.path().join(format!("lf-{i}")), &fan, 8, local.clone(), &store).await);
-            sf.push(engine_run(&tmp.path().join(format!("sf-{i}")), &fan, 8, swarm.clone(), &store).await);
+            lf.push(engine_run(&tmp.path().join(format!("lf-{i}")), &fan, 8, &local, &store).await);
+            sf.push(engine_run(&tmp.path().join(format!("sf-{i}")), &fan, 8, &swarm, &store).await);
         }
         let (l1, s1, bare, lf, sf) = (median(l1), median(s1), median(bare), median(lf), median(sf));
         println!("one-line stage, run start to end (medians of 7):");

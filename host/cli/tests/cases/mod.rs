@@ -411,7 +411,7 @@ pub(crate) async fn oom_is_named() -> Result<(), String> {
 pub(crate) async fn timeout_is_named() -> Result<(), String> {
     // The limit counts from the stage's start: on a swarm that includes
     // bringing it its workspace.
-    let limit = common::slack(1, 8);
+    let limit = common::slack(1, 15);
     let p = Project::new(&pipeline(&format!(
         "  slow: {{timeout: {limit}s, run: 'echo starting; sleep 30'}}\n  next: {{after: slow, run: 'true'}}\n",
     )));

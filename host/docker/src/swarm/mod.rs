@@ -22,6 +22,7 @@
 
 mod clean;
 mod services;
+mod spec;
 pub(crate) mod stage;
 mod task;
 pub(crate) mod transfer;

@@ -9,53 +9,16 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
-use bollard::models::{
-    Limit, Mount, MountTmpfsOptions, MountType, MountVolumeOptions, NetworkAttachmentConfig,
-    SecretSpec, TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets,
-    TaskSpecResources,
-};
+use bollard::models::{NetworkAttachmentConfig, SecretSpec};
 use tokio_util::sync::CancellationToken;
 
-use sentinel_engine::exec::{
-    LocalWorkspace, Outcome, PRIVATE_MOUNT, StageJob, StageReport, Var, WORKSPACE_MOUNT, Work,
-    env_file,
-};
+use sentinel_engine::exec::{LocalWorkspace, Outcome, StageJob, StageReport, Var, Work, env_file};
 use sentinel_pipeline::Network;
 
 use super::task::{self, Ended, Job};
-use super::{SwarmExecutor, transfer};
+use super::{SwarmExecutor, spec, transfer};
 use crate::container::{OOM_KILLS, SECRETS_MOUNT, command};
 use crate::{labels, object_name};
-
-/// Where a helper finds its slot's URL.
-const TRANSFER_MOUNT: &str = "/run/sentinel/transfer";
-/// The file a stage's shell leaves when its node gave it no
-/// `no-new-privileges`.
-const NO_NNP: &str = "no-new-privileges-missing";
-
-/// The start of every stage's shell: a stage never runs its script without
-/// `no-new-privileges` (API 1.41 services cannot ask for it; the node's
-/// daemon gives it to every container when configured so).
-fn nnp_check() -> String {
-    format!(
-        "nnp=; while read -r k v; do [ \"$k\" = NoNewPrivs: ] && nnp=$v; done < /proc/self/status; \
-         [ \"$nnp\" = 1 ] || {{ : > {PRIVATE_MOUNT}/{NO_NNP}; exit 125; }}\n"
-    )
-}
-
-// The archives live in the helper's own layer (removed with it). The
-// slot's file sets `host`, `port` and `path`. The upload is HTTP/1.0
-// written by hand through `nc`: busybox's wget posts text only.
-const FILL: &str = "set -e\n. /run/sentinel/transfer\n\
-wget -q -O /mnt/in.tar \"http://$host:$port$path/in\"\ntar -x -f /mnt/in.tar -C /mnt\nrm -f /mnt/in.tar\n";
-pub(crate) const DRAIN: &str = r#"set -e
-. /run/sentinel/transfer
-cd /mnt
-tar -c -f /mnt/out.tar w p
-n=$(wc -c < /mnt/out.tar)
-r=$( { printf 'POST %s/out HTTP/1.0\r\nContent-Length: %s\r\n\r\n' "$path" "$n"; cat /mnt/out.tar; } | nc -w 60 "$host" "$port" | head -n 1)
-case "$r" in *" 200 "*) ;; *) echo "the upload was refused: $r" >&2; exit 1;; esac
-"#;
 
 /// The names and files of one stage's attempt.
 struct Slot {
@@ -79,45 +42,6 @@ impl Slot {
 
 fn fail(message: impl Into<String>) -> StageReport {
     StageReport::of(Outcome::StartFailed(message.into()))
-}
-
-fn uid_gid(user: &str) -> (u64, u64) {
-    let mut it = user.split(':');
-    let uid = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let gid = it.next().and_then(|s| s.parse().ok()).unwrap_or(uid);
-    (uid, gid)
-}
-
-fn volume(source: &str, target: &str, labels: &HashMap<String, String>) -> Mount {
-    Mount {
-        target: Some(target.into()),
-        source: Some(source.into()),
-        typ: Some(MountType::VOLUME),
-        volume_options: Some(MountVolumeOptions {
-            labels: Some(labels.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn secret_ref(
-    id: &str,
-    name: &str,
-    target: &str,
-    uid: u64,
-    gid: u64,
-) -> TaskSpecContainerSpecSecrets {
-    TaskSpecContainerSpecSecrets {
-        file: Some(TaskSpecContainerSpecFile {
-            name: Some(target.into()),
-            uid: Some(uid.to_string()),
-            gid: Some(gid.to_string()),
-            mode: Some(0o400),
-        }),
-        secret_id: Some(id.into()),
-        secret_name: Some(name.into()),
-    }
 }
 
 /// Creates a Swarm secret holding `data`; returns its id.
@@ -167,7 +91,7 @@ pub(crate) async fn run(ex: &SwarmExecutor, job: StageJob, stop: CancellationTok
     }
     let (mut entrypoint, cmd) = command(&action, with_secrets);
     if let Some(outer) = entrypoint.get_mut(2) {
-        *outer = nnp_check() + outer;
+        *outer = spec::nnp_check() + outer;
     }
     if let Err(e) = ws.write_outputs(&job.inputs.outputs) {
         return fail(format!("cannot write out/: {e}"));
@@ -235,7 +159,7 @@ async fn run_slot(
     stop: &CancellationToken,
     made: &mut Made,
 ) -> StageReport {
-    let (uid, gid) = uid_gid(&job.user);
+    let (uid, gid) = spec::uid_gid(&job.user);
     let fill_tar = slot.dir.join("in.tar");
     let sent = {
         let (w, p, to) = (ws.dir.clone(), private.to_path_buf(), fill_tar.clone());
@@ -260,7 +184,7 @@ async fn run_slot(
         match create_secret(ex, &name, env_file(&secret_vars).as_bytes(), &slot.labels).await {
             Ok(id) => {
                 made.secrets.push(id.clone());
-                Some(secret_ref(&id, &name, SECRETS_MOUNT, uid, gid))
+                Some(spec::secret_ref(&id, &name, SECRETS_MOUNT, uid, gid))
             }
             Err(e) => return fail(e),
         }
@@ -289,38 +213,31 @@ async fn run_slot(
         }
     };
     let (w_vol, p_vol) = (slot.name(job, "w"), slot.name(job, "p"));
-    let helper_mounts = vec![
-        volume(&w_vol, "/mnt/w", &slot.labels),
-        volume(&p_vol, "/mnt/p", &slot.labels),
-    ];
-    let helper = |script: &str, suffix: &str, node: Option<&str>| Job {
-        name: slot.name(job, suffix),
-        labels: slot.labels.clone(),
-        container: TaskSpecContainerSpec {
-            image: Some(ex.helper.clone()),
-            command: Some(vec!["sh".into(), "-c".into(), script.into()]),
-            user: Some("0:0".into()),
-            mounts: Some(helper_mounts.clone()),
-            secrets: Some(vec![secret_ref(&t_id, &t_name, TRANSFER_MOUNT, 0, 0)]),
-            capability_drop: Some(vec!["ALL".into()]),
-            capability_add: Some(vec![
-                "CAP_CHOWN".into(),
-                "CAP_DAC_OVERRIDE".into(),
-                "CAP_FOWNER".into(),
-            ]),
-            labels: Some(slot.labels.clone()),
-            ..Default::default()
-        },
-        resources: None,
-        constraints: match node {
-            Some(n) => vec![format!("node.id == {n}")],
-            None => job.limits.placement.clone(),
-        },
-        networks: Vec::new(),
-        global: false,
+    let helper = |script: &str, suffix: &str, node: Option<&str>| {
+        spec::Helper {
+            name: slot.name(job, suffix),
+            labels: &slot.labels,
+            image: &ex.helper,
+            script,
+            volumes: (&w_vol, &p_vol),
+            transfer: (&t_id, &t_name),
+            constraints: match node {
+                Some(n) => vec![format!("node.id == {n}")],
+                None => job.limits.placement.clone(),
+            },
+        }
+        .job()
     };
     // 1. The workspace to a node that meets the stage's placement.
-    let node = match helper_run(ex, &job.run_id, helper(FILL, "fill", None), made, stop).await {
+    let node = match helper_run(
+        ex,
+        &job.run_id,
+        helper(spec::FILL, "fill", None),
+        made,
+        stop,
+    )
+    .await
+    {
         HelperEnd::Done(node) => node,
         HelperEnd::Stopped => return StageReport::of(Outcome::Stopped),
         HelperEnd::Failed(why) if why.contains("no suitable node") => {
@@ -334,53 +251,16 @@ async fn run_slot(
         }
     };
     // 2. The stage on that node.
-    let mut env = crate::container::plain_env(job);
-    env.push("SENTINEL_NODE={{.Node.Hostname}}".into());
-    env.push("SENTINEL_NODE_ID={{.Node.ID}}".into());
-    let mut mounts = vec![
-        volume(&w_vol, WORKSPACE_MOUNT, &slot.labels),
-        volume(&p_vol, PRIVATE_MOUNT, &slot.labels),
-    ];
-    mounts.push(Mount {
-        target: Some("/tmp".into()),
-        typ: Some(MountType::TMPFS),
-        tmpfs_options: Some(MountTmpfsOptions {
-            size_bytes: Some(256 << 20),
-            mode: Some(0o1777),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let stage = Job {
-        name: slot.name(job, ""),
-        labels: slot.labels.clone(),
-        container: TaskSpecContainerSpec {
-            image: Some(action_image(job)),
-            command: (!entrypoint.is_empty()).then_some(entrypoint),
-            args: (!cmd.is_empty()).then_some(cmd),
-            env: Some(env),
-            dir: Some(WORKSPACE_MOUNT.into()),
-            user: Some(job.user.clone()),
-            mounts: Some(mounts),
-            secrets: env_secret.map(|s| vec![s]),
-            capability_drop: Some(vec!["ALL".into()]),
-            labels: Some(slot.labels.clone()),
-            // A stopped stage ends at once (its `always` stages wait).
-            stop_grace_period: Some(1_000_000_000),
-            ..Default::default()
-        },
-        resources: Some(TaskSpecResources {
-            limits: Some(Limit {
-                memory_bytes: Some(job.limits.memory as i64),
-                nano_cpus: job.limits.cpus.map(|c| (c * 1e9) as i64),
-                pids: Some(i64::from(job.limits.pids)),
-            }),
-            ..Default::default()
-        }),
-        constraints: vec![format!("node.id == {node}")],
+    let stage = spec::stage_job(
+        job,
+        slot.name(job, ""),
+        &slot.labels,
+        (&w_vol, &p_vol),
+        (entrypoint, cmd),
+        env_secret,
         networks,
-        global: false,
-    };
+        &node,
+    );
     let since = job.capture.as_ref().and_then(|_| ws.mark().ok());
     let ended = match stage_run(ex, job, stage, made, stop).await {
         Some(e) => e,
@@ -391,7 +271,7 @@ async fn run_slot(
         match helper_run(
             ex,
             &job.run_id,
-            helper(DRAIN, "drain", Some(&node)),
+            helper(spec::DRAIN, "drain", Some(&node)),
             made,
             stop,
         )
@@ -436,18 +316,11 @@ async fn run_slot(
     }
 }
 
-fn action_image(job: &StageJob) -> String {
-    match &job.work {
-        Work::Container(a) => a.image.clone(),
-        _ => String::new(),
-    }
-}
-
 /// How a stage's task ended, in the executor's words.
 fn outcome(job: &StageJob, ended: &Ended, private: &Path, node: &str) -> Outcome {
     if !ended.ran() {
         let why = ended.why();
-        let image = action_image(job);
+        let image = spec::action_image(job);
         if why.contains("No such image") || why.contains("pull") {
             return Outcome::StartFailed(format!(
                 "image `{image}` is not present on {node} and could not be pulled ({why}); build or load it on every node first"
@@ -456,7 +329,7 @@ fn outcome(job: &StageJob, ended: &Ended, private: &Path, node: &str) -> Outcome
         return Outcome::StartFailed(format!("Swarm could not run the stage on {node}: {why}"));
     }
     let code = ended.exit_code.unwrap_or(-1);
-    if private.join(NO_NNP).exists() {
+    if private.join(spec::NO_NNP).exists() {
         return Outcome::StartFailed(format!(
             "{node} runs containers without no-new-privileges: set \"no-new-privileges\": true in its daemon.json (Swarm services cannot ask for it)"
         ));
@@ -539,10 +412,11 @@ async fn stage_run(
     };
     made.services.push(id.clone());
     let follow = task::follow(&ex.docker, &id, job.log.clone());
+    // Stopped: what it printed is read before its service (and log) goes.
     match task::started(&ex.docker, &id, stop).await {
         None => {
+            follow.finish(&ex.docker, &id, &job.log).await;
             task::remove(&ex.docker, &id).await;
-            follow.abandon().await;
             return None;
         }
         Some(Ok(_)) => {
@@ -553,8 +427,8 @@ async fn stage_run(
         Some(Err(_)) => {}
     }
     let Some(ended) = task::finished(&ex.docker, &id, 1, stop).await else {
+        follow.finish(&ex.docker, &id, &job.log).await;
         task::remove(&ex.docker, &id).await;
-        follow.abandon().await;
         return None;
     };
     follow.finish(&ex.docker, &id, &job.log).await;

@@ -280,7 +280,8 @@ pub(crate) fn follow(docker: &Docker, service: &str, log: mpsc::Sender<Chunk>) -
 }
 
 impl Follow {
-    /// Ends the following once the task ended: what the follow has not
+    /// Ends the following once the task ended (or before a stopped one is
+    /// removed, its log with it): what the follow has not
     /// delivered yet is read from the service's whole log and sent.
     pub(crate) async fn finish(self, docker: &Docker, service: &str, log: &mpsc::Sender<Chunk>) {
         // The follow usually delivers the last lines within moments.
@@ -297,12 +298,6 @@ impl Follow {
                 return;
             }
         }
-    }
-
-    /// Stops following (the task was stopped).
-    pub(crate) async fn abandon(self) {
-        self.stop.cancel();
-        let _ = self.pump.await;
     }
 }
 

@@ -406,7 +406,7 @@ mod server_tests {
             ". {vars}\nwget -q -O {got} \"http://$host:$port$path/in\"\n{upload}",
             vars = t.path().join("vars").display(),
             got = t.path().join("got").display(),
-            upload = super::super::stage::DRAIN
+            upload = super::super::spec::DRAIN
                 .lines()
                 .skip_while(|l| !l.starts_with("n="))
                 .collect::<Vec<_>>()
