@@ -266,6 +266,22 @@ pub(crate) fn pack(
     Ok(manifest)
 }
 
+/// Whether `ws/rel`'s parents are all real folders (no link among them).
+fn inside(ws: &Path, rel: &Path) -> bool {
+    let mut at = ws.to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
+    for c in &parts[..parts.len().saturating_sub(1)] {
+        at.push(c);
+        match at.symlink_metadata() {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => return false,
+            // Not there yet: made as a folder when its entry comes.
+            Err(_) => return true,
+        }
+    }
+    true
+}
+
 /// Applies the tar a stage left (`from`, unpacked under `staging`): its
 /// changes to the workspace `ws` and its private folder to `private`.
 pub(crate) fn apply(
@@ -295,8 +311,20 @@ pub(crate) fn apply(
                 .to_path_buf();
             let dest = ws.join(&rel);
             let ft = entry.file_type();
+            // Nothing is ever written through a link of the workspace: a
+            // folder that came back where a link is replaces the link
+            // (parents come before their contents).
+            if !inside(ws, &rel) {
+                return Err(io::Error::other(format!(
+                    "`{}` lies behind a link of the workspace",
+                    rel.display()
+                )));
+            }
             if ft.is_dir() {
-                if !dest.is_dir() {
+                let is_dir = dest
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.file_type().is_dir());
+                if !is_dir {
                     let _ = std::fs::remove_file(&dest);
                     std::fs::create_dir_all(&dest)?;
                 }
@@ -325,9 +353,10 @@ pub(crate) fn apply(
             continue;
         }
         let dest = ws.join(rel);
-        let unchanged = dest
-            .symlink_metadata()
-            .is_ok_and(|m| m.is_file() && m.len() == *len)
+        let unchanged = inside(ws, rel)
+            && dest
+                .symlink_metadata()
+                .is_ok_and(|m| m.is_file() && m.len() == *len)
             && hash_file(&dest).is_ok_and(|h| h == *hash);
         if unchanged {
             std::fs::remove_file(&dest)?;
@@ -382,6 +411,42 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(private.join("output")).unwrap(),
             "k=v\n"
+        );
+    }
+
+    #[test]
+    fn a_link_of_the_workspace_is_never_written_through() {
+        let t = tempfile::tempdir().unwrap();
+        let (ws, private, outside) = (
+            t.path().join("ws"),
+            t.path().join("private"),
+            t.path().join("outside"),
+        );
+        std::fs::create_dir_all(&ws).unwrap();
+        std::fs::create_dir_all(&private).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, ws.join("link")).unwrap();
+        let sent = pack(&ws, &private, 1000, 1000, &t.path().join("in.tar")).unwrap();
+        // The node swapped the link for a folder holding a file.
+        let node = t.path().join("node");
+        std::fs::create_dir_all(node.join("w/link")).unwrap();
+        std::fs::create_dir_all(node.join("p")).unwrap();
+        std::fs::write(node.join("w/link/planted"), "x").unwrap();
+        let out = t.path().join("out.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&out).unwrap());
+        b.append_dir_all("w", node.join("w")).unwrap();
+        b.append_dir_all("p", node.join("p")).unwrap();
+        b.finish().unwrap();
+        drop(b);
+        apply(&out, &t.path().join("staging"), &ws, &private, &sent).unwrap();
+        assert!(
+            !outside.join("planted").exists(),
+            "written through the link"
+        );
+        assert!(ws.join("link").symlink_metadata().unwrap().is_dir());
+        assert_eq!(
+            std::fs::read_to_string(ws.join("link/planted")).unwrap(),
+            "x"
         );
     }
 }
