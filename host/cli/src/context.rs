@@ -233,7 +233,7 @@ pub enum ExecutorKind {
 /// The choice of container executor (`sentinel run`, `sentinel serve`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExecutorArgs {
-    /// Where container stages, jobs and services run: `local` (this
+    /// Where container stages and services run: `local` (this
     /// machine's Docker) or `swarm` (a Docker Swarm whose manager is this
     /// machine's Docker; see docs/swarm.md).
     #[arg(long, env = "SENTINEL_EXECUTOR", value_enum, default_value_t = ExecutorKind::Local)]
@@ -279,6 +279,10 @@ pub async fn executor_for(
     let needs_docker =
         !plan.services.is_empty() || plan.stages.iter().any(|s| s.action.needs_containers());
     let containers: Arc<dyn Executor> = if let Some(swarm) = choice.swarm().await? {
+        eprintln!(
+            "stages run on the swarm; their workspaces are served at {}",
+            swarm.archive_address()
+        );
         Arc::new(swarm)
     } else if needs_docker {
         Arc::new(DockerExecutor::connect().await?)
