@@ -309,7 +309,9 @@ pub async fn run_with(
     let outbox = context::mirror_to_s3(&mut engine, &dirs, &store, args.s3.config()?).await;
     let reaped = engine.exec.reap().await;
     if reaped > 0 {
-        eprintln!("removed {reaped} container(s) or network(s) left by dead sentinel processes");
+        eprintln!(
+            "removed {reaped} container(s), network(s) or other object(s) left by dead sentinel processes"
+        );
     }
     engine.recover().await.report(|line| eprintln!("{line}"));
 

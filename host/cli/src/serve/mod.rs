@@ -158,7 +158,7 @@ async fn run_server(
     let reaped = engine.exec.reap().await;
     if reaped > 0 {
         tracing::info!(
-            "removed {reaped} container(s) or network(s) left by dead sentinel processes"
+            "removed {reaped} container(s), network(s) or other object(s) left by dead sentinel processes"
         );
     }
     let checkouts = dirs.state.join("checkouts");
