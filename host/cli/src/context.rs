@@ -255,8 +255,12 @@ pub struct ExecutorArgs {
 }
 
 impl ExecutorArgs {
-    /// The Swarm executor, when chosen.
-    pub async fn swarm(&self) -> anyhow::Result<Option<sentinel_docker::SwarmExecutor>> {
+    /// The Swarm executor, when chosen (on `local`, this machine's Docker
+    /// executor, when there is one already).
+    pub async fn swarm(
+        &self,
+        local: Option<DockerExecutor>,
+    ) -> anyhow::Result<Option<sentinel_docker::SwarmExecutor>> {
         if self.executor != ExecutorKind::Swarm {
             return Ok(None);
         }
@@ -265,7 +269,11 @@ impl ExecutorArgs {
             helper_image: self.swarm_helper_image.clone(),
             node_socket: self.swarm_node_socket.clone(),
         };
-        Ok(Some(sentinel_docker::SwarmExecutor::connect(config).await?))
+        let swarm = match local {
+            Some(l) => sentinel_docker::SwarmExecutor::with_local(l, config).await?,
+            None => sentinel_docker::SwarmExecutor::connect(config).await?,
+        };
+        Ok(Some(swarm))
     }
 }
 
@@ -278,7 +286,7 @@ pub async fn executor_for(
 ) -> anyhow::Result<Arc<dyn Executor>> {
     let needs_docker =
         !plan.services.is_empty() || plan.stages.iter().any(|s| s.action.needs_containers());
-    let containers: Arc<dyn Executor> = if let Some(swarm) = choice.swarm().await? {
+    let containers: Arc<dyn Executor> = if let Some(swarm) = choice.swarm(None).await? {
         eprintln!(
             "stages run on the swarm; their workspaces are served at {}",
             swarm.archive_address()

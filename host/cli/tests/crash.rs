@@ -329,15 +329,13 @@ async fn a_short_disk_refuses_new_runs_and_loses_none() {
 /// socket and bridge, no iptables): stopped, and its folders and bridge
 /// removed, when dropped. The shared daemon is never touched — not even its
 /// `docker0`, which a daemon started with `--bridge=none` deletes.
-struct OwnDaemon {
-    dir: std::path::PathBuf,
+struct BridgedDaemon {
+    daemon: common::daemon::OwnDaemon,
     bridge: String,
-    child: Option<std::process::Child>,
 }
 
-impl OwnDaemon {
+impl BridgedDaemon {
     fn start(dir: &std::path::Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
         let bridge = format!("sntl{}", std::process::id() % 100_000);
         let ip = |args: &[&str]| {
             std::process::Command::new("ip")
@@ -358,85 +356,38 @@ impl OwnDaemon {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let mut d = Self {
-            dir: dir.to_path_buf(),
-            bridge,
-            child: None,
-        };
-        d.up();
+        let args: Vec<String> = [
+            format!("--bridge={bridge}"),
+            "--iptables=false".into(),
+            "--ip-masq=false".into(),
+            "--ip-forward=false".into(),
+        ]
+        .into();
+        let mut daemon = common::daemon::OwnDaemon::new(dir, &[], &args);
+        daemon.up();
         // The stage image, from the shared daemon (nothing can be pulled).
-        let load = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "docker save sentinel/busybox:local | docker -H {} load",
-                d.host()
-            ))
-            .output()
-            .unwrap();
-        assert!(load.status.success(), "{load:?}");
-        d
-    }
-
-    fn host(&self) -> String {
-        format!("unix://{}", self.dir.join("sock").display())
-    }
-
-    fn up(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("log"))
-            .unwrap();
-        let child = std::process::Command::new("dockerd")
-            .arg("--data-root")
-            .arg(self.dir.join("root"))
-            .arg("--exec-root")
-            .arg(self.dir.join("exec"))
-            .arg("--pidfile")
-            .arg(self.dir.join("pid"))
-            .args(["-H", &self.host()])
-            .arg(format!("--bridge={}", self.bridge))
-            .args(["--iptables=false", "--ip-masq=false", "--ip-forward=false"])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd (this test runs a Docker daemon of its own: install docker.io)");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(60);
-        while !self.docker(&["info"]).status.success() {
-            assert!(
-                Instant::now() < until,
-                "the test's own dockerd did not start: {}",
-                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Stops the daemon as a service restart does (SIGTERM: it stops its
-    /// containers) and waits for it to exit.
-    fn down(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .arg(c.id().to_string())
-                .status();
-            let _ = c.wait();
-        }
-    }
-
-    fn docker(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new("docker")
-            .args(["-H", &self.host()])
-            .args(args)
-            .output()
-            .unwrap()
+        daemon.load(&[common::IMAGE]);
+        Self { daemon, bridge }
     }
 }
 
-impl Drop for OwnDaemon {
+impl std::ops::Deref for BridgedDaemon {
+    type Target = common::daemon::OwnDaemon;
+    fn deref(&self) -> &Self::Target {
+        &self.daemon
+    }
+}
+
+impl std::ops::DerefMut for BridgedDaemon {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.daemon
+    }
+}
+
+impl Drop for BridgedDaemon {
     fn drop(&mut self) {
-        self.down();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.daemon.down();
+        let _ = std::fs::remove_dir_all(&self.daemon.dir);
         let _ = std::process::Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
@@ -452,7 +403,7 @@ fn a_daemon_restarted_mid_run_ends_the_attempt_and_the_retry_finishes() {
     let tmp = tempfile::tempdir().unwrap();
     // Short: the daemon's socket path must fit a Unix socket address.
     let dir = std::path::PathBuf::from(format!("/tmp/sentinel-dockerd-{}", std::process::id()));
-    let mut daemon = OwnDaemon::start(&dir);
+    let mut daemon = BridgedDaemon::start(&dir);
     let project = tmp.path().join("project");
     std::fs::create_dir_all(&project).unwrap();
     std::fs::write(

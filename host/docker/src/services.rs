@@ -141,7 +141,7 @@ pub(crate) fn link_env(name: &str, ip: &str, ports: &[(u16, String)]) -> Vec<Var
 }
 
 /// The image's own entrypoint and command, run after the secrets file is read.
-async fn wrapped(
+pub(crate) async fn wrapped(
     ex: &DockerExecutor,
     image: &str,
     command: Option<&String>,

@@ -141,7 +141,7 @@ async fn run_server(
     }
     let github_secret = settings.github_secret()?;
     let (mut containers, docker) = context::server_docker(settings.ready_namespaces).await;
-    if let Some(swarm) = executor.swarm().await? {
+    if let Some(swarm) = executor.swarm(docker.clone()).await? {
         tracing::info!(
             "container stages run on the swarm; workspaces are served at {}",
             swarm.archive_address()

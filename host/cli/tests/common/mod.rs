@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod daemon;
 pub mod server;
 pub mod steps;
 
@@ -117,8 +118,7 @@ pub fn slack(local: u64, swarm: u64) -> u64 {
 /// The Swarm executor of the tests (this machine's one-node swarm, set up
 /// by `scripts/swarm.sh`), or a failure saying how to get it.
 pub async fn swarm() -> sentinel_docker::SwarmExecutor {
-    let config = sentinel_docker::SwarmConfig::from_env().unwrap_or_else(|e| panic!("{e}"));
-    sentinel_docker::SwarmExecutor::connect(config)
+    sentinel_docker::SwarmExecutor::connect(Default::default())
         .await
         .unwrap_or_else(|e| {
             panic!("{e}\nthe Swarm tests need this machine's Docker in a swarm: run `scripts/setup.sh` (it runs scripts/swarm.sh)")

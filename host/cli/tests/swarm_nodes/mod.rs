@@ -8,7 +8,9 @@
 //! Everything is removed when the test ends, whatever happened.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
+
+use crate::common::daemon::OwnDaemon;
 use std::time::{Duration, Instant};
 
 const SUBNET: &str = "192.168.214";
@@ -33,68 +35,41 @@ fn text(out: &Output) -> String {
 /// One node: a daemon in a namespace.
 struct Node {
     ns: String,
-    dir: PathBuf,
-    child: Option<Child>,
+    daemon: OwnDaemon,
+}
+
+impl std::ops::Deref for Node {
+    type Target = OwnDaemon;
+    fn deref(&self) -> &OwnDaemon {
+        &self.daemon
+    }
 }
 
 impl Node {
-    fn host(&self) -> String {
-        format!("unix://{}", self.dir.join("sock").display())
-    }
-
-    fn docker(&self, args: &[&str]) -> Output {
-        Command::new("docker")
-            .args(["-H", &self.host()])
-            .args(args)
-            .output()
-            .expect("docker CLI")
+    /// A node of namespace `ns` in `dir`, not started yet. `nsenter --net`,
+    /// not `ip netns exec`: that one mounts a sysfs of its own, hiding the
+    /// cgroup mounts dockerd needs.
+    fn new(ns: String, dir: PathBuf) -> Self {
+        let launcher = ["nsenter".to_string(), format!("--net=/var/run/netns/{ns}")];
+        let config = dir.join("daemon.json");
+        let args = ["--config-file".to_string(), config.display().to_string()];
+        Self {
+            daemon: OwnDaemon::new(&dir, &launcher, &args),
+            ns,
+        }
     }
 
     fn start(&mut self) {
-        std::fs::create_dir_all(&self.dir).unwrap();
         // Its own configuration: what the set-up asks of every node.
         std::fs::write(
             self.dir.join("daemon.json"),
             r#"{"no-new-privileges": true}"#,
         )
         .unwrap();
-        let log = std::fs::File::create(self.dir.join("log")).unwrap();
-        // `nsenter --net`, not `ip netns exec`: that one mounts a sysfs of
-        // its own, hiding the cgroup mounts dockerd needs.
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.ns))
-            .arg("dockerd")
-            .arg("--config-file")
-            .arg(self.dir.join("daemon.json"))
-            .arg("--data-root")
-            .arg(self.dir.join("root"))
-            .arg("--exec-root")
-            .arg(self.dir.join("exec"))
-            .arg("--pidfile")
-            .arg(self.dir.join("pid"))
-            .args(["-H", &self.host()])
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("dockerd (install docker.io)");
-        self.child = Some(child);
-        let until = Instant::now() + Duration::from_secs(60);
-        while !self.docker(&["info"]).status.success() {
-            assert!(
-                Instant::now() < until,
-                "the test's dockerd in {} did not start: {}",
-                self.ns,
-                std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.daemon.up();
         // The images, from this machine's daemon.
-        let load = format!(
-            "docker save {} sentinel/docker-cli:local | docker -H {} load",
-            crate::common::IMAGE,
-            self.host()
-        );
-        run_ok(Command::new("sh").args(["-c", &load]), "loading the images");
+        self.daemon
+            .load(&[crate::common::IMAGE, "sentinel/docker-cli:local"]);
     }
 
     /// Objects of a run left on this node.
@@ -130,16 +105,7 @@ struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let pid = std::fs::read_to_string(n.dir.join("pid")).unwrap_or_default();
-                let _ = Command::new("kill").arg(pid.trim()).status();
-                let until = Instant::now() + Duration::from_secs(30);
-                while c.try_wait().ok().flatten().is_none() && Instant::now() < until {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
-            }
+            n.daemon.down();
             let _ = Command::new("ip").args(["netns", "del", &n.ns]).status();
         }
         let _ = Command::new("sh")
@@ -160,11 +126,7 @@ fn cluster(root: &Path) -> Cluster {
     let mut c = Cluster {
         nodes: ["a", "b"]
             .iter()
-            .map(|n| Node {
-                ns: format!("sntl-{n}-{id}"),
-                dir: root.join(n),
-                child: None,
-            })
+            .map(|n| Node::new(format!("sntl-{n}-{id}"), root.join(n)))
             .collect(),
         root: root.to_path_buf(),
     };

@@ -52,29 +52,37 @@ pub(crate) async fn node_name(docker: &Docker, id: &str) -> String {
     }
 }
 
-/// Removes a secret; quiet when it is gone.
-pub(crate) async fn remove_secret(docker: &Docker, id: &str) {
-    // A secret is in use until its service is gone from the cluster.
-    for _ in 0..50 {
-        match docker.delete_secret(id).await {
-            Ok(()) => return,
-            Err(e) if is_not_found(&e) => return,
+/// Tries a removal every 200 ms, `tries` times at most, while Swarm
+/// refuses it (a secret or network in use until its tasks are gone);
+/// `true` when it removed the object, `false` when it was gone already or
+/// still refused (said in the log).
+async fn until_removed<F, Fut>(what: &str, tries: usize, remove: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), bollard::errors::Error>>,
+{
+    for _ in 0..tries {
+        match remove().await {
+            Ok(()) => return true,
+            Err(e) if is_not_found(&e) => return false,
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    tracing::warn!("cannot remove the secret {id}");
+    tracing::warn!("cannot remove {what}");
+    false
+}
+
+/// Removes a secret; quiet when it is gone.
+pub(crate) async fn remove_secret(docker: &Docker, id: &str) {
+    until_removed(&format!("the secret {id}"), 50, || docker.delete_secret(id)).await;
 }
 
 /// Removes a network once no task uses it; quiet when it is gone.
-pub(crate) async fn remove_network(docker: &Docker, id: &str) {
-    for _ in 0..100 {
-        match docker.remove_network(id).await {
-            Ok(()) => return,
-            Err(e) if is_not_found(&e) => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    tracing::warn!("cannot remove the network {id}");
+async fn remove_network(docker: &Docker, id: &str) {
+    until_removed(&format!("the network {id}"), 100, || {
+        docker.remove_network(id)
+    })
+    .await;
 }
 
 /// Everything of the runs matching `label` (`key[=value]`) whose labels
@@ -89,43 +97,43 @@ struct Found {
     volumes: Vec<String>,
 }
 
+/// The ids of `items` (labels, id) whose labels `dead` accepts; their runs
+/// noted in `runs`.
+fn dead_ones(
+    runs: &mut BTreeSet<String>,
+    dead: &impl Fn(&HashMap<String, String>) -> bool,
+    items: impl IntoIterator<Item = (HashMap<String, String>, Option<String>)>,
+) -> Vec<String> {
+    items
+        .into_iter()
+        .filter(|(l, _)| dead(l))
+        .filter_map(|(l, id)| {
+            if let Some(r) = l.get(LABEL_RUN) {
+                runs.insert(r.clone());
+            }
+            id
+        })
+        .collect()
+}
+
 async fn find(
     docker: &Docker,
     label: &str,
     dead: impl Fn(&HashMap<String, String>) -> bool,
 ) -> Found {
-    let mut f = Found::default();
-    let keep = |l: &HashMap<String, String>,
-                id: Option<String>,
-                to: fn(&mut Found) -> &mut Vec<String>,
-                f: &mut Found| {
-        if !dead(l) {
-            return;
-        }
-        if let Some(r) = l.get(LABEL_RUN) {
-            f.runs.insert(r.clone());
-        }
-        if let Some(id) = id {
-            to(f).push(id);
-        }
-    };
-    for s in docker
+    let mut runs = BTreeSet::new();
+    let services = docker
         .list_services(Some(ListServicesOptions {
             filters: by_label(label),
             ..Default::default()
         }))
         .await
         .unwrap_or_default()
-    {
-        let l = s
-            .spec
-            .as_ref()
-            .and_then(|s| s.labels.clone())
-            .unwrap_or_default();
-        keep(&l, s.id, |f| &mut f.services, &mut f);
-    }
+        .into_iter()
+        .map(|s| (s.spec.and_then(|s| s.labels).unwrap_or_default(), s.id));
+    let services = dead_ones(&mut runs, &dead, services);
     // Swarm leaves a removed service's ended containers: its tasks' are ours.
-    for c in docker
+    let containers = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters: by_label(label),
@@ -133,37 +141,29 @@ async fn find(
         }))
         .await
         .unwrap_or_default()
-    {
-        let l = c.labels.clone().unwrap_or_default();
-        if l.contains_key("com.docker.swarm.task.id") {
-            keep(&l, c.id, |f| &mut f.containers, &mut f);
-        }
-    }
-    for s in docker
+        .into_iter()
+        .map(|c| (c.labels.unwrap_or_default(), c.id))
+        .filter(|(l, _)| l.contains_key("com.docker.swarm.task.id"));
+    let containers = dead_ones(&mut runs, &dead, containers);
+    let secrets = docker
         .list_secrets(Some(ListSecretsOptions {
             filters: by_label(label),
         }))
         .await
         .unwrap_or_default()
-    {
-        let l = s
-            .spec
-            .as_ref()
-            .and_then(|s| s.labels.clone())
-            .unwrap_or_default();
-        keep(&l, s.id, |f| &mut f.secrets, &mut f);
-    }
-    for n in docker
+        .into_iter()
+        .map(|s| (s.spec.and_then(|s| s.labels).unwrap_or_default(), s.id));
+    let secrets = dead_ones(&mut runs, &dead, secrets);
+    let networks = docker
         .list_networks(Some(ListNetworksOptions {
             filters: by_label(label),
         }))
         .await
         .unwrap_or_default()
-    {
-        let l = n.labels.clone().unwrap_or_default();
-        keep(&l, n.id, |f| &mut f.networks, &mut f);
-    }
-    for v in docker
+        .into_iter()
+        .map(|n| (n.labels.unwrap_or_default(), n.id));
+    let networks = dead_ones(&mut runs, &dead, networks);
+    let volumes = docker
         .list_volumes(Some(ListVolumesOptions {
             filters: by_label(label),
         }))
@@ -171,10 +171,17 @@ async fn find(
         .ok()
         .and_then(|v| v.volumes)
         .unwrap_or_default()
-    {
-        keep(&v.labels, Some(v.name), |f| &mut f.volumes, &mut f);
+        .into_iter()
+        .map(|v| (v.labels, Some(v.name)));
+    let volumes = dead_ones(&mut runs, &dead, volumes);
+    Found {
+        runs,
+        services,
+        containers,
+        secrets,
+        networks,
+        volumes,
     }
-    f
 }
 
 /// Removes what was found, in the order Swarm needs: the services, their
@@ -183,7 +190,7 @@ async fn find(
 /// container of it lives is left half-removed on its node) and the
 /// volumes. Returns how many objects went.
 async fn remove(ex: &SwarmExecutor, f: Found, other_nodes: bool) -> usize {
-    let docker = &ex.docker;
+    let docker = &ex.local.docker;
     let mut removed = 0;
     for s in &f.services {
         task::remove(docker, s).await;
@@ -244,23 +251,15 @@ async fn remove(ex: &SwarmExecutor, f: Found, other_nodes: bool) -> usize {
 }
 
 async fn remove_volume(docker: &Docker, name: &str) -> bool {
-    for _ in 0..50 {
-        match docker
-            .remove_volume(name, Some(RemoveVolumeOptions { force: true }))
-            .await
-        {
-            Ok(()) => return true,
-            Err(e) if is_not_found(&e) => return false,
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-    tracing::warn!("cannot remove the volume {name}");
-    false
+    until_removed(&format!("the volume {name}"), 50, || {
+        docker.remove_volume(name, Some(RemoveVolumeOptions { force: true }))
+    })
+    .await
 }
 
 /// Removes everything of a run.
 pub(crate) async fn run(ex: &SwarmExecutor, run: &RunId) {
-    let mut found = find(&ex.docker, &format!("{LABEL_RUN}={run}"), |_| true).await;
+    let mut found = find(&ex.local.docker, &format!("{LABEL_RUN}={run}"), |_| true).await;
     found.runs.insert(run.to_string());
     // Only a run some of whose stages ran elsewhere left volumes elsewhere.
     let elsewhere = ex
@@ -274,7 +273,7 @@ pub(crate) async fn run(ex: &SwarmExecutor, run: &RunId) {
 
 /// Removes what dead owners left; returns how many objects went.
 pub(crate) async fn reap(ex: &SwarmExecutor) -> usize {
-    let found = find(&ex.docker, LABEL_OWNER, |l| {
+    let found = find(&ex.local.docker, LABEL_OWNER, |l| {
         l.get(LABEL_OWNER)
             .and_then(|o| Owner::from_label(o))
             .is_some_and(|o| !o.is_alive())
@@ -297,7 +296,7 @@ async fn nodes(docker: &Docker) -> usize {
 /// swarm has none): a one-shot global service of the helper image with the node's
 /// Docker socket, which removes the volumes labelled with those runs.
 async fn sweep_nodes(ex: &SwarmExecutor, runs: &[String]) {
-    if runs.is_empty() || nodes(&ex.docker).await < 2 {
+    if runs.is_empty() || nodes(&ex.local.docker).await < 2 {
         return;
     }
     // Earlier sweeps' own containers first (a task cannot remove its own).
@@ -339,14 +338,14 @@ async fn sweep_nodes(ex: &SwarmExecutor, runs: &[String]) {
         networks: Vec::new(),
         global: true,
     };
-    let id = match task::create(&ex.docker, job).await {
+    let id = match task::create(&ex.local.docker, job).await {
         Ok(id) => id,
         Err(e) => {
             tracing::warn!("cannot sweep the nodes' volumes: {e}");
             return;
         }
     };
-    let others = nodes(&ex.docker).await.saturating_sub(1).max(1);
+    let others = nodes(&ex.local.docker).await.saturating_sub(1).max(1);
     let never = CancellationToken::new();
     let timer = {
         let never = never.clone();
@@ -355,7 +354,7 @@ async fn sweep_nodes(ex: &SwarmExecutor, runs: &[String]) {
             never.cancel();
         })
     };
-    match task::finished(&ex.docker, &id, others, &never).await {
+    match task::finished(&ex.local.docker, &id, others, &never).await {
         Some(ended) => {
             for e in ended.iter().filter(|e| e.state != "complete") {
                 tracing::warn!("a node's volumes were not all removed: {}", e.why());
@@ -364,5 +363,5 @@ async fn sweep_nodes(ex: &SwarmExecutor, runs: &[String]) {
         None => tracing::warn!("the nodes' volume sweep did not end within 60 s"),
     }
     timer.abort();
-    task::remove(&ex.docker, &id).await;
+    task::remove(&ex.local.docker, &id).await;
 }

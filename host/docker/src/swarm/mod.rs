@@ -63,30 +63,11 @@ pub struct SwarmConfig {
     pub node_socket: Option<String>,
 }
 
-impl SwarmConfig {
-    /// `SENTINEL_SWARM_LISTEN`, `SENTINEL_SWARM_HELPER_IMAGE` and
-    /// `SENTINEL_SWARM_NODE_SOCKET`, when set.
-    pub fn from_env() -> Result<Self, String> {
-        let listen = match std::env::var("SENTINEL_SWARM_LISTEN") {
-            Ok(v) if !v.is_empty() => Some(v.parse().map_err(|e| {
-                format!("SENTINEL_SWARM_LISTEN `{v}` is not an address such as 10.0.0.5:0: {e}")
-            })?),
-            _ => None,
-        };
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Ok(Self {
-            listen,
-            helper_image: var("SENTINEL_SWARM_HELPER_IMAGE"),
-            node_socket: var("SENTINEL_SWARM_NODE_SOCKET"),
-        })
-    }
-}
-
 /// The Swarm executor.
 #[derive(Debug, Clone)]
 pub struct SwarmExecutor {
-    pub(crate) docker: Docker,
-    /// The manager's own Docker: jobs and image builds run there.
+    /// The manager's own Docker: the client of every Swarm call; jobs and
+    /// image builds run there.
     pub(crate) local: crate::DockerExecutor,
     pub(crate) transfer: Arc<transfer::Transfer>,
     pub(crate) helper: String,
@@ -106,8 +87,16 @@ impl SwarmExecutor {
     /// Connects to the local Docker engine, which must be a Swarm manager,
     /// and starts the workspace archive server.
     pub async fn connect(config: SwarmConfig) -> Result<Self, ConnectError> {
-        let local = crate::DockerExecutor::connect().await?;
-        let docker = local.docker.clone();
+        Self::with_local(crate::DockerExecutor::connect().await?, config).await
+    }
+
+    /// The same on an executor of the manager's Docker already connected
+    /// (a server's, with its namespaces kept ready for jobs).
+    pub async fn with_local(
+        local: crate::DockerExecutor,
+        config: SwarmConfig,
+    ) -> Result<Self, ConnectError> {
+        let docker = &local.docker;
         let info = docker
             .info()
             .await
@@ -124,7 +113,7 @@ impl SwarmExecutor {
         }
         let listen = match config.listen {
             Some(a) => a,
-            None => default_listen(&docker).await?,
+            None => default_listen(docker).await?,
         };
         let transfer = transfer::Transfer::start(listen).await.map_err(|e| {
             ConnectError(format!(
@@ -132,7 +121,6 @@ impl SwarmExecutor {
             ))
         })?;
         Ok(Self {
-            docker,
             local,
             transfer: Arc::new(transfer),
             helper: config
@@ -150,11 +138,11 @@ impl SwarmExecutor {
 
     /// The underlying client (for tests and tools).
     pub fn client(&self) -> &Docker {
-        &self.docker
+        &self.local.docker
     }
 
     /// Where the workspace archive server listens.
-    pub fn archive_address(&self) -> &str {
+    pub fn archive_address(&self) -> String {
         self.transfer.base()
     }
 

@@ -30,7 +30,8 @@ pub(crate) async fn create_overlay(
     internal: bool,
     labels: &HashMap<String, String>,
 ) -> Result<(), String> {
-    ex.docker
+    ex.local
+        .docker
         .create_network(NetworkCreateRequest {
             name: name.into(),
             driver: Some("overlay".into()),
@@ -83,26 +84,6 @@ pub(crate) async fn start(ex: &SwarmExecutor, ctx: &RunContext) -> Result<(), Ex
     Ok(())
 }
 
-/// The image's own entrypoint and command, or `sh -c COMMAND`.
-async fn argv(ex: &SwarmExecutor, svc: &ServicePlan) -> Vec<String> {
-    let mut argv = match &svc.command {
-        Some(c) => vec!["sh".to_string(), "-c".to_string(), c.clone()],
-        None => match ex.docker.inspect_image(&svc.image).await {
-            Ok(i) => {
-                let config = i.config.unwrap_or_default();
-                let mut argv = config.entrypoint.unwrap_or_default();
-                argv.extend(config.cmd.unwrap_or_default());
-                argv
-            }
-            Err(_) => Vec::new(),
-        },
-    };
-    if argv.is_empty() {
-        argv = vec!["sh".into()];
-    }
-    argv
-}
-
 async fn start_one(
     ex: &SwarmExecutor,
     ctx: &RunContext,
@@ -124,20 +105,22 @@ async fn start_one(
     } else {
         let name = object_name(&ctx.run_id, &format!("svc-{}-env", svc.name));
         let id = super::stage::create_secret(ex, &name, env_file(&secret).as_bytes(), &l).await?;
-        let loader = format!(". {SECRETS_MOUNT} && exec \"$@\"");
+        // The image's own command after the file is read, as locally: the
+        // manager inspects the image, so it must have it.
+        let (entrypoint, cmd) =
+            crate::services::wrapped(&ex.local, &svc.image, svc.command.as_ref())
+                .await
+                .map_err(|e| e.to_string())?;
         (
-            Some(vec!["sh".into(), "-c".into(), loader, "sentinel".into()]),
-            Some(argv(ex, svc).await),
-            Some(vec![bollard::models::TaskSpecContainerSpecSecrets {
-                file: Some(bollard::models::TaskSpecContainerSpecFile {
-                    name: Some(SECRETS_MOUNT.into()),
-                    uid: Some("0".into()),
-                    gid: Some("0".into()),
-                    mode: Some(0o444),
-                }),
-                secret_id: Some(id),
-                secret_name: Some(name),
-            }]),
+            Some(entrypoint),
+            Some(cmd),
+            Some(vec![super::spec::secret_ref(
+                &id,
+                &name,
+                SECRETS_MOUNT,
+                (0, 0),
+                0o444,
+            )]),
         )
     };
     let health = svc.ready.as_ref().map(|cmd| HealthConfig {
@@ -198,7 +181,8 @@ async fn start_one(
         }),
         ..Default::default()
     };
-    ex.docker
+    ex.local
+        .docker
         .create_service(spec, None)
         .await
         .map_err(|e| format!("cannot create: {e}"))?
@@ -215,7 +199,7 @@ async fn wait_ready(ex: &SwarmExecutor, id: &str, svc: &ServicePlan) -> Result<(
         tokio::time::sleep(limit).await;
         t2.cancel();
     });
-    let got = super::task::started(&ex.docker, id, &timeout).await;
+    let got = super::task::started(&ex.local.docker, id, &timeout).await;
     timer.abort();
     match got {
         Some(Ok(_)) => Ok(()),

@@ -48,13 +48,6 @@ r=$( { printf 'POST %s/out HTTP/1.0\r\nContent-Length: %s\r\n\r\n' "$path" "$n";
 case "$r" in *" 200 "*) ;; *) echo "the upload was refused: $r" >&2; exit 1;; esac
 "#;
 
-pub(crate) fn uid_gid(user: &str) -> (u64, u64) {
-    let mut it = user.split(':');
-    let uid = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let gid = it.next().and_then(|s| s.parse().ok()).unwrap_or(uid);
-    (uid, gid)
-}
-
 fn volume(source: &str, target: &str, labels: &HashMap<String, String>) -> Mount {
     Mount {
         target: Some(target.into()),
@@ -72,15 +65,15 @@ pub(crate) fn secret_ref(
     id: &str,
     name: &str,
     target: &str,
-    uid: u64,
-    gid: u64,
+    (uid, gid): (u32, u32),
+    mode: u32,
 ) -> TaskSpecContainerSpecSecrets {
     TaskSpecContainerSpecSecrets {
         file: Some(TaskSpecContainerSpecFile {
             name: Some(target.into()),
             uid: Some(uid.to_string()),
             gid: Some(gid.to_string()),
-            mode: Some(0o400),
+            mode: Some(mode),
         }),
         secret_id: Some(id.into()),
         secret_name: Some(name.into()),
@@ -125,8 +118,8 @@ impl Helper<'_> {
                     self.transfer.0,
                     self.transfer.1,
                     TRANSFER_MOUNT,
-                    0,
-                    0,
+                    (0, 0),
+                    0o400,
                 )]),
                 capability_drop: Some(vec!["ALL".into()]),
                 capability_add: Some(vec![

@@ -24,7 +24,8 @@ use crate::{labels, object_name};
 struct Slot {
     /// A short random id naming its objects.
     id: String,
-    token: String,
+    /// Its archives and the token of their URL.
+    files: transfer::Slot,
     dir: PathBuf,
     labels: HashMap<String, String>,
 }
@@ -40,6 +41,15 @@ impl Slot {
     }
 }
 
+/// Runs file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+}
+
 fn fail(message: impl Into<String>) -> StageReport {
     StageReport::of(Outcome::StartFailed(message.into()))
 }
@@ -51,7 +61,8 @@ pub(crate) async fn create_secret(
     data: &[u8],
     labels: &HashMap<String, String>,
 ) -> Result<String, String> {
-    ex.docker
+    ex.local
+        .docker
         .create_secret(SecretSpec {
             name: Some(name.into()),
             labels: Some(labels.clone()),
@@ -108,7 +119,7 @@ pub(crate) async fn run(ex: &SwarmExecutor, job: StageJob, stop: CancellationTok
         return fail(format!("cannot prepare the stage's archive: {e}"));
     }
     let slot = Slot {
-        token: ex.transfer.open(&dir).await,
+        files: ex.transfer.open(&dir).await,
         labels: labels(&job.run_id, &job.owner, "stage", Some(job.stage.as_str())),
         id,
         dir,
@@ -118,7 +129,7 @@ pub(crate) async fn run(ex: &SwarmExecutor, job: StageJob, stop: CancellationTok
         ex, &job, ws, &slot, &private, entrypoint, cmd, &stop, &mut made,
     )
     .await;
-    ex.transfer.close(&slot.token).await;
+    ex.transfer.close(&slot.files.token).await;
     made.remove_later(ex).await;
     let _ = std::fs::remove_dir_all(&slot.dir);
     report
@@ -133,7 +144,7 @@ struct Made {
 
 impl Made {
     async fn remove_later(self, ex: &SwarmExecutor) {
-        let docker = ex.docker.clone();
+        let docker = ex.local.docker.clone();
         ex.later(async move {
             for s in &self.services {
                 task::remove(&docker, s).await;
@@ -159,17 +170,17 @@ async fn run_slot(
     stop: &CancellationToken,
     made: &mut Made,
 ) -> StageReport {
-    let (uid, gid) = spec::uid_gid(&job.user);
-    let fill_tar = slot.dir.join("in.tar");
-    let sent = {
-        let (w, p, to) = (ws.dir.clone(), private.to_path_buf(), fill_tar.clone());
-        match tokio::task::spawn_blocking(move || transfer::pack(&w, &p, uid, gid, &to)).await {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => return fail(format!("cannot pack the workspace: {e}")),
-            Err(e) => return fail(format!("cannot pack the workspace: {e}")),
-        }
+    let (uid, gid) = sentinel_engine::workspace::parse_user(&job.user);
+    let (w, p, to) = (
+        ws.dir.clone(),
+        private.to_path_buf(),
+        slot.files.fill.clone(),
+    );
+    let sent = match blocking(move || transfer::pack(&w, &p, uid, gid, &to)).await {
+        Ok(m) => m,
+        Err(e) => return fail(format!("cannot pack the workspace: {e}")),
     };
-    let where_ = ex.transfer.shell_vars(&slot.token);
+    let where_ = ex.transfer.shell_vars(&slot.files.token);
     let t_name = slot.name(job, "t");
     let t_id = match create_secret(ex, &t_name, where_.as_bytes(), &slot.labels).await {
         Ok(id) => id,
@@ -184,7 +195,13 @@ async fn run_slot(
         match create_secret(ex, &name, env_file(&secret_vars).as_bytes(), &slot.labels).await {
             Ok(id) => {
                 made.secrets.push(id.clone());
-                Some(spec::secret_ref(&id, &name, SECRETS_MOUNT, uid, gid))
+                Some(spec::secret_ref(
+                    &id,
+                    &name,
+                    SECRETS_MOUNT,
+                    (uid, gid),
+                    0o400,
+                ))
             }
             Err(e) => return fail(e),
         }
@@ -278,17 +295,11 @@ async fn run_slot(
         .await
         {
             HelperEnd::Done(_) => {
-                let (from, staging) = (slot.dir.join("out.tar"), slot.dir.join("back"));
+                let (from, staging) = (slot.files.drained.clone(), slot.dir.join("back"));
                 let (w, p) = (ws.dir.clone(), private.to_path_buf());
-                match tokio::task::spawn_blocking(move || {
-                    transfer::apply(&from, &staging, &w, &p, &sent)
-                })
-                .await
-                {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                }
+                blocking(move || transfer::apply(&from, &staging, &w, &p, &sent))
+                    .await
+                    .map_err(|e| e.to_string())
             }
             HelperEnd::Stopped => return StageReport::of(Outcome::Stopped),
             HelperEnd::Failed(why) => Err(why),
@@ -296,7 +307,7 @@ async fn run_slot(
     } else {
         Ok(())
     };
-    let node_name = super::clean::node_name(&ex.docker, &node).await;
+    let node_name = super::clean::node_name(&ex.local.docker, &node).await;
     let outcome = outcome(job, &ended, private, &node_name);
     if let Err(why) = drained {
         return StageReport::of(Outcome::Error(format!(
@@ -359,13 +370,13 @@ async fn helper_run(
     made: &mut Made,
     stop: &CancellationToken,
 ) -> HelperEnd {
-    let id = match task::create(&ex.docker, job).await {
+    let id = match task::create(&ex.local.docker, job).await {
         Ok(id) => id,
         Err(e) => return HelperEnd::Failed(e),
     };
     made.services.push(id.clone());
-    let Some(ended) = task::finished(&ex.docker, &id, 1, stop).await else {
-        task::remove(&ex.docker, &id).await;
+    let Some(ended) = task::finished(&ex.local.docker, &id, 1, stop).await else {
+        task::remove(&ex.local.docker, &id).await;
         return HelperEnd::Stopped;
     };
     let Some(end) = ended.into_iter().next() else {
@@ -383,7 +394,7 @@ async fn helper_run(
     if end.state == "complete" {
         return HelperEnd::Done(end.node.unwrap_or_default());
     }
-    let said = task::output(&ex.docker, &id).await;
+    let said = task::output(&ex.local.docker, &id).await;
     HelperEnd::Failed(if said.is_empty() {
         end.why()
     } else {
@@ -400,7 +411,7 @@ async fn stage_run(
     made: &mut Made,
     stop: &CancellationToken,
 ) -> Option<Ended> {
-    let id = match task::create(&ex.docker, spec).await {
+    let id = match task::create(&ex.local.docker, spec).await {
         Ok(id) => id,
         Err(e) => {
             return Some(Ended {
@@ -411,12 +422,12 @@ async fn stage_run(
         }
     };
     made.services.push(id.clone());
-    let follow = task::follow(&ex.docker, &id, job.log.clone());
+    let follow = task::follow(&ex.local.docker, &id, job.log.clone());
     // Stopped: what it printed is read before its service (and log) goes.
-    match task::started(&ex.docker, &id, stop).await {
+    match task::started(&ex.local.docker, &id, stop).await {
         None => {
-            follow.finish(&ex.docker, &id, &job.log).await;
-            task::remove(&ex.docker, &id).await;
+            follow.finish(&ex.local.docker, &id, &job.log).await;
+            task::remove(&ex.local.docker, &id).await;
             return None;
         }
         Some(Ok(_)) => {
@@ -426,11 +437,11 @@ async fn stage_run(
         }
         Some(Err(_)) => {}
     }
-    let Some(ended) = task::finished(&ex.docker, &id, 1, stop).await else {
-        follow.finish(&ex.docker, &id, &job.log).await;
-        task::remove(&ex.docker, &id).await;
+    let Some(ended) = task::finished(&ex.local.docker, &id, 1, stop).await else {
+        follow.finish(&ex.local.docker, &id, &job.log).await;
+        task::remove(&ex.local.docker, &id).await;
         return None;
     };
-    follow.finish(&ex.docker, &id, &job.log).await;
+    follow.finish(&ex.local.docker, &id, &job.log).await;
     ended.into_iter().next()
 }

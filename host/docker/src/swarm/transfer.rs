@@ -28,20 +28,20 @@ use tokio_util::sync::CancellationToken;
 /// The archive server of a Swarm executor.
 #[derive(Debug)]
 pub(crate) struct Transfer {
-    /// `http://ADDR:PORT`, as the nodes reach it.
-    base: String,
-    /// `ADDR:PORT`.
-    addr: String,
+    /// Where it listens, as the nodes reach it.
+    addr: SocketAddr,
     slots: Arc<Mutex<HashMap<String, Slot>>>,
     stop: CancellationToken,
 }
 
+/// One stage attempt's slot: its token and its two archives.
 #[derive(Debug, Clone)]
-struct Slot {
+pub(crate) struct Slot {
+    pub token: String,
     /// The tar the stage starts from.
-    fill: PathBuf,
+    pub fill: PathBuf,
     /// Where the tar it left is written.
-    drained: PathBuf,
+    pub drained: PathBuf,
 }
 
 impl Drop for Transfer {
@@ -84,41 +84,34 @@ impl Transfer {
                 });
             }
         });
-        Ok(Self {
-            base: format!("http://{addr}"),
-            addr: addr.to_string(),
-            slots,
-            stop,
-        })
+        Ok(Self { addr, slots, stop })
     }
 
-    /// The address the server listens on.
-    pub(crate) fn base(&self) -> &str {
-        &self.base
+    /// The server's URL, as the nodes reach it.
+    pub(crate) fn base(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
-    /// Opens a slot whose files live in `dir`; returns its token.
-    pub(crate) async fn open(&self, dir: &Path) -> String {
+    /// Opens a slot whose files live in `dir`.
+    pub(crate) async fn open(&self, dir: &Path) -> Slot {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).expect("the system's random source");
-        let token = hex::encode(raw);
-        self.slots.lock().await.insert(
-            token.clone(),
-            Slot {
-                fill: dir.join("in.tar"),
-                drained: dir.join("out.tar"),
-            },
-        );
-        token
+        let slot = Slot {
+            token: hex::encode(raw),
+            fill: dir.join("in.tar"),
+            drained: dir.join("out.tar"),
+        };
+        self.slots
+            .lock()
+            .await
+            .insert(slot.token.clone(), slot.clone());
+        slot
     }
 
     /// Where a slot is, as shell assignments (`host`, `port`, `path`):
     /// what its helpers are given, secretly.
     pub(crate) fn shell_vars(&self, token: &str) -> String {
-        let (host, port) = self
-            .addr
-            .rsplit_once(':')
-            .unwrap_or((self.addr.as_str(), "80"));
+        let (host, port) = (self.addr.ip(), self.addr.port());
         format!("host='{host}'\nport='{port}'\npath='/t/{token}'\n")
     }
 
@@ -222,8 +215,8 @@ fn hash_file(path: &Path) -> io::Result<u64> {
 pub(crate) fn pack(
     ws: &Path,
     private: &Path,
-    uid: u64,
-    gid: u64,
+    uid: u32,
+    gid: u32,
     to: &Path,
 ) -> io::Result<Manifest> {
     let mut manifest = Manifest::default();
@@ -236,8 +229,8 @@ pub(crate) fn pack(
             let meta = entry.path().symlink_metadata()?;
             let mut h = tar::Header::new_gnu();
             h.set_metadata(&meta);
-            h.set_uid(uid);
-            h.set_gid(gid);
+            h.set_uid(u64::from(uid));
+            h.set_gid(u64::from(gid));
             let ft = meta.file_type();
             if ft.is_symlink() {
                 h.set_entry_type(tar::EntryType::Symlink);
@@ -375,6 +368,15 @@ pub(crate) fn apply(
 mod tests {
     use super::*;
 
+    /// What a node's drain sends: its `w/` and `p/` as a tar at `out`.
+    fn node_tar(node: &Path, out: &Path) -> PathBuf {
+        let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+        b.append_dir_all("w", node.join("w")).unwrap();
+        b.append_dir_all("p", node.join("p")).unwrap();
+        b.finish().unwrap();
+        out.to_path_buf()
+    }
+
     #[test]
     fn changes_come_back_and_unchanged_files_stay() {
         let t = tempfile::tempdir().unwrap();
@@ -396,12 +398,7 @@ mod tests {
         std::fs::write(node.join("p/output"), "k=v\n").unwrap();
         // Changed here meanwhile (another stage): a stale copy never wins.
         std::fs::write(ws.join("keep.txt"), "changed here").unwrap();
-        let out = t.path().join("out.tar");
-        let mut b = tar::Builder::new(std::fs::File::create(&out).unwrap());
-        b.append_dir_all("w", node.join("w")).unwrap();
-        b.append_dir_all("p", node.join("p")).unwrap();
-        b.finish().unwrap();
-        drop(b);
+        let out = node_tar(&node, &t.path().join("out.tar"));
         apply(&out, &t.path().join("staging"), &ws, &private, &sent).unwrap();
         let read = |p: &str| std::fs::read_to_string(ws.join(p)).unwrap();
         assert_eq!(read("edit.txt"), "new1");
@@ -432,12 +429,7 @@ mod tests {
         std::fs::create_dir_all(node.join("w/link")).unwrap();
         std::fs::create_dir_all(node.join("p")).unwrap();
         std::fs::write(node.join("w/link/planted"), "x").unwrap();
-        let out = t.path().join("out.tar");
-        let mut b = tar::Builder::new(std::fs::File::create(&out).unwrap());
-        b.append_dir_all("w", node.join("w")).unwrap();
-        b.append_dir_all("p", node.join("p")).unwrap();
-        b.finish().unwrap();
-        drop(b);
+        let out = node_tar(&node, &t.path().join("out.tar"));
         apply(&out, &t.path().join("staging"), &ws, &private, &sent).unwrap();
         assert!(
             !outside.join("planted").exists(),
@@ -463,8 +455,9 @@ mod server_tests {
         let server = Transfer::start("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let token = server.open(t.path()).await;
-        std::fs::write(t.path().join("in.tar"), b"\0binary\0tar\0").unwrap();
+        let slot = server.open(t.path()).await;
+        let token = slot.token.clone();
+        std::fs::write(&slot.fill, b"\0binary\0tar\0").unwrap();
         std::fs::write(t.path().join("vars"), server.shell_vars(&token)).unwrap();
         std::fs::write(t.path().join("back.tar"), b"\0sent\0back\0").unwrap();
         let script = format!(
@@ -495,10 +488,7 @@ mod server_tests {
             std::fs::read(t.path().join("got")).unwrap(),
             b"\0binary\0tar\0"
         );
-        assert_eq!(
-            std::fs::read(t.path().join("out.tar")).unwrap(),
-            b"\0sent\0back\0"
-        );
+        assert_eq!(std::fs::read(&slot.drained).unwrap(), b"\0sent\0back\0");
         server.close(&token).await;
     }
 }

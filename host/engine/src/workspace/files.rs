@@ -33,7 +33,8 @@ pub fn default_user() -> String {
     }
 }
 
-fn parse_user(user: &str) -> (u32, u32) {
+/// The `uid` and `gid` of a `uid[:gid]` user (the gid defaults to the uid).
+pub fn parse_user(user: &str) -> (u32, u32) {
     let mut it = user.split(':');
     let uid = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let gid = it.next().and_then(|s| s.parse().ok()).unwrap_or(uid);

@@ -25,7 +25,7 @@ mod outputs;
 use files::hand_over_one;
 pub use files::{
     capture_dir, copy_source, copy_tree, current_gid, current_uid, default_user, hand_over,
-    holds_files, left_clean,
+    holds_files, left_clean, parse_user,
 };
 pub use outputs::{OutputsError, parse_outputs};
 
